@@ -1,0 +1,139 @@
+"""Message contracts: every message that crosses a Kafka or ClickHouse boundary is one of these.
+
+Inputs forbid unknown fields (a typo in a producer is a dead letter with the field named, not a
+silently dropped value) and bound every text field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+# Hard bounds of the contract; the configurable `max_text_chars` setting tightens them at decode.
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 100_000
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must contain non-whitespace text")
+    return v
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\x21-\x7e]+$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
+ShortStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Ticker = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z][A-Za-z0-9.\-]*$")]
+
+
+class Kind(StrEnum):
+    news = "news"
+    support = "support"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class NewsItem(_Input):
+    """A headline or financial post. Scored by the sentiment task."""
+
+    id: Id
+    source: ShortStr
+    published_at: AwareDatetime
+    headline: Text
+    body: Text | None = None
+    tickers: list[Ticker] | None = Field(None, max_length=32)
+    url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None = None
+    lang: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
+
+    @property
+    def text(self) -> str:
+        """What the model reads: the headline, then the body when there is one."""
+        return self.headline if self.body is None else f"{self.headline}\n{self.body}"
+
+    @property
+    def event_time(self) -> datetime:
+        return self.published_at
+
+
+class SupportMessage(_Input):
+    """A customer message to the support desk. Scored by the triage task."""
+
+    id: Id
+    channel: Literal["chat", "email", "app", "phone", "social", "web"]
+    customer_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+    text: Text
+    created_at: AwareDatetime
+    locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")] = "en"
+
+    @property
+    def event_time(self) -> datetime:
+        return self.created_at
+
+
+INPUT_MODELS: dict[Kind, type[NewsItem] | type[SupportMessage]] = {
+    Kind.news: NewsItem,
+    Kind.support: SupportMessage,
+}
+
+
+class ScoredMessage(BaseModel):
+    """One scored input, published to the scored topic and stored in ClickHouse."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    kind: Kind
+    text: str
+    model_name: str
+    model_version: str
+    label: str
+    probs: dict[str, float]
+    confidence: float = Field(ge=0, le=1)
+    margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 probability.")
+    entropy: float = Field(ge=0)
+    truncated: bool = Field(False, description="The text was longer than the model's window.")
+    tickers: list[str] = Field(default_factory=list, description="News only: normalised tickers.")
+    source: str = Field("", description="News source or support channel.")
+    content_hash: int = Field(ge=0, description="64-bit hash of the raw payload, for duplicate-id checks.")
+    event_time: datetime
+    ingest_time: datetime = Field(description="Kafka record timestamp of the raw message.")
+    scored_time: datetime
+    src_partition: int = Field(ge=0)
+    src_offset: int = Field(ge=0)
+
+
+class DeadLetterReason(StrEnum):
+    too_large = "too_large"
+    bad_encoding = "bad_encoding"
+    bad_json = "bad_json"
+    invalid = "invalid"
+    duplicate_id = "duplicate_id"
+    scoring_failed = "scoring_failed"
+
+
+class DeadLetter(BaseModel):
+    """A message Vigil refused, with the original bytes and a reason a person can act on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    source_topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key: bytes | None = None
+    raw: bytes = Field(description="The original value bytes (base64 in JSON).")
+    reason: DeadLetterReason
+    detail: str = Field(max_length=2000)
+    received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+ALL_SCHEMAS: dict[str, type[BaseModel]] = {
+    "NewsItem": NewsItem,
+    "SupportMessage": SupportMessage,
+    "ScoredMessage": ScoredMessage,
+    "DeadLetter": DeadLetter,
+}

