@@ -1,0 +1,132 @@
+"""faust agents: thin adapters between Kafka micro-batches and the pure pipeline core.
+
+Delivery guarantee, per micro-batch: decode -> score -> publish (awaited) -> ClickHouse write
+(retried until it succeeds) -> ack. Offsets are acked by hand (``noack_take``) and only after the
+write is durable, because faust's ``take()`` acks a batch even when the body raised. A crash at any
+point replays the un-acked batch; the store collapses replays by (kind, id, model version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from faust.types import EventT, StreamT, TopicT
+
+from models.scoring import Scorer
+from streams.clickhouse import ScoredStore, StorageUnavailable
+from streams.contracts import DeadLetter, Kind, ScoredMessage
+from streams.metrics import Metrics
+from streams.pipeline import BatchResult, Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
+from streams.watchdog import ProgressWatchdog
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def to_raw_record(event: EventT) -> RawRecord:
+    m = event.message
+    return RawRecord(
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=m.value,
+        timestamp_ms=int(m.timestamp * 1000),
+    )
+
+
+class BatchProcessor:
+    """Runs one micro-batch of one kind through the pipeline and makes the result durable."""
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        scorer: Callable[[], Scorer],
+        store: ScoredStore,
+        limits: Limits,
+        scored_topic: TopicT,
+        dlq_topic: TopicT,
+        watchdog: ProgressWatchdog,
+        metrics: Metrics,
+        model_executor: ThreadPoolExecutor,
+        io_executor: ThreadPoolExecutor,
+        retry_max_s: float,
+    ) -> None:
+        self.kind = kind
+        self._scorer = scorer
+        self._store = store
+        self._limits = limits
+        self._scored_topic = scored_topic
+        self._dlq_topic = dlq_topic
+        self._watchdog = watchdog
+        self._metrics = metrics
+        self._model_executor = model_executor
+        self._io_executor = io_executor
+        self._retry_max_s = retry_max_s
+
+    async def _in(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Retry a storage call until it succeeds: the batch stays un-acked meanwhile, and take()
+        cannot buffer more, so memory stays bounded while ClickHouse is away."""
+        delay = 0.5
+        while True:
+            try:
+                return await self._in(self._io_executor, fn, *args)
+            except StorageUnavailable as exc:
+                self._metrics.storage_errors.inc()
+                log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
+                self._watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        started = time.perf_counter()
+        decoded, dead = decode_batch(self.kind, records, self._limits)
+        stored = (
+            await self._durably(
+                "reading known ids", self._store.existing_content_hashes, self.kind, [d.item.id for d in decoded]
+            )
+            if decoded
+            else {}
+        )
+        unique, duplicates = resolve_duplicates(decoded, stored)
+        result = await self._in(self._model_executor, score_batch, self.kind, unique, self._scorer())
+        result.dead.extend(dead + duplicates)
+        await self._publish(result.scored, result.dead)
+        if result.scored:
+            await self._durably("writing scored rows", self._store.write_scored, result.scored)
+        if result.dead:
+            await self._durably("writing dead letters", self._store.write_dead_letters, result.dead)
+        self._metrics.observe_batch(self.kind, len(records), result, time.perf_counter() - started)
+        return result
+
+    async def _publish(self, scored: Sequence[ScoredMessage], dead: Sequence[DeadLetter]) -> None:
+        futures = [
+            await self._scored_topic.send(key=m.id.encode(), value=m.model_dump_json().encode()) for m in scored
+        ]
+        futures += [await self._dlq_topic.send(key=d.key, value=d.model_dump_json().encode()) for d in dead]
+        if futures:
+            await asyncio.gather(*futures)
+
+
+def make_agent(
+    processor: BatchProcessor, batch_max: int, batch_within_s: float, watchdog: ProgressWatchdog
+) -> Callable[[StreamT], Any]:
+    async def score_stream(stream: StreamT) -> None:
+        async for events in stream.noack_take(batch_max, within=batch_within_s):
+            watchdog.beat(time.monotonic())
+            await processor.process([to_raw_record(e) for e in events])
+            for event in events:
+                await stream.ack(event)
+            watchdog.beat(time.monotonic())
+
+    score_stream.__name__ = f"score_{processor.kind.value}"
+    return score_stream

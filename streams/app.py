@@ -1,0 +1,106 @@
+"""The faust app: one scoring agent per message kind, a watchdog timer, nothing else.
+
+Everything here wires parts together; the logic lives in streams/pipeline.py (scoring),
+streams/watchdog.py (stalls) and streams/clickhouse (storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+
+from models.scoring import Scorer
+from streams.agents import BatchProcessor, make_agent
+from streams.clickhouse import ScoredStore
+from streams.contracts import Kind
+from streams.kafka_config import faust_broker_credentials
+from streams.metrics import Metrics
+from streams.pipeline import Limits
+from streams.settings import VigilSettings
+from streams.watchdog import ProgressWatchdog
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerStalled(RuntimeError):
+    """The watchdog saw no progress while messages waited; the supervisor should restart the worker."""
+
+
+def consumer_lag(app: faust.App) -> int:
+    """Messages on the assigned partitions past the last committed offset."""
+    consumer = app.consumer
+    lag = 0
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
+        lag += max(0, highwater - (committed or 0))
+    return lag
+
+
+def create_app(
+    settings: VigilSettings,
+    bootstrap: str,
+    scorers: Mapping[Kind, Callable[[], Scorer]],
+    store: ScoredStore,
+    metrics: Metrics,
+) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{host}" for host in bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(settings),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=settings.batch_max * 4,
+        datadir=str(settings.data_dir / "faust"),
+    )
+    watchdog = ProgressWatchdog(settings.watchdog_stall_s, started_at=time.monotonic())
+    # One model thread: torch already uses every core inside a call; more threads would thrash.
+    model_executor = ThreadPoolExecutor(1, thread_name_prefix="vigil-model")
+    io_executor = ThreadPoolExecutor(2, thread_name_prefix="vigil-io")
+    scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
+    limits = Limits(settings.max_message_bytes, settings.max_text_chars)
+
+    for kind, topic_name in settings.raw_topics.items():
+        processor = BatchProcessor(
+            kind=Kind(kind),
+            scorer=scorers[Kind(kind)],
+            store=store,
+            limits=limits,
+            scored_topic=scored_topic,
+            dlq_topic=dlq_topic,
+            watchdog=watchdog,
+            metrics=metrics,
+            model_executor=model_executor,
+            io_executor=io_executor,
+            retry_max_s=settings.clickhouse_retry_max_s,
+        )
+        topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
+        app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
+            make_agent(processor, settings.batch_max, settings.batch_within_s, watchdog)
+        )
+
+    @app.timer(settings.watchdog_interval_s)
+    async def watch_progress() -> None:
+        lag = consumer_lag(app)
+        metrics.consumer_lag.set(lag)
+        stall = watchdog.check(time.monotonic(), lag)
+        if stall is None:
+            return
+        metrics.stalls.inc()
+        log.critical("watchdog: %s", stall)
+        if settings.watchdog_exit_on_stall:
+            await app.crash(ConsumerStalled(str(stall)))
+
+    return app

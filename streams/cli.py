@@ -1,0 +1,159 @@
+"""The `vigil` command line. Settings are built once here and handed to every command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from streams.contracts import ALL_SCHEMAS, Kind
+from streams.settings import VigilSettings
+
+# Before transformers is imported by any command: weights come from disk, never from a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+app = typer.Typer(help="Vigil: streaming NLP monitoring.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+db_app = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+
+
+def _settings(ctx: typer.Context) -> VigilSettings:
+    return ctx.obj
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    ctx.obj = VigilSettings()
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    messages: Annotated[int, typer.Option(help="Valid messages to replay from the bundled data.")] = 3000,
+    rate: Annotated[float, typer.Option(help="Messages per second to produce (0: as fast as possible).")] = 400.0,
+    hostile: Annotated[bool, typer.Option(help="Mix in malformed and hostile messages.")] = True,
+    timeout: Annotated[float, typer.Option(help="Give up waiting for the worker after this many seconds.")] = 600.0,
+) -> None:
+    """Run everything on embedded parts, replay bundled data, print what ClickHouse holds."""
+    from streams.demo import DemoOptions, run_demo
+
+    run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout), console)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group.")] = 1,
+) -> None:
+    """Start the embedded parts (unless configured) and supervised workers; run until Ctrl-C."""
+    from streams.runtime import kafka_bootstrap
+    from streams.worker import WorkerProcess
+
+    settings = _settings(ctx)
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with kafka_bootstrap(settings) as bootstrap:
+        procs = [
+            WorkerProcess(bootstrap, settings.data_dir / "logs" / f"worker-{i}.log", {}) for i in range(workers)
+        ]
+        for p in procs:
+            p.start()
+        console.print(f"[green]Vigil up[/]: Kafka {bootstrap}, {workers} worker(s); Ctrl-C stops.")
+        try:
+            while not stopping:
+                time.sleep(1.0)
+                for p in procs:
+                    p.restart_if_dead()
+        finally:
+            for p in procs:
+                p.stop()
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+) -> None:
+    """Run one worker in the foreground against VIGIL_KAFKA_BROKERS."""
+    from streams.worker import run_worker
+
+    run_worker(_settings(ctx), metrics_port)
+
+
+@app.command()
+def produce(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL or CSV file.")],
+    kind: Annotated[Kind, typer.Option(help="What the file holds.")],
+    topic: Annotated[str | None, typer.Option(help="Target topic (default: the raw topic of KIND).")] = None,
+    rate: Annotated[float, typer.Option(help="Messages per second (0: as fast as possible).")] = 0.0,
+) -> None:
+    """Replay a file of your own messages into Kafka (invalid lines go too: the worker refuses them)."""
+    import asyncio
+
+    from streams.kafka_config import aiokafka_kwargs
+    from streams.replay import read_messages, replay
+
+    settings = _settings(ctx)
+    if not settings.kafka_brokers:
+        raise typer.BadParameter("set VIGIL_KAFKA_BROKERS to the broker `vigil up` printed", param_hint="env")
+    topics = {**settings.raw_topics, kind.value: topic or settings.raw_topics[kind.value]}
+    counts = asyncio.run(
+        replay(settings.kafka_brokers, topics, list(read_messages(file, kind)), rate_per_s=rate,
+               kafka_kwargs=aiokafka_kwargs(settings))
+    )
+    console.print(f"produced {counts}")
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply the ClickHouse migrations (idempotent)."""
+    from streams.clickhouse import open_store
+
+    store = open_store(_settings(ctx))
+    store.close()
+    console.print("[green]migrations applied[/]")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every message type."""
+    console.print_json(json.dumps({name: m.model_json_schema() for name, m in ALL_SCHEMAS.items()}))
+
+
+def _mount_model_commands() -> None:
+    from models.cli import register
+
+    register(app)
+
+
+_mount_model_commands()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,215 @@
+"""`vigil demo`: the whole pipeline on embedded parts, replaying the bundled real data.
+
+broker (Tansu) -> worker process (faust: validate, score, ClickHouse) -> summary read back from
+ClickHouse. The live view follows the scored and dead-letter topics, so what it shows has really
+made it through the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from models.registry import ModelRegistry
+from streams.clickhouse import open_store
+from streams.contracts import Kind, NewsItem, SupportMessage
+from streams.kafka_config import aiokafka_kwargs
+from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
+from streams.runtime import kafka_bootstrap
+from streams.samples import duplicate_id_pair, hostile_samples
+from streams.settings import VigilSettings
+from streams.summary_view import render_summary
+from streams.worker import TASK_BY_KIND, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    messages: int = 3000
+    rate: float = 400.0
+    hostile: bool = True
+    timeout_s: float = 600.0
+    train_profile: str = "quick"
+
+
+@dataclass
+class Tracker:
+    """What has come out of the worker, as seen on the scored and dead-letter topics."""
+
+    scored_ids: set[str] = field(default_factory=set)
+    dead: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return len(self.scored_ids) + self.dead
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    produced: int
+    scored: int
+    dead: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def msgs_per_s(self) -> float:
+        return (self.scored + self.dead) / self.seconds if self.seconds else 0.0
+
+
+def demo_messages(settings: VigilSettings, options: DemoOptions) -> Iterator[OutgoingMessage]:
+    """Bundled news and support messages interleaved, with the hostile samples spread through."""
+    news = (OutgoingMessage.of(Kind.news, m) for m in bundled_news(settings.bundled_data_dir))
+    support = (OutgoingMessage.of(Kind.support, m) for m in bundled_support(settings.bundled_data_dir))
+    valid = itertools.islice(interleave(news, support, ratio=(2, 1)), options.messages)
+    if not options.hostile:
+        yield from valid
+        return
+    run = datetime.now(UTC).strftime("%H%M%S")
+    bad: list[OutgoingMessage] = []
+    for kind in Kind:
+        bad += [OutgoingMessage.raw(kind, f"bad-{kind}-{i}", s.raw) for i, s in enumerate(hostile_samples(kind, f"demo{run}", settings.max_message_bytes))]
+        first, second = duplicate_id_pair(kind, f"demo{run}-{kind}")
+        bad += [OutgoingMessage.raw(kind, f"demo{run}-{kind}-dup", first), OutgoingMessage.raw(kind, f"demo{run}-{kind}-dup", second)]
+    every = max(1, options.messages // (len(bad) + 1))
+    for i, message in enumerate(valid):
+        yield message
+        if bad and i % every == every - 1:
+            yield bad.pop()
+    yield from bad
+
+
+async def _follow(settings: VigilSettings, bootstrap: str, tracker: Tracker, ready: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_kwargs(settings))
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (settings.topic_scored, settings.topic_dlq)
+            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        ready.set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now = time.time()
+            for tp, records in batches.items():
+                for record in records:
+                    if tp.topic == settings.topic_dlq:
+                        tracker.dead += 1
+                        continue
+                    scored = json.loads(record.value)
+                    tracker.scored_ids.add(f"{scored['kind']}:{scored['id']}")
+                    ingest = datetime.fromisoformat(scored["ingest_time"]).timestamp()
+                    tracker.latencies_ms.append((now - ingest) * 1000)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # aiokafka has no public call that waits for it
+    return consumer.partitions_for_topic(topic) or {0}
+
+
+def ensure_models(settings: VigilSettings, profile: str, console: Console) -> None:
+    """Train a small model per task if the registry has none (the first run of the demo)."""
+    from models.train import train_task  # heavy import, only when training
+
+    registry = ModelRegistry(settings.registry_dir)
+    for task in TASK_BY_KIND.values():
+        if registry.has_any(task):
+            continue
+        console.print(f"[bold]No {task} model yet[/]: training one ({profile} profile) on the bundled data…")
+        entry = train_task(settings, task, profile=profile, console=console)
+        console.print(f"  trained {entry.card.version}: {entry.card.metrics}")
+
+
+async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, console: Console) -> DemoReport:
+    tracker = Tracker()
+    ready = asyncio.Event()
+    follower = asyncio.create_task(_follow(settings, bootstrap, tracker, ready))
+    await ready.wait()
+    messages = list(demo_messages(settings, options))
+    progress = Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console,
+    )
+    sent_task = progress.add_task("produced", total=len(messages), info="")
+    done_task = progress.add_task("processed", total=len(messages), info="")
+    started = time.perf_counter()
+
+    def on_progress(sent: int) -> None:
+        progress.update(sent_task, completed=sent, info=f"{sent / max(time.perf_counter() - started, 1e-9):7.0f} msg/s")
+
+    with Live(progress, console=console, refresh_per_second=8):
+        producing = asyncio.create_task(
+            replay(bootstrap, settings.raw_topics, messages, rate_per_s=options.rate, on_progress=on_progress,
+                   kafka_kwargs=aiokafka_kwargs(settings))
+        )
+        deadline = time.monotonic() + options.timeout_s
+        while tracker.done < len(messages) and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            elapsed = time.perf_counter() - started
+            progress.update(
+                done_task, completed=tracker.done,
+                info=f"{tracker.done / elapsed:7.0f} msg/s  p50 {tracker.quantile(0.5):6.0f} ms  "
+                f"p99 {tracker.quantile(0.99):6.0f} ms  refused {tracker.dead}",
+            )
+            if producing.done() and producing.exception():
+                raise producing.exception()  # type: ignore[misc]
+        await producing
+    seconds = time.perf_counter() - started
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    if tracker.done < len(messages):
+        console.print(f"[red]timed out[/]: {tracker.done} of {len(messages)} messages came out of the worker")
+    return DemoReport(len(messages), len(tracker.scored_ids), tracker.dead, seconds,
+                      tracker.quantile(0.5), tracker.quantile(0.99))
+
+
+def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) -> DemoReport:
+    ensure_models(settings, options.train_profile, console)
+    with kafka_bootstrap(settings) as bootstrap:
+        worker = WorkerProcess(bootstrap, settings.data_dir / "logs" / "worker.log", {})
+        worker.start()
+        console.print(f"worker started (pid {worker.proc.pid}, log {worker.log_path})")
+        try:
+            report = asyncio.run(_drive(settings, bootstrap, options, console))
+        finally:
+            code = worker.stop()
+            console.print(f"worker stopped (exit {code})")
+    table = Table(title="Demo run", show_header=False)
+    table.add_row("messages produced", str(report.produced))
+    table.add_row("scored (seen on the scored topic)", str(report.scored))
+    table.add_row("refused (dead-letter topic)", str(report.dead))
+    table.add_row("throughput", f"{report.msgs_per_s:,.0f} msg/s over {report.seconds:.1f} s")
+    table.add_row("latency to scored topic p50 / p99", f"{report.p50_ms:,.0f} / {report.p99_ms:,.0f} ms")
+    console.print(table)
+    store = open_store(settings)
+    try:
+        render_summary(store.summary(), console)
+    finally:
+        store.close()
+    return report

@@ -1,0 +1,47 @@
+"""Prometheus metrics of a worker. One registry per worker, so tests and several apps in one
+process do not collide in the global default registry."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from streams.contracts import Kind
+from streams.pipeline import BatchResult
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter("vigil_messages_in_total", "Raw messages consumed", ["kind"], registry=r)
+        self.messages_scored = Counter("vigil_messages_scored_total", "Messages scored", ["kind", "label"], registry=r)
+        self.dead_letters = Counter("vigil_dead_letters_total", "Messages refused", ["kind", "reason"], registry=r)
+        self.batch_size = Histogram(
+            "vigil_batch_size", "Messages per micro-batch", ["kind"],
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 4096), registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "vigil_batch_seconds", "Decode+score+write time of a micro-batch", ["kind"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.storage_errors = Counter("vigil_storage_errors_total", "Failed ClickHouse calls (retried)", registry=r)
+        self.consumer_lag = Gauge("vigil_consumer_lag", "Messages not yet committed on assigned partitions", registry=r)
+        self.stalls = Counter("vigil_consumer_stalls_total", "Stalls detected by the watchdog", registry=r)
+        self.model = Info("vigil_model", "Model versions in use", registry=r)
+
+    def observe_batch(self, kind: Kind, n_records: int, result: BatchResult, seconds: float) -> None:
+        k = kind.value
+        self.messages_in.labels(k).inc(n_records)
+        self.batch_size.labels(k).observe(n_records)
+        self.batch_seconds.labels(k).observe(seconds)
+        for label, n in Tally(m.label for m in result.scored).items():
+            self.messages_scored.labels(k, label).inc(n)
+        for reason, n in Tally(d.reason.value for d in result.dead).items():
+            self.dead_letters.labels(k, reason).inc(n)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)

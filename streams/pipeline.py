@@ -1,0 +1,170 @@
+"""The pure core of the worker: raw Kafka records in, scored messages and dead letters out.
+
+No Kafka or ClickHouse here. The agent (streams/agents.py) feeds records from a micro-batch, asks the
+store which ids it already holds, and writes what comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from models.scoring import Prediction, Scorer
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, SupportMessage
+from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
+from streams.tickers import extract_tickers
+
+log = logging.getLogger(__name__)
+
+Item = NewsItem | SupportMessage
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka record, as the agent received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: RawRecord
+    item: Item
+    content_hash: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    scored: list[ScoredMessage] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int
+    max_text_chars: int
+
+
+def _dead(record: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:
+    return to_dead_letter(
+        Rejection(reason, detail),
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        raw=record.value or b"",
+    )
+
+
+def decode_batch(kind: Kind, records: Sequence[RawRecord], limits: Limits) -> tuple[list[Decoded], list[DeadLetter]]:
+    decoded: list[Decoded] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        result = decode_record(
+            kind, record.value, max_bytes=limits.max_message_bytes, max_text_chars=limits.max_text_chars
+        )
+        if isinstance(result, Rejection):
+            dead.append(_dead(record, result.reason, result.detail))
+        else:
+            decoded.append(Decoded(record, result, content_hash(record.value or b"")))
+    return decoded, dead
+
+
+def resolve_duplicates(
+    decoded: Sequence[Decoded], stored_hashes: Mapping[str, int]
+) -> tuple[list[Decoded], list[DeadLetter]]:
+    """Drop exact re-deliveries inside the batch; dead-letter an id reused with other content.
+
+    A re-delivery of content already stored is kept: scoring it again is idempotent (the store
+    collapses rows by id and model version), and skipping it could lose its scored-topic event.
+    """
+    seen: dict[str, int] = dict(stored_hashes)
+    in_batch: set[str] = set()
+    kept: list[Decoded] = []
+    dead: list[DeadLetter] = []
+    for d in decoded:
+        previous = seen.get(d.item.id)
+        if previous is not None and previous != d.content_hash:
+            dead.append(
+                _dead(
+                    d.record,
+                    DeadLetterReason.duplicate_id,
+                    f"id {d.item.id!r} was already used by a message with different content; "
+                    "give each message its own id",
+                )
+            )
+            continue
+        if d.item.id in in_batch:
+            continue  # the same bytes twice in one batch: one row is enough
+        seen[d.item.id] = d.content_hash
+        in_batch.add(d.item.id)
+        kept.append(d)
+    return kept, dead
+
+
+def _to_scored(kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime) -> ScoredMessage:
+    item = d.item
+    if isinstance(item, NewsItem):
+        tickers, source = extract_tickers(item.text, item.tickers), item.source
+    else:
+        tickers, source = [], item.channel
+    return ScoredMessage(
+        id=item.id,
+        kind=kind,
+        text=item.text,
+        model_name=scorer.model_name,
+        model_version=scorer.model_version,
+        label=p.label,
+        probs=p.probs,
+        confidence=p.confidence,
+        margin=p.margin,
+        entropy=p.entropy,
+        truncated=p.truncated,
+        tickers=tickers,
+        source=source,
+        content_hash=d.content_hash,
+        event_time=item.event_time,
+        ingest_time=datetime.fromtimestamp(d.record.timestamp_ms / 1000, UTC),
+        scored_time=scored_time,
+        src_partition=d.record.partition,
+        src_offset=d.record.offset,
+    )
+
+
+def score_batch(
+    kind: Kind,
+    decoded: Sequence[Decoded],
+    scorer: Scorer,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BatchResult:
+    """Score in one call; if that fails, score one by one so a single poison text is isolated."""
+    result = BatchResult()
+    if not decoded:
+        return result
+    texts = [d.item.text for d in decoded]
+    try:
+        predictions: list[Prediction | Exception] = list(scorer.score(texts))
+    except Exception:  # noqa: BLE001 - any model failure must not sink the whole batch
+        log.exception("batch scoring failed; retrying the %d texts one by one", len(texts))
+        predictions = []
+        for text in texts:
+            try:
+                predictions.append(scorer.score([text])[0])
+            except Exception as exc:  # noqa: BLE001
+                predictions.append(exc)
+    scored_time = now()
+    for d, p in zip(decoded, predictions, strict=True):
+        if isinstance(p, Exception):
+            result.dead.append(
+                _dead(d.record, DeadLetterReason.scoring_failed, f"the model could not score this text: {p!r}")
+            )
+        else:
+            result.scored.append(_to_scored(kind, d, p, scorer, scored_time))
+    return result

@@ -1,0 +1,31 @@
+"""The embedded stack: a Tansu broker when no Kafka is configured, and the topics Vigil needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from streams.broker import EmbeddedBroker
+from streams.kafka_config import admin_kwargs
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def all_topics(settings: VigilSettings) -> list[str]:
+    return [settings.topic_news, settings.topic_support, settings.topic_scored, settings.topic_dlq]
+
+
+@contextmanager
+def kafka_bootstrap(settings: VigilSettings) -> Iterator[str]:
+    """Yield a bootstrap address with Vigil's topics in place, starting Tansu if none is configured."""
+    if settings.kafka_brokers:
+        ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions, **admin_kwargs(settings))
+        yield settings.kafka_brokers
+        return
+    with EmbeddedBroker(log_dir=settings.data_dir / "logs") as broker:
+        log.info("embedded Kafka-compatible broker (Tansu) on %s", broker.bootstrap)
+        ensure_topics(broker.bootstrap, all_topics(settings), settings.topic_partitions)
+        yield broker.bootstrap

@@ -1,0 +1,104 @@
+"""Running workers: one in this process (`vigil worker`), or supervised child processes
+(`vigil up`, `vigil demo`) that are restarted when they die."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from models.engine import load_scorer
+from streams.app import create_app
+from streams.clickhouse import open_store
+from streams.contracts import Kind
+from streams.metrics import Metrics
+from streams.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+TASK_BY_KIND = {Kind.news: "sentiment", Kind.support: "triage"}
+
+
+class WorkerConfigError(RuntimeError):
+    pass
+
+
+def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None:
+    """Run one worker in this process until SIGTERM/SIGINT (blocking)."""
+    if not settings.kafka_brokers:
+        raise WorkerConfigError(
+            "a worker needs VIGIL_KAFKA_BROKERS; use `vigil up` to start one with the embedded broker"
+        )
+    versions = {Kind.news: settings.sentiment_model, Kind.support: settings.triage_model}
+    scorers = {kind: load_scorer(settings, TASK_BY_KIND[kind], versions[kind]) for kind in Kind}
+    store = open_store(settings)
+    metrics = Metrics()
+    metrics.model.info({TASK_BY_KIND[k]: s.model_version for k, s in scorers.items()})
+    if metrics_port:
+        metrics.serve(metrics_port)
+    app = create_app(
+        settings,
+        settings.kafka_brokers,
+        {kind: (lambda s=s: s) for kind, s in scorers.items()},
+        store,
+        metrics,
+    )
+    try:
+        faust.Worker(app, loglevel="INFO", redirect_stdouts=False).execute_from_commandline()
+    finally:
+        store.close()
+
+
+@dataclass
+class WorkerProcess:
+    """A worker child process with its log file; restarted by `supervise` if it dies."""
+
+    bootstrap: str
+    log_path: Path
+    extra_env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.extra_env, "VIGIL_KAFKA_BROKERS": self.bootstrap}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it in order
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (faust shuts down cleanly and commits acked offsets), SIGKILL after timeout."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop in %.0fs; killing it", timeout_s)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def restart_if_dead(self) -> bool:
+        if self.alive():
+            return False
+        code = self.proc.returncode if self.proc else None
+        log.error("worker exited with %s; restarting it (log: %s)", code, self.log_path)
+        time.sleep(1.0)
+        self.start()
+        return True
