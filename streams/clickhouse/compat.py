@@ -1,0 +1,179 @@
+"""Schema compatibility levels and the pure row adapters between contracts and table rows.
+
+Debian's clickhouse-server 18.16 has no DateTime64, LowCardinality, TTL or Map; current releases
+(and chdb) have all four. The level is chosen from the server version when the schema is first
+created and then stays with the schema (see migrations.py), so rows always match the tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from string import Template
+from typing import Any
+
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+
+from .errors import UnsupportedServer
+
+
+class CompatLevel(StrEnum):
+    modern = "modern"
+    legacy_18 = "legacy-18"
+
+
+OLDEST_SUPPORTED = (18, 16)
+# First LTS where Map is no longer experimental; DateTime64, LowCardinality and TTL are older.
+MODERN_SINCE = (22, 3)
+_UINT32_MAX = 2**32 - 1
+_PREVIEW_CHARS = 500
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", text)
+    if len(parts) < 2:
+        raise UnsupportedServer(f"cannot read a ClickHouse version from {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def level_for_version(version: Sequence[int]) -> CompatLevel:
+    v = tuple(version)
+    if v[:2] < OLDEST_SUPPORTED:
+        raise UnsupportedServer(
+            f"ClickHouse {'.'.join(map(str, v))} is older than 18.16, the oldest release Vigil "
+            "supports; upgrade the server (any release from 22.3 gets the full 'modern' schema)."
+        )
+    return CompatLevel.modern if v[:2] >= MODERN_SINCE else CompatLevel.legacy_18
+
+
+def template_values(level: CompatLevel, *, database: str, ttl_days: int) -> dict[str, str]:
+    """Substitutions for the ${...} placeholders in ops/clickhouse/migrations/*.sql."""
+    modern = level is CompatLevel.modern
+    return {
+        "db": database,
+        "DateTimeMs": "DateTime64(3, 'UTC')" if modern else "DateTime('UTC')",
+        "LowCardString": "LowCardinality(String)" if modern else "String",
+        "ttl_days": str(int(ttl_days)),
+    }
+
+
+def render_sql(template: str, level: CompatLevel, values: Mapping[str, str]) -> list[str]:
+    """Render one migration file into its statements.
+
+    Lines starting with ``--@<level> `` belong to that level only; other ``--`` lines are comments.
+    """
+    lines = []
+    for line in template.splitlines():
+        stripped = line.lstrip()
+        marker = re.match(r"--@([\w-]+)\s(.*)$", stripped)
+        if marker:
+            if marker.group(1) not in {lvl.value for lvl in CompatLevel}:
+                raise ValueError(f"unknown level marker --@{marker.group(1)}")
+            if marker.group(1) == level.value:
+                lines.append(marker.group(2))
+        elif not stripped.startswith("--"):
+            lines.append(line)
+    sql = Template("\n".join(lines)).substitute(values)
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
+
+
+# --- scored ------------------------------------------------------------------------------------
+
+_SCORED_HEAD = ("kind", "id", "model_version", "model_name", "text", "label")
+_SCORED_TAIL = (
+    "confidence", "margin", "entropy", "truncated", "tickers", "source", "content_hash",
+    "event_time", "ingest_time", "scored_time", "written_time", "e2e_ms", "src_partition", "src_offset",
+)
+
+
+def scored_columns(level: CompatLevel) -> tuple[str, ...]:
+    probs = ("probs",) if level is CompatLevel.modern else ("prob_labels", "prob_values")
+    return _SCORED_HEAD + probs + _SCORED_TAIL
+
+
+def to_stored_time(value: datetime, level: CompatLevel) -> datetime:
+    """UTC, at the precision the level's DateTime type keeps (ms modern, whole seconds legacy)."""
+    utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    keep = (utc.microsecond // 1000) * 1000 if level is CompatLevel.modern else 0
+    return utc.replace(microsecond=keep)
+
+
+def e2e_ms(ingest_time: datetime, written_time: datetime) -> int:
+    """End-to-end latency in ms, clamped to UInt32 (a producer clock ahead of ours reads as 0)."""
+    ms = round((written_time - ingest_time).total_seconds() * 1000)
+    return min(max(ms, 0), _UINT32_MAX)
+
+
+def scored_row(msg: ScoredMessage, written_time: datetime, level: CompatLevel) -> tuple[Any, ...]:
+    """One ScoredMessage as a row in scored_columns(level) order."""
+    if level is CompatLevel.modern:
+        probs: tuple[Any, ...] = (dict(msg.probs),)
+    else:
+        labels = sorted(msg.probs)
+        probs = (labels, [msg.probs[k] for k in labels])
+    return (
+        msg.kind.value, msg.id, msg.model_version, msg.model_name, msg.text, msg.label,
+        *probs,
+        msg.confidence, msg.margin, msg.entropy, int(msg.truncated), list(msg.tickers), msg.source,
+        msg.content_hash,
+        to_stored_time(msg.event_time, level), to_stored_time(msg.ingest_time, level),
+        to_stored_time(msg.scored_time, level), to_stored_time(written_time, level),
+        e2e_ms(msg.ingest_time, written_time), msg.src_partition, msg.src_offset,
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def scored_from_row(row: Mapping[str, Any], level: CompatLevel) -> ScoredMessage:
+    if level is CompatLevel.modern:
+        raw = row["probs"]
+        probs = dict(raw.items() if isinstance(raw, Mapping) else raw)
+    else:
+        probs = dict(zip(row["prob_labels"], row["prob_values"], strict=True))
+    return ScoredMessage(
+        id=row["id"], kind=Kind(row["kind"]), text=row["text"], model_name=row["model_name"],
+        model_version=row["model_version"], label=row["label"],
+        probs={k: float(v) for k, v in probs.items()},
+        confidence=min(float(row["confidence"]), 1.0), margin=min(float(row["margin"]), 1.0),
+        entropy=float(row["entropy"]), truncated=bool(row["truncated"]), tickers=list(row["tickers"]),
+        source=row["source"], content_hash=int(row["content_hash"]),
+        event_time=_utc(row["event_time"]), ingest_time=_utc(row["ingest_time"]),
+        scored_time=_utc(row["scored_time"]), src_partition=int(row["src_partition"]),
+        src_offset=int(row["src_offset"]),
+    )
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+# Bytes travel as base64 because neither JSONEachRow (chdb) nor a str round trip can carry invalid
+# UTF-8; raw_preview is the replacement-decoded text for people reading the table.
+DEAD_LETTER_COLUMNS = (
+    "source_topic", "src_partition", "src_offset", "key_base64", "raw_base64", "raw_preview",
+    "raw_bytes", "reason", "detail", "received_at",
+)
+
+
+def dead_letter_row(letter: DeadLetter, level: CompatLevel) -> tuple[Any, ...]:
+    return (
+        letter.source_topic, letter.partition, letter.offset,
+        None if letter.key is None else base64.b64encode(letter.key).decode("ascii"),
+        base64.b64encode(letter.raw).decode("ascii"),
+        letter.raw[: _PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:_PREVIEW_CHARS],
+        len(letter.raw), letter.reason.value, letter.detail,
+        to_stored_time(letter.received_at, level),
+    )
+
+
+def dead_letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
+    key = row["key_base64"]
+    return DeadLetter(
+        source_topic=row["source_topic"], partition=int(row["src_partition"]),
+        offset=int(row["src_offset"]), key=None if key is None else base64.b64decode(key),
+        raw=base64.b64decode(row["raw_base64"]), reason=DeadLetterReason(row["reason"]),
+        detail=row["detail"], received_at=_utc(row["received_at"]),
+    )

@@ -1,0 +1,126 @@
+"""Apply ops/clickhouse/migrations/NNNN_name.sql once each, recorded in <db>.schema_migrations.
+
+The compatibility level is fixed when the first migration is applied and recorded with it: a
+schema created on 18.16 stays 'legacy-18' after a server upgrade (its tables have no Map or
+DateTime64 columns), so later migrations and the writer keep matching it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from streams.settings import REPO_ROOT
+
+from .backends import Backend
+from .compat import CompatLevel, level_for_version, render_sql, template_values
+from .errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = REPO_ROOT / "ops" / "clickhouse" / "migrations"
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    template: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.template.encode()).hexdigest()
+
+
+@dataclass
+class MigrationReport:
+    level: CompatLevel
+    applied: list[str] = field(default_factory=list)
+    already_applied: list[str] = field(default_factory=list)
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        m = _FILE.match(path.name)
+        if not m:
+            raise MigrationError(f"{path} is not named NNNN_name.sql; rename it so its order is explicit")
+        found.append(Migration(int(m.group(1)), path.stem, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations in {directory} share a number: {versions}")
+    if not found:
+        raise MigrationError(f"no migrations found in {directory}")
+    return found
+
+
+def _ensure_bookkeeping(backend: Backend, database: str) -> None:
+    backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    backend.execute(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version UInt32, name String, level String, checksum String, applied_at DateTime('UTC')) "
+        "ENGINE = ReplacingMergeTree(applied_at) ORDER BY version"
+    )
+
+
+def schema_level(backend: Backend, database: str) -> CompatLevel | None:
+    """The level the existing schema was created at, or None before the first migration."""
+    rows = backend.query(
+        f"SELECT level FROM {database}.schema_migrations FINAL ORDER BY version LIMIT 1"
+    )
+    return CompatLevel(rows[0][0]) if rows else None
+
+
+def migrate(
+    backend: Backend, *, database: str, ttl_days: int, directory: Path = MIGRATIONS_DIR
+) -> MigrationReport:
+    """Create the database and apply pending migrations; safe to run on every start."""
+    migrations = load_migrations(directory)
+    _ensure_bookkeeping(backend, database)
+    server_level = level_for_version(backend.server_version)
+    level = schema_level(backend, database) or server_level
+    version_text = ".".join(map(str, backend.server_version))
+    if level is not server_level:
+        if level is CompatLevel.modern:
+            raise MigrationError(
+                f"the schema in {database} is 'modern' but ClickHouse {version_text} only supports "
+                "'legacy-18'; point Vigil at the server that created it or use a new database."
+            )
+        log.warning(
+            "ClickHouse %s supports the modern schema, but %s was created at legacy-18; staying at "
+            "legacy-18 (recreate the database to get Map/DateTime64/TTL)", version_text, database,
+        )
+    log.info("ClickHouse %s: schema compatibility level %s for database %s", version_text, level, database)
+
+    applied = {
+        int(v): (name, checksum)
+        for v, name, checksum in backend.query(
+            f"SELECT version, name, checksum FROM {database}.schema_migrations FINAL"
+        )
+    }
+    report = MigrationReport(level=level)
+    values = template_values(level, database=database, ttl_days=ttl_days)
+    for mig in migrations:
+        if mig.version in applied:
+            if applied[mig.version][1] != mig.checksum:
+                raise MigrationError(
+                    f"migration {mig.name}.sql was edited after it was applied to {database}; "
+                    "restore it and put the change in a new numbered migration."
+                )
+            report.already_applied.append(mig.name)
+            continue
+        for statement in render_sql(mig.template, level, values):
+            backend.execute(statement)
+        backend.insert(
+            f"{database}.schema_migrations",
+            ("version", "name", "level", "checksum", "applied_at"),
+            [(mig.version, mig.name, level.value, mig.checksum, datetime.now(UTC).replace(microsecond=0))],
+        )
+        log.info("applied ClickHouse migration %s (%s)", mig.name, level)
+        report.applied.append(mig.name)
+    return report

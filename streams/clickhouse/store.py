@@ -1,0 +1,230 @@
+"""The ClickHouse sink: batched, retried writes of scored messages and dead letters, and the reads
+the worker and the CLI need. Every read that must be exact uses FINAL (replays collapse there)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from streams.contracts import DeadLetter, Kind, ScoredMessage
+from streams.settings import VigilSettings
+
+from .backends import Backend, connect
+from .compat import (
+    DEAD_LETTER_COLUMNS,
+    CompatLevel,
+    dead_letter_from_row,
+    dead_letter_row,
+    scored_columns,
+    scored_from_row,
+    scored_row,
+)
+from .errors import BackendUnavailable, StorageUnavailable
+from .migrations import migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LabelCount(BaseModel):
+    kind: str
+    label: str
+    rows: int
+
+
+class TickerNegativeShare(BaseModel):
+    ticker: str
+    rows: int
+    negative: int
+    negative_share: float
+
+
+class StoreSummary(BaseModel):
+    total_rows: int
+    by_label: list[LabelCount]
+    top_negative_tickers: list[TickerNegativeShare]
+    dead_letters_by_reason: dict[str, int]
+    e2e_p50_ms: float | None
+    e2e_p99_ms: float | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _quantile(value: Any) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+class ClickHouseStore:
+    """Thread-safe as its backend is. Build with ``open_store(settings)``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        database: str,
+        level: CompatLevel,
+        retry_attempts: int = 6,
+        retry_max_s: float = 30.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.backend = backend
+        self.database = database
+        self.level = level
+        self._attempts = retry_attempts
+        self._retry_max_s = retry_max_s
+        self._clock = clock
+
+    def _retried(self, what: str, fn: Callable[[], T]) -> T:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=min(0.2, self._retry_max_s), max=self._retry_max_s),
+            retry=retry_if_exception_type(BackendUnavailable),
+            before_sleep=lambda rs: log.warning(
+                "ClickHouse %s failed (attempt %d/%d), retrying: %s",
+                what, rs.attempt_number, self._attempts, rs.outcome.exception() if rs.outcome else "",
+            ),
+        )
+        try:
+            return retrying(fn)
+        except RetryError as e:
+            cause = e.last_attempt.exception()
+            raise StorageUnavailable(
+                f"ClickHouse {what} failed {self._attempts} times; last error: {cause}. Check that "
+                "ClickHouse is running and reachable (VIGIL_CLICKHOUSE_URL) and has disk space; the "
+                "batch was not stored, so keep its Kafka offsets uncommitted and retry."
+            ) from cause
+
+    @property
+    def _scored(self) -> str:
+        return f"{self.database}.scored"
+
+    @property
+    def _dead_letters(self) -> str:
+        return f"{self.database}.dead_letters"
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def write_scored(self, messages: Sequence[ScoredMessage]) -> int:
+        """Store one batch in one insert (written_time/e2e_ms taken now). Replays are harmless."""
+        if not messages:
+            return 0
+        written = self._clock()
+        rows = [scored_row(m, written, self.level) for m in messages]
+        columns = scored_columns(self.level)
+        self._retried("insert into scored", lambda: self.backend.insert(self._scored, columns, rows))
+        return len(rows)
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        if not letters:
+            return 0
+        rows = [dead_letter_row(d, self.level) for d in letters]
+        self._retried(
+            "insert into dead_letters",
+            lambda: self.backend.insert(self._dead_letters, DEAD_LETTER_COLUMNS, rows),
+        )
+        return len(rows)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _query(self, what: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._retried(what, lambda: self.backend.query(sql, params))
+
+    def existing_content_hashes(self, kind: Kind | str, ids: Iterable[str]) -> dict[str, int]:
+        """id -> content_hash of the latest stored row, for the ids already stored for this kind."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        rows = self._query(
+            "content-hash lookup",
+            f"SELECT id, argMax(content_hash, written_time) FROM {self._scored} FINAL "
+            "WHERE kind = {kind:String} AND id IN {ids:Array(String)} GROUP BY id",
+            {"kind": str(Kind(kind)), "ids": wanted},
+        )
+        return {i: int(h) for i, h in rows}
+
+    def fetch_scored(self, kind: Kind | str, ids: Iterable[str]) -> list[ScoredMessage]:
+        """The stored messages for these ids (one per id and model version), ordered by id."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        columns = scored_columns(self.level)
+        rows = self._query(
+            "scored read",
+            f"SELECT {', '.join(columns)} FROM {self._scored} FINAL "
+            "WHERE kind = {kind:String} AND id IN {ids:Array(String)} ORDER BY id, model_version",
+            {"kind": str(Kind(kind)), "ids": wanted},
+        )
+        return [scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
+
+    def fetch_dead_letters(self, source_topic: str) -> list[DeadLetter]:
+        rows = self._query(
+            "dead-letter read",
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._dead_letters} FINAL "
+            "WHERE source_topic = {topic:String} ORDER BY src_partition, src_offset",
+            {"topic": source_topic},
+        )
+        return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
+
+    def summary(self, *, min_ticker_volume: int = 5, top_tickers: int = 10) -> StoreSummary:
+        by_label = self._query(
+            "summary",
+            f"SELECT kind, label, count() FROM {self._scored} FINAL "
+            "GROUP BY kind, label ORDER BY kind, label",
+        )
+        # quantiles() is exact below 8192 rows and a bounded-memory sample above that.
+        (total, quantiles), = self._query(
+            "summary", f"SELECT count(), quantiles(0.5, 0.99)(e2e_ms) FROM {self._scored} FINAL"
+        )
+        tickers = self._query(
+            "summary",
+            "SELECT ticker, count() AS n, countIf(label = {negative:String}) AS neg "
+            f"FROM {self._scored} FINAL ARRAY JOIN tickers AS ticker "
+            "WHERE kind = {news:String} GROUP BY ticker HAVING n >= {min_volume:UInt64} "
+            "ORDER BY neg / n DESC, n DESC, ticker LIMIT {top:UInt32}",
+            {"negative": "negative", "news": Kind.news.value, "min_volume": min_ticker_volume,
+             "top": top_tickers},
+        )
+        reasons = self._query(
+            "summary",
+            f"SELECT reason, count() FROM {self._dead_letters} FINAL GROUP BY reason ORDER BY reason",
+        )
+        return StoreSummary(
+            total_rows=int(total),
+            by_label=[LabelCount(kind=k, label=lbl, rows=int(n)) for k, lbl, n in by_label],
+            top_negative_tickers=[
+                TickerNegativeShare(ticker=t, rows=int(n), negative=int(neg), negative_share=neg / n)
+                for t, n, neg in tickers
+            ],
+            dead_letters_by_reason={r: int(n) for r, n in reasons},
+            e2e_p50_ms=_quantile(quantiles[0]) if total else None,
+            e2e_p99_ms=_quantile(quantiles[1]) if total else None,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_now) -> ClickHouseStore:
+    """Connect (server or embedded), apply pending migrations, and return the store."""
+    backend = connect(settings)
+    try:
+        report = migrate(backend, database=settings.clickhouse_database, ttl_days=settings.clickhouse_ttl_days)
+    except BaseException:
+        backend.close()
+        raise
+    return ClickHouseStore(
+        backend,
+        database=settings.clickhouse_database,
+        level=report.level,
+        retry_attempts=settings.clickhouse_retry_attempts,
+        retry_max_s=settings.clickhouse_retry_max_s,
+        clock=clock,
+    )
