@@ -1,0 +1,162 @@
+"""`vigil train`, `vigil eval` and `vigil models ...`; mount with ``register(app)``.
+
+Every command reads the settings object the top-level callback put in ``ctx.obj``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.settings import VigilSettings
+
+console = Console()
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+
+
+def _settings(ctx: typer.Context) -> VigilSettings:
+    return ctx.obj if isinstance(ctx.obj, VigilSettings) else VigilSettings()
+
+
+def _fail(e: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {e}")
+    return typer.Exit(1)
+
+
+def train_command(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Option(help="sentiment or triage")],
+    profile: Annotated[str, typer.Option(help="quick (CPU demo, minutes) or full (GPU quality recipe)")] = "quick",
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    max_length: Annotated[int | None, typer.Option(min=8, max=512)] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
+) -> None:
+    """Fine-tune a model for TASK and add it to the registry as the next version."""
+    from models.encoder import base_encoder_dir
+    from models.registry import Registry
+    from models.train import profile_config, train
+
+    s = _settings(ctx)
+    try:
+        cfg = profile_config(profile, task, epochs=epochs, seed=seed, max_steps=max_steps, lr=lr,
+                             batch_size=batch_size, max_length=max_length)
+        result = train(task, cfg, data_dir=s.bundled_data_dir, registry_root=s.registry_dir,
+                       encoder_dir=base_encoder_dir(s.base_encoder_dir), device=s.device)
+    except (ValueError, RuntimeError) as e:
+        raise _fail(e) from e
+    card = result.card
+    console.print(f"[green]{task} {card.version}[/] in {result.seconds:.0f}s, {result.steps} steps: "
+                  f"validation accuracy {result.report.accuracy:.4f}, macro-F1 {result.report.macro_f1:.4f} "
+                  f"({card.metrics.n} held-out rows)")
+    if promote:
+        Registry(s.registry_dir).promote(task, card.version)
+        console.print(f"promoted {task} {card.version} to champion")
+
+
+def eval_command(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Option(help="sentiment or triage")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV: text,label or text,category")],
+    version: Annotated[str | None, typer.Option(help="Registry version (default: settings / champion)")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write the confusion matrix here")] = None,
+) -> None:
+    """Accuracy, macro-F1 and a per-class report of a registry model on a labelled CSV."""
+    from models.evaluate import evaluate, write_confusion_png
+    from models.scorers import load_scorer
+    from models.tasks import read_labelled_csv
+
+    s = _settings(ctx)
+    try:
+        scorer = load_scorer(s, task, version)
+        rows = read_labelled_csv(data)
+        if task == "sentiment" and {y for _, y in rows} <= {"0", "1", "2"}:
+            rows = [(t, {"0": "negative", "1": "positive", "2": "neutral"}[y]) for t, y in rows]
+        preds = scorer.score([t for t, _ in rows])
+        report = evaluate([y for _, y in rows], [p.label for p in preds], scorer.labels)
+    except (ValueError, RuntimeError) as e:
+        raise _fail(e) from e
+    table = Table(title=f"{task} {scorer.model_version} on {data} ({report.n} rows)")
+    for col in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for c in report.per_class:
+        table.add_row(c.label, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
+    console.print(table)
+    console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  "
+                  f"truncated {sum(p.truncated for p in preds)}")
+    if png:
+        try:
+            write_confusion_png(report, png, f"{task} {scorer.model_version}")
+        except RuntimeError as e:
+            raise _fail(e) from e
+        console.print(f"confusion matrix: {png}")
+
+
+@models_app.command("list")
+def list_command(ctx: typer.Context) -> None:
+    """Every version of every task, with its validation metrics."""
+    from models.registry import Registry
+
+    entries = Registry(_settings(ctx).registry_dir).list()
+    if not entries:
+        console.print("no models yet: run `vigil train --task sentiment` and `vigil train --task triage`")
+        return
+    table = Table()
+    for col in ("task", "version", "champion", "accuracy", "macro-F1", "created", "parent"):
+        table.add_column(col)
+    for card, champ in entries:
+        m = card.metrics
+        table.add_row(card.task, card.version, "*" if champ else "", f"{m.accuracy:.4f}" if m else "-",
+                      f"{m.macro_f1:.4f}" if m else "-", card.created_at.strftime("%Y-%m-%d %H:%M"),
+                      card.parent_version or "")
+    console.print(table)
+
+
+@models_app.command("show")
+def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Argument()] = "champion") -> None:
+    """The model card of TASK VERSION (default: the champion)."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        console.print_json(json.dumps(Registry(_settings(ctx).registry_dir).show(task, version)))
+    except RegistryError as e:
+        raise _fail(e) from e
+
+
+@models_app.command("promote")
+def promote_command(ctx: typer.Context, task: str, version: str) -> None:
+    """Make TASK VERSION the champion that scorers load."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        Registry(_settings(ctx).registry_dir).promote(task, version)
+    except RegistryError as e:
+        raise _fail(e) from e
+    console.print(f"{task} champion: {version} (running workers pick it up when they restart)")
+
+
+@models_app.command("rollback")
+def rollback_command(ctx: typer.Context, task: str) -> None:
+    """Make the previous champion of TASK the champion again."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        version = Registry(_settings(ctx).registry_dir).rollback(task)
+    except RegistryError as e:
+        raise _fail(e) from e
+    console.print(f"{task} champion rolled back to {version}")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `train`, `eval` and the `models` group on the top-level CLI."""
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,239 @@
+"""The inference engine: a registry model behind the ``Scorer`` interface.
+
+Texts are tokenised once (fast tokenizer), sorted by length and batched so that each batch pads
+only to its own longest text, run under ``torch.inference_mode`` and put back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.modeling import MeanPoolClassifier, labels_of
+from models.registry import ModelCard
+from models.scoring import Prediction
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "int8", "fp16", "bf16"]
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# A token rarely spans more than ~10 characters of real text; cutting far beyond that bounds the
+# tokenizer's work on huge inputs without changing what the model sees for ordinary long texts.
+_CHARS_PER_TOKEN_CAP = 50
+
+
+class ScoringError(RuntimeError):
+    """The engine cannot score the given input."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ParityReport:
+    precision: str
+    n: int
+    label_flips: int
+    max_abs_prob_diff: float
+    max_flip_rate: float
+
+    @property
+    def flip_rate(self) -> float:
+        return self.label_flips / self.n if self.n else 0.0
+
+    @property
+    def accepted(self) -> bool:
+        return self.flip_rate <= self.max_flip_rate
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ScoringError("device 'cuda' was asked for but torch sees no GPU; set VIGIL_DEVICE=cpu or auto")
+    return torch.device(device)
+
+
+def clean_text(text: str) -> str:
+    """Make any Python str encodable as UTF-8 (lone surrogates become U+FFFD)."""
+    if not isinstance(text, str):
+        raise ScoringError(f"can only score str, got {type(text).__name__}")
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
+    """Token ids cut to ``max_length`` (special tokens included), and whether each text was cut."""
+    char_cap = max_length * _CHARS_PER_TOKEN_CAP
+    cleaned = [clean_text(t) for t in texts]
+    cut_chars = [len(t) > char_cap for t in cleaned]
+    cleaned = [t[:char_cap] for t in cleaned]
+    # One token more than fits tells "exactly fits" apart from "was cut".
+    ids = tokenizer(cleaned, truncation=True, max_length=max_length + 1, add_special_tokens=True,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    sep = tokenizer.sep_token_id
+    out, truncated = [], []
+    for seq, cut in zip(ids, cut_chars, strict=True):
+        if len(seq) > max_length:
+            seq = seq[: max_length - 1] + [sep]
+            cut = True
+        out.append(seq)
+        truncated.append(cut)
+    return Encoded(out, truncated)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Class probabilities (float32, input order) for already-encoded sequences."""
+    num_labels = model.config.num_labels
+    probs = np.empty((len(seqs), num_labels), dtype=np.float32)
+    cuda = device.type == "cuda"
+    for idx in length_batches([len(s) for s in seqs], batch_size):
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+        if cuda:
+            ids = ids.pin_memory().to(device, non_blocking=True)
+            mask = mask.pin_memory().to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=ids, attention_mask=mask)
+        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def to_prediction(p: np.ndarray, labels: Sequence[str], truncated: bool) -> Prediction:
+    top = np.argsort(p)[::-1]
+    second = float(p[top[1]]) if len(p) > 1 else 0.0
+    nz = p[p > 0]
+    return Prediction(
+        label=labels[int(top[0])],
+        probs={label: float(v) for label, v in zip(labels, p, strict=True)},
+        confidence=float(p[top[0]]),
+        margin=max(0.0, float(p[top[0]]) - second),
+        entropy=max(0.0, float(-(nz * np.log(nz)).sum())),
+        truncated=truncated,
+    )
+
+
+def set_cpu_threads(num_threads: int | None) -> None:
+    """Use at most the cores this process may run on (torch's default can oversubscribe containers)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(num_threads or available, available)))
+
+
+class Engine:
+    """A ``Scorer`` over one registry version."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        max_length: int = 128,
+        batch_size: int = 64,
+        precision: Precision = "auto",
+        parity_texts: Sequence[str] = (),
+        max_flip_rate: float = 0.002,
+        num_threads: int | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.card = ModelCard.model_validate_json((Path(model_dir) / "card.json").read_bytes())
+        self.task = self.card.task
+        self.model_name = self.card.model_name
+        self.model_version = self.card.version
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            set_cpu_threads(num_threads)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if not self.tokenizer.is_fast:
+            raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json); retrain it")
+        self._fp32 = MeanPoolClassifier.from_pretrained(model_dir).eval().to(self.device)
+        self.labels = labels_of(self._fp32)
+        if list(self.labels) != self.card.labels:
+            raise ScoringError(f"{model_dir}: card labels and model labels differ; the version is corrupt")
+        self.model: nn.Module = self._fp32
+        self._autocast: torch.dtype | None = None
+        self.precision = "fp32"
+        self.parity: ParityReport | None = None
+        wanted = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        if wanted != "fp32":
+            self._enable(wanted, parity_texts, max_flip_rate)
+
+    def _enable(self, precision: str, parity_texts: Sequence[str], max_flip_rate: float) -> None:
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
+            candidate: nn.Module = torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8)
+            autocast = None
+        elif precision in ("fp16", "bf16"):
+            if self.device.type != "cuda":
+                raise ScoringError(f"{precision} inference needs CUDA; on CPU use fp32 or int8")
+            candidate, autocast = self._fp32, torch.float16 if precision == "fp16" else torch.bfloat16
+        else:
+            raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, int8, fp16 or bf16")
+        if not parity_texts:
+            raise ScoringError(f"{precision} needs a parity sample of real texts to check it against fp32")
+        enc = encode(self.tokenizer, parity_texts, self.max_length)
+        pad = self.tokenizer.pad_token_id
+        ref = predict_probs(self._fp32, enc.ids, pad, self.batch_size, self.device)
+        got = predict_probs(candidate, enc.ids, pad, self.batch_size, self.device, autocast)
+        self.parity = ParityReport(
+            precision=precision,
+            n=len(enc.ids),
+            label_flips=int((ref.argmax(1) != got.argmax(1)).sum()),
+            max_abs_prob_diff=float(np.abs(ref - got).max()),
+            max_flip_rate=max_flip_rate,
+        )
+        if self.parity.accepted:
+            self.model, self._autocast, self.precision = candidate, autocast, precision
+        else:
+            log.warning("%s %s: %s flips %.3f%% of labels vs fp32 (limit %.3f%%); keeping fp32",
+                        self.task, self.model_version, precision, 100 * self.parity.flip_rate,
+                        100 * max_flip_rate)
+
+    def probs(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        enc = encode(self.tokenizer, texts, self.max_length)
+        if not enc.ids:
+            return np.empty((0, len(self.labels)), dtype=np.float32), []
+        p = predict_probs(self.model, enc.ids, self.tokenizer.pad_token_id, self.batch_size,
+                          self.device, self._autocast)
+        return p, enc.truncated
+
+    def score(self, texts: Sequence[str]) -> list[Prediction]:
+        p, truncated = self.probs(texts)
+        if not np.isfinite(p).all():
+            raise ScoringError(f"{self.task} {self.model_version} produced non-finite probabilities")
+        return [to_prediction(row, self.labels, cut) for row, cut in zip(p, truncated, strict=True)]
+

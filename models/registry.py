@@ -1,0 +1,194 @@
+"""A versioned model registry on disk.
+
+Layout: ``<root>/<task>/<version>/`` (save_pretrained safetensors, tokenizer, ``card.json``) with
+versions ``v1, v2, ...`` per task, and ``<root>/<task>/champion.json`` naming the champion and the
+champions before it (so ``rollback`` can step back). Every write that others may read is atomic:
+a version directory is built under a temporary name and renamed into place; the pointer is written
+to a temporary file and ``os.replace``d.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CHAMPION = "champion"
+_VERSION = re.compile(r"^v([1-9][0-9]*)$")
+_POINTER = "champion.json"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done."""
+
+
+class ModelNotFound(RegistryError):
+    pass
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    eval_set: str = Field(description="What the metrics were measured on.")
+    n: int
+    accuracy: float
+    macro_f1: float
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    version: str
+    model_name: str
+    labels: list[str]
+    metrics: Metrics | None
+    data_fingerprint: str
+    parent_version: str | None = Field(None, description="The champion when this version was trained.")
+    base_encoder: str
+    max_length: int
+    training_config: dict[str, Any]
+    created_at: datetime
+
+
+def _version_number(name: str) -> int | None:
+    m = _VERSION.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def task_dir(self, task: str) -> Path:
+        return self.root / task
+
+    def versions(self, task: str) -> list[str]:
+        """Versions of ``task``, oldest first."""
+        d = self.task_dir(task)
+        if not d.is_dir():
+            return []
+        found = [(n, p.name) for p in d.iterdir() if p.is_dir() and (n := _version_number(p.name))]
+        return [name for _, name in sorted(found)]
+
+    def _pointer(self, task: str) -> dict[str, Any]:
+        path = self.task_dir(task) / _POINTER
+        if not path.is_file():
+            return {"champion": None, "history": []}
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def champion(self, task: str) -> str | None:
+        """The promoted version, or None when nothing was promoted."""
+        return self._pointer(task)["champion"]
+
+    def _not_found(self, task: str, what: str) -> ModelNotFound:
+        return ModelNotFound(
+            f"no {what} model for task {task!r} in {self.root}: run `vigil train --task {task}` "
+            f"(versions present: {', '.join(self.versions(task)) or 'none'})"
+        )
+
+    def resolve(self, task: str, version: str = CHAMPION) -> Path:
+        """The directory of ``version`` ('champion': the promoted one, else the newest)."""
+        if version == CHAMPION:
+            version = self.champion(task) or (self.versions(task) or [None])[-1]
+            if version is None:
+                raise self._not_found(task, "trained")
+        path = self.task_dir(task) / version
+        if _version_number(version) is None or not (path / "card.json").is_file():
+            raise self._not_found(task, f"{version!r}")
+        return path
+
+    def card(self, task: str, version: str = CHAMPION) -> ModelCard:
+        return ModelCard.model_validate_json((self.resolve(task, version) / "card.json").read_bytes())
+
+    def list(self) -> list[tuple[ModelCard, bool]]:
+        """Every version of every task, with whether it is its task's champion."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for task_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            champ = self.champion(task_dir.name)
+            for v in self.versions(task_dir.name):
+                out.append((self.card(task_dir.name, v), v == champ))
+        return out
+
+    def show(self, task: str, version: str = CHAMPION) -> dict[str, Any]:
+        card = self.card(task, version)
+        return {**card.model_dump(mode="json"), "path": str(self.resolve(task, card.version)),
+                "champion": self.champion(task) == card.version}
+
+    def add(self, task: str, write: Any, card_fields: dict[str, Any]) -> ModelCard:
+        """Create the next version: ``write(dir)`` fills a temporary directory, then it is renamed.
+
+        ``card_fields`` is everything in the card except task, version, parent_version and created_at.
+        """
+        task_dir = self.task_dir(task)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=task_dir, prefix=".staging-"))
+        try:
+            write(staging)
+            existing = [_version_number(v) or 0 for v in self.versions(task)]
+            n = max(existing, default=0) + 1
+            while True:
+                version = f"v{n}"
+                card = ModelCard(task=task, version=version, parent_version=self.champion(task),
+                                 created_at=datetime.now(UTC), **card_fields)
+                (staging / "card.json").write_text(card.model_dump_json(indent=2), encoding="utf-8")
+                try:
+                    # rename is atomic and fails if another trainer took this number first
+                    os.rename(staging, task_dir / version)
+                    return card
+                except OSError:
+                    if not (task_dir / version).exists():
+                        raise
+                    n += 1
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def promote(self, task: str, version: str) -> str:
+        self.resolve(task, version)  # must exist
+        pointer = self._pointer(task)
+        if pointer["champion"] == version:
+            return version
+        history = pointer["history"] + ([pointer["champion"]] if pointer["champion"] else [])
+        _write_json_atomic(self.task_dir(task) / _POINTER,
+                           {"champion": version, "history": history,
+                            "updated_at": datetime.now(UTC).isoformat()})
+        return version
+
+    def rollback(self, task: str) -> str:
+        """Make the previous champion the champion again; returns it."""
+        pointer = self._pointer(task)
+        history = [v for v in pointer["history"] if (self.task_dir(task) / v / "card.json").is_file()]
+        if not history:
+            raise RegistryError(
+                f"task {task!r} has no earlier champion to roll back to "
+                f"(champion: {pointer['champion'] or 'none'}); promote a version with "
+                f"`vigil models promote {task} VERSION`"
+            )
+        previous = history.pop()
+        _write_json_atomic(self.task_dir(task) / _POINTER,
+                           {"champion": previous, "history": history,
+                            "updated_at": datetime.now(UTC).isoformat()})
+        return previous

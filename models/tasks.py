@@ -1,0 +1,119 @@
+"""The two scoring tasks: their labels and how their bundled training rows are read."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+# Twitter Financial News codes its labels 0 bearish, 1 bullish, 2 neutral.
+_TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
+
+
+class UnknownTask(ValueError):
+    """A task name that Vigil does not have."""
+
+
+class BadDataFile(ValueError):
+    """A training or evaluation CSV that cannot be read as labelled rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    text: str
+    label: str
+    source: str  # which corpus the row came from; splits are stratified per source and label
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise BadDataFile(f"{path} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _twitter(data_dir: Path) -> list[Row]:
+    path = data_dir / "twitter_financial_news" / "train.csv"
+    rows = []
+    for i, r in enumerate(_read_csv(path)):
+        if r.get("label") not in _TWITTER_LABELS:
+            raise BadDataFile(f"{path} row {i + 2}: label {r.get('label')!r} is not 0, 1 or 2")
+        rows.append(Row(r["text"], _TWITTER_LABELS[r["label"]], "twitter_financial_news"))
+    return rows
+
+
+def _phrasebank(data_dir: Path) -> list[Row]:
+    path = data_dir / "financial_phrasebank" / "train.csv"
+    rows = []
+    for i, r in enumerate(_read_csv(path)):
+        if r.get("label") not in SENTIMENT_LABELS:
+            raise BadDataFile(f"{path} row {i + 2}: label {r.get('label')!r} is not one of {SENTIMENT_LABELS}")
+        rows.append(Row(r["text"], r["label"], "financial_phrasebank"))
+    return rows
+
+
+def banking77_labels(data_dir: Path) -> tuple[str, ...]:
+    return tuple(json.loads((data_dir / "banking77" / "categories.json").read_text(encoding="utf-8")))
+
+
+def _banking77(data_dir: Path) -> list[Row]:
+    path = data_dir / "banking77" / "train.csv"
+    known = set(banking77_labels(data_dir))
+    rows = []
+    for i, r in enumerate(_read_csv(path)):
+        if r.get("category") not in known:
+            raise BadDataFile(f"{path} row {i + 2}: category {r.get('category')!r} is not in categories.json")
+        rows.append(Row(r["text"], r["category"], "banking77"))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    name: str
+    model_name: str  # what ScoredMessage.model_name carries
+    labels: Callable[[Path], tuple[str, ...]]  # bundled data dir -> label order of the head
+    sources: dict[str, Callable[[Path], list[Row]]]  # corpus name -> loader
+
+    def load(self, data_dir: Path, sources: tuple[str, ...] | None = None) -> list[Row]:
+        chosen = tuple(self.sources) if sources is None else sources
+        unknown = [s for s in chosen if s not in self.sources]
+        if unknown:
+            raise UnknownTask(f"task {self.name} has no corpus {unknown}; choose from {sorted(self.sources)}")
+        return [row for s in chosen for row in self.sources[s](data_dir)]
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sentiment": TaskSpec(
+        name="sentiment",
+        model_name="vigil-sentiment-minilm",
+        labels=lambda _data_dir: SENTIMENT_LABELS,
+        sources={"twitter_financial_news": _twitter, "financial_phrasebank": _phrasebank},
+    ),
+    "triage": TaskSpec(
+        name="triage",
+        model_name="vigil-triage-minilm",
+        labels=banking77_labels,
+        sources={"banking77": _banking77},
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTask(f"unknown task {name!r}; choose from {', '.join(TASKS)}") from None
+
+
+def read_labelled_csv(path: Path) -> list[tuple[str, str]]:
+    """(text, label) pairs from a CSV with columns text,label or text,category."""
+    rows = _read_csv(path)
+    if not rows:
+        raise BadDataFile(f"{path} has no rows")
+    column = "label" if "label" in rows[0] else "category" if "category" in rows[0] else None
+    if "text" not in rows[0] or column is None:
+        raise BadDataFile(f"{path} needs columns text,label or text,category; it has {list(rows[0])}")
+    return [(r["text"], r[column]) for r in rows]
