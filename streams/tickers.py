@@ -1,0 +1,87 @@
+"""Tickers a news item is about: its cashtags ($TSLA, $BRK.B), its own ``tickers`` field, and
+optionally company names from a small dictionary. Pure.
+
+Money amounts ($100, $5.2bn) are not cashtags: a cashtag starts with a letter. Tickers come out
+upper-case, de-duplicated, in order of first mention (declared ones first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+# A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
+# "." or "-" (BRK.B, RDS.A, BMY-R). Not preceded by a word character or "$" (US$5, $$).
+# The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN.
+_CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:[.\-][A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])")
+_VALID = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
+
+
+class TickerDictionaryError(ValueError):
+    """The company-name dictionary file is missing or not a JSON object of name -> ticker."""
+
+
+def normalise(ticker: str) -> str | None:
+    """``$brk.b`` -> ``BRK.B``; None when it cannot be a ticker."""
+    t = ticker.strip().lstrip("$").upper()
+    return t if _VALID.match(t) else None
+
+
+def cashtags(text: str) -> list[str]:
+    """The cashtags in ``text``, normalised, de-duplicated, in order."""
+    return _dedupe(m.group(1).upper() for m in _CASHTAG.finditer(text))
+
+
+class CompanyDictionary:
+    """Whole-word, case-insensitive company names -> tickers (longest name wins on overlap)."""
+
+    def __init__(self, names: Mapping[str, str]) -> None:
+        self._by_name: dict[str, str] = {}
+        for name, ticker in names.items():
+            norm = normalise(ticker)
+            if not name.strip() or norm is None:
+                raise TickerDictionaryError(f"bad dictionary entry {name!r} -> {ticker!r}")
+            self._by_name[name.strip().casefold()] = norm
+        alternatives = sorted(self._by_name, key=len, reverse=True)
+        self._pattern = (
+            re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in alternatives) + r")(?!\w)", re.IGNORECASE)
+            if alternatives
+            else None
+        )
+
+    @classmethod
+    def from_json(cls, path: Path) -> CompanyDictionary:
+        """Load ``{"Tesla": "TSLA", "Berkshire Hathaway": "BRK.B"}``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TickerDictionaryError(f"cannot read the company dictionary {path}: {e}") from e
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise TickerDictionaryError(f"{path} must hold one JSON object of company name -> ticker")
+        return cls(data)
+
+    def find(self, text: str) -> list[str]:
+        if self._pattern is None:
+            return []
+        return _dedupe(self._by_name[m.group(1).casefold()] for m in self._pattern.finditer(text))
+
+
+def extract_tickers(
+    text: str, declared: Iterable[str] | None = None, companies: CompanyDictionary | None = None
+) -> list[str]:
+    """The message's declared tickers, then its cashtags, then dictionary company names."""
+    found: list[str] = []
+    for t in declared or ():
+        norm = normalise(t)
+        if norm is not None:
+            found.append(norm)
+    found += cashtags(text)
+    if companies is not None:
+        found += companies.find(text)
+    return _dedupe(found)
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
