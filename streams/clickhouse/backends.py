@@ -80,7 +80,8 @@ def to_driver_sql(sql: str, params: Params) -> tuple[str, dict[str, Any] | None]
             raise QueryFailed(f"no value for query parameter {name!r}")
         before = escaped[: m.start()].rstrip()
         if type_.startswith("Array(") and re.search(r"\bIN$", before, re.IGNORECASE):
-            values[name] = tuple(values[name])
+            values[f"{name}__in"] = tuple(params[name])
+            return f"%({name}__in)s"
         return f"%({name})s"
 
     return _PLACEHOLDER.sub(sub, escaped), values

@@ -1,0 +1,229 @@
+"""The ClickHouse store on real engines: embedded chdb (26.x, 'modern') and Debian's
+clickhouse-server 18.16 ('legacy-18'). Needs ``tests.fixtures.clickhouse`` registered."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.clickhouse import (
+    ClickHouseStore,
+    CompatLevel,
+    EmbeddedInUse,
+    StorageUnavailable,
+    connect,
+    migrate,
+    open_store,
+)
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.settings import VigilSettings
+
+# Recent: rows older than clickhouse_ttl_days (written_time) are deleted by the modern TTL.
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=123000)
+WRITTEN = T0 + timedelta(minutes=1)
+
+
+def msg(i: int | str, **over: object) -> ScoredMessage:
+    fields: dict[str, object] = dict(
+        id=f"n-{i}", kind=Kind.news, text=f"headline {i}", model_name="sentiment", model_version="v1",
+        label="neutral", probs={"positive": 0.25, "negative": 0.25, "neutral": 0.5}, confidence=0.5,
+        margin=0.25, entropy=1.04, tickers=[], source="wire", content_hash=1000 + hash(str(i)) % 1000,
+        event_time=T0, ingest_time=T0, scored_time=T0 + timedelta(milliseconds=5),
+        src_partition=0, src_offset=int(i) if str(i).isdigit() else 0,
+    )
+    fields.update(over)
+    return ScoredMessage(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["chdb", "server"])
+def settings(request: pytest.FixtureRequest) -> VigilSettings:
+    return request.getfixturevalue(f"{request.param}_settings")
+
+
+@pytest.fixture
+def store(settings: VigilSettings):
+    st = open_store(settings, clock=lambda: WRITTEN)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="streams.clickhouse")
+    backend = connect(settings)
+    try:
+        first = migrate(backend, database=settings.clickhouse_database, ttl_days=30)
+        second = migrate(backend, database=settings.clickhouse_database, ttl_days=30)
+        expected = CompatLevel.modern if settings.clickhouse_url is None else CompatLevel.legacy_18
+        assert first.level is second.level is expected
+        assert first.applied == ["0001_scored", "0002_dead_letters"] and first.already_applied == []
+        assert second.applied == [] and second.already_applied == first.applied
+        recorded = backend.query(
+            f"SELECT version, level FROM {settings.clickhouse_database}.schema_migrations FINAL ORDER BY version"
+        )
+        assert recorded == [(1, expected.value), (2, expected.value)]
+        assert f"schema compatibility level {expected.value}" in caplog.text
+        columns = {
+            name: type_ for name, type_ in backend.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = 'scored'",
+                {"db": settings.clickhouse_database},
+            )
+        }
+        if expected is CompatLevel.modern:
+            assert columns["probs"] == "Map(String, Float32)"
+            assert columns["written_time"] == "DateTime64(3, 'UTC')"
+        else:
+            assert columns["prob_labels"] == "Array(String)" and "probs" not in columns
+            assert columns["written_time"] == "DateTime('UTC')"
+    finally:
+        backend.close()
+
+
+def test_messages_round_trip(store: ClickHouseStore) -> None:
+    texts = {
+        "plain": "Acme shares fall 5%",
+        "emoji": "Great service 😀👍🏽 — thanks!",
+        "rtl": "الخدمة ممتازة שירות מצוין",
+        "quotes": "it's \"quoted\" \\ back\tslash\nnew line {x:String} %(y)s",
+        "big": ("Lorem ipsum dolor sit amet ✓ " * 3500)[:100_000],
+    }
+    sent = [
+        msg(
+            key, text=text, probs={"positive": 0.125, "negative": 0.625, "neutral": 0.25},
+            label="negative", confidence=0.625, margin=0.375, tickers=["ACME", "BRK.B"],
+            truncated=key == "big", ingest_time=T0 + timedelta(milliseconds=250),
+            content_hash=2**64 - 1 if key == "plain" else 7,
+        )
+        for key, text in texts.items()
+    ]
+    assert store.write_scored(sent) == len(sent)
+    back = {m.id: m for m in store.fetch_scored(Kind.news, [m.id for m in sent])}
+    seconds_only = store.level is CompatLevel.legacy_18
+    for m in sent:
+        got = back[m.id]
+        assert got.text == m.text
+        assert got.probs == m.probs  # these probabilities are exact in Float32
+        assert (got.label, got.tickers, got.truncated, got.content_hash) == (
+            m.label, m.tickers, m.truncated, m.content_hash
+        )
+        expected_event = m.event_time.replace(microsecond=0) if seconds_only else m.event_time
+        assert got.event_time == expected_event
+    assert len(back["n-big"].text) == 100_000
+    assert store.backend.query(f"SELECT DISTINCT e2e_ms FROM {store.database}.scored") == [(59_750,)]
+
+
+def test_replayed_batch_collapses_to_one_row_per_id_with_final(store: ClickHouseStore) -> None:
+    batch = [msg(i) for i in range(50)]
+    store.write_scored(batch)
+    store.write_scored(batch)  # a crash after the insert, before the offset commit, replays it
+    table = f"{store.database}.scored"
+    # Both inserts are physically there until a background merge; FINAL collapses them.
+    assert store.backend.query(f"SELECT count() FROM {table}") == [(100,)]
+    assert store.backend.query(f"SELECT count() FROM {table} FINAL") == [(50,)]
+    assert store.summary().total_rows == 50
+    assert store.existing_content_hashes(Kind.news, ["n-3", "n-7", "missing"]) == {
+        "n-3": batch[3].content_hash, "n-7": batch[7].content_hash,
+    }
+    assert store.existing_content_hashes(Kind.support, ["n-3"]) == {}
+
+
+def test_dead_letters_keep_invalid_utf8_bytes_and_count_once(store: ClickHouseStore) -> None:
+    letters = [
+        DeadLetter(source_topic="vigil.news.raw", partition=1, offset=10, key=b"\xc3\x28",
+                   raw=b"\xff\xfe\x00{\"id\": \x80}", reason=DeadLetterReason.bad_encoding,
+                   detail="invalid start byte", received_at=T0),
+        DeadLetter(source_topic="vigil.news.raw", partition=1, offset=11, key=None,
+                   raw=bytes(range(256)), reason=DeadLetterReason.bad_json, detail="x", received_at=T0),
+    ]
+    store.write_dead_letters(letters)
+    store.write_dead_letters(letters[:1])  # replay
+    back = store.fetch_dead_letters("vigil.news.raw")
+    assert [(d.raw, d.key, d.reason) for d in back] == [(d.raw, d.key, d.reason) for d in letters]
+    assert store.summary().dead_letters_by_reason == {"bad_encoding": 1, "bad_json": 1}
+
+
+def test_summary_on_a_known_data_set(store: ClickHouseStore) -> None:
+    def news(i: int, label: str, tickers: list[str], e2e: int) -> ScoredMessage:
+        return msg(i, label=label, tickers=tickers, ingest_time=WRITTEN - timedelta(milliseconds=e2e))
+
+    rows = [
+        news(1, "negative", ["ACME"], 10), news(2, "negative", ["ACME", "BOLT"], 20),
+        news(3, "positive", ["ACME"], 30), news(4, "negative", ["BOLT"], 50),
+        news(5, "positive", ["BOLT", "CORE"], 50),
+        msg("s1", kind=Kind.support, label="card_lost", ingest_time=WRITTEN - timedelta(milliseconds=50)),
+    ]
+    store.write_scored(rows)
+    store.write_scored(rows[:2])  # replays must not move any figure
+    store.write_dead_letters([
+        DeadLetter(source_topic="t", partition=0, offset=o, raw=b"x", reason=r, detail="", received_at=T0)
+        for o, r in [(1, DeadLetterReason.invalid), (2, DeadLetterReason.invalid), (3, DeadLetterReason.too_large)]
+    ])
+    s = store.summary(min_ticker_volume=2)
+    assert s.total_rows == 6
+    assert [(c.kind, c.label, c.rows) for c in s.by_label] == [
+        ("news", "negative", 3), ("news", "positive", 2), ("support", "card_lost", 1),
+    ]
+    # ACME 2/3 negative, BOLT 2/3 negative but same share -> more volume first? equal volume -> name.
+    assert [(t.ticker, t.rows, t.negative) for t in s.top_negative_tickers] == [("ACME", 3, 2), ("BOLT", 3, 2)]
+    assert s.top_negative_tickers[0].negative_share == pytest.approx(2 / 3)
+    assert s.dead_letters_by_reason == {"invalid": 2, "too_large": 1}
+    # e2e_ms = [10, 20, 30, 50, 50, 50]: the median is 30..50 by interpolation rule, p99 is 50 either way.
+    assert s.e2e_p99_ms == 50
+    assert s.e2e_p50_ms is not None and 30 <= s.e2e_p50_ms <= 50
+    assert store.summary(min_ticker_volume=4).top_negative_tickers == []
+
+
+def test_embedded_directory_is_one_process_only(chdb_settings: VigilSettings) -> None:
+    first = connect(chdb_settings)
+    try:
+        with pytest.raises(EmbeddedInUse, match="one per process"):
+            connect(chdb_settings)
+    finally:
+        first.close()
+    connect(chdb_settings).close()  # closed cleanly: it opens again
+
+
+def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, server_settings) -> None:
+    settings = server_settings.model_copy(
+        update={"clickhouse_retry_attempts": 3, "clickhouse_retry_max_s": 0.2}
+    )
+    store = open_store(settings)
+    try:
+        clickhouse_server.stop()
+        try:
+            with pytest.raises(StorageUnavailable, match="keep its Kafka offsets uncommitted"):
+                store.write_scored([msg(1)])
+        finally:
+            clickhouse_server.start()
+        assert store.write_scored([msg(1)]) == 1
+        assert [m.id for m in store.fetch_scored(Kind.news, ["n-1"])] == ["n-1"]
+    finally:
+        store.close()
+
+
+def test_modern_ttl_drops_rows_older_than_the_retention(chdb_settings: VigilSettings) -> None:
+    old = datetime.now(UTC) - timedelta(days=chdb_settings.clickhouse_ttl_days + 1)
+    store = open_store(chdb_settings, clock=lambda: old)
+    try:
+        store.write_scored([msg(1)])
+        store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")
+        assert store.summary().total_rows == 0
+        fresh = ClickHouseStore(  # same backend, today's clock
+            store.backend, database=store.database, level=store.level
+        )
+        fresh.write_scored([msg(2)])
+        store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")
+        assert store.summary().total_rows == 1
+    finally:
+        store.close()
+
+
+def test_url_database_must_agree_with_the_setting(clickhouse_server) -> None:
+    from streams.clickhouse import ClickHouseConfigError
+
+    settings = VigilSettings(clickhouse_url=clickhouse_server.url + "/other", clickhouse_database="vigil")
+    with pytest.raises(ClickHouseConfigError, match="make the two agree"):
+        connect(settings)
