@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from faust.types import EventT, StreamT, TopicT
 
 from models.scoring import Scorer
-from streams.clickhouse import ScoredStore, StorageUnavailable
+from streams.clickhouse import ClickHouseStore, StorageUnavailable
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.metrics import Metrics
 from streams.pipeline import BatchResult, Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
@@ -48,7 +48,7 @@ class BatchProcessor:
         *,
         kind: Kind,
         scorer: Callable[[], Scorer],
-        store: ScoredStore,
+        store: ClickHouseStore,
         limits: Limits,
         scored_topic: TopicT,
         dlq_topic: TopicT,

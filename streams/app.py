@@ -15,7 +15,7 @@ import faust
 
 from models.scoring import Scorer
 from streams.agents import BatchProcessor, make_agent
-from streams.clickhouse import ScoredStore
+from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
 from streams.metrics import Metrics
@@ -47,7 +47,7 @@ def create_app(
     settings: VigilSettings,
     bootstrap: str,
     scorers: Mapping[Kind, Callable[[], Scorer]],
-    store: ScoredStore,
+    store: ClickHouseStore,
     metrics: Metrics,
 ) -> faust.App:
     app = faust.App(

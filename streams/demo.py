@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +22,8 @@ from rich.table import Table
 
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
-from streams.contracts import Kind, NewsItem, SupportMessage
+from streams.contracts import Kind
+from streams.follow import Tracker, follow
 from streams.kafka_config import aiokafka_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import kafka_bootstrap
@@ -43,25 +42,6 @@ class DemoOptions:
     hostile: bool = True
     timeout_s: float = 600.0
     train_profile: str = "quick"
-
-
-@dataclass
-class Tracker:
-    """What has come out of the worker, as seen on the scored and dead-letter topics."""
-
-    scored_ids: set[str] = field(default_factory=set)
-    dead: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-
-    @property
-    def done(self) -> int:
-        return len(self.scored_ids) + self.dead
-
-    def quantile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass(frozen=True)
@@ -100,39 +80,6 @@ def demo_messages(settings: VigilSettings, options: DemoOptions) -> Iterator[Out
     yield from bad
 
 
-async def _follow(settings: VigilSettings, bootstrap: str, tracker: Tracker, ready: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_kwargs(settings))
-    await consumer.start()
-    try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (settings.topic_scored, settings.topic_dlq)
-            for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        ready.set()
-        while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            now = time.time()
-            for tp, records in batches.items():
-                for record in records:
-                    if tp.topic == settings.topic_dlq:
-                        tracker.dead += 1
-                        continue
-                    scored = json.loads(record.value)
-                    tracker.scored_ids.add(f"{scored['kind']}:{scored['id']}")
-                    ingest = datetime.fromisoformat(scored["ingest_time"]).timestamp()
-                    tracker.latencies_ms.append((now - ingest) * 1000)
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # aiokafka has no public call that waits for it
-    return consumer.partitions_for_topic(topic) or {0}
-
-
 def ensure_models(settings: VigilSettings, profile: str, console: Console) -> None:
     """Train a small model per task if the registry has none (the first run of the demo)."""
     from models.train import train_task  # heavy import, only when training
@@ -149,7 +96,7 @@ def ensure_models(settings: VigilSettings, profile: str, console: Console) -> No
 async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, console: Console) -> DemoReport:
     tracker = Tracker()
     ready = asyncio.Event()
-    follower = asyncio.create_task(_follow(settings, bootstrap, tracker, ready))
+    follower = asyncio.create_task(follow(settings, bootstrap, tracker, ready))
     await ready.wait()
     messages = list(demo_messages(settings, options))
     progress = Progress(

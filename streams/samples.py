@@ -18,13 +18,13 @@ class HostileSample:
     reason: DeadLetterReason
 
 
-def _news(**fields: object) -> bytes:
+def news_json(**fields: object) -> bytes:
     base = {"id": "x", "source": "wire", "published_at": "2026-11-23T09:00:00Z", "headline": "Shares rise"}
     base.update(fields)
     return json.dumps({k: v for k, v in base.items() if v is not None}).encode()
 
 
-def _support(**fields: object) -> bytes:
+def support_json(**fields: object) -> bytes:
     base = {
         "id": "x", "channel": "chat", "customer_id": "c-1",
         "text": "my card was stolen", "created_at": "2026-11-23T09:00:00Z",
@@ -35,7 +35,7 @@ def _support(**fields: object) -> bytes:
 
 def hostile_samples(kind: Kind, prefix: str, max_message_bytes: int) -> list[HostileSample]:
     """One of each kind of bad message; ids start with `prefix` so a run can find its own."""
-    make = _news if kind is Kind.news else _support
+    make = news_json if kind is Kind.news else support_json
     text_field = "headline" if kind is Kind.news else "text"
     R = DeadLetterReason
     return [
@@ -59,7 +59,7 @@ def hostile_samples(kind: Kind, prefix: str, max_message_bytes: int) -> list[Hos
 
 def duplicate_id_pair(kind: Kind, prefix: str) -> tuple[bytes, bytes]:
     """Two valid messages sharing one id with different content: the second must be refused."""
-    make = _news if kind is Kind.news else _support
+    make = news_json if kind is Kind.news else support_json
     text_field = "headline" if kind is Kind.news else "text"
     return (
         make(id=f"{prefix}-dup", **{text_field: "first message with this id"}),

@@ -1,0 +1,93 @@
+"""Following what comes out of the workers: the scored and dead-letter topics.
+
+The demo's live view and the end-to-end tests use it to know when a replay has been fully
+processed, without touching ClickHouse (whose embedded engine belongs to the worker process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.kafka_config import aiokafka_kwargs
+from streams.settings import VigilSettings
+
+
+@dataclass
+class Tracker:
+    scored_ids: set[str] = field(default_factory=set)
+    dead_offsets: set[tuple[str, int, int]] = field(default_factory=set)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def dead(self) -> int:
+        return len(self.dead_offsets)
+
+    @property
+    def done(self) -> int:
+        return len(self.scored_ids) + self.dead
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def add_scored(self, value: bytes, now: float) -> None:
+        scored = json.loads(value)
+        key = f"{scored['kind']}:{scored['id']}"
+        if key not in self.scored_ids:
+            self.scored_ids.add(key)
+            self.latencies_ms.append((now - datetime.fromisoformat(scored["ingest_time"]).timestamp()) * 1000)
+
+    def add_dead(self, value: bytes) -> None:
+        # A replayed refusal must count once: the source position identifies it.
+        letter = json.loads(value)
+        self.dead_offsets.add((letter["source_topic"], letter["partition"], letter["offset"]))
+
+
+async def follow(
+    settings: VigilSettings, bootstrap: str, tracker: Tracker, ready: asyncio.Event, from_start: bool = False
+) -> None:
+    """Consume the scored and dead-letter topics into `tracker` until cancelled."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_kwargs(settings))
+    await consumer.start()
+    try:
+        partitions = []
+        for topic in (settings.topic_scored, settings.topic_dlq):
+            ids = consumer.partitions_for_topic(topic)
+            while not ids:
+                await consumer._client.force_metadata_update()  # aiokafka has no public call that waits for it
+                ids = consumer.partitions_for_topic(topic)
+            partitions += [TopicPartition(topic, p) for p in ids]
+        consumer.assign(partitions)
+        if from_start:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        ready.set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now = time.time()
+            for tp, records in batches.items():
+                for record in records:
+                    if tp.topic == settings.topic_dlq:
+                        tracker.add_dead(record.value)
+                    else:
+                        tracker.add_scored(record.value, now)
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(tracker: Tracker, expected: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while tracker.done < expected:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True

@@ -1,0 +1,154 @@
+"""End to end on the real parts: Tansu broker, a worker process (faust), the tiny real model, chdb.
+
+Nothing here reaches into the worker: messages go in through Kafka, and what came out is read
+from the scored/dead-letter topics and, once the worker has stopped, from ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streams.clickhouse import open_store
+from streams.contracts import DeadLetterReason, Kind
+from streams.follow import Tracker, follow, wait_for
+from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
+from streams.runtime import all_topics
+from streams.samples import duplicate_id_pair, hostile_samples, news_json, valid_exotic_texts
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+from streams.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
+    """Settings for one isolated run: own topics, consumer group and data dir on the shared broker."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
+        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+        "VIGIL_TOPIC_NEWS": f"t{run}.news",
+        "VIGIL_TOPIC_SUPPORT": f"t{run}.support",
+        "VIGIL_TOPIC_SCORED": f"t{run}.scored",
+        "VIGIL_TOPIC_DLQ": f"t{run}.dlq",
+        "VIGIL_TOPIC_PARTITIONS": "3",
+        "VIGIL_CONSUMER_GROUP": f"g{run}",
+        "VIGIL_BATCH_MAX": "64",
+        "VIGIL_BATCH_WITHIN_S": "0.2",
+        "VIGIL_MAX_LENGTH": "32",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    shutil.copytree(tiny_registry, settings.registry_dir)
+    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
+    yield settings, worker
+    worker.stop(timeout_s=10)
+
+
+def _real_messages(settings: VigilSettings, n: int) -> list[OutgoingMessage]:
+    news = (OutgoingMessage.of(Kind.news, m) for m in bundled_news(settings.bundled_data_dir))
+    support = (OutgoingMessage.of(Kind.support, m) for m in bundled_support(settings.bundled_data_dir))
+    return list(itertools.islice(interleave(news, support, ratio=(2, 1)), n))
+
+
+async def _run(settings: VigilSettings, messages: list[OutgoingMessage], expected: int, during=None) -> Tracker:
+    tracker, ready = Tracker(), asyncio.Event()
+    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
+    await ready.wait()
+    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+    if during is not None:
+        await during(tracker)
+    finished = await wait_for(tracker, expected, timeout_s=240)
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    assert finished, f"only {tracker.done} of {expected} messages came out of the worker"
+    return tracker
+
+
+def _assert_exactly_once(settings: VigilSettings, expected_ids: set[tuple[str, str]]) -> None:
+    store = open_store(settings)
+    try:
+        rows = store.backend.query(
+            f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored FINAL GROUP BY kind, id"
+        )
+    finally:
+        store.close()
+    counts = {(kind, id_): n for kind, id_, n in rows}
+    assert set(counts) == expected_ids, (
+        f"missing {len(expected_ids - set(counts))}, unexpected {len(set(counts) - expected_ids)}"
+    )
+    assert max(counts.values()) == 1, "a message id appears twice in query results"
+
+
+def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(stack):
+    settings, worker = stack
+    real = _real_messages(settings, 240)
+    exotic = [
+        OutgoingMessage.raw(Kind.news, f"exotic-{i}", news_json(id=f"exotic-{i}", headline=text))
+        for i, text in enumerate(valid_exotic_texts())
+    ]
+    bad, expected_reasons = [], Counter()
+    for kind in Kind:
+        for i, sample in enumerate(hostile_samples(kind, f"e2e-{kind}", settings.max_message_bytes)):
+            bad.append(OutgoingMessage.raw(kind, f"bad-{kind}-{i}", sample.raw))
+            expected_reasons[sample.reason] += 1
+        first, second = duplicate_id_pair(kind, f"e2e-{kind}")
+        bad += [OutgoingMessage.raw(kind, f"dup-{kind}", first), OutgoingMessage.raw(kind, f"dup-{kind}", second)]
+        expected_reasons[DeadLetterReason.duplicate_id] += 1
+    # The first of each duplicate pair is valid and must be stored.
+    valid_ids = {(m.kind.value, m.id) for m in real + exotic} | {(k.value, f"e2e-{k}-dup") for k in Kind}
+
+    worker.start()
+    messages = real + exotic + bad
+    tracker = asyncio.run(_run(settings, messages, expected=len(valid_ids) + sum(expected_reasons.values())))
+    assert worker.stop() == 0
+
+    assert len(tracker.scored_ids) == len(valid_ids)
+    _assert_exactly_once(settings, valid_ids)
+    store = open_store(settings)
+    try:
+        letters = store.fetch_dead_letters(settings.topic_news) + store.fetch_dead_letters(settings.topic_support)
+        summary = store.summary()
+    finally:
+        store.close()
+    assert Counter(d.reason for d in letters) == expected_reasons
+    sent_raw = {m.value for m in bad}
+    assert {d.raw for d in letters} <= sent_raw, "a dead letter does not carry the original bytes"
+    assert all(d.detail for d in letters)
+    labels = {row.kind: set() for row in summary.by_label}
+    for row in summary.by_label:
+        labels[row.kind].add(row.label)
+    assert labels["news"] <= {"negative", "neutral", "positive"}
+    assert summary.total_rows == len(valid_ids)
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(stack):
+    settings, worker = stack
+    real = _real_messages(settings, 900)
+    valid_ids = {(m.kind.value, m.id) for m in real}
+
+    async def kill_when_a_third_is_scored(tracker: Tracker) -> None:
+        while len(tracker.scored_ids) < len(real) // 3:
+            await asyncio.sleep(0.05)
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        assert len(tracker.scored_ids) < len(real), "the worker finished before it could be killed"
+        worker.start()
+
+    worker.start()
+    asyncio.run(_run(settings, real, expected=len(valid_ids), during=kill_when_a_third_is_scored))
+    assert worker.stop() == 0
+    _assert_exactly_once(settings, valid_ids)
+
