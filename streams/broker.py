@@ -102,11 +102,19 @@ def _answers_kafka(bootstrap: str, timeout_s: float) -> str | None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    host, port = bootstrap.rsplit(":", 1)
+    # kafka-python retries a refused bootstrap with growing back-off; a plain connect answers
+    # "not listening yet" at once.
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        return f"TCP connect: {e}"
     ms = max(200, int(timeout_s * 1000))
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=ms,
+            bootstrap_timeout_ms=ms,
             client_id="vigil-broker-probe",
         )
     except (KafkaError, OSError) as e:
