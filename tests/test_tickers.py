@@ -1,0 +1,86 @@
+"""Ticker extraction: cashtags, declared tickers and company names (table-driven)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.contracts import NewsItem
+from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, extract_tickers, normalise
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$TSLA to the moon", ["TSLA"]),
+        ("$BRK.B and $brk.b and $Brk.B", ["BRK.B"]),
+        ("raised $100 at $5.2bn, or $1B", []),
+        ("I bought $AMZN.", ["AMZN"]),
+        ("$TSLA's rally, then $tsla again", ["TSLA"]),
+        ("$CCL $RCL - Nomura", ["CCL", "RCL"]),
+        ("$BMY-R $RDS.A $WPG.PI $SPY--", ["BMY-R", "RDS.A", "WPG.PI", "SPY"]),
+        ("$SP500 and $HG1", ["SP500", "HG1"]),
+        ("US$5, $$X, a$B, $ alone, $", []),
+        ("(see $NVDA)", ["NVDA"]),
+        ("$ABCDEFGHIJ is too long to be a ticker", []),
+        ("📉📉 $TSLA crashing 😱", ["TSLA"]),
+        ("", []),
+    ],
+)
+def test_cashtags(text: str, expected: list[str]) -> None:
+    assert cashtags(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "declared", "expected"),
+    [
+        ("$TSLA and $AAPL", None, ["TSLA", "AAPL"]),
+        ("$TSLA and $AAPL", ["aapl", "$msft"], ["AAPL", "MSFT", "TSLA"]),
+        ("no tags", ["brk.b", "BRK.B"], ["BRK.B"]),
+        ("no tags", ["not a ticker!"], []),
+    ],
+)
+def test_extract_merges_declared_first(text: str, declared: list[str] | None, expected: list[str]) -> None:
+    assert extract_tickers(text, declared) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("$brk.b", "BRK.B"), (" tsla ", "TSLA"), ("9X", None), ("", None)])
+def test_normalise(raw: str, expected: str | None) -> None:
+    assert normalise(raw) == expected
+
+
+def test_extracted_tickers_fit_the_contract() -> None:
+    tickers = extract_tickers("$BRK.B $WPG.PI $TWOprB $abcdefgh.xyz")
+    item = NewsItem(id="x", source="s", published_at="2026-01-01T00:00:00Z", headline="h", tickers=tickers)
+    assert item.tickers == ["BRK.B", "WPG.PI", "TWOPRB", "ABCDEFGH.XYZ"]
+
+
+@pytest.fixture
+def companies(tmp_path: Path) -> CompanyDictionary:
+    path = tmp_path / "companies.json"
+    path.write_text(json.dumps({"Tesla": "TSLA", "Berkshire Hathaway": "brk.b", "Berkshire": "BRK.A", "Meta": "META"}))
+    return CompanyDictionary.from_json(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("TESLA beats; tesla again", ["TSLA"]),
+        ("Berkshire Hathaway buys", ["BRK.B"]),  # the longer name wins
+        ("Berkshire alone", ["BRK.A"]),
+        ("Metadata and Teslas are not names", []),
+        ("$AAPL, then Meta", ["AAPL", "META"]),
+    ],
+)
+def test_company_names(companies: CompanyDictionary, text: str, expected: list[str]) -> None:
+    assert extract_tickers(text, companies=companies) == expected
+
+
+@pytest.mark.parametrize("content", ["not json", '["TSLA"]', '{"Tesla": 5}', '{"Tesla": "not a ticker"}'])
+def test_bad_dictionary_files_are_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "companies.json"
+    path.write_text(content)
+    with pytest.raises(TickerDictionaryError):
+        CompanyDictionary.from_json(path)
