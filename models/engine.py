@@ -75,6 +75,8 @@ def clean_text(text: str) -> str:
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
     """Token ids cut to ``max_length`` (special tokens included), and whether each text was cut."""
+    if not texts:
+        return Encoded([], [])
     char_cap = max_length * _CHARS_PER_TOKEN_CAP
     cleaned = [clean_text(t) for t in texts]
     cut_chars = [len(t) > char_cap for t in cleaned]
@@ -122,7 +124,7 @@ def predict_probs(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, 
             ids = ids.pin_memory().to(device, non_blocking=True)
             mask = mask.pin_memory().to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids, attention_mask=mask)
+            logits = model(input_ids=ids, attention_mask=mask).logits
         probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probs
 

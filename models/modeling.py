@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import BertConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
 
@@ -37,11 +38,11 @@ class MeanPoolClassifier(BertPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits, shape (batch, num_labels)."""
+    ) -> SequenceClassifierOutput:
+        """``.logits`` of shape (batch, num_labels); the HF output type keeps HF pipelines working."""
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         pooled = mean_pool(out.last_hidden_state, attention_mask)
-        return self.classifier(self.dropout(pooled))
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
 
 def init_from_encoder(encoder_dir: Path, labels: Sequence[str], dropout: float = 0.1) -> MeanPoolClassifier:

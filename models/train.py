@@ -59,7 +59,7 @@ def profile_config(profile: Profile, task: str, **overrides: object) -> TrainCon
         base: dict[str, object] = dict(
             profile="quick", epochs=1, max_length=64, batch_size=32, lr=1e-4, head_lr=3e-3,
             freeze_embeddings=True, warmup_ratio=0.1, max_steps=None,
-            train_cap=3600 if task == "sentiment" else 4000,
+            train_cap=3000 if task == "sentiment" else 3600,
         )
     elif profile == "full":
         base = dict(
@@ -181,7 +181,7 @@ def train(
                 ids, mask = pad_batch([train_ids[i] for i in batch.tolist()], tokenizer.pad_token_id)
                 ids, mask, y = ids.to(dev), mask.to(dev), y_train[batch].to(dev)
                 with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                    logits = model(input_ids=ids, attention_mask=mask)
+                    logits = model(input_ids=ids, attention_mask=mask).logits
                 loss = loss_fn(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

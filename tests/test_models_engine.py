@@ -1,0 +1,117 @@
+"""The inference engine on real tiny fine-tuned models: order, truncation, hostile input, precision."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models.engine import ScoringError
+from models.registry import ModelNotFound
+from models.scorers import load_scorer
+from streams.settings import VigilSettings
+from tests.fixtures.models import scorer_from_registry
+
+MIXED = [
+    "card not arrived",
+    "I ordered a new card three weeks ago and it still has not arrived, what should I do about it now?",
+    "$TSLA",
+    "Someone used my card to pay for things I never bought in a shop in another country yesterday "
+    "evening and I want my money back as soon as possible please",
+    "refund?",
+    "Shares of Nokia fell 4% after the company cut its full-year outlook.",
+    "How do I top up by bank transfer?",
+    "x",
+] * 3
+
+
+@pytest.mark.parametrize("task", ["sentiment", "triage"])
+def test_batched_scoring_matches_one_by_one_in_input_order(tiny_registry, task):
+    engine = scorer_from_registry(tiny_registry, task, batch_size=4)
+    batched = engine.score(MIXED)
+    single = [engine.score([t])[0] for t in MIXED]
+    assert [p.label for p in batched] == [p.label for p in single]
+    for b, s in zip(batched, single, strict=True):
+        assert list(b.probs) == list(engine.labels)
+        np.testing.assert_allclose(list(b.probs.values()), list(s.probs.values()), atol=1e-5)
+    # the mix of lengths really does reorder batches: the first text is short, the second long
+    assert batched[0].probs != batched[1].probs
+
+
+def test_prediction_fields_are_consistent(tiny_scorers):
+    engine = tiny_scorers["sentiment"]
+    for p in engine.score(MIXED[:8]):
+        probs = sorted(p.probs.values(), reverse=True)
+        assert math.isclose(sum(probs), 1.0, abs_tol=1e-4)
+        assert p.label == max(p.probs, key=p.probs.get)
+        assert p.confidence == pytest.approx(probs[0])
+        assert p.margin == pytest.approx(probs[0] - probs[1])
+        assert p.entropy == pytest.approx(-sum(q * math.log(q) for q in probs if q > 0), abs=1e-5)
+        assert 0 <= p.entropy <= math.log(3) + 1e-6
+
+
+def test_truncation_is_recorded_per_text(tiny_registry):
+    engine = scorer_from_registry(tiny_registry, "triage", max_length=16)
+    tok = engine.tokenizer
+    exactly = " ".join(["card"] * 14)  # 14 tokens + [CLS] + [SEP] = 16
+    assert len(tok(exactly)["input_ids"]) == 16
+    texts = ["short one", exactly, exactly + " card", "word " * 500]
+    assert [p.truncated for p in engine.score(texts)] == [False, False, True, True]
+
+
+HOSTILE = [
+    "",
+    "   \n\t ",
+    "a" * 100_000,
+    "lost card " * 10_000,
+    "\x00\x01\x02\x1b[31mred\x1b[0m\x7f\u200b\u200e\ufeff",
+    "lone \ud800 surrogate",
+    "\udfff",
+    "emoji 💳🔥 and RTL مرحبا and CJK 银行卡",
+    "\ufffd\uffff",
+]
+
+
+@pytest.mark.parametrize("task", ["sentiment", "triage"])
+def test_hostile_input_never_crashes(tiny_scorers, task):
+    preds = tiny_scorers[task].score(HOSTILE)
+    assert len(preds) == len(HOSTILE)
+    for p in preds:
+        assert all(math.isfinite(v) for v in p.probs.values())
+        assert math.isclose(sum(p.probs.values()), 1.0, abs_tol=1e-4)
+    assert preds[2].truncated and preds[3].truncated
+    assert not preds[0].truncated and not preds[5].truncated
+    # a lone surrogate scores like the replacement character it becomes
+    replaced = tiny_scorers[task].score(["lone \ufffd surrogate"])[0].probs
+    assert preds[5].probs == pytest.approx(replaced, abs=1e-5)
+
+
+def test_non_text_is_a_typed_error(tiny_scorers):
+    with pytest.raises(ScoringError, match="only score str"):
+        tiny_scorers["triage"].score(["ok", None])  # type: ignore[list-item]
+    assert tiny_scorers["triage"].score([]) == []
+
+
+def test_int8_is_checked_against_fp32(tiny_registry):
+    texts = [t for t in MIXED if t] * 5
+    engine = scorer_from_registry(tiny_registry, "triage", precision="int8", parity_texts=texts)
+    report = engine.parity
+    assert report is not None and report.n == len(texts) and report.precision == "int8"
+    assert engine.precision == ("int8" if report.accepted else "fp32")
+    assert report.max_abs_prob_diff > 0  # the quantized model really ran
+    strict = scorer_from_registry(tiny_registry, "triage", precision="int8", parity_texts=texts,
+                                  max_flip_rate=-1.0)
+    assert strict.precision == "fp32" and not strict.parity.accepted
+    with pytest.raises(ScoringError, match="parity sample"):
+        scorer_from_registry(tiny_registry, "triage", precision="int8")
+    with pytest.raises(ScoringError, match="needs CUDA"):
+        scorer_from_registry(tiny_registry, "triage", precision="fp16", parity_texts=texts)
+
+
+def test_load_scorer_from_settings(tiny_registry, tmp_path):
+    settings = VigilSettings(data_dir=tiny_registry.parent, device="cpu", max_length=32)
+    scorer = load_scorer(settings, "triage")
+    assert (scorer.task, scorer.model_version, scorer.model_name) == ("triage", "v1", "vigil-triage-minilm")
+    assert len(scorer.labels) == 77 and scorer.max_length == 32
+    assert load_scorer(settings, "sentiment", "v1").labels == ("negative", "neutral", "positive")
+    with pytest.raises(ModelNotFound, match="vigil train --task sentiment"):
+        load_scorer(VigilSettings(data_dir=tmp_path, device="cpu"), "sentiment")
