@@ -99,6 +99,7 @@ def _sasl(s: VigilSettings) -> dict[str, Any]:
 
 def aiokafka_kwargs(s: VigilSettings) -> ClientKwargs:
     """For ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient``."""
+    _check(s)
     kw = ClientKwargs(security_protocol=s.kafka_security_protocol, **_sasl(s))
     ctx = ssl_context(s)
     if ctx is not None:
