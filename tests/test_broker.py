@@ -15,6 +15,9 @@ from kafka import KafkaAdminClient
 from streams.broker import BrokerStartError, EmbeddedBroker
 from streams.topics import ensure_topics
 
+# Also registered by tests/conftest.py; naming it here lets this module run on its own.
+pytest_plugins = ["tests.fixtures.broker"]
+
 
 def _alive(pid: int) -> bool:
     try:

@@ -29,6 +29,9 @@ from streams.settings import REPO_ROOT
 
 DATA = REPO_ROOT / "data"
 
+# Also registered by tests/conftest.py; naming it here lets this module run on its own.
+pytest_plugins = ["tests.fixtures.broker"]
+
 
 def _decode(m: OutgoingMessage) -> NewsItem | SupportMessage | Rejection:
     return decode_record(m.kind, m.value, max_bytes=64 * 1024, max_text_chars=8000)
