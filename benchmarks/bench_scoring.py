@@ -23,11 +23,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.encoder import base_encoder_dir  # noqa: E402
 from models.modeling import MeanPoolClassifier  # noqa: E402
-from models.registry import ModelNotFound, Registry  # noqa: E402
-from models.scorers import load_scorer  # noqa: E402
-from models.train import profile_config, train  # noqa: E402
+from models.registry import ModelNotFound, ModelRegistry  # noqa: E402
+from models.engine import load_scorer  # noqa: E402
+from models.train import train_task  # noqa: E402
 from streams.settings import VigilSettings  # noqa: E402
 
 
@@ -70,13 +69,11 @@ def main() -> None:
     overrides = {k: v for k, v in {"device": args.device, "inference_precision": args.precision}.items() if v}
     settings = VigilSettings(**overrides)
     try:
-        Registry(settings.registry_dir).resolve(args.task, "champion")
+        ModelRegistry(settings.registry_dir).resolve(args.task, "champion")
     except ModelNotFound:
         if not args.train_if_missing:
             raise
-        train(args.task, profile_config("quick", args.task), data_dir=settings.bundled_data_dir,
-              registry_root=settings.registry_dir, encoder_dir=base_encoder_dir(settings.base_encoder_dir),
-              device=settings.device)
+        train_task(settings, args.task, "quick")
     engine = load_scorer(settings, args.task)
     dev = engine.device
     print(f"task {args.task} {engine.model_version}  device {dev} "
@@ -90,7 +87,7 @@ def main() -> None:
 
     from transformers import pipeline
 
-    model_dir = Registry(settings.registry_dir).resolve(args.task, engine.model_version)
+    model_dir = ModelRegistry(settings.registry_dir).resolve(args.task, engine.model_version)
     hf_dtype = torch.float16 if dev.type == "cuda" and engine.precision == "fp16" else (
         torch.bfloat16 if dev.type == "cuda" and engine.precision == "bf16" else torch.float32)
     hf_model = MeanPoolClassifier.from_pretrained(model_dir, dtype=hf_dtype).eval()

@@ -41,16 +41,11 @@ def train_command(
     promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
 ) -> None:
     """Fine-tune a model for TASK and add it to the registry as the next version."""
-    from models.encoder import base_encoder_dir
-    from models.registry import Registry
-    from models.train import profile_config, train
+    from models.train import train_task
 
-    s = _settings(ctx)
     try:
-        cfg = profile_config(profile, task, epochs=epochs, seed=seed, max_steps=max_steps, lr=lr,
-                             batch_size=batch_size, max_length=max_length)
-        result = train(task, cfg, data_dir=s.bundled_data_dir, registry_root=s.registry_dir,
-                       encoder_dir=base_encoder_dir(s.base_encoder_dir), device=s.device)
+        result = train_task(_settings(ctx), task, profile, console=console, promote=promote, epochs=epochs,
+                            seed=seed, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length)
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from e
     card = result.card
@@ -58,7 +53,6 @@ def train_command(
                   f"validation accuracy {result.report.accuracy:.4f}, macro-F1 {result.report.macro_f1:.4f} "
                   f"({card.metrics.n} held-out rows)")
     if promote:
-        Registry(s.registry_dir).promote(task, card.version)
         console.print(f"promoted {task} {card.version} to champion")
 
 
@@ -71,7 +65,7 @@ def eval_command(
 ) -> None:
     """Accuracy, macro-F1 and a per-class report of a registry model on a labelled CSV."""
     from models.evaluate import evaluate, write_confusion_png
-    from models.scorers import load_scorer
+    from models.engine import load_scorer
     from models.tasks import read_labelled_csv
 
     s = _settings(ctx)
@@ -103,9 +97,9 @@ def eval_command(
 @models_app.command("list")
 def list_command(ctx: typer.Context) -> None:
     """Every version of every task, with its validation metrics."""
-    from models.registry import Registry
+    from models.registry import ModelRegistry
 
-    entries = Registry(_settings(ctx).registry_dir).list()
+    entries = ModelRegistry(_settings(ctx).registry_dir).list()
     if not entries:
         console.print("no models yet: run `vigil train --task sentiment` and `vigil train --task triage`")
         return
@@ -123,10 +117,10 @@ def list_command(ctx: typer.Context) -> None:
 @models_app.command("show")
 def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Argument()] = "champion") -> None:
     """The model card of TASK VERSION (default: the champion)."""
-    from models.registry import Registry, RegistryError
+    from models.registry import ModelRegistry, RegistryError
 
     try:
-        console.print_json(json.dumps(Registry(_settings(ctx).registry_dir).show(task, version)))
+        console.print_json(json.dumps(ModelRegistry(_settings(ctx).registry_dir).show(task, version)))
     except RegistryError as e:
         raise _fail(e) from e
 
@@ -134,10 +128,10 @@ def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Ar
 @models_app.command("promote")
 def promote_command(ctx: typer.Context, task: str, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
-    from models.registry import Registry, RegistryError
+    from models.registry import ModelRegistry, RegistryError
 
     try:
-        Registry(_settings(ctx).registry_dir).promote(task, version)
+        ModelRegistry(_settings(ctx).registry_dir).promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
     console.print(f"{task} champion: {version} (running workers pick it up when they restart)")
@@ -146,10 +140,10 @@ def promote_command(ctx: typer.Context, task: str, version: str) -> None:
 @models_app.command("rollback")
 def rollback_command(ctx: typer.Context, task: str) -> None:
     """Make the previous champion of TASK the champion again."""
-    from models.registry import Registry, RegistryError
+    from models.registry import ModelRegistry, RegistryError
 
     try:
-        version = Registry(_settings(ctx).registry_dir).rollback(task)
+        version = ModelRegistry(_settings(ctx).registry_dir).rollback(task)
     except RegistryError as e:
         raise _fail(e) from e
     console.print(f"{task} champion rolled back to {version}")

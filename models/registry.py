@@ -76,7 +76,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-class Registry:
+class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
@@ -90,6 +90,9 @@ class Registry:
             return []
         found = [(n, p.name) for p in d.iterdir() if p.is_dir() and (n := _version_number(p.name))]
         return [name for _, name in sorted(found)]
+
+    def has_any(self, task: str) -> bool:
+        return bool(self.versions(task))
 
     def _pointer(self, task: str) -> dict[str, Any]:
         path = self.task_dir(task) / _POINTER

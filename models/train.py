@@ -12,14 +12,16 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
 from torch import nn
 
 from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
 from models.engine import pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import EvalReport, evaluate
 from models.modeling import MeanPoolClassifier, init_from_encoder
-from models.registry import ModelCard, Registry
+from models.registry import ModelCard, ModelRegistry
 from models.tasks import get_task
+from streams.settings import VigilSettings
 
 Profile = Literal["quick", "full"]
 
@@ -119,6 +121,7 @@ def train(
     encoder_dir: Path,
     device: str = "auto",
     progress: bool = True,
+    console: Console | None = None,
 ) -> TrainResult:
     """Fine-tune ``task`` per ``cfg`` and add the best validation checkpoint as a new registry version."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -173,7 +176,8 @@ def train(
     rounds_without_gain, step, stopped_early = 0, 0, False
     model.train()
     bar = Progress(TextColumn(f"[bold]{task}[/] {cfg.profile}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not progress)
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                   disable=not progress)
     with bar:
         bar_task = bar.add_task("train", total=total, info="")
         while step < total and not stopped_early:
@@ -215,7 +219,7 @@ def train(
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
 
-    card = Registry(registry_root).add(task, write, dict(
+    card = ModelRegistry(registry_root).add(task, write, dict(
         model_name=spec.model_name,
         labels=list(labels),
         metrics={**report.summary(eval_set), "steps": step, "stopped_early": stopped_early,
@@ -226,3 +230,17 @@ def train(
         training_config={**cfg.model_dump(mode="json"), "device": str(dev)},
     ))
     return TrainResult(card, model, report, step, time.perf_counter() - started, stopped_early)
+
+
+def train_task(settings: VigilSettings, task: str, profile: Profile = "quick", console: Console | None = None,
+               promote: bool = False, **overrides: object) -> TrainResult:
+    """Train ``task`` with a named profile into ``settings.registry_dir`` (the CLI and demo entry point)."""
+    from models.encoder import base_encoder_dir
+
+    cfg = profile_config(profile, task, **overrides)
+    result = train(task, cfg, data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir,
+                   encoder_dir=base_encoder_dir(settings.base_encoder_dir), device=settings.device,
+                   console=console)
+    if promote:
+        ModelRegistry(settings.registry_dir).promote(task, result.card.version)
+    return result

@@ -7,7 +7,7 @@ import pytest
 
 from models.engine import ScoringError
 from models.registry import ModelNotFound
-from models.scorers import load_scorer
+from models.engine import load_scorer
 from streams.settings import VigilSettings
 from tests.fixtures.models import scorer_from_registry
 

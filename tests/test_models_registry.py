@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 
-from models.registry import ModelNotFound, Registry, RegistryError
+from models.registry import ModelNotFound, ModelRegistry, RegistryError
 
 
-def _add_copy(reg: Registry, source_dir, task="triage"):
-    card = Registry(source_dir.parent.parent).card(task, source_dir.name)
+def _add_copy(reg: ModelRegistry, source_dir, task="triage"):
+    card = ModelRegistry(source_dir.parent.parent).card(task, source_dir.name)
     fields = card.model_dump(exclude={"task", "version", "parent_version", "created_at"})
 
     def write(target):
@@ -20,8 +20,8 @@ def _add_copy(reg: Registry, source_dir, task="triage"):
 
 
 def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
-    src = Registry(tiny_registry).resolve("triage", "v1")
-    reg = Registry(tmp_path / "models")
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
     with pytest.raises(ModelNotFound, match="vigil train --task triage"):
         reg.resolve("triage")
     assert [_add_copy(reg, src).version for _ in range(3)] == ["v1", "v2", "v3"]
@@ -46,7 +46,7 @@ def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
 
 
 def test_list_and_show(tiny_registry):
-    reg = Registry(tiny_registry)
+    reg = ModelRegistry(tiny_registry)
     listed = {(c.task, c.version): champ for c, champ in reg.list()}
     assert listed == {("sentiment", "v1"): True, ("triage", "v1"): True}
     shown = reg.show("sentiment")

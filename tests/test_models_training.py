@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from models.encoder import base_encoder_dir
 from models.engine import encode, predict_probs
 from models.modeling import init_from_encoder
-from models.registry import Registry
+from models.registry import ModelRegistry
 from models.tasks import banking77_labels
 from streams.settings import REPO_ROOT
 from tests.fixtures.models import scorer_from_registry, train_tiny
@@ -26,7 +26,7 @@ def test_training_changes_predictions(tiny_registry):
     after, _ = trained.probs(TEXTS)
     assert np.abs(after - before).max() > 0.05
     # 30 steps lift the 77-way validation accuracy far above chance (1.3%)
-    assert Registry(tiny_registry).card("triage").metrics.accuracy > 0.05
+    assert ModelRegistry(tiny_registry).card("triage").metrics.accuracy > 0.05
 
 
 def test_same_seed_same_weights_and_reload_is_identical(tmp_path):

@@ -1,0 +1,46 @@
+"""The model commands, through the real top-level `vigil` CLI, on a copy of the tiny registry."""
+
+import csv
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from streams.cli import app
+
+
+def _run(args, data_dir):
+    result = CliRunner().invoke(app, args, env={"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu",
+                                                "VIGIL_MAX_LENGTH": "32"})
+    return result.exit_code, result.output
+
+
+def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
+    data_dir = tmp_path / "vigil"
+    shutil.copytree(tiny_registry, data_dir / "models")
+    code, out = _run(["models", "list"], data_dir)
+    assert code == 0 and "sentiment" in out and "triage" in out
+    code, out = _run(["models", "show", "triage"], data_dir)
+    assert code == 0 and json.loads(out)["version"] == "v1"
+    code, out = _run(["models", "promote", "triage", "v7"], data_dir)
+    assert code == 1 and "vigil train --task triage" in out
+    code, out = _run(["models", "rollback", "triage"], data_dir)
+    assert code == 1 and "no earlier champion" in out
+
+    csv_path = tmp_path / "few.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        w.writerows([["my card got stolen", "lost_or_stolen_card"], ["I need a refund", "request_refund"],
+                     ["top up failed", "top_up_failed"]])
+    code, out = _run(["eval", "--task", "triage", "--data", str(csv_path)], data_dir)
+    assert code == 0 and "accuracy" in out and "macro-F1" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,category\nhello,not_an_intent\n")
+    code, out = _run(["eval", "--task", "triage", "--data", str(bad)], data_dir)
+    assert code == 1 and "not_an_intent" in out
+
+
+def test_missing_model_says_how_to_train(tmp_path):
+    code, out = _run(["models", "show", "sentiment"], tmp_path / "empty")
+    assert code == 1 and "vigil train --task sentiment" in out
