@@ -128,5 +128,5 @@ def make_agent(
                 await stream.ack(event)
             watchdog.beat(time.monotonic())
 
-    score_stream.__name__ = f"score_{processor.kind.value}"
+    score_stream.__name__ = score_stream.__qualname__ = f"score_{processor.kind.value}"
     return score_stream

@@ -61,6 +61,10 @@ def create_app(
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # faust's 60 s defaults leave a killed worker's partitions idle for two minutes.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
         stream_buffer_maxsize=settings.batch_max * 4,
         datadir=str(settings.data_dir / "faust"),
     )

@@ -39,6 +39,12 @@ class VigilSettings(BaseSettings):
     topic_dlq: str = "vigil.dlq"
     topic_partitions: int = Field(4, ge=1, le=1024)
     consumer_group: str = "vigil-worker"
+    kafka_session_timeout_s: float = Field(
+        10.0, ge=1, description="A worker that stops heartbeating loses its partitions after this long."
+    )
+    kafka_rebalance_timeout_s: float = Field(
+        20.0, ge=1, description="How long a rebalance waits for members to rejoin."
+    )
 
     # --- ClickHouse --------------------------------------------------------------------------
     clickhouse_url: str | None = Field(

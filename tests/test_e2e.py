@@ -46,6 +46,8 @@ def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
         "VIGIL_BATCH_MAX": "64",
         "VIGIL_BATCH_WITHIN_S": "0.2",
         "VIGIL_MAX_LENGTH": "32",
+        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -108,7 +110,7 @@ def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(s
         bad += [OutgoingMessage.raw(kind, f"dup-{kind}", first), OutgoingMessage.raw(kind, f"dup-{kind}", second)]
         expected_reasons[DeadLetterReason.duplicate_id] += 1
     # The first of each duplicate pair is valid and must be stored.
-    valid_ids = {(m.kind.value, m.id) for m in real + exotic} | {(k.value, f"e2e-{k}-dup") for k in Kind}
+    valid_ids = {(m.kind.value, m.key.decode()) for m in real + exotic} | {(k.value, f"e2e-{k}-dup") for k in Kind}
 
     worker.start()
     messages = real + exotic + bad
@@ -137,7 +139,7 @@ def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(s
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(stack):
     settings, worker = stack
     real = _real_messages(settings, 900)
-    valid_ids = {(m.kind.value, m.id) for m in real}
+    valid_ids = {(m.kind.value, m.key.decode()) for m in real}
 
     async def kill_when_a_third_is_scored(tracker: Tracker) -> None:
         while len(tracker.scored_ids) < len(real) // 3:
