@@ -156,7 +156,7 @@ def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) ->
     console.print(table)
     store = open_store(settings)
     try:
-        render_summary(store.summary(), console)
+        render_summary(store.summary(min_ticker_volume=3), console)
     finally:
         store.close()
     return report

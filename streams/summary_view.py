@@ -12,13 +12,17 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f} ms"
 
 
-def render_summary(summary: StoreSummary, console: Console) -> None:
+def render_summary(summary: StoreSummary, console: Console, labels_per_kind: int = 8) -> None:
     labels = Table(title=f"Scored rows in ClickHouse: {summary.total_rows:,}")
     labels.add_column("kind")
     labels.add_column("label")
     labels.add_column("rows", justify="right")
-    for row in summary.by_label:
-        labels.add_row(row.kind, row.label, f"{row.rows:,}")
+    for kind in sorted({row.kind for row in summary.by_label}):
+        rows = sorted((r for r in summary.by_label if r.kind == kind), key=lambda r: -r.rows)
+        for row in rows[:labels_per_kind]:
+            labels.add_row(kind, row.label, f"{row.rows:,}")
+        if rest := rows[labels_per_kind:]:
+            labels.add_row(kind, f"[dim]{len(rest)} more labels[/]", f"{sum(r.rows for r in rest):,}")
     console.print(labels)
 
     tickers = Table(title="Top tickers by negative share")
