@@ -57,7 +57,8 @@ def init_from_encoder(encoder_dir: Path, labels: Sequence[str], dropout: float =
         label2id={label: i for i, label in enumerate(labels)},
         classifier_dropout=dropout,
     )
-    return MeanPoolClassifier.from_pretrained(encoder_dir, config=config)
+    # fp32 master weights whatever the checkpoint's dtype (the GPU copy of the encoder is fp16).
+    return MeanPoolClassifier.from_pretrained(encoder_dir, config=config, dtype=torch.float32)
 
 
 def labels_of(model: MeanPoolClassifier) -> tuple[str, ...]:
