@@ -64,9 +64,12 @@ def profile_config(profile: Profile, task: str, **overrides: object) -> TrainCon
             train_cap=3000 if task == "sentiment" else 3600,
         )
     elif profile == "full":
+        # The best of the variants measured on an H100 (benchmarks/RESULTS.md, "Model quality").
+        per_task = dict(epochs=15, batch_size=16, lr=1e-4) if task == "sentiment" else dict(
+            epochs=10, batch_size=32, lr=2e-4)
         base = dict(
-            profile="full", epochs=6, max_length=128, batch_size=32, lr=6e-5, head_lr=1e-3,
-            layer_lr_decay=0.9, label_smoothing=0.1, patience=2, warmup_ratio=0.06,
+            profile="full", max_length=128, head_lr=1e-3,
+            layer_lr_decay=0.9, label_smoothing=0.1, patience=2, warmup_ratio=0.06, **per_task,
         )
     else:
         raise ValueError(f"unknown profile {profile!r}; use quick or full")
