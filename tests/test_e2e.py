@@ -30,9 +30,10 @@ from streams.worker import WorkerProcess
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
-    """Settings for one isolated run: own topics, consumer group and data dir on the shared broker."""
+@pytest.fixture(params=["chdb", "server"])
+def stack(request, tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
+    """Settings for one isolated run: own topics, consumer group and data dir on the shared broker;
+    ClickHouse embedded (chdb) or Debian's 18.16 server over the native protocol."""
     run = uuid.uuid4().hex[:8]
     env = {
         "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
@@ -49,6 +50,9 @@ def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
         "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
         "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
     }
+    if request.param == "server":
+        server = request.getfixturevalue("clickhouse_server")
+        env |= {"VIGIL_CLICKHOUSE_URL": server.url, "VIGIL_CLICKHOUSE_DATABASE": f"e2e_{run}"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     settings = VigilSettings()
@@ -136,6 +140,7 @@ def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(s
     assert summary.total_rows == len(valid_ids)
 
 
+@pytest.mark.parametrize("stack", ["chdb"], indirect=True)
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(stack):
     settings, worker = stack
     real = _real_messages(settings, 900)
