@@ -1,0 +1,117 @@
+"""Per-key baselines learned online with river's exponentially weighted mean and variance.
+
+A z-score is always taken against the baseline as it was BEFORE the current window is learned,
+so a shock is measured against normal, not against itself. Until a key has seen ``warmup``
+windows its z-scores are None: a new ticker has no normal yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from river.stats import EWMean, EWVar
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineSpec:
+    fading_factor: float = 0.05  # weight of the newest window; ~1/fading_factor windows of memory
+    warmup: int = 30  # windows seen before z-scores count
+    min_std: float = 0.1  # floor on the std, so a perfectly steady key does not give infinite z
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fading_factor <= 1:
+            raise ValueError(f"fading_factor {self.fading_factor} must be in (0, 1]")
+        if self.warmup < 1:
+            raise ValueError(f"warmup {self.warmup} must be >= 1")
+        if self.min_std <= 0:
+            raise ValueError(f"min_std {self.min_std} must be > 0")
+
+
+@dataclass(slots=True)
+class Baseline:
+    """One metric's exponentially weighted mean and variance."""
+
+    spec: BaselineSpec
+    mean: EWMean = field(init=False)
+    var: EWVar = field(init=False)
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.mean = EWMean(fading_factor=self.spec.fading_factor)
+        self.var = EWVar(fading_factor=self.spec.fading_factor)
+
+    @property
+    def ready(self) -> bool:
+        return self.n >= self.spec.warmup
+
+    @property
+    def expected(self) -> float:
+        return self.mean.get()
+
+    @property
+    def std(self) -> float:
+        return max(math.sqrt(max(self.var.get(), 0.0)), self.spec.min_std)
+
+    def z(self, x: float) -> float | None:
+        """How many baseline standard deviations ``x`` is from normal; None during warm-up."""
+        if not self.ready:
+            return None
+        return (x - self.expected) / self.std
+
+    def update(self, x: float) -> None:
+        self.mean.update(x)
+        self.var.update(x)
+        self.n += 1
+
+    def update_many(self, x: float, times: int) -> None:
+        """Learn ``x`` ``times`` times: the windows in which a key was silent (volume 0).
+        Past ~ln(1e-6)/ln(1-f) repetitions the older history no longer counts, so that is the cap."""
+        cap = math.ceil(math.log(1e-6) / math.log1p(-self.spec.fading_factor)) if self.spec.fading_factor < 1 else 1
+        for _ in range(min(times, cap)):
+            self.mean.update(x)
+            self.var.update(x)
+        self.n += times
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A value against its key's baseline as it was before the value was learned."""
+
+    z: float | None
+    expected: float
+    std: float
+    n: int
+
+
+class KeyedBaselines:
+    """One ``Baseline`` per key (ticker, intent). With ``silent_value`` set, the window steps in
+    which a key had no window at all are learned as that value (volume 0) before the next one."""
+
+    def __init__(self, spec: BaselineSpec, step: timedelta | None = None, silent_value: float | None = None) -> None:
+        if (step is None) != (silent_value is None):
+            raise ValueError("give both step and silent_value, or neither")
+        self.spec = spec
+        self._step = step
+        self._silent = silent_value
+        self._by_key: dict[str, Baseline] = {}
+        self._last_end: dict[str, datetime] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, key: str) -> Baseline | None:
+        return self._by_key.get(key)
+
+    def score_then_learn(self, key: str, value: float, end: datetime) -> Scored:
+        base = self._by_key.get(key)
+        if base is None:
+            base = self._by_key[key] = Baseline(self.spec)
+        if self._step is not None and self._silent is not None and (last := self._last_end.get(key)) is not None:
+            if (silent := (end - last) // self._step - 1) > 0:
+                base.update_many(self._silent, silent)
+        scored = Scored(base.z(value), base.expected if base.n else 0.0, base.std, base.n)
+        base.update(value)
+        self._last_end[key] = end
+        return scored

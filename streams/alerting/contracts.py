@@ -1,0 +1,87 @@
+"""What the alerting core emits: alerts, and responders' verdicts on them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+# Alert ids are uuid5 of what the alert is about, so a replay (or a worker restarted on the same
+# input) produces the same ids and downstream stores can de-duplicate on them.
+_ALERT_NAMESPACE = uuid.UUID("6f1d7c1e-6d38-4d38-9a0c-7d1f6c9e4a21")
+
+
+class Severity(StrEnum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.info: 0, Severity.warning: 1, Severity.critical: 2}
+
+
+class ContributingMessage(BaseModel):
+    """One message behind an alert, enough for a person to see why at a glance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    text: str
+    label: str
+    score: float = Field(description="Sentiment: p_pos - p_neg. Triage: the intent's confidence.")
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    kind: Literal["sentiment", "triage"]
+    rule: str
+    severity: Severity
+    ticker: str | None = None
+    intent: str | None = None
+    queue: str | None = None
+    window_start: AwareDatetime | None = None
+    window_end: AwareDatetime | None = None
+    figures: dict[str, float] = Field(default_factory=dict)
+    model_version: str = ""
+    top_messages: list[ContributingMessage] = Field(default_factory=list)
+    created_at: AwareDatetime = Field(description="Event time at which the alert fired (never wall clock).")
+
+    @model_validator(mode="after")
+    def _subject(self) -> Alert:
+        if self.kind == "sentiment" and not self.ticker:
+            raise ValueError("a sentiment alert must name its ticker")
+        if self.kind == "triage" and not (self.intent or self.queue):
+            raise ValueError("a triage alert must name its intent or queue")
+        return self
+
+    @staticmethod
+    def make_id(*parts: object) -> str:
+        return str(uuid.uuid5(_ALERT_NAMESPACE, "|".join(str(p) for p in parts)))
+
+
+class AlertVerdict(BaseModel):
+    """A responder's judgement of one alert; the latest verdict per alert is the one that counts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alert_id: str = Field(min_length=1)
+    useful: bool
+    by: str = Field(min_length=1, max_length=128)
+    at: AwareDatetime
+    note: str = Field("", max_length=2000)
+
+
+def as_aware(t: datetime) -> datetime:
+    """Event times must be timezone-aware: naive ones would silently compare as local time."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"event time {t.isoformat()} has no timezone; send UTC times with an offset")
+    return t

@@ -1,0 +1,339 @@
+"""Alert rules (a validated, immutable config read from JSON or YAML) and the sentiment alerter.
+
+``SentimentAlerter`` feeds scored news into per-ticker hopping windows; as each window closes it
+scores the window against the ticker's baseline (learned before this window), applies the rules,
+holds each (ticker, rule) quiet for a cooldown, and then learns the window. It never reads the
+clock: the time of everything, alerts included, is event time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streams.alerting.baselines import Baseline, KeyedBaselines
+from streams.alerting.contracts import Alert, Severity
+from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
+from streams.contracts import Kind, ScoredMessage
+
+
+class RulesError(ValueError):
+    """The rules file cannot be used; the message names the file and each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Levels(_Strict):
+    """A rule fires at ``info``; ``warning`` and ``critical`` raise the severity."""
+
+    info: float
+    warning: float | None = None
+    critical: float | None = None
+
+    @model_validator(mode="after")
+    def _ascending(self) -> Levels:
+        steps = [v for v in (self.info, self.warning, self.critical) if v is not None]
+        if steps != sorted(steps) or len(set(steps)) != len(steps):
+            raise ValueError(f"levels must rise strictly from info to warning to critical, got {steps}")
+        return self
+
+    def severity(self, value: float) -> Severity | None:
+        if self.critical is not None and value >= self.critical:
+            return Severity.critical
+        if self.warning is not None and value >= self.warning:
+            return Severity.warning
+        if value >= self.info:
+            return Severity.info
+        return None
+
+
+class WindowConfig(_Strict):
+    size_minutes: float = Field(15, gt=0)
+    step_minutes: float = Field(1, gt=0)
+    lateness_minutes: float = Field(2, ge=0)
+    top_k: int = Field(5, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _whole_steps(self) -> WindowConfig:
+        ratio = self.size_minutes / self.step_minutes
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(f"size_minutes ({self.size_minutes}) must be a whole multiple of step_minutes ({self.step_minutes})")
+        return self
+
+    def spec(self, keep: Literal["lowest", "highest"] = "lowest") -> WindowSpec:
+        return WindowSpec(
+            size=timedelta(minutes=self.size_minutes),
+            step=timedelta(minutes=self.step_minutes),
+            lateness=timedelta(minutes=self.lateness_minutes),
+            top_k=self.top_k,
+            keep=keep,
+        )
+
+
+class BaselineConfig(_Strict):
+    fading_factor: float = Field(0.02, gt=0, le=1, description="Weight of each new window step.")
+    warmup_windows: int = Field(30, ge=1)
+    min_std_sentiment: float = Field(0.1, gt=0)
+    min_std_volume: float = Field(1.0, gt=0)
+
+    def sentiment_spec(self) -> BaselineSpec:
+        return BaselineSpec(self.fading_factor, self.warmup_windows, self.min_std_sentiment)
+
+    def volume_spec(self) -> BaselineSpec:
+        return BaselineSpec(self.fading_factor, self.warmup_windows, self.min_std_volume)
+
+
+class NegativeShareRule(_Strict):
+    enabled: bool = True
+    min_volume: int = Field(15, ge=1)
+    levels: Levels = Levels(info=0.7, warning=0.8, critical=0.9)
+
+    @model_validator(mode="after")
+    def _shares(self) -> NegativeShareRule:
+        if not 0 < self.levels.info <= 1 or any(v is not None and v > 1 for v in (self.levels.warning, self.levels.critical)):
+            raise ValueError("negative-share levels are shares: each must be in (0, 1]")
+        return self
+
+
+class SentimentShockRule(_Strict):
+    enabled: bool = True
+    min_volume: int = Field(5, ge=1)
+    # Contributors are the window's most negative messages, so "negative" is the natural default.
+    direction: Literal["negative", "positive", "both"] = "negative"
+    levels: Levels = Levels(info=3.0, warning=4.0, critical=6.0)
+
+
+class VolumeSpikeRule(_Strict):
+    enabled: bool = True
+    min_volume: int = Field(15, ge=1)
+    min_ratio: float = Field(3.0, ge=1, description="Volume over the baseline volume (at least 1).")
+    levels: Levels = Levels(info=4.0, warning=6.0, critical=10.0)
+
+
+class SentimentRules(_Strict):
+    window: WindowConfig = WindowConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    negative_share: NegativeShareRule = NegativeShareRule()
+    sentiment_shock: SentimentShockRule = SentimentShockRule()
+    volume_spike: VolumeSpikeRule = VolumeSpikeRule()
+    cooldown_minutes: float = Field(60, ge=0, description="Quiet time per (ticker, rule) after an alert.")
+    negative_label: str = "negative"
+    positive_label: str = "positive"
+
+
+class IntentSpikeRule(_Strict):
+    enabled: bool = True
+    window: WindowConfig = WindowConfig(size_minutes=15, step_minutes=5, lateness_minutes=2, top_k=5)
+    baseline: BaselineConfig = BaselineConfig(fading_factor=0.05, warmup_windows=12, min_std_volume=1.0)
+    min_volume: int = Field(10, ge=1)
+    min_ratio: float = Field(3.0, ge=1)
+    levels: Levels = Levels(info=4.0, warning=6.0, critical=10.0)
+    cooldown_minutes: float = Field(60, ge=0)
+
+
+class TriageRules(_Strict):
+    min_confidence: float = Field(0.5, ge=0, le=1, description="Below it a message goes to human triage.")
+    alert_priorities: tuple[Literal["P1", "P2", "P3", "P4"], ...] = ("P1",)
+    escalate_priorities: tuple[Literal["P1", "P2", "P3", "P4"], ...] = ("P1",)
+    intent_spike: IntentSpikeRule = IntentSpikeRule()
+
+
+class AlertRules(_Strict):
+    version: str = Field("1", min_length=1)
+    sentiment: SentimentRules = SentimentRules()
+    triage: TriageRules = TriageRules()
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "<rules>") -> AlertRules:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
+            )
+            raise RulesError(f"alert rules {source} are invalid: {problems}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> AlertRules:
+        """Read ``.json``, ``.yaml`` or ``.yml``; every field is optional (defaults above)."""
+        path = Path(path)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise RulesError(f"cannot read the alert rules {path}: {e}") from None
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise RulesError(f"alert rules {path}: expected a .json, .yaml or .yml file")
+        import yaml  # pyyaml is installed with transformers
+
+        try:
+            data = json.loads(raw) if suffix == ".json" else yaml.safe_load(raw)
+        except (ValueError, yaml.YAMLError) as e:
+            raise RulesError(f"alert rules {path} are not valid {suffix[1:].upper()}: {e}") from None
+        return cls.from_mapping(data if data is not None else {}, str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class RulesFile:
+    """Where the rules live. ``reload()`` returns a new immutable ``AlertRules`` (or raises
+    RulesError, leaving whatever the caller holds in force), so swapping is one assignment."""
+
+    path: Path
+
+    def reload(self) -> AlertRules:
+        return AlertRules.from_file(self.path)
+
+
+def geometry_changes(old: SentimentRules | IntentSpikeRule, new: SentimentRules | IntentSpikeRule) -> list[str]:
+    return [name for name in ("window", "baseline") if getattr(old, name) != getattr(new, name)]
+
+
+# --------------------------------------------------------------------------------------------
+# The sentiment alerter
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fed:
+    alerts: list[Alert]
+    too_late: bool = False  # the caller records the message and drops it
+    windows: list[WindowFigures] = field(default_factory=list)  # closed by this message
+
+
+class SentimentAlerter:
+    """Feed scored news (roughly in event-time order); get the alerts fired, deterministically."""
+
+    def __init__(self, rules: SentimentRules) -> None:
+        self._rules = rules
+        self._windows = HoppingWindows(rules.window.spec("lowest"))
+        step = rules.window.spec().step
+        self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
+        self._volume = KeyedBaselines(rules.baseline.volume_spec(), step, silent_value=0.0)
+        self._last_fired: dict[tuple[str, str], datetime] = {}
+
+    @property
+    def rules(self) -> SentimentRules:
+        return self._rules
+
+    @property
+    def watermark(self) -> datetime | None:
+        return self._windows.watermark
+
+    def baselines(self, ticker: str) -> tuple[Baseline | None, Baseline | None]:
+        """The ticker's (sentiment, volume) baselines, for metrics and inspection."""
+        return self._sentiment.get(ticker), self._volume.get(ticker)
+
+    def swap_rules(self, rules: SentimentRules) -> None:
+        """Take new thresholds, cooldown and labels at once. Window or baseline geometry cannot
+        change under live state."""
+        if changed := geometry_changes(self._rules, rules):
+            raise RulesError(
+                f"the new rules change sentiment.{' and sentiment.'.join(changed)}, which live windows and "
+                "baselines were built with; restart the alerting worker with fresh state to apply them"
+            )
+        self._rules = rules
+
+    def feed(self, msg: ScoredMessage) -> Fed:
+        if msg.kind is not Kind.news:
+            raise ValueError(f"SentimentAlerter takes scored news; {msg.id} is {msg.kind.value}: route it to triage")
+        score = msg.probs.get(self._rules.positive_label, 0.0) - msg.probs.get(self._rules.negative_label, 0.0)
+        closed: list[WindowFigures] = []
+        too_late = False
+        # A message with no ticker still moves event time forward.
+        for ticker in msg.tickers or ():
+            added = self._windows.add(
+                ticker, msg.event_time, label=msg.label, score=score,
+                message_id=msg.id, text=msg.text, model_version=msg.model_version,
+            )  # fmt: skip
+            too_late = too_late or not added.accepted
+            closed += added.closed
+        if not too_late:
+            closed += self._windows.advance(msg.event_time)
+        return Fed(self._evaluate(closed), too_late, closed)
+
+    def advance(self, to: datetime) -> list[Alert]:
+        """Move event time to ``to`` without a message (a quiet stream's timer)."""
+        return self._evaluate(self._windows.advance(to))
+
+    def _evaluate(self, closed: list[WindowFigures]) -> list[Alert]:
+        alerts: list[Alert] = []
+        for fig in closed:
+            alerts += self._judge(fig)
+        return alerts
+
+    def _judge(self, fig: WindowFigures) -> list[Alert]:
+        r = self._rules
+        neg_share = fig.share(r.negative_label)
+        sent = self._sentiment.score_then_learn(fig.key, fig.mean_score, fig.end)
+        vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end)
+        ratio = fig.volume / max(vol.expected, 1.0)
+        figures = {
+            "volume": float(fig.volume),
+            "mean_score": fig.mean_score,
+            "negative_share": neg_share,
+            "positive_share": fig.share(r.positive_label),
+            "baseline_sentiment": sent.expected,
+            "baseline_sentiment_std": sent.std,
+            "baseline_volume": vol.expected,
+            "baseline_windows": float(sent.n),
+            "volume_ratio": ratio,
+        }
+        z_sent, z_vol = sent.z, vol.z
+        if z_sent is not None:
+            figures["z_sentiment"] = z_sent
+        if z_vol is not None:
+            figures["z_volume"] = z_vol
+        for label, count in fig.counts.items():
+            figures[f"count_{label}"] = float(count)
+
+        fired: list[tuple[str, Severity]] = []
+        if r.negative_share.enabled and fig.volume >= r.negative_share.min_volume:
+            if sev := r.negative_share.levels.severity(neg_share):
+                fired.append(("negative_share", sev))
+        shock = r.sentiment_shock
+        if shock.enabled and z_sent is not None and fig.volume >= shock.min_volume:
+            signed = {"negative": -z_sent, "positive": z_sent, "both": abs(z_sent)}[shock.direction]
+            if sev := shock.levels.severity(signed):
+                fired.append(("sentiment_shock", sev))
+        spike = r.volume_spike
+        if spike.enabled and z_vol is not None and fig.volume >= spike.min_volume and ratio >= spike.min_ratio:
+            if sev := spike.levels.severity(z_vol):
+                fired.append(("volume_spike", sev))
+
+        created = self._windows.watermark or fig.end
+        cooldown = timedelta(minutes=r.cooldown_minutes)
+        alerts = []
+        for rule, sev in fired:
+            last = self._last_fired.get((fig.key, rule))
+            if last is not None and fig.end < last + cooldown:
+                continue
+            self._last_fired[(fig.key, rule)] = fig.end
+            alerts.append(
+                Alert(
+                    id=Alert.make_id("sentiment", rule, fig.key, fig.end.isoformat()),
+                    kind="sentiment",
+                    rule=rule,
+                    severity=sev,
+                    ticker=fig.key,
+                    window_start=fig.start,
+                    window_end=fig.end,
+                    figures=figures,
+                    model_version=",".join(fig.model_versions),
+                    top_messages=list(fig.top),
+                    created_at=created,
+                )
+            )
+        self._forget_cooldowns(fig.end - cooldown)
+        return alerts
+
+    def _forget_cooldowns(self, before: datetime) -> None:
+        # Bounded memory: a cooldown that has run out is the same as none.
+        if len(self._last_fired) > 1024:
+            self._last_fired = {k: t for k, t in self._last_fired.items() if t > before}

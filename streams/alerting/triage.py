@@ -1,0 +1,277 @@
+"""Live support triage: route each scored message to its queue, alert on urgent intents, escalate
+urgent tickets nobody acknowledged within their SLA, spot spikes in an intent's volume, and
+calibrate the confidence below which a person triages instead of the model."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from models.triage_mapping import TriageMapping
+from streams.alerting.baselines import KeyedBaselines
+from streams.alerting.contracts import Alert, ContributingMessage, Severity, as_aware
+from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry_changes
+from streams.alerting.windows import HoppingWindows, WindowFigures
+from streams.contracts import Kind, ScoredMessage
+
+# Not a valid mapping queue name (those are [a-z][a-z0-9_]*), so it can never clash with one.
+HUMAN_TRIAGE = "human-triage"
+Priority = Literal["P1", "P2", "P3", "P4"]
+
+
+class UnroutableIntent(KeyError):
+    """The model predicted an intent the routing table has no route for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TriageDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str
+    text: str
+    intent: str
+    confidence: float
+    queue: str  # HUMAN_TRIAGE when the model was not confident enough
+    priority: Priority  # the predicted intent's, even in human triage: urgent guesses sort first
+    sla_minutes: int
+    due_at: AwareDatetime
+    human_triage: bool
+    routed_queue: str  # the mapping's queue for the predicted intent
+    model_version: str
+    event_time: AwareDatetime
+
+
+def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) -> TriageDecision:
+    """Queue, priority and SLA for one scored support message. The SLA runs from its event time."""
+    if scored.kind is not Kind.support:
+        raise ValueError(f"route takes scored support messages; {scored.id} is {scored.kind.value}")
+    try:
+        r = mapping.route(scored.label)
+    except KeyError:
+        raise UnroutableIntent(
+            f"intent {scored.label!r} of {scored.id} has no route in triage mapping {mapping.version}; "
+            "the model and the mapping disagree: add the intent to the mapping or deploy the matching model"
+        ) from None
+    human = scored.confidence < min_confidence
+    event_time = as_aware(scored.event_time)
+    return TriageDecision(
+        message_id=scored.id,
+        text=scored.text,
+        intent=scored.label,
+        confidence=scored.confidence,
+        queue=HUMAN_TRIAGE if human else r.queue,
+        priority=r.priority,
+        sla_minutes=r.sla_minutes,
+        due_at=event_time + timedelta(minutes=r.sla_minutes),
+        human_triage=human,
+        routed_queue=r.queue,
+        model_version=scored.model_version,
+        event_time=event_time,
+    )
+
+
+def _message(d: TriageDecision) -> ContributingMessage:
+    return ContributingMessage(id=d.message_id, text=d.text, label=d.intent, score=d.confidence)
+
+
+def priority_alert(decision: TriageDecision, priorities: Iterable[str] = ("P1",)) -> Alert | None:
+    """An immediate alert for an urgent intent. None for a low-confidence guess: that one is in
+    human triage already, and its SLA is still tracked."""
+    if decision.human_triage or decision.priority not in set(priorities):
+        return None
+    return Alert(
+        id=Alert.make_id("triage", "priority_intent", decision.message_id),
+        kind="triage",
+        rule="priority_intent",
+        severity=Severity.critical if decision.priority == "P1" else Severity.warning,
+        intent=decision.intent,
+        queue=decision.queue,
+        window_start=decision.event_time,
+        window_end=decision.due_at,
+        figures={"confidence": decision.confidence, "sla_minutes": float(decision.sla_minutes)},
+        model_version=decision.model_version,
+        top_messages=[_message(decision)],
+        created_at=decision.event_time,
+    )
+
+
+class SlaTracker:
+    """Open urgent tickets until acknowledged; each one not acknowledged by its due time raises
+    one escalation alert. ``now`` is whatever clock the caller runs SLAs on."""
+
+    def __init__(self, priorities: Iterable[str] = ("P1",)) -> None:
+        self.priorities = frozenset(priorities)
+        self._open: dict[str, TriageDecision] = {}
+        self._due: list[tuple[datetime, str]] = []  # heap; acked entries are skipped when popped
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def open(self, decision: TriageDecision) -> bool:
+        """Track the ticket if its priority is escalated; False when it is not tracked."""
+        if decision.priority not in self.priorities or decision.message_id in self._open:
+            return False
+        self._open[decision.message_id] = decision
+        heapq.heappush(self._due, (decision.due_at, decision.message_id))
+        return True
+
+    def ack(self, message_id: str) -> bool:
+        """False when the ticket is not open (unknown, already acked, or already escalated)."""
+        return self._open.pop(message_id, None) is not None
+
+    def due(self, now: datetime) -> list[Alert]:
+        """Escalations for open tickets whose due time has passed; each ticket escalates once."""
+        now = as_aware(now)
+        out = []
+        while self._due and self._due[0][0] < now:
+            due_at, message_id = heapq.heappop(self._due)
+            d = self._open.pop(message_id, None)
+            if d is None or d.due_at != due_at:
+                continue
+            out.append(
+                Alert(
+                    id=Alert.make_id("triage", "sla_breach", message_id),
+                    kind="triage",
+                    rule="sla_breach",
+                    severity=Severity.critical,
+                    intent=d.intent,
+                    queue=d.queue,
+                    window_start=d.event_time,
+                    window_end=d.due_at,
+                    figures={
+                        "sla_minutes": float(d.sla_minutes),
+                        "minutes_overdue": (now - d.due_at) / timedelta(minutes=1),
+                        "confidence": d.confidence,
+                    },
+                    model_version=d.model_version,
+                    top_messages=[_message(d)],
+                    created_at=now,
+                )
+            )
+        return out
+
+
+class IntentSpikeDetector:
+    """Per-intent event-time windows of message counts, scored against each intent's river
+    baseline of volume (learned after scoring); alerts when the count jumps."""
+
+    def __init__(self, rule: IntentSpikeRule) -> None:
+        self._rule = rule
+        spec = rule.window.spec("highest")  # keep the most confident examples of the intent
+        self._windows = HoppingWindows(spec)
+        self._volume = KeyedBaselines(rule.baseline.volume_spec(), spec.step, silent_value=0.0)
+        self._last_fired: dict[str, datetime] = {}
+
+    @property
+    def watermark(self) -> datetime | None:
+        return self._windows.watermark
+
+    def swap_rule(self, rule: IntentSpikeRule) -> None:
+        if changed := geometry_changes(self._rule, rule):
+            raise RulesError(
+                f"the new rules change triage.intent_spike.{' and triage.intent_spike.'.join(changed)}; "
+                "restart the triage worker with fresh state to apply them"
+            )
+        self._rule = rule
+
+    def feed(self, decision: TriageDecision) -> Fed:
+        added = self._windows.add(
+            decision.intent, decision.event_time, label=decision.intent, score=decision.confidence,
+            message_id=decision.message_id, text=decision.text, model_version=decision.model_version,
+        )  # fmt: skip
+        return Fed(self._evaluate(added.closed), not added.accepted, added.closed)
+
+    def advance(self, to: datetime) -> list[Alert]:
+        return self._evaluate(self._windows.advance(to))
+
+    def _evaluate(self, closed: list[WindowFigures]) -> list[Alert]:
+        r = self._rule
+        cooldown = timedelta(minutes=r.cooldown_minutes)
+        alerts = []
+        for fig in closed:
+            vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end)
+            if not r.enabled or vol.z is None or fig.volume < r.min_volume:
+                continue
+            ratio = fig.volume / max(vol.expected, 1.0)
+            sev = r.levels.severity(vol.z) if ratio >= r.min_ratio else None
+            last = self._last_fired.get(fig.key)
+            if sev is None or (last is not None and fig.end < last + cooldown):
+                continue
+            self._last_fired[fig.key] = fig.end
+            alerts.append(
+                Alert(
+                    id=Alert.make_id("triage", "intent_spike", fig.key, fig.end.isoformat()),
+                    kind="triage",
+                    rule="intent_spike",
+                    severity=sev,
+                    intent=fig.key,
+                    window_start=fig.start,
+                    window_end=fig.end,
+                    figures={
+                        "volume": float(fig.volume),
+                        "baseline_volume": vol.expected,
+                        "baseline_std": vol.std,
+                        "z_volume": vol.z,
+                        "volume_ratio": ratio,
+                        "mean_confidence": fig.mean_score,
+                    },
+                    model_version=",".join(fig.model_versions),
+                    top_messages=list(fig.top),
+                    created_at=self._windows.watermark or fig.end,
+                )
+            )
+        return alerts
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+
+
+class CalibrationError(ValueError):
+    """No confidence threshold reaches the target precision on the given predictions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    threshold: float  # route automatically when confidence >= threshold
+    precision: float  # accuracy of the predictions at or above it
+    coverage: float  # share of predictions routed automatically
+    support: int  # how many predictions are at or above it
+
+
+def calibrate_threshold(
+    pairs: Iterable[tuple[float, bool]], target_precision: float, *, min_support: int = 1
+) -> Calibration:
+    """The LOWEST confidence threshold whose predictions at or above it are correct at least
+    ``target_precision`` of the time (with at least ``min_support`` of them), from validation
+    ``(confidence, correct)`` pairs. Lowest, so as few messages as possible go to people."""
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision {target_precision} must be in (0, 1]")
+    ordered = sorted(((float(c), bool(ok)) for c, ok in pairs), key=lambda p: -p[0])
+    if not ordered:
+        raise CalibrationError("no validation predictions to calibrate on; score a held-out split first")
+    best: Calibration | None = None
+    correct = 0
+    for i, (conf, ok) in enumerate(ordered):
+        correct += ok
+        if i + 1 < len(ordered) and ordered[i + 1][0] == conf:
+            continue  # a threshold takes all predictions of equal confidence together
+        support = i + 1
+        precision = correct / support
+        if precision >= target_precision and support >= min_support:
+            best = Calibration(conf, precision, support / len(ordered), support)
+    if best is None:
+        top = ordered[0][0]
+        raise CalibrationError(
+            f"no threshold reaches precision {target_precision} with at least {min_support} predictions "
+            f"(of {len(ordered)}, highest confidence {top:.3f}); lower the target or improve the model"
+        )
+    return best
