@@ -1,6 +1,6 @@
 """Scoring throughput: Vigil's engine vs Hugging Face pipelines, same model, same texts, same run.
 
-    python benchmarks/bench_scoring.py [--n 2048] [--batch 256] [--device auto] [--precision auto]
+    python -m benchmarks.bench_scoring [--n 2048] [--batch 256] [--device auto] [--precision auto]
 
 Uses the champion of ``--task`` from the registry (``VIGIL_DATA_DIR``/models); trains a quick
 model first with ``--train-if-missing``. Texts are the bundled Twitter Financial News tweets.
