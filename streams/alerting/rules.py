@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.alerting.baselines import Baseline, KeyedBaselines
+from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
 from streams.alerting.contracts import Alert, Severity
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage

@@ -176,8 +176,11 @@ class HoppingWindows:
         while e <= limit and self._pane_ids:
             lo = bisect.bisect_left(self._pane_ids, e - self._n)
             hi = bisect.bisect_left(self._pane_ids, e)
-            if lo == hi:  # nothing in this window: skip ahead to the first window holding a pane
-                e = max(e + 1, self._pane_ids[lo] + 1) if lo < len(self._pane_ids) else limit + 1
+            if lo == hi:
+                # Nothing in this window: skip to the first window holding a pane, but no further
+                # than the closable ones (a late event may still land just after the watermark).
+                nxt = self._pane_ids[lo] + 1 if lo < len(self._pane_ids) else limit + 1
+                e = min(max(e + 1, nxt), limit + 1)
                 continue
             out.extend(self._figures(e, self._pane_ids[lo:hi]))
             e += 1

@@ -1,0 +1,149 @@
+"""SentimentAlerter on the bundled news replay (labels from the data, no model): quiet on normal
+traffic, exactly one alert for an injected shock, cooldown, lateness."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules
+from streams.contracts import NewsItem, ScoredMessage
+from streams.replay import BUNDLED_START
+from tests.fixtures.alerting import SENTIMENT, scored, scored_bundled_news
+
+MIN = timedelta(minutes=1)
+TICKER = "VGLX"  # not in the bundled data, so everything about it is what the test puts there
+
+
+def _news(mid: str, t: datetime, label: str, ticker: str = TICKER) -> ScoredMessage:
+    item = NewsItem(id=mid, source="test", published_at=t, headline=f"{label} news about ${ticker} ({mid})", tickers=[ticker])
+    return scored(item, label, SENTIMENT)
+
+
+def _background(start: datetime, hours: float, every: timedelta = 3 * MIN) -> list[ScoredMessage]:
+    """A steady ticker: one message every 3 minutes, alternately positive and neutral."""
+    n = int(timedelta(hours=hours) / every)
+    return [_news(f"bg-{i}", start + i * every + timedelta(seconds=7), ("positive", "neutral")[i % 2]) for i in range(n)]
+
+
+def _merged(*streams: list[ScoredMessage]) -> list[ScoredMessage]:
+    return sorted((m for s in streams for m in s), key=lambda m: m.event_time)
+
+
+@pytest.fixture(scope="module")
+def normal() -> list[ScoredMessage]:
+    return list(scored_bundled_news())
+
+
+def test_normal_bundled_replay_raises_no_alert(normal):
+    rules = SentimentRules()
+    alerter = SentimentAlerter(rules)
+    alerts, late, judged = [], 0, 0
+    for m in normal:
+        fed = alerter.feed(m)
+        alerts += fed.alerts
+        late += fed.too_late
+        # windows the shock rule actually scored: past warm-up and over its volume floor
+        judged += sum(
+            1 for f in fed.windows
+            if f.volume >= rules.sentiment_shock.min_volume and alerter.baselines(f.key)[0].n > rules.baseline.warmup_windows
+        )  # fmt: skip
+    assert alerts == []
+    assert late == 0
+    assert judged > 20  # the quiet is the rules judging real windows, not nothing reaching them
+
+
+def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
+    rules = SentimentRules()
+    shock_at = BUNDLED_START + timedelta(hours=24)  # on a minute boundary, long past warm-up
+    shock = [_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+    stream = _merged(normal, _background(BUNDLED_START, hours=60), shock)
+
+    alerter = SentimentAlerter(rules)
+    fired = []
+    for m in stream:
+        for a in alerter.feed(m).alerts:
+            fired.append((a, m.event_time))
+
+    assert len(fired) == 1, [(a.rule, a.ticker, a.window_end) for a, _ in fired]
+    alert, emitted_at = fired[0]
+    assert (alert.ticker, alert.rule, alert.kind) == (TICKER, "sentiment_shock", "sentiment")
+    step, lateness = MIN, timedelta(minutes=rules.window.lateness_minutes)
+    assert alert.window_end == shock_at + step  # the first window holding the shock
+    assert alert.window_start == alert.window_end - timedelta(minutes=rules.window.size_minutes)
+    # out as soon as the window may close: on the first message at or past end + lateness
+    assert alert.window_end + lateness <= emitted_at < alert.window_end + lateness + step
+    assert alert.created_at == emitted_at
+    assert [m.id for m in alert.top_messages] == [m.id for m in sorted(shock, key=lambda m: m.probs["positive"] - m.probs["negative"])]
+    assert {m.label for m in alert.top_messages} == {"negative"}
+    assert alert.figures["z_sentiment"] <= -rules.sentiment_shock.levels.info
+    assert alert.figures["volume"] == 10  # five background messages and the five shock ones
+    assert alert.model_version == "test-1"
+
+
+def test_the_same_input_gives_the_same_alerts():
+    def run() -> list[str]:
+        alerter = SentimentAlerter(_flood_rules())
+        return [a.model_dump_json() for m in _flood(hours=3) for a in alerter.feed(m).alerts]
+
+    first = run()
+    assert first and first == run()
+
+
+def _flood_rules(cooldown: float = 60) -> SentimentRules:
+    return AlertRules.from_mapping(
+        {"sentiment": {"cooldown_minutes": cooldown, "negative_share": {"min_volume": 3}}}
+    ).sentiment
+
+
+def _flood(hours: float) -> list[ScoredMessage]:
+    """A ticker that is bad news for hours: every window breaks the negative-share rule."""
+    start = BUNDLED_START
+    return [_news(f"neg-{i}", start + i * MIN, "negative") for i in range(int(hours * 60))]
+
+
+@pytest.mark.parametrize("cooldown", [30, 60, 0])
+def test_cooldown_holds_per_ticker_and_rule(cooldown):
+    alerter = SentimentAlerter(_flood_rules(cooldown))
+    alerts = [a for m in _flood(hours=3) for a in alerter.feed(m).alerts]
+    share = [a for a in alerts if a.rule == "negative_share"]
+    assert {a.rule for a in alerts} == {"negative_share"}  # nothing else is unusual here
+    ends = [a.window_end for a in share]
+    gaps = {b - a for a, b in zip(ends, ends[1:], strict=False)}
+    assert gaps == {max(timedelta(minutes=cooldown), MIN)}
+    assert len({a.id for a in share}) == len(share)
+
+
+def test_late_news_inside_lateness_counts_and_older_is_reported():
+    rules = SentimentRules()  # 2 minutes of allowed lateness
+    alerter = SentimentAlerter(rules)
+    t = BUNDLED_START + timedelta(minutes=10)
+    assert not alerter.feed(_news("now", t, "neutral")).too_late
+    assert not alerter.feed(_news("late-ok", t - timedelta(minutes=2), "negative")).too_late
+    late = alerter.feed(_news("too-late", t - timedelta(minutes=2, seconds=1), "negative"))
+    assert late.too_late and late.alerts == []
+    closed = alerter.feed(_news("later", t + timedelta(hours=1), "neutral", ticker="OTHER")).windows
+    volumes = {f.end: f.volume for f in closed if f.key == TICKER}
+    ids = {m.id for f in closed if f.key == TICKER for m in f.top}
+    assert "late-ok" in ids and "too-late" not in ids
+    assert max(volumes.values()) == 2
+
+
+def test_swapping_thresholds_is_allowed_but_not_window_geometry():
+    alerter = SentimentAlerter(SentimentRules())
+    stricter = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"levels": {"info": 5}}}}).sentiment
+    alerter.swap_rules(stricter)
+    assert alerter.rules.sentiment_shock.levels.info == 5
+    wider = AlertRules.from_mapping({"sentiment": {"window": {"size_minutes": 30}}}).sentiment
+    with pytest.raises(RulesError, match="sentiment.window"):
+        alerter.swap_rules(wider)
+    assert alerter.rules is stricter
+
+
+def test_support_messages_are_refused():
+    from streams.contracts import SupportMessage
+
+    msg = SupportMessage(id="s1", channel="chat", customer_id="c", text="card lost", created_at=datetime(2025, 1, 1, tzinfo=UTC))
+    with pytest.raises(ValueError, match="route it to triage"):
+        SentimentAlerter(SentimentRules()).feed(scored(msg, "lost_or_stolen_card", ["lost_or_stolen_card", "other"]))
