@@ -1,0 +1,163 @@
+"""Triage: routing with the real mapping and Banking77 texts, human triage, P1 alerts, SLA
+escalation, intent spikes, threshold calibration."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from models.triage_mapping import load_triage_mapping
+from streams.alerting.contracts import Severity
+from streams.alerting.rules import IntentSpikeRule
+from streams.alerting.triage import (
+    HUMAN_TRIAGE,
+    CalibrationError,
+    IntentSpikeDetector,
+    SlaTracker,
+    UnroutableIntent,
+    calibrate_threshold,
+    priority_alert,
+    route,
+)
+from streams.contracts import ScoredMessage, SupportMessage
+from tests.fixtures.alerting import DATA, scored
+
+T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+INTENTS = json.loads((DATA / "banking77" / "categories.json").read_text())
+MAPPING = load_triage_mapping(INTENTS)
+
+
+def _rows() -> list[tuple[int, str, str]]:
+    with (DATA / "banking77" / "train.csv").open(encoding="utf-8", newline="") as f:
+        return [(i, r["text"], r["category"]) for i, r in enumerate(csv.DictReader(f))]
+
+
+ROWS = _rows()
+FIRST_TEXT = {cat: text for _, text, cat in reversed(ROWS)}
+
+
+def _msg(mid: str, text: str, intent: str, t: datetime, confidence: float | None = None) -> ScoredMessage:
+    m = SupportMessage(id=mid, channel="chat", customer_id="cust-1", text=text, created_at=t)
+    s = scored(m, intent, INTENTS)
+    if confidence is not None:
+        s = s.model_copy(update={"confidence": confidence})
+    return s
+
+
+@pytest.mark.parametrize("intent", INTENTS)
+def test_each_mapped_intent_routes_to_its_queue(intent):
+    d = route(_msg("m1", FIRST_TEXT[intent], intent, T0, confidence=0.9), MAPPING, min_confidence=0.5)
+    r = MAPPING.route(intent)
+    assert (d.intent, d.queue, d.routed_queue, d.priority, d.sla_minutes) == (intent, r.queue, r.queue, r.priority, r.sla_minutes)
+    assert d.due_at == T0 + timedelta(minutes=r.sla_minutes) and not d.human_triage
+
+
+def test_low_confidence_goes_to_human_triage_keeping_priority_and_sla():
+    d = route(_msg("m1", FIRST_TEXT["compromised_card"], "compromised_card", T0, 0.49), MAPPING, min_confidence=0.5)
+    assert (d.queue, d.human_triage, d.routed_queue, d.priority, d.sla_minutes) == (HUMAN_TRIAGE, True, "fraud", "P1", 15)
+    at_threshold = route(_msg("m2", "x", "compromised_card", T0, 0.5), MAPPING, min_confidence=0.5)
+    assert at_threshold.queue == "fraud"
+    assert HUMAN_TRIAGE not in MAPPING.queues
+
+
+def test_an_intent_the_mapping_lacks_is_a_clear_error():
+    m = _msg("m1", "hello", "card_arrival", T0).model_copy(update={"label": "open_account"})
+    with pytest.raises(UnroutableIntent, match="open_account.*add the intent"):
+        route(m, MAPPING, 0.5)
+
+
+def test_p1_intents_alert_at_once_and_others_do_not():
+    p1 = sorted(i for i, r in MAPPING.intents.items() if r.priority == "P1")
+    assert p1  # the mapping has urgent intents
+    for n, intent in enumerate(INTENTS):
+        d = route(_msg(f"m{n}", FIRST_TEXT[intent], intent, T0, 0.9), MAPPING, 0.5)
+        alert = priority_alert(d)
+        if intent in p1:
+            assert alert is not None and alert.severity == Severity.critical
+            assert (alert.rule, alert.intent, alert.queue, alert.created_at) == ("priority_intent", intent, "fraud", T0)
+            assert [m.id for m in alert.top_messages] == [f"m{n}"]
+        else:
+            assert alert is None
+    guess = route(_msg("g", "x", p1[0], T0, 0.2), MAPPING, 0.5)
+    assert priority_alert(guess) is None
+
+
+def test_an_unacked_p1_escalates_after_its_sla_exactly_once_and_an_acked_one_does_not():
+    tracker = SlaTracker()
+    late = route(_msg("late", FIRST_TEXT["lost_or_stolen_card"], "lost_or_stolen_card", T0, 0.9), MAPPING, 0.5)
+    acked = route(_msg("acked", FIRST_TEXT["compromised_card"], "compromised_card", T0, 0.9), MAPPING, 0.5)
+    routine = route(_msg("routine", FIRST_TEXT["card_arrival"], "card_arrival", T0, 0.9), MAPPING, 0.5)
+    assert tracker.open(late) and tracker.open(acked) and not tracker.open(routine)
+    assert not tracker.open(late)  # a redelivered decision is not tracked twice
+    assert tracker.due(T0 + timedelta(minutes=10)) == []
+    assert tracker.ack("acked")
+    assert tracker.due(T0 + timedelta(minutes=15)) == []  # acked by the end of the SLA is in time
+    escalations = tracker.due(T0 + timedelta(minutes=15, seconds=1))
+    assert [(a.rule, a.top_messages[0].id, a.queue) for a in escalations] == [("sla_breach", "late", "fraud")]
+    assert escalations[0].figures["minutes_overdue"] == pytest.approx(1 / 60)
+    assert tracker.due(T0 + timedelta(hours=5)) == []  # once
+    assert not tracker.ack("late") and len(tracker) == 0
+
+
+def test_a_short_sla_from_a_custom_mapping():
+    short = MAPPING.model_copy(update={"intents": {**MAPPING.intents, "card_swallowed": MAPPING.intents["card_swallowed"].model_copy(update={"priority": "P1", "sla_minutes": 1})}})
+    tracker = SlaTracker()
+    tracker.open(route(_msg("s", FIRST_TEXT["card_swallowed"], "card_swallowed", T0, 0.9), short, 0.5))
+    assert tracker.due(T0 + timedelta(seconds=60)) == []
+    assert len(tracker.due(T0 + timedelta(seconds=61))) == 1
+
+
+def _normal_support(step: timedelta = timedelta(seconds=20)) -> list[ScoredMessage]:
+    """Banking77 is stored sorted by intent; normal traffic mixes them, so take one of each in turn."""
+    by_intent: dict[str, list[tuple[int, str]]] = {}
+    for row, text, cat in ROWS:
+        by_intent.setdefault(cat, []).append((row, text))
+    mixed = (x for group in itertools.zip_longest(*by_intent.values()) for x in group if x is not None)
+    rows_by_id = {row: cat for row, _, cat in ROWS}
+    return [_msg(f"b77-{row}", text, rows_by_id[row], T0 + n * step) for n, (row, text) in enumerate(mixed)]
+
+
+def test_intent_spikes_alert_once_and_normal_traffic_does_not():
+    normal = _normal_support()
+    rule = IntentSpikeRule()
+    quiet = IntentSpikeDetector(rule)
+    assert [a for m in normal for a in quiet.feed(route(m, MAPPING, 0.5)).alerts] == []
+
+    spike_at = T0 + timedelta(hours=20)
+    spike = [_msg(f"spike-{i}", FIRST_TEXT["compromised_card"], "compromised_card", spike_at + i * timedelta(seconds=12)) for i in range(25)]
+    stream = sorted(normal + spike, key=lambda m: m.event_time)
+    detector = IntentSpikeDetector(rule)
+    alerts = [a for m in stream for a in detector.feed(route(m, MAPPING, 0.5)).alerts]
+    assert [(a.rule, a.intent) for a in alerts] == [("intent_spike", "compromised_card")]
+    a = alerts[0]
+    assert a.window_start <= spike_at < a.window_end <= spike_at + timedelta(minutes=rule.window.step_minutes + 5)
+    assert {m.id for m in a.top_messages} <= {m.id for m in spike}
+    assert a.figures["volume"] >= rule.min_volume
+
+
+# (confidence, correct): precision at or above each threshold is
+# 0.95: 1/1, 0.9: 2/2, 0.85: 2/3, 0.8: 3/4, 0.7: 4/5, 0.6: 4/6, 0.5: 4/7
+HAND_MADE = [(0.7, True), (0.95, True), (0.5, False), (0.85, False), (0.6, False), (0.9, True), (0.8, True)]
+
+
+@pytest.mark.parametrize(
+    "target, threshold, support", [(0.8, 0.7, 5), (0.75, 0.7, 5), (0.81, 0.9, 2), (1.0, 0.9, 2), (0.5, 0.5, 7)]
+)
+def test_calibration_picks_the_lowest_threshold_reaching_the_target(target, threshold, support):
+    c = calibrate_threshold(HAND_MADE, target)
+    assert (c.threshold, c.support) == (threshold, support)
+    assert c.precision >= target and c.coverage == pytest.approx(support / 7)
+
+
+def test_calibration_takes_equal_confidences_together_and_honours_min_support():
+    pairs = [(0.9, True), (0.8, True), (0.8, False), (0.7, True)]
+    assert calibrate_threshold(pairs, 0.7).threshold == 0.7  # 3/4
+    assert calibrate_threshold(pairs, 0.9).threshold == 0.9  # 0.8 gives 2/3 as a pair
+    with pytest.raises(CalibrationError, match="at least 2"):
+        calibrate_threshold(pairs, 1.0, min_support=2)
+    with pytest.raises(CalibrationError, match="no validation predictions"):
+        calibrate_threshold([], 0.9)
