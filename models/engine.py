@@ -6,10 +6,12 @@ only to its own longest text, run under ``torch.inference_mode`` and put back in
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +34,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A token rarely spans more than ~10 characters of real text; cutting far beyond that bounds the
 # tokenizer's work on huge inputs without changing what the model sees for ordinary long texts.
 _CHARS_PER_TOKEN_CAP = 50
+# Texts per tokenization chunk when a call is large enough to overlap tokenizing with compute.
+_OVERLAP_CHUNK = 4096
 
 
 class ScoringError(RuntimeError):
@@ -105,45 +109,56 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    return ids, mask
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    # Row-major boolean assignment fills each row's prefix in order: one copy instead of a loop.
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Class probabilities (float32, input order) for already-encoded sequences."""
-    num_labels = model.config.num_labels
-    probs = np.empty((len(seqs), num_labels), dtype=np.float32)
+    """Class probabilities (float32, input order) for already-encoded sequences.
+
+    On CUDA nothing waits on the GPU until the end: while batch k runs, the host pads batch k+1.
+    """
     cuda = device.type == "cuda"
-    for idx in length_batches([len(s) for s in seqs], batch_size):
+    batches = length_batches([len(s) for s in seqs], batch_size)
+    outputs = []
+    for idx in batches:
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
         if cuda:
             ids = ids.pin_memory().to(device, non_blocking=True)
             mask = mask.pin_memory().to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(input_ids=ids, attention_mask=mask).logits
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        outputs.append(torch.softmax(logits.float(), dim=-1))
+    order = np.concatenate([np.asarray(idx) for idx in batches])
+    probs = np.empty((len(seqs), model.config.num_labels), dtype=np.float32)
+    probs[order] = torch.cat(outputs).cpu().numpy()
     return probs
 
 
-def to_prediction(p: np.ndarray, labels: Sequence[str], truncated: bool) -> Prediction:
-    top = np.argsort(p)[::-1]
-    second = float(p[top[1]]) if len(p) > 1 else 0.0
-    nz = p[p > 0]
-    return Prediction(
-        label=labels[int(top[0])],
-        probs={label: float(v) for label, v in zip(labels, p, strict=True)},
-        confidence=float(p[top[0]]),
-        margin=max(0.0, float(p[top[0]]) - second),
-        entropy=max(0.0, float(-(nz * np.log(nz)).sum())),
-        truncated=truncated,
-    )
+def to_predictions(p: np.ndarray, labels: Sequence[str], truncated: Sequence[bool]) -> list[Prediction]:
+    """Confidence, margin and entropy for all rows at once; one Prediction per row."""
+    top2 = np.sort(p, axis=1)[:, ::-1][:, :2] if p.shape[1] > 1 else np.hstack([p, np.zeros_like(p)])
+    best = p.argmax(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    margin = np.maximum(0.0, top2[:, 0] - top2[:, 1])
+    return [
+        Prediction(
+            label=labels[b],
+            probs=dict(zip(labels, row.tolist(), strict=True)),
+            confidence=float(c),
+            margin=float(m),
+            entropy=max(0.0, float(e)),
+            truncated=cut,
+        )
+        for row, b, c, m, e, cut in zip(p, best.tolist(), top2[:, 0], margin, entropy, truncated, strict=True)
+    ]
 
 
 def set_cpu_threads(num_threads: int | None) -> None:
@@ -182,6 +197,7 @@ class Engine:
         self.max_length = max_length
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="vigil-tokenize")
         if not self.tokenizer.is_fast:
             raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json); retrain it")
         self._fp32 = MeanPoolClassifier.from_pretrained(model_dir).eval().to(self.device)
@@ -229,18 +245,28 @@ class Engine:
                         100 * max_flip_rate)
 
     def probs(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-        enc = encode(self.tokenizer, texts, self.max_length)
-        if not enc.ids:
+        """Large calls go in chunks: the next chunk is tokenized on a thread (the Rust tokenizer
+        releases the GIL) while the current one runs on the device."""
+        chunks = [texts[i : i + _OVERLAP_CHUNK] for i in range(0, len(texts), _OVERLAP_CHUNK)]
+        if not chunks:
             return np.empty((0, len(self.labels)), dtype=np.float32), []
-        p = predict_probs(self.model, enc.ids, self.tokenizer.pad_token_id, self.batch_size,
-                          self.device, self._autocast)
-        return p, enc.truncated
+        parts: list[np.ndarray] = []
+        truncated: list[bool] = []
+        pending = self._tokenize_pool.submit(encode, self.tokenizer, chunks[0], self.max_length)
+        for following in [*chunks[1:], None]:
+            enc = pending.result()
+            if following is not None:
+                pending = self._tokenize_pool.submit(encode, self.tokenizer, following, self.max_length)
+            parts.append(predict_probs(self.model, enc.ids, self.tokenizer.pad_token_id, self.batch_size,
+                                       self.device, self._autocast))
+            truncated += enc.truncated
+        return np.concatenate(parts), truncated
 
     def score(self, texts: Sequence[str]) -> list[Prediction]:
         p, truncated = self.probs(texts)
         if not np.isfinite(p).all():
             raise ScoringError(f"{self.task} {self.model_version} produced non-finite probabilities")
-        return [to_prediction(row, self.labels, cut) for row, cut in zip(p, truncated, strict=True)]
+        return to_predictions(p, self.labels, truncated)
 
 
 PARITY_SAMPLE = 1000
@@ -271,7 +297,8 @@ def load_scorer(settings: VigilSettings, task: str, version: str | None = None,
         model_dir,
         device=settings.device,
         max_length=settings.max_length,
-        batch_size=settings.score_batch_size,
+        batch_size=settings.score_batch_size_gpu if pick_device(settings.device).type == "cuda"
+        else settings.score_batch_size,
         precision=precision,
         parity_texts=parity_texts or (),
         max_flip_rate=settings.parity_max_flip_rate,

