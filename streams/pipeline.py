@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from models.scoring import Prediction, Scorer
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, SupportMessage
 from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
+from streams.pii import mask_pii
 from streams.tickers import extract_tickers
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,14 @@ def resolve_duplicates(
 def _to_scored(kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime) -> ScoredMessage:
     item = d.item
     if isinstance(item, NewsItem):
-        tickers, source = extract_tickers(item.text, item.tickers), item.source
+        tickers, source, text = extract_tickers(item.text, item.tickers), item.source, item.text
     else:
-        tickers, source = [], item.channel
+        # Customers' emails, cards, phones and IBANs stay in the raw topic (and its retention) only.
+        tickers, source, text = [], item.channel, mask_pii(item.text).text
     return ScoredMessage(
         id=item.id,
         kind=kind,
-        text=item.text,
+        text=text,
         model_name=scorer.model_name,
         model_version=scorer.model_version,
         label=p.label,

@@ -1,0 +1,83 @@
+"""The worker's pure core with the tiny real model: decode, duplicate ids, scoring, PII masking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from models.scoring import Prediction, Scorer
+from streams.contracts import DeadLetterReason, Kind
+from streams.pipeline import Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
+from streams.samples import duplicate_id_pair, hostile_samples, news_json, support_json
+
+LIMITS = Limits(max_message_bytes=64 * 1024, max_text_chars=8000)
+
+
+def _records(topic: str, values: Sequence[bytes]) -> list[RawRecord]:
+    return [RawRecord(topic, 0, i, None, v, 1_763_888_400_000 + i) for i, v in enumerate(values)]
+
+
+def test_decode_batch_splits_valid_from_every_hostile_sample():
+    hostile = hostile_samples(Kind.news, "p", LIMITS.max_message_bytes)
+    valid = [news_json(id=f"ok-{i}", headline=f"Shares of $ACME rise {i}%") for i in range(3)]
+    decoded, dead = decode_batch(Kind.news, _records("news", valid + [s.raw for s in hostile]), LIMITS)
+    assert [d.item.id for d in decoded] == ["ok-0", "ok-1", "ok-2"]
+    assert [d.reason for d in dead] == [s.reason for s in hostile]
+    assert [d.offset for d in dead] == list(range(3, 3 + len(hostile)))
+    assert all(d.raw == s.raw for d, s in zip(dead, hostile, strict=True))
+
+
+def test_a_reused_id_with_new_content_is_refused_but_a_redelivery_is_kept_once():
+    first, second = duplicate_id_pair(Kind.news, "p")
+    decoded, _ = decode_batch(Kind.news, _records("news", [first, first, second]), LIMITS)
+    kept, dead = resolve_duplicates(decoded, stored_hashes={})
+    assert len(kept) == 1 and kept[0].record.offset == 0
+    assert [(d.reason, d.offset) for d in dead] == [(DeadLetterReason.duplicate_id, 2)]
+    assert "different content" in dead[0].detail
+
+    # Across batches: the store already holds the first version.
+    decoded, _ = decode_batch(Kind.news, _records("news", [first, second]), LIMITS)
+    kept, dead = resolve_duplicates(decoded, stored_hashes={"p-dup": decoded[0].content_hash})
+    assert [k.record.offset for k in kept] == [0]
+    assert [d.offset for d in dead] == [1]
+
+
+def test_score_batch_labels_extracts_tickers_and_masks_support_pii(tiny_scorers):
+    news = [news_json(id="n1", headline="$TSLA and $brk.b slump after weak guidance")]
+    decoded, _ = decode_batch(Kind.news, _records("news", news), LIMITS)
+    [scored] = score_batch(Kind.news, decoded, tiny_scorers["sentiment"]).scored
+    assert scored.label in {"negative", "neutral", "positive"}
+    assert abs(sum(scored.probs.values()) - 1) < 1e-4
+    assert scored.tickers == ["TSLA", "BRK.B"]
+    assert scored.model_version == tiny_scorers["sentiment"].model_version
+
+    card = "4111 1111 1111 1111"
+    support = [support_json(id="s1", text=f"my card {card} was stolen, call me on +44 20 7946 0958")]
+    decoded, _ = decode_batch(Kind.support, _records("support", support), LIMITS)
+    [scored] = score_batch(Kind.support, decoded, tiny_scorers["triage"]).scored
+    assert card not in scored.text and "7946" not in scored.text
+    assert "[CARD]" in scored.text and "[PHONE]" in scored.text
+    assert scored.label in tiny_scorers["triage"].labels
+
+
+class _FailsOnMarker:
+    """The real scorer, except that it raises for one text: a model fault on one poison input."""
+
+    def __init__(self, real: Scorer, marker: str) -> None:
+        self._real, self._marker = real, marker
+        self.task, self.model_name = real.task, real.model_name
+        self.model_version, self.labels = real.model_version, real.labels
+
+    def score(self, texts: Sequence[str]) -> list[Prediction]:
+        if any(self._marker in t for t in texts):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self._real.score(texts)
+
+
+def test_one_poison_text_is_dead_lettered_and_the_rest_of_the_batch_is_scored(tiny_scorers):
+    values = [news_json(id=f"n{i}", headline=f"headline {i}") for i in range(4)]
+    values[2] = news_json(id="n2", headline="POISON headline")
+    decoded, _ = decode_batch(Kind.news, _records("news", values), LIMITS)
+    result = score_batch(Kind.news, decoded, _FailsOnMarker(tiny_scorers["sentiment"], "POISON"))
+    assert [m.id for m in result.scored] == ["n0", "n1", "n3"]
+    assert [(d.reason, d.offset) for d in result.dead] == [(DeadLetterReason.scoring_failed, 2)]
+    assert "illegal memory access" in result.dead[0].detail
