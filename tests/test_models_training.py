@@ -36,7 +36,7 @@ def test_same_seed_same_weights_and_reload_is_identical(tmp_path):
     wb = load_file(tmp_path / "b" / "sentiment" / "v1" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a.card.data_fingerprint == b.card.data_fingerprint
-    c = train_tiny("sentiment", tmp_path / "c", max_steps=6, val_cap=32, seed=1)
+    train_tiny("sentiment", tmp_path / "c", max_steps=6, val_cap=32, seed=1)
     wc = load_file(tmp_path / "c" / "sentiment" / "v1" / "model.safetensors")
     assert not torch.equal(wa["classifier.weight"], wc["classifier.weight"])
 
