@@ -57,7 +57,11 @@ def demo(
     """Run everything on embedded parts, replay bundled data, print what ClickHouse holds."""
     from streams.demo import DemoOptions, run_demo
 
-    run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout), console)
+    try:
+        run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout), console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: worker and broker stopped; what was written stays in ClickHouse")
+        raise typer.Exit(130) from None
 
 
 @app.command()

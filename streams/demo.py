@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,8 +116,12 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
             replay(bootstrap, settings.raw_topics, messages, rate_per_s=options.rate, on_progress=on_progress,
                    kafka_kwargs=aiokafka_kwargs(settings))
         )
+        # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
+        # cancelling every task at once.
+        interrupted = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
         deadline = time.monotonic() + options.timeout_s
-        while tracker.done < len(messages) and time.monotonic() < deadline:
+        while tracker.done < len(messages) and time.monotonic() < deadline and not interrupted.is_set():
             await asyncio.sleep(0.25)
             elapsed = time.perf_counter() - started
             progress.update(
@@ -126,10 +131,14 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
             )
             if producing.done() and producing.exception():
                 raise producing.exception()  # type: ignore[misc]
-        await producing
+        if interrupted.is_set():
+            producing.cancel()
+        await asyncio.gather(producing, return_exceptions=interrupted.is_set())
     seconds = time.perf_counter() - started
     follower.cancel()
     await asyncio.gather(follower, return_exceptions=True)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     if tracker.done < len(messages):
         console.print(f"[red]timed out[/]: {tracker.done} of {len(messages)} messages came out of the worker")
     return DemoReport(len(messages), len(tracker.scored_ids), tracker.dead, seconds,

@@ -145,6 +145,18 @@ def test_dead_letters_keep_invalid_utf8_bytes_and_count_once(store: ClickHouseSt
     assert store.summary().dead_letters_by_reason == {"bad_encoding": 1, "bad_json": 1}
 
 
+def test_a_different_message_at_a_reused_position_is_not_collapsed(store: ClickHouseStore) -> None:
+    # The embedded broker starts its offsets at 0 again on every run.
+    def letter(raw: bytes) -> DeadLetter:
+        return DeadLetter(source_topic="vigil.news.raw", partition=0, offset=0, raw=raw,
+                          reason=DeadLetterReason.bad_json, detail="x", received_at=T0)
+
+    store.write_dead_letters([letter(b"run 1: {")])
+    store.write_dead_letters([letter(b"run 2: [")])
+    store.write_dead_letters([letter(b"run 2: [")])  # replay of run 2's message
+    assert sorted(d.raw for d in store.fetch_dead_letters("vigil.news.raw")) == [b"run 1: {", b"run 2: ["]
+
+
 def test_summary_on_a_known_data_set(store: ClickHouseStore) -> None:
     def news(i: int, label: str, tickers: list[str], e2e: int) -> ScoredMessage:
         return msg(i, label=label, tickers=tickers, ingest_time=WRITTEN - timedelta(milliseconds=e2e))

@@ -16,6 +16,6 @@ CREATE TABLE IF NOT EXISTS ${db}.dead_letters
     received_at ${DateTimeMs}
 )
 ENGINE = ReplacingMergeTree(received_at)
-ORDER BY (source_topic, src_partition, src_offset)
+ORDER BY (source_topic, src_partition, src_offset, cityHash64(raw_base64))
 --@modern TTL toDateTime(received_at) + INTERVAL ${ttl_days} DAY
 ;
