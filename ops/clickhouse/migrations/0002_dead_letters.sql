@@ -1,6 +1,7 @@
--- Messages Vigil refused. Keyed on where the message sat in Kafka, so a replayed bad message counts
--- once (read with FINAL). No partitioning by received_at: a replay gets a new received_at, and rows
--- only collapse within one partition.
+-- Messages Vigil refused. Keyed on where the message sat in Kafka and on its bytes, so a replayed
+-- bad message counts once (read with FINAL) while a different message at a reused position (a
+-- recreated topic, the embedded broker's fresh offsets) stays a row of its own. No partitioning
+-- by received_at: a replay gets a new received_at, and rows only collapse within one partition.
 -- raw_base64/key_base64 hold the exact bytes (they may be invalid UTF-8); raw_preview is for people.
 CREATE TABLE IF NOT EXISTS ${db}.dead_letters
 (
