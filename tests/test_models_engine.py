@@ -115,3 +115,18 @@ def test_load_scorer_from_settings(tiny_registry, tmp_path):
     assert load_scorer(settings, "sentiment", "v1").labels == ("negative", "neutral", "positive")
     with pytest.raises(ModelNotFound, match="vigil train --task sentiment"):
         load_scorer(VigilSettings(data_dir=tmp_path, device="cpu"), "sentiment")
+
+
+def test_fast_encode_matches_the_transformers_tokenizer(tiny_scorers):
+    from models.engine import encode
+
+    tok = tiny_scorers["sentiment"].tokenizer
+    texts = ["$TSLA up 5%", "Ünïcödé and emoji 📉", "word " * 200, "a", "Zero\u200bwidth\tand tabs"]
+    for max_length in (8, 32, 128):
+        expected = tok(texts, truncation=True, max_length=max_length + 1)["input_ids"]
+        got = encode(tok, texts, max_length)
+        for e, g, cut in zip(expected, got.ids, got.truncated, strict=True):
+            if len(e) > max_length:
+                assert cut and g == e[: max_length - 1] + [tok.sep_token_id]
+            else:
+                assert g == e
