@@ -50,7 +50,7 @@ def main(
 def demo(
     ctx: typer.Context,
     messages: Annotated[int, typer.Option(help="Valid messages to replay from the bundled data.")] = 3000,
-    rate: Annotated[float, typer.Option(help="Messages per second to produce (0: as fast as possible).")] = 400.0,
+    rate: Annotated[float, typer.Option(help="Messages per second to produce (0: as fast as possible).")] = 150.0,
     hostile: Annotated[bool, typer.Option(help="Mix in malformed and hostile messages.")] = True,
     timeout: Annotated[float, typer.Option(help="Give up waiting for the worker after this many seconds.")] = 600.0,
 ) -> None:

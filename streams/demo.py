@@ -24,7 +24,7 @@ from rich.table import Table
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, follow
+from streams.follow import Tracker, follow, wait_for
 from streams.kafka_config import aiokafka_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import kafka_bootstrap
@@ -36,10 +36,14 @@ from streams.worker import TASK_BY_KIND, WorkerProcess
 log = logging.getLogger(__name__)
 
 
+class DemoError(RuntimeError):
+    """The demo could not run to the end."""
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     messages: int = 3000
-    rate: float = 400.0
+    rate: float = 150.0
     hostile: bool = True
     timeout_s: float = 600.0
     train_profile: str = "quick"
@@ -100,6 +104,13 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
     follower = asyncio.create_task(follow(settings, bootstrap, tracker, ready))
     await ready.wait()
     messages = list(demo_messages(settings, options))
+    # The first message goes alone, so that loading the models and joining the consumer group are
+    # not counted as pipeline latency.
+    with console.status("waiting for the worker to load its models and join the consumer group…"):
+        await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=aiokafka_kwargs(settings))
+        if not await wait_for(tracker, 1, timeout_s=options.timeout_s):
+            raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log")
+    tracker.latencies_ms.clear()
     progress = Progress(
         TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console,
@@ -113,8 +124,8 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
 
     with Live(progress, console=console, refresh_per_second=8):
         producing = asyncio.create_task(
-            replay(bootstrap, settings.raw_topics, messages, rate_per_s=options.rate, on_progress=on_progress,
-                   kafka_kwargs=aiokafka_kwargs(settings))
+            replay(bootstrap, settings.raw_topics, messages[1:], rate_per_s=options.rate,
+                   on_progress=lambda n: on_progress(n + 1), kafka_kwargs=aiokafka_kwargs(settings))
         )
         # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
         # cancelling every task at once.
