@@ -1,7 +1,8 @@
-"""The faust app: one scoring agent per message kind, a watchdog timer, nothing else.
+"""The faust app: one scoring agent per message kind, the alerting agent on the scored topic, a
+watchdog timer, nothing else.
 
 Everything here wires parts together; the logic lives in streams/pipeline.py (scoring),
-streams/watchdog.py (stalls) and streams/clickhouse (storage).
+streams/alerting (alerts), streams/watchdog.py (stalls) and streams/clickhouse (storage).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import faust
 
 from models.scoring import Scorer
 from streams.agents import BatchProcessor, make_agent
+from streams.alerting.agent import register_alerting
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
@@ -94,6 +96,17 @@ def create_app(
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
             make_agent(processor, settings.batch_max, settings.batch_within_s, watchdog)
         )
+
+    register_alerting(
+        app,
+        settings,
+        scored_topic=scored_topic,
+        triage_labels=scorers[Kind.support]().labels,
+        store=store,
+        metrics=metrics,
+        io_executor=io_executor,
+        watchdog=watchdog,
+    )
 
     @app.timer(settings.watchdog_interval_s)
     async def watch_progress() -> None:

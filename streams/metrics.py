@@ -31,6 +31,15 @@ class Metrics:
         self.storage_errors = Counter("vigil_storage_errors_total", "Failed ClickHouse calls (retried)", registry=r)
         self.consumer_lag = Gauge("vigil_consumer_lag", "Messages not yet committed on assigned partitions", registry=r)
         self.stalls = Counter("vigil_consumer_stalls_total", "Stalls detected by the watchdog", registry=r)
+        self.alerts = Counter("vigil_alerts_total", "Alerts emitted", ["kind", "rule", "severity"], registry=r)
+        self.alert_late_messages = Counter(
+            "vigil_alert_late_messages_total", "Scored news too late for their alert windows (dropped)", registry=r
+        )
+        self.webhook_sent = Counter("vigil_webhook_sent_total", "Alerts delivered to the webhook", registry=r)
+        self.webhook_failed = Counter("vigil_webhook_failed_total", "Alerts the webhook refused after retries", registry=r)
+        self.webhook_dropped = Counter(
+            "vigil_webhook_dropped_total", "Alerts not sent because the webhook queue was full", registry=r
+        )
         self.model = Info("vigil_model", "Model versions in use", registry=r)
 
     def observe_batch(self, kind: Kind, n_records: int, result: BatchResult, seconds: float) -> None:

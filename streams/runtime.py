@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: VigilSettings) -> list[str]:
-    return [settings.topic_news, settings.topic_support, settings.topic_scored, settings.topic_dlq]
+    return [settings.topic_news, settings.topic_support, settings.topic_scored, settings.topic_dlq, settings.topic_alerts]
 
 
 @contextmanager

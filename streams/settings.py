@@ -37,6 +37,7 @@ class VigilSettings(BaseSettings):
     topic_support: str = "vigil.support.raw"
     topic_scored: str = "vigil.scored"
     topic_dlq: str = "vigil.dlq"
+    topic_alerts: str = "vigil.alerts"
     topic_partitions: int = Field(4, ge=1, le=1024)
     consumer_group: str = "vigil-worker"
     kafka_session_timeout_s: float = Field(
@@ -76,6 +77,20 @@ class VigilSettings(BaseSettings):
     watchdog_exit_on_stall: bool = Field(
         True, description="Exit the worker on a stall so its supervisor restarts it."
     )
+
+    # --- alerting ----------------------------------------------------------------------------
+    alert_rules_path: Path | None = Field(
+        None, description="Alert rules (.json/.yaml). Unset: the defaults in streams.alerting.rules."
+    )
+    triage_min_confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="Support messages below this confidence go to human triage and raise no priority "
+        "alert. Unset: the rules' triage.min_confidence.",
+    )
+    alert_webhook_url: str | None = Field(
+        None, pattern=r"^https?://", description="Slack-compatible webhook for alerts. Unset: none."
+    )
+    alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
 
     # --- models ------------------------------------------------------------------------------
     sentiment_model: str = Field("champion", description="Registry version, or 'champion'.")

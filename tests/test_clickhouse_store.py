@@ -17,6 +17,8 @@ from streams.clickhouse import (
     migrate,
     open_store,
 )
+from streams.alerting.contracts import Alert, ContributingMessage, Severity
+from streams.clickhouse.compat import to_stored_time
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 from streams.settings import VigilSettings
 
@@ -59,12 +61,12 @@ def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, c
         second = migrate(backend, database=settings.clickhouse_database, ttl_days=30)
         expected = CompatLevel.modern if settings.clickhouse_url is None else CompatLevel.legacy_18
         assert first.level is second.level is expected
-        assert first.applied == ["0001_scored", "0002_dead_letters"] and first.already_applied == []
+        assert first.applied == ["0001_scored", "0002_dead_letters", "0003_alerts"] and first.already_applied == []
         assert second.applied == [] and second.already_applied == first.applied
         recorded = backend.query(
             f"SELECT version, level FROM {settings.clickhouse_database}.schema_migrations FINAL ORDER BY version"
         )
-        assert recorded == [(1, expected.value), (2, expected.value)]
+        assert recorded == [(1, expected.value), (2, expected.value), (3, expected.value)]
         assert f"schema compatibility level {expected.value}" in caplog.text
         columns = {
             name: type_ for name, type_ in backend.query(
@@ -239,3 +241,27 @@ def test_url_database_must_agree_with_the_setting(clickhouse_server) -> None:
     settings = VigilSettings(clickhouse_url=clickhouse_server.url + "/other", clickhouse_database="vigil")
     with pytest.raises(ClickHouseConfigError, match="make the two agree"):
         connect(settings)
+
+
+def test_alerts_round_trip_and_a_re_emitted_alert_counts_once(store: ClickHouseStore) -> None:
+    sentiment = Alert(
+        id=Alert.make_id("sentiment", "negative_share", "TSLA", T0.isoformat()), kind="sentiment",
+        rule="negative_share", severity=Severity.warning, ticker="TSLA", window_start=T0 - timedelta(minutes=15),
+        window_end=T0, figures={"volume": 20.0, "negative_share": 0.85}, model_version="v1",
+        top_messages=[ContributingMessage(id="n-1", text="TSLA plunges — “recall”", label="negative", score=-0.9)],
+        created_at=T0,
+    )
+    ticket = Alert(
+        id=Alert.make_id("triage", "priority_intent", "s-1"), kind="triage", rule="priority_intent",
+        severity=Severity.critical, intent="lost_or_stolen_card", queue="fraud", created_at=T0,
+    )
+    store.write_alerts([sentiment, ticket])
+    store.write_alerts([sentiment])  # re-emitted after a replay
+    fetched = store.fetch_alerts()
+    back = {a.id: a for a in fetched}
+    assert len(fetched) == 2 and set(back) == {sentiment.id, ticket.id}
+    # Times come back at the precision the level keeps (ms modern, seconds legacy-18).
+    assert back[ticket.id] == ticket.model_copy(update={"created_at": to_stored_time(T0, store.level)})
+    assert back[sentiment.id] == sentiment.model_copy(update={
+        f: to_stored_time(getattr(sentiment, f), store.level) for f in ("window_start", "window_end", "created_at")
+    })

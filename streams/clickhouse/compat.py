@@ -8,6 +8,7 @@ created and then stays with the schema (see migrations.py), so rows always match
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from enum import StrEnum
 from string import Template
 from typing import Any
 
+from streams.alerting.contracts import Alert, ContributingMessage, Severity
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 
 from .errors import UnsupportedServer
@@ -176,4 +178,48 @@ def dead_letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
         offset=int(row["src_offset"]), key=None if key is None else base64.b64decode(key),
         raw=base64.b64decode(row["raw_base64"]), reason=DeadLetterReason(row["reason"]),
         detail=row["detail"], received_at=_utc(row["received_at"]),
+    )
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+_ALERT_HEAD = ("id", "kind", "rule", "severity", "ticker", "intent", "queue", "window_start", "window_end")
+_ALERT_TAIL = ("model_version", "top_messages_json", "created_at", "written_time")
+
+
+def alert_columns(level: CompatLevel) -> tuple[str, ...]:
+    figures = ("figures",) if level is CompatLevel.modern else ("figure_names", "figure_values")
+    return _ALERT_HEAD + figures + _ALERT_TAIL
+
+
+def alert_row(alert: Alert, written_time: datetime, level: CompatLevel) -> tuple[Any, ...]:
+    """One Alert as a row in alert_columns(level) order."""
+    if level is CompatLevel.modern:
+        figures: tuple[Any, ...] = (dict(alert.figures),)
+    else:
+        names = sorted(alert.figures)
+        figures = (names, [alert.figures[k] for k in names])
+    window = [None if t is None else to_stored_time(t, level) for t in (alert.window_start, alert.window_end)]
+    top = json.dumps([m.model_dump() for m in alert.top_messages], ensure_ascii=False)
+    return (
+        alert.id, alert.kind, alert.rule, alert.severity.value, alert.ticker or "", alert.intent or "",
+        alert.queue or "", *window, *figures, alert.model_version, top,
+        to_stored_time(alert.created_at, level), to_stored_time(written_time, level),
+    )
+
+
+def alert_from_row(row: Mapping[str, Any], level: CompatLevel) -> Alert:
+    if level is CompatLevel.modern:
+        raw = row["figures"]
+        figures = dict(raw.items() if isinstance(raw, Mapping) else raw)
+    else:
+        figures = dict(zip(row["figure_names"], row["figure_values"], strict=True))
+    return Alert(
+        id=row["id"], kind=row["kind"], rule=row["rule"], severity=Severity(row["severity"]),
+        ticker=row["ticker"] or None, intent=row["intent"] or None, queue=row["queue"] or None,
+        window_start=None if row["window_start"] is None else _utc(row["window_start"]),
+        window_end=None if row["window_end"] is None else _utc(row["window_end"]),
+        figures={k: float(v) for k, v in figures.items()}, model_version=row["model_version"],
+        top_messages=[ContributingMessage(**m) for m in json.loads(row["top_messages_json"])],
+        created_at=_utc(row["created_at"]),
     )

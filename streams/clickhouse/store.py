@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from streams.alerting.contracts import Alert
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.settings import VigilSettings
 
@@ -19,6 +20,9 @@ from .backends import Backend, connect
 from .compat import (
     DEAD_LETTER_COLUMNS,
     CompatLevel,
+    alert_columns,
+    alert_from_row,
+    alert_row,
     dead_letter_from_row,
     dead_letter_row,
     scored_columns,
@@ -110,6 +114,10 @@ class ClickHouseStore:
     def _dead_letters(self) -> str:
         return f"{self.database}.dead_letters"
 
+    @property
+    def _alerts(self) -> str:
+        return f"{self.database}.alerts"
+
     # --- writes ---------------------------------------------------------------------------------
 
     def write_scored(self, messages: Sequence[ScoredMessage]) -> int:
@@ -130,6 +138,16 @@ class ClickHouseStore:
             "insert into dead_letters",
             lambda: self.backend.insert(self._dead_letters, DEAD_LETTER_COLUMNS, rows),
         )
+        return len(rows)
+
+    def write_alerts(self, alerts: Sequence[Alert]) -> int:
+        """Store alerts in one insert; a re-emitted alert (same id) collapses under FINAL."""
+        if not alerts:
+            return 0
+        written = self._clock()
+        rows = [alert_row(a, written, self.level) for a in alerts]
+        columns = alert_columns(self.level)
+        self._retried("insert into alerts", lambda: self.backend.insert(self._alerts, columns, rows))
         return len(rows)
 
     # --- reads ----------------------------------------------------------------------------------
@@ -172,6 +190,14 @@ class ClickHouseStore:
             {"topic": source_topic},
         )
         return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
+
+    def fetch_alerts(self) -> list[Alert]:
+        """Every stored alert, one per id, oldest first."""
+        columns = alert_columns(self.level)
+        rows = self._query(
+            "alerts read", f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL ORDER BY created_at, id"
+        )
+        return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
 
     def summary(self, *, min_ticker_volume: int = 5, top_tickers: int = 10) -> StoreSummary:
         by_label = self._query(
