@@ -80,6 +80,17 @@ class AlertVerdict(BaseModel):
     note: str = Field("", max_length=2000)
 
 
+class TicketAck(BaseModel):
+    """A support ticket picked up by a person: stops its SLA clock. Arrives on the acks topic
+    (from the API or any other tool)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str = Field(min_length=1, max_length=128)
+    by: str = Field(min_length=1, max_length=128)
+    at: AwareDatetime
+
+
 def as_aware(t: datetime) -> datetime:
     """Event times must be timezone-aware: naive ones would silently compare as local time."""
     if t.tzinfo is None or t.utcoffset() is None:
