@@ -63,6 +63,18 @@ class LabelRequest(BaseModel):
         return str(uuid.uuid5(_ITEM_NAMESPACE, f"{task}|{message_id}|{model_version}"))
 
 
+class QueueItem(BaseModel):
+    """A label request with its place in the queue; every state change is stored as a new row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request: LabelRequest
+    state: ItemState
+    leased_by: str | None = None
+    lease_expires: AwareDatetime | None = None
+    updated_at: AwareDatetime
+
+
 class CorrectionSource(StrEnum):
     queue = "queue"  # an annotator labelled a queue item
     implicit = "implicit"  # e.g. a support agent re-routed a ticket
@@ -114,6 +126,7 @@ class ModelEvent(BaseModel):
 
 FEEDBACK_SCHEMAS: dict[str, type[BaseModel]] = {
     "LabelRequest": LabelRequest,
+    "QueueItem": QueueItem,
     "Correction": Correction,
     "ModelEvent": ModelEvent,
 }
