@@ -89,7 +89,7 @@ def eval_command(
     if png:
         try:
             write_confusion_png(report, png, f"{task} {scorer.model_version}")
-        except RuntimeError as e:
+        except OSError as e:
             raise _fail(e) from e
         console.print(f"confusion matrix: {png}")
 

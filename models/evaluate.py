@@ -65,13 +65,12 @@ def evaluate(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
 
 
 def write_confusion_png(report: EvalReport, path: Path, title: str) -> Path:
-    try:
-        import matplotlib
+    # Imported here: matplotlib takes a second to import and only `vigil eval --png` needs it.
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise RuntimeError("writing a PNG needs matplotlib: `pip install matplotlib`") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     k = len(report.labels)
     size = max(5.0, 0.18 * k + 3)
     fig, ax = plt.subplots(figsize=(size, size))

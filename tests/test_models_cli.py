@@ -33,8 +33,10 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
         w.writerow(["text", "category"])
         w.writerows([["my card got stolen", "lost_or_stolen_card"], ["I need a refund", "request_refund"],
                      ["top up failed", "top_up_failed"]])
-    code, out = _run(["eval", "--task", "triage", "--data", str(csv_path)], data_dir)
+    png = tmp_path / "confusion.png"
+    code, out = _run(["eval", "--task", "triage", "--data", str(csv_path), "--png", str(png)], data_dir)
     assert code == 0 and "accuracy" in out and "macro-F1" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     bad = tmp_path / "bad.csv"
     bad.write_text("text,category\nhello,not_an_intent\n")
     code, out = _run(["eval", "--task", "triage", "--data", str(bad)], data_dir)
