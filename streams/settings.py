@@ -92,6 +92,19 @@ class VigilSettings(BaseSettings):
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
 
+    # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line (time, level, logger, message, worker, extras)."
+    )
+    worker_id: str | None = Field(
+        None, description="Names this worker in logs. Unset: <hostname>-<pid>; `vigil up` sets worker-<n>."
+    )
+    clickhouse_cluster: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Cluster name from the servers' remote_servers. Set: migrations run ON CLUSTER with "
+        "Replicated*MergeTree local tables (macros {shard}/{replica}) and a Distributed table per table.",
+    )
+
     # --- models ------------------------------------------------------------------------------
     sentiment_model: str = Field("champion", description="Registry version, or 'champion'.")
     triage_model: str = Field("champion", description="Registry version, or 'champion'.")
@@ -111,6 +124,39 @@ class VigilSettings(BaseSettings):
     )
     parity_max_flip_rate: float = Field(0.002, ge=0, le=1)
     cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")
+
+    # --- retraining --------------------------------------------------------------------------
+    retrain_min_corrections: int = Field(200, ge=1, description="Retrain once this many new corrections arrived.")
+    retrain_interval_h: float = Field(
+        24.0, gt=0, description="...or once this long passed since the last retrain, with at least "
+        "retrain_min_corrections_after_interval new corrections.")
+    retrain_min_corrections_after_interval: int = Field(20, ge=1)
+    retrain_on_drift: bool = Field(True, description="A drift event since the last retrain triggers one.")
+    retrain_holdout_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of the newest corrections held out to judge the challenger.")
+    retrain_replay_size: int = Field(
+        2000, ge=0, description="Rows of the original training data mixed in against forgetting.")
+    retrain_epochs: int = Field(3, ge=1)
+    retrain_lr: float = Field(3e-5, gt=0, description="Encoder LR when fine-tuning from the champion.")
+    retrain_head_lr: float = Field(3e-4, gt=0)
+    retrain_batch_size: int = Field(32, ge=1)
+    retrain_max_length: int = Field(128, ge=8, le=512)
+    retrain_seed: int = 0
+    gold_cap: int | None = Field(
+        None, ge=1, description="Judge on a seeded sample of at most N gold rows (default: the whole split).")
+    gate_max_gold_drop: float = Field(
+        0.01, ge=0, le=1, description="Largest accuracy drop on the frozen gold set the gate accepts.")
+    gate_min_recent_gain: float = Field(
+        0.0, ge=0, le=1, description="The challenger must beat the champion on held-out recent "
+        "corrections by more than this (accuracy).")
+    gate_min_recent: int = Field(10, ge=1, description="Fewer held-out corrections than this: no verdict, no promotion.")
+    annotator_min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Annotators agreeing less than this with others on shared items, or "
+        "with the champion's confident predictions, are dropped before training.")
+    annotator_min_evidence: int = Field(5, ge=1, description="Items needed before an annotator can be judged.")
+    annotator_confident: float = Field(0.9, gt=0, le=1, description="Champion confidence that counts as confident.")
+    model_poll_interval_s: float = Field(
+        10.0, gt=0, description="Workers check the registry's champion pointer this often and hot swap.")
 
     @field_validator("data_dir", "bundled_data_dir", mode="after")
     @classmethod
