@@ -1,0 +1,188 @@
+"""The promotion gate and the annotator-noise defence. Pure: labels in, decisions with reasons out.
+
+Order of defence against a bad label source (e.g. one annotator who flips labels):
+1. ``screen_annotators`` drops annotators who disagree with the others on shared items, or with
+   the champion where the champion is confident, before anything is trained on their labels;
+2. ``consensus`` keeps one label per message (majority of the remaining annotators; ties dropped);
+3. ``judge`` refuses a challenger that loses accuracy on the frozen gold set, which no annotator
+   touches: the backstop when poison got past 1 and 2 (it also poisons the held-out corrections,
+   so "better on recent corrections" alone would not catch it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from feedback.contracts import Correction
+from streams.settings import VigilSettings
+
+
+def accuracy(true: Sequence[str], pred: Sequence[str]) -> float:
+    if len(true) != len(pred):
+        raise ValueError(f"{len(true)} labels but {len(pred)} predictions")
+    return sum(t == p for t, p in zip(true, pred, strict=True)) / len(true) if true else 0.0
+
+
+# --- annotators ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenConfig:
+    min_agreement: float
+    min_evidence: int  # items needed before an annotator can be judged on a measure
+    confident: float  # champion confidence at or above which its prediction is evidence
+
+    @classmethod
+    def from_settings(cls, s: VigilSettings) -> ScreenConfig:
+        return cls(s.annotator_min_agreement, s.annotator_min_evidence, s.annotator_confident)
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotatorReport:
+    annotator: str
+    labels: int
+    shared: int  # items also labelled by others (with a majority among those others)
+    agree_shared: float | None  # share of those where this annotator matched the others' majority
+    confident: int  # items where the champion was confident
+    agree_confident: float | None
+    dropped_because: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    kept: list[Correction]
+    reports: list[AnnotatorReport]
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        return {r.annotator: r.dropped_because for r in self.reports if r.dropped_because}
+
+
+def latest_per_annotator(corrections: Sequence[Correction]) -> list[Correction]:
+    """One correction per (message, annotator): the latest, as the store's key intends."""
+    latest: dict[tuple[str, str], Correction] = {}
+    for c in sorted(corrections, key=lambda c: c.created_at):
+        latest[(c.message_id, c.annotator)] = c
+    return sorted(latest.values(), key=lambda c: (c.created_at, c.correction_id))
+
+
+def screen_annotators(
+    corrections: Sequence[Correction],
+    champion: Mapping[str, tuple[str, float]],
+    cfg: ScreenConfig,
+) -> Screened:
+    """Drop annotators whose labels look systematically wrong.
+
+    ``champion`` maps message_id -> (champion label, confidence). Agreement with the champion is
+    only measured where it is confident, so an annotator who fixes the champion's uncertain
+    mistakes (the queue's whole point) is not punished for it.
+    """
+    corrections = latest_per_annotator(corrections)
+    by_message: dict[str, dict[str, str]] = defaultdict(dict)
+    by_annotator: dict[str, list[Correction]] = defaultdict(list)
+    for c in corrections:
+        by_message[c.message_id][c.annotator] = c.human_label
+        by_annotator[c.annotator].append(c)
+
+    reports: list[AnnotatorReport] = []
+    for annotator, own in sorted(by_annotator.items()):
+        shared = agree = confident = agree_conf = 0
+        for c in own:
+            others = Counter(lbl for a, lbl in by_message[c.message_id].items() if a != annotator)
+            top = others.most_common(2)
+            if top and (len(top) == 1 or top[0][1] > top[1][1]):
+                shared += 1
+                agree += top[0][0] == c.human_label
+            if c.message_id in champion and champion[c.message_id][1] >= cfg.confident:
+                confident += 1
+                agree_conf += champion[c.message_id][0] == c.human_label
+        a_shared = agree / shared if shared else None
+        a_conf = agree_conf / confident if confident else None
+        why = None
+        if shared >= cfg.min_evidence and a_shared < cfg.min_agreement:
+            why = f"agrees with other annotators on {a_shared:.0%} of {shared} shared items (< {cfg.min_agreement:.0%})"
+        elif confident >= cfg.min_evidence and a_conf < cfg.min_agreement:
+            why = (f"agrees with the champion's confident predictions on {a_conf:.0%} of {confident} items "
+                   f"(< {cfg.min_agreement:.0%})")
+        reports.append(AnnotatorReport(annotator, len(own), shared, a_shared, confident, a_conf, why))
+    dropped = {r.annotator for r in reports if r.dropped_because}
+    return Screened([c for c in corrections if c.annotator not in dropped], reports)
+
+
+def consensus(corrections: Sequence[Correction]) -> list[tuple[Correction, str]]:
+    """One (representative correction, majority label) per message, oldest message first; ties are
+    dropped because no label can be trusted for them."""
+    by_message: dict[str, list[Correction]] = defaultdict(list)
+    for c in latest_per_annotator(corrections):
+        by_message[c.message_id].append(c)
+    out = []
+    for cs in by_message.values():
+        top = Counter(c.human_label for c in cs).most_common(2)
+        if len(top) == 1 or top[0][1] > top[1][1]:
+            out.append((max(cs, key=lambda c: c.created_at), top[0][0]))
+    return sorted(out, key=lambda pair: (pair[0].created_at, pair[0].message_id))
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    max_gold_drop: float
+    min_recent_gain: float
+    min_recent: int
+
+    @classmethod
+    def from_settings(cls, s: VigilSettings) -> GateConfig:
+        return cls(s.gate_max_gold_drop, s.gate_min_recent_gain, s.gate_min_recent)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """True labels and both models' predictions on one evaluation set."""
+
+    true: Sequence[str]
+    champion: Sequence[str]
+    challenger: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return ("promote: " if self.promote else "keep the champion: ") + "; ".join(self.reasons)
+
+
+def judge(gold: Evaluation, recent: Evaluation, cfg: GateConfig) -> GateDecision:
+    """Promote only if the challenger holds up on gold (drop <= max_gold_drop) AND beats the
+    champion on held-out recent corrections by more than min_recent_gain. Every failed condition
+    is a reason; the figures go to the model event."""
+    if not gold.true:
+        raise ValueError("the gate needs a non-empty gold set")
+    g_champ, g_chall = accuracy(gold.true, gold.champion), accuracy(gold.true, gold.challenger)
+    figures = {"gold_n": float(len(gold.true)), "gold_champion": g_champ, "gold_challenger": g_chall,
+               "recent_n": float(len(recent.true))}
+    refusals: list[str] = []
+    passes: list[str] = []
+    drop = g_champ - g_chall
+    if drop > cfg.max_gold_drop:
+        refusals.append(f"gold accuracy falls {g_champ:.4f} -> {g_chall:.4f} (drop {drop:.4f} > {cfg.max_gold_drop})")
+    else:
+        passes.append(f"gold accuracy {g_champ:.4f} -> {g_chall:.4f} (tolerance {cfg.max_gold_drop})")
+    if len(recent.true) < cfg.min_recent:
+        refusals.append(f"only {len(recent.true)} held-out recent corrections (< {cfg.min_recent}): no evidence of gain")
+    else:
+        r_champ, r_chall = accuracy(recent.true, recent.champion), accuracy(recent.true, recent.challenger)
+        figures |= {"recent_champion": r_champ, "recent_challenger": r_chall}
+        if r_chall - r_champ > cfg.min_recent_gain:
+            passes.append(f"recent corrections {r_champ:.4f} -> {r_chall:.4f}")
+        else:
+            refusals.append(f"no gain on {len(recent.true)} held-out recent corrections: {r_champ:.4f} -> {r_chall:.4f} "
+                            f"(needs > +{cfg.min_recent_gain})")
+    return GateDecision(not refusals, refusals or passes, figures)

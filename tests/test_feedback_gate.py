@@ -1,0 +1,156 @@
+"""The gate and the annotator screen on hand-built label sets (pure: no model needed here; the
+real-model gate runs in tests/test_feedback_retrain.py)."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from feedback.contracts import Correction, CorrectionSource
+from feedback.gate import (
+    Evaluation,
+    GateConfig,
+    ScreenConfig,
+    accuracy,
+    consensus,
+    judge,
+    latest_per_annotator,
+    screen_annotators,
+)
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+LABELS = ("negative", "neutral", "positive")
+FLIP = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
+SCREEN = ScreenConfig(min_agreement=0.5, min_evidence=5, confident=0.9)
+GATE = GateConfig(max_gold_drop=0.01, min_recent_gain=0.0, min_recent=10)
+
+
+def corr(msg: str, annotator: str, label: str, minute: int = 0) -> Correction:
+    return Correction(
+        correction_id=Correction.make_id("sentiment", msg, annotator), task="sentiment", message_id=msg,
+        text=f"text of {msg}", annotator=annotator, human_label=label, source=CorrectionSource.queue,
+        created_at=T0 + timedelta(minutes=minute),
+    )
+
+
+def truth(i: int) -> str:
+    return LABELS[i % 3]
+
+
+def poisoned_set(n: int = 60, seed: int = 1):
+    """Honest annotators ann/bob label correctly; mallory flips negative<->positive. Most messages
+    get two or three of them, so all three share items; every fourth only mallory's label."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        who_labels = ["mallory"] if i % 4 == 0 else rng.sample(["ann", "bob", "mallory"], rng.choice([2, 3]))
+        for who in who_labels:
+            label = FLIP[truth(i)] if who == "mallory" else truth(i)
+            out.append(corr(f"m{i}", who, label, minute=i))
+    return out
+
+
+def test_flipping_annotator_is_dropped_on_shared_items():
+    cs = poisoned_set()
+    screened = screen_annotators(cs, champion={}, cfg=SCREEN)
+    assert set(screened.dropped) == {"mallory"}
+    assert "shared items" in screened.dropped["mallory"]
+    assert {c.annotator for c in screened.kept} == {"ann", "bob"}
+    # What survives to training is correct wherever a label survives.
+    labels = consensus(screened.kept)
+    assert labels and all(label == truth(int(c.message_id[1:])) for c, label in labels)
+
+
+def test_without_the_screen_poison_reaches_the_labels():
+    """The control: the same set unscreened puts wrong labels into training (so the screen is what removed them)."""
+    labels = consensus(poisoned_set())
+    wrong = [c for c, label in labels if label != truth(int(c.message_id[1:]))]
+    assert wrong
+
+
+def test_lone_flipper_is_caught_by_the_champions_confident_predictions():
+    cs = [corr(f"m{i}", "mallory", FLIP[truth(i)], i) for i in range(30) if truth(i) != "neutral"]
+    champion = {f"m{i}": (truth(i), 0.97) for i in range(30)}
+    screened = screen_annotators(cs, champion, SCREEN)
+    assert "confident" in screened.dropped["mallory"]
+    assert screened.kept == []
+
+
+def test_annotator_fixing_uncertain_mistakes_is_kept():
+    """The champion is wrong but unsure on every item: correcting it is the job, not noise."""
+    cs = [corr(f"m{i}", "ann", truth(i), i) for i in range(30)]
+    champion = {f"m{i}": (FLIP[truth(i)] if truth(i) != "neutral" else "positive", 0.55) for i in range(30)}
+    screened = screen_annotators(cs, champion, SCREEN)
+    assert screened.dropped == {}
+    assert len(screened.kept) == 30
+
+
+def test_too_little_evidence_keeps_an_annotator():
+    cs = [corr("m1", "ann", "negative"), corr("m1", "mallory", "positive"), corr("m1", "bob", "negative")]
+    screened = screen_annotators(cs, {}, SCREEN)
+    assert screened.dropped == {}
+    (report,) = [r for r in screened.reports if r.annotator == "mallory"]
+    assert report.shared == 1 and report.agree_shared == 0.0
+
+
+def test_latest_label_per_annotator_counts_and_ties_are_dropped():
+    cs = [corr("m1", "ann", "negative", 0), corr("m1", "ann", "positive", 5), corr("m2", "ann", "neutral", 1),
+          corr("m2", "bob", "positive", 2)]
+    assert [c.human_label for c in latest_per_annotator(cs) if c.message_id == "m1"] == ["positive"]
+    assert [(c.message_id, label) for c, label in consensus(cs)] == [("m1", "positive")]
+
+
+def _eval(true, champ_acc_idx, chall_acc_idx):
+    """Predictions right exactly on the given index sets."""
+    return Evaluation(true, [t if i in champ_acc_idx else FLIP.get(t, "x") if t != "neutral" else "positive"
+                             for i, t in enumerate(true)],
+                      [t if i in chall_acc_idx else "positive" if t != "positive" else "negative"
+                       for i, t in enumerate(true)])
+
+
+GOLD_TRUE = [truth(i) for i in range(200)]
+RECENT_TRUE = [truth(i) for i in range(40)]
+
+
+def test_better_challenger_is_promoted():
+    gold = _eval(GOLD_TRUE, set(range(160)), set(range(159)))  # 0.80 -> 0.795: within 0.01
+    recent = _eval(RECENT_TRUE, set(range(20)), set(range(30)))  # 0.50 -> 0.75
+    d = judge(gold, recent, GATE)
+    assert d.promote, d.reasons
+    assert d.figures["gold_champion"] == 0.8 and d.figures["gold_challenger"] == 0.795
+    assert d.figures["recent_challenger"] == 0.75
+
+
+def test_worse_challenger_is_refused_on_gold_even_if_better_on_recent():
+    gold = _eval(GOLD_TRUE, set(range(160)), set(range(150)))  # 0.80 -> 0.75
+    recent = _eval(RECENT_TRUE, set(range(20)), set(range(40)))
+    d = judge(gold, recent, GATE)
+    assert not d.promote
+    assert len(d.reasons) == 1 and "gold accuracy falls 0.8000 -> 0.7500" in d.reasons[0]
+
+
+def test_no_gain_on_recent_is_refused():
+    gold = _eval(GOLD_TRUE, set(range(160)), set(range(170)))
+    recent = _eval(RECENT_TRUE, set(range(30)), set(range(30)))
+    d = judge(gold, recent, GATE)
+    assert not d.promote and "no gain" in d.summary
+
+
+def test_too_few_recent_corrections_is_refused():
+    gold = _eval(GOLD_TRUE, set(range(160)), set(range(170)))
+    recent = _eval(RECENT_TRUE[:5], set(), set(range(5)))
+    d = judge(gold, recent, GATE)
+    assert not d.promote and "only 5 held-out" in d.summary
+
+
+def test_both_failures_are_reported():
+    gold = _eval(GOLD_TRUE, set(range(160)), set(range(100)))
+    recent = _eval(RECENT_TRUE, set(range(30)), set(range(10)))
+    assert len(judge(gold, recent, GATE).reasons) == 2
+
+
+def test_accuracy_checks_lengths_and_empty_gold():
+    with pytest.raises(ValueError):
+        accuracy(["a"], [])
+    with pytest.raises(ValueError, match="non-empty gold"):
+        judge(Evaluation([], [], []), Evaluation([], [], []), GATE)
