@@ -1,0 +1,172 @@
+"""The lease book: order, exclusivity, expiry, label/skip/undo (pure, explicit clock)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedback.contracts import ItemState, LabelRequest, SelectionReason
+from feedback.leases import LeaseBook, LeaseExpired, NothingToUndo, NotLeasedToYou, UnknownItem, priority
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def request(n: int, reasons: list[SelectionReason], *, minutes: int = 0, task: str = "sentiment") -> LabelRequest:
+    mid = f"m{n}"
+    return LabelRequest(
+        item_id=LabelRequest.make_id(task, mid, "v1"), task=task, message_id=mid, text=f"text {n}",
+        model_name="minilm", model_version="v1", model_label="neutral",
+        probs={"negative": 0.3, "neutral": 0.4, "positive": 0.3}, confidence=0.4, margin=0.1, entropy=1.0,
+        reasons=reasons, event_time=T0, selected_at=T0 + timedelta(minutes=minutes),
+    )
+
+
+def book_with(*requests: LabelRequest, lease_s: float = 60, undo_window_s: float = 30) -> LeaseBook:
+    book = LeaseBook(lease_s=lease_s, undo_window_s=undo_window_s)
+    for r in requests:
+        book.add(r, T0)
+    return book
+
+
+def test_alert_and_disagreement_before_uncertain_before_audit_oldest_first() -> None:
+    audit_old = request(1, [SelectionReason.audit], minutes=0)
+    uncertain_new = request(2, [SelectionReason.uncertain], minutes=5)
+    uncertain_old = request(3, [SelectionReason.uncertain], minutes=1)
+    review = request(4, [SelectionReason.alert_review], minutes=9)
+    disagree = request(5, [SelectionReason.disagreement, SelectionReason.audit], minutes=8)
+    book = book_with(audit_old, uncertain_new, uncertain_old, review, disagree)
+    now = T0 + timedelta(minutes=10)
+    order = []
+    for i in range(5):
+        item = book.lease(f"a{i}", now)
+        assert item is not None
+        order.append(item.request.message_id)
+    assert order == ["m5", "m4", "m3", "m2", "m1"]
+    assert book.lease("a9", now) is None
+    assert priority(disagree) == 0 and priority(audit_old) == 2
+
+
+def test_an_annotator_holds_one_lease_and_gets_it_back() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
+    first = book.lease("ann", T0)
+    again = book.lease("ann", T0 + timedelta(seconds=10))
+    assert first is not None and again is not None
+    assert again.request.item_id == first.request.item_id
+    assert again.lease_expires == T0 + timedelta(seconds=70)  # renewed
+    assert book.counts(T0) == {"open": 1, "leased": 1, "labelled": 0, "skipped": 0}
+
+
+def test_two_annotators_never_get_the_same_item() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.audit]))
+    a = book.lease("alice", T0)
+    b = book.lease("bob", T0)
+    assert a is not None and b is not None
+    assert a.request.item_id != b.request.item_id
+    assert book.lease("carol", T0) is None
+    with pytest.raises(NotLeasedToYou, match="leased to alice"):
+        book.label(a.request.item_id, "bob", T0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["lease", "label", "skip"]),
+                          st.integers(0, 200)), max_size=60))
+def test_no_item_is_ever_leased_to_two_annotators(ops: list[tuple[str, str, int]]) -> None:
+    book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(4)])
+    now = T0
+    for who, op, dt in ops:
+        now += timedelta(seconds=dt)
+        if op == "lease":
+            book.lease(who, now)
+        else:
+            held = book.held_by(who, now)
+            if held is not None:
+                getattr(book, op)(held.request.item_id, who, now)
+        live = [i for i in (book.get(r) for r in [request(n, [SelectionReason.audit]).item_id for n in range(4)])
+                if i is not None and book.effective_state(i, now) is ItemState.leased]
+        holders = [i.leased_by for i in live]
+        assert len(holders) == len(set(holders)), "an annotator holds two leases"
+
+
+def test_lease_expires_and_the_item_is_open_again() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), lease_s=60)
+    item = book.lease("alice", T0)
+    assert item is not None
+    assert book.lease("bob", T0 + timedelta(seconds=59)) is None
+    later = T0 + timedelta(seconds=60)
+    assert book.counts(later)["open"] == 1
+    taken = book.lease("bob", later)
+    assert taken is not None and taken.request.item_id == item.request.item_id and taken.leased_by == "bob"
+    with pytest.raises(NotLeasedToYou):
+        book.label(item.request.item_id, "alice", later)
+
+
+def test_label_after_expiry_is_refused_with_what_to_do() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), lease_s=60)
+    item = book.lease("alice", T0)
+    assert item is not None
+    with pytest.raises(LeaseExpired, match="lease again"):
+        book.label(item.request.item_id, "alice", T0 + timedelta(seconds=61))
+
+
+def test_label_and_skip_finish_items() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
+    first = book.lease("ann", T0)
+    assert first is not None
+    done = book.label(first.request.item_id, "ann", T0)
+    assert done.state is ItemState.labelled and done.leased_by == "ann" and done.lease_expires is None
+    second = book.lease("ann", T0)
+    assert second is not None and second.request.item_id != first.request.item_id
+    assert book.skip(second.request.item_id, "ann", T0).state is ItemState.skipped
+    assert book.lease("ann", T0) is None
+    assert book.counts(T0) == {"open": 0, "leased": 0, "labelled": 1, "skipped": 1}
+    with pytest.raises(UnknownItem, match="lease one"):
+        book.label("nope", "ann", T0)
+
+
+def test_undo_reopens_the_last_item_for_its_annotator_only() -> None:
+    book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)], undo_window_s=30)
+    a = book.lease("ann", T0)
+    assert a is not None
+    book.label(a.request.item_id, "ann", T0)
+    b = book.lease("ann", T0)
+    assert b is not None
+    book.skip(b.request.item_id, "ann", T0)
+    c = book.lease("ann", T0)
+    assert c is not None
+    with pytest.raises(NothingToUndo, match="latest"):
+        book.undo(a.request.item_id, "ann", T0)
+    with pytest.raises(NothingToUndo):
+        book.undo(b.request.item_id, "bob", T0)
+    changed = book.undo(b.request.item_id, "ann", T0 + timedelta(seconds=5))
+    assert [(i.request.item_id, i.state) for i in changed] == [
+        (c.request.item_id, ItemState.open), (b.request.item_id, ItemState.leased)]
+    assert book.held_by("ann", T0 + timedelta(seconds=5)).request.item_id == b.request.item_id
+    # undo steps back: the labelled one is next
+    book.undo(a.request.item_id, "ann", T0 + timedelta(seconds=6))
+    assert book.get(a.request.item_id).state is ItemState.leased
+    assert book.get(b.request.item_id).state is ItemState.open
+
+
+def test_undo_window_passes() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), undo_window_s=30)
+    a = book.lease("ann", T0)
+    assert a is not None
+    book.label(a.request.item_id, "ann", T0)
+    with pytest.raises(NothingToUndo, match="window"):
+        book.undo(a.request.item_id, "ann", T0 + timedelta(seconds=31))
+
+
+def test_merge_keeps_the_newer_state() -> None:
+    r = request(1, [SelectionReason.uncertain])
+    book = book_with(r)
+    leased = book.lease("ann", T0 + timedelta(seconds=1))
+    assert leased is not None
+    stale = book_with(r).get(r.item_id)  # the store's older 'open' row
+    assert book.merge([stale]) == 0
+    assert book.get(r.item_id).state is ItemState.leased
+    fresh = book_with(r)
+    fresh.add(request(2, [SelectionReason.audit]), T0)
+    assert book.merge([fresh.get(request(2, [SelectionReason.audit]).item_id)]) == 1
