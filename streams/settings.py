@@ -85,12 +85,23 @@ class VigilSettings(BaseSettings):
     triage_min_confidence: float | None = Field(
         None, ge=0, le=1,
         description="Support messages below this confidence go to human triage and raise no priority "
-        "alert. Unset: the rules' triage.min_confidence.",
+        "alert. Unset: the triage model's calibrated threshold (its card), else the rules' "
+        "triage.min_confidence.",
     )
+    topic_triage_prefix: str = Field(
+        "vigil.triage.", description="Each queue's tickets go to <prefix><queue>; low-confidence ones "
+        "to <prefix>human-triage.",
+    )
+    topic_ticket_acks: str = Field("vigil.triage.acks", description="TicketAck messages: stop a ticket's SLA clock.")
     alert_webhook_url: str | None = Field(
         None, pattern=r"^https?://", description="Slack-compatible webhook for alerts. Unset: none."
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
+
+    # --- feedback ----------------------------------------------------------------------------
+    topic_label_requests: str = "vigil.label.requests"
+    topic_corrections: str = "vigil.corrections"
+    topic_model_events: str = "vigil.model.events"
 
     # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
     log_format: Literal["text", "json"] = Field(

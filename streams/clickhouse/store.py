@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from streams.alerting.contracts import Alert
 from streams.contracts import DeadLetter, Kind, ScoredMessage
@@ -29,8 +28,8 @@ from .compat import (
     scored_from_row,
     scored_row,
 )
-from .errors import BackendUnavailable, StorageUnavailable
 from .migrations import migrate
+from .retry import call_with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,24 +86,7 @@ class ClickHouseStore:
         self._clock = clock
 
     def _retried(self, what: str, fn: Callable[[], T]) -> T:
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=min(0.2, self._retry_max_s), max=self._retry_max_s),
-            retry=retry_if_exception_type(BackendUnavailable),
-            before_sleep=lambda rs: log.warning(
-                "ClickHouse %s failed (attempt %d/%d), retrying: %s",
-                what, rs.attempt_number, self._attempts, rs.outcome.exception() if rs.outcome else "",
-            ),
-        )
-        try:
-            return retrying(fn)
-        except RetryError as e:
-            cause = e.last_attempt.exception()
-            raise StorageUnavailable(
-                f"ClickHouse {what} failed {self._attempts} times; last error: {cause}. Check that "
-                "ClickHouse is running and reachable (VIGIL_CLICKHOUSE_URL) and has disk space; the "
-                "batch was not stored, so keep its Kafka offsets uncommitted and retry."
-            ) from cause
+        return call_with_retries(what, fn, attempts=self._attempts, retry_max_s=self._retry_max_s)
 
     @property
     def _scored(self) -> str:

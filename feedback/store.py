@@ -1,0 +1,320 @@
+"""The feedback tables in ClickHouse: label queue items with their state, corrections, model events.
+
+Same backends, compatibility levels and retries as streams.clickhouse.ClickHouseStore; the tables
+come from migration 0004_feedback. Every exact read uses FINAL. Filters on columns that change
+between an item's rows (state, times) are applied outside the FINAL subquery, so an older row can
+never pass a filter its replacement would fail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from feedback.contracts import (
+    Correction,
+    CorrectionSource,
+    ItemState,
+    LabelRequest,
+    ModelEvent,
+    ModelEventKind,
+    QueueItem,
+    SelectionReason,
+)
+from streams.clickhouse import Backend, ClickHouseError, ClickHouseStore, CompatLevel, connect
+from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.migrations import schema_level
+from streams.clickhouse.retry import call_with_retries
+from streams.settings import VigilSettings
+
+T = TypeVar("T")
+
+_FEEDBACK_MIGRATION = 4
+
+QUEUE_COLUMNS = (
+    "item_id", "task", "message_id", "text", "model_name", "model_version", "model_label", "probs_json",
+    "confidence", "margin", "entropy", "reasons", "challenger_label", "alert_id", "event_time",
+    "selected_at", "state", "leased_by", "lease_expires", "updated_time",
+)
+FEEDBACK_COLUMNS = (
+    "correction_id", "task", "message_id", "item_id", "text", "annotator", "human_label", "model_label",
+    "model_version", "source", "created_at", "written_time",
+)
+MODEL_EVENT_COLUMNS = (
+    "event_id", "kind", "task", "model_version", "detail", "figure_names", "figure_values", "created_at",
+)
+
+
+class FeedbackSchemaMissing(ClickHouseError):
+    """The feedback tables are not there yet."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- pure row adapters ---------------------------------------------------------------------------
+
+
+def queue_row(item: QueueItem, level: CompatLevel) -> tuple[Any, ...]:
+    r = item.request
+    return (
+        r.item_id, r.task, r.message_id, r.text, r.model_name, r.model_version, r.model_label,
+        json.dumps(r.probs, sort_keys=True), r.confidence, r.margin, r.entropy, [x.value for x in r.reasons],
+        r.challenger_label or "", r.alert_id or "", to_stored_time(r.event_time, level),
+        to_stored_time(r.selected_at, level), item.state.value, item.leased_by or "",
+        None if item.lease_expires is None else to_stored_time(item.lease_expires, level),
+        to_stored_time(item.updated_at, level),
+    )
+
+
+def queue_item_from_row(row: Mapping[str, Any]) -> QueueItem:
+    request = LabelRequest(
+        item_id=row["item_id"], task=row["task"], message_id=row["message_id"], text=row["text"],
+        model_name=row["model_name"], model_version=row["model_version"], model_label=row["model_label"],
+        probs={k: float(v) for k, v in json.loads(row["probs_json"]).items()},
+        confidence=min(float(row["confidence"]), 1.0), margin=min(float(row["margin"]), 1.0),
+        entropy=float(row["entropy"]), reasons=[SelectionReason(x) for x in row["reasons"]],
+        challenger_label=row["challenger_label"] or None, alert_id=row["alert_id"] or None,
+        event_time=_utc(row["event_time"]), selected_at=_utc(row["selected_at"]),
+    )
+    expires = row["lease_expires"]
+    return QueueItem(
+        request=request, state=ItemState(row["state"]), leased_by=row["leased_by"] or None,
+        lease_expires=None if expires is None else _utc(expires), updated_at=_utc(row["updated_time"]),
+    )
+
+
+def correction_row(c: Correction, written: datetime, level: CompatLevel) -> tuple[Any, ...]:
+    return (
+        c.correction_id, c.task, c.message_id, c.item_id or "", c.text, c.annotator, c.human_label,
+        c.model_label or "", c.model_version or "", c.source.value, to_stored_time(c.created_at, level),
+        to_stored_time(written, level),
+    )
+
+
+def correction_from_row(row: Mapping[str, Any]) -> Correction:
+    return Correction(
+        correction_id=row["correction_id"], task=row["task"], message_id=row["message_id"],
+        item_id=row["item_id"] or None, text=row["text"], annotator=row["annotator"],
+        human_label=row["human_label"], model_label=row["model_label"] or None,
+        model_version=row["model_version"] or None, source=CorrectionSource(row["source"]),
+        created_at=_utc(row["created_at"]),
+    )
+
+
+def model_event_row(e: ModelEvent, level: CompatLevel) -> tuple[Any, ...]:
+    names = sorted(e.figures)
+    return (
+        e.event_id, e.kind.value, e.task, e.model_version, e.detail, names, [e.figures[n] for n in names],
+        to_stored_time(e.created_at, level),
+    )
+
+
+def model_event_from_row(row: Mapping[str, Any]) -> ModelEvent:
+    return ModelEvent(
+        event_id=row["event_id"], kind=ModelEventKind(row["kind"]), task=row["task"],
+        model_version=row["model_version"], detail=row["detail"],
+        figures={n: float(v) for n, v in zip(row["figure_names"], row["figure_values"], strict=True)},
+        created_at=_utc(row["created_at"]),
+    )
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+class FeedbackStore:
+    """Thread-safe as its backend is. Build with ``open_feedback_store(settings)``, or
+    ``FeedbackStore.sharing(store)`` inside a process that already has a ClickHouseStore open
+    (chdb allows one embedded backend per process)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        database: str,
+        level: CompatLevel,
+        retry_attempts: int = 6,
+        retry_max_s: float = 30.0,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.backend = backend
+        self.database = database
+        self.level = level
+        self._attempts = retry_attempts
+        self._retry_max_s = retry_max_s
+        self._clock = clock
+
+    @classmethod
+    def sharing(cls, store: ClickHouseStore) -> FeedbackStore:
+        """A feedback store on the same backend (and retry settings) as ``store``; closing either
+        closes the backend."""
+        return cls(
+            store.backend, database=store.database, level=store.level,
+            retry_attempts=store._attempts, retry_max_s=store._retry_max_s, clock=store._clock,
+        )
+
+    def _retried(self, what: str, fn: Callable[[], T]) -> T:
+        return call_with_retries(what, fn, attempts=self._attempts, retry_max_s=self._retry_max_s)
+
+    def _query(self, what: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._retried(what, lambda: self.backend.query(sql, params))
+
+    def _insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        if rows:
+            self._retried(f"insert into {table}", lambda: self.backend.insert(
+                f"{self.database}.{table}", columns, rows
+            ))
+        return len(rows)
+
+    # --- label queue ----------------------------------------------------------------------------
+
+    def write_requests(self, requests: Sequence[LabelRequest]) -> int:
+        """Queue new requests in state 'open'; returns how many were new. A request whose item is
+        already queued (a replay, or a second reason for the same message) is left as it is, so a
+        replay never reopens an item someone has leased or labelled."""
+        unique = list({r.item_id: r for r in requests}.values())
+        if not unique:
+            return 0
+        known = {
+            i for (i,) in self._query(
+                "label-queue lookup",
+                f"SELECT DISTINCT item_id FROM {self.database}.label_queue WHERE item_id IN {{ids:Array(String)}}",
+                {"ids": [r.item_id for r in unique]},
+            )
+        }
+        fresh = [
+            QueueItem(request=r, state=ItemState.open, updated_at=r.selected_at)
+            for r in unique if r.item_id not in known
+        ]
+        return self._insert("label_queue", QUEUE_COLUMNS, [queue_row(i, self.level) for i in fresh])
+
+    def write_items(self, items: Sequence[QueueItem]) -> int:
+        """Store state changes (lease, label, skip, undo); the row with the latest updated_at wins."""
+        return self._insert("label_queue", QUEUE_COLUMNS, [queue_row(i, self.level) for i in items])
+
+    def fetch_items(
+        self,
+        *,
+        task: str | None = None,
+        states: Collection[ItemState] | None = None,
+        limit: int = 1000,
+    ) -> list[QueueItem]:
+        """The latest state of each item, oldest selected first."""
+        inner_where = "WHERE task = {task:String}" if task is not None else ""
+        outer_where = "WHERE state IN {states:Array(String)}" if states is not None else ""
+        if states is not None and not states:
+            return []
+        params: dict[str, Any] = {"limit": limit}
+        if task is not None:
+            params["task"] = task
+        if states is not None:
+            params["states"] = sorted(ItemState(s).value for s in states)
+        cols = ", ".join(QUEUE_COLUMNS)
+        rows = self._query(
+            "label-queue read",
+            f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.label_queue FINAL {inner_where}) "
+            f"{outer_where} ORDER BY selected_at, item_id LIMIT {{limit:UInt64}}",
+            params,
+        )
+        return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
+
+    def fetch_item(self, item_id: str) -> QueueItem | None:
+        cols = ", ".join(QUEUE_COLUMNS)
+        rows = self._query(
+            "label-queue read",
+            f"SELECT {cols} FROM {self.database}.label_queue FINAL WHERE item_id = {{id:String}}",
+            {"id": item_id},
+        )
+        return queue_item_from_row(dict(zip(QUEUE_COLUMNS, rows[0], strict=True))) if rows else None
+
+    def queue_stats(self, task: str | None = None) -> dict[str, int]:
+        """Items per state (every state present, 0 when none)."""
+        inner_where = "WHERE task = {task:String}" if task is not None else ""
+        rows = self._query(
+            "label-queue stats",
+            f"SELECT state, count() FROM (SELECT state FROM {self.database}.label_queue FINAL {inner_where}) "
+            "GROUP BY state",
+            {"task": task} if task is not None else None,
+        )
+        stats = {s.value: 0 for s in ItemState}
+        stats.update({state: int(n) for state, n in rows})
+        return stats
+
+    # --- corrections ----------------------------------------------------------------------------
+
+    def write_corrections(self, corrections: Sequence[Correction]) -> int:
+        written = self._clock()
+        return self._insert(
+            "feedback", FEEDBACK_COLUMNS, [correction_row(c, written, self.level) for c in corrections]
+        )
+
+    def fetch_corrections(self, task: str, *, since: datetime | None = None) -> list[Correction]:
+        """The latest correction per (task, message, annotator), oldest first; ``since`` is inclusive."""
+        outer_where = "WHERE created_at >= {since:DateTime}" if since is not None else ""
+        params: dict[str, Any] = {"task": task}
+        if since is not None:
+            # Compared at whole seconds: 18.16 has no DateTime64, and a bound must mean the same on both.
+            params["since"] = _utc(since).strftime("%Y-%m-%d %H:%M:%S")
+        cols = ", ".join(FEEDBACK_COLUMNS)
+        rows = self._query(
+            "feedback read",
+            f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.feedback FINAL WHERE task = {{task:String}}) "
+            f"{outer_where} ORDER BY created_at, correction_id",
+            params,
+        )
+        return [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in rows]
+
+    # --- model events ---------------------------------------------------------------------------
+
+    def write_model_events(self, events: Sequence[ModelEvent]) -> int:
+        return self._insert("model_events", MODEL_EVENT_COLUMNS, [model_event_row(e, self.level) for e in events])
+
+    def fetch_model_events(self, task: str | None = None) -> list[ModelEvent]:
+        """Every event (one per event id), oldest first."""
+        where = "WHERE task = {task:String}" if task is not None else ""
+        rows = self._query(
+            "model-events read",
+            f"SELECT {', '.join(MODEL_EVENT_COLUMNS)} FROM {self.database}.model_events FINAL {where} "
+            "ORDER BY created_at, event_id",
+            {"task": task} if task is not None else None,
+        )
+        return [model_event_from_row(dict(zip(MODEL_EVENT_COLUMNS, r, strict=True))) for r in rows]
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_feedback_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_now) -> FeedbackStore:
+    """Connect to ClickHouse and return the feedback store. Does not migrate: the schema must
+    already hold migration 0004 (``vigil db migrate``)."""
+    backend = connect(settings)
+    database = settings.clickhouse_database
+    try:
+        try:
+            level = schema_level(backend, database)
+            applied = backend.query(
+                f"SELECT count() FROM {database}.schema_migrations FINAL WHERE version = {{v:UInt32}}",
+                {"v": _FEEDBACK_MIGRATION},
+            )
+        except ClickHouseError:
+            level, applied = None, [(0,)]
+        if level is None or not applied[0][0]:
+            raise FeedbackSchemaMissing(
+                f"the feedback tables (migration 0004_feedback) are not in ClickHouse database "
+                f"{database!r}; run `vigil db migrate` first."
+            )
+    except BaseException:
+        backend.close()
+        raise
+    return FeedbackStore(
+        backend, database=database, level=level,
+        retry_attempts=settings.clickhouse_retry_attempts, retry_max_s=settings.clickhouse_retry_max_s,
+        clock=clock,
+    )

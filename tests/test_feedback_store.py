@@ -1,0 +1,205 @@
+"""The feedback store on real engines: embedded chdb ('modern') and Debian's clickhouse-server 18.16
+('legacy-18')."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from feedback.contracts import (
+    Correction,
+    CorrectionSource,
+    ItemState,
+    LabelRequest,
+    ModelEvent,
+    ModelEventKind,
+    QueueItem,
+    SelectionReason,
+)
+from feedback.store import FeedbackSchemaMissing, FeedbackStore, open_feedback_store
+from streams.clickhouse import CompatLevel, StorageUnavailable, open_store
+from streams.clickhouse.compat import to_stored_time
+from streams.runtime import all_topics
+from streams.settings import VigilSettings
+
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=250_000)
+
+
+def request(i: int, *, task: str = "sentiment", selected: datetime | None = None, **over: object) -> LabelRequest:
+    fields: dict[str, object] = dict(
+        item_id=LabelRequest.make_id(task, f"m-{i}", "v1"), task=task, message_id=f"m-{i}",
+        text=f"ACME “guidance” cut {i} — shares fall", model_name=task, model_version="v1",
+        model_label="negative", probs={"negative": 0.45, "neutral": 0.4, "positive": 0.15}, confidence=0.45,
+        margin=0.05, entropy=0.99, reasons=[SelectionReason.uncertain], event_time=T0,
+        selected_at=selected or T0 + timedelta(seconds=i),
+    )
+    fields.update(over)
+    return LabelRequest(**fields)  # type: ignore[arg-type]
+
+
+def stored(value: datetime, store: FeedbackStore) -> datetime:
+    return to_stored_time(value, store.level)
+
+
+@pytest.fixture(params=["chdb", "server"])
+def settings(request: pytest.FixtureRequest) -> VigilSettings:
+    return request.getfixturevalue(f"{request.param}_settings")
+
+
+@pytest.fixture
+def fstore(settings: VigilSettings):
+    open_store(settings).close()  # migrates
+    st = open_feedback_store(settings)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_requests_round_trip_and_a_re_written_request_does_not_duplicate(fstore: FeedbackStore) -> None:
+    expected_level = CompatLevel.modern if fstore.backend.name == "embedded" else CompatLevel.legacy_18
+    assert fstore.level is expected_level
+    reqs = [
+        request(1),
+        request(2, reasons=[SelectionReason.alert, SelectionReason.uncertain], alert_id="a-1", challenger_label="neutral"),
+        request(3, task="triage", model_label="card_arrival", probs={"card_arrival": 0.6, "lost_or_stolen_card": 0.4}),
+    ]
+    assert fstore.write_requests(reqs) == 3
+    assert fstore.write_requests(reqs) == 0  # a replay
+    assert fstore.write_requests([request(1, selected=T0 + timedelta(hours=1))]) == 0  # selected again later
+    items = fstore.fetch_items()
+    assert [i.request.item_id for i in items] == [r.item_id for r in reqs]  # oldest selected first
+    for got, sent in zip(items, reqs, strict=True):
+        assert got.state is ItemState.open and got.leased_by is None and got.lease_expires is None
+        assert got.request == sent.model_copy(update={
+            "event_time": stored(sent.event_time, fstore), "selected_at": stored(sent.selected_at, fstore),
+        })
+        assert got.updated_at == stored(sent.selected_at, fstore)
+    assert [i.request.message_id for i in fstore.fetch_items(task="triage")] == ["m-3"]
+    assert len(fstore.fetch_items(limit=2)) == 2
+    table = f"{fstore.database}.label_queue"
+    assert fstore.backend.query(f"SELECT count() FROM {table}") == [(3,)]
+    assert fstore.queue_stats() == {"open": 3, "leased": 0, "labelled": 0, "skipped": 0}
+    assert fstore.fetch_item("no-such-item") is None
+
+
+def test_the_latest_state_wins_and_filters_see_only_it(fstore: FeedbackStore) -> None:
+    reqs = [request(i) for i in range(4)]
+    fstore.write_requests(reqs)
+    leased_at = T0 + timedelta(minutes=5)
+    lease = QueueItem(request=reqs[0], state=ItemState.leased, leased_by="ann", lease_expires=leased_at + timedelta(minutes=10),
+                      updated_at=leased_at)
+    labelled = lease.model_copy(update={"state": ItemState.labelled, "lease_expires": None,
+                                        "updated_at": leased_at + timedelta(seconds=30)})
+    fstore.write_items([lease])
+    fstore.write_items([labelled])
+    fstore.write_items([QueueItem(request=reqs[1], state=ItemState.skipped, leased_by="ann", updated_at=leased_at)])
+    fstore.write_items([QueueItem(request=reqs[2], state=ItemState.leased, leased_by="bob",
+                                  lease_expires=leased_at + timedelta(minutes=10), updated_at=leased_at)])
+    # A lease older than the label arriving late (a slow replica, a retried write) must not win.
+    fstore.write_items([lease.model_copy(update={"updated_at": leased_at - timedelta(seconds=1)})])
+
+    got = fstore.fetch_item(reqs[0].item_id)
+    assert got is not None and got.state is ItemState.labelled and got.leased_by == "ann"
+    assert got.updated_at == stored(labelled.updated_at, fstore)
+    leased = fstore.fetch_item(reqs[2].item_id)
+    assert leased is not None and leased.lease_expires == stored(leased_at + timedelta(minutes=10), fstore)
+    assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open])] == ["m-3"]
+    assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open, ItemState.leased])] == ["m-2", "m-3"]
+    assert fstore.fetch_items(states=[]) == []
+    assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 1, "skipped": 1}
+    assert fstore.queue_stats("triage") == {"open": 0, "leased": 0, "labelled": 0, "skipped": 0}
+    # An undo puts it back to open; the re-written request still does not reopen or duplicate anything.
+    fstore.write_items([labelled.model_copy(update={"state": ItemState.open, "leased_by": None,
+                                                    "updated_at": leased_at + timedelta(minutes=1)})])
+    assert fstore.write_requests(reqs) == 0
+    assert fstore.queue_stats()["open"] == 2
+
+
+def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> None:
+    def corr(msg: str, annotator: str, label: str, at: datetime, task: str = "sentiment") -> Correction:
+        return Correction(
+            correction_id=Correction.make_id(task, msg, annotator), task=task, message_id=msg,
+            item_id=LabelRequest.make_id(task, msg, "v1"), text=f"text of {msg}", annotator=annotator,
+            human_label=label, model_label="neutral", model_version="v1", source=CorrectionSource.queue,
+            created_at=at,
+        )
+
+    first = [corr("m-1", "ann", "positive", T0), corr("m-1", "bob", "negative", T0 + timedelta(seconds=2)),
+             corr("m-2", "ann", "neutral", T0 + timedelta(seconds=4))]
+    assert fstore.write_corrections(first) == 3
+    fixed = corr("m-1", "ann", "negative", T0 + timedelta(seconds=10))  # ann changes her mind
+    implicit = Correction(
+        correction_id=Correction.make_id("triage", "s-9", "agent-7"), task="triage", message_id="s-9",
+        text="my card has not arrived", annotator="agent-7", human_label="card_arrival",
+        source=CorrectionSource.implicit, created_at=T0,
+    )
+    fstore.write_corrections([fixed, implicit])
+    fstore.write_corrections([fixed])  # a retried write
+    got = fstore.fetch_corrections("sentiment")
+    assert [(c.message_id, c.annotator, c.human_label) for c in got] == [
+        ("m-1", "bob", "negative"), ("m-2", "ann", "neutral"), ("m-1", "ann", "negative"),
+    ]
+    assert got[2] == fixed.model_copy(update={"created_at": stored(fixed.created_at, fstore)})
+    since = fstore.fetch_corrections("sentiment", since=T0 + timedelta(seconds=3))
+    assert [c.message_id for c in since] == ["m-2", "m-1"]
+    back = fstore.fetch_corrections("triage")
+    assert back == [implicit.model_copy(update={"created_at": stored(T0, fstore)})]
+    assert back[0].item_id is None and back[0].model_label is None
+
+
+def test_model_events_round_trip(fstore: FeedbackStore) -> None:
+    drift = ModelEvent(kind=ModelEventKind.drift, task="sentiment", model_version="v1",
+                       detail="audited error rate rose from 0.12 to 0.31", figures={"before": 0.12, "after": 0.31},
+                       created_at=T0)
+    promoted = ModelEvent(kind=ModelEventKind.promoted, task="triage", model_version="v2", created_at=T0 + timedelta(seconds=5))
+    assert fstore.write_model_events([drift, promoted]) == 2
+    fstore.write_model_events([drift])  # re-emitted
+    everything = fstore.fetch_model_events()
+    assert everything == [
+        drift.model_copy(update={"created_at": stored(drift.created_at, fstore)}),
+        promoted.model_copy(update={"created_at": stored(promoted.created_at, fstore)}),
+    ]
+    assert [e.kind for e in fstore.fetch_model_events("triage")] == [ModelEventKind.promoted]
+
+
+def test_open_without_migrations_says_what_to_do(settings: VigilSettings) -> None:
+    with pytest.raises(FeedbackSchemaMissing, match="vigil db migrate"):
+        open_feedback_store(settings)
+    open_store(settings).close()
+    open_feedback_store(settings).close()  # the backend was closed on failure: it opens again
+
+
+def test_sharing_a_store_uses_its_backend(chdb_settings: VigilSettings) -> None:
+    store = open_store(chdb_settings)
+    try:
+        fstore = FeedbackStore.sharing(store)
+        assert fstore.backend is store.backend and fstore.level is store.level
+        assert fstore.write_requests([request(1)]) == 1
+    finally:
+        store.close()
+
+
+def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, server_settings) -> None:
+    settings = server_settings.model_copy(update={"clickhouse_retry_attempts": 2, "clickhouse_retry_max_s": 0.2})
+    open_store(settings).close()
+    fstore = open_feedback_store(settings)
+    try:
+        clickhouse_server.stop()
+        try:
+            with pytest.raises(StorageUnavailable, match="keep its Kafka offsets uncommitted"):
+                fstore.write_requests([request(1)])
+        finally:
+            clickhouse_server.start()
+        assert fstore.write_requests([request(1)]) == 1
+    finally:
+        fstore.close()
+
+
+def test_feedback_topics_are_created_with_the_others() -> None:
+    s = VigilSettings()
+    assert {s.topic_label_requests, s.topic_corrections, s.topic_model_events} <= set(all_topics(s))
+    assert (s.topic_label_requests, s.topic_corrections, s.topic_model_events) == (
+        "vigil.label.requests", "vigil.corrections", "vigil.model.events",
+    )
