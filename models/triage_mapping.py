@@ -57,14 +57,19 @@ class TriageMapping(BaseModel):
         return tuple(sorted({r.queue for r in self.intents.values()}))
 
 
-def load_triage_mapping(labels: Iterable[str], path: Path = DEFAULT_PATH) -> TriageMapping:
-    """Read and validate the table; every label in ``labels`` must have exactly one route."""
+def read_triage_mapping(path: Path = DEFAULT_PATH) -> TriageMapping:
+    """The table as written, not yet checked against a model's labels (enough to name its queues)."""
     try:
-        mapping = TriageMapping.model_validate_json(Path(path).read_bytes())
+        return TriageMapping.model_validate_json(Path(path).read_bytes())
     except FileNotFoundError:
         raise TriageMappingError(f"triage mapping {path} does not exist") from None
     except (ValidationError, json.JSONDecodeError) as e:
         raise TriageMappingError(f"triage mapping {path} is malformed: {e}") from e
+
+
+def load_triage_mapping(labels: Iterable[str], path: Path = DEFAULT_PATH) -> TriageMapping:
+    """Read and validate the table; every label in ``labels`` must have exactly one route."""
+    mapping = read_triage_mapping(path)
     wanted = set(labels)
     if missing := wanted - set(mapping.intents):
         raise MissingIntents(missing, Path(path))

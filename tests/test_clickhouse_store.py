@@ -61,7 +61,7 @@ def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, c
         second = migrate(backend, database=settings.clickhouse_database, ttl_days=30)
         expected = CompatLevel.modern if settings.clickhouse_url is None else CompatLevel.legacy_18
         assert first.level is second.level is expected
-        assert first.applied == ["0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback"] and first.already_applied == []
+        assert first.applied == ["0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback", "0005_triage", "0006_alert_verdicts"] and first.already_applied == []
         assert second.applied == [] and second.already_applied == first.applied
         recorded = backend.query(
             f"SELECT version, level FROM {settings.clickhouse_database}.schema_migrations FINAL ORDER BY version"

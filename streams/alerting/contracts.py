@@ -91,6 +91,30 @@ class TicketAck(BaseModel):
     at: AwareDatetime
 
 
+# Not a valid mapping queue name (those are [a-z][a-z0-9_]*), so it can never clash with one.
+HUMAN_TRIAGE = "human-triage"
+
+
+class TriageTicket(BaseModel):
+    """One routed support message, as published to its queue's topic and stored in ``triage``.
+    The text is the scored message's, so PII is already masked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str
+    text: str
+    intent: str
+    confidence: float
+    queue: str  # HUMAN_TRIAGE when the model was not confident enough
+    priority: Literal["P1", "P2", "P3", "P4"]  # the predicted intent's, even in human triage: urgent guesses sort first
+    sla_minutes: int
+    due_at: AwareDatetime
+    human_triage: bool
+    routed_queue: str  # the mapping's queue for the predicted intent
+    model_version: str
+    event_time: AwareDatetime
+
+
 def as_aware(t: datetime) -> datetime:
     """Event times must be timezone-aware: naive ones would silently compare as local time."""
     if t.tzinfo is None or t.utcoffset() is None:

@@ -8,20 +8,23 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from models.triage_mapping import TriageMapping
 from streams.alerting.baselines import KeyedBaselines
-from streams.alerting.contracts import Alert, ContributingMessage, Severity, as_aware
+from streams.alerting.contracts import HUMAN_TRIAGE, Alert, ContributingMessage, Severity, TriageTicket, as_aware
 from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry_changes
 from streams.alerting.windows import HoppingWindows, WindowFigures
 from streams.contracts import Kind, ScoredMessage
 
-# Not a valid mapping queue name (those are [a-z][a-z0-9_]*), so it can never clash with one.
-HUMAN_TRIAGE = "human-triage"
-Priority = Literal["P1", "P2", "P3", "P4"]
+
+def queue_topic(prefix: str, queue: str) -> str:
+    """The Kafka topic of one queue's tickets, e.g. ``vigil.triage.cards``."""
+    return f"{prefix}{queue}"
+
+
+def triage_topics(prefix: str, mapping: TriageMapping) -> list[str]:
+    """Every topic a ticket can be published to: each mapped queue and human triage."""
+    return [queue_topic(prefix, q) for q in (*mapping.queues, HUMAN_TRIAGE)]
 
 
 class UnroutableIntent(KeyError):
@@ -31,24 +34,7 @@ class UnroutableIntent(KeyError):
         return str(self.args[0])
 
 
-class TriageDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    message_id: str
-    text: str
-    intent: str
-    confidence: float
-    queue: str  # HUMAN_TRIAGE when the model was not confident enough
-    priority: Priority  # the predicted intent's, even in human triage: urgent guesses sort first
-    sla_minutes: int
-    due_at: AwareDatetime
-    human_triage: bool
-    routed_queue: str  # the mapping's queue for the predicted intent
-    model_version: str
-    event_time: AwareDatetime
-
-
-def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) -> TriageDecision:
+def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) -> TriageTicket:
     """Queue, priority and SLA for one scored support message. The SLA runs from its event time."""
     if scored.kind is not Kind.support:
         raise ValueError(f"route takes scored support messages; {scored.id} is {scored.kind.value}")
@@ -61,7 +47,7 @@ def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) 
         ) from None
     human = scored.confidence < min_confidence
     event_time = as_aware(scored.event_time)
-    return TriageDecision(
+    return TriageTicket(
         message_id=scored.id,
         text=scored.text,
         intent=scored.label,
@@ -77,11 +63,11 @@ def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) 
     )
 
 
-def _message(d: TriageDecision) -> ContributingMessage:
+def _message(d: TriageTicket) -> ContributingMessage:
     return ContributingMessage(id=d.message_id, text=d.text, label=d.intent, score=d.confidence)
 
 
-def priority_alert(decision: TriageDecision, priorities: Iterable[str] = ("P1",)) -> Alert | None:
+def priority_alert(decision: TriageTicket, priorities: Iterable[str] = ("P1",)) -> Alert | None:
     """An immediate alert for an urgent intent. None for a low-confidence guess: that one is in
     human triage already, and its SLA is still tracked."""
     if decision.human_triage or decision.priority not in set(priorities):
@@ -108,13 +94,13 @@ class SlaTracker:
 
     def __init__(self, priorities: Iterable[str] = ("P1",)) -> None:
         self.priorities = frozenset(priorities)
-        self._open: dict[str, TriageDecision] = {}
+        self._open: dict[str, TriageTicket] = {}
         self._due: list[tuple[datetime, str]] = []  # heap; acked entries are skipped when popped
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def open(self, decision: TriageDecision) -> bool:
+    def open(self, decision: TriageTicket) -> bool:
         """Track the ticket if its priority is escalated; False when it is not tracked."""
         if decision.priority not in self.priorities or decision.message_id in self._open:
             return False
@@ -181,7 +167,7 @@ class IntentSpikeDetector:
             )
         self._rule = rule
 
-    def feed(self, decision: TriageDecision) -> Fed:
+    def feed(self, decision: TriageTicket) -> Fed:
         added = self._windows.add(
             decision.intent, decision.event_time, label=decision.intent, score=decision.confidence,
             message_id=decision.message_id, text=decision.text, model_version=decision.model_version,

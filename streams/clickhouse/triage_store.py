@@ -1,0 +1,127 @@
+"""The triage tables (migration 0005): routed tickets, their acknowledgements, and the per-queue,
+per-priority SLA summary. A thin companion to ClickHouseStore, sharing its backend and retries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from streams.alerting.contracts import TicketAck, TriageTicket
+
+from .compat import CompatLevel, _utc, to_stored_time
+from .store import ClickHouseStore
+
+TICKET_COLUMNS = (
+    "message_id", "intent", "queue", "routed_queue", "priority", "sla_minutes", "confidence", "human_triage",
+    "model_version", "text", "event_time", "due_at", "written_time",
+)
+ACK_COLUMNS = ("message_id", "acked_by", "acked_at", "written_time")
+SlaState = Literal["open", "acked", "breached"]
+SLA_STATES: tuple[SlaState, ...] = ("open", "acked", "breached")
+
+
+def ticket_row(t: TriageTicket, written_time: datetime, level: CompatLevel) -> tuple[Any, ...]:
+    return (
+        t.message_id, t.intent, t.queue, t.routed_queue, t.priority, t.sla_minutes, t.confidence,
+        int(t.human_triage), t.model_version, t.text, to_stored_time(t.event_time, level),
+        to_stored_time(t.due_at, level), to_stored_time(written_time, level),
+    )
+
+
+def ticket_from_row(row: dict[str, Any]) -> TriageTicket:
+    return TriageTicket(
+        message_id=row["message_id"], intent=row["intent"], queue=row["queue"], routed_queue=row["routed_queue"],
+        priority=row["priority"], sla_minutes=int(row["sla_minutes"]), confidence=float(row["confidence"]),
+        human_triage=bool(row["human_triage"]), model_version=row["model_version"], text=row["text"],
+        event_time=_utc(row["event_time"]), due_at=_utc(row["due_at"]),
+    )
+
+
+class QueueSla(BaseModel):
+    """Tickets of one queue and priority by SLA state at the time of the read."""
+
+    queue: str
+    priority: str
+    open: int
+    acked: int
+    breached: int
+
+    @property
+    def total(self) -> int:
+        return self.open + self.acked + self.breached
+
+
+class TriageStore:
+    def __init__(self, store: ClickHouseStore, clock: Callable[[], datetime] | None = None) -> None:
+        self._store = store
+        self._clock = clock or store._clock
+
+    @property
+    def _triage(self) -> str:
+        return f"{self._store.database}.triage"
+
+    @property
+    def _acks(self) -> str:
+        return f"{self._store.database}.ticket_acks"
+
+    def write_tickets(self, tickets: Sequence[TriageTicket]) -> int:
+        """One insert; a replayed ticket (same message id) collapses under FINAL."""
+        if not tickets:
+            return 0
+        written, level = self._clock(), self._store.level
+        rows = [ticket_row(t, written, level) for t in tickets]
+        self._store._retried(
+            "insert into triage", lambda: self._store.backend.insert(self._triage, TICKET_COLUMNS, rows)
+        )
+        return len(rows)
+
+    def write_acks(self, acks: Sequence[TicketAck]) -> int:
+        if not acks:
+            return 0
+        written, level = self._clock(), self._store.level
+        rows = [(a.message_id, a.by, to_stored_time(a.at, level), to_stored_time(written, level)) for a in acks]
+        self._store._retried(
+            "insert into ticket_acks", lambda: self._store.backend.insert(self._acks, ACK_COLUMNS, rows)
+        )
+        return len(rows)
+
+    def fetch_tickets(self, message_ids: Iterable[str] | None = None) -> list[TriageTicket]:
+        """Stored tickets (all, or these ids), ordered by message id."""
+        where, params = "", None
+        if message_ids is not None:
+            where, params = " WHERE message_id IN {ids:Array(String)}", {"ids": sorted(set(message_ids))}
+            if not params["ids"]:
+                return []
+        rows = self._store._query(
+            "triage read",
+            f"SELECT {', '.join(TICKET_COLUMNS)} FROM {self._triage} FINAL{where} ORDER BY message_id",
+            params,
+        )
+        return [ticket_from_row(dict(zip(TICKET_COLUMNS, r, strict=True))) for r in rows]
+
+    def acked_ids(self) -> set[str]:
+        rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL")
+        return {r[0] for r in rows}
+
+    def sla_summary(self, now: datetime | None = None) -> list[QueueSla]:
+        """Per queue and priority: acked (an ack is stored), breached (no ack and due before
+        ``now``) and open (no ack, not yet due). ``now`` defaults to the wall clock."""
+        at = to_stored_time(now or self._clock(), self._store.level)
+        # The bound time is compared as text turned into the column's own type: the two compat
+        # levels have different DateTime types, and 18.16 binds no typed parameters.
+        rows = self._store._query(
+            "triage summary",
+            "SELECT queue, priority, "
+            "countIf(acked) AS n_acked, "
+            "countIf(NOT acked AND due_at < toDateTime({now:String}, 'UTC')) AS n_breached, "
+            "count() - n_acked - n_breached "
+            f"FROM (SELECT queue, priority, due_at, message_id IN (SELECT message_id FROM {self._acks} FINAL) AS acked "
+            f"FROM {self._triage} FINAL) GROUP BY queue, priority ORDER BY queue, priority",
+            {"now": at.strftime("%Y-%m-%d %H:%M:%S")},
+        )
+        return [
+            QueueSla(queue=q, priority=p, acked=int(a), breached=int(b), open=int(o)) for q, p, a, b, o in rows
+        ]
