@@ -16,7 +16,7 @@ from enum import StrEnum
 from string import Template
 from typing import Any
 
-from streams.alerting.contracts import Alert, ContributingMessage, Severity
+from streams.alerting.contracts import Alert, AlertVerdict, ContributingMessage, Severity
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 
 from .errors import UnsupportedServer
@@ -222,4 +222,23 @@ def alert_from_row(row: Mapping[str, Any], level: CompatLevel) -> Alert:
         figures={k: float(v) for k, v in figures.items()}, model_version=row["model_version"],
         top_messages=[ContributingMessage(**m) for m in json.loads(row["top_messages_json"])],
         created_at=_utc(row["created_at"]),
+    )
+
+
+# --- alert verdicts -----------------------------------------------------------------------------
+
+VERDICT_COLUMNS = ("alert_id", "useful", "judged_by", "judged_at", "note", "written_time")
+
+
+def verdict_row(verdict: AlertVerdict, written_time: datetime, level: CompatLevel) -> tuple[Any, ...]:
+    return (
+        verdict.alert_id, int(verdict.useful), verdict.by, to_stored_time(verdict.at, level), verdict.note,
+        to_stored_time(written_time, level),
+    )
+
+
+def verdict_from_row(row: Mapping[str, Any]) -> AlertVerdict:
+    return AlertVerdict(
+        alert_id=row["alert_id"], useful=bool(row["useful"]), by=row["judged_by"], at=_utc(row["judged_at"]),
+        note=row["note"],
     )

@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from streams.alerting.contracts import Alert
+from streams.alerting.contracts import Alert, AlertVerdict
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.settings import VigilSettings
 
 from .backends import Backend, connect
 from .compat import (
     DEAD_LETTER_COLUMNS,
+    VERDICT_COLUMNS,
     CompatLevel,
     alert_columns,
     alert_from_row,
@@ -27,6 +28,8 @@ from .compat import (
     scored_columns,
     scored_from_row,
     scored_row,
+    verdict_from_row,
+    verdict_row,
 )
 from .migrations import migrate
 from .retry import call_with_retries
@@ -132,6 +135,16 @@ class ClickHouseStore:
         self._retried("insert into alerts", lambda: self.backend.insert(self._alerts, columns, rows))
         return len(rows)
 
+    def write_verdicts(self, verdicts: Sequence[AlertVerdict]) -> int:
+        """Store responders' verdicts (migration 0006); all are kept, the latest per alert counts."""
+        if not verdicts:
+            return 0
+        written = self._clock()
+        rows = [verdict_row(v, written, self.level) for v in verdicts]
+        table = f"{self.database}.alert_verdicts"
+        self._retried("insert into alert_verdicts", lambda: self.backend.insert(table, VERDICT_COLUMNS, rows))
+        return len(rows)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def _query(self, what: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -180,6 +193,31 @@ class ClickHouseStore:
             "alerts read", f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL ORDER BY created_at, id"
         )
         return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
+
+    def fetch_alert(self, alert_id: str) -> Alert | None:
+        columns = alert_columns(self.level)
+        rows = self._query(
+            "alert read",
+            f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL WHERE id = {{id:String}}",
+            {"id": alert_id},
+        )
+        return alert_from_row(dict(zip(columns, rows[0], strict=True)), self.level) if rows else None
+
+    def fetch_verdicts(self, alert_ids: Iterable[str] | None = None) -> list[AlertVerdict]:
+        """Every stored verdict (of these alerts, when given), oldest first."""
+        where, params = "", None
+        if alert_ids is not None:
+            wanted = sorted(set(alert_ids))
+            if not wanted:
+                return []
+            where, params = "WHERE alert_id IN {ids:Array(String)}", {"ids": wanted}
+        rows = self._query(
+            "alert-verdicts read",
+            f"SELECT {', '.join(VERDICT_COLUMNS)} FROM {self.database}.alert_verdicts FINAL {where} "
+            "ORDER BY judged_at, alert_id, judged_by",
+            params,
+        )
+        return [verdict_from_row(dict(zip(VERDICT_COLUMNS, r, strict=True))) for r in rows]
 
     def summary(self, *, min_ticker_volume: int = 5, top_tickers: int = 10) -> StoreSummary:
         by_label = self._query(
