@@ -28,25 +28,39 @@ def accuracy(true: Sequence[str], pred: Sequence[str]) -> float:
 # --- annotators ----------------------------------------------------------------------------------
 
 
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
+    """Agreement corrected for chance. Raw agreement would let a neg<->pos flipper through on
+    neutral-heavy data (65% of financial tweets are neutral: flipping the rest still "agrees" 65%)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long non-empty label lists, got {len(a)} and {len(b)}")
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    if expected == 1.0:  # both always say the same one label
+        return 1.0 if observed == 1.0 else 0.0
+    return (observed - expected) / (1 - expected)
+
+
 @dataclass(frozen=True, slots=True)
 class ScreenConfig:
-    min_agreement: float
+    min_kappa: float
     min_evidence: int  # items needed before an annotator can be judged on a measure
     confident: float  # champion confidence at or above which its prediction is evidence
 
     @classmethod
     def from_settings(cls, s: VigilSettings) -> ScreenConfig:
-        return cls(s.annotator_min_agreement, s.annotator_min_evidence, s.annotator_confident)
+        return cls(s.annotator_min_kappa, s.annotator_min_evidence, s.annotator_confident)
 
 
 @dataclass(frozen=True, slots=True)
 class AnnotatorReport:
     annotator: str
     labels: int
-    shared: int  # items also labelled by others (with a majority among those others)
-    agree_shared: float | None  # share of those where this annotator matched the others' majority
+    shared: int  # items also labelled by others, with a clear majority among those others
+    kappa_shared: float | None  # vs the others' majority on those items
     confident: int  # items where the champion was confident
-    agree_confident: float | None
+    kappa_confident: float | None  # vs the champion's confident predictions
     dropped_because: str | None
 
 
@@ -88,25 +102,28 @@ def screen_annotators(
 
     reports: list[AnnotatorReport] = []
     for annotator, own in sorted(by_annotator.items()):
-        shared = agree = confident = agree_conf = 0
+        vs_others: tuple[list[str], list[str]] = ([], [])
+        vs_champion: tuple[list[str], list[str]] = ([], [])
         for c in own:
             others = Counter(lbl for a, lbl in by_message[c.message_id].items() if a != annotator)
             top = others.most_common(2)
             if top and (len(top) == 1 or top[0][1] > top[1][1]):
-                shared += 1
-                agree += top[0][0] == c.human_label
+                vs_others[0].append(c.human_label)
+                vs_others[1].append(top[0][0])
             if c.message_id in champion and champion[c.message_id][1] >= cfg.confident:
-                confident += 1
-                agree_conf += champion[c.message_id][0] == c.human_label
-        a_shared = agree / shared if shared else None
-        a_conf = agree_conf / confident if confident else None
+                vs_champion[0].append(c.human_label)
+                vs_champion[1].append(champion[c.message_id][0])
+        k_others = cohen_kappa(*vs_others) if vs_others[0] else None
+        k_champ = cohen_kappa(*vs_champion) if vs_champion[0] else None
         why = None
-        if shared >= cfg.min_evidence and a_shared < cfg.min_agreement:
-            why = f"agrees with other annotators on {a_shared:.0%} of {shared} shared items (< {cfg.min_agreement:.0%})"
-        elif confident >= cfg.min_evidence and a_conf < cfg.min_agreement:
-            why = (f"agrees with the champion's confident predictions on {a_conf:.0%} of {confident} items "
-                   f"(< {cfg.min_agreement:.0%})")
-        reports.append(AnnotatorReport(annotator, len(own), shared, a_shared, confident, a_conf, why))
+        if len(vs_others[0]) >= cfg.min_evidence and k_others < cfg.min_kappa:
+            why = (f"kappa {k_others:.2f} with the other annotators on {len(vs_others[0])} shared items "
+                   f"(< {cfg.min_kappa})")
+        elif len(vs_champion[0]) >= cfg.min_evidence and k_champ < cfg.min_kappa:
+            why = (f"kappa {k_champ:.2f} with the champion's confident predictions on {len(vs_champion[0])} "
+                   f"items (< {cfg.min_kappa})")
+        reports.append(AnnotatorReport(annotator, len(own), len(vs_others[0]), k_others, len(vs_champion[0]),
+                                       k_champ, why))
     dropped = {r.annotator for r in reports if r.dropped_because}
     return Screened([c for c in corrections if c.annotator not in dropped], reports)
 

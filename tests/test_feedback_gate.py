@@ -12,6 +12,7 @@ from feedback.gate import (
     GateConfig,
     ScreenConfig,
     accuracy,
+    cohen_kappa,
     consensus,
     judge,
     latest_per_annotator,
@@ -21,7 +22,7 @@ from feedback.gate import (
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LABELS = ("negative", "neutral", "positive")
 FLIP = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
-SCREEN = ScreenConfig(min_agreement=0.5, min_evidence=5, confident=0.9)
+SCREEN = ScreenConfig(min_kappa=0.4, min_evidence=5, confident=0.9)
 GATE = GateConfig(max_gold_drop=0.01, min_recent_gain=0.0, min_recent=10)
 
 
@@ -68,6 +69,30 @@ def test_without_the_screen_poison_reaches_the_labels():
     assert wrong
 
 
+def test_flipper_on_neutral_heavy_data_is_dropped_though_raw_agreement_is_high():
+    """65% neutral, like the financial tweets: a neg<->pos flipper still agrees on 65% of items raw;
+    kappa sees through it, while an honest annotator with 15% slips is kept."""
+    rng = random.Random(3)
+    true = ["neutral" if rng.random() < 0.65 else rng.choice(["negative", "positive"]) for _ in range(200)]
+    cs = []
+    for i, y in enumerate(true):
+        cs += [corr(f"m{i}", "ann", y, i), corr(f"m{i}", "bob", y, i)]
+        cs.append(corr(f"m{i}", "mallory", FLIP[y], i))
+        cs.append(corr(f"m{i}", "sloppy", y if rng.random() < 0.85 else rng.choice(LABELS), i))
+    screened = screen_annotators(cs, {}, SCREEN)
+    assert set(screened.dropped) == {"mallory"}
+    report = {r.annotator: r for r in screened.reports}
+    assert report["mallory"].kappa_shared < 0.4 < report["sloppy"].kappa_shared
+
+
+def test_kappa():
+    assert cohen_kappa(["a", "b", "a"], ["a", "b", "a"]) == 1.0
+    assert cohen_kappa(["a", "a"], ["a", "a"]) == 1.0
+    assert cohen_kappa(["a", "b"], ["b", "a"]) == -1.0
+    with pytest.raises(ValueError):
+        cohen_kappa([], [])
+
+
 def test_lone_flipper_is_caught_by_the_champions_confident_predictions():
     cs = [corr(f"m{i}", "mallory", FLIP[truth(i)], i) for i in range(30) if truth(i) != "neutral"]
     champion = {f"m{i}": (truth(i), 0.97) for i in range(30)}
@@ -90,7 +115,7 @@ def test_too_little_evidence_keeps_an_annotator():
     screened = screen_annotators(cs, {}, SCREEN)
     assert screened.dropped == {}
     (report,) = [r for r in screened.reports if r.annotator == "mallory"]
-    assert report.shared == 1 and report.agree_shared == 0.0
+    assert report.shared == 1 and report.kappa_shared == 0.0
 
 
 def test_latest_label_per_annotator_counts_and_ties_are_dropped():
