@@ -102,6 +102,22 @@ class VigilSettings(BaseSettings):
     topic_label_requests: str = "vigil.label.requests"
     topic_corrections: str = "vigil.corrections"
     topic_model_events: str = "vigil.model.events"
+    feedback_audit_rate: float = Field(
+        0.01, ge=0, le=1, description="Share of scored messages sent for labelling at random (audit)."
+    )
+    feedback_budget_per_hour: int = Field(
+        120, ge=0, description="Most label requests per task per event-time hour."
+    )
+    feedback_max_class_share: float = Field(
+        0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."
+    )
+    feedback_sentiment_margin_below: float = Field(0.2, ge=0, le=1, description="Sentiment: uncertain below.")
+    feedback_sentiment_entropy_above: float = Field(0.9, ge=0, description="Sentiment: uncertain above (nats).")
+    feedback_triage_margin_below: float = Field(0.1, ge=0, le=1, description="Triage: uncertain below.")
+    feedback_triage_entropy_above: float = Field(2.0, ge=0, description="Triage: uncertain above (nats).")
+    feedback_dedup_memory: int = Field(
+        50_000, ge=1, description="Selected-text fingerprints remembered per task for near-duplicate collapse."
+    )
 
     # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
     log_format: Literal["text", "json"] = Field(

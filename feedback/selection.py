@@ -1,0 +1,263 @@
+"""Which scored messages a person should label: the selection policy, a pure core.
+
+A message is a candidate for any of these reasons, all recorded on its request:
+- ``uncertain``: margin below, or entropy above, its task's threshold;
+- ``disagreement``: a shadow challenger labelled it differently;
+- ``audit``: a random sample at ``audit_rate``, drawn from a hash of (task, message id) so a replay
+  draws the same messages and the draw knows nothing about the text or the score (unbiased);
+- ``alert``: it contributed to an alert.
+
+Candidates then pass, in order:
+1. near-duplicate collapse: texts equal after normalising case, digits, URLs, cashtags,
+   punctuation and whitespace are queued once (the fingerprints of the last ``dedup_memory``
+   selected texts per task are remembered). Alert contributors are exempt: an alert's evidence is
+   labelled even when it repeats a text already queued.
+2. the per-hour budget of the task, counted in event-time hours, which nothing exceeds;
+3. class balance: within an hour, no predicted label takes more than ``max_class_share`` of the
+   budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
+   and hide an alert's evidence), but they count towards the shares.
+
+State is in memory and bounded; a fresh selector fed the same messages decides the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.contracts import LabelRequest, SelectionReason, Task
+from streams.contracts import Kind, ScoredMessage
+from streams.pii import mask_pii
+from streams.settings import VigilSettings
+
+TASK_OF_KIND: dict[Kind, Task] = {Kind.news: "sentiment", Kind.support: "triage"}
+
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z0-9.\-]{0,9}\b")
+_DIGITS = re.compile(r"\d+")
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+class TaskPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    margin_below: float = Field(ge=0, le=1, description="Uncertain when top-1 minus top-2 is below this.")
+    entropy_above: float = Field(ge=0, description="Uncertain when the entropy (nats) is above this.")
+    budget_per_hour: int = Field(120, ge=0, description="Most requests per event-time hour.")
+    max_class_share: float = Field(
+        0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."
+    )
+
+    @property
+    def class_cap(self) -> int:
+        return max(1, math.ceil(self.budget_per_hour * self.max_class_share))
+
+
+class SelectionPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: dict[Task, TaskPolicy] = Field(default_factory=lambda: {
+        # Three classes: entropy is at most ln 3 = 1.10 nats.
+        "sentiment": TaskPolicy(margin_below=0.2, entropy_above=0.9),
+        # 77 intents: at most ln 77 = 4.34 nats.
+        "triage": TaskPolicy(margin_below=0.1, entropy_above=2.0),
+    })
+    audit_rate: float = Field(0.01, ge=0, le=1)
+    audit_salt: str = Field("vigil-audit", description="Change it to draw a different audit sample.")
+    dedup_memory: int = Field(50_000, ge=1, description="Selected-text fingerprints remembered per task.")
+    hours_kept: int = Field(
+        72, ge=1, description="Budget counters kept per task; events older than the newest hour minus "
+        "this are too late to select (their hour's count is gone).",
+    )
+
+
+def policy_from_settings(settings: VigilSettings) -> SelectionPolicy:
+    def task(margin_below: float, entropy_above: float) -> TaskPolicy:
+        return TaskPolicy(
+            margin_below=margin_below, entropy_above=entropy_above,
+            budget_per_hour=settings.feedback_budget_per_hour, max_class_share=settings.feedback_max_class_share,
+        )
+
+    return SelectionPolicy(
+        tasks={
+            "sentiment": task(settings.feedback_sentiment_margin_below, settings.feedback_sentiment_entropy_above),
+            "triage": task(settings.feedback_triage_margin_below, settings.feedback_triage_entropy_above),
+        },
+        audit_rate=settings.feedback_audit_rate,
+        dedup_memory=settings.feedback_dedup_memory,
+    )
+
+
+class DropReason(StrEnum):
+    duplicate = "duplicate"
+    budget = "budget"
+    class_balance = "class_balance"
+    late = "late"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy decided for one message: the request when selected; otherwise its reasons
+    (possibly none) and why it was dropped."""
+
+    message_id: str
+    task: Task
+    reasons: tuple[SelectionReason, ...]
+    request: LabelRequest | None = None
+    dropped: DropReason | None = None
+
+    @property
+    def selected(self) -> bool:
+        return self.request is not None
+
+
+def normalise_text(text: str) -> str:
+    """The text as near-duplicate collapse compares it."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = _URL.sub(" ", t)
+    t = _CASHTAG.sub(" ", t)
+    t = _DIGITS.sub(" ", t)
+    t = _NOT_WORD.sub(" ", t)
+    return " ".join(t.split())
+
+
+def fingerprint(text: str) -> bytes:
+    # Texts that normalise to nothing (a bare link) are compared as they are.
+    key = normalise_text(text) or text
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=12).digest()
+
+
+def audit_draw(salt: str, task: str, message_id: str) -> float:
+    """A uniform number in [0, 1) fixed by (salt, task, message id)."""
+    digest = hashlib.sha256(f"{salt}|{task}|{message_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def as_utc(t: datetime) -> datetime:
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def hour_of(t: datetime) -> datetime:
+    return as_utc(t).replace(minute=0, second=0, microsecond=0)
+
+
+class _HourCounts:
+    """Selections per event-time hour (total and per predicted label) for one task, bounded."""
+
+    def __init__(self, hours_kept: int) -> None:
+        self._hours_kept = hours_kept
+        self._totals: dict[datetime, int] = {}
+        self._by_label: dict[datetime, dict[str, int]] = {}
+        self._newest: datetime | None = None
+
+    def too_late(self, hour: datetime) -> bool:
+        return self._newest is not None and hour <= self._newest - timedelta(hours=self._hours_kept)
+
+    def total(self, hour: datetime) -> int:
+        return self._totals.get(hour, 0)
+
+    def of_label(self, hour: datetime, label: str) -> int:
+        return self._by_label.get(hour, {}).get(label, 0)
+
+    def add(self, hour: datetime, label: str) -> None:
+        self._totals[hour] = self._totals.get(hour, 0) + 1
+        labels = self._by_label.setdefault(hour, {})
+        labels[label] = labels.get(label, 0) + 1
+        if self._newest is None or hour > self._newest:
+            self._newest = hour
+            horizon = hour - timedelta(hours=self._hours_kept)
+            for old in [h for h in self._totals if h <= horizon]:
+                del self._totals[old], self._by_label[old]
+
+
+class Selector:
+    """Feed scored messages in stream order; ``decide`` returns what to queue. Not thread-safe."""
+
+    def __init__(self, policy: SelectionPolicy) -> None:
+        self.policy = policy
+        self._seen: dict[str, OrderedDict[bytes, None]] = {}
+        self._counts: dict[str, _HourCounts] = {}
+
+    def reasons(
+        self, msg: ScoredMessage, *, challenger_label: str | None = None, alert: bool = False
+    ) -> tuple[SelectionReason, ...]:
+        task = TASK_OF_KIND[msg.kind]
+        rules = self.policy.tasks[task]
+        found = []
+        if alert:
+            found.append(SelectionReason.alert)
+        if audit_draw(self.policy.audit_salt, task, msg.id) < self.policy.audit_rate:
+            found.append(SelectionReason.audit)
+        if msg.margin < rules.margin_below or msg.entropy > rules.entropy_above:
+            found.append(SelectionReason.uncertain)
+        if challenger_label is not None and challenger_label != msg.label:
+            found.append(SelectionReason.disagreement)
+        return tuple(found)
+
+    def decide(
+        self,
+        msg: ScoredMessage,
+        now: datetime,
+        *,
+        challenger_label: str | None = None,
+        alert_id: str | None = None,
+    ) -> Decision:
+        """``now`` is the selection time recorded on the request; every other input is the message."""
+        task = TASK_OF_KIND[msg.kind]
+        reasons = self.reasons(msg, challenger_label=challenger_label, alert=alert_id is not None)
+        if not reasons:
+            return Decision(msg.id, task, reasons)
+        rules = self.policy.tasks[task]
+        exempt = SelectionReason.alert in reasons or SelectionReason.audit in reasons
+        seen = self._seen.setdefault(task, OrderedDict())
+        counts = self._counts.setdefault(task, _HourCounts(self.policy.hours_kept))
+        print_ = fingerprint(msg.text)
+        hour = hour_of(msg.event_time)
+
+        dropped = None
+        if print_ in seen and SelectionReason.alert not in reasons:
+            seen.move_to_end(print_)
+            dropped = DropReason.duplicate
+        elif counts.too_late(hour):
+            dropped = DropReason.late
+        elif counts.total(hour) >= rules.budget_per_hour:
+            dropped = DropReason.budget
+        elif not exempt and counts.of_label(hour, msg.label) >= rules.class_cap:
+            dropped = DropReason.class_balance
+        if dropped is not None:
+            return Decision(msg.id, task, reasons, dropped=dropped)
+
+        counts.add(hour, msg.label)
+        seen[print_] = None
+        seen.move_to_end(print_)
+        while len(seen) > self.policy.dedup_memory:
+            seen.popitem(last=False)
+        return Decision(msg.id, task, reasons, request=to_request(msg, task, reasons, now, challenger_label, alert_id))
+
+
+def to_request(
+    msg: ScoredMessage,
+    task: Task,
+    reasons: tuple[SelectionReason, ...],
+    now: datetime,
+    challenger_label: str | None = None,
+    alert_id: str | None = None,
+) -> LabelRequest:
+    # Support text is masked by the scoring pipeline already; masking again is a no-op there and
+    # keeps the label queue free of PII whatever produced the scored record.
+    text = mask_pii(msg.text).text if msg.kind is Kind.support else msg.text
+    return LabelRequest(
+        item_id=LabelRequest.make_id(task, msg.id, msg.model_version), task=task, message_id=msg.id,
+        text=text, model_name=msg.model_name, model_version=msg.model_version, model_label=msg.label,
+        probs=dict(msg.probs), confidence=msg.confidence, margin=msg.margin, entropy=msg.entropy,
+        reasons=list(reasons), challenger_label=challenger_label, alert_id=alert_id,
+        event_time=as_utc(msg.event_time), selected_at=as_utc(now),
+    )

@@ -1,0 +1,233 @@
+"""The selection policy's properties, checked with hypothesis on generated streams."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedback.contracts import SelectionReason
+from feedback.selection import (
+    Decision,
+    DropReason,
+    SelectionPolicy,
+    Selector,
+    TaskPolicy,
+    audit_draw,
+    fingerprint,
+    hour_of,
+    normalise_text,
+    policy_from_settings,
+)
+from streams.contracts import Kind, ScoredMessage
+from streams.settings import VigilSettings
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+NOW = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
+LABELS = {Kind.news: ["negative", "neutral", "positive"], Kind.support: ["card_arrival", "lost_or_stolen_card", "top_up_failed"]}
+EXEMPT = {SelectionReason.alert, SelectionReason.audit}
+BASE_TEXTS = [
+    "ACME cuts guidance, shares fall", "Bolt Motors beats estimates", "Fed holds rates steady",
+    "my card has not arrived yet", "I lost my card yesterday", "top up failed again",
+    "CORE announces buyback", "where is my refund",
+]
+
+
+def letters(i: int) -> str:
+    """A digit-free name per number (digits are normalised away, so they cannot tell texts apart)."""
+    out = ""
+    while True:
+        i, r = divmod(i, 26)
+        out = chr(97 + r) + out
+        if i == 0:
+            return out
+
+
+def msg(i: int, *, kind: Kind = Kind.news, text: str = "", label: str | None = None, margin: float = 0.5,
+        entropy: float = 0.5, minute: int = 0) -> ScoredMessage:
+    labels = LABELS[kind]
+    return ScoredMessage(
+        id=f"m-{i}", kind=kind, text=text or f"unique text {letters(i)}", model_name="m", model_version="v1",
+        label=label or labels[0], probs={lbl: 1 / 3 for lbl in labels}, confidence=0.5, margin=margin,
+        entropy=entropy, content_hash=i, event_time=T0 + timedelta(minutes=minute), ingest_time=T0,
+        scored_time=T0, src_partition=0, src_offset=i,
+    )
+
+
+def variant(text: str, k: int) -> str:
+    """The same text as a person sees it, re-cased, re-numbered, with a link, cashtag and noise."""
+    return [text, text.upper(), f"{text} https://t.co/x{k}", f"$ACME {text}!!! {k}%", f"  {text.lower()}  ..."][k % 5]
+
+
+@st.composite
+def streams(draw: st.DrawFn, max_size: int = 120) -> list[tuple[ScoredMessage, str | None, bool]]:
+    """(message, challenger label, contributed to an alert) in stream order."""
+    n = draw(st.integers(1, max_size))
+    out = []
+    for i in range(n):
+        kind = draw(st.sampled_from([Kind.news, Kind.support]))
+        text = variant(draw(st.sampled_from(BASE_TEXTS)), draw(st.integers(0, 9))) if draw(st.booleans()) else ""
+        m = msg(
+            i, kind=kind, text=text, label=draw(st.sampled_from(LABELS[kind])),
+            margin=draw(st.floats(0, 1)), entropy=draw(st.floats(0, 3)), minute=draw(st.integers(0, 5 * 60)),
+        )
+        challenger = draw(st.one_of(st.none(), st.sampled_from(LABELS[kind])))
+        out.append((m, challenger, draw(st.integers(0, 9)) == 0))
+    return out
+
+
+def small_policy(budget: int, share: float = 0.5, audit_rate: float = 0.05) -> SelectionPolicy:
+    return SelectionPolicy(
+        tasks={
+            "sentiment": TaskPolicy(margin_below=0.3, entropy_above=1.0, budget_per_hour=budget, max_class_share=share),
+            "triage": TaskPolicy(margin_below=0.2, entropy_above=2.0, budget_per_hour=budget, max_class_share=share),
+        },
+        audit_rate=audit_rate,
+    )
+
+
+def run(selector: Selector, stream: list[tuple[ScoredMessage, str | None, bool]]) -> list[Decision]:
+    return [
+        selector.decide(m, NOW, challenger_label=c, alert_id=f"alert-{m.id}" if a else None) for m, c, a in stream
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), share=st.floats(0.1, 1.0))
+def test_budget_and_class_shares_are_never_exceeded(stream, budget: int, share: float) -> None:
+    policy = small_policy(budget, share)
+    decisions = run(Selector(policy), stream)
+    selected = [d.request for d in decisions if d.request is not None]
+    per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected)
+    assert all(n <= budget for n in per_hour.values())
+    cap = policy.tasks["sentiment"].class_cap
+    balanced = Counter(
+        (r.task, hour_of(r.event_time), r.model_label) for r in selected if not EXEMPT & set(r.reasons)
+    )
+    assert all(n <= cap for n in balanced.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams())
+def test_a_replay_selects_the_same_items_the_same_way(stream) -> None:
+    first = run(Selector(small_policy(8)), stream)
+    again = run(Selector(small_policy(8)), stream)
+    assert first == again
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams())
+def test_near_duplicates_are_queued_once(stream) -> None:
+    decisions = run(Selector(small_policy(10_000, share=1.0)), stream)
+    queued = Counter(
+        (d.task, fingerprint(d.request.text)) for d in decisions
+        if d.request is not None and SelectionReason.alert not in d.request.reasons
+    )
+    assert all(n == 1 for n in queued.values())
+    # Every candidate dropped as a duplicate repeats a text queued before it in the same task.
+    seen: set[tuple[str, bytes]] = set()
+    for (m, _, _), d in zip(stream, decisions, strict=True):
+        key = (d.task, fingerprint(m.text))
+        if d.dropped is DropReason.duplicate:
+            assert key in seen
+        if d.selected:
+            seen.add(key)
+
+
+def test_normalisation_ignores_case_digits_links_cashtags_punctuation_and_spacing() -> None:
+    texts = [variant("ACME cuts guidance, shares fall", k) for k in range(10)]
+    assert len({fingerprint(t) for t in texts}) == 1
+    assert normalise_text("RT $TSLA up 12% today!!! https://t.co/abc  Great\tnews") == "rt up today great news"
+    assert fingerprint("ACME cuts guidance") != fingerprint("ACME raises guidance")
+
+
+def test_dedup_memory_is_bounded_and_forgets_the_oldest() -> None:
+    policy = small_policy(10_000, share=1.0).model_copy(update={"dedup_memory": 3})
+    sel = Selector(policy)
+    uncertain = dict(margin=0.0)
+    assert all(sel.decide(msg(i, text=f"text {chr(97 + i)}", **uncertain), NOW).selected for i in range(4))
+    # "text a" was pushed out by the fourth text: it is queued again; "text d" is still remembered.
+    assert sel.decide(msg(10, text="TEXT A", **uncertain), NOW).selected
+    assert sel.decide(msg(11, text="text d!", **uncertain), NOW).dropped is DropReason.duplicate
+
+
+@settings(max_examples=30, deadline=None)
+@given(rate=st.sampled_from([0.01, 0.05, 0.2]), salt=st.text(min_size=1, max_size=8))
+def test_audit_rate_is_close_to_the_configured_rate(rate: float, salt: str) -> None:
+    n = 40_000
+    hits = sum(audit_draw(salt, "sentiment", f"msg-{i}") < rate for i in range(n))
+    sigma = (n * rate * (1 - rate)) ** 0.5
+    assert abs(hits - n * rate) < 6 * sigma
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(max_size=40), margin=st.floats(0, 1), entropy=st.floats(0, 3))
+def test_audit_draw_depends_on_the_id_only(text: str, margin: float, entropy: float) -> None:
+    sel = Selector(small_policy(100, audit_rate=0.5))
+    audited = {
+        i for i in range(200)
+        if SelectionReason.audit in sel.reasons(msg(i, text=text or "x", margin=margin, entropy=entropy))
+    }
+    assert audited == {i for i in range(200) if audit_draw("vigil-audit", "sentiment", f"m-{i}") < 0.5}
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 6))
+def test_alert_contributors_are_selected_while_the_budget_remains(stream, budget: int) -> None:
+    decisions = run(Selector(small_policy(budget, share=0.1)), stream)
+    used: Counter[tuple[str, datetime]] = Counter()
+    for (m, _, alert), d in zip(stream, decisions, strict=True):
+        key = (d.task, hour_of(m.event_time))
+        if alert:
+            assert d.selected == (used[key] < budget), (used[key], d)
+            if d.selected:
+                assert d.request is not None and d.request.alert_id == f"alert-{m.id}"
+        if d.selected:
+            used[key] += 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams())
+def test_reasons_are_recorded_as_the_policy_defines_them(stream) -> None:
+    policy = small_policy(10_000, share=1.0)
+    decisions = run(Selector(policy), stream)
+    for (m, challenger, alert), d in zip(stream, decisions, strict=True):
+        rules = policy.tasks[d.task]
+        expected = {
+            SelectionReason.alert: alert,
+            SelectionReason.audit: audit_draw(policy.audit_salt, d.task, m.id) < policy.audit_rate,
+            SelectionReason.uncertain: m.margin < rules.margin_below or m.entropy > rules.entropy_above,
+            SelectionReason.disagreement: challenger is not None and challenger != m.label,
+        }
+        assert set(d.reasons) == {r for r, yes in expected.items() if yes}
+        if not d.reasons:
+            assert not d.selected and d.dropped is None
+        if d.request is not None:
+            r = d.request
+            assert r.reasons == list(d.reasons)
+            assert (r.message_id, r.model_label, r.challenger_label, r.selected_at) == (m.id, m.label, challenger, NOW)
+        else:
+            assert d.dropped is DropReason.duplicate or not d.reasons
+
+
+def test_support_text_reaches_the_queue_masked() -> None:
+    m = msg(1, kind=Kind.support, text="my card 4111 1111 1111 1111 was charged, mail me at jo@example.com", margin=0)
+    d = Selector(SelectionPolicy()).decide(m, NOW)
+    assert d.request is not None and d.request.task == "triage"
+    assert "4111" not in d.request.text and "jo@example.com" not in d.request.text
+    assert "[CARD]" in d.request.text and "[EMAIL]" in d.request.text
+
+
+def test_events_older_than_the_kept_hours_are_too_late() -> None:
+    sel = Selector(small_policy(100).model_copy(update={"hours_kept": 2}))
+    assert sel.decide(msg(1, margin=0, minute=5 * 60), NOW).selected
+    assert sel.decide(msg(2, margin=0, minute=0), NOW).dropped is DropReason.late
+    assert sel.decide(msg(3, margin=0, minute=4 * 60), NOW).selected
+
+
+def test_settings_defaults_are_the_policy_defaults() -> None:
+    assert policy_from_settings(VigilSettings()) == SelectionPolicy()
+    tuned = policy_from_settings(VigilSettings(feedback_audit_rate=0.2, feedback_budget_per_hour=7))
+    assert tuned.audit_rate == 0.2 and {t.budget_per_hour for t in tuned.tasks.values()} == {7}
