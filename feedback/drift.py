@@ -1,0 +1,179 @@
+"""Drift monitors, a pure core on river's detectors. Each turns a change into a ModelEvent(kind=drift)
+whose detail says in words what moved, by how much, and what to look at.
+
+- Audited error rate: ADWIN on 1/0 (the model's label was wrong/right) for items a person labelled
+  from the random audit sample, the only labels that estimate accuracy without bias.
+- Confidence: ADWIN on each scored message's confidence (needs no labels; river's ADWIN costs
+  well under a microsecond an update).
+- Label mix: ADWIN per predicted label on its share in consecutive blocks of scored messages (needs
+  no labels). Blocks keep the cost at one update per label per block, not per message, which
+  matters with 77 intents.
+
+The figures in an event are the two means ADWIN found different: the part of its window it
+dropped and the part it kept. The kept part can still hold some pre-change data, so the "after"
+figure understates a change at first.
+Monitors belong to one (task, model version): a new model starts fresh, so a hot swap is not
+mistaken for drift. After an event a monitor keeps quiet for ``cooldown`` observations, so one
+shift gives one event rather than one per adjustment of the window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from river.drift import ADWIN
+
+from feedback.contracts import ModelEvent, ModelEventKind, Task
+
+
+class DriftConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence for the audited error rate.")
+    confidence_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence for the mean confidence.")
+    label_mix_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence per label share.")
+    block: int = Field(50, ge=1, description="Scored messages per label-mix observation.")
+    min_label_share: float = Field(
+        0.02, ge=0, le=1, description="Label-mix changes between shares both below this are not reported."
+    )
+    error_cooldown: int = Field(50, ge=0, description="Audited labels the error monitor stays quiet after an event.")
+    confidence_cooldown: int = Field(
+        2000, ge=0, description="Scored messages the confidence monitor stays quiet after an event."
+    )
+    label_mix_cooldown: int = Field(40, ge=0, description="Blocks a label's monitor stays quiet after an event.")
+
+
+@dataclass
+class _Watched:
+    """One ADWIN with its cooldown."""
+
+    delta: float
+    cooldown: int
+    detector: ADWIN = field(init=False)
+    quiet: int = 0
+
+    def __post_init__(self) -> None:
+        self.detector = ADWIN(delta=self.delta)
+
+    def update(self, x: float) -> tuple[float, float, int] | None:
+        """Feed x; on a change, (mean of the part ADWIN dropped, mean of the part it kept, how
+        many observations it dropped)."""
+        total = self.detector.estimation * self.detector.width + x
+        width = self.detector.width + 1
+        self.detector.update(x)
+        if self.quiet:
+            self.quiet -= 1
+            return None
+        kept = self.detector.width
+        if not self.detector.drift_detected or kept >= width:
+            return None
+        self.quiet = self.cooldown
+        after = self.detector.estimation
+        return (total - after * kept) / (width - kept), after, int(width - kept)
+
+
+class _TaskMonitors:
+    def __init__(self, task: Task, model_version: str, config: DriftConfig) -> None:
+        self.task = task
+        self.model_version = model_version
+        self.config = config
+        self.error = _Watched(config.error_delta, config.error_cooldown)
+        self.confidence = _Watched(config.confidence_delta, config.confidence_cooldown)
+        self.shares: dict[str, _Watched] = {}
+        self._block_labels: Counter[str] = Counter()
+        self._block_size = 0
+        self.blocks = 0
+
+    def _event(self, detail: str, when: datetime, **figures: float) -> ModelEvent:
+        return ModelEvent(
+            kind=ModelEventKind.drift, task=self.task, model_version=self.model_version,
+            detail=detail[:4000], figures=figures, created_at=when,
+        )
+
+    def audited(self, wrong: bool, when: datetime) -> list[ModelEvent]:
+        change = self.error.update(1.0 if wrong else 0.0)
+        if change is None:
+            return []
+        before, after, n = change
+        verb = "rose" if after > before else "fell"
+        advice = (
+            "the model is making more mistakes on today's traffic: review recent corrections and retrain"
+            if after > before else "the model is doing better than before; nothing to do"
+        )
+        return [self._event(
+            f"{self.task} model {self.model_version}: the audited error rate {verb} from {before:.1%} to "
+            f"{after:.1%} (ADWIN; {n} audited labels before the change); {advice}.",
+            when, error_rate_before=before, error_rate_after=after, audited_before=float(n),
+        )]
+
+    def scored(self, label: str, confidence: float, when: datetime) -> list[ModelEvent]:
+        events = []
+        change = self.confidence.update(confidence)
+        if change is not None:
+            before, after, dropped = change
+            verb = "fell" if after < before else "rose"
+            events.append(self._event(
+                f"{self.task} model {self.model_version}: mean confidence {verb} from {before:.2f} to "
+                f"{after:.2f} (ADWIN; {dropped} messages before the change); the incoming text may "
+                "have changed (new sources, topics or wording). Look at recent low-confidence messages.",
+                when, confidence_before=before, confidence_after=after, messages_before=float(dropped),
+            ))
+        self._block_labels[label] += 1
+        self._block_size += 1
+        if self._block_size < self.config.block:
+            return events
+        n, counts = self._block_size, self._block_labels
+        self._block_labels, self._block_size = Counter(), 0
+        self.blocks += 1
+        for lbl in sorted(set(self.shares) | set(counts)):
+            watched = self.shares.get(lbl)
+            if watched is None:
+                # A label first seen now had share 0 in the blocks before: start its history there.
+                watched = self.shares[lbl] = _Watched(self.config.label_mix_delta, self.config.label_mix_cooldown)
+                for _ in range(self.blocks - 1):
+                    watched.update(0.0)
+            change = watched.update(counts[lbl] / n)
+            if change is None:
+                continue
+            before, after, width = change
+            if max(before, after) < self.config.min_label_share:
+                continue
+            verb = "rose" if after > before else "fell"
+            events.append(self._event(
+                f"{self.task} model {self.model_version}: the share of messages labelled {lbl!r} {verb} "
+                f"from {before:.1%} to {after:.1%} (ADWIN; {width * n} messages before the change). "
+                "Either the world changed (check the news or the support queues) or the model did not "
+                "keep up with the text; an audit of recent items tells which.",
+                when, share_before=before, share_after=after, messages_before=float(width * n),
+            ))
+        return events
+
+
+class DriftMonitor:
+    """Per task, the monitors of the model version now being seen. Not thread-safe."""
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self.config = config or DriftConfig()
+        # Audit labels arrive hours after scoring, often for an older version than the stream now
+        # shows, so the two kinds of monitor follow their model versions separately.
+        self._scored: dict[str, _TaskMonitors] = {}
+        self._audited: dict[str, _TaskMonitors] = {}
+
+    def _for(self, monitors: dict[str, _TaskMonitors], task: Task, model_version: str) -> _TaskMonitors:
+        current = monitors.get(task)
+        if current is None or current.model_version != model_version:
+            current = monitors[task] = _TaskMonitors(task, model_version, self.config)
+        return current
+
+    def observe_scored(
+        self, task: Task, model_version: str, label: str, confidence: float, when: datetime
+    ) -> list[ModelEvent]:
+        """One scored message (event time ``when``); events when a block completes a change."""
+        return self._for(self._scored, task, model_version).scored(label, confidence, when)
+
+    def observe_audit(self, task: Task, model_version: str, wrong: bool, when: datetime) -> list[ModelEvent]:
+        """A person's label for an audit-sample item: ``wrong`` when it differs from the model's."""
+        return self._for(self._audited, task, model_version).audited(wrong, when)

@@ -1,0 +1,109 @@
+"""Drift monitors on synthetic streams: a shift is found within a bounded number of samples, and a
+stationary stream raises nothing."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from feedback.contracts import ModelEventKind
+from feedback.drift import DriftConfig, DriftMonitor
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+SEEDS = [1, 2, 3, 4, 5]
+
+
+def at(i: int) -> datetime:
+    return T0 + timedelta(seconds=i)
+
+
+def audited_errors(monitor: DriftMonitor, rng: random.Random, n: int, rate: float, start: int = 0) -> list[tuple[int, object]]:
+    found = []
+    for i in range(start, start + n):
+        for e in monitor.observe_audit("sentiment", "v1", rng.random() < rate, at(i)):
+            found.append((i, e))
+    return found
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_rise_in_the_audited_error_rate_is_found_within_400_labels(seed: int) -> None:
+    rng = random.Random(seed)
+    monitor = DriftMonitor()
+    assert audited_errors(monitor, rng, 2000, 0.12) == []
+    found = audited_errors(monitor, rng, 400, 0.35, start=2000)
+    assert found, "a jump from 12% to 35% errors went unnoticed"
+    i, event = found[0]
+    assert event.kind is ModelEventKind.drift and event.task == "sentiment" and event.model_version == "v1"
+    assert event.figures["error_rate_after"] > event.figures["error_rate_before"]
+    assert 0.05 < event.figures["error_rate_before"] < 0.2
+    assert "audited error rate rose from" in event.detail and "retrain" in event.detail
+    assert event.created_at == at(i)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_stationary_streams_raise_nothing(seed: int) -> None:
+    rng = random.Random(seed)
+    monitor = DriftMonitor()
+    assert audited_errors(monitor, rng, 5000, 0.12) == []
+    labels, weights = ["negative", "neutral", "positive"], [0.3, 0.45, 0.25]
+    events = []
+    for i in range(50_000):
+        label = rng.choices(labels, weights)[0]
+        events += monitor.observe_scored("sentiment", "v1", label, min(1.0, max(0.34, rng.gauss(0.82, 0.1))), at(i))
+    assert events == []
+
+
+def scored_stream(monitor: DriftMonitor, rng: random.Random, n: int, start: int, *, weights: list[float],
+                  conf: float, task: str = "sentiment", version: str = "v1") -> list[tuple[int, object]]:
+    labels = ["negative", "neutral", "positive"]
+    found = []
+    for i in range(start, start + n):
+        label = rng.choices(labels, weights)[0]
+        c = min(1.0, max(0.34, rng.gauss(conf, 0.1)))
+        found += [(i, e) for e in monitor.observe_scored(task, version, label, c, at(i))]
+    return found
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_drop_in_confidence_is_found_within_3000_messages(seed: int) -> None:
+    rng = random.Random(seed)
+    monitor = DriftMonitor()
+    assert scored_stream(monitor, rng, 20_000, 0, weights=[0.3, 0.45, 0.25], conf=0.82) == []
+    found = scored_stream(monitor, rng, 3000, 20_000, weights=[0.3, 0.45, 0.25], conf=0.72)
+    confidence = [e for _, e in found if "confidence_after" in e.figures]
+    assert confidence, "mean confidence falling from 0.82 to 0.72 went unnoticed"
+    event = confidence[0]
+    assert event.figures["confidence_after"] < event.figures["confidence_before"]
+    assert "mean confidence fell from 0.8" in event.detail
+    assert all("share_after" not in e.figures for _, e in found)  # the mix did not move
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_change_in_the_label_mix_is_found_without_labels(seed: int) -> None:
+    rng = random.Random(seed)
+    monitor = DriftMonitor()
+    assert scored_stream(monitor, rng, 20_000, 0, weights=[0.3, 0.45, 0.25], conf=0.82) == []
+    found = scored_stream(monitor, rng, 3000, 20_000, weights=[0.6, 0.25, 0.15], conf=0.82)
+    negative = [e for _, e in found if "share_after" in e.figures and "'negative'" in e.detail]
+    assert negative, "negative share rising from 30% to 60% went unnoticed"
+    assert "share of messages labelled 'negative' rose from" in negative[0].detail
+    assert negative[0].figures["share_after"] > negative[0].figures["share_before"]
+    # One shift, one event per label that moved: the cooldown holds back repeats.
+    assert len(negative) == 1
+
+
+def test_a_new_model_version_starts_fresh_instead_of_looking_like_drift() -> None:
+    rng = random.Random(7)
+    monitor = DriftMonitor()
+    assert scored_stream(monitor, rng, 20_000, 0, weights=[0.3, 0.45, 0.25], conf=0.82) == []
+    # The challenger promoted: a more confident model with another label mix, from its first message.
+    assert scored_stream(monitor, rng, 20_000, 20_000, weights=[0.5, 0.3, 0.2], conf=0.92, version="v2") == []
+
+
+def test_block_size_bounds_how_often_the_detectors_run() -> None:
+    monitor = DriftMonitor(DriftConfig(block=10))
+    rng = random.Random(3)
+    scored_stream(monitor, rng, 95, 0, weights=[1, 0, 0], conf=0.9)
+    assert monitor._scored["sentiment"].blocks == 9  # label-mix observations; confidence sees each message
