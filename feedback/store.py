@@ -126,6 +126,16 @@ def model_event_from_row(row: Mapping[str, Any]) -> ModelEvent:
     )
 
 
+def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
+    """``first`` with what ``later`` adds: new reasons, and an alert id / challenger label it lacked."""
+    reasons = list(dict.fromkeys([*first.reasons, *later.reasons]))
+    return first.model_copy(update={
+        "reasons": reasons,
+        "alert_id": first.alert_id or later.alert_id,
+        "challenger_label": first.challenger_label or later.challenger_label,
+    })
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -176,24 +186,42 @@ class FeedbackStore:
     # --- label queue ----------------------------------------------------------------------------
 
     def write_requests(self, requests: Sequence[LabelRequest]) -> int:
-        """Queue new requests in state 'open'; returns how many were new. A request whose item is
-        already queued (a replay, or a second reason for the same message) is left as it is, so a
-        replay never reopens an item someone has leased or labelled."""
-        unique = list({r.item_id: r for r in requests}.values())
-        if not unique:
+        """Queue requests in state 'open'; returns the rows written.
+
+        A request for an item already queued (a replay, or the same message selected again for
+        another reason, e.g. an alert) never duplicates it or reopens it. While the item is still
+        open, reasons it did not have yet (and an alert id / challenger label it lacked) are added,
+        in a row with the same updated time, which replaces the open row (ReplacingMergeTree keeps
+        the last inserted of equal versions) and loses to any lease or label written since.
+        """
+        merged: dict[str, LabelRequest] = {}
+        for r in requests:
+            merged[r.item_id] = _merge(merged[r.item_id], r) if r.item_id in merged else r
+        if not merged:
             return 0
-        known = {
-            i for (i,) in self._query(
-                "label-queue lookup",
-                f"SELECT DISTINCT item_id FROM {self.database}.label_queue WHERE item_id IN {{ids:Array(String)}}",
-                {"ids": [r.item_id for r in unique]},
+        cols = ", ".join(QUEUE_COLUMNS)
+        existing = {
+            item.request.item_id: item
+            for item in (
+                queue_item_from_row(dict(zip(QUEUE_COLUMNS, row, strict=True)))
+                for row in self._query(
+                    "label-queue lookup",
+                    f"SELECT {cols} FROM {self.database}.label_queue FINAL "
+                    "WHERE item_id IN {ids:Array(String)}",
+                    {"ids": sorted(merged)},
+                )
             )
         }
-        fresh = [
-            QueueItem(request=r, state=ItemState.open, updated_at=r.selected_at)
-            for r in unique if r.item_id not in known
-        ]
-        return self._insert("label_queue", QUEUE_COLUMNS, [queue_row(i, self.level) for i in fresh])
+        rows = []
+        for item_id, r in merged.items():
+            old = existing.get(item_id)
+            if old is None:
+                rows.append(QueueItem(request=r, state=ItemState.open, updated_at=r.selected_at))
+                continue
+            update = _merge(old.request, r)
+            if old.state is ItemState.open and update != old.request:
+                rows.append(old.model_copy(update={"request": update}))
+        return self._insert("label_queue", QUEUE_COLUMNS, [queue_row(i, self.level) for i in rows])
 
     def write_items(self, items: Sequence[QueueItem]) -> int:
         """Store state changes (lease, label, skip, undo); the row with the latest updated_at wins."""

@@ -117,6 +117,27 @@ def test_the_latest_state_wins_and_filters_see_only_it(fstore: FeedbackStore) ->
     assert fstore.queue_stats()["open"] == 2
 
 
+def test_a_second_reason_joins_an_open_item_but_never_reopens_one(fstore: FeedbackStore) -> None:
+    a, b = request(1), request(2)
+    fstore.write_requests([a, b])
+    later = T0 + timedelta(minutes=30)
+    alert = {"reasons": [SelectionReason.alert], "alert_id": "alert-9", "selected_at": later}
+    assert fstore.write_requests([a.model_copy(update=alert)]) == 1
+    got = fstore.fetch_item(a.item_id)
+    assert got is not None and got.state is ItemState.open
+    assert got.request.reasons == [SelectionReason.uncertain, SelectionReason.alert]
+    assert got.request.alert_id == "alert-9"
+    assert got.request.selected_at == stored(a.selected_at, fstore)  # still queued in its first place
+    assert fstore.write_requests([a.model_copy(update=alert)]) == 0  # nothing new to add
+
+    leased = QueueItem(request=b, state=ItemState.leased, leased_by="ann", updated_at=T0 + timedelta(minutes=1))
+    fstore.write_items([leased])
+    assert fstore.write_requests([b.model_copy(update=alert)]) == 0
+    got_b = fstore.fetch_item(b.item_id)
+    assert got_b is not None and got_b.state is ItemState.leased and got_b.request.reasons == [SelectionReason.uncertain]
+    assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 0, "skipped": 0}
+
+
 def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> None:
     def corr(msg: str, annotator: str, label: str, at: datetime, task: str = "sentiment") -> Correction:
         return Correction(
