@@ -28,29 +28,31 @@ def accuracy(true: Sequence[str], pred: Sequence[str]) -> float:
 # --- annotators ----------------------------------------------------------------------------------
 
 
-def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
-    """Agreement corrected for chance. Raw agreement would let a neg<->pos flipper through on
-    neutral-heavy data (65% of financial tweets are neutral: flipping the rest still "agrees" 65%)."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"need two equally long non-empty label lists, got {len(a)} and {len(b)}")
-    n = len(a)
-    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
-    ca, cb = Counter(a), Counter(b)
-    expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    if expected == 1.0:  # both always say the same one label
-        return 1.0 if observed == 1.0 else 0.0
-    return (observed - expected) / (1 - expected)
+def balanced_agreement(labels: Sequence[str], reference: Sequence[str]) -> float:
+    """Mean over the reference's classes of how often ``labels`` matches it on that class.
+
+    Raw agreement would let a neg<->pos flipper through on neutral-heavy data (65% of financial
+    tweets are neutral: flipping all the rest still "agrees" 65%); balanced, it scores 1/3. Unlike
+    Cohen's kappa it stays meaningful when the reference uses one class only (a champion that is
+    confident about neutral texts alone)."""
+    if len(labels) != len(reference) or not labels:
+        raise ValueError(f"need two equally long non-empty label lists, got {len(labels)} and {len(reference)}")
+    hits: Counter[str] = Counter()
+    totals = Counter(reference)
+    for x, y in zip(labels, reference, strict=True):
+        hits[y] += x == y
+    return sum(hits[k] / totals[k] for k in totals) / len(totals)
 
 
 @dataclass(frozen=True, slots=True)
 class ScreenConfig:
-    min_kappa: float
+    min_agreement: float  # balanced agreement
     min_evidence: int  # items needed before an annotator can be judged on a measure
     confident: float  # champion confidence at or above which its prediction is evidence
 
     @classmethod
     def from_settings(cls, s: VigilSettings) -> ScreenConfig:
-        return cls(s.annotator_min_kappa, s.annotator_min_evidence, s.annotator_confident)
+        return cls(s.annotator_min_agreement, s.annotator_min_evidence, s.annotator_confident)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +60,9 @@ class AnnotatorReport:
     annotator: str
     labels: int
     shared: int  # items also labelled by others, with a clear majority among those others
-    kappa_shared: float | None  # vs the others' majority on those items
+    agree_shared: float | None  # balanced agreement with the others' majority on those items
     confident: int  # items where the champion was confident
-    kappa_confident: float | None  # vs the champion's confident predictions
+    agree_confident: float | None  # balanced agreement with the champion's confident predictions
     dropped_because: str | None
 
 
@@ -113,15 +115,15 @@ def screen_annotators(
             if c.message_id in champion and champion[c.message_id][1] >= cfg.confident:
                 vs_champion[0].append(c.human_label)
                 vs_champion[1].append(champion[c.message_id][0])
-        k_others = cohen_kappa(*vs_others) if vs_others[0] else None
-        k_champ = cohen_kappa(*vs_champion) if vs_champion[0] else None
+        k_others = balanced_agreement(*vs_others) if vs_others[0] else None
+        k_champ = balanced_agreement(*vs_champion) if vs_champion[0] else None
         why = None
-        if len(vs_others[0]) >= cfg.min_evidence and k_others < cfg.min_kappa:
-            why = (f"kappa {k_others:.2f} with the other annotators on {len(vs_others[0])} shared items "
-                   f"(< {cfg.min_kappa})")
-        elif len(vs_champion[0]) >= cfg.min_evidence and k_champ < cfg.min_kappa:
-            why = (f"kappa {k_champ:.2f} with the champion's confident predictions on {len(vs_champion[0])} "
-                   f"items (< {cfg.min_kappa})")
+        if len(vs_others[0]) >= cfg.min_evidence and k_others < cfg.min_agreement:
+            why = (f"balanced agreement {k_others:.2f} with the other annotators on {len(vs_others[0])} "
+                   f"shared items (< {cfg.min_agreement})")
+        elif len(vs_champion[0]) >= cfg.min_evidence and k_champ < cfg.min_agreement:
+            why = (f"balanced agreement {k_champ:.2f} with the champion's confident predictions on "
+                   f"{len(vs_champion[0])} items (< {cfg.min_agreement})")
         reports.append(AnnotatorReport(annotator, len(own), len(vs_others[0]), k_others, len(vs_champion[0]),
                                        k_champ, why))
     dropped = {r.annotator for r in reports if r.dropped_because}

@@ -177,10 +177,10 @@ class VigilSettings(BaseSettings):
         0.0, ge=0, le=1, description="The challenger must beat the champion on held-out recent "
         "corrections by more than this (accuracy).")
     gate_min_recent: int = Field(10, ge=1, description="Fewer held-out corrections than this: no verdict, no promotion.")
-    annotator_min_kappa: float = Field(
-        0.4, ge=-1, le=1, description="Annotators whose chance-corrected agreement (Cohen's kappa) with the "
-        "other annotators on shared items, or with the champion's confident predictions, is below this are "
-        "dropped before training.")
+    annotator_min_agreement: float = Field(
+        0.5, ge=0, le=1, description="Annotators whose balanced agreement (mean per-class agreement) with "
+        "the other annotators on shared items, or with the champion's confident predictions, is below this "
+        "are dropped before training.")
     annotator_min_evidence: int = Field(5, ge=1, description="Items needed before an annotator can be judged.")
     annotator_confident: float = Field(0.9, gt=0, le=1, description="Champion confidence that counts as confident.")
     model_poll_interval_s: float = Field(

@@ -12,7 +12,7 @@ from feedback.gate import (
     GateConfig,
     ScreenConfig,
     accuracy,
-    cohen_kappa,
+    balanced_agreement,
     consensus,
     judge,
     latest_per_annotator,
@@ -22,7 +22,7 @@ from feedback.gate import (
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LABELS = ("negative", "neutral", "positive")
 FLIP = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
-SCREEN = ScreenConfig(min_kappa=0.4, min_evidence=5, confident=0.9)
+SCREEN = ScreenConfig(min_agreement=0.5, min_evidence=5, confident=0.9)
 GATE = GateConfig(max_gold_drop=0.01, min_recent_gain=0.0, min_recent=10)
 
 
@@ -71,7 +71,7 @@ def test_without_the_screen_poison_reaches_the_labels():
 
 def test_flipper_on_neutral_heavy_data_is_dropped_though_raw_agreement_is_high():
     """65% neutral, like the financial tweets: a neg<->pos flipper still agrees on 65% of items raw;
-    kappa sees through it, while an honest annotator with 15% slips is kept."""
+    balanced agreement sees through it, while an honest annotator with 15% slips is kept."""
     rng = random.Random(3)
     true = ["neutral" if rng.random() < 0.65 else rng.choice(["negative", "positive"]) for _ in range(200)]
     cs = []
@@ -82,15 +82,23 @@ def test_flipper_on_neutral_heavy_data_is_dropped_though_raw_agreement_is_high()
     screened = screen_annotators(cs, {}, SCREEN)
     assert set(screened.dropped) == {"mallory"}
     report = {r.annotator: r for r in screened.reports}
-    assert report["mallory"].kappa_shared < 0.4 < report["sloppy"].kappa_shared
+    assert report["mallory"].agree_shared < 0.5 < report["sloppy"].agree_shared
 
 
-def test_kappa():
-    assert cohen_kappa(["a", "b", "a"], ["a", "b", "a"]) == 1.0
-    assert cohen_kappa(["a", "a"], ["a", "a"]) == 1.0
-    assert cohen_kappa(["a", "b"], ["b", "a"]) == -1.0
+def test_balanced_agreement():
+    assert balanced_agreement(["a", "b", "a"], ["a", "b", "a"]) == 1.0
+    assert balanced_agreement(["a", "a"], ["a", "a"]) == 1.0  # one reference class: still meaningful
+    assert balanced_agreement(["a", "b"], ["b", "a"]) == 0.0
+    # 9 of 10 'n' right and the one 'p' wrong: raw 0.9, balanced 0.45
+    assert balanced_agreement(["n"] * 9 + ["x", "x"], ["n"] * 10 + ["p"]) == pytest.approx((0.9 + 0) / 2)
     with pytest.raises(ValueError):
-        cohen_kappa([], [])
+        balanced_agreement([], [])
+
+
+def test_honest_annotator_vs_a_champion_confident_about_one_class_is_kept():
+    cs = [corr(f"m{i}", "ann", "neutral", i) for i in range(8)]
+    screened = screen_annotators(cs, {f"m{i}": ("neutral", 0.95) for i in range(8)}, SCREEN)
+    assert screened.dropped == {}
 
 
 def test_lone_flipper_is_caught_by_the_champions_confident_predictions():
@@ -115,7 +123,7 @@ def test_too_little_evidence_keeps_an_annotator():
     screened = screen_annotators(cs, {}, SCREEN)
     assert screened.dropped == {}
     (report,) = [r for r in screened.reports if r.annotator == "mallory"]
-    assert report.shared == 1 and report.kappa_shared == 0.0
+    assert report.shared == 1 and report.agree_shared == 0.0
 
 
 def test_latest_label_per_annotator_counts_and_ties_are_dropped():
