@@ -157,7 +157,14 @@ def _mount_model_commands() -> None:
     register(app)
 
 
+def _mount_labelling_commands() -> None:
+    from feedback.cli import register
+
+    register(app)
+
+
 _mount_model_commands()
+_mount_labelling_commands()
 
 if __name__ == "__main__":
     app()

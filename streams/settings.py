@@ -119,6 +119,16 @@ class VigilSettings(BaseSettings):
         50_000, ge=1, description="Selected-text fingerprints remembered per task for near-duplicate collapse."
     )
 
+    # --- labelling UI and API (feedback/web.py) ----------------------------------------------
+    ui_host: str = Field("127.0.0.1", description="`vigil label-ui` / `vigil up` serve the labelling UI here.")
+    ui_port: int = Field(8088, ge=1, le=65535)
+    ui_lease_s: float = Field(300.0, gt=0, description="A leased queue item is open again after this long.")
+    ui_undo_window_s: float = Field(120.0, ge=0, description="How long after labelling/skipping undo works.")
+    ui_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger API request bodies get 413.")
+    ui_queue_refresh_s: float = Field(
+        5.0, gt=0, description="How often the UI re-reads open items from ClickHouse (new requests)."
+    )
+
     # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line (time, level, logger, message, worker, extras)."

@@ -6,4 +6,4 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.fixtures.clickhouse", "tests.fixtures.broker", "tests.fixtures.models"]
+pytest_plugins = ["tests.fixtures.clickhouse", "tests.fixtures.broker", "tests.fixtures.models", "tests.fixtures.labelling"]

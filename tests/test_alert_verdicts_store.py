@@ -7,7 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.alerting.contracts import Alert, AlertVerdict, ContributingMessage, Severity
+from streams.alerting.contracts import (
+    Alert,
+    AlertVerdict,
+    ContributingMessage,
+    Severity,
+)
 from streams.alerting.precision import rule_precision
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feedback.contracts import ItemState, LabelRequest, SelectionReason
-from feedback.leases import LeaseBook, LeaseExpired, NothingToUndo, NotLeasedToYou, UnknownItem, priority
+from feedback.leases import (
+    LeaseBook,
+    LeaseExpired,
+    NothingToUndo,
+    NotLeasedToYou,
+    UnknownItem,
+    priority,
+)
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -1,0 +1,610 @@
+"""The labelling service: an aiohttp app with the labelling page (``/``) and its JSON API.
+
+Every ``/api`` call needs ``Authorization: Bearer <token>`` (``vigil annotators add NAME``).
+Queue state lives in a LeaseBook in this process's memory, fed from ClickHouse (label_queue) and
+written back on every change, so one service process owns the leases. Every correction is
+published to the corrections topic (awaited) and then written to the feedback table.
+
+Endpoints (request and response bodies are the pydantic models below):
+  GET  /api/queue                      queue depth per state and the next open items
+  POST /api/queue/lease                your leased item (the one you hold, else the next)
+  POST /api/items/{id}/label|skip|undo finish or reopen an item; the reply carries your next item
+  POST /api/corrections                programmatic/implicit labels (e.g. a re-routed ticket)
+  GET  /api/stats                      queue, per-annotator counts, inter-annotator agreement
+  POST /api/alerts/{id}/verdict        a responder's verdict; becomes corrections or review items
+  GET  /api/alerts/precision           alert precision per rule
+  POST /api/tickets/{message_id}/ack   publishes a TicketAck (stops the ticket's SLA clock)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from feedback.agreement import agreement, labels_per_annotator
+from feedback.auth import TokenBook, tokens_path
+from feedback.contracts import (
+    Correction,
+    CorrectionSource,
+    ItemState,
+    LabelRequest,
+    QueueItem,
+    SelectionReason,
+    Task,
+)
+from feedback.leases import (
+    LeaseBook,
+    LeaseError,
+    UnknownItem,
+)
+from feedback.store import FeedbackStore
+from models.registry import ModelNotFound, ModelRegistry
+from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
+from streams.alerting.precision import label_suggestions, rule_precision
+from streams.clickhouse import ClickHouseError, ClickHouseStore
+from streams.contracts import Kind
+from streams.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+TASKS: tuple[Task, ...] = ("sentiment", "triage")
+_KIND_BY_TASK = {"sentiment": Kind.news, "triage": Kind.support}
+M = TypeVar("M", bound=BaseModel)
+
+
+# --- request and response bodies ---------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeaseIn(_Body):
+    task: Task | None = Field(None, description="Only items of this task (default: any).")
+
+
+class LabelIn(_Body):
+    label: str = Field(min_length=1, max_length=128)
+    next_task: Task | None = Field(None, description="Task filter for the next item leased to you.")
+
+
+class StepIn(_Body):
+    next_task: Task | None = None
+
+
+class CorrectionIn(_Body):
+    task: Task
+    message_id: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=8000)
+    human_label: str = Field(min_length=1, max_length=128)
+    model_label: str | None = Field(None, max_length=128)
+    model_version: str | None = Field(None, max_length=64)
+
+
+class VerdictIn(_Body):
+    useful: bool
+    note: str = Field("", max_length=2000)
+
+
+class ItemView(BaseModel):
+    item_id: str
+    task: Task
+    message_id: str
+    text: str
+    model_label: str
+    confidence: float
+    top: list[tuple[str, float]] = Field(description="The model's three most probable labels.")
+    reasons: list[SelectionReason]
+    state: ItemState
+    leased_by: str | None
+    lease_expires: AwareDatetime | None
+    labels: list[str] = Field(description="The task's label set (registry champion card).")
+
+
+class Progress(BaseModel):
+    annotator: str
+    queue: dict[str, int]
+    you: dict[str, int] = Field(description="labelled / skipped by you since this service started.")
+
+
+class LeaseOut(BaseModel):
+    item: ItemView | None
+    progress: Progress
+
+
+class StepOut(BaseModel):
+    finished: ItemView | None = Field(description="The item this call labelled, skipped or reopened.")
+    item: ItemView | None = Field(description="What to show you now (your lease), or null: queue empty.")
+    correction_id: str | None = None
+    progress: Progress
+
+
+class QueueOut(BaseModel):
+    counts: dict[str, int]
+    pending: list[ItemView]
+
+
+class CorrectionOut(BaseModel):
+    correction_id: str
+
+
+class AgreementOut(BaseModel):
+    messages: int
+    unanimous: int
+    pairwise: float | None
+
+
+class StatsOut(BaseModel):
+    queue: dict[str, dict[str, int]] = Field(description="Per task, items per state (from ClickHouse).")
+    annotators: dict[str, dict[str, int]] = Field(description="Per annotator: labels (all sources), skipped.")
+    agreement: dict[str, AgreementOut] = Field(description="Per task, over messages with several labels.")
+
+
+class VerdictOut(BaseModel):
+    verdict: AlertVerdict
+    corrections: int
+    review_items: int
+
+
+class RulePrecisionOut(BaseModel):
+    rule: str
+    alerts: int
+    useful: int
+    false: int
+    unrated: int
+    precision: float | None
+
+
+class PrecisionOut(BaseModel):
+    rules: list[RulePrecisionOut]
+
+
+class AckOut(BaseModel):
+    ack: TicketAck
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: list[dict[str, Any]] | None = None
+
+
+# --- the parts the handlers need ---------------------------------------------------------------
+
+
+class LabelSets:
+    """Each task's labels from its registry champion's card, re-read when the champion changes."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._cache: dict[str, tuple[float | None, list[str]]] = {}
+
+    def labels(self, task: str) -> list[str]:
+        pointer = self.registry.task_dir(task) / "champion.json"
+        stamp = pointer.stat().st_mtime if pointer.exists() else None
+        held = self._cache.get(task)
+        if held is None or held[0] != stamp:
+            held = (stamp, list(self.registry.card(task).labels))
+            self._cache[task] = held
+        return held[1]
+
+
+Publish = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class Service:
+    """What the handlers share: stores, lease book, tokens, label sets and the Kafka publisher."""
+
+    def __init__(
+        self,
+        settings: VigilSettings,
+        store: ClickHouseStore,
+        publish: Publish,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.feedback = FeedbackStore.sharing(store)
+        self.publish = publish
+        self.clock = clock
+        self.tokens = TokenBook(tokens_path(settings.data_dir))
+        self.label_sets = LabelSets(ModelRegistry(settings.registry_dir))
+        self.book = LeaseBook(lease_s=settings.ui_lease_s, undo_window_s=settings.ui_undo_window_s)
+        self.done_by: dict[str, dict[str, int]] = {}
+        self._refreshed_at: float | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """ClickHouse calls block (chdb in-process, or a socket): keep them off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Merge open and leased items from ClickHouse into the book (new requests arrive there)."""
+        async with self._refresh_lock:
+            due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
+            if not (force or due):
+                return
+            items = await self.io(
+                lambda: self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, limit=10_000)
+            )
+            self.book.merge(items)
+            self._refreshed_at = time.monotonic()
+
+    def labels(self, task: str) -> list[str]:
+        try:
+            return self.label_sets.labels(task)
+        except ModelNotFound as e:
+            raise web.HTTPServiceUnavailable(
+                text=_error(f"no label set for task {task}: {e}"), content_type="application/json"
+            ) from None
+
+    def view(self, item: QueueItem | None) -> ItemView | None:
+        if item is None:
+            return None
+        r = item.request
+        top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
+        return ItemView(
+            item_id=r.item_id, task=r.task, message_id=r.message_id, text=r.text, model_label=r.model_label,
+            confidence=r.confidence, top=top, reasons=r.reasons, state=item.state, leased_by=item.leased_by,
+            lease_expires=item.lease_expires, labels=self.labels(r.task),
+        )
+
+    def progress(self, annotator: str, now: datetime) -> Progress:
+        return Progress(annotator=annotator, queue=self.book.counts(now), you=self.done_by.get(annotator, {"labelled": 0, "skipped": 0}))
+
+    def count(self, annotator: str, what: str, delta: int = 1) -> None:
+        mine = self.done_by.setdefault(annotator, {"labelled": 0, "skipped": 0})
+        mine[what] = max(0, mine[what] + delta)
+
+    async def save(self, items: Sequence[QueueItem]) -> None:
+        await self.io(self.feedback.write_items, list(items))
+
+    async def correct(self, corrections: Sequence[Correction]) -> None:
+        """Corrections topic first (awaited), then the feedback table."""
+        for c in corrections:
+            await self.publish(self.settings.topic_corrections, c.message_id, c.model_dump_json().encode())
+        await self.io(self.feedback.write_corrections, list(corrections))
+
+    async def lease_next(self, annotator: str, now: datetime, task: str | None) -> QueueItem | None:
+        await self.refresh()
+        item = self.book.lease(annotator, now, task)
+        if item is not None:
+            await self.save([item])
+        return item
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+SERVICE = web.AppKey("service", Service)
+ANNOTATOR = web.RequestKey("annotator", str)
+
+
+def _error(message: str, detail: list[dict[str, Any]] | None = None) -> str:
+    return ErrorOut(error=message, detail=detail).model_dump_json(exclude_none=True)
+
+
+def _reply(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()  # over client_max_size: aiohttp answers 413
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as e:
+        detail = [{"loc": list(err["loc"]), "msg": err["msg"]} for err in e.errors()]
+        raise web.HTTPUnprocessableEntity(
+            text=_error(f"the body is not a valid {model.__name__}", detail), content_type="application/json"
+        ) from None
+
+
+def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
+    return web.HTTPUnprocessableEntity(text=_error(message), content_type="application/json")
+
+
+def _annotator(request: web.Request) -> str:
+    return request[ANNOTATOR]
+
+
+@web.middleware
+async def _auth_and_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    if request.path.startswith("/api/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        who = request.app[SERVICE].tokens.check(token.strip()) if scheme.lower() == "bearer" else None
+        if who is None:
+            return web.Response(
+                status=401, content_type="application/json", headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
+                text=_error("send Authorization: Bearer <token>; an admin creates one with `vigil annotators add NAME`"),
+            )
+        request[ANNOTATOR] = who
+    try:
+        return await handler(request)
+    except UnknownItem as e:
+        return web.Response(status=404, text=_error(str(e)), content_type="application/json")
+    except LeaseError as e:
+        return web.Response(status=409, text=_error(str(e)), content_type="application/json")
+    except ClickHouseError as e:
+        log.error("ClickHouse failed during %s %s: %s", request.method, request.path, e)
+        return web.Response(status=503, text=_error(f"storage unavailable, retry later: {e}"),
+                            content_type="application/json")
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    task = request.query.get("task")
+    if task is not None and task not in TASKS:
+        raise _unprocessable(f"task must be one of {', '.join(TASKS)}")
+    await svc.refresh()
+    now = svc.clock()
+    pending = [svc.view(i) for i in svc.book.pending(now, task, limit=20)]
+    return _reply(QueueOut(counts=svc.book.counts(now, task), pending=[p for p in pending if p]))
+
+
+async def lease(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    body = await _body(request, LeaseIn)
+    now = svc.clock()
+    item = await svc.lease_next(who, now, body.task)
+    return _reply(LeaseOut(item=svc.view(item), progress=svc.progress(who, now)))
+
+
+def _known_item(svc: Service, item_id: str) -> QueueItem:
+    item = svc.book.get(item_id)
+    if item is None:
+        raise UnknownItem(f"no queue item {item_id}; lease one with POST /api/queue/lease")
+    return item
+
+
+async def label(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    body = await _body(request, LabelIn)
+    now = svc.clock()
+    item = _known_item(svc, request.match_info["item_id"])
+    labels = svc.labels(item.request.task)
+    if body.label not in labels:
+        raise _unprocessable(f"{body.label!r} is not a {item.request.task} label; use one of: {', '.join(labels)}")
+    done = svc.book.label(item.request.item_id, who, now)
+    r = done.request
+    correction = Correction(
+        correction_id=Correction.make_id(r.task, r.message_id, who), task=r.task, message_id=r.message_id,
+        item_id=r.item_id, text=r.text, annotator=who, human_label=body.label, model_label=r.model_label,
+        model_version=r.model_version, source=CorrectionSource.queue, created_at=now,
+    )
+    await svc.correct([correction])
+    await svc.save([done])
+    svc.count(who, "labelled")
+    nxt = await svc.lease_next(who, now, body.next_task)
+    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), correction_id=correction.correction_id,
+                          progress=svc.progress(who, now)))
+
+
+async def skip(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    body = await _body(request, StepIn)
+    now = svc.clock()
+    done = svc.book.skip(request.match_info["item_id"], who, now)
+    await svc.save([done])
+    svc.count(who, "skipped")
+    nxt = await svc.lease_next(who, now, body.next_task)
+    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), progress=svc.progress(who, now)))
+
+
+async def undo(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    await _body(request, StepIn)
+    now = svc.clock()
+    before = svc.book.get(request.match_info["item_id"])
+    changed = svc.book.undo(request.match_info["item_id"], who, now)
+    await svc.save(changed)
+    if before is not None:
+        svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", -1)
+    reopened = changed[-1]
+    return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=svc.progress(who, now)))
+
+
+async def post_correction(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    body = await _body(request, CorrectionIn)
+    labels = svc.labels(body.task)
+    if body.human_label not in labels:
+        raise _unprocessable(f"{body.human_label!r} is not a {body.task} label; use one of: {', '.join(labels)}")
+    correction = Correction(
+        correction_id=Correction.make_id(body.task, body.message_id, who), task=body.task,
+        message_id=body.message_id, text=body.text, annotator=who, human_label=body.human_label,
+        model_label=body.model_label, model_version=body.model_version, source=CorrectionSource.implicit,
+        created_at=svc.clock(),
+    )
+    await svc.correct([correction])
+    return _reply(CorrectionOut(correction_id=correction.correction_id), status=201)
+
+
+async def stats(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+
+    def read() -> StatsOut:
+        queue = {t: svc.feedback.queue_stats(t) for t in TASKS}
+        corrections = {t: svc.feedback.fetch_corrections(t) for t in TASKS}
+        skipped = svc.feedback.fetch_items(states={ItemState.skipped}, limit=1_000_000)
+        annotators: dict[str, dict[str, int]] = {}
+        for name, n in labels_per_annotator(c for cs in corrections.values() for c in cs).items():
+            annotators.setdefault(name, {"labels": 0, "skipped": 0})["labels"] = n
+        for item in skipped:
+            if item.leased_by:
+                annotators.setdefault(item.leased_by, {"labels": 0, "skipped": 0})["skipped"] += 1
+        agree = {}
+        for t, cs in corrections.items():
+            a = agreement(cs)
+            agree[t] = AgreementOut(messages=a.messages, unanimous=a.unanimous, pairwise=a.pairwise)
+        return StatsOut(queue=queue, annotators=dict(sorted(annotators.items())), agreement=agree)
+
+    return _reply(await svc.io(read))
+
+
+def _review_request(alert: Alert, message_id: str, text: str, label: str, scored: dict[str, Any], now: datetime) -> LabelRequest:
+    """A review item for one message behind a false alert, with the model's figures when the scored
+    row is still in ClickHouse."""
+    task: Task = alert.kind
+    s = scored.get(message_id)
+    version = s.model_version if s is not None else alert.model_version
+    return LabelRequest(
+        item_id=LabelRequest.make_id(task, message_id, version), task=task, message_id=message_id, text=text,
+        model_name=s.model_name if s is not None else "", model_version=version, model_label=label,
+        probs=dict(s.probs) if s is not None else {}, confidence=s.confidence if s is not None else 0.0,
+        margin=s.margin if s is not None else 0.0, entropy=s.entropy if s is not None else 0.0,
+        reasons=[SelectionReason.alert_review], alert_id=alert.id,
+        event_time=s.event_time if s is not None else alert.created_at, selected_at=now,
+    )
+
+
+async def verdict(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    body = await _body(request, VerdictIn)
+    alert_id = request.match_info["alert_id"]
+    alert = await svc.io(svc.store.fetch_alert, alert_id)
+    if alert is None:
+        raise web.HTTPNotFound(text=_error(f"no alert {alert_id} in ClickHouse"), content_type="application/json")
+    now = svc.clock()
+    v = AlertVerdict(alert_id=alert.id, useful=body.useful, by=who, at=now, note=body.note)
+    await svc.io(svc.store.write_verdicts, [v])
+    suggestions = label_suggestions(alert, v)
+    confirmed = [
+        Correction(
+            correction_id=Correction.make_id(alert.kind, s.message_id, who), task=alert.kind,
+            message_id=s.message_id, text=s.text, annotator=who, human_label=s.label, model_label=s.label,
+            model_version=alert.model_version or None, source=CorrectionSource.alert_verdict, created_at=now,
+        )
+        for s in suggestions if s.action == "confirm"
+    ]
+    if confirmed:
+        await svc.correct(confirmed)
+    review = [s for s in suggestions if s.action == "review"]
+    requests: list[LabelRequest] = []
+    if review:
+        rows = await svc.io(svc.store.fetch_scored, _KIND_BY_TASK[alert.kind], [s.message_id for s in review])
+        scored = {m.id: m for m in rows if not alert.model_version or m.model_version == alert.model_version}
+        requests = [_review_request(alert, s.message_id, s.text, s.label, scored, now) for s in review]
+        for r in requests:
+            await svc.publish(svc.settings.topic_label_requests, r.message_id, r.model_dump_json().encode())
+        await svc.io(svc.feedback.write_requests, requests)
+        # The book takes them at once (write_requests leaves items someone already handled as they are).
+        await svc.refresh(force=True)
+    return _reply(VerdictOut(verdict=v, corrections=len(confirmed), review_items=len(requests)), status=201)
+
+
+async def precision(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+
+    def read() -> PrecisionOut:
+        alerts = svc.store.fetch_alerts()
+        table = rule_precision(alerts, svc.store.fetch_verdicts([a.id for a in alerts]))
+        return PrecisionOut(rules=[
+            RulePrecisionOut(rule=p.rule, alerts=p.alerts, useful=p.useful, false=p.false, unrated=p.unrated,
+                             precision=p.precision)
+            for p in table.values()
+        ])
+
+    return _reply(await svc.io(read))
+
+
+async def ack(request: web.Request) -> web.Response:
+    svc, who = request.app[SERVICE], _annotator(request)
+    await _body(request, StepIn)
+    try:
+        a = TicketAck(message_id=request.match_info["message_id"], by=who, at=svc.clock())
+    except ValidationError as e:
+        raise _unprocessable(f"bad ticket id: {e.errors()[0]['msg']}") from None
+    await svc.publish(svc.settings.topic_ticket_acks, a.message_id, a.model_dump_json().encode())
+    return _reply(AckOut(ack=a), status=202)
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def build_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[_auth_and_errors], client_max_size=service.settings.ui_max_body_bytes)
+    app[SERVICE] = service
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    app.router.add_get("/api/queue", get_queue)
+    app.router.add_post("/api/queue/lease", lease)
+    app.router.add_post("/api/items/{item_id}/label", label)
+    app.router.add_post("/api/items/{item_id}/skip", skip)
+    app.router.add_post("/api/items/{item_id}/undo", undo)
+    app.router.add_post("/api/corrections", post_correction)
+    app.router.add_get("/api/stats", stats)
+    app.router.add_post("/api/alerts/{alert_id}/verdict", verdict)
+    app.router.add_get("/api/alerts/precision", precision)
+    app.router.add_post("/api/tickets/{message_id}/ack", ack)
+    return app
+
+
+class KafkaPublisher:
+    """An aiokafka producer; ``send`` waits for the broker's acknowledgement."""
+
+    def __init__(self, settings: VigilSettings, bootstrap: str) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        from streams.kafka_config import aiokafka_kwargs
+
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", client_id="vigil-label-ui", **aiokafka_kwargs(settings)
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        await self._producer.send_and_wait(topic, value=value, key=key.encode())
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+
+async def serve(settings: VigilSettings, store: ClickHouseStore, bootstrap: str,
+                ready: Callable[[str], None] | None = None) -> None:
+    """Serve the UI on ui_host:ui_port until cancelled."""
+    publisher = KafkaPublisher(settings, bootstrap)
+    await publisher.start()
+    runner = web.AppRunner(build_app(Service(settings, store, publisher.send)), access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.ui_host, settings.ui_port)
+        await site.start()
+        if ready is not None:
+            ready(f"http://{settings.ui_host}:{settings.ui_port}/")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await publisher.stop()
+
+
+__all__ = [
+    "AckOut", "CorrectionIn", "CorrectionOut", "ItemView", "LabelIn", "LabelSets", "LeaseIn", "LeaseOut",
+    "PrecisionOut", "QueueOut", "Service", "StatsOut", "StepIn", "StepOut", "VerdictIn", "VerdictOut",
+    "build_app", "serve",
+]

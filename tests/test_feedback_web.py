@@ -1,0 +1,243 @@
+"""The labelling API on real parts: aiohttp's test server around the real app, embedded ClickHouse
+(chdb), the Tansu broker, and label sets from the tiny trained registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from feedback.auth import TokenBook, tokens_path
+from feedback.contracts import CorrectionSource, ItemState, SelectionReason
+from feedback.store import FeedbackStore
+from feedback.web import KafkaPublisher, Service, build_app
+from models.engine import Engine
+from models.registry import ModelRegistry
+from streams.alerting.contracts import Alert, ContributingMessage, Severity
+from streams.clickhouse import ClickHouseStore, open_store
+from streams.settings import VigilSettings
+from tests.fixtures.labelling import (
+    bundled_texts,
+    read_topic,
+    scored_messages,
+    scored_requests,
+)
+
+
+@asynccontextmanager
+async def serving(settings: VigilSettings, store: ClickHouseStore) -> AsyncIterator[TestClient]:
+    publisher = KafkaPublisher(settings, settings.kafka_brokers or "")
+    await publisher.start()
+    try:
+        async with TestClient(TestServer(build_app(Service(settings, store, publisher.send)))) as client:
+            yield client
+    finally:
+        await publisher.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def store(labelling_settings: VigilSettings):
+    st = open_store(labelling_settings)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+@pytest.fixture
+def tokens(labelling_settings: VigilSettings) -> dict[str, str]:
+    book = TokenBook(tokens_path(labelling_settings.data_dir))
+    return {name: book.add(name) for name in ("alice", "bob")}
+
+
+ROUTES = [
+    ("GET", "/api/queue"), ("POST", "/api/queue/lease"), ("POST", "/api/items/x/label"),
+    ("POST", "/api/items/x/skip"), ("POST", "/api/items/x/undo"), ("POST", "/api/corrections"),
+    ("GET", "/api/stats"), ("POST", "/api/alerts/x/verdict"), ("GET", "/api/alerts/precision"),
+    ("POST", "/api/tickets/x/ack"),
+]
+
+
+def test_every_api_call_needs_a_valid_token(labelling_settings, store, tokens) -> None:
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            for method, path in ROUTES:
+                for headers in ({}, bearer("not-a-token"), {"Authorization": tokens["alice"]}):
+                    r = await client.request(method, path, headers=headers, json={})
+                    assert r.status == 401, (method, path, headers)
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                    assert "vigil annotators add" in (await r.json())["error"]
+            page = await client.get("/")
+            assert page.status == 200 and "Vigil" in await page.text()
+            ok = await client.get("/api/queue", headers=bearer(tokens["alice"]))
+            assert ok.status == 200
+
+    asyncio.run(go())
+    stored = tokens_path(labelling_settings.data_dir).read_text()
+    assert tokens["alice"] not in stored and tokens["bob"] not in stored
+
+
+def test_bad_labels_and_bodies_are_refused(labelling_settings, store, tokens, tiny_scorers) -> None:
+    feedback = FeedbackStore.sharing(store)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
+                                            [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert item["labels"] == ModelRegistry(labelling_settings.registry_dir).card("sentiment").labels
+            r = await client.post(f"/api/items/{item['item_id']}/label", headers=alice, json={"label": "bullish"})
+            assert r.status == 422 and "not a sentiment label" in (await r.json())["error"]
+            r = await client.post(f"/api/items/{item['item_id']}/label", headers=alice,
+                                  json={"label": "positive", "colour": "red"})
+            assert r.status == 422 and (await r.json())["detail"][0]["loc"] == ["colour"]
+            r = await client.post("/api/corrections", headers=alice, json={
+                "task": "triage", "message_id": "t-1", "text": "where is my card", "human_label": "positive"})
+            assert r.status == 422
+            r = await client.post("/api/queue/lease", headers=alice, json={"task": "weather"})
+            assert r.status == 422
+            big = {"label": "x" * (labelling_settings.ui_max_body_bytes + 10)}
+            r = await client.post(f"/api/items/{item['item_id']}/label", headers=alice, json=big)
+            assert r.status == 413
+            r = await client.post("/api/items/nope/label", headers=alice, json={"label": "positive"})
+            assert r.status == 404
+            # nothing was stored by any refused call
+            assert feedback.fetch_corrections("sentiment") == [] and feedback.fetch_corrections("triage") == []
+
+    asyncio.run(go())
+
+
+def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tiny_scorers) -> None:
+    feedback = FeedbackStore.sharing(store)
+    texts = bundled_texts("sentiment", 4)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], texts[:3], [SelectionReason.audit]))
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], texts[3:], [SelectionReason.uncertain],
+                                            minutes=5))
+    alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            a = (await (await client.post("/api/queue/lease", headers=alice)).json())["item"]
+            b = (await (await client.post("/api/queue/lease", headers=bob, json={})).json())["item"]
+            assert a["message_id"] == texts[3][0], "uncertain comes before audit"
+            assert b["item_id"] != a["item_id"] and b["message_id"] == texts[0][0]
+            again = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert again["item_id"] == a["item_id"]
+            r = await client.post(f"/api/items/{a['item_id']}/label", headers=bob, json={"label": "positive"})
+            assert r.status == 409 and "leased to alice" in (await r.json())["error"]
+
+            step = await (await client.post(f"/api/items/{a['item_id']}/label", headers=alice,
+                                             json={"label": "negative"})).json()
+            assert step["finished"]["state"] == "labelled" and step["progress"]["you"]["labelled"] == 1
+            second = step["item"]
+            assert second["item_id"] not in (a["item_id"], b["item_id"])
+            step = await (await client.post(f"/api/items/{second['item_id']}/skip", headers=alice, json={})).json()
+            third = step["item"]
+            undone = await (await client.post(f"/api/items/{second['item_id']}/undo", headers=alice)).json()
+            assert undone["item"]["item_id"] == second["item_id"] and undone["item"]["state"] == "leased"
+            assert feedback.fetch_item(third["item_id"]).state is ItemState.open  # released
+            r = await client.post(f"/api/items/{a['item_id']}/undo", headers=bob)
+            assert r.status == 409
+            await client.post(f"/api/items/{second['item_id']}/label", headers=alice, json={"label": "neutral"})
+            # bob labels the same message as alice through the corrections API: agreement counts it
+            r = await client.post("/api/corrections", headers=bob, json={
+                "task": "sentiment", "message_id": a["message_id"], "text": a["text"], "human_label": "negative"})
+            assert r.status == 201
+            stats = await (await client.get("/api/stats", headers=alice)).json()
+            assert stats["annotators"]["alice"] == {"labels": 2, "skipped": 0}
+            assert stats["annotators"]["bob"]["labels"] == 1
+            assert stats["agreement"]["sentiment"] == {"messages": 1, "unanimous": 1, "pairwise": 1.0}
+            assert stats["queue"]["sentiment"]["labelled"] == 2
+            queue = await (await client.get("/api/queue?task=sentiment", headers=bob)).json()
+            assert queue["counts"]["labelled"] == 2
+
+        corrections = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 3)
+        assert sorted((c["annotator"], c["human_label"], c["source"]) for c in corrections) == [
+            ("alice", "negative", "queue"), ("alice", "neutral", "queue"), ("bob", "negative", "implicit")]
+
+    asyncio.run(go())
+    stored = {(c.annotator, c.message_id): c for c in feedback.fetch_corrections("sentiment")}
+    assert stored[("alice", texts[3][0])].human_label == "negative"
+    assert stored[("alice", texts[3][0])].source is CorrectionSource.queue
+    assert stored[("bob", texts[3][0])].source is CorrectionSource.implicit
+    states = {i.request.message_id: i.state for i in feedback.fetch_items(task="sentiment")}
+    assert states[texts[3][0]] is ItemState.labelled and list(states.values()).count(ItemState.labelled) == 2
+
+
+def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
+    preds = scorer.score([t for _, t in texts])
+    return Alert(
+        id=Alert.make_id("web-test", n), kind="sentiment", rule=rule, severity=Severity.warning, ticker="ACME",
+        model_version=scorer.model_version, created_at=datetime.now(UTC) - timedelta(minutes=10),
+        top_messages=[ContributingMessage(id=mid, text=t, label=p.label, score=p.probs["positive"] - p.probs["negative"])
+                      for (mid, t), p in zip(texts, preds, strict=True)],
+    )
+
+
+def test_verdicts_become_corrections_or_review_items_and_precision(labelling_settings, store, tokens,
+                                                                     tiny_scorers) -> None:
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore.sharing(store)
+    useful_texts, false_texts = bundled_texts("sentiment", 2, skip=10), bundled_texts("sentiment", 2, skip=20)
+    store.write_scored(scored_messages(scorer, useful_texts + false_texts))
+    useful = _alert(1, "negative_share", scorer, useful_texts)
+    false = _alert(2, "sentiment_shock", scorer, false_texts)
+    spike = _alert(3, "volume_spike", scorer, bundled_texts("sentiment", 1, skip=30))
+    store.write_alerts([useful, false, spike])
+    feedback.write_requests(scored_requests(scorer, bundled_texts("sentiment", 1, skip=40), [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post(f"/api/alerts/{useful.id}/verdict", headers=alice, json={"useful": True})
+            assert r.status == 201 and (await r.json())["corrections"] == 2
+            r = await client.post(f"/api/alerts/{false.id}/verdict", headers=alice,
+                                  json={"useful": False, "note": "old news"})
+            assert r.status == 201 and (await r.json())["review_items"] == 2
+            r = await client.post(f"/api/alerts/{spike.id}/verdict", headers=alice, json={"useful": False})
+            assert (await r.json()) | {"verdict": None} == {"verdict": None, "corrections": 0, "review_items": 0}
+            r = await client.post("/api/alerts/nope/verdict", headers=alice, json={"useful": True})
+            assert r.status == 404
+            # review items come before the older uncertain one
+            first = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert first["reasons"] == ["alert_review"] and first["message_id"] in dict(false_texts)
+            assert first["top"] and first["confidence"] > 0  # the model's figures from the scored row
+            prec = {p["rule"]: p for p in (await (await client.get("/api/alerts/precision", headers=alice)).json())["rules"]}
+            assert prec["negative_share"]["precision"] == 1.0
+            assert prec["sentiment_shock"]["precision"] == 0.0
+            assert prec["volume_spike"] == {"rule": "volume_spike", "alerts": 1, "useful": 0, "false": 1,
+                                            "unrated": 0, "precision": 0.0}
+
+        on_topic = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 2)
+        assert {c["message_id"] for c in on_topic} == set(dict(useful_texts))
+        requests = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_label_requests, 2)
+        assert {r["message_id"] for r in requests} == set(dict(false_texts))
+
+    asyncio.run(go())
+    confirmed = feedback.fetch_corrections("sentiment")
+    assert {c.message_id for c in confirmed} == set(dict(useful_texts))
+    assert all(c.source is CorrectionSource.alert_verdict and c.human_label == c.model_label for c in confirmed)
+    review = [i for i in feedback.fetch_items(task="sentiment") if SelectionReason.alert_review in i.request.reasons]
+    assert {i.request.message_id for i in review} == set(dict(false_texts))
+    assert all(i.request.alert_id == false.id for i in review)
+    assert [v.useful for v in store.fetch_verdicts([useful.id, false.id])] == [True, False]
+
+
+def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post("/api/tickets/b77-12/ack", headers=bearer(tokens["bob"]))
+            assert r.status == 202 and (await r.json())["ack"]["by"] == "bob"
+        acks = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_ticket_acks, 1)
+        assert [(a["message_id"], a["by"]) for a in acks] == [("b77-12", "bob")]
+
+    asyncio.run(go())
