@@ -17,6 +17,7 @@ from pathlib import Path
 from streams.settings import REPO_ROOT
 
 from .backends import Backend
+from .cluster import bookkeeping_table, cluster_statements
 from .compat import CompatLevel, level_for_version, render_sql, template_values
 from .errors import MigrationError
 
@@ -59,7 +60,21 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def _ensure_bookkeeping(backend: Backend, database: str) -> None:
+def rendered_statements(
+    mig: Migration, level: CompatLevel, values: dict[str, str], cluster: str | None = None
+) -> list[str]:
+    """The statements one migration runs: as written for a single node, or rewritten for a cluster."""
+    statements = render_sql(mig.template, level, values)
+    if not cluster:
+        return statements
+    return [out for statement in statements for out in cluster_statements(statement, cluster)]
+
+
+def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) -> None:
+    if cluster:
+        backend.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
+        backend.execute(bookkeeping_table(database, cluster))
+        return
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     backend.execute(
         f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
@@ -77,11 +92,14 @@ def schema_level(backend: Backend, database: str) -> CompatLevel | None:
 
 
 def migrate(
-    backend: Backend, *, database: str, ttl_days: int, directory: Path = MIGRATIONS_DIR
+    backend: Backend, *, database: str, ttl_days: int, directory: Path = MIGRATIONS_DIR,
+    cluster: str | None = None,
 ) -> MigrationReport:
-    """Create the database and apply pending migrations; safe to run on every start."""
+    """Create the database and apply pending migrations; safe to run on every start. With
+    ``cluster``, every statement runs ON CLUSTER with replicated local and Distributed tables
+    (see cluster.py)."""
     migrations = load_migrations(directory)
-    _ensure_bookkeeping(backend, database)
+    _ensure_bookkeeping(backend, database, cluster)
     server_level = level_for_version(backend.server_version)
     level = schema_level(backend, database) or server_level
     version_text = ".".join(map(str, backend.server_version))
@@ -114,7 +132,7 @@ def migrate(
                 )
             report.already_applied.append(mig.name)
             continue
-        for statement in render_sql(mig.template, level, values):
+        for statement in rendered_statements(mig, level, values, cluster):
             backend.execute(statement)
         backend.insert(
             f"{database}.schema_migrations",

@@ -262,7 +262,8 @@ def open_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_
     """Connect (server or embedded), apply pending migrations, and return the store."""
     backend = connect(settings)
     try:
-        report = migrate(backend, database=settings.clickhouse_database, ttl_days=settings.clickhouse_ttl_days)
+        report = migrate(backend, database=settings.clickhouse_database, ttl_days=settings.clickhouse_ttl_days,
+                         cluster=settings.clickhouse_cluster)
     except BaseException:
         backend.close()
         raise
