@@ -18,5 +18,5 @@ variant lr2e4-e10 --lr 2e-4 --epochs 10 > "$out/lr2e4-e10.txt" 2>&1 &
 variant lr1e4-e15-b16 --lr 1e-4 --epochs 15 --batch-size 16 > "$out/lr1e4-e15-b16.txt" 2>&1 &
 wait
 cat "$out"/*.txt
-VIGIL_DATA_DIR=/tmp/v-lr1e4-e10 python3 -m benchmarks.bench_scoring --task sentiment --n 65536 --batch 1024 \
+VIGIL_DATA_DIR=/tmp/v-lr1e4-e10 python3 -m streams.cli bench scoring --task sentiment --n 65536 --batch 1024 \
   --n-single 512 --device cuda 2>&1 | grep -v Warning | tee "$out/bench_scoring_gpu.txt"

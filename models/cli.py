@@ -64,8 +64,8 @@ def eval_command(
     png: Annotated[Path | None, typer.Option(help="Write the confusion matrix here")] = None,
 ) -> None:
     """Accuracy, macro-F1 and a per-class report of a registry model on a labelled CSV."""
-    from models.evaluate import evaluate, write_confusion_png
     from models.engine import load_scorer
+    from models.evaluate import evaluate, write_confusion_png
     from models.tasks import read_labelled_csv
 
     s = _settings(ctx)
@@ -149,8 +149,36 @@ def rollback_command(ctx: typer.Context, task: str) -> None:
     console.print(f"{task} champion rolled back to {version}")
 
 
+bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+
+
+@bench_app.command("scoring")
+def bench_scoring_command(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Option(help="sentiment or triage")] = "sentiment",
+    n: Annotated[int, typer.Option(help="Texts per contender")] = 2048,
+    n_single: Annotated[int, typer.Option(help="Texts for the one-call-per-message baseline")] = 256,
+    batch: Annotated[int, typer.Option(help="Batch size of the engine and the batched pipeline")] = 256,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda (default: settings)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto|fp32|int8|fp16|bf16 (default: settings)")] = None,
+    train_if_missing: Annotated[bool, typer.Option(help="Train a quick model when none exists")] = False,
+) -> None:
+    """This engine vs HF pipeline per message and HF pipeline batched: msgs/s, p50/p99 batch latency."""
+    from models.benchmark import bench_scoring
+    from models.registry import ModelNotFound
+
+    overrides = {k: v for k, v in {"device": device, "inference_precision": precision}.items() if v}
+    settings = _settings(ctx).model_copy(update=overrides)
+    try:
+        bench_scoring(settings, task, n=n, n_single=n_single, batch=batch, train_if_missing=train_if_missing,
+                      out=typer.echo)
+    except ModelNotFound as e:
+        raise _fail(e) from e
+
+
 def register(app: typer.Typer) -> None:
-    """Mount `train`, `eval` and the `models` group on the top-level CLI."""
+    """Mount `train`, `eval`, `bench` and the `models` group on the top-level CLI."""
+    app.add_typer(bench_app, name="bench")
     app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.add_typer(models_app, name="models")

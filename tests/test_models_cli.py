@@ -46,3 +46,14 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
 def test_missing_model_says_how_to_train(tmp_path):
     code, out = _run(["models", "show", "sentiment"], tmp_path / "empty")
     assert code == 1 and "vigil train --task sentiment" in out
+
+
+def test_bench_scoring_prints_each_contender_and_the_ratio(tiny_registry, tmp_path):
+    data_dir = tmp_path / "vigil"
+    shutil.copytree(tiny_registry, data_dir / "models")
+    code, out = _run(["bench", "scoring", "--n", "24", "--n-single", "4", "--batch", "8", "--device", "cpu"], data_dir)
+    assert code == 0, out
+    rates = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
+             if "msgs/s" in line}
+    assert set(rates) == {"engine", "pipeline/1", "pipeline/batch"} and all(r > 0 for r in rates.values())
+    assert "engine / pipeline(batch_size=8) = " in out

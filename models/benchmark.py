@@ -1,0 +1,91 @@
+"""`vigil bench scoring`: Vigil's engine vs Hugging Face pipelines, same model, same texts, same run.
+
+Texts are the bundled Twitter Financial News tweets. Prints msgs/s and p50/p99 per-batch latency for:
+  engine            Engine.score on batches of `batch` texts (length bucketing, inference_mode)
+  pipeline/1        pipeline("text-classification") called once per message
+  pipeline/batch    the same pipeline given each batch, batch_size=`batch`
+and the ratio engine / pipeline-batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import pipeline
+
+from models.engine import load_scorer
+from models.modeling import MeanPoolClassifier
+from models.registry import ModelNotFound, ModelRegistry
+from models.train import train_task
+from streams.settings import VigilSettings
+
+
+def tweets(settings: VigilSettings, n: int) -> list[str]:
+    with (settings.bundled_data_dir / "twitter_financial_news" / "train.csv").open(encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def run(name: str, fn: Callable[[list[str]], object], batches: list[list[str]], n: int,
+        out: Callable[[str], None]) -> float:
+    fn(batches[0])  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    lat = []
+    t0 = time.perf_counter()
+    for b in batches:
+        s = time.perf_counter()
+        fn(b)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        lat.append(time.perf_counter() - s)
+    total = time.perf_counter() - t0
+    rate = n / total
+    out(f"{name:<16} {rate:9.1f} msgs/s   batch p50 {1000 * np.percentile(lat, 50):8.1f} ms   "
+        f"p99 {1000 * np.percentile(lat, 99):8.1f} ms   ({len(batches)} batches)")
+    return rate
+
+
+def bench_scoring(
+    settings: VigilSettings, task: str, *, n: int, n_single: int, batch: int, train_if_missing: bool,
+    out: Callable[[str], None] = print,
+) -> float:
+    """Run the three contenders; returns engine / pipeline-batch."""
+    try:
+        ModelRegistry(settings.registry_dir).resolve(task, "champion")
+    except ModelNotFound:
+        if not train_if_missing:
+            raise
+        train_task(settings, task, "quick")
+    engine = load_scorer(settings, task)
+    dev = engine.device
+    out(f"task {task} {engine.model_version}  device {dev} "
+        f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'})  "
+        f"engine precision {engine.precision}  max_length {settings.max_length}  torch {torch.__version__}")
+    if engine.parity:
+        p = engine.parity
+        out(f"parity {p.precision} vs fp32 on {p.n} validation texts: {p.label_flips} label flips "
+            f"({100 * p.flip_rate:.2f}%), max |dprob| {p.max_abs_prob_diff:.4f}, "
+            f"{'accepted' if p.accepted else 'rejected -> fp32'}")
+
+    model_dir = ModelRegistry(settings.registry_dir).resolve(task, engine.model_version)
+    hf_dtype = torch.float16 if dev.type == "cuda" and engine.precision == "fp16" else (
+        torch.bfloat16 if dev.type == "cuda" and engine.precision == "bf16" else torch.float32)
+    hf_model = MeanPoolClassifier.from_pretrained(model_dir, dtype=hf_dtype).eval()
+    pipe = pipeline("text-classification", model=hf_model, tokenizer=engine.tokenizer, device=dev)
+    kw = {"truncation": True, "max_length": settings.max_length}
+
+    texts = tweets(settings, n)
+    batches = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    singles = [[t] for t in texts[:n_single]]
+    with torch.inference_mode():
+        r_engine = run("engine", engine.score, batches, len(texts), out)
+        run("pipeline/1", lambda b: pipe(b[0], **kw), singles, len(singles), out)
+        r_batch = run("pipeline/batch", lambda b: pipe(b, batch_size=batch, **kw), batches, len(texts), out)
+    ratio = r_engine / r_batch
+    out(f"engine / pipeline(batch_size={batch}) = {ratio:.2f}x")
+    return ratio
