@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Annotated
@@ -36,14 +37,12 @@ def main(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    ctx.obj = VigilSettings()
+    from streams.logs import configure_logging, make_handler
+
+    settings = VigilSettings()
+    rich = RichHandler(console=Console(stderr=True), show_path=False)
+    configure_logging(make_handler(settings, text_handler=rich), logging.DEBUG if verbose else logging.INFO)
+    ctx.obj = settings
 
 
 @app.command()
@@ -67,13 +66,19 @@ def demo(
 @app.command()
 def up(
     ctx: typer.Context,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group (several may share one GPU).")] = 1,
+    metrics_port: Annotated[int | None, typer.Option(help="Worker i serves Prometheus metrics on this port + i.")] = None,
 ) -> None:
     """Start the embedded parts (unless configured) and supervised workers; run until Ctrl-C."""
     from streams.runtime import kafka_bootstrap
     from streams.worker import WorkerProcess
 
     settings = _settings(ctx)
+    if workers > 1 and not settings.clickhouse_url:
+        raise typer.BadParameter(
+            "several workers cannot share the embedded ClickHouse (one process per chdb directory); "
+            "set VIGIL_CLICKHOUSE_URL to a clickhouse-server", param_hint="--workers",
+        )
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -84,7 +89,12 @@ def up(
     signal.signal(signal.SIGINT, _stop)
     with kafka_bootstrap(settings) as bootstrap:
         procs = [
-            WorkerProcess(bootstrap, settings.data_dir / "logs" / f"worker-{i}.log", {}) for i in range(workers)
+            WorkerProcess(
+                bootstrap, settings.data_dir / "logs" / f"worker-{i}.log",
+                {"VIGIL_WORKER_ID": f"{settings.worker_id or socket.gethostname()}-w{i}"},
+                ("--metrics-port", str(metrics_port + i)) if metrics_port else (),
+            )
+            for i in range(workers)
         ]
         for p in procs:
             p.start()
@@ -105,9 +115,15 @@ def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
 ) -> None:
     """Run one worker in the foreground against VIGIL_KAFKA_BROKERS."""
-    from streams.worker import run_worker
+    from streams.clickhouse import ClickHouseError
+    from streams.worker import WorkerConfigError, run_worker
 
-    run_worker(_settings(ctx), metrics_port)
+    try:
+        run_worker(_settings(ctx), metrics_port)
+    except (WorkerConfigError, ClickHouseError) as e:
+        # A log line, not a traceback: with VIGIL_LOG_FORMAT=json every line stays JSON.
+        logging.getLogger("streams.worker").critical("worker cannot start: %s", e)
+        raise typer.Exit(1) from None
 
 
 @app.command()

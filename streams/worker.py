@@ -18,6 +18,7 @@ from models.engine import load_scorer
 from streams.app import create_app
 from streams.clickhouse import open_store
 from streams.contracts import Kind
+from streams.logs import configure_logging, faust_logging_config, make_handler, settings_summary
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 
@@ -36,6 +37,10 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         raise WorkerConfigError(
             "a worker needs VIGIL_KAFKA_BROKERS; use `vigil up` to start one with the embedded broker"
         )
+    level = logging.getLogger().getEffectiveLevel()
+    handler = make_handler(settings, stream=sys.stderr)
+    configure_logging(handler, level)
+    log.info("worker starting", extra={"config": settings_summary(settings)})
     versions = {Kind.news: settings.sentiment_model, Kind.support: settings.triage_model}
     scorers = {kind: load_scorer(settings, TASK_BY_KIND[kind], versions[kind]) for kind in Kind}
     store = open_store(settings)
@@ -51,7 +56,11 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         metrics,
     )
     try:
-        faust.Worker(app, loglevel="INFO", redirect_stdouts=False).execute_from_commandline()
+        # mode's Worker replaces the root handlers; hand it ours so its lines are formatted alike.
+        faust.Worker(
+            app, loglevel=level, redirect_stdouts=False,
+            logging_config=faust_logging_config(level), loghandlers=[handler],
+        ).execute_from_commandline()
     finally:
         store.close()
 
@@ -63,6 +72,7 @@ class WorkerProcess:
     bootstrap: str
     log_path: Path
     extra_env: dict[str, str]
+    args: tuple[str, ...] = ()  # extra `vigil worker` options, e.g. ("--metrics-port", "9108")
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -70,7 +80,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streams.cli", "worker", *self.args],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

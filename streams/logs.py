@@ -1,0 +1,142 @@
+"""Log output for the CLI and the worker: plain text or one JSON object per line, secrets scrubbed.
+
+Scrubbing happens on the final formatted line, after arguments, extras and tracebacks have been
+rendered, so a secret cannot slip out through a field the formatter did not know about: every
+configured secret (the Kafka SASL password, the password in VIGIL_CLICKHOUSE_URL) and the password
+part of any ``scheme://user:password@host`` URL is replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from streams.settings import VigilSettings
+
+LogFormat = Literal["text", "json"]
+MASK = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_NOISY_LOGGERS = ("aiokafka", "kafka")
+
+
+def secrets_of(settings: VigilSettings) -> list[str]:
+    """The secret strings the settings hold, in every spelling they may be logged in."""
+    found: list[str] = []
+    if settings.kafka_sasl_password is not None:
+        found.append(settings.kafka_sasl_password.get_secret_value())
+    if settings.clickhouse_url:
+        password = urlsplit(settings.clickhouse_url).password
+        if password:
+            found += [password, unquote(password)]
+    # Longest first, so a secret containing another is masked whole.
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def settings_summary(settings: VigilSettings) -> dict[str, Any]:
+    """The settings as logged at start-up (SecretStr fields dump masked; URLs are scrubbed on output)."""
+    return settings.model_dump(mode="json")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, worker, the record's extras, and
+    ``exc`` with the traceback when there is one."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "worker": self.worker_id,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key not in doc and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Wraps a formatter and masks secrets in what it produced."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(self.inner.format(record), self.secrets)
+
+
+def text_formatter(worker_id: str) -> logging.Formatter:
+    return logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [{worker_id}] %(message)s")
+
+
+def make_handler(
+    settings: VigilSettings, *, worker_id: str | None = None, stream: IO[str] | None = None,
+    text_handler: logging.Handler | None = None,
+) -> logging.Handler:
+    """A handler writing ``settings.log_format`` lines with secrets masked.
+
+    ``text_handler`` replaces the plain stream handler in text mode (the CLI's rich console).
+    """
+    wid = worker_id or settings.worker_id or default_worker_id()
+    if settings.log_format == "json":
+        handler: logging.Handler = logging.StreamHandler(stream)
+        inner: logging.Formatter = JsonFormatter(wid)
+    elif text_handler is not None:
+        handler, inner = text_handler, logging.Formatter("%(message)s")
+    else:
+        handler, inner = logging.StreamHandler(stream), text_formatter(wid)
+    handler.setFormatter(ScrubbingFormatter(inner, secrets_of(settings)))
+    return handler
+
+
+def configure_logging(handler: logging.Handler, level: int) -> None:
+    """Make ``handler`` the root's only handler (the worker's faust setup calls this again)."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def faust_logging_config(level: int) -> dict[str, Any]:
+    """A dictConfig for mode's worker that installs no handler of its own and keeps other loggers
+    enabled; the worker passes ours as ``loghandlers``."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": level, "handlers": []},
+        "loggers": {name: {"level": logging.WARNING} for name in _NOISY_LOGGERS},
+    }

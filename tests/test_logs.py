@@ -1,0 +1,126 @@
+"""Structured logs: the JSON line format, and secrets that never reach the output.
+
+The end-to-end check runs the real `vigil worker` in a subprocess with a Kafka SASL password and a
+password in VIGIL_CLICKHOUSE_URL: it logs its configuration at start-up, loads the tiny real
+models, then fails to reach ClickHouse (nothing listens on the port) and reports that. Neither
+secret may appear anywhere in what it printed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from streams.logs import JsonFormatter, ScrubbingFormatter, make_handler, scrub, secrets_of
+from streams.settings import REPO_ROOT, VigilSettings
+
+KAFKA_SECRET = "kafka-s3cret-Xq9v"
+CH_SECRET = "ch-p@ss:w0rd/Zk7"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _secret_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
+        "VIGIL_KAFKA_BROKERS": f"127.0.0.1:{_closed_port()}",
+        "VIGIL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "VIGIL_KAFKA_SASL_MECHANISM": "PLAIN",
+        "VIGIL_KAFKA_SASL_USERNAME": "vigil",
+        "VIGIL_KAFKA_SASL_PASSWORD": KAFKA_SECRET,
+        "VIGIL_CLICKHOUSE_URL": f"clickhouse://vigil:{quote(CH_SECRET, safe='')}@127.0.0.1:{_closed_port()}",
+        "VIGIL_DEVICE": "cpu",
+    }
+
+
+def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("vigil.test", logging.WARNING, __file__, 1, msg, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_json_line_carries_time_level_logger_message_worker_and_extras():
+    line = JsonFormatter("node-a-w0").format(_record("batch of %d", 64, partition=3, topic="news"))
+    doc = json.loads(line)
+    assert "\n" not in line
+    assert doc["level"] == "WARNING" and doc["logger"] == "vigil.test" and doc["message"] == "batch of 64"
+    assert doc["worker"] == "node-a-w0"
+    assert doc["partition"] == 3 and doc["topic"] == "news"
+    assert doc["time"].endswith("+00:00")
+
+
+def test_exception_stays_inside_one_json_line():
+    try:
+        raise ValueError("first\nsecond")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    line = JsonFormatter("w").format(record)
+    assert len(line.splitlines()) == 1
+    assert "ValueError: first" in json.loads(line)["exc"]
+
+
+def test_scrub_masks_configured_secrets_and_any_url_password(tmp_path: Path, monkeypatch):
+    for k, v in _secret_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    secrets = secrets_of(settings)
+    assert KAFKA_SECRET in secrets and CH_SECRET in secrets
+    text = f"url={settings.clickhouse_url} pw={KAFKA_SECRET} raw={CH_SECRET} other=http://u:hunter2@h:1/x"
+    out = scrub(text, secrets)
+    for secret in (KAFKA_SECRET, CH_SECRET, quote(CH_SECRET, safe=""), "hunter2"):
+        assert secret not in out
+    assert "clickhouse://vigil:***@127.0.0.1" in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_handler_masks_secrets_in_message_args_and_extras(fmt: str, tmp_path: Path, monkeypatch):
+    for k, v in {**_secret_env(tmp_path), "VIGIL_LOG_FORMAT": fmt}.items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    stream = io.StringIO()
+    handler = make_handler(settings, worker_id="w1", stream=stream)
+    assert isinstance(handler.formatter, ScrubbingFormatter)
+    handler.emit(_record("connecting to %s", settings.clickhouse_url, config=settings.model_dump(mode="json"),
+                         password=KAFKA_SECRET))
+    out = stream.getvalue()
+    assert KAFKA_SECRET not in out and CH_SECRET not in out and quote(CH_SECRET, safe="") not in out
+    assert "***" in out and "w1" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_worker_start_up_and_clickhouse_failure_never_print_secrets(fmt: str, tmp_path: Path, tiny_registry: Path):
+    env = {**os.environ, **_secret_env(tmp_path), "VIGIL_LOG_FORMAT": fmt, "VIGIL_WORKER_ID": "secret-test-w0"}
+    shutil.copytree(tiny_registry, tmp_path / "vigil" / "models")
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, "the worker should have failed: nothing listens on the ClickHouse port"
+    assert "cannot reach ClickHouse at clickhouse://vigil:***@127.0.0.1" in out, out[-3000:]
+    for secret in (KAFKA_SECRET, CH_SECRET, quote(CH_SECRET, safe="")):
+        assert secret not in out, f"{secret!r} was printed"
+    if fmt == "json":
+        lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # all JSON
+        start, last = lines[0], lines[-1]
+        assert last["level"] == "CRITICAL" and "cannot reach ClickHouse" in last["message"]
+        assert start["message"] == "worker starting" and start["worker"] == "secret-test-w0"
+        assert start["config"]["kafka_sasl_password"] == "**********"
+        assert start["config"]["clickhouse_url"].startswith("clickhouse://vigil:***@")
+    else:
+        assert "[secret-test-w0] worker starting" in done.stderr
