@@ -20,6 +20,7 @@ from models.evaluate import EvalReport, evaluate
 from models.modeling import MeanPoolClassifier, init_from_encoder
 from models.registry import ModelCard, ModelRegistry
 from models.tasks import get_task
+from streams.alerting.triage import calibration_summary
 from streams.settings import VigilSettings
 
 Profile = Literal["quick", "full"]
@@ -50,6 +51,11 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 13
     seed: int = 0
+    calibration_precision: float = Field(
+        0.9, gt=0, le=1, description="Precision wanted of automatically routed predictions; the lowest "
+        "validation confidence threshold reaching it is recorded in the card (metrics.calibration).",
+    )
+    calibration_min_support: int = Field(20, ge=1, description="Validation predictions the threshold must keep.")
 
 
 def profile_config(profile: Profile, task: str, **overrides: object) -> TrainConfig:
@@ -213,6 +219,14 @@ def train(
     assert best is not None  # the loop validates at least once: step reaches total
     _, report, state = best
     model.load_state_dict(state)
+    model.eval()
+    # The confidence below which predictions go to people, set on the same held-out split.
+    val_probs = predict_probs(model, val_ids, tokenizer.pad_token_id, 128, dev, autocast)
+    calibration = calibration_summary(
+        zip(val_probs.max(1).tolist(), [labels[i] == t for i, t in zip(val_probs.argmax(1), val_true, strict=True)],
+            strict=True),
+        cfg.calibration_precision, min_support=cfg.calibration_min_support,
+    )
     model = model.to("cpu").float().eval()
     eval_set = (f"held-out validation split of {'+'.join(sources)} (val_fraction={cfg.val_fraction}, "
                 f"split_seed={cfg.split_seed}" + (f", sample of {len(val_rows)}" if cfg.val_cap else "") + ")")
@@ -225,7 +239,7 @@ def train(
         model_name=spec.model_name,
         labels=list(labels),
         metrics={**report.summary(eval_set), "steps": step, "stopped_early": stopped_early,
-                 "train_rows": len(train_rows)},
+                 "train_rows": len(train_rows), "calibration": calibration},
         data_fingerprint=fingerprint(train_rows, split_cfg, sources),
         base_encoder=str(encoder_dir),
         max_length=cfg.max_length,

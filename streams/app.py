@@ -101,7 +101,7 @@ def create_app(
         app,
         settings,
         scored_topic=scored_topic,
-        triage_labels=scorers[Kind.support]().labels,
+        triage_scorer=scorers[Kind.support](),
         store=store,
         metrics=metrics,
         io_executor=io_executor,

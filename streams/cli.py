@@ -179,7 +179,14 @@ def _mount_labelling_commands() -> None:
     register(app)
 
 
+def _mount_triage_commands() -> None:
+    from streams.triage_cli import register
+
+    register(app)
+
+
 _mount_model_commands()
+_mount_triage_commands()
 _mount_labelling_commands()
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from models.triage_mapping import read_triage_mapping
+from models.triage_mapping import DEFAULT_PATH, read_triage_mapping
 from streams.alerting.triage import triage_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka_config import admin_kwargs
@@ -20,7 +20,7 @@ def all_topics(settings: VigilSettings) -> list[str]:
     return [
         settings.topic_news, settings.topic_support, settings.topic_scored, settings.topic_dlq, settings.topic_alerts,
         settings.topic_label_requests, settings.topic_corrections, settings.topic_model_events,
-        settings.topic_ticket_acks, *triage_topics(settings.topic_triage_prefix, read_triage_mapping()),
+        settings.topic_ticket_acks, *triage_topics(settings.topic_triage_prefix, read_triage_mapping(settings.triage_mapping_path or DEFAULT_PATH)),
     ]
 
 

@@ -88,6 +88,9 @@ class VigilSettings(BaseSettings):
         "alert. Unset: the triage model's calibrated threshold (its card), else the rules' "
         "triage.min_confidence.",
     )
+    triage_mapping_path: Path | None = Field(
+        None, description="Intent -> queue, priority, SLA table (JSON). Unset: models/triage_mapping.json.",
+    )
     topic_triage_prefix: str = Field(
         "vigil.triage.", description="Each queue's tickets go to <prefix><queue>; low-confidence ones "
         "to <prefix>human-triage.",

@@ -9,9 +9,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from models.registry import ModelCard
 from models.triage_mapping import TriageMapping
 from streams.alerting.baselines import KeyedBaselines
-from streams.alerting.contracts import HUMAN_TRIAGE, Alert, ContributingMessage, Severity, TriageTicket, as_aware
+from streams.alerting.contracts import (
+    HUMAN_TRIAGE,
+    Alert,
+    ContributingMessage,
+    Severity,
+    TriageTicket,
+    as_aware,
+)
 from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry_changes
 from streams.alerting.windows import HoppingWindows, WindowFigures
 from streams.contracts import Kind, ScoredMessage
@@ -261,3 +269,23 @@ def calibrate_threshold(
             f"(of {len(ordered)}, highest confidence {top:.3f}); lower the target or improve the model"
         )
     return best
+
+
+def calibration_summary(
+    pairs: Iterable[tuple[float, bool]], target_precision: float, *, min_support: int
+) -> dict[str, float | int | str]:
+    """What a model card records about its low-confidence threshold: the calibration, or why
+    there is none (the worker then falls back to the rules' min_confidence)."""
+    pairs = list(pairs)
+    base: dict[str, float | int | str] = {"target_precision": target_precision, "n": len(pairs)}
+    try:
+        c = calibrate_threshold(pairs, target_precision, min_support=min_support)
+    except CalibrationError as e:
+        return {**base, "error": str(e)}
+    return {**base, "threshold": c.threshold, "precision": c.precision, "coverage": c.coverage, "support": c.support}
+
+
+def calibrated_threshold(card: ModelCard) -> float | None:
+    """The confidence threshold calibrated at train time on the card's validation split, if any."""
+    summary = (card.metrics.model_extra or {}).get("calibration") if card.metrics else None
+    return float(summary["threshold"]) if isinstance(summary, dict) and "threshold" in summary else None

@@ -1,0 +1,116 @@
+"""The alerting processor's state without a broker: tickets out of the stream, acks that stop an
+escalation, the low-confidence threshold's precedence (setting > calibrated > rules), and rules
+reloaded from a real file while running (an invalid file is refused, the old rules stay).
+
+Its topics are real faust topic objects of an app that is never started; nothing here sends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import faust
+import pytest
+
+from models.triage_mapping import load_triage_mapping
+from streams.alerting.agent import AlertingProcessor, min_confidence_for, reload_rules
+from streams.alerting.contracts import HUMAN_TRIAGE, TicketAck
+from streams.alerting.reload import RulesWatcher
+from streams.alerting.rules import AlertRules, RulesError
+from streams.clickhouse import open_store
+from streams.contracts import SupportMessage
+from streams.metrics import Metrics
+from streams.settings import VigilSettings
+from streams.watchdog import ProgressWatchdog
+from tests.fixtures.alerting import DATA, scored
+
+T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+INTENTS = json.loads((DATA / "banking77" / "categories.json").read_text())
+MAPPING = load_triage_mapping(INTENTS)
+P1 = next(i for i in INTENTS if MAPPING.route(i).priority == "P1")
+P4 = next(i for i in INTENTS if MAPPING.route(i).priority == "P4")
+
+
+def support(mid: str, intent: str, t: datetime, confidence: float) -> bytes:
+    m = SupportMessage(id=mid, channel="chat", customer_id="c-1", text=f"message {mid}", created_at=t)
+    return scored(m, intent, INTENTS).model_copy(update={"confidence": confidence}).model_dump_json().encode()
+
+
+@pytest.fixture
+def make_processor(tmp_path: Path):
+    store = open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None))
+    app = faust.App("t-processor", broker="kafka://127.0.0.1:1", web_enabled=False, datadir=str(tmp_path / "faust"))
+    executor = ThreadPoolExecutor(1)
+
+    def make(rules: AlertRules = AlertRules(), setting: float | None = None, calibrated: float | None = None):
+        return AlertingProcessor(
+            rules=rules, mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
+            alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
+            store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
+            watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
+        )
+
+    yield make
+    executor.shutdown()
+    store.close()
+
+
+def test_each_support_message_becomes_a_ticket_and_unsure_ones_go_to_human_triage(make_processor) -> None:
+    p = make_processor(setting=0.7)
+    out = p.feed([support("a", P1, T0, 0.9), support("b", P4, T0, 0.69), b"not json"], wall=0.0)
+    by_id = {t.message_id: t for t in out.tickets}
+    assert (by_id["a"].queue, by_id["a"].human_triage) == (MAPPING.route(P1).queue, False)
+    assert (by_id["b"].queue, by_id["b"].routed_queue, by_id["b"].human_triage) == (HUMAN_TRIAGE, MAPPING.route(P4).queue, True)
+    assert [a.rule for a in out.alerts] == ["priority_intent"]  # the confident P1 only
+
+
+def test_an_acked_p1_does_not_escalate_and_an_unacked_one_does(make_processor) -> None:
+    p = make_processor(setting=0.0)
+    p.feed([support("acked", P1, T0, 0.9), support("forgotten", P1, T0, 0.9)], wall=0.0)
+    acks = p.acknowledge([TicketAck(message_id="acked", by="ana", at=T0).model_dump_json().encode(), b"{}"])
+    assert [a.message_id for a in acks] == ["acked"]
+    sla = MAPPING.route(P1).sla_minutes
+    later = support("later", P4, T0 + timedelta(minutes=sla + 1), 0.9)
+    out = p.feed([later], wall=1.0)
+    out.alerts += p.tick(wall=1.0).alerts
+    assert [(a.rule, a.top_messages[0].id) for a in out.alerts if a.rule == "sla_breach"] == [("sla_breach", "forgotten")]
+
+
+def test_the_threshold_is_the_setting_else_the_calibration_else_the_rules() -> None:
+    rules = AlertRules.from_mapping({"triage": {"min_confidence": 0.4}})
+    assert min_confidence_for(0.8, 0.3, rules) == 0.8
+    assert min_confidence_for(0.0, 0.3, rules) == 0.0
+    assert min_confidence_for(None, 0.3, rules) == 0.3
+    assert min_confidence_for(None, None, rules) == 0.4
+
+
+def test_rules_reload_swaps_valid_files_and_refuses_invalid_ones(make_processor, tmp_path: Path, caplog) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"version": "1", "triage": {"alert_priorities": ["P1"]}}))
+    p = make_processor(rules=AlertRules.from_file(path))
+    watcher = RulesWatcher(path)
+    reload_rules(p, watcher)
+    assert p.rules.version == "1"  # unchanged file: nothing to do
+
+    path.write_text(json.dumps({"version": "2", "triage": {"alert_priorities": ["P1", "P4"], "min_confidence": 0.3}}))
+    reload_rules(p, watcher)
+    assert (p.rules.version, p.min_confidence) == ("2", 0.3)
+    out = p.feed([support("p4", P4, T0, 0.9)], wall=0.0)
+    assert [a.rule for a in out.alerts] == ["priority_intent"]  # P4 now alerts too
+
+    caplog.set_level(logging.ERROR, logger="streams.alerting.agent")
+    path.write_text(json.dumps({"version": "3", "triage": {"min_confidence": 7}}))
+    reload_rules(p, watcher)
+    assert p.rules.version == "2"
+    assert "NOT reloaded" in caplog.text and "triage.min_confidence" in caplog.text
+
+    caplog.clear()
+    path.write_text(json.dumps({"version": "4", "sentiment": {"window": {"size_minutes": 30}}}))
+    reload_rules(p, watcher)
+    assert p.rules.version == "2" and "sentiment.window" in caplog.text
+    with pytest.raises(RulesError, match="triage.intent_spike.window"):
+        p.swap_rules(AlertRules.from_mapping({"triage": {"intent_spike": {"window": {"size_minutes": 30}}}}))
