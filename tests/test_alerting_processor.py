@@ -46,9 +46,9 @@ def make_processor(tmp_path: Path):
     app = faust.App("t-processor", broker="kafka://127.0.0.1:1", web_enabled=False, datadir=str(tmp_path / "faust"))
     executor = ThreadPoolExecutor(1)
 
-    def make(rules: AlertRules = AlertRules(), setting: float | None = None, calibrated: float | None = None):
+    def make(rules: AlertRules | None = None, setting: float | None = None, calibrated: float | None = None):
         return AlertingProcessor(
-            rules=rules, mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
+            rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
             alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
             store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
             watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
