@@ -57,9 +57,9 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
     )
     try:
         # mode's Worker replaces the root handlers; hand it ours so its lines are formatted alike.
+        app.conf.loghandlers = [handler]
         faust.Worker(
-            app, loglevel=level, redirect_stdouts=False,
-            logging_config=faust_logging_config(level), loghandlers=[handler],
+            app, loglevel=level, redirect_stdouts=False, logging_config=faust_logging_config(level),
         ).execute_from_commandline()
     finally:
         store.close()
