@@ -603,6 +603,22 @@ async def serve(settings: VigilSettings, store: ClickHouseStore, bootstrap: str,
         await publisher.stop()
 
 
+def attach_to_worker(app: Any, settings: VigilSettings, store: ClickHouseStore) -> None:
+    """Serve the UI from a faust worker (``vigil up`` worker 0), on the worker's ClickHouse store:
+    embedded chdb admits one process, so a separate UI process could not open it. The task is
+    cancelled when the worker stops, which closes the site and the producer."""
+
+    async def label_ui() -> None:
+        try:
+            await serve(settings, store, settings.kafka_brokers or "",
+                        ready=lambda url: log.info("labelling UI on %s", url))
+        except OSError as e:
+            # A taken port must not take the stream down with it.
+            log.error("labelling UI not served on %s:%s: %s", settings.ui_host, settings.ui_port, e)
+
+    app.task(label_ui)
+
+
 __all__ = [
     "AckOut", "CorrectionIn", "CorrectionOut", "ItemView", "LabelIn", "LabelSets", "LeaseIn", "LeaseOut",
     "PrecisionOut", "QueueOut", "Service", "StatsOut", "StepIn", "StepOut", "VerdictIn", "VerdictOut",

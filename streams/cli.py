@@ -68,6 +68,7 @@ def up(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group (several may share one GPU).")] = 1,
     metrics_port: Annotated[int | None, typer.Option(help="Worker i serves Prometheus metrics on this port + i.")] = None,
+    label_ui: Annotated[bool, typer.Option(help="Worker 0 serves the labelling UI on VIGIL_UI_HOST:VIGIL_UI_PORT.")] = True,
 ) -> None:
     """Start the embedded parts (unless configured) and supervised workers; run until Ctrl-C."""
     from streams.runtime import kafka_bootstrap
@@ -91,7 +92,9 @@ def up(
         procs = [
             WorkerProcess(
                 bootstrap, settings.data_dir / "logs" / f"worker-{i}.log",
-                {"VIGIL_WORKER_ID": f"{settings.worker_id or socket.gethostname()}-w{i}"},
+                {"VIGIL_WORKER_ID": f"{settings.worker_id or socket.gethostname()}-w{i}",
+                 # worker 0 hosts the labelling UI: it shares that worker's ClickHouse (chdb is one process)
+                 **({"VIGIL_UI_IN_WORKER": "1"} if label_ui and i == 0 else {})},
                 ("--metrics-port", str(metrics_port + i)) if metrics_port else (),
             )
             for i in range(workers)
@@ -99,6 +102,11 @@ def up(
         for p in procs:
             p.start()
         console.print(f"[green]Vigil up[/]: Kafka {bootstrap}, {workers} worker(s); Ctrl-C stops.")
+        if label_ui:
+            console.print(
+                f"labelling UI: http://{settings.ui_host}:{settings.ui_port}/ once worker 0 is up "
+                "(tokens: `vigil annotators add NAME`)"
+            )
         try:
             while not stopping:
                 time.sleep(1.0)

@@ -131,6 +131,9 @@ class VigilSettings(BaseSettings):
     ui_queue_refresh_s: float = Field(
         5.0, gt=0, description="How often the UI re-reads open items from ClickHouse (new requests)."
     )
+    ui_in_worker: bool = Field(
+        False, description="This worker also serves the labelling UI (`vigil up` sets it for worker 0)."
+    )
 
     # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
     log_format: Literal["text", "json"] = Field(

@@ -16,6 +16,7 @@ const state = {
 };
 
 class Unauthorized extends Error {}
+class Conflict extends Error {}  // e.g. our lease expired and someone else took the item
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -25,7 +26,9 @@ async function api(method, path, body) {
   });
   if (res.status === 401) throw new Unauthorized("token refused");
   const data = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(data.error || `${res.status} ${res.statusText}`);
+  const message = data.error || `${res.status} ${res.statusText}`;
+  if (res.status === 409) throw new Conflict(message);
+  if (!res.ok) throw new Error(message);
   return data;
 }
 
@@ -159,6 +162,9 @@ async function run(action) {
       localStorage.removeItem(TOKEN_KEY);
       state.token = "";
       showLogin("That token was refused; paste a valid one.");
+    } else if (e instanceof Conflict) {
+      toast(e.message, true);
+      await lease().catch((err) => toast(err.message, true));
     } else {
       toast(e.message, true);
     }
