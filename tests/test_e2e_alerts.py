@@ -20,10 +20,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from typer.testing import CliRunner
 
 from models.triage_mapping import DEFAULT_PATH, TriageMapping
+from streams.alerting.contracts import HUMAN_TRIAGE, TicketAck, TriageTicket
+from streams.alerting.triage import queue_topic
+from streams.cli import app as vigil_cli
 from streams.clickhouse import open_store
+from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind
 from streams.follow import Tracker, follow, wait_for
 from streams.replay import OutgoingMessage, replay
@@ -32,6 +37,7 @@ from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.fixtures.alerting import DATA as DATA_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -216,3 +222,170 @@ def test_burst_and_urgent_ticket_raise_alerts_while_a_dead_webhook_stalls_nothin
     assert (urgent.intent, urgent.queue) == (ticket.label, route.queue)
     assert urgent.severity == ("critical" if route.priority == "P1" else "warning")
     assert urgent.window_end - urgent.window_start == timedelta(minutes=route.sla_minutes)
+
+
+# --- live triage: queue topics, human triage, the triage table, acks and escalation ---------------
+
+TRIAGE_TEXTS = 12
+
+
+@pytest.fixture
+def triage_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker, monkeypatch):
+    """A worker whose mapping makes every intent P1 with a one-minute SLA (the queues stay the
+    bundled mapping's), and whose low-confidence threshold splits the texts it will see: the
+    test scores them first with the same tiny model and puts the threshold in the widest gap."""
+    import csv
+
+    with (DATA_DIR / "banking77" / "train.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    texts = [r["text"] for r in rows[:: len(rows) // TRIAGE_TEXTS]][:TRIAGE_TEXTS]
+    confidences = sorted(p.confidence for p in tiny_scorers["triage"].score(texts))
+    # The widest gap away from the ends, so both sides keep at least two texts.
+    i = max(range(1, len(confidences) - 2), key=lambda k: confidences[k + 1] - confidences[k])
+    threshold = (confidences[i] + confidences[i + 1]) / 2
+
+    bundled = TriageMapping.model_validate_json(DEFAULT_PATH.read_bytes())
+    urgent = bundled.model_copy(update={
+        "version": "test-all-p1",
+        "intents": {k: r.model_copy(update={"priority": "P1", "sla_minutes": 1}) for k, r in bundled.intents.items()},
+    })
+    mapping_path = tmp_path / "mapping.json"
+    mapping_path.write_text(urgent.model_dump_json())
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
+        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+        "VIGIL_TOPIC_NEWS": f"tr{run}.news",
+        "VIGIL_TOPIC_SUPPORT": f"tr{run}.support",
+        "VIGIL_TOPIC_SCORED": f"tr{run}.scored",
+        "VIGIL_TOPIC_DLQ": f"tr{run}.dlq",
+        "VIGIL_TOPIC_ALERTS": f"tr{run}.alerts",
+        "VIGIL_TOPIC_TRIAGE_PREFIX": f"tr{run}.triage.",
+        "VIGIL_TOPIC_TICKET_ACKS": f"tr{run}.acks",
+        "VIGIL_TOPIC_PARTITIONS": "1",
+        "VIGIL_CONSUMER_GROUP": f"g{run}",
+        "VIGIL_BATCH_MAX": "64",
+        "VIGIL_BATCH_WITHIN_S": "0.2",
+        "VIGIL_MAX_LENGTH": "64",  # as tiny_scorers score
+        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
+        "VIGIL_TRIAGE_MAPPING_PATH": str(mapping_path),
+        "VIGIL_TRIAGE_MIN_CONFIDENCE": repr(threshold),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    shutil.copytree(tiny_registry, settings.registry_dir)
+    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
+    yield settings, worker, texts, threshold, urgent
+    worker.stop(timeout_s=10)
+
+
+async def _collect(settings: VigilSettings, topics: list[str], done, timeout_s: float) -> dict[str, list]:
+    """Records per topic (from the start) until ``done(records)`` holds or time runs out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, 0) for t in topics]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        got: dict[str, list] = {t: [] for t in topics}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not done(got) and asyncio.get_running_loop().time() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                got[tp.topic] += records
+        return got
+    finally:
+        await consumer.stop()
+
+
+async def _send(settings: VigilSettings, topic: str, key: bytes, value: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+def _support(id_: str, text: str, at: datetime) -> OutgoingMessage:
+    return OutgoingMessage.raw(Kind.support, id_, support_json(id=id_, text=text, created_at=at.isoformat()))
+
+
+def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_escalate(triage_stack):
+    settings, worker, texts, threshold, mapping = triage_stack
+    queue_topics = {q: queue_topic(settings.topic_triage_prefix, q) for q in (*mapping.queues, HUMAN_TRIAGE)}
+    ids = [f"t-{i}" for i in range(len(texts))]
+    worker.start()
+
+    def tickets(got: dict[str, list]) -> dict[str, tuple[str, TriageTicket]]:
+        out = {}
+        for queue, topic in queue_topics.items():
+            for r in got.get(topic, []):
+                t = TriageTicket.model_validate_json(r.value)
+                assert r.key.decode() == t.message_id
+                out[t.message_id] = (queue, t)
+        return out
+
+    # 1. Every message comes out as a ticket on one queue topic.
+    asyncio.run(replay(settings.kafka_brokers, settings.raw_topics,
+                       [_support(i, t, T0) for i, t in zip(ids, texts, strict=True)], rate_per_s=0))
+    first = tickets(asyncio.run(_collect(settings, list(queue_topics.values()),
+                                         lambda got: len(tickets(got)) >= len(ids), timeout_s=240)))
+    assert set(first) == set(ids), f"tickets seen: {sorted(first)}"
+
+    # 2. One ticket is acknowledged before its SLA runs out (in event time); then the support
+    #    stream moves on past every due time.
+    acked = ids[0]
+    ack = TicketAck(message_id=acked, by="agent-7", at=T0 + timedelta(seconds=30))
+    asyncio.run(_send(settings, settings.topic_ticket_acks, acked.encode(), ack.model_dump_json().encode()))
+    assert _wait_for_log(worker.log_path, f"ticket {acked} acknowledged", timeout_s=60), "the ack was not taken"
+    asyncio.run(replay(settings.kafka_brokers, settings.raw_topics,
+                       [_support("t-late", "I still have not got my card", T0 + timedelta(minutes=10))], rate_per_s=0))
+
+    def breaches(got: dict[str, list]) -> list[dict]:
+        return [a for a in map(json.loads, (r.value for r in got[settings.topic_alerts])) if a["rule"] == "sla_breach"]
+
+    got = asyncio.run(_collect(settings, [settings.topic_alerts, *queue_topics.values()],
+                               lambda g: len(breaches(g)) >= len(ids) - 1 and "t-late" in tickets(g), timeout_s=120))
+    on_topics = tickets(got)
+    assert worker.stop() == 0
+
+    # Escalations: every unacknowledged ticket past its one-minute SLA, none for the acked one or
+    # for t-late (due at minute 11, and the stream only reached minute 10).
+    assert sorted(a["top_messages"][0]["id"] for a in breaches(got)) == sorted(set(ids) - {acked})
+
+    store = open_store(settings)
+    try:
+        triage = TriageStore(store)
+        stored = {t.message_id: t for t in triage.fetch_tickets()}
+        scored = {m.id: m for m in store.fetch_scored(Kind.support, [*ids, "t-late"])}
+        acked_ids = triage.acked_ids()
+        summary = triage.sla_summary(T0 + timedelta(minutes=5))
+    finally:
+        store.close()
+
+    # The table holds what the topics carried, each on its queue's topic; unsure ones in human triage.
+    assert set(stored) == set(on_topics) == {*ids, "t-late"}
+    for mid, (queue, ticket) in on_topics.items():
+        s = scored[mid]
+        human = s.confidence < threshold
+        assert (ticket.human_triage, ticket.queue) == (human, HUMAN_TRIAGE if human else mapping.route(s.label).queue)
+        assert queue == ticket.queue
+        assert (ticket.intent, ticket.routed_queue, ticket.priority, ticket.sla_minutes) == (
+            s.label, mapping.route(s.label).queue, "P1", 1)
+        assert ticket.text == s.text and ticket.model_version == s.model_version
+        assert stored[mid].queue == ticket.queue and stored[mid].due_at == ticket.due_at
+    humans = {mid for mid in ids if on_topics[mid][1].human_triage}
+    assert humans and humans != set(ids), "the threshold was meant to split the texts"
+
+    # SLA states five minutes in: the acked one acked, the rest of the first batch breached, t-late open.
+    assert acked_ids == {acked}
+    totals = {f: sum(getattr(r, f) for r in summary) for f in ("open", "acked", "breached")}
+    assert totals == {"open": 1, "acked": 1, "breached": len(ids) - 1}
+    assert {r.queue for r in summary} == {t.queue for t in stored.values()}
+
+    result = CliRunner().invoke(vigil_cli, ["triage", "status", "--at", (T0 + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")])
+    assert result.exit_code == 0, result.output
+    assert "breached" in result.output and HUMAN_TRIAGE in result.output
