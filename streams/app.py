@@ -1,5 +1,5 @@
-"""The faust app: one scoring agent per message kind, the alerting agent on the scored topic, a
-watchdog timer, nothing else.
+"""The faust app: one scoring agent per message kind, the alerting agent on the scored topic, the
+feedback agents (label queue, drift; feedback/agent.py), a watchdog timer, nothing else.
 
 Everything here wires parts together; the logic lives in streams/pipeline.py (scoring),
 streams/alerting (alerts), streams/watchdog.py (stalls) and streams/clickhouse (storage).
@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
+from feedback.agent import register_feedback
 from models.scoring import Scorer
 from streams.agents import BatchProcessor, make_agent
 from streams.alerting.agent import register_alerting
@@ -105,6 +106,10 @@ def create_app(
         store=store,
         metrics=metrics,
         io_executor=io_executor,
+        watchdog=watchdog,
+    )
+    register_feedback(
+        app, settings, scored_topic=scored_topic, store=store, metrics=metrics, io_executor=io_executor,
         watchdog=watchdog,
     )
 

@@ -1,0 +1,241 @@
+"""The feedback adapter: faust agents that feed the selection policy and the drift monitors, and
+make what they produce durable. The logic lives in feedback/selection.py and feedback/drift.py.
+
+- scored topic -> Selector -> LabelRequests to the label-requests topic (key: item id) and the
+  label_queue table; each message also feeds the confidence and label-mix monitors.
+- alerts topic -> each alert's contributing messages, read back from ClickHouse (the scored row
+  carries what a request needs), are requested with reason 'alert'.
+- corrections topic -> corrections of 'audit' items feed the audited-error monitor.
+- drift events -> the model-events topic and the model_events table.
+
+Per micro-batch: publish (awaited), write to ClickHouse (retried until it succeeds), then ack the
+offsets by hand (``noack_take``). A replay re-selects the same item ids (uuid5 of task, message and
+model version), and the store never duplicates or reopens a queued item, so label_queue shows each
+item once; the label-requests topic is at least once, keyed by item id.
+
+Selector and monitor state is in memory (bounded): a restart forgets the hour's budget use, the
+fingerprints of recent texts and the drift windows. Like alerting, this assumes ONE feedback
+consumer per topic partition set; with several workers each selects from its own share.
+Support text on the scored topic is already PII-masked; requests mask it again (a no-op there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+from faust.types import StreamT, TopicT
+from pydantic import BaseModel, ValidationError
+
+from feedback.contracts import Correction, LabelRequest, ModelEvent, SelectionReason
+from feedback.drift import DriftMonitor
+from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
+from feedback.store import FeedbackStore
+from streams.alerting.contracts import Alert
+from streams.clickhouse import ClickHouseStore, StorageUnavailable
+from streams.contracts import Kind, ScoredMessage
+from streams.metrics import Metrics
+from streams.settings import VigilSettings
+from streams.watchdog import ProgressWatchdog
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+KIND_OF_ALERT = {"sentiment": Kind.news, "triage": Kind.support}
+# The scoring agent publishes a message before it writes it to ClickHouse, and alerting reads the
+# topic: an alert can arrive before its messages are stored. Wait this long for them at most.
+_CONTRIBUTOR_WAIT_S = 30.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def decode_all(model: type[M], values: Sequence[bytes], topic: str) -> list[M]:
+    out = []
+    for value in values:
+        try:
+            out.append(model.model_validate_json(value))
+        except ValidationError as exc:
+            log.error("skipping a %s record that is not a %s: %s", topic, model.__name__, exc)
+    return out
+
+
+class FeedbackProcessor:
+    def __init__(
+        self,
+        *,
+        selector: Selector,
+        drift: DriftMonitor,
+        requests_topic: TopicT,
+        model_events_topic: TopicT,
+        store: ClickHouseStore,
+        feedback: FeedbackStore,
+        metrics: Metrics,
+        io_executor: ThreadPoolExecutor,
+        retry_max_s: float,
+        watchdog: ProgressWatchdog,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._selector = selector
+        self._drift = drift
+        self._requests_topic = requests_topic
+        self._model_events_topic = model_events_topic
+        self._store = store
+        self._feedback = feedback
+        self._metrics = metrics
+        self._io_executor = io_executor
+        self._retry_max_s = retry_max_s
+        self._watchdog = watchdog
+        self._clock = clock
+
+    async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Retry a storage call until it succeeds; the batch stays un-acked meanwhile."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._io_executor, fn, *args)
+            except StorageUnavailable as exc:
+                self._metrics.storage_errors.inc()
+                log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
+                self._watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def on_scored(self, values: Sequence[bytes]) -> list[LabelRequest]:
+        now = self._clock()
+        requests, events = [], []
+        for msg in decode_all(ScoredMessage, values, "scored"):
+            decision = self._selector.decide(msg, now)
+            if decision.request is not None:
+                requests.append(decision.request)
+            events += self._drift.observe_scored(
+                TASK_OF_KIND[msg.kind], msg.model_version, msg.label, msg.confidence, msg.event_time
+            )
+        await self.request(requests)
+        await self.emit(events)
+        return requests
+
+    async def on_alerts(self, values: Sequence[bytes]) -> list[LabelRequest]:
+        now = self._clock()
+        requests = []
+        for alert in decode_all(Alert, values, "alerts"):
+            for msg in await self._contributors(alert):
+                decision = self._selector.decide(msg, now, alert_id=alert.id)
+                if decision.request is not None:
+                    requests.append(decision.request)
+                else:
+                    log.info("alert %s: message %s not requested (%s)", alert.id, msg.id, decision.dropped)
+        await self.request(requests)
+        return requests
+
+    async def _contributors(self, alert: Alert) -> list[ScoredMessage]:
+        """The stored scored messages behind an alert, as the alert's model version scored them."""
+        kind = KIND_OF_ALERT[alert.kind]
+        wanted = {m.id for m in alert.top_messages}
+        deadline = time.monotonic() + _CONTRIBUTOR_WAIT_S
+        while True:
+            found: dict[str, ScoredMessage] = {}
+            for m in await self._durably("reading alert contributors", self._store.fetch_scored, kind, wanted):
+                if m.id not in found or m.model_version == alert.model_version:
+                    found[m.id] = m
+            if len(found) == len(wanted) or time.monotonic() > deadline:
+                break
+            self._watchdog.beat(time.monotonic())
+            await asyncio.sleep(0.5)
+        if missing := wanted - set(found):
+            log.error("alert %s: contributing messages %s are not in ClickHouse; not requested", alert.id, sorted(missing))
+        return [found[i] for i in sorted(found)]
+
+    async def on_corrections(self, values: Sequence[bytes]) -> list[ModelEvent]:
+        events = []
+        for c in decode_all(Correction, values, "corrections"):
+            if c.item_id is None:
+                continue
+            item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
+            if item is None or SelectionReason.audit not in item.request.reasons:
+                continue
+            r = item.request
+            events += self._drift.observe_audit(r.task, r.model_version, c.human_label != r.model_label, c.created_at)
+        await self.emit(events)
+        return events
+
+    async def request(self, requests: Sequence[LabelRequest]) -> None:
+        if not requests:
+            return
+        futures = [
+            await self._requests_topic.send(key=r.item_id.encode(), value=r.model_dump_json().encode())
+            for r in requests
+        ]
+        await asyncio.gather(*futures)
+        await self._durably("writing label requests", self._feedback.write_requests, requests)
+
+    async def emit(self, events: Sequence[ModelEvent]) -> None:
+        if not events:
+            return
+        futures = [
+            await self._model_events_topic.send(key=e.event_id.encode(), value=e.model_dump_json().encode())
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+        await self._durably("writing model events", self._feedback.write_model_events, events)
+        for e in events:
+            log.warning("model event %s %s %s: %s", e.kind.value, e.task, e.model_version, e.detail)
+
+
+def register_feedback(
+    app: faust.App,
+    settings: VigilSettings,
+    *,
+    scored_topic: TopicT,
+    store: ClickHouseStore,
+    metrics: Metrics,
+    io_executor: ThreadPoolExecutor,
+    watchdog: ProgressWatchdog,
+) -> FeedbackProcessor:
+    """Add the feedback agents (scored, alerts, corrections) to ``app``."""
+
+    def topic(name: str) -> TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes)
+
+    processor = FeedbackProcessor(
+        selector=Selector(policy_from_settings(settings)),
+        drift=DriftMonitor(),
+        requests_topic=topic(settings.topic_label_requests),
+        model_events_topic=topic(settings.topic_model_events),
+        store=store,
+        feedback=FeedbackStore.sharing(store),
+        metrics=metrics,
+        io_executor=io_executor,
+        retry_max_s=settings.clickhouse_retry_max_s,
+        watchdog=watchdog,
+    )
+
+    def batches(handle: Callable[[Sequence[bytes]], Any], name: str) -> Callable[[StreamT], Any]:
+        async def consume(stream: StreamT) -> None:
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+                await handle([e.message.value for e in events])
+                for event in events:
+                    await stream.ack(event)
+                watchdog.beat(time.monotonic())  # these topics' lag counts in the watchdog's check too
+
+        consume.__name__ = consume.__qualname__ = name
+        return consume
+
+    app.agent(scored_topic, name="vigil.feedback.select", concurrency=1)(
+        batches(processor.on_scored, "feedback_select")
+    )
+    app.agent(topic(settings.topic_alerts), name="vigil.feedback.alerts", concurrency=1)(
+        batches(processor.on_alerts, "feedback_alerts")
+    )
+    app.agent(topic(settings.topic_corrections), name="vigil.feedback.corrections", concurrency=1)(
+        batches(processor.on_corrections, "feedback_corrections")
+    )
+    return processor

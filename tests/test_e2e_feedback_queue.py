@@ -1,0 +1,243 @@
+"""The label queue end to end on the real parts: Tansu broker, a worker process (faust) with the
+feedback agents, the tiny real model and chdb.
+
+News and support messages go in; the worker scores them, alerts on every support message (every
+priority alerts), and the feedback agents select what a person should label. The test works out
+from what ClickHouse stored (the model's scores, the alerts) which messages the policy must select
+and why, and checks the label-requests topic and the label_queue table against it. Then a second
+worker in a new consumer group replays every topic from the start: nothing new may appear in the
+queue. Thresholds come from scoring the texts with the same tiny model first, so some messages are
+uncertain and some are not whatever the model learned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from feedback.contracts import LabelRequest, SelectionReason
+from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
+from feedback.store import FeedbackStore
+from streams.clickhouse import open_store
+from streams.contracts import Kind
+from streams.follow import Tracker, follow, wait_for
+from streams.replay import OutgoingMessage, replay
+from streams.runtime import all_topics
+from streams.samples import news_json, support_json
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+from streams.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2026, 2, 9, 14, 0, tzinfo=UTC)
+COMPANIES = ["Acme", "Bolt", "Cobalt", "Delta", "Ember", "Falcon", "Granite", "Harbor", "Ionic", "Juniper"]
+NEWS_VERBS = ["shares plunge after weak guidance", "beats quarterly estimates and raises outlook"]
+SUPPORT_TEXTS = [
+    "my card was stolen and someone is using it",
+    "I still have not received my new card",
+    "why was I charged a fee for a transfer",
+    "the top up did not go through",
+    "how do I change my PIN",
+    "please email me at jane.doe@example.com about the refund on my account",
+]
+EMAIL = "jane.doe@example.com"
+
+
+def _texts() -> tuple[list[str], list[str]]:
+    return [f"{c} {v}" for c in COMPANIES for v in NEWS_VERBS], SUPPORT_TEXTS
+
+
+def _median_margin(scorer, texts: list[str]) -> float:
+    """A margin threshold between the middle two of these texts' margins: about half are uncertain."""
+    margins = sorted(p.margin for p in scorer.score(texts))
+    return (margins[len(margins) // 2 - 1] + margins[len(margins) // 2]) / 2
+
+
+@pytest.fixture
+def feedback_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker, monkeypatch):
+    news, support = _texts()
+    run = uuid.uuid4().hex[:8]
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"triage": {"alert_priorities": ["P1", "P2", "P3", "P4"]}}))
+    env = {
+        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
+        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+        "VIGIL_TOPIC_NEWS": f"f{run}.news",
+        "VIGIL_TOPIC_SUPPORT": f"f{run}.support",
+        "VIGIL_TOPIC_SCORED": f"f{run}.scored",
+        "VIGIL_TOPIC_DLQ": f"f{run}.dlq",
+        "VIGIL_TOPIC_ALERTS": f"f{run}.alerts",
+        "VIGIL_TOPIC_TRIAGE_PREFIX": f"f{run}.triage.",
+        "VIGIL_TOPIC_TICKET_ACKS": f"f{run}.acks",
+        "VIGIL_TOPIC_LABEL_REQUESTS": f"f{run}.label.requests",
+        "VIGIL_TOPIC_CORRECTIONS": f"f{run}.corrections",
+        "VIGIL_TOPIC_MODEL_EVENTS": f"f{run}.model.events",
+        "VIGIL_TOPIC_PARTITIONS": "1",
+        "VIGIL_CONSUMER_GROUP": f"g{run}",
+        "VIGIL_BATCH_MAX": "64",
+        "VIGIL_BATCH_WITHIN_S": "0.2",
+        "VIGIL_MAX_LENGTH": "64",  # as tiny_scorers score
+        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
+        "VIGIL_ALERT_RULES_PATH": str(rules),
+        "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",
+        "VIGIL_FEEDBACK_AUDIT_RATE": "0.25",
+        "VIGIL_FEEDBACK_BUDGET_PER_HOUR": "10000",
+        "VIGIL_FEEDBACK_MAX_CLASS_SHARE": "1",
+        "VIGIL_FEEDBACK_SENTIMENT_MARGIN_BELOW": repr(_median_margin(tiny_scorers["sentiment"], news)),
+        "VIGIL_FEEDBACK_SENTIMENT_ENTROPY_ABOVE": "100",
+        "VIGIL_FEEDBACK_TRIAGE_MARGIN_BELOW": repr(_median_margin(tiny_scorers["triage"], support)),
+        "VIGIL_FEEDBACK_TRIAGE_ENTROPY_ABOVE": "100",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    shutil.copytree(tiny_registry, settings.registry_dir)
+    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    workers: list[WorkerProcess] = []
+
+    def worker(group: str, name: str) -> WorkerProcess:
+        w = WorkerProcess(kafka_broker.bootstrap, tmp_path / f"{name}.log", {**env, "VIGIL_CONSUMER_GROUP": group})
+        workers.append(w)
+        return w
+
+    yield settings, worker
+    for w in workers:
+        w.stop(timeout_s=10)
+
+
+def _messages() -> list[OutgoingMessage]:
+    news, support = _texts()
+    out = []
+    for i, text in enumerate(news):
+        at = (T0 + timedelta(seconds=20 * i)).isoformat()
+        out.append(OutgoingMessage.raw(Kind.news, f"n-{i}", news_json(id=f"n-{i}", published_at=at, headline=text)))
+    for i, text in enumerate(support):
+        at = (T0 + timedelta(seconds=30 * i)).isoformat()
+        out.append(OutgoingMessage.raw(Kind.support, f"s-{i}", support_json(id=f"s-{i}", text=text, created_at=at)))
+    return out
+
+
+async def _requests_until_quiet(settings: VigilSettings, enough, quiet_s: float, timeout_s: float) -> list[LabelRequest]:
+    """Label requests on the topic (from the start), once ``enough(records)`` holds and nothing new
+    came for ``quiet_s`` (the durable write follows each publish within that), or at the timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic_label_requests, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        got: list[LabelRequest] = []
+        loop = asyncio.get_running_loop()
+        deadline, last_new = loop.time() + timeout_s, loop.time()
+        while loop.time() < deadline and not (enough(got) and loop.time() - last_new > quiet_s):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    req = LabelRequest.model_validate_json(r.value)
+                    assert r.key.decode() == req.item_id
+                    got.append(req)
+                    last_new = loop.time()
+        return got
+    finally:
+        await consumer.stop()
+
+
+async def _score_all(settings: VigilSettings, messages: list[OutgoingMessage]) -> bool:
+    tracker, ready = Tracker(), asyncio.Event()
+    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
+    await ready.wait()
+    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+    finished = await wait_for(tracker, len(messages), timeout_s=180)
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    return finished
+
+
+def _queue(settings: VigilSettings):
+    store = open_store(settings)
+    try:
+        fstore = FeedbackStore.sharing(store)
+        items = {i.request.item_id: i for i in fstore.fetch_items()}
+        raw_rows = store.backend.query(f"SELECT count() FROM {store.database}.label_queue")[0][0]
+        scored = {
+            m.id: m
+            for kind in Kind
+            for m in store.fetch_scored(kind, [f"{kind.value[0]}-{i}" for i in range(40)])
+        }
+        alerts = store.fetch_alerts()
+    finally:
+        store.close()
+    return items, raw_rows, scored, alerts
+
+
+def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_replay_adds_none(feedback_stack):
+    settings, worker = feedback_stack
+    messages = _messages()
+    support_ids = {m.key.decode() for m in messages if m.kind is Kind.support}
+    first = worker(settings.consumer_group, "worker-1")
+    first.start()
+    assert asyncio.run(_score_all(settings, messages)), "not every message came out of the worker"
+    # Every support message raises a priority alert, so each is requested at least for that.
+    on_topic = asyncio.run(_requests_until_quiet(
+        settings, lambda got: support_ids <= {r.message_id for r in got}, quiet_s=4, timeout_s=120,
+    ))
+    assert first.stop() == 0
+    items, raw_rows, scored, alerts = _queue(settings)
+    assert len(scored) == len(messages)
+
+    # What the policy must have selected, and why, from what ClickHouse stored.
+    contributors: dict[str, set[str]] = defaultdict(set)
+    for a in alerts:
+        contributors[a.kind] |= {m.id for m in a.top_messages}
+    assert support_ids <= contributors["triage"]
+    selector = Selector(policy_from_settings(settings))
+    expected = {}
+    for m in scored.values():
+        task = TASK_OF_KIND[m.kind]
+        reasons = selector.reasons(m, alert=m.id in contributors[task])
+        if reasons:
+            expected[LabelRequest.make_id(task, m.id, m.model_version)] = (m, set(reasons))
+    found_reasons = {r for _, rs in expected.values() for r in rs}
+    assert {SelectionReason.uncertain, SelectionReason.alert} <= found_reasons
+    assert len(expected) < len(messages), "the thresholds were meant to leave some messages out"
+
+    # The table: exactly the expected items, with their reasons, scores and masked text.
+    assert set(items) == set(expected)
+    for item_id, item in items.items():
+        m, reasons = expected[item_id]
+        r = item.request
+        assert set(r.reasons) == reasons, (m.id, r.reasons, reasons)
+        assert (r.message_id, r.model_label, r.model_version, r.text) == (m.id, m.label, m.model_version, m.text)
+        assert r.probs == pytest.approx(m.probs) and item.state.value == "open"
+        assert (r.alert_id is not None) == (SelectionReason.alert in reasons)
+    pii = [i.request for i in items.values() if i.request.message_id == "s-5"]
+    assert len(pii) == 1 and EMAIL not in pii[0].text and "[EMAIL]" in pii[0].text
+
+    # The topic: the same items; together its records carry each item's reasons.
+    topic_reasons: dict[str, set[SelectionReason]] = defaultdict(set)
+    for r in on_topic:
+        topic_reasons[r.item_id] |= set(r.reasons)
+        assert EMAIL not in r.text
+    assert {k: v for k, v in topic_reasons.items()} == {k: set(i.request.reasons) for k, i in items.items()}
+
+    # A replay of every topic from the start, by a worker in a new consumer group.
+    second = worker(f"{settings.consumer_group}-replay", "worker-2")
+    second.start()
+    replayed = asyncio.run(_requests_until_quiet(
+        settings, lambda got: len(got) >= 2 * len(on_topic), quiet_s=6, timeout_s=240,
+    ))[len(on_topic):]
+    assert second.stop() == 0
+    assert {r.item_id for r in replayed} == set(items), "the replay selected other items"
+    items_after, raw_after, _, _ = _queue(settings)
+    assert items_after == items
+    assert raw_after == raw_rows, "the replay wrote rows to label_queue"
+
