@@ -1,0 +1,124 @@
+"""Helpers for the operations end-to-end tests (scale-out, ClickHouse outage): worker environments on
+the shared Tansu broker and clickhouse-server, real messages, reading a worker's own Prometheus
+metrics, the group's committed offsets, and the exactly-once check on ClickHouse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import socket
+import urllib.request
+import uuid
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+
+from streams.clickhouse import open_store
+from streams.contracts import Kind
+from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave
+from streams.runtime import all_topics
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_env(tmp_path: Path, bootstrap: str, clickhouse_url: str, *, partitions: int, **extra: str) -> dict[str, str]:
+    """Environment for workers of one isolated run: own topics, group, database; shared data dir."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
+        "VIGIL_KAFKA_BROKERS": bootstrap,
+        "VIGIL_CLICKHOUSE_URL": clickhouse_url,
+        "VIGIL_CLICKHOUSE_DATABASE": f"ops_{run}",
+        "VIGIL_TOPIC_NEWS": f"o{run}.news",
+        "VIGIL_TOPIC_SUPPORT": f"o{run}.support",
+        "VIGIL_TOPIC_SCORED": f"o{run}.scored",
+        "VIGIL_TOPIC_DLQ": f"o{run}.dlq",
+        "VIGIL_TOPIC_ALERTS": f"o{run}.alerts",
+        "VIGIL_TOPIC_TRIAGE_PREFIX": f"o{run}.triage.",
+        "VIGIL_TOPIC_TICKET_ACKS": f"o{run}.acks",
+        "VIGIL_TOPIC_LABEL_REQUESTS": f"o{run}.label-requests",
+        "VIGIL_TOPIC_CORRECTIONS": f"o{run}.corrections",
+        "VIGIL_TOPIC_MODEL_EVENTS": f"o{run}.model-events",
+        "VIGIL_TOPIC_PARTITIONS": str(partitions),
+        "VIGIL_CONSUMER_GROUP": f"g{run}",
+        "VIGIL_BATCH_MAX": "32",
+        "VIGIL_BATCH_WITHIN_S": "0.2",
+        "VIGIL_MAX_LENGTH": "32",
+        "VIGIL_DEVICE": "cpu",
+        "VIGIL_CPU_THREADS": "1",
+        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
+        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
+        "VIGIL_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def prepare(settings: VigilSettings, tiny_registry: Path) -> None:
+    """Models into the run's data dir; topics on the broker."""
+    shutil.copytree(tiny_registry, settings.registry_dir)
+    ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions)
+
+
+def real_messages(settings: VigilSettings, n: int, *, skip: int = 0) -> list[OutgoingMessage]:
+    news = (OutgoingMessage.of(Kind.news, m) for m in bundled_news(settings.bundled_data_dir))
+    support = (OutgoingMessage.of(Kind.support, m) for m in bundled_support(settings.bundled_data_dir))
+    return list(itertools.islice(interleave(news, support, ratio=(2, 1)), skip, skip + n))
+
+
+def ids_of(messages: list[OutgoingMessage]) -> set[str]:
+    """In the follower's ``kind:id`` form."""
+    return {f"{m.kind.value}:{m.key.decode()}" for m in messages}
+
+
+def metric_total(port: int, name: str) -> float:
+    """Sum over labels of one metric on a worker's /metrics; 0 when it has no sample yet."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def committed_total(settings: VigilSettings) -> int:
+    """Sum of the consumer group's committed offsets on the raw topics."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_brokers)
+    try:
+        offsets = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
+    finally:
+        admin.close()
+    raw = set(settings.raw_topics.values())
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic in raw and meta.offset > 0)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stored_id_counts(settings: VigilSettings) -> dict[str, int]:
+    """``kind:id`` -> rows in ``scored FINAL`` (1 each when nothing was duplicated)."""
+    store = open_store(settings)
+    try:
+        rows = store.backend.query(
+            f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored FINAL GROUP BY kind, id"
+        )
+    finally:
+        store.close()
+    return {f"{kind}:{id_}": int(n) for kind, id_, n in rows}
+
+
+def assert_exactly_once(settings: VigilSettings, expected: set[str]) -> None:
+    counts = stored_id_counts(settings)
+    missing, unexpected = expected - set(counts), set(counts) - expected
+    assert not missing and not unexpected, f"missing {len(missing)}, unexpected {len(unexpected)}"
+    duplicated = {k: n for k, n in counts.items() if n != 1}
+    assert not duplicated, f"{len(duplicated)} ids appear more than once under FINAL: {list(duplicated)[:5]}"
