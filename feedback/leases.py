@@ -92,6 +92,24 @@ class LeaseBook:
         self._items[request.item_id] = item
         return item
 
+    def prune(self, now: datetime) -> int:
+        """Forget labelled and skipped items past the undo window (the store keeps them), so a
+        long-running service holds only what it can still change. Returns how many went."""
+        cutoff = now - timedelta(seconds=self.undo_window_s)
+        gone = [
+            k for k, i in self._items.items()
+            if i.state in (ItemState.labelled, ItemState.skipped) and i.updated_at < cutoff
+        ]
+        for k in gone:
+            del self._items[k]
+        for annotator, done in list(self._history.items()):
+            kept = [d for d in done if d.at >= cutoff]
+            if kept:
+                self._history[annotator] = kept
+            else:
+                del self._history[annotator]
+        return len(gone)
+
     # --- reads ------------------------------------------------------------------------------------
 
     def get(self, item_id: str) -> QueueItem | None:
@@ -179,6 +197,16 @@ class LeaseBook:
         return item.lease_expires is None or item.lease_expires <= now
 
     def _finish(self, item_id: str, annotator: str, now: datetime, state: ItemState) -> QueueItem:
+        item = self.check_lease(item_id, annotator, now)
+        done = self._put(item, state, now, annotator)
+        self._history.setdefault(annotator, []).append(_Done(item_id, now))
+        # Only the latest action matters for undo and the window is short: keep the list short.
+        del self._history[annotator][:-20]
+        return done
+
+    def check_lease(self, item_id: str, annotator: str, now: datetime) -> QueueItem:
+        """The item if ``annotator`` holds a live lease on it (nothing changes), else the error
+        label/skip would raise: lets a caller store a label before it moves the item on."""
         item = self._items.get(item_id)
         if item is None:
             raise UnknownItem(f"no queue item {item_id}; lease one with POST /api/queue/lease")
@@ -193,11 +221,7 @@ class LeaseBook:
                 f"your lease on item {item_id} expired ({self.lease_s:.0f}s); lease again with POST "
                 "/api/queue/lease (you get it back if nobody took it)"
             )
-        done = self._put(item, state, now, annotator)
-        self._history.setdefault(annotator, []).append(_Done(item_id, now))
-        # Only the latest action matters for undo and the window is short: keep the list short.
-        del self._history[annotator][:-20]
-        return done
+        return item
 
     def _put(self, item: QueueItem, state: ItemState, now: datetime, annotator: str | None) -> QueueItem:
         expires = now + timedelta(seconds=self.lease_s) if state is ItemState.leased else None

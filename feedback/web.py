@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from feedback.agreement import agreement, labels_per_annotator
@@ -112,7 +113,10 @@ class ItemView(BaseModel):
 
 class Progress(BaseModel):
     annotator: str
-    queue: dict[str, int]
+    queue: dict[str, int] = Field(
+        description="Items per state: open/leased live, labelled/skipped as ClickHouse held them at the "
+        "last refresh (at most ui_queue_refresh_s old, on a lease)."
+    )
     you: dict[str, int] = Field(description="labelled / skipped by you since this service started.")
 
 
@@ -221,6 +225,7 @@ class Service:
         self.book = LeaseBook(lease_s=settings.ui_lease_s, undo_window_s=settings.ui_undo_window_s)
         self.done_by: dict[str, dict[str, int]] = {}
         self._refreshed_at: float | None = None
+        self._stored: dict[str, dict[str, int]] = {}
         self._refresh_lock = asyncio.Lock()
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -233,11 +238,23 @@ class Service:
             due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
             if not (force or due):
                 return
-            items = await self.io(
-                lambda: self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, limit=10_000)
-            )
+            items, stored = await self.io(lambda: (
+                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, limit=10_000),
+                {t: self.feedback.queue_stats(t) for t in TASKS},
+            ))
             self.book.merge(items)
+            self.book.prune(self.clock())
+            self._stored = stored
             self._refreshed_at = time.monotonic()
+
+    def counts(self, now: datetime, task: str | None = None) -> dict[str, int]:
+        """Open and leased from the book (live); labelled and skipped from ClickHouse as of the
+        last refresh (the book forgets finished items once they can no longer be undone)."""
+        live = self.book.counts(now, task)
+        done = [ItemState.labelled.value, ItemState.skipped.value]
+        for state in done:
+            live[state] = sum(c.get(state, 0) for t, c in self._stored.items() if task in (None, t))
+        return live
 
     def labels(self, task: str) -> list[str]:
         try:
@@ -259,7 +276,7 @@ class Service:
         )
 
     def progress(self, annotator: str, now: datetime) -> Progress:
-        return Progress(annotator=annotator, queue=self.book.counts(now), you=self.done_by.get(annotator, {"labelled": 0, "skipped": 0}))
+        return Progress(annotator=annotator, queue=self.counts(now), you=self.done_by.get(annotator, {"labelled": 0, "skipped": 0}))
 
     def count(self, annotator: str, what: str, delta: int = 1) -> None:
         mine = self.done_by.setdefault(annotator, {"labelled": 0, "skipped": 0})
@@ -337,6 +354,10 @@ async def _auth_and_errors(request: web.Request, handler: Callable[[web.Request]
         log.error("ClickHouse failed during %s %s: %s", request.method, request.path, e)
         return web.Response(status=503, text=_error(f"storage unavailable, retry later: {e}"),
                             content_type="application/json")
+    except KafkaError as e:
+        log.error("Kafka failed during %s %s: %s", request.method, request.path, e)
+        return web.Response(status=503, text=_error(f"Kafka unavailable, retry later: {e}"),
+                            content_type="application/json")
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -359,10 +380,10 @@ async def get_queue(request: web.Request) -> web.Response:
     task = request.query.get("task")
     if task is not None and task not in TASKS:
         raise _unprocessable(f"task must be one of {', '.join(TASKS)}")
-    await svc.refresh()
+    await svc.refresh(force=True)
     now = svc.clock()
     pending = [svc.view(i) for i in svc.book.pending(now, task, limit=20)]
-    return _reply(QueueOut(counts=svc.book.counts(now, task), pending=[p for p in pending if p]))
+    return _reply(QueueOut(counts=svc.counts(now, task), pending=[p for p in pending if p]))
 
 
 async def lease(request: web.Request) -> web.Response:
@@ -388,14 +409,16 @@ async def label(request: web.Request) -> web.Response:
     labels = svc.labels(item.request.task)
     if body.label not in labels:
         raise _unprocessable(f"{body.label!r} is not a {item.request.task} label; use one of: {', '.join(labels)}")
-    done = svc.book.label(item.request.item_id, who, now)
-    r = done.request
+    # The label is stored before the item moves on: if Kafka or ClickHouse fails, the lease stays
+    # and the annotator can send it again.
+    r = svc.book.check_lease(item.request.item_id, who, now).request
     correction = Correction(
         correction_id=Correction.make_id(r.task, r.message_id, who), task=r.task, message_id=r.message_id,
         item_id=r.item_id, text=r.text, annotator=who, human_label=body.label, model_label=r.model_label,
         model_version=r.model_version, source=CorrectionSource.queue, created_at=now,
     )
     await svc.correct([correction])
+    done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
     svc.count(who, "labelled")
     nxt = await svc.lease_next(who, now, body.next_task)

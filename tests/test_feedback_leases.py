@@ -75,6 +75,10 @@ def test_two_annotators_never_get_the_same_item() -> None:
     assert book.lease("carol", T0) is None
     with pytest.raises(NotLeasedToYou, match="leased to alice"):
         book.label(a.request.item_id, "bob", T0)
+    assert book.check_lease(a.request.item_id, "alice", T0) == a  # a check moves nothing
+    with pytest.raises(NotLeasedToYou):
+        book.check_lease(a.request.item_id, "bob", T0)
+    assert book.get(a.request.item_id) == a
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,3 +181,17 @@ def test_merge_keeps_the_newer_state() -> None:
     fresh = book_with(r)
     fresh.add(request(2, [SelectionReason.audit]), T0)
     assert book.merge([fresh.get(request(2, [SelectionReason.audit]).item_id)]) == 1
+
+
+def test_prune_forgets_finished_items_past_the_undo_window_only() -> None:
+    book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)], undo_window_s=30)
+    a = book.lease("ann", T0)
+    book.label(a.request.item_id, "ann", T0)
+    b = book.lease("ann", T0 + timedelta(seconds=20))
+    book.skip(b.request.item_id, "ann", T0 + timedelta(seconds=20))
+    c = book.lease("ann", T0 + timedelta(seconds=20))
+    assert book.prune(T0 + timedelta(seconds=40)) == 1  # a went; b is still undoable, c is leased
+    assert book.get(a.request.item_id) is None
+    assert book.get(c.request.item_id).state is ItemState.leased
+    book.undo(b.request.item_id, "ann", T0 + timedelta(seconds=41))
+    assert book.get(b.request.item_id).state is ItemState.leased
