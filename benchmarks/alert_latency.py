@@ -1,0 +1,202 @@
+"""Event-to-alert latency on the embedded stack, and false alerts per hour of normal news replay.
+
+Latency: an embedded Tansu broker, embedded chdb and one worker process (the real model from a
+registry). Support messages (Banking77 texts) are offered at ``--rate`` msg/s for ``--seconds``;
+the rules make every confidently routed support message raise an immediate ``priority_intent``
+alert, so each message has exactly one alert, and its latency is the time from handing the message
+to the Kafka producer to the alert arriving on the alerts topic (raw topic -> scoring -> scored
+topic -> alerting agent -> alerts topic). Messages the worker has not alerted on by the end count
+as missing. The alerting stage alone (scored topic -> alerts topic) is reported too. A warm-up message is waited for first, so worker start-up is not measured.
+
+False alerts: the bundled news (Twitter Financial News + PhraseBank) replayed through the alerting
+core with the default rules, event times drawn as a Poisson process (``--news-per-hour``), labels
+from the data set (no model): nothing is injected, so every alert counts as false.
+
+    python -m benchmarks.alert_latency --registry /tmp/vq/models --rate 500 --rate 150 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.alerting.rules import AlertRules, SentimentAlerter
+from streams.broker import EmbeddedBroker
+from streams.runtime import all_topics
+from streams.samples import support_json
+from streams.settings import REPO_ROOT, VigilSettings
+from streams.topics import ensure_topics
+from streams.worker import WorkerProcess
+from tests.fixtures.alerting import scored_bundled_news
+
+RULES = {"triage": {"alert_priorities": ["P1", "P2", "P3", "P4"]}}
+
+
+def quantile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def support_texts() -> list[str]:
+    with (REPO_ROOT / "data" / "banking77" / "train.csv").open(encoding="utf-8", newline="") as f:
+        return [r["text"] for r in csv.DictReader(f)]
+
+
+async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float, texts: list[str]) -> dict:
+    bootstrap = settings.kafka_brokers
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    tps = [TopicPartition(t, p) for t in (settings.topic_alerts, settings.topic_scored) for p in range(settings.topic_partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    arrived: dict[str, float] = {}
+    scored: dict[str, float] = {}
+
+    async def collect(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for tp, records in (await consumer.getmany(timeout_ms=100)).items():
+                now = time.time()
+                for r in records:
+                    body = json.loads(r.value)
+                    if tp.topic == settings.topic_scored:
+                        scored.setdefault(body["id"], now)
+                    elif body["rule"] == "priority_intent":
+                        arrived.setdefault(body["top_messages"][0]["id"], now)
+
+    def send(mid: str, text: str):
+        body = support_json(id=mid, text=text, created_at=datetime.now(UTC).isoformat())
+        return producer.send(settings.topic_support, key=mid.encode(), value=body)
+
+    stop = asyncio.Event()
+    collector = asyncio.create_task(collect(stop))
+    try:
+        # Warm-up: the worker is up, has its partitions and has scored once.
+        deadline = time.monotonic() + 600
+        warm = f"warm-{uuid.uuid4().hex[:6]}"
+        await (await send(warm, "my card was stolen"))
+        while warm not in arrived:
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker raised no alert for the warm-up message in 10 minutes; see its log")
+            await asyncio.sleep(0.2)
+
+        sent: dict[str, float] = {}
+        n = int(rate * seconds)
+        start = time.monotonic()
+        futures = []
+        for i in range(n):
+            due = start + i / rate
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            mid = f"lat-{i}"
+            sent[mid] = time.time()
+            futures.append(await send(mid, texts[i % len(texts)]))
+        await asyncio.gather(*futures)
+        offered_s = time.monotonic() - start
+        drain_until = time.monotonic() + max(60.0, seconds * 2)
+        while len(arrived.keys() & sent.keys()) < n and time.monotonic() < drain_until:
+            await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await collector
+        await producer.stop()
+        await consumer.stop()
+    lat = [(arrived[m] - t) * 1000 for m, t in sent.items() if m in arrived]
+    # The alerting stage alone: from the scored message reaching the scored topic to its alert.
+    stage = [(arrived[m] - scored[m]) * 1000 for m in sent if m in arrived and m in scored]
+    return {
+        "rate_offered": rate, "sent": n, "send_rate_achieved": n / offered_s, "alerted": len(lat),
+        "missing": n - len(lat), "p50_ms": quantile(lat, 0.5) if lat else None,
+        "p99_ms": quantile(lat, 0.99) if lat else None, "max_ms": max(lat) if lat else None,
+        "mean_ms": statistics.fmean(lat) if lat else None,
+        "scored_to_alert_p50_ms": quantile(stage, 0.5) if stage else None,
+        "scored_to_alert_p99_ms": quantile(stage, 0.99) if stage else None,
+        "load_avg_1m_at_end": os.getloadavg()[0],
+    }
+
+
+def latency(registry: Path, rates: list[float], seconds: float, partitions: int) -> list[dict]:
+    results = []
+    texts = support_texts()
+    random.Random(7).shuffle(texts)
+    for rate in rates:
+        with tempfile.TemporaryDirectory(prefix="vigil-alert-bench-") as tmp:
+            root = Path(tmp)
+            (root / "vigil").mkdir()
+            shutil.copytree(registry, root / "vigil" / "models")
+            rules = root / "rules.json"
+            rules.write_text(json.dumps(RULES))
+            with EmbeddedBroker(log_dir=root / "logs") as broker:
+                env = {
+                    "VIGIL_DATA_DIR": str(root / "vigil"),
+                    "VIGIL_KAFKA_BROKERS": broker.bootstrap,
+                    "VIGIL_TOPIC_PARTITIONS": str(partitions),
+                    "VIGIL_ALERT_RULES_PATH": str(rules),
+                    "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",  # every message is routed, so every one alerts
+                    "VIGIL_DEVICE": "cpu",
+                }
+                settings = VigilSettings(**{k.removeprefix("VIGIL_").lower(): v for k, v in env.items()})
+                ensure_topics(broker.bootstrap, all_topics(settings), partitions)
+                worker = WorkerProcess(broker.bootstrap, root / "worker.log", env)
+                worker.start()
+                try:
+                    result = asyncio.run(offer_and_collect(settings, rate, seconds, texts))
+                finally:
+                    worker.stop(timeout_s=20)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
+def false_alerts(news_per_hour: float, seed: int) -> dict:
+    rules = AlertRules()
+    rng = random.Random(seed)
+    news = list(scored_bundled_news())
+    t = news[0].event_time
+    alerter = SentimentAlerter(rules.sentiment)
+    by_rule: Counter[str] = Counter()
+    for m in news:
+        t += timedelta(seconds=rng.expovariate(news_per_hour / 3600))
+        by_rule.update(a.rule for a in alerter.feed(m.model_copy(update={"event_time": t})).alerts)
+    by_rule.update(a.rule for a in alerter.advance(t + timedelta(hours=2)))
+    hours = (t - news[0].event_time) / timedelta(hours=1)
+    return {
+        "messages": len(news), "news_per_hour": news_per_hour, "simulated_hours": round(hours, 2),
+        "alerts": sum(by_rule.values()), "by_rule": dict(by_rule),
+        "false_alerts_per_hour": sum(by_rule.values()) / hours,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--registry", type=Path, default=Path(".vigil/models"), help="A registry with both tasks.")
+    ap.add_argument("--rate", type=float, action="append", help="Offered msg/s (repeatable); default 500.")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--news-per-hour", type=float, action="append", help="Default: 120, 600 and 3600.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    for per_hour in args.news_per_hour or [120.0, 600.0, 3600.0]:
+        print(json.dumps({"false_alerts": false_alerts(per_hour, args.seed)}), flush=True)
+    if not args.skip_latency:
+        latency(args.registry, args.rate or [500.0], args.seconds, args.partitions)
+
+
+if __name__ == "__main__":
+    main()
