@@ -141,6 +141,12 @@ function filterIntents() {
     if (i === 0) li.className = "active";
     return li;
   }));
+  if (!scored.length) {
+    const li = document.createElement("li");
+    li.className = "none";
+    li.textContent = "no intent has all these words; Backspace, or Esc to clear";
+    list.append(li);
+  }
 }
 
 function moveActive(delta) {
@@ -230,7 +236,7 @@ async function refreshStats() {
     const s = await api("GET", "/api/stats");
     const rows = Object.entries(s.annotators).map(([name, c]) => {
       const tr = document.createElement("tr");
-      for (const text of [name, `${c.labels} labels`, `${c.skipped} skipped`]) {
+      for (const text of [name, `labels ${c.labels}`, `skipped ${c.skipped}`]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.append(td);
