@@ -33,8 +33,8 @@ import faust
 from faust.types import StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
-from feedback.contracts import Correction, LabelRequest, ModelEvent, SelectionReason
-from feedback.drift import DriftMonitor
+from feedback.contracts import Correction, LabelRequest, ModelEvent
+from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
@@ -160,10 +160,9 @@ class FeedbackProcessor:
             if c.item_id is None:
                 continue
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
-            if item is None or SelectionReason.audit not in item.request.reasons:
-                continue
-            r = item.request
-            events += self._drift.observe_audit(r.task, r.model_version, c.human_label != r.model_label, c.created_at)
+            wrong = audit_error(c, item)
+            if item is not None and wrong is not None:
+                events += self._drift.observe_audit(item.request.task, item.request.model_version, wrong, c.created_at)
         await self.emit(events)
         return events
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 from river.drift import ADWIN
 
-from feedback.contracts import ModelEvent, ModelEventKind, Task
+from feedback.contracts import Correction, ModelEvent, ModelEventKind, QueueItem, SelectionReason, Task
 
 
 class DriftConfig(BaseModel):
@@ -150,6 +150,14 @@ class _TaskMonitors:
                 when, share_before=before, share_after=after, messages_before=float(width * n),
             ))
         return events
+
+
+def audit_error(correction: Correction, item: QueueItem | None) -> bool | None:
+    """Whether the model was wrong on an audit-sample item, by this correction; None when the
+    correction is not about an audit item (other selections are biased towards hard cases)."""
+    if item is None or SelectionReason.audit not in item.request.reasons:
+        return None
+    return correction.human_label != item.request.model_label
 
 
 class DriftMonitor:

@@ -107,3 +107,26 @@ def test_block_size_bounds_how_often_the_detectors_run() -> None:
     rng = random.Random(3)
     scored_stream(monitor, rng, 95, 0, weights=[1, 0, 0], conf=0.9)
     assert monitor._scored["sentiment"].blocks == 9  # label-mix observations; confidence sees each message
+
+
+def test_only_corrections_of_audit_items_say_whether_the_model_erred() -> None:
+    from feedback.contracts import Correction, CorrectionSource, ItemState, LabelRequest, QueueItem, SelectionReason
+    from feedback.drift import audit_error
+
+    def item(reasons: list[SelectionReason]) -> QueueItem:
+        req = LabelRequest(
+            item_id="i-1", task="sentiment", message_id="m-1", text="x", model_name="m", model_version="v1",
+            model_label="negative", probs={"negative": 0.6, "neutral": 0.4}, confidence=0.6, margin=0.2,
+            entropy=0.67, reasons=reasons, event_time=T0, selected_at=T0,
+        )
+        return QueueItem(request=req, state=ItemState.labelled, updated_at=T0)
+
+    def correction(label: str) -> Correction:
+        return Correction(correction_id="c", task="sentiment", message_id="m-1", item_id="i-1", text="x",
+                          annotator="ann", human_label=label, source=CorrectionSource.queue, created_at=T0)
+
+    audited = item([SelectionReason.uncertain, SelectionReason.audit])
+    assert audit_error(correction("positive"), audited) is True
+    assert audit_error(correction("negative"), audited) is False
+    assert audit_error(correction("positive"), item([SelectionReason.uncertain])) is None
+    assert audit_error(correction("positive"), None) is None
