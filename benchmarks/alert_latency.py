@@ -130,7 +130,7 @@ async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float
     }
 
 
-def latency(registry: Path, rates: list[float], seconds: float, partitions: int) -> list[dict]:
+def latency(registry: Path, rates: list[float], seconds: float, partitions: int, cpu_threads: int | None) -> list[dict]:
     results = []
     texts = support_texts()
     random.Random(7).shuffle(texts)
@@ -149,6 +149,7 @@ def latency(registry: Path, rates: list[float], seconds: float, partitions: int)
                     "VIGIL_ALERT_RULES_PATH": str(rules),
                     "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",  # every message is routed, so every one alerts
                     "VIGIL_DEVICE": "cpu",
+                    **({"VIGIL_CPU_THREADS": str(cpu_threads)} if cpu_threads else {}),
                 }
                 settings = VigilSettings(**{k.removeprefix("VIGIL_").lower(): v for k, v in env.items()})
                 ensure_topics(broker.bootstrap, all_topics(settings), partitions)
@@ -190,12 +191,13 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--news-per-hour", type=float, action="append", help="Default: 120, 600 and 3600.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu-threads", type=int, help="The worker's torch threads (default: the usable cores).")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     for per_hour in args.news_per_hour or [120.0, 600.0, 3600.0]:
         print(json.dumps({"false_alerts": false_alerts(per_hour, args.seed)}), flush=True)
     if not args.skip_latency:
-        latency(args.registry, args.rate or [500.0], args.seconds, args.partitions)
+        latency(args.registry, args.rate or [500.0], args.seconds, args.partitions, args.cpu_threads)
 
 
 if __name__ == "__main__":
