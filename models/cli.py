@@ -6,6 +6,7 @@ Every command reads the settings object the top-level callback put in ``ctx.obj`
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from rich.table import Table
 from streams.settings import VigilSettings
 
 console = Console()
-models_app = typer.Typer(help="The model registry: list, show, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: list, show, promote, roll back, backtest.", no_args_is_help=True)
 
 
 def _settings(ctx: typer.Context) -> VigilSettings:
@@ -147,6 +148,49 @@ def rollback_command(ctx: typer.Context, task: str) -> None:
     except RegistryError as e:
         raise _fail(e) from e
     console.print(f"{task} champion rolled back to {version}")
+
+
+@models_app.command("backtest")
+def backtest_command(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="The sentiment challenger, e.g. v3")],
+    hours: Annotated[float, typer.Option(help="Replay this many hours of stored news, up to --until")] = 24.0,
+    until: Annotated[datetime | None, typer.Option(help="End of the range (UTC; default: now)")] = None,
+) -> None:
+    """Forecast a sentiment challenger's alert volume: replay stored news through it and the alert rules."""
+    from feedback.backtest import BacktestError, backtest
+    from models.engine import load_scorer
+    from models.registry import ModelNotFound
+    from streams.alerting.rules import AlertRules, RulesError
+    from streams.clickhouse import open_store
+
+    s = _settings(ctx)
+    end = until.replace(tzinfo=UTC) if until and until.tzinfo is None else (until or datetime.now(UTC))
+    try:
+        rules = AlertRules.from_file(s.alert_rules_path) if s.alert_rules_path else AlertRules()
+        scorer = load_scorer(s, "sentiment", version)
+        store = open_store(s)
+        try:
+            news = store.fetch_scored_between("news", end - timedelta(hours=hours), end)
+        finally:
+            store.close()
+        report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
+    except (ModelNotFound, RulesError, BacktestError) as e:
+        raise _fail(e) from e
+    versions = ", ".join(sorted({m.model_version for m in news}))
+    table = Table(title="alerts per rule")
+    for col in ("rule", "champion", "challenger"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    for rule in sorted(set(report.champion_alerts) | set(report.challenger_alerts)):
+        table.add_row(rule, str(report.champion_alerts[rule]), str(report.challenger_alerts[rule]))
+    console.print(table)
+    change = report.volume_change()
+    typer.echo(f"{report.messages} stored news scored by {versions}, replayed through {scorer.model_version}")
+    typer.echo(f"label flips {report.label_flips} ({100 * report.flip_rate:.1f}%)  alert volume change "
+               f"{'n/a (champion raised none)' if change is None else f'{100 * change:+.0f}%'}")
+    for title, keys in (("only the champion", report.only_champion), ("only the challenger", report.only_challenger)):
+        if keys:
+            typer.echo(f"alerts raised by {title}: " + "; ".join(keys[:20]))
 
 
 bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)

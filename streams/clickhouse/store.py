@@ -177,6 +177,25 @@ class ClickHouseStore:
         )
         return [scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
 
+    def fetch_scored_between(
+        self, kind: Kind | str, start: datetime, end: datetime, *, limit: int = 500_000
+    ) -> list[ScoredMessage]:
+        """Stored messages with ``start <= event_time < end``, oldest first; where an id was scored
+        by several model versions, the latest scoring only."""
+        columns = scored_columns(self.level)
+        # Times bound as text and converted server-side: 18.16 binds no typed parameters.
+        rows = self._query(
+            "scored range read",
+            f"SELECT {', '.join(columns)} FROM {self._scored} FINAL "
+            "WHERE kind = {kind:String} AND event_time >= toDateTime({start:String}, 'UTC') "
+            "AND event_time < toDateTime({end:String}, 'UTC') ORDER BY event_time, id, scored_time "
+            "LIMIT {limit:UInt64}",
+            {"kind": str(Kind(kind)), "start": f"{start.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+             "end": f"{end.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "limit": limit},
+        )
+        latest = {m.id: m for m in (scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows)}
+        return sorted(latest.values(), key=lambda m: (m.event_time, m.id))
+
     def fetch_dead_letters(self, source_topic: str) -> list[DeadLetter]:
         rows = self._query(
             "dead-letter read",
