@@ -1,0 +1,174 @@
+"""One retraining round for a task: corrections -> trigger -> screen -> fine-tune -> gate -> promote.
+
+Every round that starts leaves a trace: a retrain_started event, then promoted or gate_refused
+with the gate's figures and reasons (model_events table and model-events topic). The challenger
+is kept in the registry either way, with its parent and training config, so a refusal can be
+inspected with `vigil models show`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from feedback.contracts import Correction, ModelEvent, ModelEventKind
+from feedback.gate import Evaluation, GateConfig, ScreenConfig, consensus, judge, screen_annotators
+from feedback.triggers import TriggerPolicy, decide
+from streams.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    skipped = "skipped"  # the trigger said no: nothing to do
+    refused = "refused"  # trained, but the gate kept the champion
+    promoted = "promoted"
+
+
+# cron-friendly: 0 when all is well (promoted, or nothing to do), 3 when a challenger was refused
+# (worth a look, not a failure); errors exit 1 from the CLI.
+EXIT_CODES = {Outcome.skipped: 0, Outcome.promoted: 0, Outcome.refused: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainReport:
+    task: str
+    outcome: Outcome
+    reason: str
+    champion: str
+    challenger: str | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+    dropped_annotators: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+
+def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
+    """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
+    challenger does better on what people are labelling NOW, on items it never saw."""
+    n_recent = round(len(items) * fraction)
+    cut = len(items) - n_recent
+    return list(items[:cut]), list(items[cut:])
+
+
+def _event(kind: ModelEventKind, task: str, version: str, detail: str, figures: dict[str, float] | None = None,
+           now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> ModelEvent:
+    return ModelEvent(kind=kind, task=task, model_version=version, detail=detail[:4000], figures=figures or {},
+                      created_at=now())
+
+
+def run_retrain(
+    settings: VigilSettings,
+    task: str,
+    store,
+    *,
+    force: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    record: Callable[[Sequence[ModelEvent]], None] | None = None,
+) -> RetrainReport:
+    """One round. ``store`` is a FeedbackStore; ``record`` stores and publishes events (default:
+    write them to ``store`` and send them to the model-events topic when a broker is configured)."""
+    import torch
+
+    from models.engine import pick_device, set_cpu_threads
+    from models.registry import ModelRegistry, RegistryError
+    from models.retrain import RetrainConfig, fine_tune, gold_set, load_classifier, predict
+
+    if record is None:
+        from feedback.events import publish_model_events
+
+        def record(events: Sequence[ModelEvent]) -> None:
+            store.write_model_events(events)
+            publish_model_events(settings, events)
+
+    registry = ModelRegistry(settings.registry_dir)
+    champion_version = registry.champion(task)
+    if champion_version is None:
+        raise RegistryError(f"task {task!r} has no champion to fine-tune: promote one with "
+                            f"`vigil models promote {task} VERSION` (or `vigil train --task {task} --promote`)")
+    champion = registry.card(task, champion_version)
+
+    events = store.fetch_model_events(task)
+    started = [e.created_at for e in events if e.kind is ModelEventKind.retrain_started]
+    last = max(started) if started else None
+    drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
+    corrections = store.fetch_corrections(task)
+    new = sum(1 for c in corrections if last is None or c.created_at > last)
+    # Never retrained: the interval runs from when the champion was trained, but every correction is new.
+    trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
+                     last_retrain=last or champion.created_at, now=now(), drift_events=drift, force=force)
+    if not trigger.retrain:
+        return RetrainReport(task, Outcome.skipped, trigger.reason, champion_version)
+
+    t0 = time.perf_counter()
+    record([_event(ModelEventKind.retrain_started, task, champion_version, trigger.reason,
+                   {"corrections": float(len(corrections)), "new_corrections": float(new)}, now)])
+
+    device = pick_device(settings.device)
+    if device.type == "cpu":
+        set_cpu_threads(settings.cpu_threads)
+    champ_dir = registry.resolve(task, champion_version)
+    champ_model, tokenizer = load_classifier(champ_dir, device)
+    max_length = settings.retrain_max_length
+    # The champion's view of every corrected text: confident predictions are evidence against an
+    # annotator who contradicts them systematically.
+    texts = {c.message_id: c.text for c in corrections}
+    ids = list(texts)
+    pred, conf = predict(champ_model, tokenizer, [texts[i] for i in ids], max_length, device)
+    screened = screen_annotators(corrections, dict(zip(ids, zip(pred, conf.tolist(), strict=True), strict=True)),
+                                 ScreenConfig.from_settings(settings))
+    for who, why in screened.dropped.items():
+        log.warning("%s: dropping annotator %s before training: %s", task, who, why)
+    labelled = consensus(screened.kept)
+    train_items, recent_items = split_recent(labelled, settings.retrain_holdout_fraction)
+    gold = gold_set(champion, settings.bundled_data_dir, settings.gold_cap)
+
+    def refuse(reason: str, figures: dict[str, float], challenger: str | None = None) -> RetrainReport:
+        record([_event(ModelEventKind.gate_refused, task, challenger or champion_version, reason, figures, now)])
+        return RetrainReport(task, Outcome.refused, reason, champion_version, challenger, figures, screened.dropped)
+
+    base_figures = {"corrections": float(len(corrections)), "labelled_items": float(len(labelled)),
+                    "train_items": float(len(train_items)), "recent_items": float(len(recent_items)),
+                    "dropped_annotators": float(len(screened.dropped))}
+    if not train_items:
+        return refuse(f"nothing left to train on after screening ({len(labelled)} labelled items)", base_figures)
+
+    cfg = RetrainConfig(epochs=settings.retrain_epochs, lr=settings.retrain_lr, head_lr=settings.retrain_head_lr,
+                        batch_size=settings.retrain_batch_size, max_length=max_length,
+                        replay_size=settings.retrain_replay_size, seed=settings.retrain_seed)
+    result = fine_tune(champion, champ_dir, [(c.text, y) for c, y in train_items], cfg,
+                       data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir, gold=gold,
+                       device=settings.device, cpu_threads=settings.cpu_threads, extra_config={"dropped_annotators": screened.dropped,
+                                                             "held_out_recent": len(recent_items)})
+    gold_texts = [r.text for r in gold.rows]
+    champ_gold, _ = predict(champ_model, tokenizer, gold_texts, max_length, device)
+    recent_texts = [c.text for c, _ in recent_items]
+    champ_recent, _ = predict(champ_model, tokenizer, recent_texts, max_length, device)
+    chall_recent, _ = predict(result.model, result.tokenizer, recent_texts, max_length, device)
+    del champ_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    decision = judge(
+        Evaluation([r.label for r in gold.rows], champ_gold, result.gold_predictions),
+        Evaluation([y for _, y in recent_items], champ_recent, chall_recent),
+        GateConfig.from_settings(settings),
+    )
+    figures = {**base_figures, **decision.figures, "train_seconds": result.seconds,
+               "round_seconds": time.perf_counter() - t0}
+    challenger = result.card.version
+    if not decision.promote:
+        return refuse(decision.summary, figures, challenger)
+    if registry.champion(task) != champion_version:
+        return refuse(f"the champion changed from {champion_version} to {registry.champion(task)} while "
+                      f"{challenger} trained; judge it again against the new champion", figures, challenger)
+    registry.promote(task, challenger)
+    record([_event(ModelEventKind.promoted, task, challenger,
+                   f"{challenger} (from {champion_version}) promoted: {decision.summary}", figures, now)])
+    return RetrainReport(task, Outcome.promoted, decision.summary, champion_version, challenger, figures,
+                         screened.dropped)

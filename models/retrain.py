@@ -1,0 +1,229 @@
+"""Incremental fine-tuning: from the champion's weights, on human corrections plus a replay sample
+of the original training data (so the model does not forget what it knew), into the registry.
+
+Also the two data sets the promotion gate needs from the model side: the frozen gold set (the
+champion's own held-out validation split, rebuilt from its card) and predictions on any texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
+from models.engine import encode, pad_batch, pick_device, predict_probs, set_cpu_threads
+from models.evaluate import evaluate
+from models.modeling import MeanPoolClassifier, labels_of
+from models.registry import ModelCard, ModelRegistry
+from models.tasks import Row, get_task
+from models.train import _linear_schedule
+
+CORRECTIONS_SOURCE = "corrections"
+
+
+class RetrainError(RuntimeError):
+    """Retraining cannot start (no champion, unknown labels in the corrections, ...)."""
+
+
+class RetrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(3e-5, gt=0, description="Encoder LR: low, the champion is already tuned.")
+    head_lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8, le=512)
+    grad_clip: float = Field(1.0, gt=0)
+    replay_size: int = Field(2000, ge=0)
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DataOrigin:
+    """Which corpora and split a version was trained from: the gold set and the replay pool."""
+
+    sources: tuple[str, ...]
+    split: SplitConfig
+
+
+def data_origin(card: ModelCard) -> DataOrigin:
+    cfg = card.training_config
+    sources = tuple(cfg.get("sources") or get_task(card.task).sources)
+    return DataOrigin(sources, SplitConfig(cfg.get("val_fraction", 0.1), cfg.get("split_seed", 13)))
+
+
+@dataclass(frozen=True, slots=True)
+class GoldSet:
+    rows: list[Row]
+    fingerprint: str
+    description: str
+
+
+def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None) -> GoldSet:
+    """The held-out validation split the champion's lineage was trained around: no version of it
+    ever trains on these rows, and the same card always gives the same rows (seeded split)."""
+    origin = data_origin(card)
+    split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
+    rows = cap_rows(split.val, cap, origin.split.seed)
+    return GoldSet(rows, fingerprint(rows, origin.split, origin.sources),
+                   f"gold: held-out validation split of {'+'.join(origin.sources)} (val_fraction="
+                   f"{origin.split.val_fraction}, split_seed={origin.split.seed}"
+                   + (f", sample of {len(rows)}" if cap and cap < len(split.val) else "") + ")")
+
+
+def replay_sample(card: ModelCard, data_dir: Path, n: int, seed: int) -> list[Row]:
+    """A seeded sample of the original TRAINING rows (never the gold rows)."""
+    origin = data_origin(card)
+    split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
+    return cap_rows(split.train, n, seed) if n else []
+
+
+def corrections_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for text, label in pairs:
+        h.update(json.dumps([label, text], ensure_ascii=False).encode("utf-8") + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def load_classifier(model_dir: Path, device: torch.device) -> tuple[MeanPoolClassifier, object]:
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    model = MeanPoolClassifier.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int, device: torch.device,
+            batch_size: int = 128) -> tuple[list[str], np.ndarray]:
+    """Labels and top-1 confidences of ``texts`` (input order)."""
+    if not texts:
+        return [], np.empty(0, dtype=np.float32)
+    labels = labels_of(model)
+    probs = predict_probs(model, encode(tokenizer, texts, max_length).ids, tokenizer.pad_token_id, batch_size,
+                          device, torch.bfloat16 if device.type == "cuda" else None)
+    return [labels[i] for i in probs.argmax(1)], probs.max(1)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainResult:
+    card: ModelCard
+    model: MeanPoolClassifier  # the challenger, on the training device, in eval mode
+    tokenizer: object
+    gold_predictions: list[str]
+    steps: int
+    seconds: float
+
+
+def fine_tune(
+    champion: ModelCard,
+    champion_dir: Path,
+    corrections: Sequence[tuple[str, str]],
+    cfg: RetrainConfig,
+    *,
+    data_dir: Path,
+    registry_root: Path,
+    gold: GoldSet,
+    device: str = "auto",
+    cpu_threads: int | None = None,
+    extra_config: dict | None = None,
+) -> RetrainResult:
+    """Fine-tune ``champion`` on (text, label) ``corrections`` + a replay sample; add the result as
+    a new registry version (its parent is the champion) and return it. Deterministic for cfg.seed
+    on CPU. ``extra_config`` (e.g. dropped annotators) goes into the card's training_config."""
+    started = time.perf_counter()
+    labels = tuple(champion.labels)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({y for _, y in corrections if y not in index})
+    if unknown:
+        raise RetrainError(f"corrections use labels {unknown} that {champion.task} {champion.version} does not have")
+    if not corrections:
+        raise RetrainError("no corrections to train on")
+    replay = replay_sample(champion, data_dir, cfg.replay_size, cfg.seed)
+    rows = [Row(t, y, CORRECTIONS_SOURCE) for t, y in corrections] + replay
+
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        set_cpu_threads(cpu_threads)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_classifier(champion_dir, dev)
+    if labels_of(model) != labels:
+        raise RetrainError(f"{champion_dir}: model labels differ from its card; the version is corrupt")
+    ids = encode(tokenizer, [r.text for r in rows], cfg.max_length).ids
+    y_all = torch.tensor([index[r.label] for r in rows])
+
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    optimizer = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+                                  weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(total * cfg.warmup_ratio), total))
+    loss_fn = nn.CrossEntropyLoss()
+    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    step = 0
+    while step < total:
+        for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
+            x, mask = pad_batch([ids[i] for i in batch.tolist()], tokenizer.pad_token_id)
+            x, mask, y = x.to(dev), mask.to(dev).long(), y_all[batch].to(dev)
+            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                logits = model(input_ids=x, attention_mask=mask).logits
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step >= total:
+                break
+    model.eval()
+
+    gold_pred, _ = predict(model, tokenizer, [r.text for r in gold.rows], cfg.max_length, dev)
+    report = evaluate([r.label for r in gold.rows], gold_pred, labels)
+    origin = data_origin(champion)
+
+    def write(target: Path) -> None:
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+
+    n_corr = len(corrections)
+    card = ModelRegistry(registry_root).add(champion.task, write, dict(
+        model_name=champion.model_name,
+        labels=list(labels),
+        metrics={**report.summary(gold.description), "steps": step, "train_rows": len(rows)},
+        data_fingerprint=fingerprint(rows, origin.split, (*origin.sources, CORRECTIONS_SOURCE)),
+        base_encoder=champion.base_encoder,
+        max_length=cfg.max_length,
+        training_config={
+            **cfg.model_dump(mode="json"),
+            "profile": "retrain",
+            # kept so the next retrain rebuilds the same gold set and replay pool
+            "sources": list(origin.sources), "val_fraction": origin.split.val_fraction,
+            "split_seed": origin.split.seed,
+            "fine_tuned_from": champion.version,
+            "corrections": n_corr,
+            "corrections_fingerprint": corrections_fingerprint(corrections),
+            "replay_rows": len(replay),
+            "gold_fingerprint": gold.fingerprint,
+            "device": str(dev),
+            **(extra_config or {}),
+        },
+    ))
+    return RetrainResult(card, model, tokenizer, gold_pred, step, time.perf_counter() - started)

@@ -1,0 +1,150 @@
+"""The retraining loop on CPU with the tiny real model and real chdb: corrections in -> trigger ->
+screen -> fine-tune from the champion -> gate -> promote (or refuse, with the reason recorded)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedback.contracts import Correction, CorrectionSource, ModelEventKind
+from feedback.retrain_job import Outcome, run_retrain
+from feedback.store import open_feedback_store
+from models.data import SplitConfig, stratified_split
+from models.registry import ModelRegistry
+from models.retrain import gold_set
+from models.tasks import get_task
+from streams.clickhouse import open_store
+from streams.settings import REPO_ROOT, VigilSettings
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime.now(UTC) - timedelta(hours=2)
+FLIP = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
+
+
+def tweets(n: int, seed: int = 5) -> list[tuple[str, str]]:
+    """Financial tweets from the TRAINING split (the gold set is the held-out split: never corrected)."""
+    rows = get_task("sentiment").load(REPO_ROOT / "data", ("twitter_financial_news",))
+    train = stratified_split(rows, SplitConfig()).train
+    return [(r.text, r.label) for r in random.Random(seed).sample(train, n)]
+
+
+def corrections(pairs, annotator: str, *, flip: bool = False, start: int = 0) -> list[Correction]:
+    out = []
+    for i, (text, label) in enumerate(pairs):
+        msg = f"tw-{start + i}"
+        out.append(Correction(
+            correction_id=Correction.make_id("sentiment", msg, annotator), task="sentiment", message_id=msg,
+            text=text, annotator=annotator, human_label=FLIP[label] if flip else label, model_label=None,
+            model_version="v1", source=CorrectionSource.queue, created_at=T0 + timedelta(seconds=start + i),
+        ))
+    return out
+
+
+@pytest.fixture
+def loop(tmp_path, tiny_registry):
+    settings = VigilSettings(
+        # one torch thread: on 2 shared cores, two threads ran 8x slower per step than one
+        data_dir=tmp_path, clickhouse_url=None, kafka_brokers=None, device="cpu", cpu_threads=1,
+        retrain_min_corrections=100, retrain_epochs=3, retrain_max_length=32, retrain_replay_size=96,
+        retrain_lr=1e-4, retrain_head_lr=3e-3, retrain_batch_size=32, gold_cap=160,
+        retrain_holdout_fraction=0.25, gate_max_gold_drop=0.02, gate_min_recent=20,
+    )
+    shutil.copytree(tiny_registry, settings.registry_dir)
+    open_store(settings).close()  # migrates
+    store = open_feedback_store(settings)
+    yield settings, store
+    store.close()
+
+
+def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
+    settings, store = loop
+    registry = ModelRegistry(settings.registry_dir)
+    store.write_corrections(corrections(tweets(400), "ann"))
+
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.promoted, report.reason
+    assert report.exit_code == 0
+    assert (report.champion, report.challenger) == ("v1", "v2")
+    assert registry.champion("sentiment") == "v2"
+    f = report.figures
+    assert f["recent_challenger"] > f["recent_champion"]
+    assert f["gold_challenger"] >= f["gold_champion"] - settings.gate_max_gold_drop
+    assert (f["train_items"], f["recent_items"]) == (300, 100)
+
+    card = registry.card("sentiment", "v2")
+    assert card.parent_version == "v1"
+    cfg = card.training_config
+    assert cfg["fine_tuned_from"] == "v1" and cfg["corrections"] == 300 and cfg["replay_rows"] == 96
+    assert cfg["corrections_fingerprint"].startswith("sha256:")
+    assert cfg["gold_fingerprint"] == gold_set(registry.card("sentiment", "v1"), settings.bundled_data_dir,
+                                               settings.gold_cap).fingerprint
+    # fine-tuned FROM the champion: the weights moved, but from v1's, not from the base encoder's
+    v1 = load_file(registry.resolve("sentiment", "v1") / "model.safetensors")
+    v2 = load_file(registry.resolve("sentiment", "v2") / "model.safetensors")
+    assert not torch.equal(v1["classifier.weight"], v2["classifier.weight"])
+    assert card.metrics.accuracy == pytest.approx(f["gold_challenger"], abs=1e-4)
+
+    kinds = [e.kind for e in store.fetch_model_events("sentiment")]
+    assert kinds == [ModelEventKind.retrain_started, ModelEventKind.promoted]
+
+    again = run_retrain(settings, "sentiment", store)
+    assert again.outcome is Outcome.skipped and "no new corrections" in again.reason
+    assert len(store.fetch_model_events("sentiment")) == 2
+
+
+def test_too_few_corrections_do_not_trigger(loop):
+    settings, store = loop
+    store.write_corrections(corrections(tweets(30), "ann"))
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.skipped and "30 new corrections (< 100)" in report.reason
+    assert store.fetch_model_events("sentiment") == []
+
+
+def test_flipping_annotator_is_screened_out_and_the_rest_is_learned(loop):
+    settings, store = loop
+    pairs = tweets(400)
+    # ann and bob label everything correctly; mallory flips negative<->positive on the same items
+    # and on 100 more that nobody else labelled.
+    store.write_corrections(corrections(pairs, "ann") + corrections(pairs, "bob")
+                            + corrections(pairs, "mallory", flip=True)
+                            + corrections(tweets(100, seed=9), "mallory", flip=True, start=1000))
+    report = run_retrain(settings, "sentiment", store)
+    assert set(report.dropped_annotators) == {"mallory"}
+    assert "balanced agreement" in report.dropped_annotators["mallory"]
+    assert report.outcome is Outcome.promoted, report.reason
+    card = ModelRegistry(settings.registry_dir).card("sentiment", report.challenger)
+    assert set(card.training_config["dropped_annotators"]) == {"mallory"}
+    assert card.training_config["corrections"] == 300  # mallory's 100 lone items are gone
+
+
+def test_gate_refuses_a_poisoned_challenger_when_the_screen_cannot_see_it(loop):
+    """Only the poisoner labelled, and the screen is off: the held-out recent corrections are poisoned
+    too (so 'better on recent' would pass), and the frozen gold set is what refuses it."""
+    settings, store = loop
+    settings = settings.model_copy(update={"annotator_min_agreement": 0.0})
+    store.write_corrections(corrections(tweets(400), "mallory", flip=True))
+    report = run_retrain(settings, "sentiment", store, force=True)
+    assert report.outcome is Outcome.refused and report.exit_code == 3
+    assert "gold accuracy falls" in report.reason
+    assert ModelRegistry(settings.registry_dir).champion("sentiment") == "v1"
+    events = store.fetch_model_events("sentiment")
+    assert [e.kind for e in events] == [ModelEventKind.retrain_started, ModelEventKind.gate_refused]
+    assert events[1].model_version == report.challenger and "gold accuracy falls" in events[1].detail
+    assert events[1].figures["gold_challenger"] < events[1].figures["gold_champion"]
+
+
+def test_gate_refuses_a_worse_challenger(loop):
+    """Correct labels, but a learning rate that wrecks the encoder: worse on gold, refused."""
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_lr": 5e-3, "retrain_head_lr": 5e-2})
+    store.write_corrections(corrections(tweets(400), "ann"))
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.refused, report.reason
+    assert ModelRegistry(settings.registry_dir).champion("sentiment") == "v1"
+    assert report.figures["gold_challenger"] < report.figures["gold_champion"] - settings.gate_max_gold_drop
