@@ -29,15 +29,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from streams.demo import DemoOptions, demo_messages  # noqa: E402
-from streams.follow import Tracker, follow, wait_for  # noqa: E402
-from streams.replay import replay  # noqa: E402
-from streams.runtime import all_topics, kafka_bootstrap  # noqa: E402
-from streams.settings import VigilSettings  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-from streams.worker import WorkerProcess  # noqa: E402
-from tests.e2e_stack import free_port, metric_total  # noqa: E402
-from tests.fixtures.clickhouse import ClickHouseServer, _find_binary  # noqa: E402
+from streams.demo import DemoOptions, demo_messages
+from streams.follow import Tracker, follow, wait_for
+from streams.replay import replay
+from streams.runtime import all_topics, kafka_bootstrap
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+from streams.worker import WorkerProcess
+from tests.e2e_stack import free_port, metric_total
+from tests.fixtures.clickhouse import ClickHouseServer, _find_binary
 
 WARMUP = 60
 SPARE = 200  # top-ups, distinct ids, until every worker that can hold a partition has consumed

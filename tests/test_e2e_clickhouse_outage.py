@@ -95,7 +95,7 @@ async def _stream_through_outage(settings, worker, port, server) -> dict:
     await asyncio.gather(follower, return_exceptions=True)
     assert finished, f"only {tracker.done} of {len(warm) + len(stream)} came out after ClickHouse returned"
     settled = [s for s in samples if s["t"] - down_at >= SETTLE_S]
-    return dict(tracker=tracker, sent=warm + stream, samples=samples, settled=settled)
+    return {"tracker": tracker, "sent": warm + stream, "samples": samples, "settled": settled}
 
 
 def test_clickhouse_down_30s_pauses_the_worker_and_loses_or_duplicates_nothing(worker_on_server):

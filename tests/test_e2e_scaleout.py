@@ -21,7 +21,15 @@ from streams.follow import Tracker, follow, wait_for
 from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import assert_exactly_once, free_port, ids_of, metric_total, prepare, real_messages, stack_env
+from tests.e2e_stack import (
+    assert_exactly_once,
+    free_port,
+    ids_of,
+    metric_total,
+    prepare,
+    real_messages,
+    stack_env,
+)
 
 pytestmark = pytest.mark.slow
 IN = "vigil_messages_in_total"
@@ -76,7 +84,7 @@ async def _scale_out_and_kill(settings: VigilSettings, workers: list[WorkerProce
     stream = real_messages(settings, 900, skip=24 * round_no)
     sent += stream
     producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=60))
-    victim, survivor = workers[0], workers[1]
+    victim = workers[0]
     while len(tracker.scored_ids) < len(sent) - len(stream) * 2 // 3:
         await asyncio.sleep(0.05)
     victim_consumed = _metric(ports[0])
@@ -89,8 +97,8 @@ async def _scale_out_and_kill(settings: VigilSettings, workers: list[WorkerProce
     follower.cancel()
     await asyncio.gather(follower, return_exceptions=True)
     assert finished, f"only {tracker.done} of {len(sent)} messages came out after the kill"
-    return dict(tracker=tracker, sent=sent, before=before, victim_consumed=victim_consumed, at_kill=at_kill,
-                survivor_at_kill=survivor_at_kill, survivor_end=_metric(ports[1]))
+    return {"tracker": tracker, "sent": sent, "before": before, "victim_consumed": victim_consumed,
+            "at_kill": at_kill, "survivor_at_kill": survivor_at_kill, "survivor_end": _metric(ports[1])}
 
 
 def test_two_workers_share_partitions_and_the_survivor_takes_over_after_sigkill(two_workers):

@@ -64,8 +64,10 @@ def _create_table(m: re.Match[str], cluster: str) -> list[str]:
     head = f"CREATE TABLE {if_not_exists}"
     return [
         f"{head}{database}.{local} ON CLUSTER {cluster}\n{local_body}",
-        f"{head}{database}.{table} ON CLUSTER {cluster} AS {database}.{local}\n"
-        f"ENGINE = Distributed({cluster}, {database}, {local}, {_sharding_key(order_by.group(1))})",
+        (
+            f"{head}{database}.{table} ON CLUSTER {cluster} AS {database}.{local}\n"
+            f"ENGINE = Distributed({cluster}, {database}, {local}, {_sharding_key(order_by.group(1))})"
+        ),
     ]
 
 
