@@ -181,14 +181,14 @@ def _mount_model_commands() -> None:
     register(app)
 
 
-def _mount_labelling_commands() -> None:
-    from feedback.cli import register
+def _mount_triage_commands() -> None:
+    from streams.triage_cli import register
 
     register(app)
 
 
-def _mount_triage_commands() -> None:
-    from streams.triage_cli import register
+def _mount_labelling_commands() -> None:
+    from feedback.cli import register
 
     register(app)
 

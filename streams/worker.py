@@ -55,6 +55,10 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         store,
         metrics,
     )
+    if settings.ui_in_worker:
+        from feedback.web import attach_to_worker
+
+        attach_to_worker(app, settings, store)
     try:
         # mode's Worker replaces the root handlers; hand it ours so its lines are formatted alike.
         app.conf.loghandlers = [handler]
