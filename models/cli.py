@@ -131,11 +131,19 @@ def promote_command(ctx: typer.Context, task: str, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
     from models.registry import ModelRegistry, RegistryError
 
+    from feedback.retrain_cli import record_champion_change
+    from feedback.contracts import ModelEventKind
+
+    settings = _settings(ctx)
+    registry = ModelRegistry(settings.registry_dir)
     try:
-        ModelRegistry(_settings(ctx).registry_dir).promote(task, version)
+        before = registry.champion(task)
+        registry.promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
-    console.print(f"{task} champion: {version} (running workers pick it up when they restart)")
+    if before != version:
+        record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
+    console.print(f"{task} champion: {version} (running workers swap to it within model_poll_interval_s)")
 
 
 @models_app.command("rollback")
@@ -143,10 +151,17 @@ def rollback_command(ctx: typer.Context, task: str) -> None:
     """Make the previous champion of TASK the champion again."""
     from models.registry import ModelRegistry, RegistryError
 
+    from feedback.retrain_cli import record_champion_change
+    from feedback.contracts import ModelEventKind
+
+    settings = _settings(ctx)
+    registry = ModelRegistry(settings.registry_dir)
     try:
-        version = ModelRegistry(_settings(ctx).registry_dir).rollback(task)
+        before = registry.champion(task)
+        version = registry.rollback(task)
     except RegistryError as e:
         raise _fail(e) from e
+    record_champion_change(settings, ModelEventKind.rolled_back, task, version, f"rolled back by hand from {before}")
     console.print(f"{task} champion rolled back to {version}")
 
 
@@ -225,4 +240,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
     app.command("train")(train_command)
     app.command("eval")(eval_command)
+    from feedback.retrain_cli import retrain_command
+
+    app.command("retrain")(retrain_command)
     app.add_typer(models_app, name="models")
