@@ -18,7 +18,8 @@ from models.engine import load_scorer
 from streams.app import create_app
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.logs import configure_logging, faust_logging_config, make_handler, settings_summary
+from streams.hotswap import ScorerSlot, follows_champion, register_hot_swap
+from streams.logs import configure_logging, default_worker_id, faust_logging_config, make_handler, settings_summary
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 
@@ -42,19 +43,24 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
     configure_logging(handler, level)
     log.info("worker starting", extra={"config": settings_summary(settings)})
     versions = {Kind.news: settings.sentiment_model, Kind.support: settings.triage_model}
-    scorers = {kind: load_scorer(settings, TASK_BY_KIND[kind], versions[kind]) for kind in Kind}
+    slots = {
+        kind: ScorerSlot(TASK_BY_KIND[kind], load_scorer(settings, TASK_BY_KIND[kind], versions[kind]),
+                         follows_champion=follows_champion(versions[kind]))
+        for kind in Kind
+    }
     store = open_store(settings)
     metrics = Metrics()
-    metrics.model.info({TASK_BY_KIND[k]: s.model_version for k, s in scorers.items()})
+    metrics.model.info({s.task: s.get().model_version for s in slots.values()})
     if metrics_port:
         metrics.serve(metrics_port)
     app = create_app(
         settings,
         settings.kafka_brokers,
-        {kind: (lambda s=s: s) for kind, s in scorers.items()},
+        {kind: slot.get for kind, slot in slots.items()},
         store,
         metrics,
     )
+    register_hot_swap(app, settings, slots, store, metrics, load_scorer, settings.worker_id or default_worker_id())
     if settings.ui_in_worker:
         from feedback.web import attach_to_worker
 
