@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from feedback.contracts import Correction, ModelEvent, ModelEventKind
-from feedback.gate import Evaluation, GateConfig, ScreenConfig, consensus, judge, screen_annotators
+from feedback.gate import (
+    Evaluation,
+    GateConfig,
+    ScreenConfig,
+    consensus,
+    judge,
+    screen_annotators,
+)
 from feedback.triggers import TriggerPolicy, decide
 from streams.settings import VigilSettings
 
@@ -78,7 +85,13 @@ def run_retrain(
 
     from models.engine import pick_device, set_cpu_threads
     from models.registry import ModelRegistry, RegistryError
-    from models.retrain import RetrainConfig, fine_tune, gold_set, load_classifier, predict
+    from models.retrain import (
+        RetrainConfig,
+        fine_tune,
+        gold_set,
+        load_classifier,
+        predict,
+    )
 
     if record is None:
         from feedback.events import publish_model_events

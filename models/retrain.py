@@ -204,14 +204,14 @@ def fine_tune(
         tokenizer.save_pretrained(target)
 
     n_corr = len(corrections)
-    card = ModelRegistry(registry_root).add(champion.task, write, dict(
-        model_name=champion.model_name,
-        labels=list(labels),
-        metrics={**report.summary(gold.description), "steps": step, "train_rows": len(rows)},
-        data_fingerprint=fingerprint(rows, origin.split, (*origin.sources, CORRECTIONS_SOURCE)),
-        base_encoder=champion.base_encoder,
-        max_length=cfg.max_length,
-        training_config={
+    card = ModelRegistry(registry_root).add(champion.task, write, {
+        "model_name": champion.model_name,
+        "labels": list(labels),
+        "metrics": {**report.summary(gold.description), "steps": step, "train_rows": len(rows)},
+        "data_fingerprint": fingerprint(rows, origin.split, (*origin.sources, CORRECTIONS_SOURCE)),
+        "base_encoder": champion.base_encoder,
+        "max_length": cfg.max_length,
+        "training_config": {
             **cfg.model_dump(mode="json"),
             "profile": "retrain",
             # kept so the next retrain rebuilds the same gold set and replay pool
@@ -225,5 +225,5 @@ def fine_tune(
             "device": str(dev),
             **(extra_config or {}),
         },
-    ))
+    })
     return RetrainResult(card, model, tokenizer, gold_pred, step, time.perf_counter() - started)

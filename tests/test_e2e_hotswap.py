@@ -9,6 +9,7 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import Self
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -85,7 +86,7 @@ class Topic:
         self.settings, self.name, self.values = settings, name, []
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def __aenter__(self) -> Topic:
+    async def __aenter__(self) -> Self:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_brokers, enable_auto_commit=False)
         await self._consumer.start()
         tp = TopicPartition(self.name, 0)
@@ -107,7 +108,7 @@ class Topic:
 
 
 async def _run(settings: VigilSettings, registry: ModelRegistry, v2: str):
-    first, second, third = range(0, 60), range(60, 300), range(300, 360)
+    first, second, third = range(60), range(60, 300), range(300, 360)
     async with Topic(settings, settings.topic_scored) as scored, \
             Topic(settings, settings.topic_model_events) as events:
         await replay(settings.kafka_brokers, settings.raw_topics, [_news(i) for i in first])
