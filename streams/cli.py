@@ -172,7 +172,12 @@ def db_migrate(ctx: typer.Context) -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of every message type."""
-    console.print_json(json.dumps({name: m.model_json_schema() for name, m in ALL_SCHEMAS.items()}))
+    from feedback.contracts import FEEDBACK_SCHEMAS
+    from streams.alerting.contracts import Alert, AlertVerdict, TicketAck, TriageTicket
+
+    every = {**ALL_SCHEMAS, "Alert": Alert, "AlertVerdict": AlertVerdict, "TicketAck": TicketAck,
+             "TriageTicket": TriageTicket, **FEEDBACK_SCHEMAS}
+    console.print_json(json.dumps({name: m.model_json_schema() for name, m in every.items()}))
 
 
 def _mount_model_commands() -> None:

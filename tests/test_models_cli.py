@@ -57,3 +57,12 @@ def test_bench_scoring_prints_each_contender_and_the_ratio(tiny_registry, tmp_pa
              if "msgs/s" in line}
     assert set(rates) == {"engine", "pipeline/1", "pipeline/batch"} and all(r > 0 for r in rates.values())
     assert "engine / pipeline(batch_size=8) = " in out
+
+
+def test_vigil_schema_prints_every_message_type(tmp_path):
+    code, out = _run(["schema"], tmp_path)
+    assert code == 0
+    schemas = json.loads(out)
+    assert {"NewsItem", "SupportMessage", "ScoredMessage", "DeadLetter", "Alert", "AlertVerdict", "TicketAck",
+            "TriageTicket", "LabelRequest", "QueueItem", "Correction", "ModelEvent"} <= set(schemas)
+    assert "headline" in schemas["NewsItem"]["properties"]
