@@ -113,7 +113,8 @@ class FeedbackProcessor:
         now = self._clock()
         requests, events = [], []
         for msg in decode_all(ScoredMessage, values, "scored"):
-            decision = self._selector.decide(msg, now)
+            challenger = msg.shadow.label if msg.shadow is not None else None
+            decision = self._selector.decide(msg, now, challenger_label=challenger)
             if decision.request is not None:
                 requests.append(decision.request)
             events += self._drift.observe_scored(

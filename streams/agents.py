@@ -57,8 +57,10 @@ class BatchProcessor:
         model_executor: ThreadPoolExecutor,
         io_executor: ThreadPoolExecutor,
         retry_max_s: float,
+        shadow: Scorer | None = None,
     ) -> None:
         self.kind = kind
+        self._shadow = shadow
         self._scorer = scorer
         self._store = store
         self._limits = limits
@@ -98,11 +100,16 @@ class BatchProcessor:
             else {}
         )
         unique, duplicates = resolve_duplicates(decoded, stored)
-        result = await self._in(self._model_executor, score_batch, self.kind, unique, self._scorer())
+        scorer = self._scorer()  # once per batch: a hot swap lands between batches, never inside one
+        result = await self._in(
+            self._model_executor, lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow)
+        )
         result.dead.extend(dead + duplicates)
         await self._publish(result.scored, result.dead)
         if result.scored:
             await self._durably("writing scored rows", self._store.write_scored, result.scored)
+        if shadowed := [m for m in result.scored if m.shadow is not None]:
+            await self._durably("writing shadow predictions", self._store.write_shadow, shadowed)
         if result.dead:
             await self._durably("writing dead letters", self._store.write_dead_letters, result.dead)
         self._metrics.observe_batch(self.kind, len(records), result, time.perf_counter() - started)

@@ -52,6 +52,7 @@ def create_app(
     scorers: Mapping[Kind, Callable[[], Scorer]],
     store: ClickHouseStore,
     metrics: Metrics,
+    shadows: Mapping[Kind, Scorer] | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.consumer_group,
@@ -92,6 +93,7 @@ def create_app(
             model_executor=model_executor,
             io_executor=io_executor,
             retry_max_s=settings.clickhouse_retry_max_s,
+            shadow=(shadows or {}).get(Kind(kind)),
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(

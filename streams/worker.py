@@ -48,6 +48,11 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
                          follows_champion=follows_champion(versions[kind]))
         for kind in Kind
     }
+    shadow_versions = {Kind.news: settings.shadow_sentiment_model, Kind.support: settings.shadow_triage_model}
+    shadows = {
+        kind: load_scorer(settings, TASK_BY_KIND[kind], version)
+        for kind, version in shadow_versions.items() if version
+    }
     store = open_store(settings)
     metrics = Metrics()
     metrics.model.info({s.task: s.get().model_version for s in slots.values()})
@@ -59,6 +64,7 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         {kind: slot.get for kind, slot in slots.items()},
         store,
         metrics,
+        shadows,
     )
     register_hot_swap(app, settings, slots, store, metrics, load_scorer, settings.worker_id or default_worker_id())
     if settings.ui_in_worker:

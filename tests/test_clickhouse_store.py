@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from streams.alerting.contracts import Alert, ContributingMessage, Severity
 from streams.clickhouse import (
     ClickHouseStore,
     CompatLevel,
@@ -17,9 +18,8 @@ from streams.clickhouse import (
     migrate,
     open_store,
 )
-from streams.alerting.contracts import Alert, ContributingMessage, Severity
 from streams.clickhouse.compat import to_stored_time
-from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage, ShadowPrediction
 from streams.settings import VigilSettings
 
 # Recent: rows older than clickhouse_ttl_days (written_time) are deleted by the modern TTL.
@@ -61,12 +61,15 @@ def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, c
         second = migrate(backend, database=settings.clickhouse_database, ttl_days=30)
         expected = CompatLevel.modern if settings.clickhouse_url is None else CompatLevel.legacy_18
         assert first.level is second.level is expected
-        assert first.applied == ["0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback", "0005_triage", "0006_alert_verdicts"] and first.already_applied == []
+        assert first.applied == [
+            "0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback", "0005_triage", "0006_alert_verdicts",
+            "0007_shadow",
+        ] and first.already_applied == []
         assert second.applied == [] and second.already_applied == first.applied
         recorded = backend.query(
             f"SELECT version, level FROM {settings.clickhouse_database}.schema_migrations FINAL ORDER BY version"
         )
-        assert recorded == [(v, expected.value) for v in (1, 2, 3, 4, 5, 6)]
+        assert recorded == [(v, expected.value) for v in range(1, 8)]
         assert f"schema compatibility level {expected.value}" in caplog.text
         columns = {
             name: type_ for name, type_ in backend.query(
@@ -265,3 +268,15 @@ def test_alerts_round_trip_and_a_re_emitted_alert_counts_once(store: ClickHouseS
     assert back[sentiment.id] == sentiment.model_copy(update={
         f: to_stored_time(getattr(sentiment, f), store.level) for f in ("window_start", "window_end", "created_at")
     })
+
+
+def test_shadow_predictions_count_disagreements_once_per_message(store: ClickHouseStore) -> None:
+    def shadowed(i: int, label: str) -> ScoredMessage:
+        return msg(i).model_copy(update={"shadow": ShadowPrediction(model_version="v2", label=label, confidence=0.7)})
+
+    batch = [shadowed(1, msg(1).label), shadowed(2, "negative" if msg(2).label != "negative" else "neutral"),
+             msg(3)]  # no shadow: skipped
+    assert store.write_shadow(batch) == 2
+    store.write_shadow(batch)  # replayed
+    assert store.shadow_agreement(Kind.news) == [(msg(1).model_version, "v2", 2, 1)]
+    assert store.shadow_agreement(Kind.support) == []

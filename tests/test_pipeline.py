@@ -81,3 +81,18 @@ def test_one_poison_text_is_dead_lettered_and_the_rest_of_the_batch_is_scored(ti
     assert [m.id for m in result.scored] == ["n0", "n1", "n3"]
     assert [(d.reason, d.offset) for d in result.dead] == [(DeadLetterReason.scoring_failed, 2)]
     assert "illegal memory access" in result.dead[0].detail
+
+
+def test_a_shadow_challenger_scores_the_same_batch_and_its_failure_costs_nothing(tiny_scorers):
+    values = [news_json(id=f"n{i}", headline=f"$ACME headline {i}") for i in range(4)]
+    decoded, _ = decode_batch(Kind.news, _records("news", values), LIMITS)
+    champion = tiny_scorers["sentiment"]
+    plain = score_batch(Kind.news, decoded, champion).scored
+    shadowed = score_batch(Kind.news, decoded, champion, shadow=champion).scored
+    # The same model as its own shadow agrees everywhere, and the champion's fields are untouched.
+    assert [m.shadow.label for m in shadowed] == [m.label for m in plain]
+    assert [m.model_copy(update={"shadow": None, "scored_time": p.scored_time}) for m, p in zip(shadowed, plain)] == plain
+
+    broken = score_batch(Kind.news, decoded, champion, shadow=_FailsOnMarker(champion, "headline"))
+    assert [m.id for m in broken.scored] == ["n0", "n1", "n2", "n3"] and broken.dead == []
+    assert all(m.shadow is None for m in broken.scored)

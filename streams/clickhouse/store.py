@@ -28,6 +28,7 @@ from .compat import (
     scored_columns,
     scored_from_row,
     scored_row,
+    to_stored_time,
     verdict_from_row,
     verdict_row,
 )
@@ -114,6 +115,38 @@ class ClickHouseStore:
         columns = scored_columns(self.level)
         self._retried("insert into scored", lambda: self.backend.insert(self._scored, columns, rows))
         return len(rows)
+
+    _SHADOW_COLUMNS = (
+        "kind", "id", "champion_version", "champion_label", "champion_confidence", "challenger_version",
+        "challenger_label", "challenger_confidence", "agrees", "event_time", "scored_time",
+    )
+
+    def write_shadow(self, messages: Sequence[ScoredMessage]) -> int:
+        """The shadow challenger's predictions beside the champion's (messages without one are skipped)."""
+        rows = [
+            (m.kind.value, m.id, m.model_version, m.label, m.confidence, m.shadow.model_version, m.shadow.label,
+             m.shadow.confidence, int(m.shadow.label == m.label), to_stored_time(m.event_time, self.level),
+             to_stored_time(m.scored_time, self.level))
+            for m in messages if m.shadow is not None
+        ]
+        if rows:
+            self._retried("insert into shadow_predictions", lambda: self.backend.insert(
+                f"{self.database}.shadow_predictions", self._SHADOW_COLUMNS, rows
+            ))
+        return len(rows)
+
+    def shadow_agreement(self, kind: Kind | str) -> list[tuple[str, str, int, int]]:
+        """Per (champion, challenger) version pair: (champion, challenger, messages, disagreements)."""
+        return [
+            (champion, challenger, int(n), int(differ))
+            for champion, challenger, n, differ in self._query(
+                "shadow agreement",
+                f"SELECT champion_version, challenger_version, count(), countIf(agrees = 0) "
+                f"FROM {self.database}.shadow_predictions FINAL WHERE kind = {{kind:String}} "
+                "GROUP BY champion_version, challenger_version ORDER BY champion_version, challenger_version",
+                {"kind": str(Kind(kind))},
+            )
+        ]
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         if not letters:
