@@ -91,6 +91,8 @@ def feedback_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_brok
         "VIGIL_ALERT_RULES_PATH": str(rules),
         "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",
         "VIGIL_FEEDBACK_AUDIT_RATE": "0.25",
+        # The champion as its own shadow: exercises shadow scoring end to end; it must agree everywhere.
+        "VIGIL_SHADOW_SENTIMENT_MODEL": "v1",
         "VIGIL_FEEDBACK_BUDGET_PER_HOUR": "10000",
         "VIGIL_FEEDBACK_MAX_CLASS_SHARE": "1",
         "VIGIL_FEEDBACK_SENTIMENT_MARGIN_BELOW": repr(_median_margin(tiny_scorers["sentiment"], news)),
@@ -174,9 +176,10 @@ def _queue(settings: VigilSettings):
             for m in store.fetch_scored(kind, [f"{kind.value[0]}-{i}" for i in range(40)])
         }
         alerts = store.fetch_alerts()
+        shadow = store.shadow_agreement(Kind.news)
     finally:
         store.close()
-    return items, raw_rows, scored, alerts
+    return items, raw_rows, scored, alerts, shadow
 
 
 def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_replay_adds_none(feedback_stack):
@@ -191,8 +194,9 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
         settings, lambda got: support_ids <= {r.message_id for r in got}, quiet_s=4, timeout_s=120,
     ))
     assert first.stop() == 0
-    items, raw_rows, scored, alerts = _queue(settings)
+    items, raw_rows, scored, alerts, shadow = _queue(settings)
     assert len(scored) == len(messages)
+    assert shadow == [("v1", "v1", len(messages) - len(support_ids), 0)]
 
     # What the policy must have selected, and why, from what ClickHouse stored.
     contributors: dict[str, set[str]] = defaultdict(set)
@@ -237,7 +241,8 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     ))[len(on_topic):]
     assert second.stop() == 0
     assert {r.item_id for r in replayed} == set(items), "the replay selected other items"
-    items_after, raw_after, _, _ = _queue(settings)
+    items_after, raw_after, _, _, shadow_after = _queue(settings)
     assert items_after == items
     assert raw_after == raw_rows, "the replay wrote rows to label_queue"
+    assert shadow_after == shadow, "the replay counted shadow predictions twice"
 
