@@ -48,7 +48,6 @@ def main() -> None:
     from feedback.store import open_feedback_store
     from models.data import SplitConfig, stratified_split
     from models.engine import load_scorer
-    from models.registry import ModelRegistry
     from models.tasks import get_task
     from models.train import train_task
     from streams.clickhouse import open_store
@@ -57,9 +56,9 @@ def main() -> None:
 
     started = time.perf_counter()
     shutil.rmtree(args.out, ignore_errors=True)
-    base = dict(device=args.device, cpu_threads=args.threads, clickhouse_url=None, kafka_brokers=None,
-                max_length=64, retrain_max_length=64, retrain_replay_size=args.replay, retrain_epochs=args.epochs,
-                retrain_min_corrections=args.budget)
+    base = {"device": args.device, "cpu_threads": args.threads, "clickhouse_url": None, "kafka_brokers": None,
+                "max_length": 64, "retrain_max_length": 64, "retrain_replay_size": args.replay, "retrain_epochs": args.epochs,
+                "retrain_min_corrections": args.budget}
     champ_settings = VigilSettings(data_dir=args.out / "champion", **base)
     t = time.perf_counter()
     result = train_task(champ_settings, "sentiment", args.profile, promote=True, sources=("financial_phrasebank",),

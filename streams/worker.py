@@ -19,7 +19,13 @@ from streams.app import create_app
 from streams.clickhouse import open_store
 from streams.contracts import Kind
 from streams.hotswap import ScorerSlot, follows_champion, register_hot_swap
-from streams.logs import configure_logging, default_worker_id, faust_logging_config, make_handler, settings_summary
+from streams.logs import (
+    configure_logging,
+    default_worker_id,
+    faust_logging_config,
+    make_handler,
+    settings_summary,
+)
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 
