@@ -38,8 +38,9 @@ from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
-from streams.clickhouse import ClickHouseStore, StorageUnavailable
+from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind, ScoredMessage
+from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
@@ -97,17 +98,10 @@ class FeedbackProcessor:
         self._clock = clock
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """Retry a storage call until it succeeds; the batch stays un-acked meanwhile."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._io_executor, fn, *args)
-            except StorageUnavailable as exc:
-                self._metrics.storage_errors.inc()
-                log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
-                self._watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
+        return await until_stored(
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            retry_max_s=self._retry_max_s,
+        )
 
     async def on_scored(self, values: Sequence[bytes]) -> list[LabelRequest]:
         now = self._clock()

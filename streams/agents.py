@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 from faust.types import EventT, StreamT, TopicT
 
 from models.scoring import Scorer
-from streams.clickhouse import ClickHouseStore, StorageUnavailable
+from streams.clickhouse import ClickHouseStore
 from streams.contracts import DeadLetter, Kind, ScoredMessage
+from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.pipeline import BatchResult, Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
 from streams.watchdog import ProgressWatchdog
@@ -76,18 +77,10 @@ class BatchProcessor:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """Retry a storage call until it succeeds: the batch stays un-acked meanwhile, and take()
-        cannot buffer more, so memory stays bounded while ClickHouse is away."""
-        delay = 0.5
-        while True:
-            try:
-                return await self._in(self._io_executor, fn, *args)
-            except StorageUnavailable as exc:
-                self._metrics.storage_errors.inc()
-                log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
-                self._watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
+        return await until_stored(
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            retry_max_s=self._retry_max_s,
+        )
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()

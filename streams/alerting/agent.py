@@ -51,9 +51,10 @@ from streams.alerting.triage import (
     route,
 )
 from streams.alerting.webhook import WebhookNotifier
-from streams.clickhouse import ClickHouseStore, StorageUnavailable
+from streams.clickhouse import ClickHouseStore
 from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind, ScoredMessage
+from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
@@ -233,18 +234,10 @@ class AlertingProcessor:
         return Output(alerts)
 
     async def _durably(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Retry a storage call until it succeeds; offsets stay uncommitted meanwhile."""
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._io_executor, fn, *args)
-                return
-            except StorageUnavailable as exc:
-                self._metrics.storage_errors.inc()
-                log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
-                self._watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
+        await until_stored(
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            retry_max_s=self._retry_max_s,
+        )
 
     async def emit(self, out: Output) -> None:
         """Publish tickets and alerts, then store them (retried until stored), then offer alerts to the webhook."""
