@@ -152,6 +152,7 @@ class FeedbackProcessor:
     async def on_corrections(self, values: Sequence[bytes]) -> list[ModelEvent]:
         events = []
         for c in decode_all(Correction, values, "corrections"):
+            self._metrics.corrections.labels(c.task, c.source.value).inc()
             if c.item_id is None:
                 continue
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
@@ -170,6 +171,9 @@ class FeedbackProcessor:
         ]
         await asyncio.gather(*futures)
         await self._durably("writing label requests", self._feedback.write_requests, requests)
+        for r in requests:
+            for reason in r.reasons:
+                self._metrics.label_requests.labels(r.task, reason.value).inc()
 
     async def emit(self, events: Sequence[ModelEvent]) -> None:
         if not events:
@@ -181,6 +185,7 @@ class FeedbackProcessor:
         await asyncio.gather(*futures)
         await self._durably("writing model events", self._feedback.write_model_events, events)
         for e in events:
+            self._metrics.model_events.labels(e.task, e.kind.value).inc()
             log.warning("model event %s %s %s: %s", e.kind.value, e.task, e.model_version, e.detail)
 
 

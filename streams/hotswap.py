@@ -99,6 +99,7 @@ def register_hot_swap(
             old = slot.swap(scorer)
             load_s = time.perf_counter() - started
             metrics.model.info({s.task: s.get().model_version for s in slots.values()})
+            metrics.model_events.labels(slot.task, ModelEventKind.swapped.value).inc()
             log.info("%s: now scoring with %s (was %s; loaded in %.2fs)", slot.task, version, old.model_version, load_s)
             event = ModelEvent(kind=ModelEventKind.swapped, task=slot.task, model_version=version,
                                detail=f"{worker_name} swapped {old.model_version} -> {version}",

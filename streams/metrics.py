@@ -40,6 +40,13 @@ class Metrics:
         self.webhook_dropped = Counter(
             "vigil_webhook_dropped_total", "Alerts not sent because the webhook queue was full", registry=r
         )
+        self.label_requests = Counter(
+            "vigil_label_requests_total", "Messages sent to the label queue, per reason", ["task", "reason"], registry=r
+        )
+        self.corrections = Counter("vigil_corrections_total", "Human labels received", ["task", "source"], registry=r)
+        self.model_events = Counter(
+            "vigil_model_events_total", "Drift detections, swaps and other model events", ["task", "kind"], registry=r
+        )
         self.model = Info("vigil_model", "Model versions in use", registry=r)
 
     def observe_batch(self, kind: Kind, n_records: int, result: BatchResult, seconds: float) -> None:

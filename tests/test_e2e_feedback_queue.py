@@ -35,6 +35,7 @@ from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.e2e_stack import free_port, metric_total
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +108,10 @@ def feedback_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_brok
     ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
     workers: list[WorkerProcess] = []
 
-    def worker(group: str, name: str) -> WorkerProcess:
-        w = WorkerProcess(kafka_broker.bootstrap, tmp_path / f"{name}.log", {**env, "VIGIL_CONSUMER_GROUP": group})
+    def worker(group: str, name: str, *args: str) -> WorkerProcess:
+        w = WorkerProcess(
+            kafka_broker.bootstrap, tmp_path / f"{name}.log", {**env, "VIGIL_CONSUMER_GROUP": group}, args
+        )
         workers.append(w)
         return w
 
@@ -186,13 +189,16 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     settings, worker = feedback_stack
     messages = _messages()
     support_ids = {m.key.decode() for m in messages if m.kind is Kind.support}
-    first = worker(settings.consumer_group, "worker-1")
+    metrics_port = free_port()
+    first = worker(settings.consumer_group, "worker-1", "--metrics-port", str(metrics_port))
     first.start()
     assert asyncio.run(_score_all(settings, messages)), "not every message came out of the worker"
     # Every support message raises a priority alert, so each is requested at least for that.
     on_topic = asyncio.run(_requests_until_quiet(
         settings, lambda got: support_ids <= {r.message_id for r in got}, quiet_s=4, timeout_s=120,
     ))
+    # The worker's Prometheus counter agrees with the topic: one increment per request and reason.
+    assert metric_total(metrics_port, "vigil_label_requests_total") == sum(len(r.reasons) for r in on_topic)
     assert first.stop() == 0
     items, raw_rows, scored, alerts, shadow = _queue(settings)
     assert len(scored) == len(messages)
