@@ -26,7 +26,7 @@ from models.evaluate import evaluate
 from models.modeling import MeanPoolClassifier, labels_of
 from models.registry import ModelCard, ModelRegistry
 from models.tasks import Row, get_task
-from models.train import _linear_schedule
+from models.train import linear_schedule, optimise_step
 
 CORRECTIONS_SOURCE = "corrections"
 
@@ -172,7 +172,7 @@ def fine_tune(
     body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     optimizer = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
                                   weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(total * cfg.warmup_ratio), total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * cfg.warmup_ratio), total))
     loss_fn = nn.CrossEntropyLoss()
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -182,14 +182,7 @@ def fine_tune(
         for batch in torch.randperm(len(rows), generator=generator).split(cfg.batch_size):
             x, mask = pad_batch([ids[i] for i in batch.tolist()], tokenizer.pad_token_id)
             x, mask, y = x.to(dev), mask.to(dev).long(), y_all[batch].to(dev)
-            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                logits = model(input_ids=x, attention_mask=mask).logits
-            loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            optimise_step(model, optimizer, scheduler, loss_fn, x, mask, y, autocast, cfg.grad_clip)
             step += 1
             if step >= total:
                 break

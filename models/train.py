@@ -111,13 +111,36 @@ def _param_groups(model: MeanPoolClassifier, cfg: TrainConfig) -> list[dict]:
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
+
+
+def optimise_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    y: torch.Tensor,
+    autocast: torch.dtype | None,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimiser step on one batch: autocast forward, loss in fp32, clipped gradients."""
+    with torch.autocast(ids.device.type, dtype=autocast, enabled=autocast is not None):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return loss
 
 
 def train(
@@ -168,7 +191,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), fused=dev.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(int(total * cfg.warmup_ratio), total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * cfg.warmup_ratio), total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     autocast = torch.bfloat16 if dev.type == "cuda" else None
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -192,14 +215,7 @@ def train(
             for batch in torch.randperm(len(train_rows), generator=generator).split(cfg.batch_size):
                 ids, mask = pad_batch([train_ids[i] for i in batch.tolist()], tokenizer.pad_token_id)
                 ids, mask, y = ids.to(dev), mask.to(dev), y_train[batch].to(dev)
-                with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = loss_fn(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                loss = optimise_step(model, optimizer, scheduler, loss_fn, ids, mask, y, autocast, cfg.grad_clip)
                 step += 1
                 bar.update(bar_task, advance=1, info=f"loss {loss.item():.3f}")
                 if step % eval_every == 0 or step == total:
