@@ -210,7 +210,7 @@ def register_feedback(
         requests_topic=topic(settings.topic_label_requests),
         model_events_topic=topic(settings.topic_model_events),
         store=store,
-        feedback=FeedbackStore.sharing(store),
+        feedback=FeedbackStore(store),
         metrics=metrics,
         io_executor=io_executor,
         retry_max_s=settings.clickhouse_retry_max_s,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from feedback.contracts import (
     Correction,
@@ -23,13 +23,11 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
-from streams.clickhouse import Backend, ClickHouseError, ClickHouseStore, CompatLevel, connect
+from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
 from streams.clickhouse.compat import to_stored_time
 from streams.clickhouse.migrations import schema_level
-from streams.clickhouse.retry import call_with_retries
 from streams.settings import VigilSettings
 
-T = TypeVar("T")
 
 _FEEDBACK_MIGRATION = 4
 
@@ -140,45 +138,24 @@ def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
 
 
 class FeedbackStore:
-    """Thread-safe as its backend is. Build with ``open_feedback_store(settings)``, or
-    ``FeedbackStore.sharing(store)`` inside a process that already has a ClickHouseStore open
-    (chdb allows one embedded backend per process)."""
+    """The feedback tables over a ClickHouseStore's backend, compatibility level and retries.
+    Build with ``open_feedback_store(settings)``, or ``FeedbackStore(store)`` inside a process that
+    already has a ClickHouseStore open (chdb allows one embedded backend per process); closing
+    either closes the backend."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        database: str,
-        level: CompatLevel,
-        retry_attempts: int = 6,
-        retry_max_s: float = 30.0,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        self.backend = backend
-        self.database = database
-        self.level = level
-        self._attempts = retry_attempts
-        self._retry_max_s = retry_max_s
-        self._clock = clock
-
-    @classmethod
-    def sharing(cls, store: ClickHouseStore) -> FeedbackStore:
-        """A feedback store on the same backend (and retry settings) as ``store``; closing either
-        closes the backend."""
-        return cls(
-            store.backend, database=store.database, level=store.level,
-            retry_attempts=store._attempts, retry_max_s=store._retry_max_s, clock=store._clock,
-        )
-
-    def _retried(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retries(what, fn, attempts=self._attempts, retry_max_s=self._retry_max_s)
+    def __init__(self, store: ClickHouseStore) -> None:
+        self._store = store
+        self.backend = store.backend
+        self.database = store.database
+        self.level = store.level
+        self._clock = store._clock
 
     def _query(self, what: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return self._retried(what, lambda: self.backend.query(sql, params))
+        return self._store._query(what, sql, params)
 
     def _insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
         if rows:
-            self._retried(f"insert into {table}", lambda: self.backend.insert(
+            self._store._retried(f"insert into {table}", lambda: self.backend.insert(
                 f"{self.database}.{table}", columns, rows
             ))
         return len(rows)
@@ -341,8 +318,8 @@ def open_feedback_store(settings: VigilSettings, *, clock: Callable[[], datetime
     except BaseException:
         backend.close()
         raise
-    return FeedbackStore(
+    return FeedbackStore(ClickHouseStore(
         backend, database=database, level=level,
         retry_attempts=settings.clickhouse_retry_attempts, retry_max_s=settings.clickhouse_retry_max_s,
         clock=clock,
-    )
+    ))

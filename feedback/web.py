@@ -217,7 +217,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.feedback = FeedbackStore.sharing(store)
+        self.feedback = FeedbackStore(store)
         self.publish = publish
         self.clock = clock
         self.tokens = TokenBook(tokens_path(settings.data_dir))

@@ -75,7 +75,7 @@ def register_hot_swap(
     registry = ModelRegistry(settings.registry_dir)
     loader = ThreadPoolExecutor(1, thread_name_prefix="vigil-model-load")
     events_topic = app.topic(settings.topic_model_events, key_type=bytes, value_type=bytes)
-    events_store = FeedbackStore.sharing(store)  # same backend: chdb allows one per process
+    events_store = FeedbackStore(store)  # same backend: chdb allows one per process
     broken: dict[str, str] = {}  # version -> error, so a corrupt version is reported once, not every tick
 
     async def in_thread(fn, *args):

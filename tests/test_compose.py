@@ -245,7 +245,7 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             queue="fraud", priority="P1", sla_minutes=15, due_at=t0 + timedelta(minutes=15), human_triage=False,
             routed_queue="fraud", model_version="v1", event_time=t0,
         )])
-        feedback = FeedbackStore.sharing(store)
+        feedback = FeedbackStore(store)
         audited = [LabelRequest(
             item_id=f"i-{i}", task="sentiment", message_id=f"n-{i}", text="headline", model_name="sentiment",
             model_version="v1", model_label="positive", probs={"positive": 0.9}, confidence=0.9, margin=0.8,

@@ -170,7 +170,7 @@ async def _score_all(settings: VigilSettings, messages: list[OutgoingMessage]) -
 def _queue(settings: VigilSettings):
     store = open_store(settings)
     try:
-        fstore = FeedbackStore.sharing(store)
+        fstore = FeedbackStore(store)
         items = {i.request.item_id: i for i in fstore.fetch_items()}
         raw_rows = store.backend.query(f"SELECT count() FROM {store.database}.label_queue")[0][0]
         scored = {

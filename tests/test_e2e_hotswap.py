@@ -145,7 +145,7 @@ def test_promotion_mid_stream_swaps_every_message_once(stack):
     store = open_store(settings)
     try:
         stored = store.fetch_scored(Kind.news, ids)
-        stored_events = FeedbackStore.sharing(store).fetch_model_events("sentiment")
+        stored_events = FeedbackStore(store).fetch_model_events("sentiment")
     finally:
         store.close()
     assert len(stored) == 360 and {m.id: m.model_version for m in stored} == {m["id"]: m["model_version"] for m in on_topic}

@@ -195,7 +195,7 @@ def test_open_without_migrations_says_what_to_do(settings: VigilSettings) -> Non
 def test_sharing_a_store_uses_its_backend(chdb_settings: VigilSettings) -> None:
     store = open_store(chdb_settings)
     try:
-        fstore = FeedbackStore.sharing(store)
+        fstore = FeedbackStore(store)
         assert fstore.backend is store.backend and fstore.level is store.level
         assert fstore.write_requests([request(1)]) == 1
     finally:

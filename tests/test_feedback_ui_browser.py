@@ -30,7 +30,7 @@ def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_set
     settings = labelling_settings
     token = TokenBook(tokens_path(settings.data_dir)).add("carol")
     store = open_store(settings)
-    feedback = FeedbackStore.sharing(store)
+    feedback = FeedbackStore(store)
     news = bundled_texts("sentiment", 3, skip=50)
     support = bundled_texts("triage", 1, skip=50)
     a, c, d = (scored_requests(tiny_scorers["sentiment"], [t], [SelectionReason.uncertain], minutes=m)[0]

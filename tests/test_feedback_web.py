@@ -86,7 +86,7 @@ def test_every_api_call_needs_a_valid_token(labelling_settings, store, tokens) -
 
 
 def test_bad_labels_and_bodies_are_refused(labelling_settings, store, tokens, tiny_scorers) -> None:
-    feedback = FeedbackStore.sharing(store)
+    feedback = FeedbackStore(store)
     feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
                                             [SelectionReason.uncertain]))
     alice = bearer(tokens["alice"])
@@ -117,7 +117,7 @@ def test_bad_labels_and_bodies_are_refused(labelling_settings, store, tokens, ti
 
 
 def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tiny_scorers) -> None:
-    feedback = FeedbackStore.sharing(store)
+    feedback = FeedbackStore(store)
     texts = bundled_texts("sentiment", 4)
     feedback.write_requests(scored_requests(tiny_scorers["sentiment"], texts[:3], [SelectionReason.audit]))
     feedback.write_requests(scored_requests(tiny_scorers["sentiment"], texts[3:], [SelectionReason.uncertain],
@@ -186,7 +186,7 @@ def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> A
 def test_verdicts_become_corrections_or_review_items_and_precision(labelling_settings, store, tokens,
                                                                      tiny_scorers) -> None:
     scorer = tiny_scorers["sentiment"]
-    feedback = FeedbackStore.sharing(store)
+    feedback = FeedbackStore(store)
     useful_texts, false_texts = bundled_texts("sentiment", 2, skip=10), bundled_texts("sentiment", 2, skip=20)
     store.write_scored(scored_messages(scorer, useful_texts + false_texts))
     useful = _alert(1, "negative_share", scorer, useful_texts)
