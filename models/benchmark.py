@@ -1,17 +1,19 @@
 """`vigil bench scoring`: Vigil's engine vs Hugging Face pipelines, same model, same texts, same run.
 
 Texts are the bundled Twitter Financial News tweets. Prints msgs/s and p50/p99 per-batch latency for:
-  engine            Engine.score on batches of `batch` texts (length bucketing, inference_mode)
+  engine            Engine.score on batches of `batch` texts (length bucketing), at the settings'
+                    precision (auto: ONNX Runtime on CPU, fp16 on CUDA, when they pass the parity check)
+  engine/P          the same engine at each extra precision P asked for (`also`, e.g. fp32 for torch eager)
   pipeline/1        pipeline("text-classification") called once per message
   pipeline/batch    the same pipeline given each batch, batch_size=`batch`
-and the ratio engine / pipeline-batch.
+and the ratio of each engine to pipeline-batch.
 """
 
 from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +54,9 @@ def run(name: str, fn: Callable[[list[str]], object], batches: list[list[str]], 
 
 def bench_scoring(
     settings: VigilSettings, task: str, *, n: int, n_single: int, batch: int, train_if_missing: bool,
-    out: Callable[[str], None] = print,
+    also: Sequence[str] = (), out: Callable[[str], None] = print,
 ) -> float:
-    """Run the three contenders; returns engine / pipeline-batch."""
+    """Run the contenders; returns engine / pipeline-batch."""
     try:
         ModelRegistry(settings.registry_dir).resolve(task, "champion")
     except ModelNotFound:
@@ -62,15 +64,19 @@ def bench_scoring(
             raise
         train_task(settings, task, "quick")
     engine = load_scorer(settings, task)
+    engines = {"engine": engine} | {
+        f"engine/{p}": load_scorer(settings.model_copy(update={"inference_precision": p}), task) for p in also}
     dev = engine.device
     out(f"task {task} {engine.model_version}  device {dev} "
         f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'})  "
-        f"engine precision {engine.precision}  max_length {settings.max_length}  torch {torch.__version__}")
-    if engine.parity:
-        p = engine.parity
-        out(f"parity {p.precision} vs fp32 on {p.n} validation texts: {p.label_flips} label flips "
-            f"({100 * p.flip_rate:.2f}%), max |dprob| {p.max_abs_prob_diff:.4f}, "
-            f"{'accepted' if p.accepted else 'rejected -> fp32'}")
+        f"max_length {settings.max_length}  torch {torch.__version__}")
+    for name, e in engines.items():
+        out(f"{name} precision {e.precision}")
+        if e.parity:
+            p = e.parity
+            out(f"  parity {p.precision} vs fp32 on {p.n} validation texts: {p.label_flips} label flips "
+                f"({100 * p.flip_rate:.2f}%), max |dprob| {p.max_abs_prob_diff:.4f}, "
+                f"{'accepted' if p.accepted else 'rejected -> fp32'}")
 
     model_dir = ModelRegistry(settings.registry_dir).resolve(task, engine.model_version)
     hf_dtype = torch.float16 if dev.type == "cuda" and engine.precision == "fp16" else (
@@ -83,9 +89,9 @@ def bench_scoring(
     batches = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     singles = [[t] for t in texts[:n_single]]
     with torch.inference_mode():
-        r_engine = run("engine", engine.score, batches, len(texts), out)
+        rates = {name: run(name, e.score, batches, len(texts), out) for name, e in engines.items()}
         run("pipeline/1", lambda b: pipe(b[0], **kw), singles, len(singles), out)
         r_batch = run("pipeline/batch", lambda b: pipe(b, batch_size=batch, **kw), batches, len(texts), out)
-    ratio = r_engine / r_batch
-    out(f"engine / pipeline(batch_size={batch}) = {ratio:.2f}x")
-    return ratio
+    for name, rate in rates.items():
+        out(f"{name} / pipeline(batch_size={batch}) = {rate / r_batch:.2f}x")
+    return rates["engine"] / r_batch

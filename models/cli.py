@@ -219,7 +219,10 @@ def bench_scoring_command(
     n_single: Annotated[int, typer.Option(help="Texts for the one-call-per-message baseline")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size of the engine and the batched pipeline")] = 256,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda (default: settings)")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto|fp32|int8|fp16|bf16 (default: settings)")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto|fp32|onnx|onnx-int8|int8|fp16|bf16 (default: settings)")] = None,
+    also: Annotated[list[str] | None, typer.Option(
+        help="Another engine precision to run in the same run (repeatable), e.g. --also fp32")] = None,
     train_if_missing: Annotated[bool, typer.Option(help="Train a quick model when none exists")] = False,
 ) -> None:
     """This engine vs HF pipeline per message and HF pipeline batched: msgs/s, p50/p99 batch latency."""
@@ -230,7 +233,7 @@ def bench_scoring_command(
     settings = _settings(ctx).model_copy(update=overrides)
     try:
         bench_scoring(settings, task, n=n, n_single=n_single, batch=batch, train_if_missing=train_if_missing,
-                      out=typer.echo)
+                      also=also or (), out=typer.echo)
     except ModelNotFound as e:
         raise _fail(e) from e
 

@@ -1,7 +1,8 @@
 """The inference engine: a registry model behind the ``Scorer`` interface.
 
 Texts are tokenised once (fast tokenizer), sorted by length and batched so that each batch pads
-only to its own longest text, run under ``torch.inference_mode`` and put back in input order.
+only to its own longest text, run through the forward (torch under ``torch.inference_mode``, or an
+ONNX Runtime session on CPU) and put back in input order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "int8", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "int8", "fp16", "bf16", "onnx", "onnx-int8"]
+# (padded ids, mask) of one batch, on CPU -> its class probabilities (float32, any device).
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A token rarely spans more than ~10 characters of real text; cutting far beyond that bounds the
 # tokenizer's work on huge inputs without changing what the model sees for ordinary long texts.
@@ -133,26 +136,37 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None = None) -> Forward:
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Plain copies: allocating pinned memory per batch cost more than the copies it sped up.
+        ids, mask = ids.to(device), mask.to(device).long()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        return torch.softmax(logits.float(), dim=-1)
+
+    return forward
+
+
 @torch.inference_mode()
-def predict_probs(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
-                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+def run_batches(forward: Forward, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
+                num_labels: int) -> np.ndarray:
     """Class probabilities (float32, input order) for already-encoded sequences.
 
     On CUDA nothing waits on the GPU until the end: while batch k runs, the host pads batch k+1.
     """
     batches = length_batches([len(s) for s in seqs], batch_size)
-    outputs = []
-    for idx in batches:
-        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-        # Plain copies: allocating pinned memory per batch cost more than the copies it sped up.
-        ids, mask = ids.to(device), mask.to(device).long()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        outputs.append(torch.softmax(logits.float(), dim=-1))
+    outputs = [forward(*pad_batch([seqs[i] for i in idx], pad_id)) for idx in batches]
     order = np.concatenate([np.asarray(idx) for idx in batches])
-    probs = np.empty((len(seqs), model.config.num_labels), dtype=np.float32)
+    probs = np.empty((len(seqs), num_labels), dtype=np.float32)
     probs[order] = torch.cat(outputs).cpu().numpy()
     return probs
+
+
+def predict_probs(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    """``run_batches`` through a torch model."""
+    return run_batches(torch_forward(model, device, autocast_dtype), seqs, pad_id, batch_size,
+                       model.config.num_labels)
 
 
 def to_predictions(p: np.ndarray, labels: Sequence[str], truncated: Sequence[bool]) -> list[Prediction]:
@@ -175,10 +189,13 @@ def to_predictions(p: np.ndarray, labels: Sequence[str], truncated: Sequence[boo
     ]
 
 
-def set_cpu_threads(num_threads: int | None) -> None:
-    """Use at most the cores this process may run on (torch's default can oversubscribe containers)."""
+def set_cpu_threads(num_threads: int | None) -> int:
+    """Use at most the cores this process may run on (torch's default can oversubscribe containers);
+    returns the thread count set."""
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(num_threads or available, available)))
+    threads = max(1, min(num_threads or available, available))
+    torch.set_num_threads(threads)
+    return threads
 
 
 class Engine:
@@ -206,8 +223,7 @@ class Engine:
         self.model_name = self.card.model_name
         self.model_version = self.card.version
         self.device = pick_device(device)
-        if self.device.type == "cpu":
-            set_cpu_threads(num_threads)
+        self.num_threads = set_cpu_threads(num_threads) if self.device.type == "cpu" else None
         self.max_length = max_length
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -218,32 +234,53 @@ class Engine:
         self.labels = labels_of(self._fp32)
         if list(self.labels) != self.card.labels:
             raise ScoringError(f"{model_dir}: card labels and model labels differ; the version is corrupt")
-        self.model: nn.Module = self._fp32
-        self._autocast: torch.dtype | None = None
+        self._forward: Forward = torch_forward(self._fp32, self.device)
         self.precision = "fp32"
         self.parity: ParityReport | None = None
-        wanted = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
-        if wanted != "fp32":
-            self._enable(wanted, parity_texts, max_flip_rate)
+        if precision == "auto":
+            # CPU: ONNX Runtime runs the same fp32 graph faster than torch eager. CUDA: fp16.
+            wanted = "fp16" if self.device.type == "cuda" else "onnx"
+            if not parity_texts:
+                log.info("%s %s: no parity sample to check %s against, keeping fp32", self.task,
+                         self.model_version, wanted)
+                return
+            try:
+                self._enable(wanted, Path(model_dir), parity_texts, max_flip_rate)
+            except ScoringError as e:
+                log.warning("%s %s: %s unavailable (%s); keeping fp32", self.task, self.model_version, wanted, e)
+        elif precision != "fp32":
+            self._enable(precision, Path(model_dir), parity_texts, max_flip_rate)
 
-    def _enable(self, precision: str, parity_texts: Sequence[str], max_flip_rate: float) -> None:
+    def _candidate(self, precision: str, model_dir: Path) -> Forward:
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
-            candidate: nn.Module = torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8)
-            autocast = None
-        elif precision in ("fp16", "bf16"):
+            return torch_forward(torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8),
+                                 self.device)
+        if precision in ("fp16", "bf16"):
             if self.device.type != "cuda":
-                raise ScoringError(f"{precision} inference needs CUDA; on CPU use fp32 or int8")
-            candidate, autocast = self._fp32, torch.float16 if precision == "fp16" else torch.bfloat16
-        else:
-            raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, int8, fp16 or bf16")
+                raise ScoringError(f"{precision} inference needs CUDA; on CPU use fp32, onnx or int8")
+            return torch_forward(self._fp32, self.device, torch.float16 if precision == "fp16" else torch.bfloat16)
+        if precision in ("onnx", "onnx-int8"):
+            if self.device.type != "cpu":
+                raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
+            from models.onnx_backend import OnnxExportError, cached_export, onnx_forward
+
+            try:
+                path = cached_export(self._fp32, model_dir, int8=precision == "onnx-int8")
+                return onnx_forward(path, self.num_threads or 1)
+            except OnnxExportError as e:
+                raise ScoringError(str(e)) from e
+        raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, onnx, onnx-int8, int8, fp16 or bf16")
+
+    def _enable(self, precision: str, model_dir: Path, parity_texts: Sequence[str], max_flip_rate: float) -> None:
         if not parity_texts:
             raise ScoringError(f"{precision} needs a parity sample of real texts to check it against fp32")
+        candidate = self._candidate(precision, model_dir)
         enc = encode(self.tokenizer, parity_texts, self.max_length)
-        pad = self.tokenizer.pad_token_id
-        ref = predict_probs(self._fp32, enc.ids, pad, self.batch_size, self.device)
-        got = predict_probs(candidate, enc.ids, pad, self.batch_size, self.device, autocast)
+        pad, n_labels = self.tokenizer.pad_token_id, len(self.labels)
+        ref = run_batches(self._forward, enc.ids, pad, self.batch_size, n_labels)
+        got = run_batches(candidate, enc.ids, pad, self.batch_size, n_labels)
         self.parity = ParityReport(
             precision=precision,
             n=len(enc.ids),
@@ -252,7 +289,7 @@ class Engine:
             max_flip_rate=max_flip_rate,
         )
         if self.parity.accepted:
-            self.model, self._autocast, self.precision = candidate, autocast, precision
+            self._forward, self.precision = candidate, precision
         else:
             log.warning("%s %s: %s flips %.3f%% of labels vs fp32 (limit %.3f%%); keeping fp32",
                         self.task, self.model_version, precision, 100 * self.parity.flip_rate,
@@ -271,8 +308,8 @@ class Engine:
             enc = pending.result()
             if following is not None:
                 pending = self._tokenize_pool.submit(encode, self.tokenizer, following, self.max_length)
-            parts.append(predict_probs(self.model, enc.ids, self.tokenizer.pad_token_id, self.batch_size,
-                                       self.device, self._autocast))
+            parts.append(run_batches(self._forward, enc.ids, self.tokenizer.pad_token_id, self.batch_size,
+                                     len(self.labels)))
             truncated += enc.truncated
         return np.concatenate(parts), truncated
 
@@ -304,7 +341,7 @@ def load_scorer(settings: VigilSettings, task: str, version: str | None = None,
     wanted = version or {"sentiment": settings.sentiment_model, "triage": settings.triage_model}[spec.name]
     model_dir = ModelRegistry(settings.registry_dir).resolve(task, wanted)
     precision = settings.inference_precision
-    needs_parity = precision in ("int8", "fp16", "bf16") or (precision == "auto" and settings.device != "cpu")
+    needs_parity = precision != "fp32"
     if parity_texts is None and needs_parity:
         parity_texts = parity_sample(settings, task)
     return Engine(

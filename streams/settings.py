@@ -165,10 +165,12 @@ class VigilSettings(BaseSettings):
     score_batch_size_gpu: int = Field(
         1024, ge=1, le=16384, description="Texts per forward pass on CUDA (small batches leave a GPU idle)."
     )
-    inference_precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = Field(
+    inference_precision: Literal["auto", "fp32", "onnx", "onnx-int8", "int8", "fp16", "bf16"] = Field(
         "auto",
-        description="auto: fp32 on CPU, fp16 on CUDA. int8 (CPU) and fp16/bf16 (CUDA) are enabled only "
-        "if they flip at most parity_max_flip_rate of labels vs fp32 on the task's validation texts.",
+        description="auto: onnx on CPU, fp16 on CUDA, each falling back to torch fp32 (logged) when it fails its "
+        "check. onnx: the fp32 graph on ONNX Runtime (exported once per version, cached in its onnx/ folder); "
+        "onnx-int8 and int8: dynamically quantized (CPU); fp16/bf16: CUDA. All but fp32 are enabled only "
+        "if they flip at most parity_max_flip_rate of labels vs torch fp32 on the task's validation texts.",
     )
     parity_max_flip_rate: float = Field(0.002, ge=0, le=1)
     cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")

@@ -1,0 +1,117 @@
+"""The ONNX Runtime path on the real tiny models: parity with torch fp32, input order, the cached
+export, hostile input, and how ``auto`` chooses."""
+
+import logging
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from models.engine import ScoringError, load_scorer
+from models.onnx_backend import weights_digest
+from models.registry import ModelRegistry
+from streams.settings import VigilSettings
+from tests.fixtures.models import scorer_from_registry
+from tests.test_models_engine import HOSTILE, MIXED
+
+PARITY = [t for t in MIXED if t] * 4
+
+
+def assert_same_predictions(got, ref):
+    assert [p.label for p in got] == [p.label for p in ref]
+    assert [p.truncated for p in got] == [p.truncated for p in ref]
+    for g, r in zip(got, ref, strict=True):
+        assert list(g.probs) == list(r.probs)
+        np.testing.assert_allclose(list(g.probs.values()), list(r.probs.values()), atol=1e-5)
+        assert g.confidence == pytest.approx(r.confidence, abs=1e-5)
+        assert g.margin == pytest.approx(r.margin, abs=1e-5)
+        assert g.entropy == pytest.approx(r.entropy, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def onnx_scorers(tiny_registry):
+    return {task: scorer_from_registry(tiny_registry, task, precision="onnx", parity_texts=PARITY)
+            for task in ("sentiment", "triage")}
+
+
+@pytest.mark.parametrize("task", ["sentiment", "triage"])
+def test_onnx_matches_torch_fp32(onnx_scorers, tiny_scorers, task):
+    engine = onnx_scorers[task]
+    report = engine.parity
+    assert engine.precision == "onnx" and tiny_scorers[task].precision == "fp32"
+    assert report.precision == "onnx" and report.n == len(PARITY) and report.accepted
+    assert report.label_flips == 0 and report.max_abs_prob_diff < 1e-4
+    assert_same_predictions(engine.score(MIXED), tiny_scorers[task].score(MIXED))
+
+
+@pytest.mark.parametrize("task", ["sentiment", "triage"])
+def test_onnx_results_come_back_in_input_order(tiny_registry, task):
+    engine = scorer_from_registry(tiny_registry, task, precision="onnx", parity_texts=PARITY, batch_size=4)
+    batched = engine.score(MIXED)
+    assert_same_predictions(batched, [engine.score([t])[0] for t in MIXED])
+    assert batched[0].probs != batched[1].probs
+
+
+@pytest.mark.parametrize("task", ["sentiment", "triage"])
+def test_hostile_input_scores_as_in_torch(onnx_scorers, tiny_scorers, task):
+    got = onnx_scorers[task].score(HOSTILE)
+    assert_same_predictions(got, tiny_scorers[task].score(HOSTILE))
+    for p in got:
+        assert all(math.isfinite(v) for v in p.probs.values())
+    assert got[2].truncated and got[3].truncated and not got[0].truncated
+    with pytest.raises(ScoringError, match="only score str"):
+        onnx_scorers[task].score(["ok", None])  # type: ignore[list-item]
+    assert onnx_scorers[task].score([]) == []
+
+
+def test_the_export_is_cached_per_version(tiny_registry, tmp_path, caplog):
+    # A private copy of the version, so no other test has exported it yet.
+    src = ModelRegistry(tiny_registry).resolve("sentiment")
+    root = tmp_path / "models"
+    shutil.copytree(src, root / "sentiment" / src.name, ignore=shutil.ignore_patterns("onnx"))
+    with caplog.at_level(logging.INFO, logger="models.onnx_backend"):
+        first = scorer_from_registry(root, "sentiment", precision="onnx", parity_texts=PARITY)
+    exported = root / "sentiment" / src.name / "onnx" / f"model-{weights_digest(src)}.onnx"
+    assert first.precision == "onnx" and exported.is_file()
+    assert [r for r in caplog.records if "exported" in r.getMessage()]
+    before = exported.stat()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="models.onnx_backend"):
+        second = scorer_from_registry(root, "sentiment", precision="onnx", parity_texts=PARITY)
+    assert second.precision == "onnx" and not [r for r in caplog.records if r.name == "models.onnx_backend"]
+    after = exported.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name]  # no temporary left over
+    assert_same_predictions(second.score(MIXED), first.score(MIXED))
+
+
+def test_auto_picks_onnx_on_cpu_only_when_parity_passes(tiny_registry, caplog):
+    assert scorer_from_registry(tiny_registry, "triage", parity_texts=PARITY).precision == "onnx"
+    with caplog.at_level(logging.WARNING, logger="models.engine"):
+        strict = scorer_from_registry(tiny_registry, "triage", parity_texts=PARITY, max_flip_rate=-1.0)
+    assert strict.precision == "fp32" and strict.parity.precision == "onnx" and not strict.parity.accepted
+    assert any("keeping fp32" in r.getMessage() for r in caplog.records)
+    # without a sample there is nothing to check against: fp32
+    assert scorer_from_registry(tiny_registry, "triage").precision == "fp32"
+    with pytest.raises(ScoringError, match="parity sample"):
+        scorer_from_registry(tiny_registry, "triage", precision="onnx")
+
+
+def test_onnx_int8_is_checked_against_fp32(tiny_registry):
+    engine = scorer_from_registry(tiny_registry, "triage", precision="onnx-int8", parity_texts=PARITY)
+    report = engine.parity
+    assert report.precision == "onnx-int8" and report.n == len(PARITY)
+    assert engine.precision == ("onnx-int8" if report.accepted else "fp32")
+    assert report.max_abs_prob_diff > 0  # the quantized graph really ran
+    digest = weights_digest(ModelRegistry(tiny_registry).resolve("triage"))
+    assert (ModelRegistry(tiny_registry).resolve("triage") / "onnx" / f"model-{digest}-int8.onnx").is_file()
+
+
+def test_load_scorer_checks_onnx_on_the_validation_sample(tiny_registry):
+    settings = VigilSettings(data_dir=tiny_registry.parent, device="cpu", max_length=32)
+    scorer = load_scorer(settings, "sentiment")
+    assert scorer.precision == "onnx" and scorer.parity.n > 100 and scorer.parity.accepted
+    fp32 = load_scorer(settings.model_copy(update={"inference_precision": "fp32"}), "sentiment")
+    assert fp32.precision == "fp32" and fp32.parity is None
+    assert_same_predictions(scorer.score(MIXED), fp32.score(MIXED))
