@@ -42,8 +42,7 @@ def retrain_command(
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
     colour = {"promoted": "green", "refused": "yellow", "skipped": "dim"}[report.outcome.value]
-    console.print(f"[{colour}]{task}: {report.outcome.value}[/] (champion was {report.champion}"
-                  + (f", challenger {report.challenger}" if report.challenger else "") + f"): {report.reason}")
+    console.print(f"[{colour}]{report.summary}[/]")
     for who, why in report.dropped_annotators.items():
         console.print(f"  dropped annotator {who}: {why}")
     if report.figures:

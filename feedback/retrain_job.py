@@ -24,7 +24,8 @@ from feedback.gate import (
     judge,
     screen_annotators,
 )
-from feedback.triggers import TriggerPolicy, decide
+from feedback.triggers import TriggerDecision, TriggerPolicy, decide
+from models.registry import ModelCard, ModelRegistry, RegistryError
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,23 @@ class RetrainReport:
     def exit_code(self) -> int:
         return EXIT_CODES[self.outcome]
 
+    @property
+    def summary(self) -> str:
+        """One line: what happened and why (the CLI prints it, the background job logs it)."""
+        return (f"{self.task}: {self.outcome.value} (champion was {self.champion}"
+                + (f", challenger {self.challenger}" if self.challenger else "") + f"): {self.reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStart:
+    """What a round starts from: the champion, every correction, and the trigger's verdict."""
+
+    champion_version: str
+    champion: ModelCard
+    corrections: list[Correction]
+    new_corrections: int
+    trigger: TriggerDecision
+
 
 def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
     """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
@@ -70,36 +88,16 @@ def _event(kind: ModelEventKind, task: str, version: str, detail: str, figures: 
                       created_at=now())
 
 
-def run_retrain(
+def check_trigger(
     settings: VigilSettings,
     task: str,
     store,
     *,
     force: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    record: Callable[[Sequence[ModelEvent]], None] | None = None,
-) -> RetrainReport:
-    """One round. ``store`` is a FeedbackStore; ``record`` stores and publishes events (default:
-    write them to ``store`` and send them to the model-events topic when a broker is configured)."""
-    import torch
-
-    from models.engine import pick_device, set_cpu_threads
-    from models.registry import ModelRegistry, RegistryError
-    from models.retrain import (
-        RetrainConfig,
-        fine_tune,
-        gold_set,
-        load_classifier,
-        predict,
-    )
-
-    if record is None:
-        from feedback.events import publish_model_events
-
-        def record(events: Sequence[ModelEvent]) -> None:
-            store.write_model_events(events)
-            publish_model_events(settings, events)
-
+) -> RoundStart:
+    """Whether a round should train now, from the registry and ``store`` (a FeedbackStore) alone:
+    cheap, no torch, so the background job asks it before it starts a training process."""
     registry = ModelRegistry(settings.registry_dir)
     champion_version = registry.champion(task)
     if champion_version is None:
@@ -116,12 +114,49 @@ def run_retrain(
     # Never retrained: the interval runs from when the champion was trained, but every correction is new.
     trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
                      last_retrain=last or champion.created_at, now=now(), drift_events=drift, force=force)
-    if not trigger.retrain:
-        return RetrainReport(task, Outcome.skipped, trigger.reason, champion_version)
+    return RoundStart(champion_version, champion, corrections, new, trigger)
 
+
+def run_retrain(
+    settings: VigilSettings,
+    task: str,
+    store,
+    *,
+    force: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    record: Callable[[Sequence[ModelEvent]], None] | None = None,
+) -> RetrainReport:
+    """One round (`vigil retrain`, and the background job's training process). ``store`` is a
+    FeedbackStore, or anything with its fetch_model_events, fetch_corrections and
+    write_model_events; ``record`` stores and publishes events (default: write them to ``store``
+    and send them to the model-events topic when a broker is configured)."""
+    if record is None:
+        from feedback.events import publish_model_events
+
+        def record(events: Sequence[ModelEvent]) -> None:
+            store.write_model_events(events)
+            publish_model_events(settings, events)
+
+    start = check_trigger(settings, task, store, force=force, now=now)
+    if not start.trigger.retrain:
+        return RetrainReport(task, Outcome.skipped, start.trigger.reason, start.champion_version)
+    champion_version, champion, corrections = start.champion_version, start.champion, start.corrections
+
+    import torch
+
+    from models.engine import pick_device, set_cpu_threads
+    from models.retrain import (
+        RetrainConfig,
+        fine_tune,
+        gold_set,
+        load_classifier,
+        predict,
+    )
+
+    registry = ModelRegistry(settings.registry_dir)
     t0 = time.perf_counter()
-    record([_event(ModelEventKind.retrain_started, task, champion_version, trigger.reason,
-                   {"corrections": float(len(corrections)), "new_corrections": float(new)}, now)])
+    record([_event(ModelEventKind.retrain_started, task, champion_version, start.trigger.reason,
+                   {"corrections": float(len(corrections)), "new_corrections": float(start.new_corrections)}, now)])
 
     device = pick_device(settings.device)
     if device.type == "cpu":

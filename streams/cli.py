@@ -70,7 +70,12 @@ def up(
     metrics_port: Annotated[int | None, typer.Option(help="Worker i serves Prometheus metrics on this port + i.")] = None,
     label_ui: Annotated[bool, typer.Option(help="Worker 0 serves the labelling UI on VIGIL_UI_HOST:VIGIL_UI_PORT.")] = True,
 ) -> None:
-    """Start the embedded parts (unless configured) and supervised workers; run until Ctrl-C."""
+    """Start the embedded parts (unless configured) and supervised workers; run until Ctrl-C.
+
+    With VIGIL_RETRAIN_CHECK_INTERVAL_S > 0, worker 0 also runs the feedback loop's retraining in
+    the background: every that many seconds, per task, a `vigil retrain` round (trigger policy,
+    fine-tune in a child process, gate, promote); the workers then hot swap. Rounds are logged and
+    appended to <data_dir>/logs/retrain-rounds.jsonl. 0 (the default): retrain from cron instead."""
     from streams.runtime import kafka_bootstrap
     from streams.worker import WorkerProcess
 
@@ -93,8 +98,10 @@ def up(
             WorkerProcess(
                 bootstrap, settings.data_dir / "logs" / f"worker-{i}.log",
                 {"VIGIL_WORKER_ID": f"{settings.worker_id or socket.gethostname()}-w{i}",
-                 # worker 0 hosts the labelling UI: it shares that worker's ClickHouse (chdb is one process)
-                 **({"VIGIL_UI_IN_WORKER": "1"} if label_ui and i == 0 else {})},
+                 # worker 0 hosts the labelling UI and the retrain job: they share that worker's
+                 # ClickHouse (chdb is one process)
+                 **({"VIGIL_UI_IN_WORKER": "1"} if label_ui and i == 0 else {}),
+                 **({"VIGIL_RETRAIN_IN_WORKER": "1"} if settings.retrain_check_interval_s > 0 and i == 0 else {})},
                 ("--metrics-port", str(metrics_port + i)) if metrics_port else (),
             )
             for i in range(workers)
@@ -107,6 +114,9 @@ def up(
                 f"labelling UI: http://{settings.ui_host}:{settings.ui_port}/ once worker 0 is up "
                 "(tokens: `vigil annotators add NAME`)"
             )
+        if settings.retrain_check_interval_s > 0:
+            console.print(f"retraining: worker 0 checks every {settings.retrain_check_interval_s:g}s "
+                          f"(rounds: {settings.data_dir / 'logs' / 'retrain-rounds.jsonl'})")
         try:
             while not stopping:
                 time.sleep(1.0)

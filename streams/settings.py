@@ -208,6 +208,12 @@ class VigilSettings(BaseSettings):
     annotator_confident: float = Field(0.9, gt=0, le=1, description="Champion confidence that counts as confident.")
     model_poll_interval_s: float = Field(
         10.0, gt=0, description="Workers check the registry's champion pointer this often and hot swap.")
+    retrain_check_interval_s: float = Field(
+        0.0, ge=0, description="`vigil up` runs a retrain round per task this often in the background (worker 0 "
+        "asks the trigger policy; training runs in a child process). 0: off (run `vigil retrain` from cron).")
+    retrain_in_worker: bool = Field(
+        False, description="This worker runs the background retrain job (`vigil up` sets it for worker 0 when "
+        "retrain_check_interval_s > 0).")
 
     @field_validator("data_dir", "bundled_data_dir", mode="after")
     @classmethod

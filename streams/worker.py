@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -77,6 +78,10 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         from feedback.web import attach_to_worker
 
         attach_to_worker(app, settings, store)
+    if settings.retrain_in_worker and settings.retrain_check_interval_s > 0:
+        from feedback.retrain_runner import attach_to_worker as attach_retrain_job
+
+        attach_retrain_job(app, settings, store)
     try:
         # mode's Worker replaces the root handlers; hand it ours so its lines are formatted alike.
         app.conf.loghandlers = [handler]
@@ -122,7 +127,9 @@ class WorkerProcess:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("worker did not stop in %.0fs; killing it", timeout_s)
-                self.proc.kill()
+                # its whole process group (it leads one): a background retrain process goes with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
 

@@ -1,18 +1,24 @@
-"""Helpers for the operations end-to-end tests (scale-out, ClickHouse outage): worker environments on
-the shared Tansu broker and clickhouse-server, real messages, reading a worker's own Prometheus
-metrics, the group's committed offsets, and the exactly-once check on ClickHouse.
+"""Helpers for the end-to-end tests: worker environments on the shared Tansu broker with chdb or
+clickhouse-server, real messages, reading a topic from the start, a worker's own Prometheus metrics,
+the group's committed offsets, and the exactly-once check on ClickHouse.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import re
 import shutil
 import socket
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Self
 
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaAdminClient
 
 from streams.clickhouse import open_store
@@ -29,13 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stack_env(tmp_path: Path, bootstrap: str, clickhouse_url: str, *, partitions: int, **extra: str) -> dict[str, str]:
-    """Environment for workers of one isolated run: own topics, group, database; shared data dir."""
+def stack_env(
+    tmp_path: Path, bootstrap: str, clickhouse_url: str | None = None, *, partitions: int, **extra: str
+) -> dict[str, str]:
+    """Environment for workers of one isolated run: own topics, group, database; shared data dir.
+    ``clickhouse_url`` None: embedded chdb under the data dir (one worker process at a time).
+    ``extra``: more ``VIGIL_*`` variables, or overrides of these."""
     run = uuid.uuid4().hex[:8]
     return {
         "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
         "VIGIL_KAFKA_BROKERS": bootstrap,
-        "VIGIL_CLICKHOUSE_URL": clickhouse_url,
+        "VIGIL_CLICKHOUSE_URL": clickhouse_url or "",  # "" rather than absent: a URL in the caller's env must not leak in
         "VIGIL_CLICKHOUSE_DATABASE": f"ops_{run}",
         "VIGIL_TOPIC_NEWS": f"o{run}.news",
         "VIGIL_TOPIC_SUPPORT": f"o{run}.support",
@@ -65,6 +75,44 @@ def prepare(settings: VigilSettings, tiny_registry: Path) -> None:
     """Models into the run's data dir; topics on the broker."""
     shutil.copytree(tiny_registry, settings.registry_dir)
     ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions)
+
+
+def use_stack(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tiny_registry: Path) -> VigilSettings:
+    """``env`` in this process too (the test reads what the workers write), then ``prepare``."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings = VigilSettings()
+    prepare(settings, tiny_registry)
+    return settings
+
+
+class Topic:
+    """Every record of one single-partition topic from the start, duplicates included, as JSON."""
+
+    def __init__(self, settings: VigilSettings, name: str) -> None:
+        self.settings, self.name, self.values = settings, name, []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> Self:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_brokers, enable_auto_commit=False)
+        await self._consumer.start()
+        tp = TopicPartition(self.name, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_beginning(tp)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def until(self, done: Callable[[list[Any]], bool], timeout_s: float) -> bool:
+        """Read until ``done(values)``; False at the timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not done(self.values):
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            for records in (await self._consumer.getmany(timeout_ms=200)).values():
+                self.values += [json.loads(r.value) for r in records]
+        return True
 
 
 def real_messages(settings: VigilSettings, n: int, *, skip: int = 0) -> list[OutgoingMessage]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,12 +28,10 @@ from streams.clickhouse import open_store
 from streams.contracts import Kind
 from streams.follow import Tracker, follow, wait_for
 from streams.replay import OutgoingMessage, replay
-from streams.runtime import all_topics
 from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
-from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
-from tests.e2e_stack import free_port, metric_total
+from tests.e2e_stack import free_port, metric_total, stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -66,46 +62,25 @@ def _median_margin(scorer, texts: list[str]) -> float:
 @pytest.fixture
 def feedback_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker, monkeypatch):
     news, support = _texts()
-    run = uuid.uuid4().hex[:8]
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"triage": {"alert_priorities": ["P1", "P2", "P3", "P4"]}}))
-    env = {
-        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
-        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
-        "VIGIL_TOPIC_NEWS": f"f{run}.news",
-        "VIGIL_TOPIC_SUPPORT": f"f{run}.support",
-        "VIGIL_TOPIC_SCORED": f"f{run}.scored",
-        "VIGIL_TOPIC_DLQ": f"f{run}.dlq",
-        "VIGIL_TOPIC_ALERTS": f"f{run}.alerts",
-        "VIGIL_TOPIC_TRIAGE_PREFIX": f"f{run}.triage.",
-        "VIGIL_TOPIC_TICKET_ACKS": f"f{run}.acks",
-        "VIGIL_TOPIC_LABEL_REQUESTS": f"f{run}.label.requests",
-        "VIGIL_TOPIC_CORRECTIONS": f"f{run}.corrections",
-        "VIGIL_TOPIC_MODEL_EVENTS": f"f{run}.model.events",
-        "VIGIL_TOPIC_PARTITIONS": "1",
-        "VIGIL_CONSUMER_GROUP": f"g{run}",
-        "VIGIL_BATCH_MAX": "64",
-        "VIGIL_BATCH_WITHIN_S": "0.2",
-        "VIGIL_MAX_LENGTH": "64",  # as tiny_scorers score
-        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
-        "VIGIL_ALERT_RULES_PATH": str(rules),
-        "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",
-        "VIGIL_FEEDBACK_AUDIT_RATE": "0.25",
+    env = stack_env(
+        tmp_path, kafka_broker.bootstrap, partitions=1,
+        VIGIL_BATCH_MAX="64",
+        VIGIL_MAX_LENGTH="64",  # as tiny_scorers score
+        VIGIL_ALERT_RULES_PATH=str(rules),
+        VIGIL_TRIAGE_MIN_CONFIDENCE="0",
+        VIGIL_FEEDBACK_AUDIT_RATE="0.25",
         # The champion as its own shadow: exercises shadow scoring end to end; it must agree everywhere.
-        "VIGIL_SHADOW_SENTIMENT_MODEL": "v1",
-        "VIGIL_FEEDBACK_BUDGET_PER_HOUR": "10000",
-        "VIGIL_FEEDBACK_MAX_CLASS_SHARE": "1",
-        "VIGIL_FEEDBACK_SENTIMENT_MARGIN_BELOW": repr(_median_margin(tiny_scorers["sentiment"], news)),
-        "VIGIL_FEEDBACK_SENTIMENT_ENTROPY_ABOVE": "100",
-        "VIGIL_FEEDBACK_TRIAGE_MARGIN_BELOW": repr(_median_margin(tiny_scorers["triage"], support)),
-        "VIGIL_FEEDBACK_TRIAGE_ENTROPY_ABOVE": "100",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    shutil.copytree(tiny_registry, settings.registry_dir)
-    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+        VIGIL_SHADOW_SENTIMENT_MODEL="v1",
+        VIGIL_FEEDBACK_BUDGET_PER_HOUR="10000",
+        VIGIL_FEEDBACK_MAX_CLASS_SHARE="1",
+        VIGIL_FEEDBACK_SENTIMENT_MARGIN_BELOW=repr(_median_margin(tiny_scorers["sentiment"], news)),
+        VIGIL_FEEDBACK_SENTIMENT_ENTROPY_ABOVE="100",
+        VIGIL_FEEDBACK_TRIAGE_MARGIN_BELOW=repr(_median_margin(tiny_scorers["triage"], support)),
+        VIGIL_FEEDBACK_TRIAGE_ENTROPY_ABOVE="100",
+    )
+    settings = use_stack(env, monkeypatch, tiny_registry)
     workers: list[WorkerProcess] = []
 
     def worker(group: str, name: str, *args: str) -> WorkerProcess:

@@ -5,14 +5,10 @@ exactly once, and the versions on the stream go from v1 to v2 and never back."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import uuid
 from pathlib import Path
-from typing import Self
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.store import FeedbackStore
@@ -20,11 +16,10 @@ from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
 from streams.replay import OutgoingMessage, replay
-from streams.runtime import all_topics
 from streams.samples import news_json
 from streams.settings import VigilSettings
-from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.e2e_stack import Topic, stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -44,31 +39,10 @@ def _copy_as_new_version(registry: ModelRegistry, task: str) -> str:
 
 @pytest.fixture
 def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
-    run = uuid.uuid4().hex[:8]
-    env = {
-        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
-        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
-        "VIGIL_TOPIC_NEWS": f"h{run}.news",
-        "VIGIL_TOPIC_SUPPORT": f"h{run}.support",
-        "VIGIL_TOPIC_SCORED": f"h{run}.scored",
-        "VIGIL_TOPIC_DLQ": f"h{run}.dlq",
-        "VIGIL_TOPIC_ALERTS": f"h{run}.alerts",
-        "VIGIL_TOPIC_MODEL_EVENTS": f"h{run}.model-events",
-        "VIGIL_TOPIC_PARTITIONS": "1",  # one partition: the scored topic is in consumption order
-        "VIGIL_CONSUMER_GROUP": f"g{run}",
-        "VIGIL_BATCH_MAX": "16",
-        "VIGIL_BATCH_WITHIN_S": "0.1",
-        "VIGIL_MAX_LENGTH": "32",
-        "VIGIL_CPU_THREADS": "1",
-        "VIGIL_MODEL_POLL_INTERVAL_S": "0.5",
-        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    shutil.copytree(tiny_registry, settings.registry_dir)
-    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    # one partition: the scored topic is in consumption order
+    env = stack_env(tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_BATCH_MAX="16",
+                    VIGIL_BATCH_WITHIN_S="0.1", VIGIL_MODEL_POLL_INTERVAL_S="0.5")
+    settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
     yield settings, worker
     worker.stop(timeout_s=10)
@@ -77,34 +51,6 @@ def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
 def _news(i: int) -> OutgoingMessage:
     id_ = f"hs-{i}"
     return OutgoingMessage.raw(Kind.news, id_, news_json(id=id_, headline=f"Acme Corp quarterly update number {i}"))
-
-
-class Topic:
-    """Every record of one single-partition topic, from the start, duplicates included."""
-
-    def __init__(self, settings: VigilSettings, name: str) -> None:
-        self.settings, self.name, self.values = settings, name, []
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def __aenter__(self) -> Self:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_brokers, enable_auto_commit=False)
-        await self._consumer.start()
-        tp = TopicPartition(self.name, 0)
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_beginning(tp)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
-
-    async def until(self, done, timeout_s: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not done(self.values):
-            if asyncio.get_running_loop().time() > deadline:
-                return False
-            for records in (await self._consumer.getmany(timeout_ms=200)).values():
-                self.values += [json.loads(r.value) for r in records]
-        return True
 
 
 async def _run(settings: VigilSettings, registry: ModelRegistry, v2: str):
