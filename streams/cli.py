@@ -183,10 +183,10 @@ def db_migrate(ctx: typer.Context) -> None:
 def schema() -> None:
     """Print the JSON Schema of every message type."""
     from feedback.contracts import FEEDBACK_SCHEMAS
-    from streams.alerting.contracts import Alert, AlertVerdict, TicketAck, TriageTicket
+    from streams.alerting.contracts import Alert, AlertVerdict, TickerEvent, TicketAck, TriageTicket
 
     every = {**ALL_SCHEMAS, "Alert": Alert, "AlertVerdict": AlertVerdict, "TicketAck": TicketAck,
-             "TriageTicket": TriageTicket, **FEEDBACK_SCHEMAS}
+             "TriageTicket": TriageTicket, "TickerEvent": TickerEvent, **FEEDBACK_SCHEMAS}
     console.print_json(json.dumps({name: m.model_json_schema() for name, m in every.items()}))
 
 

@@ -100,6 +100,14 @@ class VigilSettings(BaseSettings):
         None, pattern=r"^https?://", description="Slack-compatible webhook for alerts. Unset: none."
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
+    topic_ticker_events: str | None = Field(
+        None, description="Scored news re-keyed by ticker, so each ticker's windows live in one worker. "
+        "Unset: <scored topic>.by-ticker.",
+    )
+    alert_checkpoint_interval_s: float = Field(
+        5.0, gt=0, description="How often the sentiment windows and baselines are checkpointed to "
+        "ClickHouse; their events are acknowledged only then, so a restart resumes from the checkpoint.",
+    )
 
     # --- feedback ----------------------------------------------------------------------------
     topic_label_requests: str = "vigil.label.requests"
@@ -227,6 +235,10 @@ class VigilSettings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def ticker_events_topic(self) -> str:
+        return self.topic_ticker_events or f"{self.topic_scored}.by-ticker"
 
     @property
     def raw_topics(self) -> dict[str, str]:

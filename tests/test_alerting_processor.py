@@ -6,6 +6,7 @@ Its topics are real faust topic objects of an app that is never started; nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from streams.alerting.contracts import HUMAN_TRIAGE, TicketAck
 from streams.alerting.reload import RulesWatcher
 from streams.alerting.rules import AlertRules, RulesError
 from streams.clickhouse import open_store
+from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import SupportMessage
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
@@ -50,10 +52,12 @@ def make_processor(tmp_path: Path):
         return AlertingProcessor(
             rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
             alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
+            ticker_topic=app.topic("by-ticker"),
             store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
             watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
         )
 
+    make.store = store  # type: ignore[attr-defined]  # where "another worker" stores its acks
     yield make
     executor.shutdown()
     store.close()
@@ -78,6 +82,18 @@ def test_an_acked_p1_does_not_escalate_and_an_unacked_one_does(make_processor) -
     out = p.feed([later], wall=1.0)
     out.alerts += p.tick(wall=1.0).alerts
     assert [(a.rule, a.top_messages[0].id) for a in out.alerts if a.rule == "sla_breach"] == [("sla_breach", "forgotten")]
+
+
+def test_an_ack_that_reached_another_worker_stops_the_escalation(make_processor) -> None:
+    p = make_processor(setting=0.0)
+    p.feed([support("acked-elsewhere", P1, T0, 0.9), support("forgotten", P1, T0, 0.9)], wall=0.0)
+    TriageStore(make_processor.store).write_acks([TicketAck(message_id="acked-elsewhere", by="bo", at=T0)])
+    sla = MAPPING.route(P1).sla_minutes
+    p.feed([support("later", P4, T0 + timedelta(minutes=sla + 1), 0.9)], wall=1.0)
+    due = p.tick(wall=1.0)
+    assert sorted(a.top_messages[0].id for a in due.alerts) == ["acked-elsewhere", "forgotten"]
+    out = asyncio.run(p.without_acked(due))
+    assert [(a.rule, a.top_messages[0].id) for a in out.alerts] == [("sla_breach", "forgotten")]
 
 
 def test_the_threshold_is_the_setting_else_the_calibration_else_the_rules() -> None:

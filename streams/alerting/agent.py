@@ -1,18 +1,22 @@
-"""The alerting adapter: a faust agent on the scored topic that feeds the pure alerting core and
-makes its alerts and triage tickets durable, and one on the ticket-acks topic.
+"""The alerting adapter: faust agents on the scored topic, on the ticker-events topic and on the
+ticket-acks topic, around the pure alerting core.
 
-Per micro-batch: decode ScoredMessage JSON -> news into SentimentAlerter, support through route()
-(a TriageTicket, priority alert, SLA tracking, intent spikes) -> publish each ticket to its queue's
-topic and the alerts to the alerts topic (awaited) -> write them to ClickHouse (retried until it
-succeeds) -> offer alerts to the webhook -> ack. TicketAcks stop SLA clocks and are stored. A timer
-moves event time on while the stream is quiet, closing windows and escalating SLAs, and reloads the
-rules file when it changes (an invalid one is refused and logged; the old rules stay).
+Scored topic, per micro-batch: news is re-published to the ticker-events topic once per ticker
+(keyed by ticker); support goes through route() (a TriageTicket, priority alert, SLA tracking,
+intent spikes) -> publish each ticket to its queue's topic, the alerts to the alerts topic and the
+ticker events (all awaited) -> write tickets and alerts to ClickHouse (retried until it succeeds) ->
+offer alerts to the webhook -> ack. The ticker-events agent judges the sentiment windows
+(streams/alerting/sentiment_stage.py). TicketAcks stop SLA clocks and are stored. A timer moves
+event time on while a stream is quiet, closing windows and escalating SLAs, and reloads the rules
+file when it changes (an invalid one is refused and logged; the old rules stay).
 
-State (open windows, baselines, cooldowns, open P1 tickets) lives in this process's memory: a
-restart loses it, so windows open at the time are not judged, baselines warm up again and
-unacknowledged tickets are not escalated. Alert ids are uuid5 of what they are about, so alerts
-re-emitted after a replay collapse in the alerts table. It also assumes ONE alerting consumer:
-with several workers each sees only its share of the scored partitions (and of the acks).
+Sentiment state is partitioned by ticker and checkpointed to ClickHouse, so it survives restarts
+and follows its partition to another worker. Triage state (open P1 tickets' SLA clocks, intent
+spike windows) lives in this process's memory: a restart forgets the clocks of tickets routed
+before it and warms the spike baselines up again, and with several workers each sees its share of
+the scored partitions. Acks are spread over the workers too, so an escalation is checked against
+the acks stored in ClickHouse before it goes out. Alert ids are uuid5 of what they are about, so
+alerts re-emitted after a replay collapse in the alerts table.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import faust
@@ -33,14 +36,17 @@ from pydantic import ValidationError
 from models.registry import ModelRegistry
 from models.scoring import Scorer
 from models.triage_mapping import DEFAULT_PATH, TriageMapping, load_triage_mapping
-from streams.alerting.contracts import HUMAN_TRIAGE, Alert, TicketAck, TriageTicket
+from streams.alerting.clock import IdleClock
+from streams.alerting.contracts import HUMAN_TRIAGE, Alert, TickerEvent, TicketAck, TriageTicket
+from streams.alerting.partitions import SentimentPartitions
 from streams.alerting.reload import RulesWatcher
 from streams.alerting.rules import (
     AlertRules,
     RulesError,
-    SentimentAlerter,
     geometry_changes,
+    ticker_events,
 )
+from streams.alerting.sentiment_stage import SentimentStage
 from streams.alerting.triage import (
     IntentSpikeDetector,
     SlaTracker,
@@ -52,6 +58,7 @@ from streams.alerting.triage import (
 )
 from streams.alerting.webhook import WebhookNotifier
 from streams.clickhouse import ClickHouseStore
+from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
@@ -64,42 +71,17 @@ log = logging.getLogger(__name__)
 _TICK_S = 1.0
 
 
-class IdleClock:
-    """Event time as the stream last showed it. Once the stream has been silent for ``idle_s`` of
-    wall-clock time, event time is taken to move on with the wall clock, so a quiet stream still
-    closes its windows and escalates its SLAs; during traffic only messages move it."""
-
-    def __init__(self, idle_s: float) -> None:
-        self._idle_s = idle_s
-        self._latest: datetime | None = None
-        self._seen_at = 0.0
-
-    def observe(self, event_time: datetime, wall: float) -> None:
-        if self._latest is None or event_time > self._latest:
-            self._latest = event_time
-        self._seen_at = wall
-
-    @property
-    def latest(self) -> datetime | None:
-        return self._latest
-
-    def idle_now(self, wall: float) -> datetime | None:
-        """The extrapolated event time, or None while the stream is not idle (or never spoke)."""
-        idle = wall - self._seen_at
-        if self._latest is None or idle < self._idle_s:
-            return None
-        return self._latest + timedelta(seconds=idle)
-
-
 @dataclass
 class Output:
-    """What one batch or tick produced: alerts, and tickets for the queue topics."""
+    """What one batch or tick produced: alerts, tickets for the queue topics, and news re-keyed by
+    ticker for the sentiment stage."""
 
     alerts: list[Alert] = field(default_factory=list)
     tickets: list[TriageTicket] = field(default_factory=list)
+    ticker_events: list[TickerEvent] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.tickets)
+        return bool(self.alerts or self.tickets or self.ticker_events)
 
 
 def min_confidence_for(setting: float | None, calibrated: float | None, rules: AlertRules) -> float:
@@ -120,6 +102,7 @@ class AlertingProcessor:
         calibrated_min_confidence: float | None,
         alerts_topic: TopicT,
         queue_topics: dict[str, TopicT],
+        ticker_topic: TopicT,
         store: ClickHouseStore,
         metrics: Metrics,
         io_executor: ThreadPoolExecutor,
@@ -132,15 +115,15 @@ class AlertingProcessor:
         self._min_confidence_setting = min_confidence_setting
         self._calibrated = calibrated_min_confidence
         self.min_confidence = min_confidence_for(min_confidence_setting, calibrated_min_confidence, rules)
-        self._sentiment = SentimentAlerter(rules.sentiment)
+        self.sentiment = SentimentPartitions(rules.sentiment)
         self._sla = SlaTracker(rules.triage.escalate_priorities)
         self._spikes = IntentSpikeDetector(rules.triage.intent_spike)
         window = rules.sentiment.window
         idle_s = (window.lateness_minutes + window.step_minutes) * 60
-        self._news_clock = IdleClock(idle_s)
         self._support_clock = IdleClock(idle_s)
         self._alerts_topic = alerts_topic
         self._queue_topics = queue_topics
+        self._ticker_topic = ticker_topic
         self._store = store
         self._triage_store = TriageStore(store)
         self._metrics = metrics
@@ -166,7 +149,7 @@ class AlertingProcessor:
                 f"the new rules change {' and '.join(changed)}, which live windows and baselines were built "
                 "with; restart the worker to apply them"
             )
-        self._sentiment.swap_rules(rules.sentiment)
+        self.sentiment.swap_rules(rules.sentiment)
         self._spikes.swap_rule(rules.triage.intent_spike)
         self._sla.priorities = frozenset(rules.triage.escalate_priorities)  # tickets opened from now on
         self._rules = rules
@@ -181,11 +164,7 @@ class AlertingProcessor:
                 log.error("skipping a scored-topic record that is not a ScoredMessage: %s", exc)
                 continue
             if msg.kind is Kind.news:
-                self._news_clock.observe(msg.event_time, wall)
-                fed = self._sentiment.feed(msg)
-                if fed.too_late:
-                    self._metrics.alert_late_messages.inc()
-                out.alerts += fed.alerts
+                out.ticker_events += ticker_events(msg, self._rules.sentiment)
             else:
                 self._support_clock.observe(msg.event_time, wall)
                 self._triage(msg, out)
@@ -222,8 +201,6 @@ class AlertingProcessor:
 
     def tick(self, wall: float) -> Output:
         alerts: list[Alert] = []
-        if (news_now := self._news_clock.idle_now(wall)) is not None:
-            alerts += self._sentiment.advance(news_now)
         support_now = self._support_clock.idle_now(wall)
         if support_now is not None:
             alerts += self._spikes.advance(support_now)
@@ -233,8 +210,18 @@ class AlertingProcessor:
             alerts += self._sla.due(latest)
         return Output(alerts)
 
-    async def _durably(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        await until_stored(
+    async def without_acked(self, out: Output) -> Output:
+        """Drop escalations of tickets acknowledged where this worker could not see it: through
+        another worker (acks are spread over its partitions) or before this one restarted."""
+        breaches = {a.top_messages[0].id for a in out.alerts if a.rule == "sla_breach"}
+        if not breaches:
+            return out
+        acked = await self.durably("reading ticket acks", self._triage_store.acked_ids, breaches)
+        out.alerts = [a for a in out.alerts if a.rule != "sla_breach" or a.top_messages[0].id not in acked]
+        return out
+
+    async def durably(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return await until_stored(
             what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
             retry_max_s=self._retry_max_s,
         )
@@ -250,11 +237,15 @@ class AlertingProcessor:
         futures += [
             await self._alerts_topic.send(key=a.id.encode(), value=a.model_dump_json().encode()) for a in out.alerts
         ]
+        futures += [
+            await self._ticker_topic.send(key=e.ticker.encode(), value=e.model_dump_json().encode())
+            for e in out.ticker_events
+        ]
         await asyncio.gather(*futures)
         if out.tickets:
-            await self._durably("writing triage tickets", self._triage_store.write_tickets, out.tickets)
+            await self.durably("writing triage tickets", self._triage_store.write_tickets, out.tickets)
         if out.alerts:
-            await self._durably("writing alerts", self._store.write_alerts, out.alerts)
+            await self.durably("writing alerts", self._store.write_alerts, out.alerts)
         for a in out.alerts:
             self._metrics.alerts.labels(a.kind, a.rule, a.severity.value).inc()
             log.warning("alert %s %s %s %s", a.severity.value, a.rule, a.ticker or a.intent, a.id)
@@ -263,7 +254,7 @@ class AlertingProcessor:
 
     async def store_acks(self, acks: Sequence[TicketAck]) -> None:
         if acks:
-            await self._durably("writing ticket acks", self._triage_store.write_acks, acks)
+            await self.durably("writing ticket acks", self._triage_store.write_acks, acks)
 
 
 def load_rules(settings: VigilSettings) -> AlertRules:
@@ -307,6 +298,7 @@ def register_alerting(
     )
     mapping = load_triage_mapping(triage_scorer.labels, settings.triage_mapping_path or DEFAULT_PATH)
     card = ModelRegistry(settings.registry_dir).card("triage", triage_scorer.model_version)
+    ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
@@ -317,6 +309,7 @@ def register_alerting(
             q: app.topic(queue_topic(settings.topic_triage_prefix, q), key_type=bytes, value_type=bytes)
             for q in (*mapping.queues, HUMAN_TRIAGE)
         },
+        ticker_topic=ticker_topic,
         store=store,
         metrics=metrics,
         io_executor=io_executor,
@@ -336,6 +329,27 @@ def register_alerting(
 
     app.agent(scored_topic, name="vigil.alerts", concurrency=1)(alert_stream)
 
+    stage = SentimentStage(
+        processor.sentiment,
+        AlertingStateStore(store, settings.ticker_events_topic),
+        topic=settings.ticker_events_topic,
+        emit=lambda alerts: processor.emit(Output(alerts)),
+        durably=processor.durably,
+        checkpoint_interval_s=settings.alert_checkpoint_interval_s,
+        metrics=metrics,
+    )
+
+    async def sentiment_stream(stream: StreamT) -> None:
+        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+            await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
+            watchdog.beat(time.monotonic())
+
+    app.agent(ticker_topic, name="vigil.sentiment", concurrency=1)(sentiment_stream)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(_app: faust.App, revoked: set, **_: Any) -> None:
+        stage.revoke(revoked)
+
     async def ack_stream(stream: StreamT) -> None:
         async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
             await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
@@ -350,7 +364,8 @@ def register_alerting(
     async def alert_clock() -> None:
         if watcher is not None:
             reload_rules(processor, watcher)
-        await processor.emit(processor.tick(time.monotonic()))
+        await processor.emit(await processor.without_acked(processor.tick(time.monotonic())))
+        await stage.tick(time.monotonic())
 
     if webhook is not None:
         app.task(webhook.run)

@@ -1,8 +1,12 @@
-"""Per-key baselines learned online with river's exponentially weighted mean and variance.
+"""Per-key baselines learned online: exponentially weighted mean and variance.
 
 A z-score is always taken against the baseline as it was BEFORE the current window is learned,
 so a shock is measured against normal, not against itself. Until a key has seen ``warmup``
 windows its z-scores are None: a new ticker has no normal yet.
+
+The statistic is river's ``EWMean``/``EWVar`` (Finch's incremental form, checked against river in
+tests/test_alerting_baselines.py), kept as plain floats here: river's are Rust objects whose state
+can be neither read nor set, and a checkpointed baseline must come back bit for bit.
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-
-from river.stats import EWMean, EWVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +36,9 @@ class Baseline:
     """One metric's exponentially weighted mean and variance."""
 
     spec: BaselineSpec
-    mean: EWMean = field(init=False)
-    var: EWVar = field(init=False)
     n: int = 0
-
-    def __post_init__(self) -> None:
-        self.mean = EWMean(fading_factor=self.spec.fading_factor)
-        self.var = EWVar(fading_factor=self.spec.fading_factor)
+    _mean: float = field(default=0.0, repr=False)
+    _var: float = field(default=0.0, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -48,11 +46,15 @@ class Baseline:
 
     @property
     def expected(self) -> float:
-        return self.mean.get()
+        return self._mean
+
+    @property
+    def variance(self) -> float:
+        return self._var
 
     @property
     def std(self) -> float:
-        return max(math.sqrt(max(self.var.get(), 0.0)), self.spec.min_std)
+        return max(math.sqrt(max(self._var, 0.0)), self.spec.min_std)
 
     def z(self, x: float) -> float | None:
         """How many baseline standard deviations ``x`` is from normal; None during warm-up."""
@@ -61,17 +63,33 @@ class Baseline:
         return (x - self.expected) / self.std
 
     def update(self, x: float) -> None:
-        self.mean.update(x)
-        self.var.update(x)
+        self._learn(x, first=self.n == 0)
         self.n += 1
+
+    def _learn(self, x: float, *, first: bool) -> None:
+        if first:
+            self._mean = x  # the first value is the mean, as in river
+            return
+        f = self.spec.fading_factor
+        diff = x - self._mean
+        incr = f * diff
+        self._mean += incr
+        self._var = (1 - f) * (self._var + diff * incr)
+
+    def to_state(self) -> list[float]:
+        return [self.n, self._mean, self._var]
+
+    @classmethod
+    def from_state(cls, spec: BaselineSpec, state: list[float]) -> Baseline:
+        n, mean, var = state
+        return cls(spec, int(n), mean, var)
 
     def update_many(self, x: float, times: int) -> None:
         """Learn ``x`` ``times`` times: the windows in which a key was silent (volume 0).
         Past ~ln(1e-6)/ln(1-f) repetitions the older history no longer counts, so that is the cap."""
         cap = math.ceil(math.log(1e-6) / math.log1p(-self.spec.fading_factor)) if self.spec.fading_factor < 1 else 1
-        for _ in range(min(times, cap)):
-            self.mean.update(x)
-            self.var.update(x)
+        for i in range(min(times, cap)):
+            self._learn(x, first=self.n == 0 and i == 0)
         self.n += times
 
 
@@ -103,6 +121,17 @@ class KeyedBaselines:
 
     def get(self, key: str) -> Baseline | None:
         return self._by_key.get(key)
+
+    def to_state(self) -> dict:
+        return {
+            "baselines": {k: b.to_state() for k, b in self._by_key.items()},
+            "last_end": {k: t.isoformat() for k, t in self._last_end.items()},
+        }
+
+    def restore(self, state: dict) -> None:
+        """Take the baselines ``to_state`` described (same spec, step and silent value)."""
+        self._by_key = {k: Baseline.from_state(self.spec, v) for k, v in state["baselines"].items()}
+        self._last_end = {k: datetime.fromisoformat(t) for k, t in state["last_end"].items()}
 
     def score_then_learn(self, key: str, value: float, end: datetime) -> Scored:
         base = self._by_key.get(key)

@@ -38,6 +38,21 @@ class ContributingMessage(BaseModel):
     score: float = Field(description="Sentiment: p_pos - p_neg. Triage: the intent's confidence.")
 
 
+class TickerEvent(BaseModel):
+    """One scored news message as one of its tickers sees it. News is re-published keyed by
+    ticker, so every ticker's windows and baseline live in exactly one worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ticker: str
+    message_id: str
+    event_time: AwareDatetime
+    label: str
+    score: float = Field(description="p_pos - p_neg")
+    text: str
+    model_version: str = ""
+
+
 class Alert(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

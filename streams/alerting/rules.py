@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
-from streams.alerting.contracts import Alert, Severity
+from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage
 
@@ -207,6 +207,18 @@ class Fed:
     windows: list[WindowFigures] = field(default_factory=list)  # closed by this message
 
 
+def ticker_events(msg: ScoredMessage, rules: SentimentRules) -> list[TickerEvent]:
+    """The message as each of its tickers sees it (none: it has no ticker)."""
+    if msg.kind is not Kind.news:
+        raise ValueError(f"sentiment alerting takes scored news; {msg.id} is {msg.kind.value}: route it to triage")
+    score = msg.probs.get(rules.positive_label, 0.0) - msg.probs.get(rules.negative_label, 0.0)
+    return [
+        TickerEvent(ticker=t, message_id=msg.id, event_time=as_aware(msg.event_time), label=msg.label,
+                    score=score, text=msg.text, model_version=msg.model_version)
+        for t in msg.tickers or ()
+    ]  # fmt: skip
+
+
 class SentimentAlerter:
     """Feed scored news (roughly in event-time order); get the alerts fired, deterministically."""
 
@@ -241,22 +253,27 @@ class SentimentAlerter:
         self._rules = rules
 
     def feed(self, msg: ScoredMessage) -> Fed:
-        if msg.kind is not Kind.news:
-            raise ValueError(f"SentimentAlerter takes scored news; {msg.id} is {msg.kind.value}: route it to triage")
-        score = msg.probs.get(self._rules.positive_label, 0.0) - msg.probs.get(self._rules.negative_label, 0.0)
+        """Feed every ticker's view of one message; a message with no ticker still moves event time."""
         closed: list[WindowFigures] = []
         too_late = False
-        # A message with no ticker still moves event time forward.
-        for ticker in msg.tickers or ():
-            added = self._windows.add(
-                ticker, msg.event_time, label=msg.label, score=score,
-                message_id=msg.id, text=msg.text, model_version=msg.model_version,
-            )  # fmt: skip
-            too_late = too_late or not added.accepted
-            closed += added.closed
+        for event in ticker_events(msg, self._rules):
+            fed = self._add(event)
+            too_late = too_late or fed.too_late
+            closed += fed.windows
         if not too_late:
             closed += self._windows.advance(msg.event_time)
         return Fed(self._evaluate(closed), too_late, closed)
+
+    def feed_event(self, event: TickerEvent) -> Fed:
+        fed = self._add(event)
+        return Fed(self._evaluate(fed.windows), fed.too_late, fed.windows)
+
+    def _add(self, e: TickerEvent) -> Fed:
+        added = self._windows.add(
+            e.ticker, e.event_time, label=e.label, score=e.score,
+            message_id=e.message_id, text=e.text, model_version=e.model_version,
+        )  # fmt: skip
+        return Fed([], not added.accepted, added.closed)
 
     def advance(self, to: datetime) -> list[Alert]:
         """Move event time to ``to`` without a message (a quiet stream's timer)."""
@@ -332,6 +349,35 @@ class SentimentAlerter:
             )
         self._forget_cooldowns(fig.end - cooldown)
         return alerts
+
+    def to_state(self) -> dict:
+        """Windows, baselines and cooldowns as JSON-able data, stamped with the geometry they were
+        built with (``from_state`` refuses another)."""
+        return {
+            "geometry": self._geometry(self._rules),
+            "windows": self._windows.to_state(),
+            "sentiment": self._sentiment.to_state(),
+            "volume": self._volume.to_state(),
+            "last_fired": [[key, rule, t.isoformat()] for (key, rule), t in self._last_fired.items()],
+        }
+
+    @classmethod
+    def from_state(cls, rules: SentimentRules, state: dict) -> SentimentAlerter:
+        if state["geometry"] != cls._geometry(rules):
+            raise RulesError(
+                "the saved sentiment state was built with other window or baseline settings "
+                f"({state['geometry']}); it cannot continue under the current ones"
+            )
+        alerter = cls(rules)
+        alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
+        alerter._sentiment.restore(state["sentiment"])
+        alerter._volume.restore(state["volume"])
+        alerter._last_fired = {(key, rule): datetime.fromisoformat(t) for key, rule, t in state["last_fired"]}
+        return alerter
+
+    @staticmethod
+    def _geometry(rules: SentimentRules) -> dict:
+        return {"window": rules.window.model_dump(), "baseline": rules.baseline.model_dump()}
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.

@@ -226,6 +226,34 @@ class HoppingWindows:
             )
         return figures
 
+    def to_state(self) -> dict:
+        """Everything the windows hold, as JSON-able data (for checkpoints)."""
+        return {
+            "watermark": self._watermark,
+            "next_close": self._next_close,
+            "panes": [
+                [idx, key, p.volume, p.score_sum, p.counts, [list(e) for e in p.top], sorted(p.versions)]
+                for idx in self._pane_ids
+                for key, p in self._panes[idx].items()
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, spec: WindowSpec, state: dict) -> HoppingWindows:
+        """The windows ``to_state`` described, under the same spec (the caller checks that)."""
+        windows = cls(spec)
+        windows._watermark = state["watermark"]
+        windows._next_close = state["next_close"]
+        for idx, key, volume, score_sum, counts, top, versions in state["panes"]:
+            keys = windows._panes.get(idx)
+            if keys is None:
+                keys = windows._panes[idx] = {}
+                windows._pane_ids.append(idx)
+            # The list keeps its order, so the heap stays a heap.
+            keys[key] = _Pane(dict(counts), volume, score_sum, [tuple(e) for e in top], set(versions))
+        windows._pane_ids.sort()
+        return windows
+
     def _evict_before(self, idx: int) -> None:
         cut = bisect.bisect_left(self._pane_ids, idx)
         for old in self._pane_ids[:cut]:

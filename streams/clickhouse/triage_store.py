@@ -102,8 +102,14 @@ class TriageStore:
         )
         return [ticket_from_row(dict(zip(TICKET_COLUMNS, r, strict=True))) for r in rows]
 
-    def acked_ids(self) -> set[str]:
-        rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL")
+    def acked_ids(self, among: Iterable[str] | None = None) -> set[str]:
+        """Acknowledged tickets (all, or those among these ids)."""
+        where, params = "", None
+        if among is not None:
+            where, params = " WHERE message_id IN {ids:Array(String)}", {"ids": sorted(set(among))}
+            if not params["ids"]:
+                return set()
+        rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL{where}", params)
         return {r[0] for r in rows}
 
     def sla_summary(self, now: datetime | None = None) -> list[QueueSla]:

@@ -1,0 +1,137 @@
+"""Sentiment state per partition of the ticker-events topic, checkpointed with the offsets it holds.
+
+News is re-published keyed by ticker, so one partition's tickers are judged by one worker. Each
+partition owned here has its own ``SentimentAlerter`` (windows, baselines, cooldowns) and event
+clock. A checkpoint is that state plus the last offset applied; the adapter saves it *before*
+acknowledging the events behind it. After a crash or a rebalance the partition's next owner
+restores the checkpoint and skips redelivered events it already holds, so every event counts once.
+A message re-published after a crash upstream comes back at a new offset: the ids seen within
+the windows' reach catch that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from streams.alerting.clock import IdleClock
+from streams.alerting.contracts import Alert, TickerEvent
+from streams.alerting.rules import Fed, RulesError, SentimentAlerter, SentimentRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    partition: int
+    offset: int  # the last offset the state holds
+    state: str  # JSON, made at once: the live state goes on changing while the checkpoint is written
+
+
+@dataclass(slots=True)
+class _Partition:
+    alerter: SentimentAlerter
+    clock: IdleClock
+    offset: int = -1
+    # (ticker, message id) -> event time, for as long as a copy could still land in a window
+    seen: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    dirty: bool = False
+
+
+class SentimentPartitions:
+    def __init__(self, rules: SentimentRules) -> None:
+        self._rules = rules
+        self._parts: dict[int, _Partition] = {}
+
+    @property
+    def _reach(self) -> timedelta:
+        w = self._rules.window
+        return timedelta(minutes=w.size_minutes + w.lateness_minutes)
+
+    @property
+    def _idle_s(self) -> float:
+        w = self._rules.window
+        return (w.lateness_minutes + w.step_minutes) * 60
+
+    def owned(self, partition: int) -> bool:
+        return partition in self._parts
+
+    def restore(self, partition: int, checkpoint: Checkpoint | None) -> None:
+        """Take ownership of ``partition``, from its checkpoint when there is a usable one."""
+        part = _Partition(SentimentAlerter(self._rules), IdleClock(self._idle_s))
+        if checkpoint is not None:
+            state = json.loads(checkpoint.state)
+            try:
+                part.alerter = SentimentAlerter.from_state(self._rules, state["alerter"])
+            except RulesError as exc:
+                log.warning("partition %d starts with fresh sentiment windows and baselines: %s", partition, exc)
+            else:
+                part.offset = checkpoint.offset
+                part.seen = {(t, m): datetime.fromisoformat(at) for t, m, at in state["seen"]}
+        self._parts[partition] = part
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Another worker owns these now; what was not checkpointed is redelivered to it."""
+        for p in partitions:
+            self._parts.pop(p, None)
+
+    def feed(self, partition: int, offset: int, event: TickerEvent, wall: float) -> Fed | None:
+        """None when the checkpoint already holds the event (a redelivery) or its message was
+        counted for this ticker before (a re-publish)."""
+        part = self._parts[partition]
+        if offset <= part.offset:
+            return None
+        part.offset = offset
+        part.dirty = True
+        key = (event.ticker, event.message_id)
+        if key in part.seen:
+            return None
+        part.clock.observe(event.event_time, wall)
+        fed = part.alerter.feed_event(event)
+        if not fed.too_late:
+            part.seen[key] = event.event_time
+        return fed
+
+    def tick(self, wall: float) -> list[Alert]:
+        """Move each quiet partition's event time on with the wall clock."""
+        alerts: list[Alert] = []
+        for part in self._parts.values():
+            if (now := part.clock.idle_now(wall)) is not None:
+                alerts += part.alerter.advance(now)
+                part.dirty = True
+        return alerts
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The state of every partition that changed since it was last saved."""
+        out = []
+        for p, part in sorted(self._parts.items()):
+            if part.dirty:
+                self._forget_seen(part)
+                state = {
+                    "alerter": part.alerter.to_state(),
+                    "seen": [[t, m, at.isoformat()] for (t, m), at in part.seen.items()],
+                }
+                out.append(Checkpoint(p, part.offset, json.dumps(state, separators=(",", ":"))))
+        return out
+
+    def saved(self, checkpoints: Iterable[Checkpoint]) -> None:
+        for c in checkpoints:
+            part = self._parts.get(c.partition)
+            if part is not None and part.offset == c.offset:
+                part.dirty = False
+
+    def swap_rules(self, rules: SentimentRules) -> None:
+        """New thresholds for every partition at once (geometry changes raise RulesError)."""
+        for part in self._parts.values():
+            part.alerter.swap_rules(rules)
+        self._rules = rules
+
+    def _forget_seen(self, part: _Partition) -> None:
+        # An event older than the watermark minus the windows' reach would be refused as late, so
+        # its id no longer needs remembering.
+        if (mark := part.alerter.watermark) is not None:
+            cut = mark - self._reach
+            part.seen = {k: t for k, t in part.seen.items() if t >= cut}

@@ -1,0 +1,98 @@
+"""The faust adapter around SentimentPartitions, on the ticker-events topic.
+
+Per micro-batch: take ownership of partitions seen for the first time (restoring their checkpoint
+from ClickHouse), feed the events, publish and store the alerts. Events are acknowledged only once
+a checkpoint holding them is stored (every ``alert_checkpoint_interval_s``), so the committed
+offset never runs ahead of the saved state: a worker that crashes, or loses the partition in a
+rebalance, leaves its successor a checkpoint and the events after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from faust.types import TP, EventT, StreamT
+from pydantic import ValidationError
+
+from streams.alerting.contracts import Alert, TickerEvent
+from streams.alerting.partitions import SentimentPartitions
+from streams.clickhouse.alerting_state import AlertingStateStore
+from streams.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Durably = Callable[..., Awaitable[Any]]
+
+
+class SentimentStage:
+    def __init__(
+        self,
+        partitions: SentimentPartitions,
+        state: AlertingStateStore,
+        *,
+        topic: str,
+        emit: Callable[[list[Alert]], Awaitable[None]],
+        durably: Durably,
+        checkpoint_interval_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._parts = partitions
+        self._state = state
+        self._topic = topic
+        self._emit = emit
+        self._durably = durably
+        self._interval_s = checkpoint_interval_s
+        self._metrics = metrics
+        self._pending: list[tuple[StreamT, EventT]] = []
+        self._last_save = 0.0
+
+    async def handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
+        """Feed one batch. Events of partitions no longer assigned here (revoked while the batch
+        was on its way) are left alone: the partition's new owner gets them again."""
+        alerts: list[Alert] = []
+        for event in events:
+            msg = event.message
+            if msg.tp not in assigned:
+                continue
+            if not self._parts.owned(msg.partition):
+                checkpoint = await self._durably("reading the alerting checkpoint", self._state.load, msg.partition)
+                self._parts.restore(msg.partition, checkpoint)
+                log.info("sentiment partition %d: %s", msg.partition,
+                         f"restored at offset {checkpoint.offset}" if checkpoint else "no checkpoint, starting fresh")
+            self._pending.append((stream, event))
+            try:
+                ticker_event = TickerEvent.model_validate_json(msg.value)
+            except ValidationError as exc:
+                log.error("skipping a ticker-events record that is not a TickerEvent: %s", exc)
+                continue
+            fed = self._parts.feed(msg.partition, msg.offset, ticker_event, wall)
+            if fed is None:
+                continue
+            if fed.too_late:
+                self._metrics.alert_late_messages.inc()
+            alerts += fed.alerts
+        await self._emit(alerts)
+        await self.checkpoint(wall)
+
+    async def tick(self, wall: float) -> None:
+        await self._emit(self._parts.tick(wall))
+        await self.checkpoint(wall)
+
+    async def checkpoint(self, wall: float, *, force: bool = False) -> None:
+        """Store the changed partitions' state, then acknowledge the events it holds."""
+        if not force and wall - self._last_save < self._interval_s:
+            return
+        self._last_save = wall
+        pending, self._pending = self._pending, []
+        checkpoints = self._parts.checkpoints()
+        if checkpoints:
+            await self._durably("saving alerting checkpoints", self._state.save, checkpoints)
+            self._parts.saved(checkpoints)
+        for stream, event in pending:
+            if self._parts.owned(event.message.partition):
+                await stream.ack(event)
+
+    def revoke(self, revoked: Iterable[TP]) -> None:
+        self._parts.revoke(tp.partition for tp in revoked if tp.topic == self._topic)
