@@ -75,7 +75,7 @@ def bench_scoring(
         if e.parity:
             p = e.parity
             out(f"  parity {p.precision} vs fp32 on {p.n} validation texts: {p.label_flips} label flips "
-                f"({100 * p.flip_rate:.2f}%), max |dprob| {p.max_abs_prob_diff:.4f}, "
+                f"({100 * p.flip_rate:.2f}%), max |dprob| {p.max_abs_prob_diff:.2g}, "
                 f"{'accepted' if p.accepted else 'rejected -> fp32'}")
 
     model_dir = ModelRegistry(settings.registry_dir).resolve(task, engine.model_version)

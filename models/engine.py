@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from models import onnx_backend
 from models.data import SplitConfig, stratified_split
 from models.modeling import MeanPoolClassifier, labels_of
 from models.registry import ModelCard, ModelRegistry
@@ -251,43 +252,44 @@ class Engine:
         elif precision != "fp32":
             self._enable(precision, Path(model_dir), parity_texts, max_flip_rate)
 
-    def _candidate(self, precision: str, model_dir: Path) -> Forward:
+    def _candidate(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
+        """The forward at ``precision``, and where its parity figures on ``parity_texts`` are kept (if anywhere)."""
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
-            return torch_forward(torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8),
-                                 self.device)
+            quantized = torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8)
+            return torch_forward(quantized, self.device), None
         if precision in ("fp16", "bf16"):
             if self.device.type != "cuda":
                 raise ScoringError(f"{precision} inference needs CUDA; on CPU use fp32, onnx or int8")
-            return torch_forward(self._fp32, self.device, torch.float16 if precision == "fp16" else torch.bfloat16)
+            dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+            return torch_forward(self._fp32, self.device, dtype), None
         if precision in ("onnx", "onnx-int8"):
             if self.device.type != "cpu":
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
-            from models.onnx_backend import OnnxExportError, cached_export, onnx_forward
-
             try:
-                path = cached_export(self._fp32, model_dir, int8=precision == "onnx-int8")
-                return onnx_forward(path, self.num_threads or 1)
-            except OnnxExportError as e:
+                path = onnx_backend.cached_export(self._fp32, model_dir, int8=precision == "onnx-int8")
+                return (onnx_backend.onnx_forward(path, self.num_threads or 1),
+                        onnx_backend.parity_record(path, parity_texts, self.max_length))
+            except onnx_backend.OnnxExportError as e:
                 raise ScoringError(str(e)) from e
         raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, onnx, onnx-int8, int8, fp16 or bf16")
 
     def _enable(self, precision: str, model_dir: Path, parity_texts: Sequence[str], max_flip_rate: float) -> None:
         if not parity_texts:
             raise ScoringError(f"{precision} needs a parity sample of real texts to check it against fp32")
-        candidate = self._candidate(precision, model_dir)
-        enc = encode(self.tokenizer, parity_texts, self.max_length)
-        pad, n_labels = self.tokenizer.pad_token_id, len(self.labels)
-        ref = run_batches(self._forward, enc.ids, pad, self.batch_size, n_labels)
-        got = run_batches(candidate, enc.ids, pad, self.batch_size, n_labels)
-        self.parity = ParityReport(
-            precision=precision,
-            n=len(enc.ids),
-            label_flips=int((ref.argmax(1) != got.argmax(1)).sum()),
-            max_abs_prob_diff=float(np.abs(ref - got).max()),
-            max_flip_rate=max_flip_rate,
-        )
+        candidate, record = self._candidate(precision, model_dir, parity_texts)
+        figures = onnx_backend.read_parity(record) if record else None
+        if figures is None:
+            enc = encode(self.tokenizer, parity_texts, self.max_length)
+            pad, n_labels = self.tokenizer.pad_token_id, len(self.labels)
+            ref = run_batches(self._forward, enc.ids, pad, self.batch_size, n_labels)
+            got = run_batches(candidate, enc.ids, pad, self.batch_size, n_labels)
+            figures = {"n": len(enc.ids), "label_flips": int((ref.argmax(1) != got.argmax(1)).sum()),
+                       "max_abs_prob_diff": float(np.abs(ref - got).max())}
+            if record:
+                onnx_backend.write_parity(record, figures)
+        self.parity = ParityReport(precision=precision, max_flip_rate=max_flip_rate, **figures)
         if self.parity.accepted:
             self._forward, self.precision = candidate, precision
         else:

@@ -4,19 +4,22 @@ A registry version is exported once to ONNX (batch and sequence axes dynamic, so
 graph so it returns class probabilities) and cached in ``<version dir>/onnx/``, named by a digest of
 the weights and the export recipe; later engines on that version load the cached file. An int8 variant
 (onnxruntime's dynamic quantization of the MatMul weights) is derived from the fp32 graph and cached
-beside it. Files are written under a temporary name and renamed into place, so workers starting
+beside it. The parity figures of a graph on a sample are kept beside it too: the same graph, texts,
+cut and runtimes give the same figures, so a restarted worker reads them instead of scoring the sample
+twice again. Files are written under a temporary name and renamed into place, so workers starting
 together never read half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,7 @@ def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the cache from workers running as other users
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,6 +119,31 @@ def cached_export(model: MeanPoolClassifier, model_dir: Path, *, int8: bool = Fa
                               f"or set VIGIL_INFERENCE_PRECISION=fp32") from e
     except Exception as e:
         raise OnnxExportError(f"exporting {model_dir} to ONNX failed: {e}; set VIGIL_INFERENCE_PRECISION=fp32") from e
+
+
+def parity_record(onnx_path: Path, texts: Sequence[str], max_length: int) -> Path:
+    """Where the parity figures of ``onnx_path`` against torch fp32 on ``texts`` are kept."""
+    import onnxruntime as ort
+
+    h = hashlib.sha256(f"{max_length}|torch {torch.__version__}|onnxruntime {ort.__version__}".encode())
+    for text in texts:
+        h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return onnx_path.with_name(f"{onnx_path.stem}.parity-{h.hexdigest()[:16]}.json")
+
+
+def read_parity(path: Path) -> dict | None:
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return figures if isinstance(figures, dict) and set(figures) == {"n", "label_flips", "max_abs_prob_diff"} else None
+
+
+def write_parity(path: Path, figures: dict) -> None:
+    try:
+        _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(figures), encoding="utf-8"))
+    except OSError as e:  # only a cache: the next start checks again
+        log.warning("cannot keep the parity figures in %s: %s", path, e)
 
 
 def onnx_forward(path: Path, num_threads: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -1,6 +1,7 @@
 """The ONNX Runtime path on the real tiny models: parity with torch fp32, input order, the cached
 export, hostile input, and how ``auto`` chooses."""
 
+import json
 import logging
 import math
 import shutil
@@ -82,7 +83,13 @@ def test_the_export_is_cached_per_version(tiny_registry, tmp_path, caplog):
     assert second.precision == "onnx" and not [r for r in caplog.records if r.name == "models.onnx_backend"]
     after = exported.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert sorted(p.name for p in exported.parent.iterdir()) == [exported.name]  # no temporary left over
+    # beside the graph: its parity figures on this sample, which the second engine read back
+    kept = [p for p in exported.parent.iterdir() if p != exported]
+    assert len(kept) == 1 and kept[0].name.startswith(f"{exported.stem}.parity-") and kept[0].suffix == ".json"
+    assert second.parity == first.parity and first.parity.n == len(PARITY)
+    kept[0].write_text("not json")  # a damaged record is checked again and rewritten
+    third = scorer_from_registry(root, "sentiment", precision="onnx", parity_texts=PARITY)
+    assert third.parity == first.parity and json.loads(kept[0].read_text())["n"] == len(PARITY)
     assert_same_predictions(second.score(MIXED), first.score(MIXED))
 
 
