@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -21,11 +19,10 @@ from streams.clickhouse import open_store
 from streams.contracts import DeadLetterReason, Kind
 from streams.follow import Tracker, follow, wait_for
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
-from streams.runtime import all_topics
 from streams.samples import duplicate_id_pair, hostile_samples, news_json, valid_exotic_texts
 from streams.settings import VigilSettings
-from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.e2e_stack import stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -34,30 +31,14 @@ pytestmark = pytest.mark.slow
 def stack(request, tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
     """Settings for one isolated run: own topics, consumer group and data dir on the shared broker;
     ClickHouse embedded (chdb) or Debian's 18.16 server over the native protocol."""
-    run = uuid.uuid4().hex[:8]
-    env = {
-        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
-        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
-        "VIGIL_TOPIC_NEWS": f"t{run}.news",
-        "VIGIL_TOPIC_SUPPORT": f"t{run}.support",
-        "VIGIL_TOPIC_SCORED": f"t{run}.scored",
-        "VIGIL_TOPIC_DLQ": f"t{run}.dlq",
-        "VIGIL_TOPIC_PARTITIONS": "3",
-        "VIGIL_CONSUMER_GROUP": f"g{run}",
-        "VIGIL_BATCH_MAX": "64",
-        "VIGIL_BATCH_WITHIN_S": "0.2",
-        "VIGIL_MAX_LENGTH": "32",
-        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
-    }
+    url = None
     if request.param == "server":
         server = request.getfixturevalue("clickhouse_server")
-        env |= {"VIGIL_CLICKHOUSE_URL": server.url, "VIGIL_CLICKHOUSE_DATABASE": f"e2e_{run}"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    shutil.copytree(tiny_registry, settings.registry_dir)
-    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+        if not server.running:
+            server.start()
+        url = server.url
+    env = stack_env(tmp_path, kafka_broker.bootstrap, url, partitions=3, VIGIL_BATCH_MAX="64")
+    settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
     yield settings, worker
     worker.stop(timeout_s=10)

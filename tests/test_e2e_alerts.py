@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,11 +30,10 @@ from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind
 from streams.follow import Tracker, follow, wait_for
 from streams.replay import OutgoingMessage, replay
-from streams.runtime import all_topics
 from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
-from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.e2e_stack import stack_env, use_stack
 from tests.fixtures.alerting import DATA as DATA_DIR
 
 pytestmark = pytest.mark.slow
@@ -66,37 +63,16 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
-    """As tests/test_e2e.py's, on chdb, with ONE partition per topic so the scored topic carries
-    news in event-time order (several partitions interleave arbitrarily, and windows would
-    close before the burst arrived)."""
-    run = uuid.uuid4().hex[:8]
+    """On chdb, with ONE partition per topic so the scored topic carries news in event-time order
+    (several partitions interleave arbitrarily, and windows would close before the burst arrived)."""
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
-    env = {
-        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
-        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
-        "VIGIL_TOPIC_NEWS": f"a{run}.news",
-        "VIGIL_TOPIC_SUPPORT": f"a{run}.support",
-        "VIGIL_TOPIC_SCORED": f"a{run}.scored",
-        "VIGIL_TOPIC_DLQ": f"a{run}.dlq",
-        "VIGIL_TOPIC_ALERTS": f"a{run}.alerts",
-        "VIGIL_TOPIC_PARTITIONS": "1",
-        "VIGIL_CONSUMER_GROUP": f"g{run}",
-        "VIGIL_BATCH_MAX": "64",
-        "VIGIL_BATCH_WITHIN_S": "0.2",
-        "VIGIL_MAX_LENGTH": "32",
-        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
-        "VIGIL_ALERT_RULES_PATH": str(rules),
-        "VIGIL_TRIAGE_MIN_CONFIDENCE": "0",
-        "VIGIL_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{_closed_port()}/hook",
-        "VIGIL_ALERT_WEBHOOK_TIMEOUT_S": "0.5",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    shutil.copytree(tiny_registry, settings.registry_dir)
-    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    env = stack_env(
+        tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_BATCH_MAX="64",
+        VIGIL_ALERT_RULES_PATH=str(rules), VIGIL_TRIAGE_MIN_CONFIDENCE="0",
+        VIGIL_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{_closed_port()}/hook", VIGIL_ALERT_WEBHOOK_TIMEOUT_S="0.5",
+    )  # fmt: skip
+    settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
     yield settings, worker
     worker.stop(timeout_s=10)
@@ -251,32 +227,12 @@ def triage_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker
     })
     mapping_path = tmp_path / "mapping.json"
     mapping_path.write_text(urgent.model_dump_json())
-    run = uuid.uuid4().hex[:8]
-    env = {
-        "VIGIL_DATA_DIR": str(tmp_path / "vigil"),
-        "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
-        "VIGIL_TOPIC_NEWS": f"tr{run}.news",
-        "VIGIL_TOPIC_SUPPORT": f"tr{run}.support",
-        "VIGIL_TOPIC_SCORED": f"tr{run}.scored",
-        "VIGIL_TOPIC_DLQ": f"tr{run}.dlq",
-        "VIGIL_TOPIC_ALERTS": f"tr{run}.alerts",
-        "VIGIL_TOPIC_TRIAGE_PREFIX": f"tr{run}.triage.",
-        "VIGIL_TOPIC_TICKET_ACKS": f"tr{run}.acks",
-        "VIGIL_TOPIC_PARTITIONS": "1",
-        "VIGIL_CONSUMER_GROUP": f"g{run}",
-        "VIGIL_BATCH_MAX": "64",
-        "VIGIL_BATCH_WITHIN_S": "0.2",
-        "VIGIL_MAX_LENGTH": "64",  # as tiny_scorers score
-        "VIGIL_KAFKA_SESSION_TIMEOUT_S": "6",
-        "VIGIL_KAFKA_REBALANCE_TIMEOUT_S": "8",
-        "VIGIL_TRIAGE_MAPPING_PATH": str(mapping_path),
-        "VIGIL_TRIAGE_MIN_CONFIDENCE": repr(threshold),
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    shutil.copytree(tiny_registry, settings.registry_dir)
-    ensure_topics(kafka_broker.bootstrap, all_topics(settings), settings.topic_partitions)
+    env = stack_env(
+        tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_BATCH_MAX="64",
+        VIGIL_MAX_LENGTH="64",  # as tiny_scorers score
+        VIGIL_TRIAGE_MAPPING_PATH=str(mapping_path), VIGIL_TRIAGE_MIN_CONFIDENCE=repr(threshold),
+    )  # fmt: skip
+    settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
     yield settings, worker, texts, threshold, urgent
     worker.stop(timeout_s=10)
