@@ -153,9 +153,12 @@ def onnx_forward(path: Path, num_threads: int) -> Callable[[torch.Tensor, torch.
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = num_threads
-    # Batches arrive one at a time: one inter-op thread, no spinning threads between them.
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle intra-op threads sleep instead of spinning: the cores are shared with the tokenizer thread,
+    # the event loop and other workers, and on the shared 2-core machine spinning made scoring about
+    # half as fast (benchmarks/RESULTS.md, "Scoring, CPU").
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
