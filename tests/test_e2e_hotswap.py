@@ -5,7 +5,6 @@ exactly once, and the versions on the stream go from v1 to v2 and never back."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,9 @@ from streams.samples import news_json
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
 from tests.e2e_stack import Topic, stack_env, use_stack
+from tests.fixtures.models import copy_version
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_as_new_version(registry: ModelRegistry, task: str) -> str:
-    """A second real version: the champion's files under the next version number."""
-    src = registry.resolve(task, "champion")
-    fields = registry.card(task).model_dump(exclude={"task", "version", "parent_version", "created_at"})
-
-    def write(target: Path) -> None:
-        for f in src.iterdir():
-            if f.name != "card.json":
-                shutil.copy2(f, target / f.name)
-
-    return registry.add(task, write, fields).version
 
 
 @pytest.fixture
@@ -73,7 +60,7 @@ async def _run(settings: VigilSettings, registry: ModelRegistry, v2: str):
 def test_promotion_mid_stream_swaps_every_message_once(stack):
     settings, worker = stack
     registry = ModelRegistry(settings.registry_dir)
-    v2 = _copy_as_new_version(registry, "sentiment")
+    v2 = copy_version(registry, "sentiment", registry.resolve("sentiment", "champion")).version
     worker.start()
     on_topic, events = asyncio.run(_run(settings, registry, v2))
     assert worker.stop() == 0

@@ -1,22 +1,9 @@
 """Registry versions, champion pointer, promote / rollback / resolve, on real saved models."""
 
-import shutil
-
 import pytest
 
 from models.registry import ModelNotFound, ModelRegistry, RegistryError
-
-
-def _add_copy(reg: ModelRegistry, source_dir, task="triage"):
-    card = ModelRegistry(source_dir.parent.parent).card(task, source_dir.name)
-    fields = card.model_dump(exclude={"task", "version", "parent_version", "created_at"})
-
-    def write(target):
-        for f in source_dir.iterdir():
-            if f.name != "card.json":
-                shutil.copy2(f, target / f.name)
-
-    return reg.add(task, write, fields)
+from tests.fixtures.models import copy_version
 
 
 def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
@@ -24,12 +11,12 @@ def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
     reg = ModelRegistry(tmp_path / "models")
     with pytest.raises(ModelNotFound, match="vigil train --task triage"):
         reg.resolve("triage")
-    assert [_add_copy(reg, src).version for _ in range(3)] == ["v1", "v2", "v3"]
+    assert [copy_version(reg, "triage", src).version for _ in range(3)] == ["v1", "v2", "v3"]
     assert reg.champion("triage") is None
     assert reg.resolve("triage").name == "v3"  # no champion: the newest
     reg.promote("triage", "v1")
     assert reg.resolve("triage").name == "v1"
-    assert _add_copy(reg, src).parent_version == "v1"
+    assert copy_version(reg, "triage", src).parent_version == "v1"
     reg.promote("triage", "v2")
     reg.promote("triage", "v4")
     assert reg.champion("triage") == "v4"

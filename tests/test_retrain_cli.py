@@ -11,26 +11,13 @@ from models.registry import ModelRegistry
 from streams.cli import app
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
+from tests.fixtures.models import copy_version
 
 
 def _run(args, data_dir):
     result = CliRunner().invoke(app, args, env={"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu",
                                                 "VIGIL_CLICKHOUSE_URL": "", "VIGIL_KAFKA_BROKERS": ""})
     return result.exit_code, result.output
-
-
-def _copy_as_new_version(registry: ModelRegistry, task: str) -> str:
-    """A second real version: the champion's files under the next version number."""
-    src = registry.resolve(task, "champion")
-    card = registry.card(task)
-    fields = card.model_dump(exclude={"task", "version", "parent_version", "created_at"})
-
-    def write(target):
-        for f in src.iterdir():
-            if f.name != "card.json":
-                shutil.copy2(f, target / f.name)
-
-    return registry.add(task, write, fields).version
 
 
 def test_retrain_with_nothing_to_do_exits_0_and_promote_rollback_are_recorded(tiny_registry, tmp_path):
@@ -44,7 +31,7 @@ def test_retrain_with_nothing_to_do_exits_0_and_promote_rollback_are_recorded(ti
     assert "skipped" in out and "no new corrections" in out
 
     registry = ModelRegistry(settings.registry_dir)
-    v2 = _copy_as_new_version(registry, "sentiment")
+    v2 = copy_version(registry, "sentiment", registry.resolve("sentiment", "champion")).version
     code, out = _run(["models", "promote", "sentiment", v2], data_dir)
     assert code == 0 and f"champion: {v2}" in out, out
     code, out = _run(["models", "rollback", "sentiment"], data_dir)
@@ -72,7 +59,7 @@ def test_promote_still_works_when_the_event_cannot_be_recorded(tiny_registry, tm
     data_dir = tmp_path / "vigil"
     shutil.copytree(tiny_registry, data_dir / "models")
     registry = ModelRegistry(data_dir / "models")
-    v2 = _copy_as_new_version(registry, "triage")
+    v2 = copy_version(registry, "triage", registry.resolve("triage", "champion")).version
     code, out = _run(["models", "promote", "triage", v2], data_dir)
     assert code == 0 and "not recorded" in out and "vigil db migrate" in out
     assert registry.champion("triage") == v2
