@@ -118,9 +118,7 @@ class AlertingProcessor:
         self.sentiment = SentimentPartitions(rules.sentiment)
         self._sla = SlaTracker(rules.triage.escalate_priorities)
         self._spikes = IntentSpikeDetector(rules.triage.intent_spike)
-        window = rules.sentiment.window
-        idle_s = (window.lateness_minutes + window.step_minutes) * 60
-        self._support_clock = IdleClock(idle_s)
+        self._support_clock = IdleClock(rules.sentiment.window.idle_after_s)
         self._alerts_topic = alerts_topic
         self._queue_topics = queue_topics
         self._ticker_topic = ticker_topic

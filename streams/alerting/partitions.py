@@ -51,17 +51,12 @@ class SentimentPartitions:
         w = self._rules.window
         return timedelta(minutes=w.size_minutes + w.lateness_minutes)
 
-    @property
-    def _idle_s(self) -> float:
-        w = self._rules.window
-        return (w.lateness_minutes + w.step_minutes) * 60
-
     def owned(self, partition: int) -> bool:
         return partition in self._parts
 
     def restore(self, partition: int, checkpoint: Checkpoint | None) -> None:
         """Take ownership of ``partition``, from its checkpoint when there is a usable one."""
-        part = _Partition(SentimentAlerter(self._rules), IdleClock(self._idle_s))
+        part = _Partition(SentimentAlerter(self._rules), IdleClock(self._rules.window.idle_after_s))
         if checkpoint is not None:
             state = json.loads(checkpoint.state)
             try:

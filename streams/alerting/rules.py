@@ -67,6 +67,12 @@ class WindowConfig(_Strict):
             raise ValueError(f"size_minutes ({self.size_minutes}) must be a whole multiple of step_minutes ({self.step_minutes})")
         return self
 
+    @property
+    def idle_after_s(self) -> float:
+        """Wall-clock silence after which a stream's event time moves on with the wall clock: by
+        then every window its last event could still reach may close."""
+        return (self.lateness_minutes + self.step_minutes) * 60
+
     def spec(self, keep: Literal["lowest", "highest"] = "lowest") -> WindowSpec:
         return WindowSpec(
             size=timedelta(minutes=self.size_minutes),

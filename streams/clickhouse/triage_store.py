@@ -40,6 +40,15 @@ def ticket_from_row(row: dict[str, Any]) -> TriageTicket:
     )
 
 
+def _ids_filter(message_ids: Iterable[str] | None) -> tuple[str, dict[str, Any] | None] | None:
+    """The WHERE clause and parameters for "these message ids" (no clause for None); None when the
+    ids are an empty set, which matches nothing."""
+    if message_ids is None:
+        return "", None
+    ids = sorted(set(message_ids))
+    return (" WHERE message_id IN {ids:Array(String)}", {"ids": ids}) if ids else None
+
+
 class QueueSla(BaseModel):
     """Tickets of one queue and priority by SLA state at the time of the read."""
 
@@ -90,11 +99,9 @@ class TriageStore:
 
     def fetch_tickets(self, message_ids: Iterable[str] | None = None) -> list[TriageTicket]:
         """Stored tickets (all, or these ids), ordered by message id."""
-        where, params = "", None
-        if message_ids is not None:
-            where, params = " WHERE message_id IN {ids:Array(String)}", {"ids": sorted(set(message_ids))}
-            if not params["ids"]:
-                return []
+        if (where_params := _ids_filter(message_ids)) is None:
+            return []
+        where, params = where_params
         rows = self._store._query(
             "triage read",
             f"SELECT {', '.join(TICKET_COLUMNS)} FROM {self._triage} FINAL{where} ORDER BY message_id",
@@ -104,11 +111,9 @@ class TriageStore:
 
     def acked_ids(self, among: Iterable[str] | None = None) -> set[str]:
         """Acknowledged tickets (all, or those among these ids)."""
-        where, params = "", None
-        if among is not None:
-            where, params = " WHERE message_id IN {ids:Array(String)}", {"ids": sorted(set(among))}
-            if not params["ids"]:
-                return set()
+        if (where_params := _ids_filter(among)) is None:
+            return set()
+        where, params = where_params
         rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL{where}", params)
         return {r[0] for r in rows}
 
