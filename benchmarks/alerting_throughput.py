@@ -52,7 +52,7 @@ def main() -> None:
         for m in support:
             d = route(m, mapping, rules.triage.min_confidence)
             tracker.open(d)
-            n_alerts.update(a.rule for a in spikes.feed(d).alerts + tracker.due(m.event_time))
+            n_alerts.update(a.rule for a in spikes.feed_event(d).alerts + tracker.due(m.event_time))
         dt = time.perf_counter() - t
         print(
             f"triage run {run}: {len(support)} msgs in {dt:.3f} s = {len(support) / dt:,.0f} msg/s "

@@ -104,9 +104,14 @@ class VigilSettings(BaseSettings):
         None, description="Scored news re-keyed by ticker, so each ticker's windows live in one worker. "
         "Unset: <scored topic>.by-ticker.",
     )
+    topic_intent_events: str | None = Field(
+        None, description="Triage tickets re-keyed by intent, so each intent's spike windows live in one "
+        "worker. Unset: <scored topic>.by-intent.",
+    )
     alert_checkpoint_interval_s: float = Field(
-        5.0, gt=0, description="How often the sentiment windows and baselines are checkpointed to "
-        "ClickHouse; their events are acknowledged only then, so a restart resumes from the checkpoint.",
+        5.0, gt=0, description="How often the sentiment and intent-spike windows and baselines are "
+        "checkpointed to ClickHouse; their events are acknowledged only then, so a restart resumes from "
+        "the checkpoint.",
     )
 
     # --- feedback ----------------------------------------------------------------------------
@@ -239,6 +244,10 @@ class VigilSettings(BaseSettings):
     @property
     def ticker_events_topic(self) -> str:
         return self.topic_ticker_events or f"{self.topic_scored}.by-ticker"
+
+    @property
+    def intent_events_topic(self) -> str:
+        return self.topic_intent_events or f"{self.topic_scored}.by-intent"
 
     @property
     def raw_topics(self) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Sentiment state per ticker-events partition: a checkpoint restored mid-stream (after a crash or
 a rebalance) carries on exactly as if nothing had stopped; redelivered and re-published events
-count once; checkpoints round trip through both real ClickHouse engines."""
+count once; checkpoints round trip through both real ClickHouse engines. (The intent-spike kind of
+AlertPartitions is tested in test_alerting_triage.py.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from streams.clickhouse import open_store
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
-from tests.fixtures.alerting import scored_bundled_news
-from tests.test_alerting_sentiment import _background, _merged, _news
+from tests.fixtures.alerting import merged, scored_bundled_news, scored_news, steady_ticker
 
 MIN = timedelta(minutes=1)
 SHOCK_AT = BUNDLED_START + timedelta(hours=24)
@@ -26,8 +26,8 @@ SHOCK_AT = BUNDLED_START + timedelta(hours=24)
 
 def _stream(rules: SentimentRules) -> list[TickerEvent]:
     """The bundled news, a steady ticker and a negative shock on it, as ticker events."""
-    shock = [_news(f"shock-{i}", SHOCK_AT + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
-    messages = _merged(list(scored_bundled_news()), _background(BUNDLED_START, hours=30), shock)
+    shock = [scored_news(f"shock-{i}", SHOCK_AT + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+    messages = merged(list(scored_bundled_news()), steady_ticker(BUNDLED_START, hours=30), shock)
     return [e for m in messages for e in ticker_events(m, rules)]
 
 
@@ -78,7 +78,7 @@ def test_a_checkpoint_restored_mid_stream_carries_on_as_if_nothing_stopped(strea
 
 def test_a_message_republished_at_a_new_offset_counts_once():
     parts = _fresh(SentimentRules())
-    e = ticker_events(_news("m-1", SHOCK_AT, "negative"), SentimentRules())[0]
+    e = ticker_events(scored_news("m-1", SHOCK_AT, "negative"), SentimentRules())[0]
     assert parts.feed(0, 0, e, wall=0.0) is not None
     assert parts.feed(0, 0, e, wall=0.0) is None  # redelivered: the offset is held
     assert parts.feed(0, 7, e, wall=0.0) is None  # re-published upstream: same ticker and id
@@ -89,7 +89,7 @@ def test_only_changed_partitions_are_checkpointed_and_revoked_ones_are_forgotten
     parts = SentimentPartitions(rules)
     parts.restore(0, None)
     parts.restore(1, None)
-    parts.feed(1, 3, ticker_events(_news("m-1", SHOCK_AT, "neutral"), rules)[0], wall=0.0)
+    parts.feed(1, 3, ticker_events(scored_news("m-1", SHOCK_AT, "neutral"), rules)[0], wall=0.0)
     checkpoints = parts.checkpoints()
     assert [(c.partition, c.offset) for c in checkpoints] == [(1, 3)]
     parts.saved(checkpoints)
@@ -101,15 +101,15 @@ def test_only_changed_partitions_are_checkpointed_and_revoked_ones_are_forgotten
 def test_a_checkpoint_of_other_window_geometry_is_not_used(caplog):
     rules = SentimentRules()
     old = _fresh(rules)
-    old.feed(0, 0, ticker_events(_news("m-1", SHOCK_AT, "neutral"), rules)[0], wall=0.0)
+    old.feed(0, 0, ticker_events(scored_news("m-1", SHOCK_AT, "neutral"), rules)[0], wall=0.0)
     (checkpoint,) = old.checkpoints()
     wider = AlertRules.from_mapping({"sentiment": {"window": {"size_minutes": 30}}}).sentiment
     parts = SentimentPartitions(wider)
     with caplog.at_level(logging.WARNING):
         parts.restore(0, checkpoint)
-    assert "starts with fresh sentiment windows" in caplog.text and "size_minutes" in caplog.text
+    assert "sentiment partition 0 starts with fresh windows" in caplog.text and "size_minutes" in caplog.text
     assert parts.checkpoints() == []  # nothing held: offset 0 is fed again, not skipped
-    assert parts.feed(0, 0, ticker_events(_news("m-1", SHOCK_AT, "neutral"), wider)[0], wall=0.0) is not None
+    assert parts.feed(0, 0, ticker_events(scored_news("m-1", SHOCK_AT, "neutral"), wider)[0], wall=0.0) is not None
 
 
 @pytest.fixture(params=["chdb", "server"])

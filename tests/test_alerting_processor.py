@@ -1,6 +1,7 @@
 """The alerting processor's state without a broker: tickets out of the stream, acks that stop an
-escalation, the low-confidence threshold's precedence (setting > calibrated > rules), and rules
-reloaded from a real file while running (an invalid file is refused, the old rules stay).
+escalation, SLA clocks that follow their scored partition to a new owner, the low-confidence
+threshold's precedence (setting > calibrated > rules), and rules reloaded from a real file while
+running (an invalid file is refused, the old rules stay).
 
 Its topics are real faust topic objects of an app that is never started; nothing here sends."""
 
@@ -37,9 +38,11 @@ P1 = next(i for i in INTENTS if MAPPING.route(i).priority == "P1")
 P4 = next(i for i in INTENTS if MAPPING.route(i).priority == "P4")
 
 
-def support(mid: str, intent: str, t: datetime, confidence: float) -> bytes:
+def support(mid: str, intent: str, t: datetime, confidence: float, partition: int = 0) -> tuple[int, bytes]:
+    """A scored-topic record: (partition, value)."""
     m = SupportMessage(id=mid, channel="chat", customer_id="c-1", text=f"message {mid}", created_at=t)
-    return scored(m, intent, INTENTS).model_copy(update={"confidence": confidence}).model_dump_json().encode()
+    value = scored(m, intent, INTENTS).model_copy(update={"confidence": confidence}).model_dump_json().encode()
+    return partition, value
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def make_processor(tmp_path: Path):
         return AlertingProcessor(
             rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
             alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
-            ticker_topic=app.topic("by-ticker"),
+            ticker_topic=app.topic("by-ticker"), intent_topic=app.topic("by-intent"),
             store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
             watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
         )
@@ -65,7 +68,7 @@ def make_processor(tmp_path: Path):
 
 def test_each_support_message_becomes_a_ticket_and_unsure_ones_go_to_human_triage(make_processor) -> None:
     p = make_processor(setting=0.7)
-    out = p.feed([support("a", P1, T0, 0.9), support("b", P4, T0, 0.69), b"not json"], wall=0.0)
+    out = p.feed([support("a", P1, T0, 0.9), support("b", P4, T0, 0.69), (0, b"not json")], wall=0.0)
     by_id = {t.message_id: t for t in out.tickets}
     assert (by_id["a"].queue, by_id["a"].human_triage) == (MAPPING.route(P1).queue, False)
     assert (by_id["b"].queue, by_id["b"].routed_queue, by_id["b"].human_triage) == (HUMAN_TRIAGE, MAPPING.route(P4).queue, True)
@@ -94,6 +97,46 @@ def test_an_ack_that_reached_another_worker_stops_the_escalation(make_processor)
     assert sorted(a.top_messages[0].id for a in due.alerts) == ["acked-elsewhere", "forgotten"]
     out = asyncio.run(p.without_acked(due))
     assert [(a.rule, a.top_messages[0].id) for a in out.alerts] == [("sla_breach", "forgotten")]
+
+
+def test_a_new_owner_of_a_partition_reopens_its_unacked_clocks_and_escalates_them(make_processor) -> None:
+    sla = MAPPING.route(P1).sla_minutes
+    first = make_processor(setting=0.0)
+    routed = first.feed([
+        support("open", P1, T0, 0.9, partition=0), support("acked", P1, T0, 0.9, partition=0),
+        support("escalated", P1, T0 - timedelta(minutes=sla), 0.9, partition=0),
+        support("other-partition", P1, T0, 0.9, partition=1),
+    ], wall=0.0)
+    escalated = first.tick(wall=1.0).alerts
+    assert [a.top_messages[0].id for a in escalated] == []  # the support clock is not idle yet
+    triage = TriageStore(make_processor.store)
+    triage.write_tickets(routed.tickets)  # what emit stores, before the events are acknowledged
+    triage.write_acks([TicketAck(message_id="acked", by="ana", at=T0)])
+    late = first.feed([support("late", P4, T0 + timedelta(minutes=1), 0.9, partition=0)], wall=2.0)
+    triage.write_tickets(late.tickets)
+    (breach,) = first.tick(wall=2.0).alerts
+    assert breach.top_messages[0].id == "escalated"
+    make_processor.store.write_alerts([breach])
+    # The first worker dies here. A second one is assigned partition 0 and sees no support message.
+    second = make_processor(setting=0.0)
+    second.assign([0])
+    restored_at = 100.0
+    asyncio.run(second.restore_slas(wall=restored_at))
+    idle_s = second.rules.sentiment.window.idle_after_s
+    assert second.tick(wall=restored_at + idle_s + 1).alerts == []  # event time T0+1min+idle: not due yet
+    due = second.tick(wall=restored_at + (sla - 1) * 60 + 2)  # the clock moved on from where the first left it
+    assert [(a.rule, a.top_messages[0].id) for a in due.alerts] == [("sla_breach", "open")]
+    assert second.tick(wall=restored_at + sla * 60 * 2).alerts == []  # once
+
+
+def test_a_revoked_partition_lets_go_of_its_clocks(make_processor) -> None:
+    sla = MAPPING.route(P1).sla_minutes
+    p = make_processor(setting=0.0)
+    p.feed([support("p0", P1, T0, 0.9, partition=0), support("p1", P1, T0, 0.9, partition=1)], wall=0.0)
+    p.assign([0, 1])  # a rebalance keeps partition 1 here and moves partition 0 away
+    p.revoke([0])
+    p.feed([support("later", P4, T0 + timedelta(minutes=sla + 1), 0.9, partition=1)], wall=1.0)
+    assert [a.top_messages[0].id for a in p.tick(wall=1.0).alerts] == ["p1"]
 
 
 def test_the_threshold_is_the_setting_else_the_calibration_else_the_rules() -> None:

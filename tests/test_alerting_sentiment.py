@@ -8,27 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules
-from streams.contracts import NewsItem, ScoredMessage
+from streams.contracts import ScoredMessage
 from streams.replay import BUNDLED_START
-from tests.fixtures.alerting import SENTIMENT, scored, scored_bundled_news
+from tests.fixtures.alerting import TICKER, merged, scored, scored_bundled_news, scored_news, steady_ticker
 
 MIN = timedelta(minutes=1)
-TICKER = "VGLX"  # not in the bundled data, so everything about it is what the test puts there
-
-
-def _news(mid: str, t: datetime, label: str, ticker: str = TICKER) -> ScoredMessage:
-    item = NewsItem(id=mid, source="test", published_at=t, headline=f"{label} news about ${ticker} ({mid})", tickers=[ticker])
-    return scored(item, label, SENTIMENT)
-
-
-def _background(start: datetime, hours: float, every: timedelta = 3 * MIN) -> list[ScoredMessage]:
-    """A steady ticker: one message every 3 minutes, alternately positive and neutral."""
-    n = int(timedelta(hours=hours) / every)
-    return [_news(f"bg-{i}", start + i * every + timedelta(seconds=7), ("positive", "neutral")[i % 2]) for i in range(n)]
-
-
-def _merged(*streams: list[ScoredMessage]) -> list[ScoredMessage]:
-    return sorted((m for s in streams for m in s), key=lambda m: m.event_time)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +41,8 @@ def test_normal_bundled_replay_raises_no_alert(normal):
 def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
     rules = SentimentRules()
     shock_at = BUNDLED_START + timedelta(hours=24)  # on a minute boundary, long past warm-up
-    shock = [_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
-    stream = _merged(normal, _background(BUNDLED_START, hours=60), shock)
+    shock = [scored_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+    stream = merged(normal, steady_ticker(BUNDLED_START, hours=60), shock)
 
     alerter = SentimentAlerter(rules)
     fired = []
@@ -100,7 +84,7 @@ def _flood_rules(cooldown: float = 60) -> SentimentRules:
 def _flood(hours: float) -> list[ScoredMessage]:
     """A ticker that is bad news for hours: every window breaks the negative-share rule."""
     start = BUNDLED_START
-    return [_news(f"neg-{i}", start + i * MIN, "negative") for i in range(int(hours * 60))]
+    return [scored_news(f"neg-{i}", start + i * MIN, "negative") for i in range(int(hours * 60))]
 
 
 @pytest.mark.parametrize("cooldown", [30, 60, 0])
@@ -119,11 +103,11 @@ def test_late_news_inside_lateness_counts_and_older_is_reported():
     rules = SentimentRules()  # 2 minutes of allowed lateness
     alerter = SentimentAlerter(rules)
     t = BUNDLED_START + timedelta(minutes=10)
-    assert not alerter.feed(_news("now", t, "neutral")).too_late
-    assert not alerter.feed(_news("late-ok", t - timedelta(minutes=2), "negative")).too_late
-    late = alerter.feed(_news("too-late", t - timedelta(minutes=2, seconds=1), "negative"))
+    assert not alerter.feed(scored_news("now", t, "neutral")).too_late
+    assert not alerter.feed(scored_news("late-ok", t - timedelta(minutes=2), "negative")).too_late
+    late = alerter.feed(scored_news("too-late", t - timedelta(minutes=2, seconds=1), "negative"))
     assert late.too_late and late.alerts == []
-    closed = alerter.feed(_news("later", t + timedelta(hours=1), "neutral", ticker="OTHER")).windows
+    closed = alerter.feed(scored_news("later", t + timedelta(hours=1), "neutral", ticker="OTHER")).windows
     volumes = {f.end: f.volume for f in closed if f.key == TICKER}
     ids = {m.id for f in closed if f.key == TICKER for m in f.top}
     assert "late-ok" in ids and "too-late" not in ids

@@ -1,5 +1,6 @@
 """Triage: routing with the real mapping and Banking77 texts, human triage, P1 alerts, SLA
-escalation, intent spikes, threshold calibration."""
+escalation, intent spikes (and their state restored by a worker taking a partition over),
+threshold calibration."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.triage_mapping import load_triage_mapping
-from streams.alerting.contracts import Severity
+from streams.alerting.contracts import Severity, TriageTicket
+from streams.alerting.partitions import IntentSpikePartitions
 from streams.alerting.rules import IntentSpikeRule
 from streams.alerting.triage import (
     HUMAN_TRIAGE,
@@ -121,22 +123,68 @@ def _normal_support(step: timedelta = timedelta(seconds=20)) -> list[ScoredMessa
     return [_msg(f"b77-{row}", text, rows_by_id[row], T0 + n * step) for n, (row, text) in enumerate(mixed)]
 
 
+SPIKE_AT = T0 + timedelta(hours=20)
+
+
+def _spiked_support() -> tuple[list[ScoredMessage], list[ScoredMessage]]:
+    """Normal traffic with 25 compromised-card messages in five minutes at SPIKE_AT; and the spike alone."""
+    spike = [
+        _msg(f"spike-{i}", FIRST_TEXT["compromised_card"], "compromised_card", SPIKE_AT + i * timedelta(seconds=12))
+        for i in range(25)
+    ]
+    return sorted(_normal_support() + spike, key=lambda m: m.event_time), spike
+
+
 def test_intent_spikes_alert_once_and_normal_traffic_does_not():
-    normal = _normal_support()
     rule = IntentSpikeRule()
     quiet = IntentSpikeDetector(rule)
-    assert [a for m in normal for a in quiet.feed(route(m, MAPPING, 0.5)).alerts] == []
+    assert [a for m in _normal_support() for a in quiet.feed_event(route(m, MAPPING, 0.5)).alerts] == []
 
-    spike_at = T0 + timedelta(hours=20)
-    spike = [_msg(f"spike-{i}", FIRST_TEXT["compromised_card"], "compromised_card", spike_at + i * timedelta(seconds=12)) for i in range(25)]
-    stream = sorted(normal + spike, key=lambda m: m.event_time)
+    stream, spike = _spiked_support()
     detector = IntentSpikeDetector(rule)
-    alerts = [a for m in stream for a in detector.feed(route(m, MAPPING, 0.5)).alerts]
+    alerts = [a for m in stream for a in detector.feed_event(route(m, MAPPING, 0.5)).alerts]
     assert [(a.rule, a.intent) for a in alerts] == [("intent_spike", "compromised_card")]
     a = alerts[0]
-    assert a.window_start <= spike_at < a.window_end <= spike_at + timedelta(minutes=rule.window.step_minutes + 5)
+    assert a.window_start <= SPIKE_AT < a.window_end <= SPIKE_AT + timedelta(minutes=rule.window.step_minutes + 5)
     assert {m.id for m in a.top_messages} <= {m.id for m in spike}
     assert a.figures["volume"] >= rule.min_volume
+
+
+def _judge(parts: IntentSpikePartitions, tickets: list[TriageTicket], first_offset: int = 0) -> list[str]:
+    alerts = []
+    for offset, t in enumerate(tickets, start=first_offset):
+        fed = parts.feed(0, offset, t, wall=0.0)
+        alerts += [a.model_dump_json() for a in fed.alerts] if fed else []
+    return alerts
+
+
+@pytest.mark.parametrize("stop_at", [0.5, "in the spike"])
+def test_intent_spike_state_restored_mid_stream_carries_on_as_if_nothing_stopped(stop_at):
+    """What a worker taking an intent-events partition over does: restore the checkpoint (JSON),
+    skip the redelivered events it holds, and alert exactly as one that never stopped."""
+    rule = IntentSpikeRule()
+    stream, _ = _spiked_support()
+    tickets = [route(m, MAPPING, 0.5, source_partition=1) for m in stream]
+    uninterrupted = IntentSpikePartitions(rule)
+    uninterrupted.restore(0, None)
+    expected = _judge(uninterrupted, tickets)
+    assert [json.loads(a)["intent"] for a in expected] == ["compromised_card"]
+
+    cut = next(i for i, t in enumerate(tickets) if t.message_id == "spike-10") if stop_at == "in the spike" else len(tickets) // 2
+    before = IntentSpikePartitions(rule)
+    before.restore(0, None)
+    alerts = _judge(before, tickets[:cut])
+    (checkpoint,) = before.checkpoints()
+    after = IntentSpikePartitions(rule)
+    after.restore(0, checkpoint)
+    redelivered = cut - 30
+    alerts += _judge(after, tickets[redelivered:], first_offset=redelivered)
+    assert alerts == expected
+
+    wider = IntentSpikeRule.model_validate({"window": {"size_minutes": 30}})
+    fresh = IntentSpikePartitions(wider)
+    fresh.restore(0, checkpoint)  # built with other windows: refused, the partition starts fresh
+    assert fresh.feed(0, 0, tickets[0], wall=0.0) is not None
 
 
 # (confidence, correct): precision at or above each threshold is

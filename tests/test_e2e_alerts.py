@@ -6,6 +6,9 @@ steady traffic for two tickers, then a burst of negative headlines for one of th
 model's labels are not reliable, so the rules are set so the burst's VOLUME decides the spike
 alert, and the negative-share alert is expected exactly where the model's own stored labels put
 the share over the threshold.
+
+The triage test stops its worker between routing the urgent tickets and their due time: the next
+worker has to reopen their SLA clocks from ClickHouse to escalate them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from streams.alerting.contracts import HUMAN_TRIAGE, TicketAck, TriageTicket
 from streams.alerting.triage import queue_topic
 from streams.cli import app as vigil_cli
 from streams.clickhouse import open_store
+from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind
 from streams.follow import Tracker, follow, wait_for
@@ -207,9 +211,10 @@ TRIAGE_TEXTS = 12
 
 @pytest.fixture
 def triage_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker, monkeypatch):
-    """A worker whose mapping makes every intent P1 with a one-minute SLA (the queues stay the
-    bundled mapping's), and whose low-confidence threshold splits the texts it will see: the
-    test scores them first with the same tiny model and puts the threshold in the widest gap."""
+    """Two workers (one after the other) whose mapping makes every intent P1 with a one-minute SLA
+    (the queues stay the bundled mapping's), and whose low-confidence threshold splits the texts
+    they will see: the test scores them first with the same tiny model and puts the threshold in
+    the widest gap."""
     import csv
 
     with (DATA_DIR / "banking77" / "train.csv").open(encoding="utf-8", newline="") as f:
@@ -233,9 +238,10 @@ def triage_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_broker
         VIGIL_TRIAGE_MAPPING_PATH=str(mapping_path), VIGIL_TRIAGE_MIN_CONFIDENCE=repr(threshold),
     )  # fmt: skip
     settings = use_stack(env, monkeypatch, tiny_registry)
-    worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
-    yield settings, worker, texts, threshold, urgent
-    worker.stop(timeout_s=10)
+    workers = [WorkerProcess(kafka_broker.bootstrap, tmp_path / f"worker-{n}.log", env) for n in (1, 2)]
+    yield settings, workers, texts, threshold, urgent
+    for worker in workers:
+        worker.stop(timeout_s=10)
 
 
 async def _collect(settings: VigilSettings, topics: list[str], done, timeout_s: float) -> dict[str, list]:
@@ -270,10 +276,10 @@ def _support(id_: str, text: str, at: datetime) -> OutgoingMessage:
 
 
 def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_escalate(triage_stack):
-    settings, worker, texts, threshold, mapping = triage_stack
+    settings, (first_worker, worker), texts, threshold, mapping = triage_stack
     queue_topics = {q: queue_topic(settings.topic_triage_prefix, q) for q in (*mapping.queues, HUMAN_TRIAGE)}
     ids = [f"t-{i}" for i in range(len(texts))]
-    worker.start()
+    first_worker.start()
 
     def tickets(got: dict[str, list]) -> dict[str, tuple[str, TriageTicket]]:
         out = {}
@@ -291,7 +297,13 @@ def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_esc
                                          lambda got: len(tickets(got)) >= len(ids), timeout_s=240)))
     assert set(first) == set(ids), f"tickets seen: {sorted(first)}"
 
-    # 2. One ticket is acknowledged before its SLA runs out (in event time); then the support
+    # 2. The worker that routed them stops before any is due; the next one reopens their SLA clocks
+    #    from ClickHouse (it never sees those messages: the first committed them).
+    assert first_worker.stop() == 0
+    worker.start()
+    assert _wait_for_log(worker.log_path, f"reopened {len(ids)} SLA clocks", timeout_s=120), "no clocks reopened"
+
+    # 3. One ticket is acknowledged before its SLA runs out (in event time); then the support
     #    stream moves on past every due time.
     acked = ids[0]
     ack = TicketAck(message_id=acked, by="agent-7", at=T0 + timedelta(seconds=30))
@@ -319,6 +331,7 @@ def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_esc
         scored = {m.id: m for m in store.fetch_scored(Kind.support, [*ids, "t-late"])}
         acked_ids = triage.acked_ids()
         summary = triage.sla_summary(T0 + timedelta(minutes=5))
+        intent_checkpoint = AlertingStateStore(store, settings.intent_events_topic).load(0)
     finally:
         store.close()
 
@@ -335,6 +348,8 @@ def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_esc
         assert stored[mid].queue == ticket.queue and stored[mid].due_at == ticket.due_at
     humans = {mid for mid in ids if on_topics[mid][1].human_triage}
     assert humans and humans != set(ids), "the threshold was meant to split the texts"
+    # The tickets went on, keyed by intent, to the intent-spike stage, which checkpointed their windows.
+    assert intent_checkpoint is not None and intent_checkpoint.offset >= 0
 
     # SLA states five minutes in: the acked one acked, the rest of the first batch breached, t-late open.
     assert acked_ids == {acked}

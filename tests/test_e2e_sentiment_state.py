@@ -30,7 +30,7 @@ from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
 from tests.e2e_stack import prepare, stack_env
-from tests.test_alerting_sentiment import _news
+from tests.fixtures.alerting import scored_news
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def _minute(m: int) -> list[ScoredMessage]:
             shocked = ticker == SHOCKED and m in SHOCK_MINUTES
             label = "negative" if shocked else ("positive", "neutral", "positive")[s]
             mid = f"{'shock' if shocked else 'n'}-{ticker}-{m}-{s}"
-            out.append(_news(mid, T0 + timedelta(minutes=m, seconds=second), label, ticker=ticker))
+            out.append(scored_news(mid, T0 + timedelta(minutes=m, seconds=second), label, ticker=ticker))
     return out
 
 

@@ -1,22 +1,25 @@
-"""The alerting adapter: faust agents on the scored topic, on the ticker-events topic and on the
-ticket-acks topic, around the pure alerting core.
+"""The alerting adapter: faust agents on the scored topic, on the ticker-events and intent-events
+topics and on the ticket-acks topic, around the pure alerting core.
 
 Scored topic, per micro-batch: news is re-published to the ticker-events topic once per ticker
-(keyed by ticker); support goes through route() (a TriageTicket, priority alert, SLA tracking,
-intent spikes) -> publish each ticket to its queue's topic, the alerts to the alerts topic and the
-ticker events (all awaited) -> write tickets and alerts to ClickHouse (retried until it succeeds) ->
-offer alerts to the webhook -> ack. The ticker-events agent judges the sentiment windows
-(streams/alerting/sentiment_stage.py). TicketAcks stop SLA clocks and are stored. A timer moves
-event time on while a stream is quiet, closing windows and escalating SLAs, and reloads the rules
-file when it changes (an invalid one is refused and logged; the old rules stay).
+(keyed by ticker); support goes through route() (a TriageTicket, priority alert, SLA tracking)
+-> publish each ticket to its queue's topic and to the intent-events topic (keyed by intent), the
+alerts to the alerts topic and the ticker events (all awaited) -> write tickets and alerts to
+ClickHouse (retried until it succeeds) -> offer alerts to the webhook -> ack. The ticker-events
+agent judges the sentiment windows and the intent-events agent the intent-spike windows
+(streams/alerting/keyed_stage.py). TicketAcks stop SLA clocks and are stored. A timer moves event
+time on while a stream is quiet, closing windows and escalating SLAs, and reloads the rules file
+when it changes (an invalid one is refused and logged; the old rules stay).
 
-Sentiment state is partitioned by ticker and checkpointed to ClickHouse, so it survives restarts
-and follows its partition to another worker. Triage state (open P1 tickets' SLA clocks, intent
-spike windows) lives in this process's memory: a restart forgets the clocks of tickets routed
-before it and warms the spike baselines up again, and with several workers each sees its share of
-the scored partitions. Acks are spread over the workers too, so an escalation is checked against
-the acks stored in ClickHouse before it goes out. Alert ids are uuid5 of what they are about, so
-alerts re-emitted after a replay collapse in the alerts table.
+Sentiment and intent-spike state is partitioned by ticker and by intent and checkpointed to
+ClickHouse, so it survives restarts and follows its partition to another worker. SLA clocks belong
+to the scored-topic partition their ticket was routed from: a worker assigned a partition reopens,
+from the stored tickets, the clocks of its urgent tickets that are neither acknowledged nor
+escalated (and the support clock where the previous owner left it), and lets them go when the
+partition is revoked. Acks are spread over the
+workers, so an escalation is checked against the acks stored in ClickHouse before it goes out.
+Alert ids are uuid5 of what they are about, so alerts re-emitted after a replay collapse in the
+alerts table.
 """
 
 from __future__ import annotations
@@ -24,21 +27,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from faust.types import StreamT, TopicT
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from models.registry import ModelRegistry
 from models.scoring import Scorer
 from models.triage_mapping import DEFAULT_PATH, TriageMapping, load_triage_mapping
 from streams.alerting.clock import IdleClock
 from streams.alerting.contracts import HUMAN_TRIAGE, Alert, TickerEvent, TicketAck, TriageTicket
-from streams.alerting.partitions import SentimentPartitions
+from streams.alerting.keyed_stage import KeyedStage
+from streams.alerting.partitions import AlertPartitions, IntentSpikePartitions, SentimentPartitions
 from streams.alerting.reload import RulesWatcher
 from streams.alerting.rules import (
     AlertRules,
@@ -46,9 +51,7 @@ from streams.alerting.rules import (
     geometry_changes,
     ticker_events,
 )
-from streams.alerting.sentiment_stage import SentimentStage
 from streams.alerting.triage import (
-    IntentSpikeDetector,
     SlaTracker,
     UnroutableIntent,
     calibrated_threshold,
@@ -73,8 +76,8 @@ _TICK_S = 1.0
 
 @dataclass
 class Output:
-    """What one batch or tick produced: alerts, tickets for the queue topics, and news re-keyed by
-    ticker for the sentiment stage."""
+    """What one batch or tick produced: alerts, tickets for the queue topics (and, keyed by intent,
+    for the intent-spike stage), and news re-keyed by ticker for the sentiment stage."""
 
     alerts: list[Alert] = field(default_factory=list)
     tickets: list[TriageTicket] = field(default_factory=list)
@@ -103,6 +106,7 @@ class AlertingProcessor:
         alerts_topic: TopicT,
         queue_topics: dict[str, TopicT],
         ticker_topic: TopicT,
+        intent_topic: TopicT,
         store: ClickHouseStore,
         metrics: Metrics,
         io_executor: ThreadPoolExecutor,
@@ -117,11 +121,13 @@ class AlertingProcessor:
         self.min_confidence = min_confidence_for(min_confidence_setting, calibrated_min_confidence, rules)
         self.sentiment = SentimentPartitions(rules.sentiment)
         self._sla = SlaTracker(rules.triage.escalate_priorities)
-        self._spikes = IntentSpikeDetector(rules.triage.intent_spike)
+        self.intent_spikes = IntentSpikePartitions(rules.triage.intent_spike)
         self._support_clock = IdleClock(rules.sentiment.window.idle_after_s)
+        self._sla_to_restore: set[int] = set()  # scored partitions assigned here, clocks not yet reopened
         self._alerts_topic = alerts_topic
         self._queue_topics = queue_topics
         self._ticker_topic = ticker_topic
+        self._intent_topic = intent_topic
         self._store = store
         self._triage_store = TriageStore(store)
         self._metrics = metrics
@@ -148,14 +154,15 @@ class AlertingProcessor:
                 "with; restart the worker to apply them"
             )
         self.sentiment.swap_rules(rules.sentiment)
-        self._spikes.swap_rule(rules.triage.intent_spike)
+        self.intent_spikes.swap_rules(rules.triage.intent_spike)
         self._sla.priorities = frozenset(rules.triage.escalate_priorities)  # tickets opened from now on
         self._rules = rules
         self.min_confidence = min_confidence_for(self._min_confidence_setting, self._calibrated, rules)
 
-    def feed(self, values: Sequence[bytes], wall: float) -> Output:
+    def feed(self, records: Sequence[tuple[int, bytes]], wall: float) -> Output:
+        """Route one batch of scored-topic records, each ``(partition, value)``."""
         out = Output()
-        for value in values:
+        for partition, value in records:
             try:
                 msg = ScoredMessage.model_validate_json(value)
             except ValidationError as exc:
@@ -165,19 +172,42 @@ class AlertingProcessor:
                 out.ticker_events += ticker_events(msg, self._rules.sentiment)
             else:
                 self._support_clock.observe(msg.event_time, wall)
-                self._triage(msg, out)
+                self._triage(msg, partition, out)
         return out
 
-    def _triage(self, msg: ScoredMessage, out: Output) -> None:
+    def _triage(self, msg: ScoredMessage, partition: int, out: Output) -> None:
         try:
-            ticket = route(msg, self._mapping, self.min_confidence)
+            ticket = route(msg, self._mapping, self.min_confidence, partition)
         except UnroutableIntent as exc:
             log.error("%s", exc)
             return
         out.tickets.append(ticket)
         self._sla.open(ticket)
         out.alerts += [a for a in [priority_alert(ticket, self._rules.triage.alert_priorities)] if a is not None]
-        out.alerts += self._spikes.feed(ticket).alerts
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Scored partitions now read here: their SLA clocks are reopened by ``restore_slas``."""
+        self._sla_to_restore |= set(partitions)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        self._sla_to_restore -= gone
+        if released := self._sla.release(gone):
+            log.info("let go of %d SLA clocks of scored partitions %s", released, sorted(gone))
+
+    async def restore_slas(self, wall: float) -> None:
+        """Reopen the SLA clocks of the partitions assigned since the last call, from ClickHouse.
+        A ticket routed here meanwhile is opened once (``SlaTracker.open`` ignores a repeat)."""
+        if not self._sla_to_restore:
+            return
+        parts, self._sla_to_restore = sorted(self._sla_to_restore), set()
+        tickets = await self.durably("reading open tickets", self._triage_store.open_tickets, parts,
+                                     self._sla.priorities)
+        reopened = sum(self._sla.open(t) for t in tickets)
+        if last := await self.durably("reading the last routed ticket", self._triage_store.last_routed, parts):
+            event_time, written = last
+            self._support_clock.recall(event_time, wall - (datetime.now(UTC) - written).total_seconds())
+        log.info("scored partitions %s: reopened %d SLA clocks of unacknowledged tickets", parts, reopened)
 
     def acknowledge(self, values: Sequence[bytes]) -> list[TicketAck]:
         """Stop the SLA clock of each acknowledged ticket; returns the valid acks, to be stored."""
@@ -191,22 +221,17 @@ class AlertingProcessor:
             if self._sla.ack(ack.message_id):
                 log.info("ticket %s acknowledged by %s: its SLA clock stopped", ack.message_id, ack.by)
             else:
-                # Not tracked (not an escalated priority), already acked or escalated, or routed before
-                # this worker started: the ack is still stored, so the SLA summary shows it.
+                # Not tracked (not an escalated priority), already acked or escalated, or routed from a
+                # partition another worker reads: the ack is still stored, and that worker checks the
+                # stored acks before it escalates.
                 log.info("ack for ticket %s, which has no SLA clock running here", ack.message_id)
             acks.append(ack)
         return acks
 
     def tick(self, wall: float) -> Output:
-        alerts: list[Alert] = []
-        support_now = self._support_clock.idle_now(wall)
-        if support_now is not None:
-            alerts += self._spikes.advance(support_now)
         # SLAs run on the support stream's event time, which moves with its messages or, when idle, the wall.
-        latest = support_now or self._support_clock.latest
-        if latest is not None:
-            alerts += self._sla.due(latest)
-        return Output(alerts)
+        now = self._support_clock.idle_now(wall) or self._support_clock.latest
+        return Output(self._sla.due(now) if now is not None else [])
 
     async def without_acked(self, out: Output) -> Output:
         """Drop escalations of tickets acknowledged where this worker could not see it: through
@@ -234,6 +259,10 @@ class AlertingProcessor:
         ]
         futures += [
             await self._alerts_topic.send(key=a.id.encode(), value=a.model_dump_json().encode()) for a in out.alerts
+        ]
+        futures += [
+            await self._intent_topic.send(key=t.intent.encode(), value=t.model_dump_json().encode())
+            for t in out.tickets
         ]
         futures += [
             await self._ticker_topic.send(key=e.ticker.encode(), value=e.model_dump_json().encode())
@@ -297,6 +326,7 @@ def register_alerting(
     mapping = load_triage_mapping(triage_scorer.labels, settings.triage_mapping_path or DEFAULT_PATH)
     card = ModelRegistry(settings.registry_dir).card("triage", triage_scorer.model_version)
     ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
+    intent_topic = app.topic(settings.intent_events_topic, key_type=bytes, value_type=bytes)
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
@@ -308,6 +338,7 @@ def register_alerting(
             for q in (*mapping.queues, HUMAN_TRIAGE)
         },
         ticker_topic=ticker_topic,
+        intent_topic=intent_topic,
         store=store,
         metrics=metrics,
         io_executor=io_executor,
@@ -320,33 +351,52 @@ def register_alerting(
 
     async def alert_stream(stream: StreamT) -> None:
         async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
-            await processor.emit(processor.feed([e.message.value for e in events], time.monotonic()))
+            await processor.restore_slas(time.monotonic())
+            records = [(e.message.partition, e.message.value) for e in events]
+            await processor.emit(processor.feed(records, time.monotonic()))
             for event in events:
                 await stream.ack(event)
             watchdog.beat(time.monotonic())  # the scored topic's lag counts in the watchdog's check too
 
     app.agent(scored_topic, name="vigil.alerts", concurrency=1)(alert_stream)
 
-    stage = SentimentStage(
-        processor.sentiment,
-        AlertingStateStore(store, settings.ticker_events_topic),
-        topic=settings.ticker_events_topic,
-        emit=lambda alerts: processor.emit(Output(alerts)),
-        durably=processor.durably,
-        checkpoint_interval_s=settings.alert_checkpoint_interval_s,
-        metrics=metrics,
-    )
+    def keyed_stage(partitions: AlertPartitions, topic: TopicT, name: str, event_type: type[BaseModel]) -> KeyedStage:
+        topic_name = topic.get_topic_name()
+        stage = KeyedStage(
+            partitions,
+            AlertingStateStore(store, topic_name),
+            topic=topic_name,
+            event_type=event_type,
+            emit=lambda alerts: processor.emit(Output(alerts)),
+            durably=processor.durably,
+            checkpoint_interval_s=settings.alert_checkpoint_interval_s,
+            metrics=metrics,
+        )
 
-    async def sentiment_stream(stream: StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
-            await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
-            watchdog.beat(time.monotonic())
+        async def judge(stream: StreamT) -> None:
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+                await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
+                watchdog.beat(time.monotonic())
 
-    app.agent(ticker_topic, name="vigil.sentiment", concurrency=1)(sentiment_stream)
+        app.agent(topic, name=name, concurrency=1)(judge)
+        return stage
+
+    stages = [
+        keyed_stage(processor.sentiment, ticker_topic, "vigil.sentiment", TickerEvent),
+        keyed_stage(processor.intent_spikes, intent_topic, "vigil.intent_spikes", TriageTicket),
+    ]
+
+    scored_name = scored_topic.get_topic_name()
+
+    @app.on_partitions_assigned.connect
+    async def take_assigned(_app: faust.App, assigned: set, **_: Any) -> None:
+        processor.assign(tp.partition for tp in assigned if tp.topic == scored_name)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_: Any) -> None:
-        stage.revoke(revoked)
+        for stage in stages:
+            stage.revoke(revoked)
+        processor.revoke(tp.partition for tp in revoked if tp.topic == scored_name)
 
     async def ack_stream(stream: StreamT) -> None:
         async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
@@ -362,8 +412,10 @@ def register_alerting(
     async def alert_clock() -> None:
         if watcher is not None:
             reload_rules(processor, watcher)
+        await processor.restore_slas(time.monotonic())
         await processor.emit(await processor.without_acked(processor.tick(time.monotonic())))
-        await stage.tick(time.monotonic())
+        for stage in stages:
+            await stage.tick(time.monotonic())
 
     if webhook is not None:
         app.task(webhook.run)

@@ -20,6 +20,12 @@ class IdleClock:
             self._latest = event_time
         self._seen_at = wall
 
+    def recall(self, event_time: datetime, seen_at: float) -> None:
+        """Where a previous owner of the stream left the clock (``seen_at`` on this process's wall
+        clock, possibly in the past); ignored once this clock has seen a message itself."""
+        if self._latest is None:
+            self._latest, self._seen_at = event_time, seen_at
+
     @property
     def latest(self) -> datetime | None:
         return self._latest

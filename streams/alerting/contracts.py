@@ -128,6 +128,14 @@ class TriageTicket(BaseModel):
     routed_queue: str  # the mapping's queue for the predicted intent
     model_version: str
     event_time: AwareDatetime
+    # The scored-topic partition it was routed from; whichever worker owns that partition runs the
+    # ticket's SLA clock, and restores it from ClickHouse after a restart or rebalance. -1: unknown.
+    source_partition: int = -1
+
+
+def sla_breach_id(message_id: str) -> str:
+    """The id of the one escalation alert a ticket can raise."""
+    return Alert.make_id("triage", "sla_breach", message_id)
 
 
 def as_aware(t: datetime) -> datetime:

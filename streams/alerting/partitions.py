@@ -1,25 +1,30 @@
-"""Sentiment state per partition of the ticker-events topic, checkpointed with the offsets it holds.
+"""Windowed alerting state per partition of a keyed events topic, checkpointed with the offsets it
+holds: sentiment on the ticker-events topic (keyed by ticker), intent spikes on the intent-events
+topic (keyed by intent).
 
-News is re-published keyed by ticker, so one partition's tickers are judged by one worker. Each
-partition owned here has its own ``SentimentAlerter`` (windows, baselines, cooldowns) and event
-clock. A checkpoint is that state plus the last offset applied; the adapter saves it *before*
-acknowledging the events behind it. After a crash or a rebalance the partition's next owner
-restores the checkpoint and skips redelivered events it already holds, so every event counts once.
-A message re-published after a crash upstream comes back at a new offset: the ids seen within
-the windows' reach catch that.
+Events are re-published keyed by what is judged, so one partition's keys are judged by one worker.
+Each partition owned here has its own judge (windows, baselines, cooldowns) and event clock. A
+checkpoint is that state plus the last offset applied; the adapter saves it *before* acknowledging
+the events behind it. After a crash or a rebalance the partition's next owner restores the
+checkpoint and skips redelivered events it already holds, so every event counts once. A message
+re-published after a crash upstream comes back at a new offset: the ids seen within the windows'
+reach catch that.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from streams.alerting.clock import IdleClock
-from streams.alerting.contracts import Alert, TickerEvent
-from streams.alerting.rules import Fed, RulesError, SentimentAlerter, SentimentRules
+from streams.alerting.contracts import Alert, TickerEvent, TriageTicket
+from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, SentimentAlerter, SentimentRules, WindowConfig
+from streams.alerting.triage import IntentSpikeDetector
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +36,71 @@ class Checkpoint:
     state: str  # JSON, made at once: the live state goes on changing while the checkpoint is written
 
 
+class Judge(Protocol):
+    """What a partition's state is: windows, baselines and cooldowns over keyed events."""
+
+    @property
+    def watermark(self) -> datetime | None: ...
+
+    def feed_event(self, event: Any) -> Fed: ...
+
+    def advance(self, to: datetime) -> list[Alert]: ...
+
+    def swap_rules(self, rules: Any) -> None: ...
+
+    def to_state(self) -> dict: ...
+
+
+class Event(Protocol):
+    @property
+    def message_id(self) -> str: ...
+
+    @property
+    def event_time(self) -> datetime: ...
+
+
+E = TypeVar("E", bound=Event)
+R = TypeVar("R")
+
+
 @dataclass(slots=True)
 class _Partition:
-    alerter: SentimentAlerter
+    alerter: Judge
     clock: IdleClock
     offset: int = -1
-    # (ticker, message id) -> event time, for as long as a copy could still land in a window
+    # (key, message id) -> event time, for as long as a copy could still land in a window
     seen: dict[tuple[str, str], datetime] = field(default_factory=dict)
     dirty: bool = False
 
 
-class SentimentPartitions:
-    def __init__(self, rules: SentimentRules) -> None:
+class AlertPartitions(ABC, Generic[E, R]):
+    """The partitions of one keyed events topic owned here. A subclass says what judges them."""
+
+    name: ClassVar[str]  # in logs: "sentiment partition 3: restored at offset 41"
+
+    def __init__(self, rules: R) -> None:
         self._rules = rules
         self._parts: dict[int, _Partition] = {}
 
+    @abstractmethod
+    def _judge(self, rules: R) -> Judge:
+        ...
+
+    @abstractmethod
+    def _judge_from_state(self, rules: R, state: dict) -> Judge:
+        ...
+
+    @abstractmethod
+    def _key(self, event: E) -> str:
+        ...
+
+    @abstractmethod
+    def _window(self) -> WindowConfig:
+        ...
+
     @property
     def _reach(self) -> timedelta:
-        w = self._rules.window
+        w = self._window()
         return timedelta(minutes=w.size_minutes + w.lateness_minutes)
 
     def owned(self, partition: int) -> bool:
@@ -56,13 +108,13 @@ class SentimentPartitions:
 
     def restore(self, partition: int, checkpoint: Checkpoint | None) -> None:
         """Take ownership of ``partition``, from its checkpoint when there is a usable one."""
-        part = _Partition(SentimentAlerter(self._rules), IdleClock(self._rules.window.idle_after_s))
+        part = _Partition(self._judge(self._rules), IdleClock(self._window().idle_after_s))
         if checkpoint is not None:
             state = json.loads(checkpoint.state)
             try:
-                part.alerter = SentimentAlerter.from_state(self._rules, state["alerter"])
+                part.alerter = self._judge_from_state(self._rules, state["alerter"])
             except RulesError as exc:
-                log.warning("partition %d starts with fresh sentiment windows and baselines: %s", partition, exc)
+                log.warning("%s partition %d starts with fresh windows and baselines: %s", self.name, partition, exc)
             else:
                 part.offset = checkpoint.offset
                 part.seen = {(t, m): datetime.fromisoformat(at) for t, m, at in state["seen"]}
@@ -73,15 +125,15 @@ class SentimentPartitions:
         for p in partitions:
             self._parts.pop(p, None)
 
-    def feed(self, partition: int, offset: int, event: TickerEvent, wall: float) -> Fed | None:
+    def feed(self, partition: int, offset: int, event: E, wall: float) -> Fed | None:
         """None when the checkpoint already holds the event (a redelivery) or its message was
-        counted for this ticker before (a re-publish)."""
+        counted for this key before (a re-publish)."""
         part = self._parts[partition]
         if offset <= part.offset:
             return None
         part.offset = offset
         part.dirty = True
-        key = (event.ticker, event.message_id)
+        key = (self._key(event), event.message_id)
         if key in part.seen:
             return None
         part.clock.observe(event.event_time, wall)
@@ -118,7 +170,7 @@ class SentimentPartitions:
             if part is not None and part.offset == c.offset:
                 part.dirty = False
 
-    def swap_rules(self, rules: SentimentRules) -> None:
+    def swap_rules(self, rules: R) -> None:
         """New thresholds for every partition at once (geometry changes raise RulesError)."""
         for part in self._parts.values():
             part.alerter.swap_rules(rules)
@@ -130,3 +182,35 @@ class SentimentPartitions:
         if (mark := part.alerter.watermark) is not None:
             cut = mark - self._reach
             part.seen = {k: t for k, t in part.seen.items() if t >= cut}
+
+
+class SentimentPartitions(AlertPartitions[TickerEvent, SentimentRules]):
+    name = "sentiment"
+
+    def _judge(self, rules: SentimentRules) -> Judge:
+        return SentimentAlerter(rules)
+
+    def _judge_from_state(self, rules: SentimentRules, state: dict) -> Judge:
+        return SentimentAlerter.from_state(rules, state)
+
+    def _key(self, event: TickerEvent) -> str:
+        return event.ticker
+
+    def _window(self) -> WindowConfig:
+        return self._rules.window
+
+
+class IntentSpikePartitions(AlertPartitions[TriageTicket, IntentSpikeRule]):
+    name = "intent spike"
+
+    def _judge(self, rules: IntentSpikeRule) -> Judge:
+        return IntentSpikeDetector(rules)
+
+    def _judge_from_state(self, rules: IntentSpikeRule, state: dict) -> Judge:
+        return IntentSpikeDetector.from_state(rules, state)
+
+    def _key(self, event: TriageTicket) -> str:
+        return event.intent
+
+    def _window(self) -> WindowConfig:
+        return self._rules.window

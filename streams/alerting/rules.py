@@ -201,6 +201,11 @@ def geometry_changes(old: SentimentRules | IntentSpikeRule, new: SentimentRules 
     return [name for name in ("window", "baseline") if getattr(old, name) != getattr(new, name)]
 
 
+def geometry(rules: SentimentRules | IntentSpikeRule) -> dict:
+    """The settings live windows and baselines are built with, as saved beside their state."""
+    return {"window": rules.window.model_dump(), "baseline": rules.baseline.model_dump()}
+
+
 # --------------------------------------------------------------------------------------------
 # The sentiment alerter
 # --------------------------------------------------------------------------------------------
@@ -360,7 +365,7 @@ class SentimentAlerter:
         """Windows, baselines and cooldowns as JSON-able data, stamped with the geometry they were
         built with (``from_state`` refuses another)."""
         return {
-            "geometry": self._geometry(self._rules),
+            "geometry": geometry(self._rules),
             "windows": self._windows.to_state(),
             "sentiment": self._sentiment.to_state(),
             "volume": self._volume.to_state(),
@@ -369,7 +374,7 @@ class SentimentAlerter:
 
     @classmethod
     def from_state(cls, rules: SentimentRules, state: dict) -> SentimentAlerter:
-        if state["geometry"] != cls._geometry(rules):
+        if state["geometry"] != geometry(rules):
             raise RulesError(
                 "the saved sentiment state was built with other window or baseline settings "
                 f"({state['geometry']}); it cannot continue under the current ones"
@@ -380,10 +385,6 @@ class SentimentAlerter:
         alerter._volume.restore(state["volume"])
         alerter._last_fired = {(key, rule): datetime.fromisoformat(t) for key, rule, t in state["last_fired"]}
         return alerter
-
-    @staticmethod
-    def _geometry(rules: SentimentRules) -> dict:
-        return {"window": rules.window.model_dump(), "baseline": rules.baseline.model_dump()}
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.

@@ -19,9 +19,10 @@ from streams.alerting.contracts import (
     Severity,
     TriageTicket,
     as_aware,
+    sla_breach_id,
 )
-from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry_changes
-from streams.alerting.windows import HoppingWindows, WindowFigures
+from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry, geometry_changes
+from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage
 
 
@@ -42,8 +43,11 @@ class UnroutableIntent(KeyError):
         return str(self.args[0])
 
 
-def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) -> TriageTicket:
-    """Queue, priority and SLA for one scored support message. The SLA runs from its event time."""
+def route(
+    scored: ScoredMessage, mapping: TriageMapping, min_confidence: float, source_partition: int = -1
+) -> TriageTicket:
+    """Queue, priority and SLA for one scored support message, read from ``source_partition`` of
+    the scored topic. The SLA runs from its event time."""
     if scored.kind is not Kind.support:
         raise ValueError(f"route takes scored support messages; {scored.id} is {scored.kind.value}")
     try:
@@ -68,6 +72,7 @@ def route(scored: ScoredMessage, mapping: TriageMapping, min_confidence: float) 
         routed_queue=r.queue,
         model_version=scored.model_version,
         event_time=event_time,
+        source_partition=source_partition,
     )
 
 
@@ -98,7 +103,9 @@ def priority_alert(decision: TriageTicket, priorities: Iterable[str] = ("P1",)) 
 
 class SlaTracker:
     """Open urgent tickets until acknowledged; each one not acknowledged by its due time raises
-    one escalation alert. ``now`` is whatever clock the caller runs SLAs on."""
+    one escalation alert. ``now`` is whatever clock the caller runs SLAs on. A ticket belongs to
+    the scored-topic partition it was routed from, so a worker that loses the partition lets go of
+    its clocks (``release``) and the next owner reopens them (``open`` on the stored tickets)."""
 
     def __init__(self, priorities: Iterable[str] = ("P1",)) -> None:
         self.priorities = frozenset(priorities)
@@ -116,6 +123,14 @@ class SlaTracker:
         heapq.heappush(self._due, (decision.due_at, decision.message_id))
         return True
 
+    def release(self, partitions: Iterable[int]) -> int:
+        """Stop tracking the tickets routed from these partitions; returns how many."""
+        gone = set(partitions)
+        drop = [m for m, d in self._open.items() if d.source_partition in gone]
+        for m in drop:
+            del self._open[m]  # their heap entries are skipped when popped
+        return len(drop)
+
     def ack(self, message_id: str) -> bool:
         """False when the ticket is not open (unknown, already acked, or already escalated)."""
         return self._open.pop(message_id, None) is not None
@@ -131,7 +146,7 @@ class SlaTracker:
                 continue
             out.append(
                 Alert(
-                    id=Alert.make_id("triage", "sla_breach", message_id),
+                    id=sla_breach_id(message_id),
                     kind="triage",
                     rule="sla_breach",
                     severity=Severity.critical,
@@ -158,16 +173,19 @@ class IntentSpikeDetector:
 
     def __init__(self, rule: IntentSpikeRule) -> None:
         self._rule = rule
-        spec = rule.window.spec("highest")  # keep the most confident examples of the intent
-        self._windows = HoppingWindows(spec)
-        self._volume = KeyedBaselines(rule.baseline.volume_spec(), spec.step, silent_value=0.0)
+        self._windows = HoppingWindows(self._spec(rule))
+        self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._spec(rule).step, silent_value=0.0)
         self._last_fired: dict[str, datetime] = {}
+
+    @staticmethod
+    def _spec(rule: IntentSpikeRule) -> WindowSpec:
+        return rule.window.spec("highest")  # keep the most confident examples of the intent
 
     @property
     def watermark(self) -> datetime | None:
         return self._windows.watermark
 
-    def swap_rule(self, rule: IntentSpikeRule) -> None:
+    def swap_rules(self, rule: IntentSpikeRule) -> None:
         if changed := geometry_changes(self._rule, rule):
             raise RulesError(
                 f"the new rules change triage.intent_spike.{' and triage.intent_spike.'.join(changed)}; "
@@ -175,7 +193,7 @@ class IntentSpikeDetector:
             )
         self._rule = rule
 
-    def feed(self, decision: TriageTicket) -> Fed:
+    def feed_event(self, decision: TriageTicket) -> Fed:
         added = self._windows.add(
             decision.intent, decision.event_time, label=decision.intent, score=decision.confidence,
             message_id=decision.message_id, text=decision.text, model_version=decision.model_version,
@@ -184,6 +202,28 @@ class IntentSpikeDetector:
 
     def advance(self, to: datetime) -> list[Alert]:
         return self._evaluate(self._windows.advance(to))
+
+    def to_state(self) -> dict:
+        """Windows, volume baselines and cooldowns, stamped with the geometry they were built with."""
+        return {
+            "geometry": geometry(self._rule),
+            "windows": self._windows.to_state(),
+            "volume": self._volume.to_state(),
+            "last_fired": {intent: t.isoformat() for intent, t in self._last_fired.items()},
+        }
+
+    @classmethod
+    def from_state(cls, rule: IntentSpikeRule, state: dict) -> IntentSpikeDetector:
+        if state["geometry"] != geometry(rule):
+            raise RulesError(
+                "the saved intent-spike state was built with other window or baseline settings "
+                f"({state['geometry']}); it cannot continue under the current ones"
+            )
+        detector = cls(rule)
+        detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"])
+        detector._volume.restore(state["volume"])
+        detector._last_fired = {intent: datetime.fromisoformat(t) for intent, t in state["last_fired"].items()}
+        return detector
 
     def _evaluate(self, closed: list[WindowFigures]) -> list[Alert]:
         r = self._rule

@@ -1,5 +1,5 @@
-"""The triage tables (migration 0005): routed tickets, their acknowledgements, and the per-queue,
-per-priority SLA summary. A thin companion to ClickHouseStore, sharing its backend and retries."""
+"""The triage tables (migrations 0005, 0010): routed tickets, their acknowledgements, the per-queue,
+per-priority SLA summary, and the open urgent tickets a worker takes over with a partition. A thin companion to ClickHouseStore, sharing its backend and retries."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from streams.alerting.contracts import TicketAck, TriageTicket
+from streams.alerting.contracts import TicketAck, TriageTicket, sla_breach_id
 
 from .compat import CompatLevel, _utc, to_stored_time
 from .store import ClickHouseStore
 
 TICKET_COLUMNS = (
     "message_id", "intent", "queue", "routed_queue", "priority", "sla_minutes", "confidence", "human_triage",
-    "model_version", "text", "event_time", "due_at", "written_time",
+    "model_version", "text", "event_time", "due_at", "written_time", "source_partition",
 )
 ACK_COLUMNS = ("message_id", "acked_by", "acked_at", "written_time")
 SlaState = Literal["open", "acked", "breached"]
@@ -27,7 +27,7 @@ def ticket_row(t: TriageTicket, written_time: datetime, level: CompatLevel) -> t
     return (
         t.message_id, t.intent, t.queue, t.routed_queue, t.priority, t.sla_minutes, t.confidence,
         int(t.human_triage), t.model_version, t.text, to_stored_time(t.event_time, level),
-        to_stored_time(t.due_at, level), to_stored_time(written_time, level),
+        to_stored_time(t.due_at, level), to_stored_time(written_time, level), t.source_partition,
     )
 
 
@@ -36,7 +36,7 @@ def ticket_from_row(row: dict[str, Any]) -> TriageTicket:
         message_id=row["message_id"], intent=row["intent"], queue=row["queue"], routed_queue=row["routed_queue"],
         priority=row["priority"], sla_minutes=int(row["sla_minutes"]), confidence=float(row["confidence"]),
         human_triage=bool(row["human_triage"]), model_version=row["model_version"], text=row["text"],
-        event_time=_utc(row["event_time"]), due_at=_utc(row["due_at"]),
+        event_time=_utc(row["event_time"]), due_at=_utc(row["due_at"]), source_partition=int(row["source_partition"]),
     )
 
 
@@ -71,6 +71,10 @@ class TriageStore:
     @property
     def _triage(self) -> str:
         return f"{self._store.database}.triage"
+
+    @property
+    def _alerts(self) -> str:
+        return f"{self._store.database}.alerts"
 
     @property
     def _acks(self) -> str:
@@ -116,6 +120,46 @@ class TriageStore:
         where, params = where_params
         rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL{where}", params)
         return {r[0] for r in rows}
+
+    def open_tickets(self, partitions: Iterable[int], priorities: Iterable[str]) -> list[TriageTicket]:
+        """Tickets of these priorities routed from these scored-topic partitions that are neither
+        acknowledged nor escalated, oldest due first: the SLA clocks a worker taking the partitions
+        over reopens."""
+        parts, prios = sorted(set(partitions)), sorted(set(priorities))
+        if not parts or not prios:
+            return []
+        rows = self._store._query(
+            "open tickets read",
+            f"SELECT {', '.join(TICKET_COLUMNS)} FROM {self._triage} FINAL "
+            "WHERE source_partition IN {parts:Array(Int32)} AND priority IN {prios:Array(String)} "
+            f"AND message_id NOT IN (SELECT message_id FROM {self._acks} FINAL) ORDER BY due_at, message_id",
+            {"parts": parts, "prios": prios},
+        )
+        unacked = [ticket_from_row(dict(zip(TICKET_COLUMNS, r, strict=True))) for r in rows]
+        breach_ids = {sla_breach_id(t.message_id): t.message_id for t in unacked}
+        escalated = set()
+        if breach_ids:
+            found = self._store._query(
+                "escalations read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
+                {"ids": sorted(breach_ids)},
+            )
+            escalated = {breach_ids[r[0]] for r in found}
+        return [t for t in unacked if t.message_id not in escalated]
+
+    def last_routed(self, partitions: Iterable[int]) -> tuple[datetime, datetime] | None:
+        """(latest event time, when it was written) of the tickets from these partitions: where the
+        support stream's event-time clock stood when the previous owner last routed one."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return None
+        rows = self._store._query(
+            "last routed ticket read",
+            f"SELECT count(), max(event_time), max(written_time) FROM {self._triage} "
+            "WHERE source_partition IN {parts:Array(Int32)}",
+            {"parts": parts},
+        )
+        n, event_time, written = rows[0]
+        return (_utc(event_time), _utc(written)) if n else None
 
     def sla_summary(self, now: datetime | None = None) -> list[QueueSla]:
         """Per queue and priority: acked (an ack is stored), breached (no ack and due before

@@ -1,4 +1,5 @@
-"""The faust adapter around SentimentPartitions, on the ticker-events topic.
+"""The faust adapter around AlertPartitions, on a keyed events topic: sentiment on the ticker-events
+topic, intent spikes on the intent-events topic.
 
 Per micro-batch: take ownership of partitions seen for the first time (restoring their checkpoint
 from ClickHouse), feed the events, publish and store the alerts. Events are acknowledged only once
@@ -14,10 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from faust.types import TP, EventT, StreamT
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from streams.alerting.contracts import Alert, TickerEvent
-from streams.alerting.partitions import SentimentPartitions
+from streams.alerting.contracts import Alert
+from streams.alerting.partitions import AlertPartitions
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.metrics import Metrics
 
@@ -26,13 +27,14 @@ log = logging.getLogger(__name__)
 Durably = Callable[..., Awaitable[Any]]
 
 
-class SentimentStage:
+class KeyedStage:
     def __init__(
         self,
-        partitions: SentimentPartitions,
+        partitions: AlertPartitions,
         state: AlertingStateStore,
         *,
         topic: str,
+        event_type: type[BaseModel],
         emit: Callable[[list[Alert]], Awaitable[None]],
         durably: Durably,
         checkpoint_interval_s: float,
@@ -41,6 +43,7 @@ class SentimentStage:
         self._parts = partitions
         self._state = state
         self._topic = topic
+        self._event_type = event_type
         self._emit = emit
         self._durably = durably
         self._interval_s = checkpoint_interval_s
@@ -59,15 +62,15 @@ class SentimentStage:
             if not self._parts.owned(msg.partition):
                 checkpoint = await self._durably("reading the alerting checkpoint", self._state.load, msg.partition)
                 self._parts.restore(msg.partition, checkpoint)
-                log.info("sentiment partition %d: %s", msg.partition,
+                log.info("%s partition %d: %s", self._parts.name, msg.partition,
                          f"restored at offset {checkpoint.offset}" if checkpoint else "no checkpoint, starting fresh")
             self._pending.append((stream, event))
             try:
-                ticker_event = TickerEvent.model_validate_json(msg.value)
+                event = self._event_type.model_validate_json(msg.value)
             except ValidationError as exc:
-                log.error("skipping a ticker-events record that is not a TickerEvent: %s", exc)
+                log.error("skipping a %s record that is not a %s: %s", self._topic, self._event_type.__name__, exc)
                 continue
-            fed = self._parts.feed(msg.partition, msg.offset, ticker_event, wall)
+            fed = self._parts.feed(msg.partition, msg.offset, event, wall)
             if fed is None:
                 continue
             if fed.too_late:
