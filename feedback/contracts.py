@@ -106,6 +106,7 @@ class Correction(BaseModel):
 class ModelEventKind(StrEnum):
     drift = "drift"
     retrain_started = "retrain_started"
+    retrain_failed = "retrain_failed"  # a started round ended without a verdict: the detail says why
     gate_refused = "gate_refused"
     promoted = "promoted"  # the model-updated event workers hot swap on
     rolled_back = "rolled_back"
@@ -122,6 +123,14 @@ class ModelEvent(BaseModel):
     detail: str = Field("", max_length=4000)
     figures: dict[str, float] = Field(default_factory=dict)
     created_at: AwareDatetime
+
+    @staticmethod
+    def round_end_id(started_id: str) -> str:
+        """The event id of the end (promoted, gate_refused or retrain_failed) of the retrain round whose
+        retrain_started event is ``started_id``: it ties a round's two events together without a
+        column, and whoever records the end (the round, or the worker that saw its process die) writes
+        the same id."""
+        return str(uuid.uuid5(_ITEM_NAMESPACE, f"round-end|{started_id}"))
 
 
 FEEDBACK_SCHEMAS: dict[str, type[BaseModel]] = {

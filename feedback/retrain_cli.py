@@ -23,10 +23,12 @@ def _settings(ctx: typer.Context) -> VigilSettings:
 def retrain_command(
     ctx: typer.Context,
     task: Annotated[str, typer.Option(help="sentiment or triage")],
-    force: Annotated[bool, typer.Option(help="Retrain whatever the trigger policy says (needs new corrections).")] = False,
+    force: Annotated[bool, typer.Option(help="Retrain whatever the trigger policy says, even while another round has not "
+                                            "ended (needs new corrections).")] = False,
 ) -> None:
     """Fine-tune TASK's champion on the human corrections if the trigger policy says so, gate the
-    result and promote it. Exit 0: promoted or nothing to do; 3: the gate kept the champion; 1: error."""
+    result and promote it. Exit 0: promoted or nothing to do; 3: the gate kept the champion; 1: error
+    (a round that failed after it started is recorded as a retrain_failed model event)."""
     from feedback.retrain_job import run_retrain
     from feedback.store import open_feedback_store
     from streams.clickhouse.errors import ClickHouseError

@@ -1,9 +1,15 @@
 """One retraining round for a task: corrections -> trigger -> screen -> fine-tune -> gate -> promote.
 
-Every round that starts leaves a trace: a retrain_started event, then promoted or gate_refused
-with the gate's figures and reasons (model_events table and model-events topic). The challenger
-is kept in the registry either way, with its parent and training config, so a refusal can be
-inspected with `vigil models show`.
+Every round that starts leaves a trace: a retrain_started event, then its end: promoted or
+gate_refused with the gate's figures and reasons, or retrain_failed with what went wrong (model_events
+table and model-events topic). The end's event id is tied to the start's (ModelEvent.round_end_id).
+The challenger is kept in the registry either way, with its parent and training config, so a refusal
+can be inspected with `vigil models show`.
+
+Which corrections are new is counted from the start of the last round that FINISHED (promoted or
+gate_refused: it trained on everything before its start, and the gate judged it). A round that
+failed, or died without recording its end, trained nothing that counts: its corrections stay new.
+A skipped round (the trigger said no) is no round: it records nothing and moves nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from feedback.contracts import Correction, ModelEvent, ModelEventKind
@@ -83,9 +89,48 @@ def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tu
 
 
 def _event(kind: ModelEventKind, task: str, version: str, detail: str, figures: dict[str, float] | None = None,
-           now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> ModelEvent:
+           now: Callable[[], datetime] = lambda: datetime.now(UTC), event_id: str | None = None) -> ModelEvent:
+    ids = {} if event_id is None else {"event_id": event_id}
     return ModelEvent(kind=kind, task=task, model_version=version, detail=detail[:4000], figures=figures or {},
-                      created_at=now())
+                      created_at=now(), **ids)
+
+
+def failed_event(started: ModelEvent, reason: str,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> ModelEvent:
+    """The end of the round that ``started`` opened, when it failed: a retrain_failed event saying why."""
+    at = now()
+    return ModelEvent(event_id=ModelEvent.round_end_id(started.event_id), kind=ModelEventKind.retrain_failed,
+                      task=started.task, model_version=started.model_version, detail=reason[:4000],
+                      figures={"round_seconds": max(0.0, (at - started.created_at).total_seconds())}, created_at=at)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundHistory:
+    last_finished: datetime | None  # start of the newest round that ended promoted or gate_refused
+    running_since: datetime | None  # start of the newest round with no end yet, if it is not timed out
+
+
+def round_history(events: Sequence[ModelEvent], now: datetime, timeout: timedelta) -> RoundHistory:
+    """A task's retrain rounds from its model events: each retrain_started opens one, the event with
+    its round_end_id ends it. A round without an end started less than ``timeout`` ago is still
+    running; an older one died unrecorded (its process was SIGKILLed, or its worker was) and, like a
+    failed round, does not count as finished."""
+    ends: dict[str, ModelEventKind] = {}
+    for e in events:
+        # A verdict stands even if a failure was recorded for the round after it (recording the
+        # verdict on the topic failed, say): the round did train and get judged.
+        if e.kind is not ModelEventKind.retrain_failed or e.event_id not in ends:
+            ends[e.event_id] = e.kind
+    finished, running = [], []
+    for e in events:
+        if e.kind is not ModelEventKind.retrain_started:
+            continue
+        end = ends.get(ModelEvent.round_end_id(e.event_id))
+        if end in (ModelEventKind.promoted, ModelEventKind.gate_refused):
+            finished.append(e.created_at)
+        elif end is None and now - e.created_at < timeout:
+            running.append(e.created_at)
+    return RoundHistory(max(finished, default=None), max(running, default=None))
 
 
 def check_trigger(
@@ -97,7 +142,10 @@ def check_trigger(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RoundStart:
     """Whether a round should train now, from the registry and ``store`` (a FeedbackStore) alone:
-    cheap, no torch, so the background job asks it before it starts a training process."""
+    cheap, no torch, so the background job asks it before it starts a training process.
+
+    No round starts while another is running (unless forced): one in the background job and one
+    from cron, or two crons, must not both train on the same corrections."""
     registry = ModelRegistry(settings.registry_dir)
     champion_version = registry.champion(task)
     if champion_version is None:
@@ -106,14 +154,22 @@ def check_trigger(
     champion = registry.card(task, champion_version)
 
     events = store.fetch_model_events(task)
-    started = [e.created_at for e in events if e.kind is ModelEventKind.retrain_started]
-    last = max(started) if started else None
+    at = now()
+    timeout = timedelta(hours=settings.retrain_round_timeout_h)
+    history = round_history(events, at, timeout)
+    last = history.last_finished
     drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
     corrections = store.fetch_corrections(task)
     new = sum(1 for c in corrections if last is None or c.created_at > last)
+    if history.running_since is not None and not force:
+        since = history.running_since
+        return RoundStart(champion_version, champion, corrections, new, TriggerDecision(
+            False, f"a round started at {since:%Y-%m-%d %H:%M:%S} UTC ({(at - since).total_seconds() / 60:.0f} min ago) "
+            f"has not ended yet; it counts as dead {timeout.total_seconds() / 3600:g} h after its start "
+            "(VIGIL_RETRAIN_ROUND_TIMEOUT_H), or use --force", new))
     # Never retrained: the interval runs from when the champion was trained, but every correction is new.
     trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
-                     last_retrain=last or champion.created_at, now=now(), drift_events=drift, force=force)
+                     last_retrain=last or champion.created_at, now=at, drift_events=drift, force=force)
     return RoundStart(champion_version, champion, corrections, new, trigger)
 
 
@@ -140,6 +196,29 @@ def run_retrain(
     start = check_trigger(settings, task, store, force=force, now=now)
     if not start.trigger.retrain:
         return RetrainReport(task, Outcome.skipped, start.trigger.reason, start.champion_version)
+    started = _event(ModelEventKind.retrain_started, task, start.champion_version, start.trigger.reason,
+                     {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections)},
+                     now)
+    record([started])
+    try:
+        return _train_and_judge(settings, task, start, record, now, ModelEvent.round_end_id(started.event_id))
+    except BaseException as e:  # also an interrupt: the round must not stay open until it times out
+        try:
+            record([failed_event(started, f"{type(e).__name__}: {e}", now)])
+        except Exception as also:  # noqa: BLE001 - the round's own error is the one to raise
+            log.error("%s: the failed round was not recorded as retrain_failed: %s", task, also)
+        raise
+
+
+def _train_and_judge(
+    settings: VigilSettings,
+    task: str,
+    start: RoundStart,
+    record: Callable[[Sequence[ModelEvent]], None],
+    now: Callable[[], datetime],
+    end_id: str,
+) -> RetrainReport:
+    """The round after its retrain_started event; its verdict is recorded with the id ``end_id``."""
     champion_version, champion, corrections = start.champion_version, start.champion, start.corrections
 
     import torch
@@ -155,9 +234,6 @@ def run_retrain(
 
     registry = ModelRegistry(settings.registry_dir)
     t0 = time.perf_counter()
-    record([_event(ModelEventKind.retrain_started, task, champion_version, start.trigger.reason,
-                   {"corrections": float(len(corrections)), "new_corrections": float(start.new_corrections)}, now)])
-
     device = pick_device(settings.device)
     if device.type == "cpu":
         set_cpu_threads(settings.cpu_threads)
@@ -178,7 +254,8 @@ def run_retrain(
     gold = gold_set(champion, settings.bundled_data_dir, settings.gold_cap)
 
     def refuse(reason: str, figures: dict[str, float], challenger: str | None = None) -> RetrainReport:
-        record([_event(ModelEventKind.gate_refused, task, challenger or champion_version, reason, figures, now)])
+        record([_event(ModelEventKind.gate_refused, task, challenger or champion_version, reason, figures, now,
+                       end_id)])
         return RetrainReport(task, Outcome.refused, reason, champion_version, challenger, figures, screened.dropped)
 
     base_figures = {"corrections": float(len(corrections)), "labelled_items": float(len(labelled)),
@@ -217,6 +294,6 @@ def run_retrain(
                       f"{challenger} trained; judge it again against the new champion", figures, challenger)
     registry.promote(task, challenger)
     record([_event(ModelEventKind.promoted, task, challenger,
-                   f"{challenger} (from {champion_version}) promoted: {decision.summary}", figures, now)])
+                   f"{challenger} (from {champion_version}) promoted: {decision.summary}", figures, now, end_id)])
     return RetrainReport(task, Outcome.promoted, decision.summary, champion_version, challenger, figures,
                          screened.dropped)

@@ -16,6 +16,12 @@ appended to ``<data_dir>/logs/retrain-rounds.jsonl``. A failing round (the child
 away) is logged and retried later (see the backoff in retrain_schedule); the job carries on. When the
 worker stops, the job's task is cancelled and a running training process is terminated; the child
 also exits by itself when its worker disappears.
+
+A round that fails in the child records its own retrain_failed event (run_retrain). When the child
+dies after its retrain_started and before the round's end (killed, out of memory), or the worker
+stops it, the worker records the retrain_failed event for it, so the corrections stay new and the
+next round need not wait for VIGIL_RETRAIN_ROUND_TIMEOUT_H. Only a SIGKILLed worker leaves a round
+open: the timeout ends it.
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from feedback.contracts import Correction, ModelEvent
-from feedback.retrain_job import Outcome, RetrainReport, check_trigger, run_retrain
+from feedback.contracts import Correction, ModelEvent, ModelEventKind
+from feedback.retrain_job import (
+    Outcome,
+    RetrainReport,
+    check_trigger,
+    failed_event,
+    run_retrain,
+)
 from feedback.retrain_schedule import FAILED, RetrainSchedule, RoundRecord
 from streams.settings import VigilSettings
 
@@ -60,19 +72,28 @@ def answer(store: Any, call: str, kwargs: dict[str, Any]) -> Any:
     raise ValueError(f"unknown store call {call!r}")
 
 
-async def _relay(proc: asyncio.subprocess.Process, store: Any) -> dict[str, Any]:
-    """Answer the child's calls until it reports; its last message, or a failure when it died first."""
+async def _relay(proc: asyncio.subprocess.Process, store: Any, written: list[ModelEvent]) -> dict[str, Any]:
+    """Answer the child's calls until it reports; its last message, or a failure when it died first.
+    The model events it wrote are added to ``written``."""
     loop = asyncio.get_running_loop()
     while line := await proc.stdout.readline():
         msg = json.loads(line)
         if "call" not in msg:
             return msg
+        kwargs = msg.get("kwargs", {})
+        if msg["call"] == "write_model_events":
+            # Counted from the moment it is asked for: the worker may stop before the write returns. A
+            # round's end recorded for a start that was never stored matches no round: harmless.
+            written.extend(ModelEvent.model_validate(e) for e in kwargs["events"])
         try:
-            reply = {"result": await loop.run_in_executor(None, answer, store, msg["call"], msg.get("kwargs", {}))}
+            reply = {"result": await loop.run_in_executor(None, answer, store, msg["call"], kwargs)}
         except Exception as e:  # noqa: BLE001 - the child raises it in the round, which then fails
             reply = {"error": f"{type(e).__name__}: {e}"}
-        proc.stdin.write(json.dumps(reply).encode() + b"\n")
-        await proc.stdin.drain()
+        try:
+            proc.stdin.write(json.dumps(reply).encode() + b"\n")
+            await proc.stdin.drain()
+        except ConnectionError:  # it died while we answered (killed, out of memory): its exit status says so
+            break
     return {"failed": f"the training process exited with {await proc.wait()} before reporting (see the log above)"}
 
 
@@ -87,18 +108,35 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def train_in_child(store: Any, task: str) -> dict[str, Any]:
-    """One round in a training process; its report (``{"report": ...}``) or ``{"failed": why}``."""
+async def train_in_child(store: Any, task: str, written: list[ModelEvent] | None = None) -> dict[str, Any]:
+    """One round in a training process; its report (``{"report": ...}``) or ``{"failed": why}``.
+    The model events the child wrote through us are added to ``written``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "feedback.retrain_runner", task,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_LINE_LIMIT,
     )
     try:
-        msg = await _relay(proc, store)
+        msg = await _relay(proc, store, [] if written is None else written)
         await proc.wait()
         return msg
     finally:  # also when the worker stops mid-round (cancelled)
         await _stop(proc)
+
+
+def end_open_round(settings: VigilSettings, store: Any, written: list[ModelEvent], reason: str) -> ModelEvent | None:
+    """Record the retrain_failed end of the round the training process started (its retrain_started
+    is in ``written``, the events it wrote) and did not end; None when it left no round open."""
+    ended = {e.event_id for e in written}
+    open_rounds = [e for e in written if e.kind is ModelEventKind.retrain_started
+                   and ModelEvent.round_end_id(e.event_id) not in ended]
+    if not open_rounds:
+        return None
+    from feedback.events import publish_model_events
+
+    event = failed_event(open_rounds[-1], reason)
+    store.write_model_events([event])
+    publish_model_events(settings, [event])
+    return event
 
 
 async def run_round(settings: VigilSettings, store: Any, task: str) -> RoundRecord:
@@ -109,17 +147,29 @@ async def run_round(settings: VigilSettings, store: Any, task: str) -> RoundReco
     def done(outcome: str, detail: str, champion: str | None = None, challenger: str | None = None) -> RoundRecord:
         return RoundRecord(task, outcome, detail, started, time.perf_counter() - t0, champion, challenger)
 
+    async def end_open(reason: str) -> None:
+        try:  # shielded: the worker may be stopping (cancelled) and the end must still be written
+            await asyncio.shield(loop.run_in_executor(None, end_open_round, settings, store, written, reason))
+        except Exception as e:  # noqa: BLE001 - the round has failed already; this only adds to the log
+            log.error("%s: the failed round was not recorded as retrain_failed: %s", task, e)
+
     champion = None
+    written: list[ModelEvent] = []
     try:
         start = await loop.run_in_executor(None, check_trigger, settings, task, store)
         champion = start.champion_version
         if not start.trigger.retrain:
             report = RetrainReport(task, Outcome.skipped, start.trigger.reason, champion)
             return done(report.outcome.value, report.summary, champion)
-        msg = await train_in_child(store, task)
+        msg = await train_in_child(store, task, written)
+    except asyncio.CancelledError:
+        await end_open("the worker stopped mid-round and terminated its training process")
+        raise
     except Exception as e:  # noqa: BLE001 - a failed round is logged and retried, never fatal
+        await end_open(f"{type(e).__name__}: {e}")
         return done(FAILED, f"{task}: failed: {type(e).__name__}: {e}", champion)
     if "report" not in msg:
+        await end_open(str(msg.get("failed", msg)))
         return done(FAILED, f"{task}: failed: {msg.get('failed', msg)}", champion)
     r = msg["report"]
     return done(r["outcome"], r["summary"], r["champion"], r["challenger"])

@@ -195,6 +195,10 @@ class VigilSettings(BaseSettings):
         "retrain_min_corrections_after_interval new corrections.")
     retrain_min_corrections_after_interval: int = Field(20, ge=1)
     retrain_on_drift: bool = Field(True, description="A drift event since the last retrain triggers one.")
+    retrain_round_timeout_h: float = Field(
+        2.0, gt=0, description="A round that started less than this long ago and recorded no end yet is taken as "
+        "still running, and no other round starts (except `vigil retrain --force`); an older one is taken as dead "
+        "(its process was killed), and its corrections count as new again. Set it above your longest round.")
     retrain_holdout_fraction: float = Field(
         0.25, gt=0, lt=1, description="Share of the newest corrections held out to judge the challenger.")
     retrain_replay_size: int = Field(

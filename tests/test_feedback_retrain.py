@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from feedback.contracts import Correction, CorrectionSource, ModelEventKind
-from feedback.retrain_job import Outcome, run_retrain
+from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
+from feedback.retrain_job import Outcome, check_trigger, run_retrain
 from feedback.store import open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.registry import ModelRegistry
@@ -148,3 +148,42 @@ def test_gate_refuses_a_worse_challenger(loop):
     assert report.outcome is Outcome.refused, report.reason
     assert ModelRegistry(settings.registry_dir).champion("sentiment") == "v1"
     assert report.figures["gold_challenger"] < report.figures["gold_champion"] - settings.gate_max_gold_drop
+
+
+def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finished_one_uses_them_up(loop):
+    settings, store = loop
+    # a quick round that the gate refuses (too few held-out corrections for a verdict): still a finished one
+    settings = settings.model_copy(update={"retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+    store.write_corrections(corrections(tweets(120), "ann"))
+    weights = ModelRegistry(settings.registry_dir).resolve("sentiment", "v1") / "model.safetensors"
+    good = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(good[: len(good) // 2])  # the champion's weights broke: the round fails after it started
+
+    with pytest.raises(Exception) as failure:  # whatever the loader raises is the reason
+        run_retrain(settings, "sentiment", store)
+    started, failed = store.fetch_model_events("sentiment")
+    assert (started.kind, failed.kind) == (ModelEventKind.retrain_started, ModelEventKind.retrain_failed)
+    assert failed.event_id == ModelEvent.round_end_id(started.event_id) and failed.model_version == "v1"
+    assert failed.detail.startswith(f"{type(failure.value).__name__}: ")
+    again = check_trigger(settings, "sentiment", store)
+    assert again.new_corrections == 120 and again.trigger.retrain, again.trigger.reason
+
+    # a round that started and never ended (its process was SIGKILLed) blocks others until its timeout
+    dead = ModelEvent(kind=ModelEventKind.retrain_started, task="sentiment", model_version="v1",
+                      created_at=datetime.now(UTC) - timedelta(minutes=30))
+    store.write_model_events([dead])
+    running = check_trigger(settings, "sentiment", store)
+    assert not running.trigger.retrain and "has not ended yet" in running.trigger.reason
+    assert run_retrain(settings, "sentiment", store).outcome is Outcome.skipped
+    assert check_trigger(settings, "sentiment", store, force=True).trigger.retrain
+    settings = settings.model_copy(update={"retrain_round_timeout_h": 0.25})
+    assert check_trigger(settings, "sentiment", store).new_corrections == 120
+
+    weights.write_bytes(good)
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.refused and "held-out recent corrections (< 1000)" in report.reason
+    *_, started, refused = store.fetch_model_events("sentiment")
+    assert refused.kind is ModelEventKind.gate_refused and refused.event_id == ModelEvent.round_end_id(started.event_id)
+    after = check_trigger(settings, "sentiment", store)
+    assert after.new_corrections == 0 and "no new corrections" in after.trigger.reason

@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from feedback.contracts import ModelEventKind
+from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
+from feedback.retrain_job import RoundHistory, check_trigger, round_history
 from feedback.retrain_runner import rounds_path, run_job, run_round, train_in_child
 from feedback.retrain_schedule import FAILED, RetrainSchedule, RoundRecord
 from feedback.store import open_feedback_store
@@ -21,6 +26,35 @@ from streams.settings import VigilSettings
 
 def _record(task: str, outcome: str, detail: str = "") -> RoundRecord:
     return RoundRecord(task, outcome, detail or f"{task}: {outcome}", started_at=0.0, seconds=1.5)
+
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def _event(kind: ModelEventKind, minute: int, *, ends: ModelEvent | None = None) -> ModelEvent:
+    ids = {} if ends is None else {"event_id": ModelEvent.round_end_id(ends.event_id)}
+    return ModelEvent(kind=kind, task="sentiment", model_version="v1", created_at=T0 + timedelta(minutes=minute), **ids)
+
+
+def test_newness_counts_from_the_last_finished_round_and_an_open_round_runs_until_its_timeout():
+    started = ModelEventKind.retrain_started
+    s1, s2, s3, s4 = (_event(started, m) for m in (0, 10, 20, 30))
+    events = [s1, _event(ModelEventKind.gate_refused, 5, ends=s1),
+              s2, _event(ModelEventKind.retrain_failed, 15, ends=s2),
+              s3,  # its process was SIGKILLed: no end
+              s4, _event(ModelEventKind.promoted, 35),  # promoted by hand: no round's end
+              _event(ModelEventKind.drift, 36)]
+    at = T0 + timedelta(minutes=40)
+    # s1 finished (refused counts: the gate judged its corrections); s2 failed and s3 died: neither counts
+    assert round_history(events, at, timedelta(hours=1)) == RoundHistory(T0, s4.created_at)
+    assert round_history(events, at, timedelta(minutes=10)).running_since is None  # s4 timed out: dead
+    # s4 ends promoted: it is the last finished round; a failure recorded for it afterwards (its
+    # verdict's topic send failed, say) does not undo the verdict
+    events += [_event(ModelEventKind.promoted, 45, ends=s4), _event(ModelEventKind.retrain_failed, 46, ends=s4)]
+    assert round_history(events, at, timedelta(minutes=15)) == RoundHistory(s4.created_at, None)
+    # an open round is running until its timeout, whatever started after it (a forced round may have)
+    assert round_history(events, at, timedelta(hours=1)) == RoundHistory(s4.created_at, s3.created_at)
+    assert round_history([], at, timedelta(hours=1)) == RoundHistory(None, None)
 
 
 def test_first_round_comes_one_interval_after_start_then_one_interval_after_each_round_ends():
@@ -128,3 +162,79 @@ def test_a_round_without_a_champion_fails_without_starting_a_process(chdb_loop):
     record = asyncio.run(run_round(settings, store, "triage"))
     assert record.failed and "has no champion" in record.detail and record.champion is None
     assert not [e for e in store.fetch_model_events("triage") if e.kind is ModelEventKind.retrain_started]
+
+
+def _training_processes() -> list[int]:
+    """Our children running ``python -m feedback.retrain_runner``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        if ppid == os.getpid() and b"feedback.retrain_runner" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+class StoreThatInterruptsTheRound:
+    """The worker's real FeedbackStore, with one addition: right after the training process recorded
+    its round's retrain_started, ``interrupt`` runs (it kills the process, or stops the worker)."""
+
+    def __init__(self, store, interrupt) -> None:
+        self._store, self._interrupt = store, interrupt
+
+    def fetch_model_events(self, task):
+        return self._store.fetch_model_events(task)
+
+    def fetch_corrections(self, task):
+        return self._store.fetch_corrections(task)
+
+    def write_model_events(self, events):
+        n = self._store.write_model_events(events)
+        if any(e.kind is ModelEventKind.retrain_started for e in events):
+            self._interrupt()
+        return n
+
+
+@pytest.mark.parametrize("how", ["process_killed", "worker_stopped"])
+def test_a_round_whose_training_process_dies_is_recorded_failed_and_its_corrections_stay_new(
+        chdb_loop, monkeypatch, how):
+    monkeypatch.setenv("VIGIL_RETRAIN_MIN_CORRECTIONS", "5")
+    settings, store = VigilSettings(), chdb_loop[1]
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    store.write_corrections([
+        Correction(correction_id=Correction.make_id("sentiment", f"m{i}", "ann"), task="sentiment",
+                   message_id=f"m{i}", text=f"Acme shares move {i}", annotator="ann", human_label="neutral",
+                   source=CorrectionSource.queue, created_at=at + timedelta(seconds=i))
+        for i in range(8)
+    ])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        this = asyncio.current_task()
+
+        def interrupt():
+            if how == "process_killed":  # as the kernel's OOM killer would
+                for pid in _training_processes():
+                    os.kill(pid, signal.SIGKILL)
+            else:  # the worker stops (faust cancels the job's task)
+                loop.call_soon_threadsafe(this.cancel)
+
+        return await run_round(settings, StoreThatInterruptsTheRound(store, interrupt), "sentiment")
+
+    if how == "process_killed":
+        record = asyncio.run(main())
+        assert record.failed and "exited with -9 before reporting" in record.detail
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(main())
+    assert _training_processes() == []
+    started, failed = store.fetch_model_events("sentiment")
+    assert (started.kind, failed.kind) == (ModelEventKind.retrain_started, ModelEventKind.retrain_failed)
+    assert failed.event_id == ModelEvent.round_end_id(started.event_id) and failed.model_version == "v1"
+    assert ("exited with -9" if how == "process_killed" else "the worker stopped mid-round") in failed.detail
+    # not a running round, and nothing it started with was used up: the next round trains on all eight
+    start = check_trigger(settings, "sentiment", store)
+    assert start.new_corrections == 8 and start.trigger.retrain, start.trigger.reason
