@@ -14,8 +14,9 @@ model version), and the store never duplicates or reopens a queued item, so labe
 item once; the label-requests topic is at least once, keyed by item id.
 
 Selector and monitor state is in memory (bounded): a restart forgets the hour's budget use, the
-fingerprints of recent texts and the drift windows. Like alerting, this assumes ONE feedback
-consumer per topic partition set; with several workers each selects from its own share.
+fingerprints of recent texts and the drift windows. With several workers each selects from its
+own partitions of the scored topic and keeps that share of the hourly budget, so together they
+keep the budget; near-duplicates are collapsed within a worker's share only.
 Support text on the scored topic is already PII-masked; requests mask it again (a no-op there).
 """
 
@@ -85,7 +86,7 @@ class FeedbackProcessor:
         watchdog: ProgressWatchdog,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
-        self._selector = selector
+        self.selector = selector
         self._drift = drift
         self._requests_topic = requests_topic
         self._model_events_topic = model_events_topic
@@ -108,7 +109,7 @@ class FeedbackProcessor:
         requests, events = [], []
         for msg in decode_all(ScoredMessage, values, "scored"):
             challenger = msg.shadow.label if msg.shadow is not None else None
-            decision = self._selector.decide(msg, now, challenger_label=challenger)
+            decision = self.selector.decide(msg, now, challenger_label=challenger)
             if decision.request is not None:
                 requests.append(decision.request)
             events += self._drift.observe_scored(
@@ -123,7 +124,7 @@ class FeedbackProcessor:
         requests = []
         for alert in decode_all(Alert, values, "alerts"):
             for msg in await self._contributors(alert):
-                decision = self._selector.decide(msg, now, alert_id=alert.id)
+                decision = self.selector.decide(msg, now, alert_id=alert.id)
                 if decision.request is not None:
                     requests.append(decision.request)
                 else:
@@ -227,6 +228,15 @@ def register_feedback(
 
         consume.__name__ = consume.__qualname__ = name
         return consume
+
+    scored_name = scored_topic.get_topic_name()
+
+    @app.on_partitions_assigned.connect
+    async def take_budget_share(_app: faust.App, assigned: set, **_: Any) -> None:
+        owned = sum(1 for tp in assigned if tp.topic == scored_name)
+        total = app.consumer.topic_partitions(scored_name) or settings.topic_partitions
+        processor.selector.see_share(owned, max(total, owned))
+        log.info("label selection: %d of %d scored partitions here, so that share of each hour's budget", owned, total)
 
     app.agent(scored_topic, name="vigil.feedback.select", concurrency=1)(
         batches(processor.on_scored, "feedback_select")

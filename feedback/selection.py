@@ -17,7 +17,10 @@ Candidates then pass, in order:
    budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
    and hide an alert's evidence), but they count towards the shares.
 
-State is in memory and bounded; a fresh selector fed the same messages decides the same way.
+A selector that sees only part of the stream (a worker reading k of the scored topic's n
+partitions) keeps k/n of each hour's budget (``see_share``), so the workers together keep the
+task's budget. State is in memory and bounded; a fresh selector fed the same messages decides the
+same way.
 """
 
 from __future__ import annotations
@@ -56,9 +59,11 @@ class TaskPolicy(BaseModel):
         0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."
     )
 
-    @property
-    def class_cap(self) -> int:
-        return max(1, math.ceil(self.budget_per_hour * self.max_class_share))
+    def caps(self, owned: int = 1, total: int = 1) -> tuple[int, int]:
+        """(hourly budget, hourly cap per predicted label) of a selector that sees ``owned`` of
+        ``total`` equal shares of the stream."""
+        budget = self.budget_per_hour * owned // total
+        return budget, max(1, math.ceil(budget * self.max_class_share))
 
 
 class SelectionPolicy(BaseModel):
@@ -183,8 +188,15 @@ class Selector:
 
     def __init__(self, policy: SelectionPolicy) -> None:
         self.policy = policy
+        self._share = (1, 1)
         self._seen: dict[str, OrderedDict[bytes, None]] = {}
         self._counts: dict[str, _HourCounts] = {}
+
+    def see_share(self, owned: int, total: int) -> None:
+        """From now on this selector sees ``owned`` of the stream's ``total`` partitions."""
+        if total < 1 or not 0 <= owned <= total:
+            raise ValueError(f"a share is owned/total partitions with 0 <= owned <= total >= 1, got {owned}/{total}")
+        self._share = (owned, total)
 
     def reasons(
         self, msg: ScoredMessage, *, challenger_label: str | None = None, alert: bool = False
@@ -228,9 +240,9 @@ class Selector:
             dropped = DropReason.duplicate
         elif counts.too_late(hour):
             dropped = DropReason.late
-        elif counts.total(hour) >= rules.budget_per_hour:
+        elif counts.total(hour) >= (caps := rules.caps(*self._share))[0]:
             dropped = DropReason.budget
-        elif not exempt and counts.of_label(hour, msg.label) >= rules.class_cap:
+        elif not exempt and counts.of_label(hour, msg.label) >= caps[1]:
             dropped = DropReason.class_balance
         if dropped is not None:
             return Decision(msg.id, task, reasons, dropped=dropped)

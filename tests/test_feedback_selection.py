@@ -102,11 +102,32 @@ def test_budget_and_class_shares_are_never_exceeded(stream, budget: int, share: 
     selected = [d.request for d in decisions if d.request is not None]
     per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected)
     assert all(n <= budget for n in per_hour.values())
-    cap = policy.tasks["sentiment"].class_cap
+    _, cap = policy.tasks["sentiment"].caps()
     balanced = Counter(
         (r.task, hour_of(r.event_time), r.model_label) for r in selected if not EXEMPT & set(r.reasons)
     )
     assert all(n <= cap for n in balanced.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), workers=st.integers(1, 4), partitions=st.integers(1, 6))
+def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budget: int, workers: int, partitions: int):
+    """Each worker reads its own partitions (message i is in partition i % partitions) and keeps its
+    share of the budget; together they never pass it, and one worker with every partition selects
+    exactly what a selector of the whole stream selects."""
+    policy = small_policy(budget)
+    owned = {w: [p for p in range(partitions) if p % workers == w] for w in range(workers)}
+    selected = []
+    for parts in owned.values():
+        selector = Selector(policy)
+        selector.see_share(len(parts), partitions)
+        selected += [d.request for d in run(selector, [x for i, x in enumerate(stream) if i % partitions in parts])]
+    per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected if r is not None)
+    assert all(n <= budget for n in per_hour.values())
+
+    whole = Selector(policy)
+    whole.see_share(partitions, partitions)
+    assert run(whole, stream) == run(Selector(policy), stream)
 
 
 @settings(max_examples=100, deadline=None)
