@@ -18,7 +18,7 @@ from streams.clickhouse import open_store
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
-from tests.fixtures.alerting import merged, scored_bundled_news, scored_news, steady_ticker
+from tests.fixtures.alerting import feed_partition, merged, scored_bundled_news, scored_news, steady_ticker
 
 MIN = timedelta(minutes=1)
 SHOCK_AT = BUNDLED_START + timedelta(hours=24)
@@ -36,14 +36,6 @@ def stream() -> list[TickerEvent]:
     return _stream(SentimentRules())
 
 
-def _run(parts: SentimentPartitions, events: list[TickerEvent], first_offset: int = 0) -> list[str]:
-    alerts = []
-    for offset, e in enumerate(events, start=first_offset):
-        fed = parts.feed(0, offset, e, wall=0.0)
-        alerts += [a.model_dump_json() for a in fed.alerts] if fed else []
-    return alerts
-
-
 def _fresh(rules: SentimentRules) -> SentimentPartitions:
     parts = SentimentPartitions(rules)
     parts.restore(0, None)
@@ -51,20 +43,20 @@ def _fresh(rules: SentimentRules) -> SentimentPartitions:
 
 
 def test_the_stream_alerts_once_on_the_shock(stream):
-    alerts = [json.loads(a) for a in _run(_fresh(SentimentRules()), stream)]
+    alerts = [json.loads(a) for a in feed_partition(_fresh(SentimentRules()), stream)]
     assert [(a["ticker"], a["rule"]) for a in alerts] == [("VGLX", "sentiment_shock")]
 
 
 @pytest.mark.parametrize("stop_at", [0.3, 0.6, "in the shock window"])
 def test_a_checkpoint_restored_mid_stream_carries_on_as_if_nothing_stopped(stream, stop_at):
     rules = SentimentRules()
-    expected = _run(_fresh(rules), stream)
+    expected = feed_partition(_fresh(rules), stream)
     cut = (
         next(i for i, e in enumerate(stream) if e.message_id == "shock-2")
         if stop_at == "in the shock window" else int(len(stream) * stop_at)
     )  # fmt: skip
     before = _fresh(rules)
-    alerts = _run(before, stream[:cut])
+    alerts = feed_partition(before, stream[:cut])
     (checkpoint,) = before.checkpoints()
     assert checkpoint.offset == cut - 1
 
@@ -72,7 +64,7 @@ def test_a_checkpoint_restored_mid_stream_carries_on_as_if_nothing_stopped(strea
     after.restore(0, Checkpoint(0, checkpoint.offset, checkpoint.state))
     # The committed offset lags the checkpoint: the last 50 events come again, and are skipped.
     redelivered = max(cut - 50, 0)
-    alerts += _run(after, stream[redelivered:], first_offset=redelivered)
+    alerts += feed_partition(after, stream[redelivered:], first_offset=redelivered)
     assert alerts == expected
 
 
@@ -125,7 +117,7 @@ def state_store(request: pytest.FixtureRequest):
 def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, stream):
     rules = SentimentRules()
     parts = _fresh(rules)
-    _run(parts, stream[:2000])
+    feed_partition(parts, stream[:2000])
     (big,) = parts.checkpoints()
     states = AlertingStateStore(state_store, "t.by-ticker")
     assert states.load(0) is None
@@ -137,4 +129,4 @@ def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, s
 
     restored = SentimentPartitions(rules)
     restored.restore(0, states.load(0))
-    assert _run(restored, stream[2000:], first_offset=2000) == _run(parts, stream[2000:], first_offset=2000)
+    assert feed_partition(restored, stream[2000:], first_offset=2000) == feed_partition(parts, stream[2000:], first_offset=2000)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.triage_mapping import load_triage_mapping
-from streams.alerting.contracts import Severity, TriageTicket
+from streams.alerting.contracts import Severity
 from streams.alerting.partitions import IntentSpikePartitions
 from streams.alerting.rules import IntentSpikeRule
 from streams.alerting.triage import (
@@ -26,7 +26,7 @@ from streams.alerting.triage import (
     route,
 )
 from streams.contracts import ScoredMessage, SupportMessage
-from tests.fixtures.alerting import DATA, scored
+from tests.fixtures.alerting import DATA, feed_partition, scored
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 INTENTS = json.loads((DATA / "banking77" / "categories.json").read_text())
@@ -150,14 +150,6 @@ def test_intent_spikes_alert_once_and_normal_traffic_does_not():
     assert a.figures["volume"] >= rule.min_volume
 
 
-def _judge(parts: IntentSpikePartitions, tickets: list[TriageTicket], first_offset: int = 0) -> list[str]:
-    alerts = []
-    for offset, t in enumerate(tickets, start=first_offset):
-        fed = parts.feed(0, offset, t, wall=0.0)
-        alerts += [a.model_dump_json() for a in fed.alerts] if fed else []
-    return alerts
-
-
 @pytest.mark.parametrize("stop_at", [0.5, "in the spike"])
 def test_intent_spike_state_restored_mid_stream_carries_on_as_if_nothing_stopped(stop_at):
     """What a worker taking an intent-events partition over does: restore the checkpoint (JSON),
@@ -167,18 +159,18 @@ def test_intent_spike_state_restored_mid_stream_carries_on_as_if_nothing_stopped
     tickets = [route(m, MAPPING, 0.5, source_partition=1) for m in stream]
     uninterrupted = IntentSpikePartitions(rule)
     uninterrupted.restore(0, None)
-    expected = _judge(uninterrupted, tickets)
+    expected = feed_partition(uninterrupted, tickets)
     assert [json.loads(a)["intent"] for a in expected] == ["compromised_card"]
 
     cut = next(i for i, t in enumerate(tickets) if t.message_id == "spike-10") if stop_at == "in the spike" else len(tickets) // 2
     before = IntentSpikePartitions(rule)
     before.restore(0, None)
-    alerts = _judge(before, tickets[:cut])
+    alerts = feed_partition(before, tickets[:cut])
     (checkpoint,) = before.checkpoints()
     after = IntentSpikePartitions(rule)
     after.restore(0, checkpoint)
     redelivered = cut - 30
-    alerts += _judge(after, tickets[redelivered:], first_offset=redelivered)
+    alerts += feed_partition(after, tickets[redelivered:], first_offset=redelivered)
     assert alerts == expected
 
     wider = IntentSpikeRule.model_validate({"window": {"size_minutes": 30}})

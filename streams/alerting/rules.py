@@ -206,6 +206,15 @@ def geometry(rules: SentimentRules | IntentSpikeRule) -> dict:
     return {"window": rules.window.model_dump(), "baseline": rules.baseline.model_dump()}
 
 
+def check_geometry(state: dict, rules: SentimentRules | IntentSpikeRule, what: str) -> None:
+    """Refuse saved ``what`` state built with other window or baseline settings than ``rules``."""
+    if state["geometry"] != geometry(rules):
+        raise RulesError(
+            f"the saved {what} state was built with other window or baseline settings "
+            f"({state['geometry']}); it cannot continue under the current ones"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # The sentiment alerter
 # --------------------------------------------------------------------------------------------
@@ -374,11 +383,7 @@ class SentimentAlerter:
 
     @classmethod
     def from_state(cls, rules: SentimentRules, state: dict) -> SentimentAlerter:
-        if state["geometry"] != geometry(rules):
-            raise RulesError(
-                "the saved sentiment state was built with other window or baseline settings "
-                f"({state['geometry']}); it cannot continue under the current ones"
-            )
+        check_geometry(state, rules, "sentiment")
         alerter = cls(rules)
         alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
         alerter._sentiment.restore(state["sentiment"])

@@ -21,7 +21,7 @@ from streams.alerting.contracts import (
     as_aware,
     sla_breach_id,
 )
-from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, geometry, geometry_changes
+from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, check_geometry, geometry, geometry_changes
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage
 
@@ -214,11 +214,7 @@ class IntentSpikeDetector:
 
     @classmethod
     def from_state(cls, rule: IntentSpikeRule, state: dict) -> IntentSpikeDetector:
-        if state["geometry"] != geometry(rule):
-            raise RulesError(
-                "the saved intent-spike state was built with other window or baseline settings "
-                f"({state['geometry']}); it cannot continue under the current ones"
-            )
+        check_geometry(state, rule, "intent-spike")
         detector = cls(rule)
         detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"])
         detector._volume.restore(state["volume"])
