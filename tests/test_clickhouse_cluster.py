@@ -1,8 +1,8 @@
 """Cluster mode (VIGIL_CLICKHOUSE_CLUSTER): the DDL the real migrations render to.
 
-Running it needs a cluster with ZooKeeper/Keeper (ON CLUSTER and Replicated* both do), which the
-test machines do not have; what can run here does: every rendered statement is parsed by real
-ClickHouse (chdb's formatQuery), and the rewrite is checked against the single-node rendering.
+Every rendered statement is parsed by real ClickHouse (chdb's formatQuery), and the rewrite is
+checked against the single-node rendering. test_clickhouse_cluster_live.py runs the same DDL on a
+real two-shard 18.16 cluster with ZooKeeper.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from streams.clickhouse import MigrationError
-from streams.clickhouse.cluster import cluster_statements
+from streams.clickhouse.cluster import ClusterRewriter, cluster_statements
 from streams.clickhouse.compat import CompatLevel, template_values
-from streams.clickhouse.migrations import load_migrations, rendered_statements
+from streams.clickhouse.migrations import load_migrations, rendered_plan
 from streams.settings import VigilSettings
 
 CLUSTER, DB = "vigil_c", "vigil"
@@ -24,7 +24,7 @@ _TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", re.IGNORECASE)
 
 def _render(level: CompatLevel, cluster: str | None) -> list[str]:
     values = template_values(level, database=DB, ttl_days=30)
-    return [s for m in load_migrations() for s in rendered_statements(m, level, values, cluster)]
+    return [s for _, statements in rendered_plan(load_migrations(), level, values, cluster) for s in statements]
 
 
 def _tables(statements: list[str]) -> dict[str, str]:
@@ -66,14 +66,29 @@ def test_real_clickhouse_parses_every_rendered_cluster_statement(chdb_client):
 
 def test_database_and_alter_statements_go_on_cluster_to_both_tables():
     assert cluster_statements("CREATE DATABASE IF NOT EXISTS v", "c") == ["CREATE DATABASE IF NOT EXISTS v ON CLUSTER c"]
-    assert cluster_statements("ALTER TABLE v.scored ADD COLUMN lang String", "c") == [
+    rewriter = ClusterRewriter("c")
+    _, distributed = rewriter.statements("CREATE TABLE v.scored (id String) ENGINE = MergeTree ORDER BY id")
+    # 18.16 refuses ALTER ON CLUSTER on the Distributed table (internal_replication): a column change
+    # alters the replicated tables and recreates the Distributed one from them, with its engine.
+    assert rewriter.statements("ALTER TABLE v.scored ADD COLUMN lang String") == [
         "ALTER TABLE v.scored_local ON CLUSTER c ADD COLUMN lang String",
-        "ALTER TABLE v.scored ON CLUSTER c ADD COLUMN lang String",
+        "DROP TABLE IF EXISTS v.scored ON CLUSTER c",
+        distributed.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1),
     ]
     # Data changes only make sense on the local tables.
-    assert cluster_statements("ALTER TABLE v.scored DELETE WHERE id = ''", "c") == [
+    assert rewriter.statements("ALTER TABLE v.scored DELETE WHERE id = ''") == [
         "ALTER TABLE v.scored_local ON CLUSTER c DELETE WHERE id = ''"
     ]
+    # A column change of a table no migration created cannot recreate its Distributed table.
+    with pytest.raises(MigrationError):
+        cluster_statements("ALTER TABLE v.other ADD COLUMN lang String", "c")
+
+
+def test_migration_0010_recreates_the_distributed_triage_table():
+    clustered = _render(CompatLevel.legacy_18, CLUSTER)
+    alter = clustered.index(f"ALTER TABLE {DB}.triage_local ON CLUSTER {CLUSTER} ADD COLUMN source_partition Int32 DEFAULT -1")
+    created = _tables(clustered)["triage"]
+    assert clustered[alter + 1: alter + 3] == [f"DROP TABLE IF EXISTS {DB}.triage ON CLUSTER {CLUSTER}", created]
 
 
 @pytest.mark.parametrize("statement", [

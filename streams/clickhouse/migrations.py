@@ -17,7 +17,7 @@ from pathlib import Path
 from streams.settings import REPO_ROOT
 
 from .backends import Backend
-from .cluster import bookkeeping_table, cluster_statements
+from .cluster import ClusterRewriter, bookkeeping_table
 from .compat import CompatLevel, level_for_version, render_sql, template_values
 from .errors import MigrationError
 
@@ -60,20 +60,32 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def rendered_statements(
-    mig: Migration, level: CompatLevel, values: dict[str, str], cluster: str | None = None
-) -> list[str]:
-    """The statements one migration runs: as written for a single node, or rewritten for a cluster."""
-    statements = render_sql(mig.template, level, values)
+def rendered_statements(mig: Migration, level: CompatLevel, values: dict[str, str]) -> list[str]:
+    """The statements one migration runs on a single node."""
+    return render_sql(mig.template, level, values)
+
+
+def rendered_plan(
+    migrations: list[Migration], level: CompatLevel, values: dict[str, str], cluster: str | None = None
+) -> list[tuple[Migration, list[str]]]:
+    """Each migration with the statements it runs: as written for a single node, or rewritten for
+    ``cluster`` by one ClusterRewriter fed every migration in order (a column change re-issues the
+    Distributed CREATE of an earlier migration)."""
     if not cluster:
-        return statements
-    return [out for statement in statements for out in cluster_statements(statement, cluster)]
+        return [(mig, rendered_statements(mig, level, values)) for mig in migrations]
+    rewriter = ClusterRewriter(cluster)
+    return [
+        (mig, [out for statement in rendered_statements(mig, level, values) for out in rewriter.statements(statement)])
+        for mig in migrations
+    ]
 
 
 def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) -> None:
     if cluster:
         backend.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
         backend.execute(bookkeeping_table(database, cluster))
+        # What a migrator on another node recorded may still be on its way to this replica.
+        backend.execute(f"SYSTEM SYNC REPLICA {database}.schema_migrations")
         return
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     backend.execute(
@@ -123,7 +135,7 @@ def migrate(
     }
     report = MigrationReport(level=level)
     values = template_values(level, database=database, ttl_days=ttl_days)
-    for mig in migrations:
+    for mig, statements in rendered_plan(migrations, level, values, cluster):
         if mig.version in applied:
             if applied[mig.version][1] != mig.checksum:
                 raise MigrationError(
@@ -132,7 +144,7 @@ def migrate(
                 )
             report.already_applied.append(mig.name)
             continue
-        for statement in rendered_statements(mig, level, values, cluster):
+        for statement in statements:
             backend.execute(statement)
         backend.insert(
             f"{database}.schema_migrations",

@@ -118,7 +118,12 @@ class TriageStore:
         if (where_params := _ids_filter(among)) is None:
             return set()
         where, params = where_params
-        rows = self._store._query("ticket_acks read", f"SELECT DISTINCT message_id FROM {self._acks} FINAL{where}", params)
+        # GROUP BY, not DISTINCT: through a Distributed table (cluster mode), 18.16 fails DISTINCT with
+        # FINAL and no WHERE where it reads the local replica ("Cannot find column written_time in
+        # source stream"; prefer_localhost_replica=1, the default).
+        rows = self._store._query(
+            "ticket_acks read", f"SELECT message_id FROM {self._acks} FINAL{where} GROUP BY message_id", params
+        )
         return {r[0] for r in rows}
 
     def open_tickets(self, partitions: Iterable[int], priorities: Iterable[str]) -> list[TriageTicket]:

@@ -1,0 +1,252 @@
+"""Cluster mode (VIGIL_CLICKHOUSE_CLUSTER) on a real cluster: ZooKeeper and four clickhouse-server
+18.16 processes, two shards of two replicas (tests/fixtures/clickhouse_cluster.py). The real
+migrations run ON CLUSTER, once and again from every node; the store then writes and reads scored
+rows, alerts, triage tickets, acks and alerting checkpoints through the Distributed tables, and
+each node's local tables show where the rows went: split between the shards, copied to both
+replicas of a shard, a replayed row on the shard of its original, where FINAL collapses it. While
+a shard's first replica is down, writes and reads go to its second, and the first catches up."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from streams.alerting.contracts import (
+    Alert,
+    Severity,
+    TicketAck,
+    TriageTicket,
+    sla_breach_id,
+)
+from streams.alerting.partitions import Checkpoint
+from streams.clickhouse import (
+    ClickHouseStore,
+    ServerBackend,
+    migrate,
+    open_store,
+)
+from streams.clickhouse.alerting_state import AlertingStateStore
+from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.migrations import load_migrations
+from streams.clickhouse.triage_store import QueueSla, TriageStore
+from streams.contracts import Kind, ScoredMessage
+from streams.settings import VigilSettings
+
+if TYPE_CHECKING:
+    from tests.fixtures.clickhouse_cluster import ClickHouseCluster
+
+pytest_plugins = ["tests.fixtures.clickhouse_cluster"]
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = NOW - timedelta(hours=1)
+ALL = [m.name for m in load_migrations()]
+TABLES = {
+    "scored", "dead_letters", "alerts", "label_queue", "feedback", "model_events", "triage", "ticket_acks",
+    "alert_verdicts", "shadow_predictions", "alerting_state",
+}
+
+
+def node_backend(url: str, database: str) -> ServerBackend:
+    return ServerBackend(url, database=database)
+
+
+@pytest.fixture(scope="module")
+def cluster_db(clickhouse_cluster: ClickHouseCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VigilSettings]:
+    """A database migrated through the first node (checked by the first test)."""
+    settings = VigilSettings(
+        data_dir=tmp_path_factory.mktemp("vigil"), clickhouse_url=clickhouse_cluster.nodes[0].url,
+        clickhouse_database=f"c_{uuid.uuid4().hex[:12]}", clickhouse_cluster=clickhouse_cluster.name,
+    )
+    backend = node_backend(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        report = migrate(backend, database=settings.clickhouse_database, ttl_days=30, cluster=settings.clickhouse_cluster)
+    finally:
+        backend.close()
+    assert report.applied == ALL and report.already_applied == []
+    yield settings
+
+
+@pytest.fixture
+def nodes(clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings) -> Iterator[list[ServerBackend]]:
+    """One backend per node, for the local tables."""
+    backends = [node_backend(n.url, cluster_db.clickhouse_database) for n in clickhouse_cluster.nodes]
+    try:
+        yield backends
+    finally:
+        for b in backends:
+            b.close()
+
+
+@pytest.fixture
+def store(cluster_db: VigilSettings) -> Iterator[ClickHouseStore]:
+    st = open_store(cluster_db)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_migrations_create_every_table_on_every_node_and_rerun_from_any_node(
+    clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
+) -> None:
+    db = cluster_db.clickhouse_database
+    for node in nodes:
+        engines = dict(node.query(
+            "SELECT name, engine FROM system.tables WHERE database = {db:String}", {"db": db}
+        ))
+        assert engines == {
+            "schema_migrations": "ReplicatedReplacingMergeTree",
+            **{t: "Distributed" for t in TABLES},
+            **{f"{t}_local": "ReplicatedReplacingMergeTree" for t in TABLES},
+        }
+        # Migration 0010's column is on the replicated table and on the (recreated) Distributed one.
+        for table in ("triage", "triage_local"):
+            columns = dict(node.query(f"SELECT name, type FROM system.columns WHERE database = {{db:String}} "
+                                      f"AND table = '{table}'", {"db": db}))
+            assert columns["source_partition"] == "Int32"
+    # Re-run through every node: schema_migrations is one replicated table across the cluster.
+    for node in clickhouse_cluster.nodes:
+        backend = node_backend(node.url, db)
+        try:
+            again = migrate(backend, database=db, ttl_days=30, cluster=clickhouse_cluster.name)
+        finally:
+            backend.close()
+        assert again.applied == [] and again.already_applied == ALL
+
+
+def msg(i: int) -> ScoredMessage:
+    return ScoredMessage(
+        id=f"n-{i}", kind=Kind.news, text=f"headline {i}", model_name="sentiment", model_version="v1",
+        label="negative" if i % 3 == 0 else "neutral", probs={"positive": 0.25, "negative": 0.25, "neutral": 0.5},
+        confidence=0.5, margin=0.25, entropy=1.04, tickers=["ACME"] if i % 2 else ["BRK.B"], source="wire",
+        content_hash=1000 + i, event_time=T0, ingest_time=T0, scored_time=T0 + timedelta(milliseconds=5),
+        src_partition=0, src_offset=i,
+    )
+
+
+def test_scored_rows_split_between_shards_and_a_replay_collapses_on_its_shard(
+    store: ClickHouseStore, nodes: list[ServerBackend],
+) -> None:
+    batch = [msg(i) for i in range(40)]
+    store.write_scored(batch)
+    replayed = [m.model_copy(update={"label": "positive"}) for m in batch[:10]]  # a replay, re-scored
+    store.write_scored(replayed)
+    table = f"{store.database}.scored"
+    # insert_distributed_sync: both inserts are on their shards when write_scored returns.
+    assert store.backend.query(f"SELECT count() FROM {table}") == [(50,)]
+    assert store.backend.query(f"SELECT count() FROM {table} FINAL") == [(40,)]
+    back = store.fetch_scored(Kind.news, [m.id for m in batch])
+    assert [m.id for m in back] == sorted(m.id for m in batch)
+    labels = {m.id: m.label for m in back}
+    assert all(labels[m.id] == "positive" for m in replayed)  # the latest write wins
+    assert store.existing_content_hashes(Kind.news, ["n-3", "missing"]) == {"n-3": 1003}
+    summary = store.summary(min_ticker_volume=1)
+    assert summary.total_rows == 40
+    assert {t.ticker: t.rows for t in summary.top_negative_tickers} == {"ACME": 20, "BRK.B": 20}
+
+    local = f"{store.database}.scored_local"
+    per_node = []
+    for node in nodes:
+        node.execute(f"SYSTEM SYNC REPLICA {local}")
+        per_node.append(dict(node.query(f"SELECT id, count() FROM {local} GROUP BY id")))
+    # Nodes 0, 1 are shard 1's replicas, nodes 2, 3 shard 2's: each replica holds its shard's rows.
+    assert per_node[0] == per_node[1] and per_node[2] == per_node[3]
+    shards = per_node[0], per_node[2]
+    assert all(shards), "both shards hold rows"
+    assert set(shards[0]).isdisjoint(shards[1])
+    assert set(shards[0]) | set(shards[1]) == {m.id for m in batch}
+    for m in replayed:  # both writes of a replayed row are on one shard, where FINAL collapses them
+        assert sorted(counts.get(m.id, 0) for counts in shards) == [0, 2]
+    # The shard is the sorting key's hash modulo the two (equal-weight) shards.
+    first_shard = {r[0] for r in nodes[3].query(
+        f"SELECT id FROM {table} WHERE cityHash64(kind, id, model_version) % 2 = 0"
+    )}
+    assert first_shard == set(shards[0])
+    # Any node reads the whole table through its Distributed table.
+    for node in nodes:
+        assert node.query(f"SELECT count() FROM {table} FINAL") == [(40,)]
+
+
+def test_alerts_tickets_acks_and_checkpoints_through_the_distributed_tables(store: ClickHouseStore) -> None:
+    level = store.level
+    alert = Alert(
+        id=Alert.make_id("sentiment", "negative_share", "TSLA", T0.isoformat()), kind="sentiment",
+        rule="negative_share", severity=Severity.warning, ticker="TSLA", window_start=T0 - timedelta(minutes=15),
+        window_end=T0, figures={"volume": 20.0}, model_version="v1", created_at=T0,
+    )
+    store.write_alerts([alert])
+    store.write_alerts([alert])  # re-emitted after a replay
+    assert [a.id for a in store.fetch_alerts()] == [alert.id]
+    assert store.fetch_alert(alert.id) == alert.model_copy(update={
+        f: to_stored_time(getattr(alert, f), level) for f in ("window_start", "window_end", "created_at")
+    })
+
+    def ticket(i: int, queue: str, priority: str, due_in_min: float, partition: int) -> TriageTicket:
+        return TriageTicket(
+            message_id=f"s-{i}", text=f"help {i}", intent="lost_or_stolen_card", confidence=0.9, queue=queue,
+            priority=priority, sla_minutes=30, due_at=NOW + timedelta(minutes=due_in_min), human_triage=False,
+            routed_queue=queue, model_version="v1", event_time=NOW - timedelta(minutes=30), source_partition=partition,
+        )
+
+    tickets = [ticket(i, "fraud", "P1", 10 if i % 2 else -10, i % 2) for i in range(1, 13)]
+    tickets.append(ticket(13, "cards", "P3", 60, 0))
+    ts = TriageStore(store)
+    ts.write_tickets(tickets)
+    ts.write_tickets(tickets[:4])  # a replayed batch
+    assert ts.fetch_tickets() == [
+        t.model_copy(update={"event_time": to_stored_time(t.event_time, level), "due_at": to_stored_time(t.due_at, level)})
+        for t in sorted(tickets, key=lambda t: t.message_id)
+    ]
+    assert [t.message_id for t in ts.fetch_tickets(["s-2", "s-9"])] == ["s-2", "s-9"]
+    acks = [TicketAck(message_id=f"s-{i}", by="ana", at=NOW) for i in (1, 2, 3)]
+    ts.write_acks(acks + acks[:1])
+    assert ts.acked_ids() == {"s-1", "s-2", "s-3"}
+    assert ts.acked_ids(["s-1", "s-4"]) == {"s-1"}
+    # Tickets and acks are sharded on the message id alike, so the NOT IN subquery of each shard
+    # (distributed_product_mode=local) sees every ack of its tickets.
+    assert ts.sla_summary(NOW) == [
+        QueueSla(queue="cards", priority="P3", open=1, acked=0, breached=0),
+        QueueSla(queue="fraud", priority="P1", open=4, acked=3, breached=5),
+    ]
+    store.write_alerts([Alert(
+        id=sla_breach_id("s-4"), kind="triage", rule="sla_breach", severity=Severity.critical, intent="x",
+        queue="fraud", created_at=NOW,
+    )])
+    open_p0 = [t.message_id for t in ts.open_tickets([0], ["P1"])]
+    assert sorted(open_p0) == ["s-10", "s-12", "s-6", "s-8"]  # s-2 acked, s-4 escalated
+    assert ts.last_routed([1])[0] == to_stored_time(NOW - timedelta(minutes=30), level)  # type: ignore[index]
+
+    states = AlertingStateStore(store, "ticker-events")
+    states.save([Checkpoint(0, 10, "{}"), Checkpoint(1, 7, "{}")])
+    states.save([Checkpoint(0, 25, '{"w": 1}')])
+    assert states.load(0) == Checkpoint(0, 25, '{"w": 1}')
+    assert states.load(1) == Checkpoint(1, 7, "{}")
+    assert states.load(2) is None
+
+
+def test_a_shard_whose_first_replica_is_down_is_written_and_read_on_the_other(
+    clickhouse_cluster: ClickHouseCluster, store: ClickHouseStore,
+) -> None:
+    batch = [msg(i) for i in range(100, 120)]  # some rows of it belong to each shard
+    first, second = clickhouse_cluster.shards[1]
+    ids = [m.id for m in batch]
+    with first.down():
+        # load_balancing=in_order: the insert and the reads fail over to the second replica alike.
+        assert store.write_scored(batch) == len(batch)
+        assert [m.id for m in store.fetch_scored(Kind.news, ids)] == sorted(ids)
+    # Back up, the first replica fetches what it missed from the second.
+    local = f"{store.database}.scored_local"
+    query = f"SELECT id FROM {local} WHERE id IN {{ids:Array(String)}}"
+    replicas = [node_backend(n.url, store.database) for n in (first, second)]
+    try:
+        on_shard = {r[0] for r in replicas[1].query(query, {"ids": ids})}
+        assert on_shard, "shard 2 holds some of the batch"
+        replicas[0].execute(f"SYSTEM SYNC REPLICA {local}")
+        assert {r[0] for r in replicas[0].query(query, {"ids": ids})} == on_shard
+    finally:
+        for b in replicas:
+            b.close()
