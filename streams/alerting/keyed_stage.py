@@ -66,11 +66,11 @@ class KeyedStage:
                          f"restored at offset {checkpoint.offset}" if checkpoint else "no checkpoint, starting fresh")
             self._pending.append((stream, event))
             try:
-                event = self._event_type.model_validate_json(msg.value)
+                keyed = self._event_type.model_validate_json(msg.value)
             except ValidationError as exc:
                 log.error("skipping a %s record that is not a %s: %s", self._topic, self._event_type.__name__, exc)
                 continue
-            fed = self._parts.feed(msg.partition, msg.offset, event, wall)
+            fed = self._parts.feed(msg.partition, msg.offset, keyed, wall)
             if fed is None:
                 continue
             if fed.too_late:

@@ -65,7 +65,7 @@ R = TypeVar("R")
 
 @dataclass(slots=True)
 class _Partition:
-    alerter: Judge
+    judge: Judge
     clock: IdleClock
     offset: int = -1
     # (key, message id) -> event time, for as long as a copy could still land in a window
@@ -112,7 +112,7 @@ class AlertPartitions(ABC, Generic[E, R]):
         if checkpoint is not None:
             state = json.loads(checkpoint.state)
             try:
-                part.alerter = self._judge_from_state(self._rules, state["alerter"])
+                part.judge = self._judge_from_state(self._rules, state["alerter"])
             except RulesError as exc:
                 log.warning("%s partition %d starts with fresh windows and baselines: %s", self.name, partition, exc)
             else:
@@ -137,7 +137,7 @@ class AlertPartitions(ABC, Generic[E, R]):
         if key in part.seen:
             return None
         part.clock.observe(event.event_time, wall)
-        fed = part.alerter.feed_event(event)
+        fed = part.judge.feed_event(event)
         if not fed.too_late:
             part.seen[key] = event.event_time
         return fed
@@ -147,7 +147,7 @@ class AlertPartitions(ABC, Generic[E, R]):
         alerts: list[Alert] = []
         for part in self._parts.values():
             if (now := part.clock.idle_now(wall)) is not None:
-                alerts += part.alerter.advance(now)
+                alerts += part.judge.advance(now)
                 part.dirty = True
         return alerts
 
@@ -158,7 +158,7 @@ class AlertPartitions(ABC, Generic[E, R]):
             if part.dirty:
                 self._forget_seen(part)
                 state = {
-                    "alerter": part.alerter.to_state(),
+                    "alerter": part.judge.to_state(),
                     "seen": [[t, m, at.isoformat()] for (t, m), at in part.seen.items()],
                 }
                 out.append(Checkpoint(p, part.offset, json.dumps(state, separators=(",", ":"))))
@@ -173,13 +173,13 @@ class AlertPartitions(ABC, Generic[E, R]):
     def swap_rules(self, rules: R) -> None:
         """New thresholds for every partition at once (geometry changes raise RulesError)."""
         for part in self._parts.values():
-            part.alerter.swap_rules(rules)
+            part.judge.swap_rules(rules)
         self._rules = rules
 
     def _forget_seen(self, part: _Partition) -> None:
         # An event older than the watermark minus the windows' reach would be refused as late, so
         # its id no longer needs remembering.
-        if (mark := part.alerter.watermark) is not None:
+        if (mark := part.judge.watermark) is not None:
             cut = mark - self._reach
             part.seen = {k: t for k, t in part.seen.items() if t >= cut}
 
