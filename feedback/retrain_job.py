@@ -266,7 +266,8 @@ def _train_and_judge(
 
     cfg = RetrainConfig(epochs=settings.retrain_epochs, lr=settings.retrain_lr, head_lr=settings.retrain_head_lr,
                         batch_size=settings.retrain_batch_size, max_length=max_length,
-                        replay_size=settings.retrain_replay_size, seed=settings.retrain_seed)
+                        replay_size=settings.retrain_replay_size,
+                        corrections_share=settings.retrain_corrections_share, seed=settings.retrain_seed)
     result = fine_tune(champion, champ_dir, [(c.text, y) for c, y in train_items], cfg,
                        data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir, gold=gold,
                        device=settings.device, cpu_threads=settings.cpu_threads, extra_config={"dropped_annotators": screened.dropped,

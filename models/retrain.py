@@ -48,6 +48,9 @@ class RetrainConfig(BaseModel):
     max_length: int = Field(128, ge=8, le=512)
     grad_clip: float = Field(1.0, gt=0)
     replay_size: int = Field(2000, ge=0)
+    corrections_share: float = Field(
+        0.5, ge=0, lt=1, description="Least share of each epoch that is corrections: they are repeated "
+        "(whole) until they make up this much of the mix with the replay sample. 0: each once.")
     seed: int = 0
 
 
@@ -89,6 +92,16 @@ def replay_sample(card: ModelCard, data_dir: Path, n: int, seed: int) -> list[Ro
     origin = data_origin(card)
     split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
     return cap_rows(split.train, n, seed) if n else []
+
+
+def corrections_repeats(n_corrections: int, n_replay: int, share: float) -> int:
+    """How many times each correction goes into an epoch so that corrections make up at least
+    ``share`` of it: a few hundred corrections next to thousands of replay rows would otherwise
+    be a small minority of every batch, and the model would barely move towards them."""
+    if n_corrections == 0 or n_replay == 0 or share <= 0:
+        return 1
+    # rounded first: 0.3 * 7 / 0.7 is 3.0000000000000004 in floats, and must stay 3
+    return max(1, math.ceil(round(share * n_replay / ((1 - share) * n_corrections), 9)))
 
 
 def corrections_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -154,7 +167,8 @@ def fine_tune(
     if not corrections:
         raise RetrainError("no corrections to train on")
     replay = replay_sample(champion, data_dir, cfg.replay_size, cfg.seed)
-    rows = [Row(t, y, CORRECTIONS_SOURCE) for t, y in corrections] + replay
+    repeats = corrections_repeats(len(corrections), len(replay), cfg.corrections_share)
+    rows = [Row(t, y, CORRECTIONS_SOURCE) for t, y in corrections] * repeats + replay
 
     dev = pick_device(device)
     if dev.type == "cpu":
@@ -214,6 +228,7 @@ def fine_tune(
             "corrections": n_corr,
             "corrections_fingerprint": corrections_fingerprint(corrections),
             "replay_rows": len(replay),
+            "corrections_repeats": repeats,
             "gold_fingerprint": gold.fingerprint,
             "device": str(dev),
             **(extra_config or {}),

@@ -203,6 +203,9 @@ class VigilSettings(BaseSettings):
         0.25, gt=0, lt=1, description="Share of the newest corrections held out to judge the challenger.")
     retrain_replay_size: int = Field(
         2000, ge=0, description="Rows of the original training data mixed in against forgetting.")
+    retrain_corrections_share: float = Field(
+        0.5, ge=0, lt=1, description="Least share of each retraining epoch that is corrections: they are "
+        "repeated until they make up this much of the mix with the replay sample (0: each once).")
     retrain_epochs: int = Field(3, ge=1)
     retrain_lr: float = Field(3e-5, gt=0, description="Encoder LR when fine-tuning from the champion.")
     retrain_head_lr: float = Field(3e-4, gt=0)

@@ -16,7 +16,7 @@ from feedback.retrain_job import Outcome, check_trigger, run_retrain
 from feedback.store import open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.registry import ModelRegistry
-from models.retrain import gold_set
+from models.retrain import corrections_repeats, gold_set
 from models.tasks import get_task
 from streams.clickhouse import open_store
 from streams.settings import REPO_ROOT, VigilSettings
@@ -81,6 +81,7 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     assert card.parent_version == "v1"
     cfg = card.training_config
     assert cfg["fine_tuned_from"] == "v1" and cfg["corrections"] == 300 and cfg["replay_rows"] == 96
+    assert cfg["corrections_repeats"] == 1 and card.metrics.model_dump()["train_rows"] == 396
     assert cfg["corrections_fingerprint"].startswith("sha256:")
     assert cfg["gold_fingerprint"] == gold_set(registry.card("sentiment", "v1"), settings.bundled_data_dir,
                                                settings.gold_cap).fingerprint
@@ -96,6 +97,17 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     again = run_retrain(settings, "sentiment", store)
     assert again.outcome is Outcome.skipped and "no new corrections" in again.reason
     assert len(store.fetch_model_events("sentiment")) == 2
+
+
+def test_corrections_are_repeated_until_they_make_their_share_of_the_epoch():
+    assert corrections_repeats(375, 1000, 0.5) == 3  # 1,125 corrections rows next to 1,000 replayed
+    assert corrections_repeats(375, 1000, 0.75) == 8
+    assert corrections_repeats(300, 96, 0.5) == 1  # already the majority: each once
+    assert corrections_repeats(375, 1000, 0.0) == 1  # off
+    assert corrections_repeats(375, 0, 0.5) == 1  # no replay
+    for n, replay, share in [(20, 2000, 0.5), (375, 1000, 0.6), (1, 7, 0.3)]:
+        k = corrections_repeats(n, replay, share)
+        assert k * n / (k * n + replay) >= share > (k - 1) * n / ((k - 1) * n + replay)
 
 
 def test_too_few_corrections_do_not_trigger(loop):
