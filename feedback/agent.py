@@ -13,8 +13,9 @@ offsets by hand (``noack_take``). A replay re-selects the same item ids (uuid5 o
 model version), and the store never duplicates or reopens a queued item, so label_queue shows each
 item once; the label-requests topic is at least once, keyed by item id.
 
-Selector and monitor state is in memory (bounded): a restart forgets the hour's budget use, the
-fingerprints of recent texts and the drift windows. With several workers each selects from its
+Selector and monitor state is in memory (bounded). Before its first batch the selector reads back
+what the label queue holds from its kept hours, so a restart neither re-spends an hour's budget
+nor re-queues a text; the drift windows start empty. With several workers each selects from its
 own partitions of the scored topic and keeps that share of the hourly budget, so together they
 keep the budget; near-duplicates are collapsed within a worker's share only.
 Support text on the scored topic is already PII-masked; requests mask it again (a no-op there).
@@ -27,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import faust
@@ -97,6 +98,8 @@ class FeedbackProcessor:
         self._retry_max_s = retry_max_s
         self._watchdog = watchdog
         self._clock = clock
+        self._remembered = False
+        self._remembering = asyncio.Lock()
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await until_stored(
@@ -104,7 +107,20 @@ class FeedbackProcessor:
             retry_max_s=self._retry_max_s,
         )
 
+    async def remember_selections(self) -> None:
+        """Once, before the first batch: the label queue's items of the selector's kept hours."""
+        async with self._remembering:  # the scored and alerts agents both select
+            if self._remembered:
+                return
+            since = self._clock() - timedelta(hours=self.selector.policy.hours_kept)
+            taken = self.selector.remember(
+                await self._durably("reading recent selections", self._feedback.fetch_selections, since)
+            )
+            self._remembered = True
+        log.info("label selection: took %d items queued since %s as its history", taken, since.isoformat())
+
     async def on_scored(self, values: Sequence[bytes]) -> list[LabelRequest]:
+        await self.remember_selections()
         now = self._clock()
         requests, events = [], []
         for msg in decode_all(ScoredMessage, values, "scored"):
@@ -120,6 +136,7 @@ class FeedbackProcessor:
         return requests
 
     async def on_alerts(self, values: Sequence[bytes]) -> list[LabelRequest]:
+        await self.remember_selections()
         now = self._clock()
         requests = []
         for alert in decode_all(Alert, values, "alerts"):

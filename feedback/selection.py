@@ -20,7 +20,8 @@ Candidates then pass, in order:
 A selector that sees only part of the stream (a worker reading k of the scored topic's n
 partitions) keeps k/n of each hour's budget (``see_share``), so the workers together keep the
 task's budget. State is in memory and bounded; a fresh selector fed the same messages decides the
-same way.
+same way. A restarted one takes what was queued before it as its history (``remember``), so it
+neither spends an hour's budget again nor queues a text again.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import hashlib
 import math
 import re
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,6 +102,15 @@ def policy_from_settings(settings: VigilSettings) -> SelectionPolicy:
         audit_rate=settings.feedback_audit_rate,
         dedup_memory=settings.feedback_dedup_memory,
     )
+
+
+class PastSelection(NamedTuple):
+    """An item queued before this selector started, as the label queue holds it."""
+
+    task: str
+    event_time: datetime
+    label: str
+    text: str
 
 
 class DropReason(StrEnum):
@@ -172,10 +184,10 @@ class _HourCounts:
     def of_label(self, hour: datetime, label: str) -> int:
         return self._by_label.get(hour, {}).get(label, 0)
 
-    def add(self, hour: datetime, label: str) -> None:
-        self._totals[hour] = self._totals.get(hour, 0) + 1
+    def add(self, hour: datetime, label: str, n: int = 1) -> None:
+        self._totals[hour] = self._totals.get(hour, 0) + n
         labels = self._by_label.setdefault(hour, {})
-        labels[label] = labels.get(label, 0) + 1
+        labels[label] = labels.get(label, 0) + n
         if self._newest is None or hour > self._newest:
             self._newest = hour
             horizon = hour - timedelta(hours=self._hours_kept)
@@ -197,6 +209,27 @@ class Selector:
         if total < 1 or not 0 <= owned <= total:
             raise ValueError(f"a share is owned/total partitions with 0 <= owned <= total >= 1, got {owned}/{total}")
         self._share = (owned, total)
+
+    def remember(self, past: Iterable[PastSelection]) -> int:
+        """Take items queued before this selector started (oldest first) as its own history: their
+        texts' fingerprints, and their hour counts scaled to this selector's share of the stream
+        (set the share first). Returns how many items it took."""
+        owned, total = self._share
+        tally: Counter[tuple[str, datetime, str]] = Counter()
+        for item in past:
+            tally[item.task, hour_of(item.event_time), item.label] += 1
+            self._remember_text(item.task, fingerprint(item.text))
+        for (task, hour, label), n in tally.items():
+            if scaled := n * owned // total:
+                self._counts.setdefault(task, _HourCounts(self.policy.hours_kept)).add(hour, label, scaled)
+        return sum(tally.values())
+
+    def _remember_text(self, task: str, print_: bytes) -> None:
+        seen = self._seen.setdefault(task, OrderedDict())
+        seen[print_] = None
+        seen.move_to_end(print_)
+        while len(seen) > self.policy.dedup_memory:
+            seen.popitem(last=False)
 
     def reasons(
         self, msg: ScoredMessage, *, challenger_label: str | None = None, alert: bool = False
@@ -248,10 +281,7 @@ class Selector:
             return Decision(msg.id, task, reasons, dropped=dropped)
 
         counts.add(hour, msg.label)
-        seen[print_] = None
-        seen.move_to_end(print_)
-        while len(seen) > self.policy.dedup_memory:
-            seen.popitem(last=False)
+        self._remember_text(task, print_)
         return Decision(msg.id, task, reasons, request=to_request(msg, task, reasons, now, challenger_label, alert_id))
 
 

@@ -23,6 +23,7 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
+from feedback.selection import PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
 from streams.clickhouse.compat import to_stored_time
 from streams.clickhouse.migrations import schema_level
@@ -238,6 +239,17 @@ class FeedbackStore:
             {"id": item_id},
         )
         return queue_item_from_row(dict(zip(QUEUE_COLUMNS, rows[0], strict=True))) if rows else None
+
+    def fetch_selections(self, since: datetime) -> list[PastSelection]:
+        """Every item selected at or after ``since`` (whole seconds), oldest first, as the selector
+        counts it: what a restarted worker's selector takes as its history."""
+        rows = self._query(
+            "label-queue selections read",
+            f"SELECT task, event_time, model_label, text FROM {self.database}.label_queue FINAL "
+            "WHERE selected_at >= {since:DateTime} ORDER BY selected_at, item_id",
+            {"since": _utc(since).strftime("%Y-%m-%d %H:%M:%S")},
+        )
+        return [PastSelection(task, _utc(t), label, text) for task, t, label, text in rows]
 
     def queue_stats(self, task: str | None = None) -> dict[str, int]:
         """Items per state (every state present, 0 when none)."""

@@ -12,6 +12,7 @@ from feedback.contracts import SelectionReason
 from feedback.selection import (
     Decision,
     DropReason,
+    PastSelection,
     SelectionPolicy,
     Selector,
     TaskPolicy,
@@ -128,6 +129,19 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
     whole = Selector(policy)
     whole.see_share(partitions, partitions)
     assert run(whole, stream) == run(Selector(policy), stream)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), cut=st.floats(0, 1))
+def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_stopped(stream, budget: int, cut: float):
+    policy = small_policy(budget)
+    expected = run(Selector(policy), stream)
+    at = int(len(stream) * cut)
+    before = run(Selector(policy), stream[:at])
+    restarted = Selector(policy)
+    queued = [d.request for d in before if d.request is not None]
+    assert restarted.remember(PastSelection(r.task, r.event_time, r.model_label, r.text) for r in queued) == len(queued)
+    assert before + run(restarted, stream[at:]) == expected
 
 
 @settings(max_examples=100, deadline=None)

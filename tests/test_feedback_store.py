@@ -17,6 +17,7 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
+from feedback.selection import PastSelection
 from feedback.store import FeedbackSchemaMissing, FeedbackStore, open_feedback_store
 from streams.clickhouse import CompatLevel, StorageUnavailable, open_store
 from streams.clickhouse.compat import to_stored_time
@@ -136,6 +137,21 @@ def test_a_second_reason_joins_an_open_item_but_never_reopens_one(fstore: Feedba
     got_b = fstore.fetch_item(b.item_id)
     assert got_b is not None and got_b.state is ItemState.leased and got_b.request.reasons == [SelectionReason.uncertain]
     assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 0, "skipped": 0}
+
+
+def test_selections_since_are_what_a_restarted_selector_remembers(fstore: FeedbackStore) -> None:
+    fstore.write_requests([
+        request(1, selected=T0 - timedelta(minutes=10)),
+        request(2, task="triage", model_label="lost_or_stolen_card", selected=T0 + timedelta(seconds=2)),
+        request(3, selected=T0 + timedelta(seconds=1)),
+    ])
+    fstore.write_requests([request(3, selected=T0 + timedelta(seconds=1))])  # a replay: still one
+    got = fstore.fetch_selections(T0)
+    assert got == [
+        PastSelection("sentiment", stored(T0, fstore), "negative", request(3).text),
+        PastSelection("triage", stored(T0, fstore), "lost_or_stolen_card", request(2).text),
+    ]
+    assert len(fstore.fetch_selections(T0 - timedelta(hours=1))) == 3
 
 
 def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> None:
