@@ -1,5 +1,6 @@
 """The triage tables (migrations 0005, 0010): routed tickets, their acknowledgements, the per-queue,
-per-priority SLA summary, and the open urgent tickets a worker takes over with a partition. A thin companion to ClickHouseStore, sharing its backend and retries."""
+per-priority SLA summary, and the open urgent tickets a worker takes over with a partition. A thin
+companion to ClickHouseStore, sharing its backend and retries."""
 
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ class TriageStore:
         )
         unacked = [ticket_from_row(dict(zip(TICKET_COLUMNS, r, strict=True))) for r in rows]
         breach_ids = {sla_breach_id(t.message_id): t.message_id for t in unacked}
-        escalated = set()
+        escalated: set[str] = set()
         if breach_ids:
             found = self._store._query(
                 "escalations read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
