@@ -4,6 +4,7 @@ clickhouse-server 18.16 ('legacy-18'). Needs ``tests.fixtures.clickhouse`` regis
 from __future__ import annotations
 
 import logging
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from streams.clickhouse import (
     open_store,
 )
 from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.migrations import MIGRATIONS_DIR
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage, ShadowPrediction
 from streams.settings import VigilSettings
 
@@ -51,6 +53,26 @@ def store(settings: VigilSettings):
         yield st
     finally:
         st.close()
+
+
+def test_a_column_another_process_added_first_counts_as_applied(settings: VigilSettings, tmp_path) -> None:
+    """Two workers starting together both see an ADD COLUMN migration pending; the second finds
+    the column there (18.16 has no ADD COLUMN IF NOT EXISTS) and must carry on, not fail to start."""
+    shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations")
+    backend = connect(settings)
+    db = settings.clickhouse_database
+    try:
+        migrate(backend, database=db, ttl_days=30, directory=tmp_path / "migrations")
+        (tmp_path / "migrations" / "0099_extra.sql").write_text(
+            "ALTER TABLE ${db}.triage ADD COLUMN extra_col Int32 DEFAULT 0\n;\n"
+        )
+        backend.execute(f"ALTER TABLE {db}.triage ADD COLUMN extra_col Int32 DEFAULT 0")  # the other worker
+        report = migrate(backend, database=db, ttl_days=30, directory=tmp_path / "migrations")
+        assert report.applied == ["0099_extra"]
+        recorded = backend.query(f"SELECT name FROM {db}.schema_migrations FINAL WHERE version = 99")
+        assert recorded == [("0099_extra",)]
+    finally:
+        backend.close()
 
 
 def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, caplog) -> None:

@@ -19,7 +19,7 @@ from streams.settings import REPO_ROOT
 from .backends import Backend
 from .cluster import ClusterRewriter, bookkeeping_table
 from .compat import CompatLevel, level_for_version, render_sql, template_values
-from .errors import MigrationError
+from .errors import MigrationError, QueryFailed
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,22 @@ def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) ->
     )
 
 
+_ADD_COLUMN = re.compile(r"\bADD\s+COLUMN\s+(\w+)", re.IGNORECASE)
+
+
+def _apply(backend: Backend, statement: str) -> None:
+    """Run one statement. A column that is already there was added by a worker migrating at the
+    same moment (or by a run that stopped before recording the migration): 18.16 has no
+    ``ADD COLUMN IF NOT EXISTS``, so that error means done."""
+    try:
+        backend.execute(statement)
+    except QueryFailed as exc:
+        added = _ADD_COLUMN.search(statement)
+        if added is None or "already exists" not in str(exc):
+            raise
+        log.info("column %s is already there: another process applied this migration", added.group(1))
+
+
 def schema_level(backend: Backend, database: str) -> CompatLevel | None:
     """The level the existing schema was created at, or None before the first migration."""
     rows = backend.query(
@@ -145,7 +161,7 @@ def migrate(
             report.already_applied.append(mig.name)
             continue
         for statement in statements:
-            backend.execute(statement)
+            _apply(backend, statement)
         backend.insert(
             f"{database}.schema_migrations",
             ("version", "name", "level", "checksum", "applied_at"),
