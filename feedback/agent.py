@@ -15,9 +15,14 @@ item once; the label-requests topic is at least once, keyed by item id.
 
 Selector and monitor state is in memory (bounded). Before its first batch the selector reads back
 what the label queue holds from its kept hours, so a restart neither re-spends an hour's budget
-nor re-queues a text; the drift windows start empty. With several workers each selects from its
-own partitions of the scored topic and keeps that share of the hourly budget, so together they
-keep the budget; near-duplicates are collapsed within a worker's share only.
+nor re-queues a text. Likewise, before a task's first scored message (and its first audit label)
+its drift monitors replay from ClickHouse, without events, up to ``VIGIL_DRIFT_WARM_START`` of the
+messages its model version scored (of the audit labels) before that batch, so a change already
+under way is still seen; the batch and what follows are read live, not twice. That history is every
+partition's: stored rows keep the raw topic's partition, not the scored topic's that a worker owns.
+With several workers each selects from its own partitions of the scored topic and keeps that
+share of the hourly budget, so together they keep the budget; near-duplicates are collapsed
+within a worker's share only.
 Support text on the scored topic is already PII-masked; requests mask it again (a no-op there).
 """
 
@@ -29,13 +34,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import faust
 from faust.types import StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
-from feedback.contracts import Correction, LabelRequest, ModelEvent
+from feedback.contracts import Correction, LabelRequest, ModelEvent, Task
 from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
@@ -85,6 +91,7 @@ class FeedbackProcessor:
         io_executor: ThreadPoolExecutor,
         retry_max_s: float,
         watchdog: ProgressWatchdog,
+        warm_start: int,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.selector = selector
@@ -100,6 +107,10 @@ class FeedbackProcessor:
         self._clock = clock
         self._remembered = False
         self._remembering = asyncio.Lock()
+        self._warm_start = warm_start
+        self._warmed_scored: set[Task] = set()
+        self._warmed_audit: set[Task] = set()
+        self._warming = asyncio.Lock()
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await until_stored(
@@ -119,11 +130,49 @@ class FeedbackProcessor:
             self._remembered = True
         log.info("label selection: took %d items queued since %s as its history", taken, since.isoformat())
 
+    async def warm_scored(self, messages: Sequence[ScoredMessage]) -> None:
+        """Before each task's first scored message here: its monitors replay the stored messages the
+        version now scoring it scored before this batch."""
+        if not self._warm_start:
+            return
+        async with self._warming:  # one read per task even if agents were to overlap
+            for kind in dict.fromkeys(m.kind for m in messages):
+                task = TASK_OF_KIND[kind]
+                if task in self._warmed_scored:
+                    continue
+                batch = [m for m in messages if m.kind is kind]
+                version, before = batch[0].model_version, min(m.scored_time for m in batch)
+                history = await self._durably("reading scored history", partial(
+                    self._store.fetch_recent_scored, kind, version, before=before, limit=self._warm_start
+                ))
+                replayed = self._drift.warm_scored(task, version, history)
+                self._warmed_scored.add(task)
+                log.info("drift: %s model %s starts from its last %d scored messages before %s",
+                         task, version, replayed, before.isoformat())
+
+    async def warm_audit(self, task: Task, version: str, before: datetime) -> None:
+        """Before a task's first audit label here: its audited-error monitor replays the stored
+        labels of that version's audit items made before this batch."""
+        if not self._warm_start:
+            return
+        async with self._warming:
+            if task in self._warmed_audit:
+                return
+            history = await self._durably("reading audit history", partial(
+                self._feedback.fetch_audit_corrections, task, version, before=before, limit=self._warm_start
+            ))
+            replayed = self._drift.warm_audit(task, version, history)
+            self._warmed_audit.add(task)
+        log.info("drift: %s model %s starts from its last %d audit labels before %s",
+                 task, version, replayed, before.isoformat())
+
     async def on_scored(self, values: Sequence[bytes]) -> list[LabelRequest]:
         await self.remember_selections()
+        messages = decode_all(ScoredMessage, values, "scored")
+        await self.warm_scored(messages)
         now = self._clock()
         requests, events = [], []
-        for msg in decode_all(ScoredMessage, values, "scored"):
+        for msg in messages:
             challenger = msg.shadow.label if msg.shadow is not None else None
             decision = self.selector.decide(msg, now, challenger_label=challenger)
             if decision.request is not None:
@@ -169,13 +218,16 @@ class FeedbackProcessor:
 
     async def on_corrections(self, values: Sequence[bytes]) -> list[ModelEvent]:
         events = []
-        for c in decode_all(Correction, values, "corrections"):
+        corrections = decode_all(Correction, values, "corrections")
+        for c in corrections:
             self._metrics.corrections.labels(c.task, c.source.value).inc()
             if c.item_id is None:
                 continue
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
             wrong = audit_error(c, item)
             if item is not None and wrong is not None:
+                first = min(x.created_at for x in corrections)
+                await self.warm_audit(item.request.task, item.request.model_version, first)
                 events += self._drift.observe_audit(item.request.task, item.request.model_version, wrong, c.created_at)
         await self.emit(events)
         return events
@@ -233,6 +285,7 @@ def register_feedback(
         io_executor=io_executor,
         retry_max_s=settings.clickhouse_retry_max_s,
         watchdog=watchdog,
+        warm_start=settings.drift_warm_start,
     )
 
     def batches(handle: Callable[[Sequence[bytes]], Any], name: str) -> Callable[[StreamT], Any]:

@@ -15,11 +15,14 @@ figure understates a change at first.
 Monitors belong to one (task, model version): a new model starts fresh, so a hot swap is not
 mistaken for drift. After an event a monitor keeps quiet for ``cooldown`` observations, so one
 shift gives one event rather than one per adjustment of the window.
+A restarted worker warms its monitors with the history it lost (``warm_scored``, ``warm_audit``):
+replayed like live observations but without events, which were reported when they happened.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -185,3 +188,33 @@ class DriftMonitor:
     def observe_audit(self, task: Task, model_version: str, wrong: bool, when: datetime) -> list[ModelEvent]:
         """A person's label for an audit-sample item: ``wrong`` when it differs from the model's."""
         return self._for(self._audited, task, model_version).audited(wrong, when)
+
+    def warm_scored(
+        self, task: Task, model_version: str, history: Iterable[tuple[str, float, datetime]]
+    ) -> int:
+        """Start ``task``'s scored monitors for ``model_version`` from ``history`` ((label,
+        confidence, event time), oldest first), replacing what they held; returns how many were
+        replayed. No events: the windows, label-mix blocks and cooldowns end as live observation
+        would have left them, so a change under way is found at the same point as without a restart."""
+        monitors = self._scored[task] = _TaskMonitors(task, model_version, self.config)
+        replayed = 0
+        for label, confidence, when in history:
+            monitors.scored(label, confidence, when)
+            replayed += 1
+        return replayed
+
+    def warm_audit(
+        self, task: Task, model_version: str, history: Iterable[tuple[Correction, QueueItem]]
+    ) -> int:
+        """Start ``task``'s audited-error monitor for ``model_version`` from ``history`` (corrections
+        with their items, oldest first), replacing what it held, as ``warm_scored`` does; only
+        corrections of that version's audit items count. Returns how many were replayed."""
+        monitors = self._audited[task] = _TaskMonitors(task, model_version, self.config)
+        replayed = 0
+        for correction, item in history:
+            wrong = audit_error(correction, item)
+            if wrong is None or item.request.model_version != model_version:
+                continue
+            monitors.audited(wrong, correction.created_at)
+            replayed += 1
+        return replayed

@@ -288,6 +288,42 @@ class FeedbackStore:
         )
         return [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in rows]
 
+    def fetch_audit_corrections(
+        self, task: str, model_version: str, *, before: datetime, limit: int
+    ) -> list[tuple[Correction, QueueItem]]:
+        """The last ``limit`` corrections created before ``before`` (whole seconds) of ``task``'s
+        random-audit items that ``model_version`` scored, each with its item, oldest first: the
+        history a restarted worker's audited-error monitor takes."""
+        cols = ", ".join(FEEDBACK_COLUMNS)
+        audit_items = (
+            f"SELECT item_id FROM (SELECT item_id, model_version, reasons FROM {self.database}.label_queue FINAL "
+            "WHERE task = {task:String}) WHERE model_version = {version:String} AND has(reasons, {audit:String})"
+        )
+        rows = self._query(
+            "audit corrections read",
+            f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.feedback FINAL WHERE task = {{task:String}}) "
+            f"WHERE created_at < toDateTime({{before:String}}, 'UTC') AND item_id IN ({audit_items}) "
+            "ORDER BY created_at DESC, correction_id DESC LIMIT {limit:UInt64}",
+            {"task": task, "version": model_version, "audit": SelectionReason.audit.value,
+             "before": _utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
+        )
+        corrections = [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in reversed(rows)]
+        if not corrections:
+            return []
+        qcols = ", ".join(QUEUE_COLUMNS)
+        items = {
+            item.request.item_id: item
+            for item in (
+                queue_item_from_row(dict(zip(QUEUE_COLUMNS, row, strict=True)))
+                for row in self._query(
+                    "label-queue read",
+                    f"SELECT {qcols} FROM {self.database}.label_queue FINAL WHERE item_id IN {{ids:Array(String)}}",
+                    {"ids": sorted({c.item_id for c in corrections if c.item_id})},
+                )
+            )
+        }
+        return [(c, item) for c in corrections if (item := items.get(c.item_id or "")) is not None]
+
     # --- model events ---------------------------------------------------------------------------
 
     def write_model_events(self, events: Sequence[ModelEvent]) -> int:

@@ -134,6 +134,10 @@ class VigilSettings(BaseSettings):
     feedback_dedup_memory: int = Field(
         50_000, ge=1, description="Selected-text fingerprints remembered per task for near-duplicate collapse."
     )
+    drift_warm_start: int = Field(
+        5000, ge=0, description="Stored scored messages (and audit labels) per task a restarted worker's drift "
+        "monitors replay before going on; 0: they start empty."
+    )
 
     # --- labelling UI and API (feedback/web.py) ----------------------------------------------
     ui_host: str = Field("127.0.0.1", description="`vigil label-ui` / `vigil up` serve the labelling UI here.")

@@ -8,13 +8,15 @@ and why, and checks the label-requests topic and the label_queue table against i
 worker in a new consumer group replays every topic from the start: it takes the queue as its
 selector's history, so only alert evidence (exempt from de-duplication) is requested again, under
 the same item ids, and nothing new appears in the queue. Thresholds come from scoring the texts with the same tiny model first, so some messages are
-uncertain and some are not whatever the model learned.
+uncertain and some are not whatever the model learned. Last, that worker restarts and a new
+message comes: its drift monitors start from the news v1 scored before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,6 +145,15 @@ async def _score_all(settings: VigilSettings, messages: list[OutgoingMessage]) -
     return finished
 
 
+def _log_shows(path: Path, line: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if line in path.read_text():
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _queue(settings: VigilSettings):
     store = open_store(settings)
     try:
@@ -230,3 +241,12 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     assert raw_after == raw_rows, "the replay wrote rows to label_queue"
     assert shadow_after == shadow, "the replay counted shadow predictions twice"
 
+    # That worker restarted, and a new message: before it, its drift monitors take what v1 scored.
+    third = worker(f"{settings.consumer_group}-replay", "worker-3")
+    third.start()
+    fresh = news_json(id="n-new", published_at=(T0 + timedelta(hours=1)).isoformat(), headline="Acme opens a plant")
+    asyncio.run(replay(settings.kafka_brokers, settings.raw_topics, [OutgoingMessage.raw(Kind.news, "n-new", fresh)],
+                       rate_per_s=0))
+    warmed = f"drift: sentiment model v1 starts from its last {len(scored) - len(support_ids)} scored messages"
+    assert _log_shows(third.log_path, warmed, timeout_s=120), "the restarted worker's drift monitors started empty"
+    assert third.stop() == 0

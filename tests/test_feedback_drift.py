@@ -130,3 +130,88 @@ def test_only_corrections_of_audit_items_say_whether_the_model_erred() -> None:
     assert audit_error(correction("negative"), audited) is False
     assert audit_error(correction("positive"), item([SelectionReason.uncertain])) is None
     assert audit_error(correction("positive"), None) is None
+
+
+def _moments(found: list[tuple[int, object]]) -> list[tuple[int, str, dict[str, float]]]:
+    return [(i, e.detail, e.figures) for i, e in found]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_a_warmed_monitor_finds_a_change_where_one_that_saw_the_history_live_does(seed: int) -> None:
+    mix = [0.3, 0.45, 0.25]
+    live, warmed, cold = DriftMonitor(), DriftMonitor(), DriftMonitor()
+    rng = random.Random(seed)
+    history = [(rng.choices(["negative", "neutral", "positive"], mix)[0],
+                min(1.0, max(0.34, rng.gauss(0.82, 0.1))), at(i)) for i in range(5000)]
+    for label, conf, when in history:
+        assert live.observe_scored("sentiment", "v1", label, conf, when) == []
+    assert warmed.warm_scored("sentiment", "v1", history) == len(history)
+    # After the restart: confidence falls and the mix moves.
+    after = {
+        name: scored_stream(m, random.Random(seed + 100), 3000, 5000, weights=[0.6, 0.25, 0.15], conf=0.72)
+        for name, m in (("live", live), ("warmed", warmed), ("cold", cold))
+    }
+    assert any("confidence_after" in e.figures for _, e in after["live"]), "the fall in confidence went unnoticed"
+    assert _moments(after["warmed"]) == _moments(after["live"])
+    # Without the history there is no "before" to compare with: the same stream shows no fall in confidence.
+    assert not any("confidence_after" in e.figures for _, e in after["cold"])
+
+
+def test_a_change_in_the_history_was_reported_before_the_restart_and_its_cooldown_carries_over() -> None:
+    rng = random.Random(11)
+    live, warmed = DriftMonitor(), DriftMonitor()
+    # Confidence falls at 5000; the live monitor reports it within the history and keeps quiet after.
+    history = [(rng.choices(["negative", "neutral", "positive"], [0.3, 0.45, 0.25])[0],
+                min(1.0, max(0.34, rng.gauss(0.82 if i < 5000 else 0.70, 0.1))), at(i)) for i in range(5300)]
+    reported = [e for label, conf, when in history for e in live.observe_scored("sentiment", "v1", label, conf, when)]
+    assert [e for e in reported if "confidence_after" in e.figures], "the history was meant to hold a change"
+    assert warmed.warm_scored("sentiment", "v1", history) == len(history)  # no events: a count
+    # A second fall soon after the first is within the cooldown: neither monitor reports it.
+    after = {name: scored_stream(m, random.Random(12), 1000, 5300, weights=[0.3, 0.45, 0.25], conf=0.55)
+             for name, m in (("live", live), ("warmed", warmed))}
+    assert after["live"] == [] and after["warmed"] == []
+
+
+def test_a_warm_up_with_another_model_versions_history_does_not_count() -> None:
+    rng = random.Random(13)
+    history = [("neutral", min(1.0, max(0.34, rng.gauss(0.82, 0.1))), at(i)) for i in range(5000)]
+    warmed, cold = DriftMonitor(), DriftMonitor()
+    warmed.warm_scored("sentiment", "v1", history)
+    after = {name: scored_stream(m, random.Random(14), 3000, 5000, weights=[0.6, 0.25, 0.15], conf=0.72, version="v2")
+             for name, m in (("warmed", warmed), ("cold", cold))}
+    assert _moments(after["warmed"]) == _moments(after["cold"])
+    assert warmed._scored["sentiment"].confidence.detector.width == 3000
+
+
+def _audit_pair(i: int, *, wrong: bool, version: str = "v1", audit: bool = True):
+    from feedback.contracts import Correction, CorrectionSource, ItemState, LabelRequest, QueueItem, SelectionReason
+
+    reasons = [SelectionReason.audit] if audit else [SelectionReason.uncertain]
+    req = LabelRequest(
+        item_id=f"i-{i}", task="sentiment", message_id=f"m-{i}", text="x", model_name="m", model_version=version,
+        model_label="negative", probs={"negative": 0.6, "neutral": 0.4}, confidence=0.6, margin=0.2,
+        entropy=0.67, reasons=reasons, event_time=at(i), selected_at=at(i),
+    )
+    correction = Correction(
+        correction_id=f"c-{i}", task="sentiment", message_id=f"m-{i}", item_id=f"i-{i}", text="x",
+        annotator="ann", human_label="positive" if wrong else "negative", source=CorrectionSource.queue,
+        created_at=at(i),
+    )
+    return correction, QueueItem(request=req, state=ItemState.labelled, updated_at=at(i))
+
+
+def test_a_warmed_audit_monitor_finds_a_rise_in_errors_where_the_live_one_does() -> None:
+    rng = random.Random(15)
+    history = [_audit_pair(i, wrong=rng.random() < 0.12) for i in range(1500)]
+    live, warmed, cold = DriftMonitor(), DriftMonitor(), DriftMonitor()
+    for c, item in history:
+        assert live.observe_audit("sentiment", "v1", c.human_label != item.request.model_label, c.created_at) == []
+    # Another version's audit labels and labels of items outside the audit sample are not replayed.
+    noise = [_audit_pair(2000 + i, wrong=True, version="v0") for i in range(50)]
+    noise += [_audit_pair(3000 + i, wrong=True, audit=False) for i in range(50)]
+    assert warmed.warm_audit("sentiment", "v1", [*noise, *history]) == len(history)
+    after = {name: audited_errors(m, random.Random(16), 400, 0.35, start=1500)
+             for name, m in (("live", live), ("warmed", warmed), ("cold", cold))}
+    assert after["live"], "a jump from 12% to 35% errors went unnoticed"
+    assert _moments(after["warmed"]) == _moments(after["live"])
+    assert not after["cold"]

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
@@ -61,8 +61,20 @@ class StoreSummary(BaseModel):
     e2e_p99_ms: float | None
 
 
+class RecentScore(NamedTuple):
+    """What the drift monitors take from one stored scored message."""
+
+    label: str
+    confidence: float
+    event_time: datetime
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _quantile(value: Any) -> float | None:
@@ -228,6 +240,26 @@ class ClickHouseStore:
         )
         latest = {m.id: m for m in (scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows)}
         return sorted(latest.values(), key=lambda m: (m.event_time, m.id))
+
+    def fetch_recent_scored(
+        self, kind: Kind | str, model_version: str, *, before: datetime, limit: int
+    ) -> list[RecentScore]:
+        """The last ``limit`` messages of ``kind`` that ``model_version`` scored before ``before``
+        (whole seconds), oldest first in the order they were scored: the history a restarted
+        worker's drift monitors take. From every partition: a row keeps its raw topic's partition,
+        not the scored topic's partition that a worker owns."""
+        # scored_time can differ between a message's replayed rows, so it is filtered after FINAL.
+        rows = self._query(
+            "recent scored read",
+            "SELECT label, confidence, event_time FROM (SELECT id, label, confidence, event_time, scored_time, "
+            f"src_partition, src_offset FROM {self._scored} FINAL "
+            "WHERE kind = {kind:String} AND model_version = {version:String}) "
+            "WHERE scored_time < toDateTime({before:String}, 'UTC') "
+            "ORDER BY scored_time DESC, src_partition DESC, src_offset DESC, id DESC LIMIT {limit:UInt64}",
+            {"kind": str(Kind(kind)), "version": model_version,
+             "before": f"{before.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "limit": limit},
+        )
+        return [RecentScore(label, min(float(c), 1.0), _utc(t)) for label, c, t in reversed(rows)]
 
     def fetch_dead_letters(self, source_topic: str) -> list[DeadLetter]:
         rows = self._query(
