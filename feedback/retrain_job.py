@@ -10,6 +10,11 @@ Which corrections are new is counted from the start of the last round that FINIS
 gate_refused: it trained on everything before its start, and the gate judged it). A round that
 failed, or died without recording its end, trained nothing that counts: its corrections stay new.
 A skipped round (the trigger said no) is no round: it records nothing and moves nothing.
+
+While a round runs, its process stores a heartbeat (round_heartbeat.py). When its worker is
+SIGKILLed nobody records its end; the next trigger check (any worker's, or `vigil retrain`'s) finds
+its heartbeat stale and records the retrain_failed for it. A round with no heartbeat at all (recorded
+before heartbeats existed) is running until VIGIL_RETRAIN_ROUND_TIMEOUT_H after its start.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from feedback.contracts import Correction, ModelEvent, ModelEventKind
+from feedback.events import publish_model_events
 from feedback.gate import (
     Evaluation,
     GateConfig,
@@ -30,8 +36,10 @@ from feedback.gate import (
     judge,
     screen_annotators,
 )
+from feedback.round_heartbeat import RoundHeartbeat, heartbeating
 from feedback.triggers import TriggerDecision, TriggerPolicy, decide
 from models.registry import ModelCard, ModelRegistry, RegistryError
+from streams.logs import default_worker_id
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -107,30 +115,70 @@ def failed_event(started: ModelEvent, reason: str,
 @dataclass(frozen=True, slots=True)
 class RoundHistory:
     last_finished: datetime | None  # start of the newest round that ended promoted or gate_refused
-    running_since: datetime | None  # start of the newest round with no end yet, if it is not timed out
+    running_since: datetime | None  # start of the newest round with no end yet that is alive
+    running_beat: datetime | None = None  # that round's last heartbeat, if it has any
+    dead: tuple[ModelEvent, ...] = ()  # the retrain_failed ends of rounds whose heartbeat went stale: to record
 
 
-def round_history(events: Sequence[ModelEvent], now: datetime, timeout: timedelta) -> RoundHistory:
-    """A task's retrain rounds from its model events: each retrain_started opens one, the event with
-    its round_end_id ends it. A round without an end started less than ``timeout`` ago is still
-    running; an older one died unrecorded (its process was SIGKILLed, or its worker was) and, like a
-    failed round, does not count as finished."""
+def dead_round_reason(started: ModelEvent, beat: RoundHeartbeat, now: datetime, stale: timedelta) -> str:
+    return (f"the process running round {started.event_id} ({beat.owner}) stopped heartbeating at "
+            f"{beat.beat_at:%Y-%m-%d %H:%M:%S} UTC, {(now - beat.beat_at).total_seconds():.0f}s before this check "
+            f"(dead after {stale.total_seconds():g}s, VIGIL_RETRAIN_STALE_S): it was killed (OOM killer, SIGKILL, "
+            "a lost node?); see its log. Its corrections stay new: the next round trains on them.")
+
+
+def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartbeat], now: datetime,
+                  timeout: timedelta, stale: timedelta) -> RoundHistory:
+    """A task's retrain rounds from its model events and heartbeats: each retrain_started opens one,
+    the event with its round_end_id ends it. A round without an end whose last heartbeat is less than
+    ``stale`` old is running; an older heartbeat means its process died (its worker was SIGKILLed):
+    its retrain_failed end is in ``dead``, for the caller to record. A round without an end and
+    without any heartbeat (older data) is running until ``timeout`` after its start, then died
+    unrecorded. Neither kind of dead round counts as finished, like a failed one."""
+    beats = {b.round_id: b for b in heartbeats}
     ends: dict[str, ModelEventKind] = {}
     for e in events:
         # A verdict stands even if a failure was recorded for the round after it (recording the
         # verdict on the topic failed, say): the round did train and get judged.
         if e.kind is not ModelEventKind.retrain_failed or e.event_id not in ends:
             ends[e.event_id] = e.kind
-    finished, running = [], []
+    finished: list[datetime] = []
+    running: list[tuple[datetime, datetime | None]] = []
+    dead: list[ModelEvent] = []
     for e in events:
         if e.kind is not ModelEventKind.retrain_started:
             continue
         end = ends.get(ModelEvent.round_end_id(e.event_id))
+        beat = beats.get(e.event_id)
         if end in (ModelEventKind.promoted, ModelEventKind.gate_refused):
             finished.append(e.created_at)
-        elif end is None and now - e.created_at < timeout:
-            running.append(e.created_at)
-    return RoundHistory(max(finished, default=None), max(running, default=None))
+        elif end is not None:
+            continue
+        elif beat is not None and now - beat.beat_at >= stale:
+            dead.append(failed_event(e, dead_round_reason(e, beat, now, stale), lambda: now))
+        elif beat is not None or now - e.created_at < timeout:
+            running.append((e.created_at, None if beat is None else beat.beat_at))
+    since, beat_at = max(running, key=lambda r: r[0], default=(None, None))
+    return RoundHistory(max(finished, default=None), since, beat_at, tuple(dead))
+
+
+def _store_and_publish(settings: VigilSettings, store) -> Callable[[Sequence[ModelEvent]], None]:
+    def record(events: Sequence[ModelEvent]) -> None:
+        store.write_model_events(events)
+        publish_model_events(settings, events)
+
+    return record
+
+
+def _still_running(since: datetime, beat_at: datetime | None, at: datetime, timeout: timedelta,
+                   stale: timedelta) -> str:
+    head = (f"a round started at {since:%Y-%m-%d %H:%M:%S} UTC ({(at - since).total_seconds() / 60:.0f} min ago) "
+            "has not ended yet; ")
+    if beat_at is None:
+        return head + (f"it has no heartbeat and counts as dead {timeout.total_seconds() / 3600:g} h after its start "
+                       "(VIGIL_RETRAIN_ROUND_TIMEOUT_H), or use --force")
+    return head + (f"its last heartbeat was {(at - beat_at).total_seconds():.0f}s ago and it counts as "
+                   f"dead once that is {stale.total_seconds():g}s (VIGIL_RETRAIN_STALE_S), or use --force")
 
 
 def check_trigger(
@@ -140,12 +188,15 @@ def check_trigger(
     *,
     force: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    record: Callable[[Sequence[ModelEvent]], None] | None = None,
 ) -> RoundStart:
     """Whether a round should train now, from the registry and ``store`` (a FeedbackStore) alone:
     cheap, no torch, so the background job asks it before it starts a training process.
 
     No round starts while another is running (unless forced): one in the background job and one
-    from cron, or two crons, must not both train on the same corrections."""
+    from cron, or two crons, must not both train on the same corrections. A round found dead (its
+    heartbeat is stale) gets its retrain_failed end here, through ``record`` (default: stored in
+    ``store`` and sent to the model-events topic)."""
     registry = ModelRegistry(settings.registry_dir)
     champion_version = registry.champion(task)
     if champion_version is None:
@@ -154,19 +205,21 @@ def check_trigger(
     champion = registry.card(task, champion_version)
 
     events = store.fetch_model_events(task)
+    heartbeats = store.fetch_round_heartbeats(task)
     at = now()
-    timeout = timedelta(hours=settings.retrain_round_timeout_h)
-    history = round_history(events, at, timeout)
+    timeout, stale = timedelta(hours=settings.retrain_round_timeout_h), timedelta(seconds=settings.retrain_stale_s)
+    history = round_history(events, heartbeats, at, timeout, stale)
+    if history.dead:
+        (record or _store_and_publish(settings, store))(history.dead)
+        for end in history.dead:
+            log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
     drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
     corrections = store.fetch_corrections(task)
     new = sum(1 for c in corrections if last is None or c.created_at > last)
     if history.running_since is not None and not force:
-        since = history.running_since
         return RoundStart(champion_version, champion, corrections, new, TriggerDecision(
-            False, f"a round started at {since:%Y-%m-%d %H:%M:%S} UTC ({(at - since).total_seconds() / 60:.0f} min ago) "
-            f"has not ended yet; it counts as dead {timeout.total_seconds() / 3600:g} h after its start "
-            "(VIGIL_RETRAIN_ROUND_TIMEOUT_H), or use --force", new))
+            False, _still_running(history.running_since, history.running_beat, at, timeout, stale), new))
     # Never retrained: the interval runs from when the champion was trained, but every correction is new.
     trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
                      last_retrain=last or champion.created_at, now=at, drift_events=drift, force=force)
@@ -181,27 +234,32 @@ def run_retrain(
     force: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     record: Callable[[Sequence[ModelEvent]], None] | None = None,
+    owner: str | None = None,
 ) -> RetrainReport:
     """One round (`vigil retrain`, and the background job's training process). ``store`` is a
-    FeedbackStore, or anything with its fetch_model_events, fetch_corrections and
-    write_model_events; ``record`` stores and publishes events (default: write them to ``store``
-    and send them to the model-events topic when a broker is configured)."""
-    if record is None:
-        from feedback.events import publish_model_events
-
-        def record(events: Sequence[ModelEvent]) -> None:
-            store.write_model_events(events)
-            publish_model_events(settings, events)
-
-    start = check_trigger(settings, task, store, force=force, now=now)
+    FeedbackStore, or anything with its fetch_model_events, fetch_corrections, write_model_events
+    and round-heartbeat calls; ``record`` stores and publishes events (default: write them to
+    ``store`` and send them to the model-events topic when a broker is configured). ``owner`` names
+    this process in the round's heartbeats (default: VIGIL_WORKER_ID, else host-pid)."""
+    record = record or _store_and_publish(settings, store)
+    start = check_trigger(settings, task, store, force=force, now=now, record=record)
     if not start.trigger.retrain:
         return RetrainReport(task, Outcome.skipped, start.trigger.reason, start.champion_version)
     started = _event(ModelEventKind.retrain_started, task, start.champion_version, start.trigger.reason,
                      {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections)},
                      now)
+    who = owner or settings.worker_id or default_worker_id()
+
+    def beat() -> None:
+        store.write_round_heartbeats([RoundHeartbeat(round_id=started.event_id, task=task, owner=who, beat_at=now())])
+
+    # The first beat before the start: a round killed right after it started still has one, and is
+    # found dead after VIGIL_RETRAIN_STALE_S, not VIGIL_RETRAIN_ROUND_TIMEOUT_H.
+    beat()
     record([started])
     try:
-        return _train_and_judge(settings, task, start, record, now, ModelEvent.round_end_id(started.event_id))
+        with heartbeating(beat, settings.retrain_heartbeat_s, task):
+            return _train_and_judge(settings, task, start, record, now, ModelEvent.round_end_id(started.event_id))
     except BaseException as e:  # also an interrupt: the round must not stay open until it times out
         try:
             record([failed_event(started, f"{type(e).__name__}: {e}", now)])

@@ -3,13 +3,13 @@ adapter around feedback/retrain_schedule.py.
 
 It runs in the worker that owns ClickHouse for the UI (`vigil up` worker 0): embedded chdb admits one
 process, so no other process could read the corrections. Every interval, per task, the worker asks
-the trigger policy (``check_trigger``: two ClickHouse reads, in an I/O thread); only when it says
+the trigger policy (``check_trigger``: three ClickHouse reads, in an I/O thread); only when it says
 train does it start a training process, ``python -m feedback.retrain_runner TASK``, which runs
 exactly the round `vigil retrain` runs (``run_retrain``). Training never runs in the worker: its event
-loop only relays the round's three ClickHouse calls (read the model events, read the corrections,
-write the round's events) over the child's stdin/stdout, one JSON object a line, to the worker's
-store. The child publishes the events to Kafka itself, writes the challenger to the registry and
-promotes it; the workers hot swap on the registry pointer as after `vigil retrain`.
+loop only relays the round's ClickHouse calls (read the model events, heartbeats and corrections,
+write the round's events and heartbeats) over the child's stdin/stdout, one JSON object a line, to
+the worker's store. The child publishes the events to Kafka itself, writes the challenger to the
+registry and promotes it; the workers hot swap on the registry pointer as after `vigil retrain`.
 
 Each round's outcome is logged (a JSON ``retrain_round`` object with VIGIL_LOG_FORMAT=json) and
 appended to ``<data_dir>/logs/retrain-rounds.jsonl``. A failing round (the child crashed, ClickHouse
@@ -21,7 +21,8 @@ A round that fails in the child records its own retrain_failed event (run_retrai
 dies after its retrain_started and before the round's end (killed, out of memory), or the worker
 stops it, the worker records the retrain_failed event for it, so the corrections stay new and the
 next round need not wait for VIGIL_RETRAIN_ROUND_TIMEOUT_H. Only a SIGKILLed worker leaves a round
-open: the timeout ends it.
+open: the child's heartbeats (relayed by the worker like its other calls) stop with it, and the next
+trigger check, here or in another worker, ends the round once they are VIGIL_RETRAIN_STALE_S old.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from feedback.retrain_job import (
     run_retrain,
 )
 from feedback.retrain_schedule import FAILED, RetrainSchedule, RoundRecord
+from feedback.round_heartbeat import RoundHeartbeat
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ def answer(store: Any, call: str, kwargs: dict[str, Any]) -> Any:
         return [c.model_dump(mode="json") for c in store.fetch_corrections(kwargs["task"])]
     if call == "write_model_events":
         return store.write_model_events([ModelEvent.model_validate(e) for e in kwargs["events"]])
+    if call == "fetch_round_heartbeats":
+        return [b.model_dump(mode="json") for b in store.fetch_round_heartbeats(kwargs["task"])]
+    if call == "write_round_heartbeats":
+        return store.write_round_heartbeats([RoundHeartbeat.model_validate(b) for b in kwargs["beats"]])
     raise ValueError(f"unknown store call {call!r}")
 
 
@@ -223,11 +229,13 @@ class RemoteFeedbackStore:
 
     def __init__(self, rx: IO[str], tx: IO[str]) -> None:
         self._rx, self._tx = rx, tx
+        self._lock = threading.Lock()  # the heartbeat thread calls too: one call and its reply at a time
 
     def _call(self, call: str, **kwargs: Any) -> Any:
-        self._tx.write(json.dumps({"call": call, "kwargs": kwargs}) + "\n")
-        self._tx.flush()
-        line = self._rx.readline()
+        with self._lock:
+            self._tx.write(json.dumps({"call": call, "kwargs": kwargs}) + "\n")
+            self._tx.flush()
+            line = self._rx.readline()
         if not line:
             raise ConnectionError("the worker that owns ClickHouse went away mid-round")
         reply = json.loads(line)
@@ -243,6 +251,12 @@ class RemoteFeedbackStore:
 
     def write_model_events(self, events: list[ModelEvent]) -> int:
         return self._call("write_model_events", events=[e.model_dump(mode="json") for e in events])
+
+    def fetch_round_heartbeats(self, task: str) -> list[RoundHeartbeat]:
+        return [RoundHeartbeat.model_validate(b) for b in self._call("fetch_round_heartbeats", task=task)]
+
+    def write_round_heartbeats(self, beats: list[RoundHeartbeat]) -> int:
+        return self._call("write_round_heartbeats", beats=[b.model_dump(mode="json") for b in beats])
 
 
 def _exit_with_parent() -> None:
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     wid = f"{settings.worker_id or default_worker_id()}-retrain"
     configure_logging(make_handler(settings, worker_id=wid, stream=sys.stderr), logging.INFO)
     try:
-        report = run_retrain(settings, task, RemoteFeedbackStore(sys.stdin, channel))
+        report = run_retrain(settings, task, RemoteFeedbackStore(sys.stdin, channel), owner=wid)
     except Exception as e:  # reported to the worker, which logs the round as failed
         log.exception("retrain round for %s failed", task)
         msg: dict[str, Any] = {"failed": f"{type(e).__name__}: {e}"}

@@ -23,6 +23,7 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
+from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
 from streams.clickhouse.compat import to_stored_time
@@ -30,7 +31,8 @@ from streams.clickhouse.migrations import schema_level
 from streams.settings import VigilSettings
 
 
-_FEEDBACK_MIGRATION = 4
+# The feedback tables, and the retrain rounds' heartbeats.
+_FEEDBACK_MIGRATIONS = {4: "0004_feedback", 11: "0011_retrain_heartbeats"}
 
 QUEUE_COLUMNS = (
     "item_id", "task", "message_id", "text", "model_name", "model_version", "model_label", "probs_json",
@@ -44,6 +46,7 @@ FEEDBACK_COLUMNS = (
 MODEL_EVENT_COLUMNS = (
     "event_id", "kind", "task", "model_version", "detail", "figure_names", "figure_values", "created_at",
 )
+HEARTBEAT_COLUMNS = ("round_id", "task", "owner", "beat_at")
 
 
 class FeedbackSchemaMissing(ClickHouseError):
@@ -123,6 +126,14 @@ def model_event_from_row(row: Mapping[str, Any]) -> ModelEvent:
         figures={n: float(v) for n, v in zip(row["figure_names"], row["figure_values"], strict=True)},
         created_at=_utc(row["created_at"]),
     )
+
+
+def heartbeat_row(beat: RoundHeartbeat, level: CompatLevel) -> tuple[Any, ...]:
+    return beat.round_id, beat.task, beat.owner, to_stored_time(beat.beat_at, level)
+
+
+def heartbeat_from_row(row: Mapping[str, Any]) -> RoundHeartbeat:
+    return RoundHeartbeat(round_id=row["round_id"], task=row["task"], owner=row["owner"], beat_at=_utc(row["beat_at"]))
 
 
 def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
@@ -340,27 +351,44 @@ class FeedbackStore:
         )
         return [model_event_from_row(dict(zip(MODEL_EVENT_COLUMNS, r, strict=True))) for r in rows]
 
+    # --- retrain rounds' heartbeats -------------------------------------------------------------
+
+    def write_round_heartbeats(self, beats: Sequence[RoundHeartbeat]) -> int:
+        return self._insert("retrain_heartbeats", HEARTBEAT_COLUMNS, [heartbeat_row(b, self.level) for b in beats])
+
+    def fetch_round_heartbeats(self, task: str) -> list[RoundHeartbeat]:
+        """The latest heartbeat of each of ``task``'s rounds."""
+        cols = ", ".join(HEARTBEAT_COLUMNS)
+        rows = self._query(
+            "retrain-heartbeats read",
+            f"SELECT {cols} FROM {self.database}.retrain_heartbeats FINAL WHERE task = {{task:String}} "
+            "ORDER BY beat_at, round_id",
+            {"task": task},
+        )
+        return [heartbeat_from_row(dict(zip(HEARTBEAT_COLUMNS, r, strict=True))) for r in rows]
+
     def close(self) -> None:
         self.backend.close()
 
 
 def open_feedback_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_now) -> FeedbackStore:
     """Connect to ClickHouse and return the feedback store. Does not migrate: the schema must
-    already hold migration 0004 (``vigil db migrate``)."""
+    already hold migrations 0004 and 0011 (``vigil db migrate``)."""
     backend = connect(settings)
     database = settings.clickhouse_database
     try:
         try:
             level = schema_level(backend, database)
-            applied = backend.query(
-                f"SELECT count() FROM {database}.schema_migrations FINAL WHERE version = {{v:UInt32}}",
-                {"v": _FEEDBACK_MIGRATION},
-            )
+            applied = {v for (v,) in backend.query(
+                f"SELECT version FROM {database}.schema_migrations FINAL WHERE version IN {{v:Array(UInt32)}}",
+                {"v": sorted(_FEEDBACK_MIGRATIONS)},
+            )}
         except ClickHouseError:
-            level, applied = None, [(0,)]
-        if level is None or not applied[0][0]:
+            level, applied = None, set()
+        missing = [name for v, name in _FEEDBACK_MIGRATIONS.items() if v not in applied]
+        if level is None or missing:
             raise FeedbackSchemaMissing(
-                f"the feedback tables (migration 0004_feedback) are not in ClickHouse database "
+                f"the feedback tables (migration {', '.join(missing)}) are not in ClickHouse database "
                 f"{database!r}; run `vigil db migrate` first."
             )
     except BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,15 @@ class VigilSettings(BaseSettings):
     retrain_round_timeout_h: float = Field(
         2.0, gt=0, description="A round that started less than this long ago and recorded no end yet is taken as "
         "still running, and no other round starts (except `vigil retrain --force`); an older one is taken as dead "
-        "(its process was killed), and its corrections count as new again. Set it above your longest round.")
+        "(its process was killed), and its corrections count as new again. Set it above your longest round. "
+        "Only rounds without heartbeats (recorded before them) need it: see retrain_stale_s.")
+    retrain_heartbeat_s: float = Field(
+        30.0, gt=0, description="A running round stores a heartbeat this often (retrain_heartbeats table), so "
+        "every worker and `vigil retrain` can tell it is alive.")
+    retrain_stale_s: float = Field(
+        120.0, gt=0, description="A round whose last heartbeat is older than this is dead (its worker was "
+        "SIGKILLed, OOM-killed, or lost its node): the next trigger check records its retrain_failed and may "
+        "start a new round. At least two heartbeats, and above the clock skew between workers.")
     retrain_holdout_fraction: float = Field(
         0.25, gt=0, lt=1, description="Share of the newest corrections held out to judge the challenger.")
     retrain_replay_size: int = Field(
@@ -238,6 +246,15 @@ class VigilSettings(BaseSettings):
     retrain_in_worker: bool = Field(
         False, description="This worker runs the background retrain job (`vigil up` sets it for worker 0 when "
         "retrain_check_interval_s > 0).")
+
+    @model_validator(mode="after")
+    def _stale_spans_heartbeats(self) -> VigilSettings:
+        if self.retrain_stale_s < 2 * self.retrain_heartbeat_s:
+            raise ValueError(
+                f"VIGIL_RETRAIN_STALE_S ({self.retrain_stale_s:g}) must be at least two heartbeats "
+                f"(VIGIL_RETRAIN_HEARTBEAT_S={self.retrain_heartbeat_s:g}): one late beat must not end a live "
+                "round; raise the first or lower the second")
+        return self
 
     @field_validator("data_dir", "bundled_data_dir", mode="after")
     @classmethod

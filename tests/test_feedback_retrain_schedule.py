@@ -29,6 +29,7 @@ def _record(task: str, outcome: str, detail: str = "") -> RoundRecord:
 
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+STALE = timedelta(minutes=2)
 
 
 def _event(kind: ModelEventKind, minute: int, *, ends: ModelEvent | None = None) -> ModelEvent:
@@ -46,15 +47,15 @@ def test_newness_counts_from_the_last_finished_round_and_an_open_round_runs_unti
               _event(ModelEventKind.drift, 36)]
     at = T0 + timedelta(minutes=40)
     # s1 finished (refused counts: the gate judged its corrections); s2 failed and s3 died: neither counts
-    assert round_history(events, at, timedelta(hours=1)) == RoundHistory(T0, s4.created_at)
-    assert round_history(events, at, timedelta(minutes=10)).running_since is None  # s4 timed out: dead
+    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(T0, s4.created_at)
+    assert round_history(events, [], at, timedelta(minutes=10), STALE).running_since is None  # s4 timed out: dead
     # s4 ends promoted: it is the last finished round; a failure recorded for it afterwards (its
     # verdict's topic send failed, say) does not undo the verdict
     events += [_event(ModelEventKind.promoted, 45, ends=s4), _event(ModelEventKind.retrain_failed, 46, ends=s4)]
-    assert round_history(events, at, timedelta(minutes=15)) == RoundHistory(s4.created_at, None)
+    assert round_history(events, [], at, timedelta(minutes=15), STALE) == RoundHistory(s4.created_at, None)
     # an open round is running until its timeout, whatever started after it (a forced round may have)
-    assert round_history(events, at, timedelta(hours=1)) == RoundHistory(s4.created_at, s3.created_at)
-    assert round_history([], at, timedelta(hours=1)) == RoundHistory(None, None)
+    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(s4.created_at, s3.created_at)
+    assert round_history([], [], at, timedelta(hours=1), STALE) == RoundHistory(None, None)
 
 
 def test_first_round_comes_one_interval_after_start_then_one_interval_after_each_round_ends():
@@ -190,6 +191,12 @@ class StoreThatInterruptsTheRound:
 
     def fetch_corrections(self, task):
         return self._store.fetch_corrections(task)
+
+    def fetch_round_heartbeats(self, task):
+        return self._store.fetch_round_heartbeats(task)
+
+    def write_round_heartbeats(self, beats):
+        return self._store.write_round_heartbeats(beats)
 
     def write_model_events(self, events):
         n = self._store.write_model_events(events)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,9 +18,11 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
+from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import PastSelection
 from feedback.store import FeedbackSchemaMissing, FeedbackStore, open_feedback_store
-from streams.clickhouse import CompatLevel, StorageUnavailable, open_store
+from streams.clickhouse import CompatLevel, StorageUnavailable, connect, open_store
+from streams.clickhouse.migrations import MIGRATIONS_DIR, migrate
 from streams.clickhouse.compat import to_stored_time
 from streams.runtime import all_topics
 from streams.settings import VigilSettings
@@ -201,11 +204,41 @@ def test_model_events_round_trip(fstore: FeedbackStore) -> None:
     assert [e.kind for e in fstore.fetch_model_events("triage")] == [ModelEventKind.promoted]
 
 
+def test_round_heartbeats_keep_the_latest_per_round(fstore: FeedbackStore) -> None:
+    def beat(round_id: str, seconds: int, task: str = "sentiment") -> RoundHeartbeat:
+        return RoundHeartbeat(round_id=round_id, task=task, owner="host-12", beat_at=T0 + timedelta(seconds=seconds))
+
+    assert fstore.fetch_round_heartbeats("sentiment") == []
+    fstore.write_round_heartbeats([beat("r1", 0), beat("r2", 5)])
+    fstore.write_round_heartbeats([beat("r1", 30)])
+    fstore.write_round_heartbeats([beat("r1", 10), beat("r3", 1, task="triage")])  # a late, older beat loses
+    latest = [beat("r2", 5), beat("r1", 30)]
+    assert fstore.fetch_round_heartbeats("sentiment") == [
+        b.model_copy(update={"beat_at": stored(b.beat_at, fstore)}) for b in latest
+    ]
+    assert [b.round_id for b in fstore.fetch_round_heartbeats("triage")] == ["r3"]
+
+
 def test_open_without_migrations_says_what_to_do(settings: VigilSettings) -> None:
-    with pytest.raises(FeedbackSchemaMissing, match="vigil db migrate"):
+    with pytest.raises(FeedbackSchemaMissing, match="0004_feedback, 0011_retrain_heartbeats.*vigil db migrate"):
         open_feedback_store(settings)
     open_store(settings).close()
     open_feedback_store(settings).close()  # the backend was closed on failure: it opens again
+
+
+def test_a_schema_from_before_the_heartbeats_names_the_missing_migration(chdb_settings: VigilSettings, tmp_path) -> None:
+    older = tmp_path / "migrations"
+    older.mkdir()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if path.name != "0011_retrain_heartbeats.sql":
+            shutil.copy(path, older)
+    backend = connect(chdb_settings)
+    try:
+        migrate(backend, database=chdb_settings.clickhouse_database, ttl_days=30, directory=older)
+    finally:
+        backend.close()
+    with pytest.raises(FeedbackSchemaMissing, match=r"\(migration 0011_retrain_heartbeats\).*vigil db migrate"):
+        open_feedback_store(chdb_settings)
 
 
 def test_sharing_a_store_uses_its_backend(chdb_settings: VigilSettings) -> None:
