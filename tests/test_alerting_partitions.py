@@ -90,6 +90,23 @@ def test_only_changed_partitions_are_checkpointed_and_revoked_ones_are_forgotten
     assert not parts.owned(1) and parts.owned(0)
 
 
+def test_a_quiet_partition_is_saved_again_only_when_its_windows_can_close():
+    rules = SentimentRules()  # windows step 1 minute, lateness 2: idle after 180 s of silence
+    parts = SentimentPartitions(rules)
+    parts.restore(0, None)
+    parts.feed(0, 0, ticker_events(scored_news("m-1", SHOCK_AT, "neutral"), rules)[0], wall=0.0)
+    parts.saved(parts.checkpoints())
+    idle_at = rules.window.idle_after_s
+    saved_at = []
+    for wall in range(int(idle_at), int(idle_at) + 300, 5):  # the worker's 5 s timer
+        parts.tick(float(wall))
+        if checkpoints := parts.checkpoints():
+            parts.saved(checkpoints)
+            saved_at.append(wall)
+    # once when the timer first moves event time, then once per step (60 s), not every 5 s
+    assert len(saved_at) in (5, 6) and all(b - a == 60 for a, b in zip(saved_at[1:], saved_at[2:], strict=False))
+
+
 def test_a_checkpoint_of_other_window_geometry_is_not_used(caplog):
     rules = SentimentRules()
     old = _fresh(rules)

@@ -71,6 +71,7 @@ class _Partition:
     # (key, message id) -> event time, for as long as a copy could still land in a window
     seen: dict[tuple[str, str], datetime] = field(default_factory=dict)
     dirty: bool = False
+    closing_step: int | None = None  # of the event time the idle timer last moved the windows to
 
 
 class AlertPartitions(ABC, Generic[E, R]):
@@ -148,8 +149,16 @@ class AlertPartitions(ABC, Generic[E, R]):
         for part in self._parts.values():
             if (now := part.clock.idle_now(wall)) is not None:
                 alerts += part.judge.advance(now)
-                part.dirty = True
+                # Windows close only as event time, less the lateness, enters a new step: a quiet
+                # partition's state changes then, not at each tick, so only then is it saved again.
+                step = self._closing_step(now)
+                if step != part.closing_step:
+                    part.closing_step, part.dirty = step, True
         return alerts
+
+    def _closing_step(self, event_time: datetime) -> int:
+        w = self._window()
+        return int((event_time.timestamp() - w.lateness_minutes * 60) // (w.step_minutes * 60))
 
     def checkpoints(self) -> list[Checkpoint]:
         """The state of every partition that changed since it was last saved."""
