@@ -79,8 +79,9 @@ def bench_scoring(
                 f"{'accepted' if p.accepted else 'rejected -> fp32'}")
 
     model_dir = ModelRegistry(settings.registry_dir).resolve(task, engine.model_version)
-    hf_dtype = torch.float16 if dev.type == "cuda" and engine.precision == "fp16" else (
-        torch.bfloat16 if dev.type == "cuda" and engine.precision == "bf16" else torch.float32)
+    # The pipelines get the engine's reduced precision where torch runs it natively, so the ratio
+    # measures the engine, not the dtype.
+    hf_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(engine.precision, torch.float32)
     hf_model = MeanPoolClassifier.from_pretrained(model_dir, dtype=hf_dtype).eval()
     pipe = pipeline("text-classification", model=hf_model, tokenizer=engine.tokenizer, device=dev)
     kw = {"truncation": True, "max_length": settings.max_length}

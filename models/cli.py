@@ -39,6 +39,8 @@ def train_command(
     lr: Annotated[float | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     max_length: Annotated[int | None, typer.Option(min=8, max=512)] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (bf16 where the GPU or CPU computes it, else fp32), bf16 or fp32")] = None,
     promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
 ) -> None:
     """Fine-tune a model for TASK and add it to the registry as the next version."""
@@ -46,7 +48,8 @@ def train_command(
 
     try:
         result = train_task(_settings(ctx), task, profile, console=console, promote=promote, epochs=epochs,
-                            seed=seed, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length)
+                            seed=seed, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
+                            autocast=precision)
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from e
     card = result.card

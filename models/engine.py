@@ -190,6 +190,23 @@ def to_predictions(p: np.ndarray, labels: Sequence[str], truncated: Sequence[boo
     ]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX). Without it torch
+    emulates bf16 and runs slower than fp32, so bf16 is worth trying only where this holds."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def mixed_precision(device: torch.device, wanted: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of training and evaluation passes. auto: bf16 where the hardware computes
+    it (CUDA, AVX512-BF16/AMX CPUs: about 2x faster training steps on the 2-core machine here),
+    else None (fp32). Weights and optimiser state stay fp32 either way."""
+    if wanted == "fp32":
+        return None
+    if wanted == "bf16" or device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def set_cpu_threads(num_threads: int | None) -> int:
     """Use at most the cores this process may run on (torch's default can oversubscribe containers);
     returns the thread count set."""
@@ -197,6 +214,16 @@ def set_cpu_threads(num_threads: int | None) -> int:
     threads = max(1, min(num_threads or available, available))
     torch.set_num_threads(threads)
     return threads
+
+
+def auto_precisions(device: torch.device) -> tuple[Precision, ...]:
+    """What ``precision="auto"`` tries, in order; the first that passes its parity check is used.
+    CUDA: fp16. CPU with bf16 in hardware: bf16 (autocast keeps softmax and layer norm in fp32; 3x
+    torch fp32 on MiniLM here, see benchmarks/RESULTS.md). Then, or on other CPUs: the fp32 graph on
+    ONNX Runtime, which loses less than torch eager when other processes share the cores."""
+    if device.type == "cuda":
+        return ("fp16",)
+    return ("bf16", "onnx") if cpu_has_native_bf16() else ("onnx",)
 
 
 class Engine:
@@ -239,18 +266,9 @@ class Engine:
         self.precision = "fp32"
         self.parity: ParityReport | None = None
         if precision == "auto":
-            # CPU: ONNX Runtime runs the same fp32 graph faster than torch eager. CUDA: fp16.
-            wanted = "fp16" if self.device.type == "cuda" else "onnx"
-            if not parity_texts:
-                log.info("%s %s: no parity sample to check %s against, keeping fp32", self.task,
-                         self.model_version, wanted)
-                return
-            try:
-                self._enable(wanted, Path(model_dir), parity_texts, max_flip_rate)
-            except ScoringError as e:
-                log.warning("%s %s: %s unavailable (%s); keeping fp32", self.task, self.model_version, wanted, e)
-        elif precision != "fp32":
-            self._enable(precision, Path(model_dir), parity_texts, max_flip_rate)
+            self._enable_first(auto_precisions(self.device), Path(model_dir), parity_texts, max_flip_rate)
+        elif precision != "fp32" and not self._enable(precision, Path(model_dir), parity_texts, max_flip_rate):
+            log.warning("%s %s: keeping fp32", self.task, self.model_version)
 
     def _candidate(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
         """The forward at ``precision``, and where its parity figures on ``parity_texts`` are kept (if anywhere)."""
@@ -258,24 +276,50 @@ class Engine:
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
             quantized = torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8)
-            return torch_forward(quantized, self.device), None
-        if precision in ("fp16", "bf16"):
+            return torch_forward(quantized, self.device), self._torch_parity_record(precision, model_dir, parity_texts)
+        if precision == "fp16":
             if self.device.type != "cuda":
-                raise ScoringError(f"{precision} inference needs CUDA; on CPU use fp32, onnx or int8")
-            dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-            return torch_forward(self._fp32, self.device, dtype), None
+                raise ScoringError("fp16 inference needs CUDA; on CPU use bf16 (AVX512-BF16/AMX CPUs), onnx or fp32")
+            return torch_forward(self._fp32, self.device, torch.float16), None
+        if precision == "bf16":
+            if self.device.type == "cpu" and not cpu_has_native_bf16():
+                raise ScoringError("this CPU has no AVX512-BF16 or AMX, so bf16 would be emulated and slower "
+                                   "than fp32; use onnx or fp32")
+            record = self._torch_parity_record(precision, model_dir, parity_texts) if self.device.type == "cpu" else None
+            return torch_forward(self._fp32, self.device, torch.bfloat16), record
         if precision in ("onnx", "onnx-int8"):
             if self.device.type != "cpu":
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
             try:
                 path = onnx_backend.cached_export(self._fp32, model_dir, int8=precision == "onnx-int8")
                 return (onnx_backend.onnx_forward(path, self.num_threads or 1),
-                        onnx_backend.parity_record(path, parity_texts, self.max_length))
+                        onnx_backend.onnx_parity_record(path, parity_texts, self.max_length))
             except onnx_backend.OnnxExportError as e:
                 raise ScoringError(str(e)) from e
         raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, onnx, onnx-int8, int8, fp16 or bf16")
 
-    def _enable(self, precision: str, model_dir: Path, parity_texts: Sequence[str], max_flip_rate: float) -> None:
+    def _torch_parity_record(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> Path:
+        """Kept in the version's ``parity/`` folder, so a worker restart or hot swap skips the check."""
+        beside = model_dir / "parity" / f"{precision}-{onnx_backend.weights_digest(model_dir)}"
+        return onnx_backend.parity_record(beside, parity_texts, self.max_length,
+                                          f"cpu {torch.backends.cpu.get_cpu_capability()}")
+
+    def _enable_first(self, precisions: Sequence[Precision], model_dir: Path, parity_texts: Sequence[str],
+                      max_flip_rate: float) -> None:
+        if not parity_texts:
+            log.info("%s %s: no parity sample to check %s against, keeping fp32", self.task,
+                     self.model_version, "/".join(precisions))
+            return
+        for wanted in precisions:
+            try:
+                if self._enable(wanted, model_dir, parity_texts, max_flip_rate):
+                    return
+            except ScoringError as e:
+                log.warning("%s %s: %s unavailable (%s)", self.task, self.model_version, wanted, e)
+        log.warning("%s %s: keeping fp32", self.task, self.model_version)
+
+    def _enable(self, precision: str, model_dir: Path, parity_texts: Sequence[str], max_flip_rate: float) -> bool:
+        """Use ``precision`` if it passes the parity check against fp32; whether it did."""
         if not parity_texts:
             raise ScoringError(f"{precision} needs a parity sample of real texts to check it against fp32")
         candidate, record = self._candidate(precision, model_dir, parity_texts)
@@ -293,9 +337,10 @@ class Engine:
         if self.parity.accepted:
             self._forward, self.precision = candidate, precision
         else:
-            log.warning("%s %s: %s flips %.3f%% of labels vs fp32 (limit %.3f%%); keeping fp32",
+            log.warning("%s %s: %s flips %.3f%% of labels vs fp32 (limit %.3f%%); not using it",
                         self.task, self.model_version, precision, 100 * self.parity.flip_rate,
                         100 * max_flip_rate)
+        return self.parity.accepted
 
     def probs(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Large calls go in chunks: the next chunk is tokenized on a thread (the Rust tokenizer

@@ -121,14 +121,20 @@ def cached_export(model: MeanPoolClassifier, model_dir: Path, *, int8: bool = Fa
         raise OnnxExportError(f"exporting {model_dir} to ONNX failed: {e}; set VIGIL_INFERENCE_PRECISION=fp32") from e
 
 
-def parity_record(onnx_path: Path, texts: Sequence[str], max_length: int) -> Path:
-    """Where the parity figures of ``onnx_path`` against torch fp32 on ``texts`` are kept."""
-    import onnxruntime as ort
-
-    h = hashlib.sha256(f"{max_length}|torch {torch.__version__}|onnxruntime {ort.__version__}".encode())
+def parity_record(beside: Path, texts: Sequence[str], max_length: int, runtime: str) -> Path:
+    """Where the parity figures against torch fp32 on ``texts`` are kept for the forward that
+    ``beside`` names (an ONNX file, or a precision and weights digest): any change of sample, length
+    or ``runtime`` (versions, hardware) means checking again."""
+    h = hashlib.sha256(f"{max_length}|torch {torch.__version__}|{runtime}".encode())
     for text in texts:
         h.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    return onnx_path.with_name(f"{onnx_path.stem}.parity-{h.hexdigest()[:16]}.json")
+    return beside.with_name(f"{beside.name.removesuffix('.onnx')}.parity-{h.hexdigest()[:16]}.json")
+
+
+def onnx_parity_record(onnx_path: Path, texts: Sequence[str], max_length: int) -> Path:
+    import onnxruntime as ort
+
+    return parity_record(onnx_path, texts, max_length, f"onnxruntime {ort.__version__}")
 
 
 def read_parity(path: Path) -> dict | None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
-from models.engine import encode, pad_batch, pick_device, predict_probs, set_cpu_threads
+from models.engine import encode, mixed_precision, pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import evaluate
 from models.modeling import MeanPoolClassifier, labels_of
 from models.registry import ModelCard, ModelRegistry
@@ -51,6 +52,8 @@ class RetrainConfig(BaseModel):
     corrections_share: float = Field(
         0.5, ge=0, lt=1, description="Least share of each epoch that is corrections: they are repeated "
         "(whole) until they make up this much of the mix with the replay sample. 0: each once.")
+    autocast: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Mixed precision of the passes: auto is bf16 where the hardware computes it.")
     seed: int = 0
 
 
@@ -128,7 +131,7 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int, 
         return [], np.empty(0, dtype=np.float32)
     labels = labels_of(model)
     probs = predict_probs(model, encode(tokenizer, texts, max_length).ids, tokenizer.pad_token_id, batch_size,
-                          device, torch.bfloat16 if device.type == "cuda" else None)
+                          device, mixed_precision(device))
     return [labels[i] for i in probs.argmax(1)], probs.max(1)
 
 
@@ -188,7 +191,7 @@ def fine_tune(
                                   weight_decay=cfg.weight_decay, fused=dev.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * cfg.warmup_ratio), total))
     loss_fn = nn.CrossEntropyLoss()
-    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    autocast = mixed_precision(dev, cfg.autocast)
     generator = torch.Generator().manual_seed(cfg.seed)
     model.train()
     step = 0
@@ -231,6 +234,7 @@ def fine_tune(
             "corrections_repeats": repeats,
             "gold_fingerprint": gold.fingerprint,
             "device": str(dev),
+            "autocast": "bf16" if autocast else "fp32",
             **(extra_config or {}),
         },
     })

@@ -15,7 +15,7 @@ from rich.console import Console
 from torch import nn
 
 from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
-from models.engine import pad_batch, pick_device, predict_probs, set_cpu_threads
+from models.engine import mixed_precision, pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import EvalReport, evaluate
 from models.modeling import MeanPoolClassifier, init_from_encoder
 from models.registry import ModelCard, ModelRegistry
@@ -51,6 +51,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 13
     seed: int = 0
+    autocast: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Mixed precision of the passes: auto is bf16 where the hardware computes it.")
     calibration_precision: float = Field(
         0.9, gt=0, le=1, description="Precision wanted of automatically routed predictions; the lowest "
         "validation confidence threshold reaching it is recorded in the card (metrics.calibration).",
@@ -193,7 +195,7 @@ def train(
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), fused=dev.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * cfg.warmup_ratio), total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    autocast = mixed_precision(dev, cfg.autocast)
     generator = torch.Generator().manual_seed(cfg.seed)
     eval_every = cfg.eval_every or steps_per_epoch
 
@@ -259,7 +261,8 @@ def train(
         data_fingerprint=fingerprint(train_rows, split_cfg, sources),
         base_encoder=str(encoder_dir),
         max_length=cfg.max_length,
-        training_config={**cfg.model_dump(mode="json"), "device": str(dev)},
+        training_config={**cfg.model_dump(mode="json"), "device": str(dev),
+                         "autocast": "bf16" if autocast else "fp32"},
     ))
     return TrainResult(card, model, report, step, time.perf_counter() - started, stopped_early)
 

@@ -184,10 +184,12 @@ class VigilSettings(BaseSettings):
     )
     inference_precision: Literal["auto", "fp32", "onnx", "onnx-int8", "int8", "fp16", "bf16"] = Field(
         "auto",
-        description="auto: onnx on CPU, fp16 on CUDA, each falling back to torch fp32 (logged) when it fails its "
-        "check. onnx: the fp32 graph on ONNX Runtime (exported once per version, cached in its onnx/ folder); "
-        "onnx-int8 and int8: dynamically quantized (CPU); fp16/bf16: CUDA. All but fp32 are enabled only "
-        "if they flip at most parity_max_flip_rate of labels vs torch fp32 on the task's validation texts.",
+        description="auto: fp16 on CUDA; on CPU bf16 where the CPU computes it (AVX512-BF16/AMX), then onnx; "
+        "the first that passes its check is used, else torch fp32 (logged). onnx: the fp32 graph on ONNX "
+        "Runtime (exported once per version, cached in its onnx/ folder); onnx-int8 and int8: dynamically "
+        "quantized (CPU); fp16: CUDA; bf16: CUDA or such CPUs. All but fp32 are enabled only if they flip "
+        "at most parity_max_flip_rate of labels vs torch fp32 on the task's validation texts (figures "
+        "kept per version, so restarts and hot swaps skip the check).",
     )
     parity_max_flip_rate: float = Field(0.002, ge=0, le=1)
     cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")

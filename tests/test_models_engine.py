@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from models.engine import ScoringError
-from models.registry import ModelNotFound
+from models.engine import ScoringError, cpu_has_native_bf16
+from models.registry import ModelNotFound, ModelRegistry
 from models.engine import load_scorer
 from streams.settings import VigilSettings
 from tests.fixtures.models import scorer_from_registry
@@ -105,6 +105,28 @@ def test_int8_is_checked_against_fp32(tiny_registry):
         scorer_from_registry(tiny_registry, "triage", precision="int8")
     with pytest.raises(ScoringError, match="needs CUDA"):
         scorer_from_registry(tiny_registry, "triage", precision="fp16", parity_texts=texts)
+
+
+def test_bf16_on_cpu_runs_only_in_hardware_and_is_checked_against_fp32(tiny_registry):
+    texts = [t for t in MIXED if t] * 5
+    if not cpu_has_native_bf16():
+        with pytest.raises(ScoringError, match="emulated"):
+            scorer_from_registry(tiny_registry, "triage", precision="bf16", parity_texts=texts)
+        return
+    parity_dir = ModelRegistry(tiny_registry).resolve("triage") / "parity"
+    before = set(parity_dir.glob("bf16-*.json"))
+    engine = scorer_from_registry(tiny_registry, "triage", precision="bf16", parity_texts=texts)
+    report = engine.parity
+    assert report.precision == "bf16" and report.n == len(texts)
+    assert engine.precision == ("bf16" if report.accepted else "fp32")
+    assert 0 < report.max_abs_prob_diff < 0.05  # bf16 really ran, and stays close to fp32
+    # the figures for this sample are kept: the next engine on this version reads them back
+    assert len(set(parity_dir.glob("bf16-*.json")) - before) == 1
+    assert scorer_from_registry(tiny_registry, "triage", precision="bf16", parity_texts=texts).parity == report
+    fp32 = scorer_from_registry(tiny_registry, "triage")
+    got, ref = engine.score(MIXED), fp32.score(MIXED)
+    assert [p.truncated for p in got] == [p.truncated for p in ref]
+    assert max(abs(g.confidence - r.confidence) for g, r in zip(got, ref, strict=True)) < 0.05
 
 
 def test_load_scorer_from_settings(tiny_registry, tmp_path):

@@ -9,7 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from models.engine import ScoringError, load_scorer
+import torch
+
+from models.engine import ScoringError, auto_precisions, cpu_has_native_bf16, load_scorer
 from models.onnx_backend import weights_digest
 from models.registry import ModelRegistry
 from streams.settings import VigilSettings
@@ -93,11 +95,16 @@ def test_the_export_is_cached_per_version(tiny_registry, tmp_path, caplog):
     assert_same_predictions(second.score(MIXED), first.score(MIXED))
 
 
-def test_auto_picks_onnx_on_cpu_only_when_parity_passes(tiny_registry, caplog):
-    assert scorer_from_registry(tiny_registry, "triage", parity_texts=PARITY).precision == "onnx"
+def test_auto_takes_the_first_cpu_precision_that_passes_parity(tiny_registry, caplog):
+    tried = auto_precisions(torch.device("cpu"))
+    assert tried == (("bf16", "onnx") if cpu_has_native_bf16() else ("onnx",))
+    assert scorer_from_registry(tiny_registry, "triage", parity_texts=PARITY).precision == tried[0]
     with caplog.at_level(logging.WARNING, logger="models.engine"):
         strict = scorer_from_registry(tiny_registry, "triage", parity_texts=PARITY, max_flip_rate=-1.0)
-    assert strict.precision == "fp32" and strict.parity.precision == "onnx" and not strict.parity.accepted
+    # every candidate was checked and refused, the last one's report is kept
+    assert strict.precision == "fp32" and strict.parity.precision == tried[-1] and not strict.parity.accepted
+    refused = [r.getMessage() for r in caplog.records if "not using it" in r.getMessage()]
+    assert [m.split(": ")[1].split()[0] for m in refused] == list(tried)
     assert any("keeping fp32" in r.getMessage() for r in caplog.records)
     # without a sample there is nothing to check against: fp32
     assert scorer_from_registry(tiny_registry, "triage").precision == "fp32"
@@ -115,10 +122,11 @@ def test_onnx_int8_is_checked_against_fp32(tiny_registry):
     assert (ModelRegistry(tiny_registry).resolve("triage") / "onnx" / f"model-{digest}-int8.onnx").is_file()
 
 
-def test_load_scorer_checks_onnx_on_the_validation_sample(tiny_registry):
+def test_load_scorer_checks_auto_on_the_validation_sample(tiny_registry):
     settings = VigilSettings(data_dir=tiny_registry.parent, device="cpu", max_length=32)
     scorer = load_scorer(settings, "sentiment")
-    assert scorer.precision == "onnx" and scorer.parity.n > 100 and scorer.parity.accepted
+    assert scorer.precision == auto_precisions(torch.device("cpu"))[0]
+    assert scorer.parity.n > 100 and scorer.parity.accepted
     fp32 = load_scorer(settings.model_copy(update={"inference_precision": "fp32"}), "sentiment")
     assert fp32.precision == "fp32" and fp32.parity is None
-    assert_same_predictions(scorer.score(MIXED), fp32.score(MIXED))
+    assert [p.label for p in scorer.score(MIXED)] == [p.label for p in fp32.score(MIXED)]

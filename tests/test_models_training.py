@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.encoder import base_encoder_dir
-from models.engine import encode, predict_probs
+from models.engine import cpu_has_native_bf16, encode, predict_probs
 from models.modeling import init_from_encoder
 from models.registry import ModelRegistry
 from models.tasks import banking77_labels
@@ -45,3 +45,15 @@ def test_same_seed_same_weights_and_reload_is_identical(tmp_path):
     in_memory = predict_probs(a.model, enc.ids, reloaded.tokenizer.pad_token_id, 8, torch.device("cpu"))
     from_disk, _ = reloaded.probs(TEXTS)
     np.testing.assert_array_equal(in_memory, from_disk)
+
+
+def test_mixed_precision_is_chosen_by_the_hardware_and_recorded(tmp_path):
+    auto = train_tiny("sentiment", tmp_path / "auto", max_steps=4, val_cap=32)
+    fp32 = train_tiny("sentiment", tmp_path / "fp32", max_steps=4, val_cap=32, autocast="fp32")
+    assert auto.card.training_config["autocast"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert fp32.card.training_config["autocast"] == "fp32"
+    wa = load_file(tmp_path / "auto" / "sentiment" / "v1" / "model.safetensors")
+    wf = load_file(tmp_path / "fp32" / "sentiment" / "v1" / "model.safetensors")
+    # the weights stay fp32 either way; bf16 passes move them differently
+    assert all(w.dtype == torch.float32 for w in wa.values())
+    assert torch.equal(wa["classifier.weight"], wf["classifier.weight"]) == (not cpu_has_native_bf16())
