@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -188,8 +189,9 @@ class FeedbackProcessor:
         await self.remember_selections()
         now = self._clock()
         requests = []
-        for alert in decode_all(Alert, values, "alerts"):
-            for msg in await self._contributors(alert):
+        alerts = decode_all(Alert, values, "alerts")
+        for alert, contributors in zip(alerts, await self._contributors(alerts), strict=True):
+            for msg in contributors:
                 decision = self.selector.decide(msg, now, alert_id=alert.id)
                 if decision.request is not None:
                     requests.append(decision.request)
@@ -198,23 +200,34 @@ class FeedbackProcessor:
         await self.request(requests)
         return requests
 
-    async def _contributors(self, alert: Alert) -> list[ScoredMessage]:
-        """The stored scored messages behind an alert, as the alert's model version scored them."""
-        kind = KIND_OF_ALERT[alert.kind]
-        wanted = {m.id for m in alert.top_messages}
+    async def _contributors(self, alerts: Sequence[Alert]) -> list[list[ScoredMessage]]:
+        """Per alert, the stored scored messages behind it, as the alert's model version scored
+        them. One read per kind for the whole batch, then one for what is still missing: urgent
+        support intents alert on every message, so a read per alert would cost more than scoring."""
+        missing = {(KIND_OF_ALERT[a.kind], m.id) for a in alerts for m in a.top_messages}
+        stored: dict[tuple[Kind, str], list[ScoredMessage]] = defaultdict(list)
         deadline = time.monotonic() + _CONTRIBUTOR_WAIT_S
-        while True:
-            found: dict[str, ScoredMessage] = {}
-            for m in await self._durably("reading alert contributors", self._store.fetch_scored, kind, wanted):
-                if m.id not in found or m.model_version == alert.model_version:
-                    found[m.id] = m
-            if len(found) == len(wanted) or time.monotonic() > deadline:
+        while missing:
+            for kind in {k for k, _ in missing}:
+                ids = [i for k, i in missing if k == kind]
+                for m in await self._durably("reading alert contributors", self._store.fetch_scored, kind, ids):
+                    stored[(kind, m.id)].append(m)
+            missing -= stored.keys()
+            if not missing or time.monotonic() > deadline:
                 break
             self._watchdog.beat(time.monotonic())
             await asyncio.sleep(0.5)
-        if missing := wanted - set(found):
-            log.error("alert %s: contributing messages %s are not in ClickHouse; not requested", alert.id, sorted(missing))
-        return [found[i] for i in sorted(found)]
+        out = []
+        for alert in alerts:
+            kind, found = KIND_OF_ALERT[alert.kind], {}
+            for m in sorted(alert.top_messages, key=lambda m: m.id):
+                versions = stored.get((kind, m.id))
+                if versions:
+                    found[m.id] = next((v for v in versions if v.model_version == alert.model_version), versions[0])
+            if lost := {m.id for m in alert.top_messages} - set(found):
+                log.error("alert %s: contributing messages %s are not in ClickHouse; not requested", alert.id, sorted(lost))
+            out.append(list(found.values()))
+        return out
 
     async def on_corrections(self, values: Sequence[bytes]) -> list[ModelEvent]:
         events = []

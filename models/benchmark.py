@@ -1,11 +1,13 @@
 """`vigil bench scoring`: Vigil's engine vs Hugging Face pipelines, same model, same texts, same run.
 
 Texts are the bundled Twitter Financial News tweets. Prints msgs/s and p50/p99 per-batch latency for:
-  engine            Engine.score on batches of `batch` texts (length bucketing), at the settings'
-                    precision (auto: ONNX Runtime on CPU, fp16 on CUDA, when they pass the parity check)
-  engine/P          the same engine at each extra precision P asked for (`also`, e.g. fp32 for torch eager)
-  pipeline/1        pipeline("text-classification") called once per message
-  pipeline/batch    the same pipeline given each batch, batch_size=`batch`
+  engine              Engine.score on batches of `batch` texts (length bucketing), at the settings'
+                      precision (auto: fp16 on CUDA; bf16 or ONNX Runtime on CPU; see models.engine)
+  engine/P            the same engine at each extra precision P asked for (`also`, e.g. fp32 for torch eager)
+  pipeline/1          pipeline("text-classification") called once per message
+  pipeline/batch      the same pipeline given each batch, batch_size=`batch`; its weights are in the
+                      engine's fp16/bf16 when the engine runs those
+  pipeline/batch/fp32 then also the pipeline as it comes (fp32)
 and the ratio of each engine to pipeline-batch.
 """
 
@@ -82,8 +84,12 @@ def bench_scoring(
     # The pipelines get the engine's reduced precision where torch runs it natively, so the ratio
     # measures the engine, not the dtype.
     hf_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(engine.precision, torch.float32)
-    hf_model = MeanPoolClassifier.from_pretrained(model_dir, dtype=hf_dtype).eval()
-    pipe = pipeline("text-classification", model=hf_model, tokenizer=engine.tokenizer, device=dev)
+
+    def hf_pipeline(dtype: torch.dtype):
+        model = MeanPoolClassifier.from_pretrained(model_dir, dtype=dtype).eval()
+        return pipeline("text-classification", model=model, tokenizer=engine.tokenizer, device=dev)
+
+    pipe = hf_pipeline(hf_dtype)
     kw = {"truncation": True, "max_length": settings.max_length}
 
     texts = tweets(settings, n)
@@ -93,6 +99,12 @@ def bench_scoring(
         rates = {name: run(name, e.score, batches, len(texts), out) for name, e in engines.items()}
         run("pipeline/1", lambda b: pipe(b[0], **kw), singles, len(singles), out)
         r_batch = run("pipeline/batch", lambda b: pipe(b, batch_size=batch, **kw), batches, len(texts), out)
+        if hf_dtype != torch.float32:
+            # also as a user runs it: the pipeline's default fp32
+            fp32_pipe = hf_pipeline(torch.float32)
+            r_fp32 = run("pipeline/batch/fp32", lambda b: fp32_pipe(b, batch_size=batch, **kw), batches,
+                         len(texts), out)
+            out(f"engine / pipeline(batch_size={batch}, fp32) = {rates['engine'] / r_fp32:.2f}x")
     for name, rate in rates.items():
         out(f"{name} / pipeline(batch_size={batch}) = {rate / r_batch:.2f}x")
     return rates["engine"] / r_batch
