@@ -9,7 +9,7 @@ never pass a filter its replacement would fail.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from feedback.contracts import (
     SelectionReason,
 )
 from feedback.round_heartbeat import RoundHeartbeat
-from feedback.selection import PastSelection
+from feedback.selection import TASK_OF_KIND, PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
 from streams.clickhouse.compat import to_stored_time
 from streams.clickhouse.migrations import schema_level
@@ -188,19 +188,7 @@ class FeedbackStore:
             merged[r.item_id] = _merge(merged[r.item_id], r) if r.item_id in merged else r
         if not merged:
             return 0
-        cols = ", ".join(QUEUE_COLUMNS)
-        existing = {
-            item.request.item_id: item
-            for item in (
-                queue_item_from_row(dict(zip(QUEUE_COLUMNS, row, strict=True)))
-                for row in self._query(
-                    "label-queue lookup",
-                    f"SELECT {cols} FROM {self.database}.label_queue FINAL "
-                    "WHERE item_id IN {ids:Array(String)}",
-                    {"ids": sorted(merged)},
-                )
-            )
-        }
+        existing = self.items_by_id(merged)
         rows = []
         for item_id, r in merged.items():
             old = existing.get(item_id)
@@ -242,14 +230,21 @@ class FeedbackStore:
         )
         return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
 
-    def fetch_item(self, item_id: str) -> QueueItem | None:
+    def items_by_id(self, item_ids: Iterable[str]) -> dict[str, QueueItem]:
+        """The queue items with these ids, by id (ids not in the queue are absent)."""
+        if not (wanted := sorted(item_ids)):
+            return {}
         cols = ", ".join(QUEUE_COLUMNS)
         rows = self._query(
             "label-queue read",
-            f"SELECT {cols} FROM {self.database}.label_queue FINAL WHERE item_id = {{id:String}}",
-            {"id": item_id},
+            f"SELECT {cols} FROM {self.database}.label_queue FINAL WHERE item_id IN {{ids:Array(String)}}",
+            {"ids": wanted},
         )
-        return queue_item_from_row(dict(zip(QUEUE_COLUMNS, rows[0], strict=True))) if rows else None
+        items = (queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows)
+        return {item.request.item_id: item for item in items}
+
+    def fetch_item(self, item_id: str) -> QueueItem | None:
+        return self.items_by_id([item_id]).get(item_id)
 
     def fetch_selections(self, since: datetime) -> list[PastSelection]:
         """Every item selected at or after ``since`` (whole seconds), oldest first, as the selector
@@ -321,19 +316,17 @@ class FeedbackStore:
         corrections = [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in reversed(rows)]
         if not corrections:
             return []
-        qcols = ", ".join(QUEUE_COLUMNS)
-        items = {
-            item.request.item_id: item
-            for item in (
-                queue_item_from_row(dict(zip(QUEUE_COLUMNS, row, strict=True)))
-                for row in self._query(
-                    "label-queue read",
-                    f"SELECT {qcols} FROM {self.database}.label_queue FINAL WHERE item_id IN {{ids:Array(String)}}",
-                    {"ids": sorted({c.item_id for c in corrections if c.item_id})},
-                )
-            )
-        }
+        items = self.items_by_id({c.item_id for c in corrections if c.item_id})
         return [(c, item) for c in corrections if (item := items.get(c.item_id or "")) is not None]
+
+    def fetch_predicted_mix(self, task: str, model_version: str, *, before: datetime, limit: int) -> dict[str, int]:
+        """How many of the last ``limit`` messages of ``task`` that ``model_version`` scored before
+        ``before`` it gave each label."""
+        kind = next(k for k, t in TASK_OF_KIND.items() if t == task)
+        mix: dict[str, int] = {}
+        for score in self._store.fetch_recent_scored(kind, model_version, before=before, limit=limit):
+            mix[score.label] = mix.get(score.label, 0) + 1
+        return mix
 
     # --- model events ---------------------------------------------------------------------------
 
