@@ -142,14 +142,16 @@ def main() -> None:
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     step = timedelta(seconds=86_400 / len(stream))
     selector = Selector(policy_from_settings(champ_settings))
+    scored_stream = [
+        ScoredMessage(id=f"tw-{i}", kind=Kind.news, text=row.text, model_name=champion_card.model_name,
+                      model_version="v1", label=p.label, probs=p.probs, confidence=p.confidence, margin=p.margin,
+                      entropy=p.entropy, content_hash=i, event_time=(at := t0 + i * step), ingest_time=at,
+                      scored_time=at, src_partition=0, src_offset=i)
+        for i, (row, p) in enumerate(zip(stream, preds, strict=True))
+    ]
     active: list[int] = []
-    for i, (row, p) in enumerate(zip(stream, preds, strict=True)):
-        at = t0 + i * step
-        msg = ScoredMessage(id=f"tw-{i}", kind=Kind.news, text=row.text, model_name=champion_card.model_name,
-                            model_version="v1", label=p.label, probs=p.probs,
-                            confidence=p.confidence, margin=p.margin, entropy=p.entropy, content_hash=i,
-                            event_time=at, ingest_time=at, scored_time=at, src_partition=0, src_offset=i)
-        if selector.decide(msg, at).request is not None:
+    for i, msg in enumerate(scored_stream):
+        if selector.decide(msg, msg.event_time).request is not None:
             active.append(i)
             if len(active) == args.budget:
                 break
@@ -162,7 +164,12 @@ def main() -> None:
     for name, picked in [(a, {"active": active, "random": random_pick}[a]) for a in arms]:
         settings = VigilSettings(data_dir=args.out / name, **base)
         shutil.copytree(champ_settings.registry_dir, settings.registry_dir)
-        open_store(settings).close()
+        # the day's stream as the champion scored it: VIGIL_RETRAIN_PRIOR_CORRECTION takes its class mix from there
+        scored_store = open_store(settings)
+        try:
+            scored_store.write_scored(scored_stream)
+        finally:
+            scored_store.close()
         store = open_feedback_store(settings)
         try:
             store.write_corrections([

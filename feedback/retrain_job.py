@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -94,6 +94,16 @@ def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tu
     n_recent = round(len(items) * fraction)
     cut = len(items) - n_recent
     return list(items[:cut]), list(items[cut:])
+
+
+def stream_prior(predicted_mix: Mapping[str, int], labels: Sequence[str]) -> dict[str, float] | None:
+    """The stream's class mix, estimated from the champion's labels of its recent messages (one
+    pseudo-count per label, so no class is ruled out): the queue's own mix is biased towards what
+    the champion is unsure of. None when the champion has scored nothing yet."""
+    total = sum(predicted_mix.get(y, 0) for y in labels)
+    if total == 0:
+        return None
+    return {y: (predicted_mix.get(y, 0) + 1) / (total + len(labels)) for y in labels}
 
 
 def _event(kind: ModelEventKind, task: str, version: str, detail: str, figures: dict[str, float] | None = None,
@@ -259,7 +269,8 @@ def run_retrain(
     record([started])
     try:
         with heartbeating(beat, settings.retrain_heartbeat_s, task):
-            return _train_and_judge(settings, task, start, record, now, ModelEvent.round_end_id(started.event_id))
+            return _train_and_judge(settings, task, store, start, record, now,
+                                    ModelEvent.round_end_id(started.event_id))
     except BaseException as e:  # also an interrupt: the round must not stay open until it times out
         try:
             record([failed_event(started, f"{type(e).__name__}: {e}", now)])
@@ -271,6 +282,7 @@ def run_retrain(
 def _train_and_judge(
     settings: VigilSettings,
     task: str,
+    store,
     start: RoundStart,
     record: Callable[[Sequence[ModelEvent]], None],
     now: Callable[[], datetime],
@@ -322,14 +334,21 @@ def _train_and_judge(
     if not train_items:
         return refuse(f"nothing left to train on after screening ({len(labelled)} labelled items)", base_figures)
 
+    prior = None
+    if settings.retrain_prior_correction:
+        prior = stream_prior(store.fetch_predicted_mix(task, champion_version, before=now(),
+                                                       limit=settings.retrain_prior_window), champion.labels)
+        if prior is None:
+            log.warning("%s: no scored messages of %s to estimate the stream's class mix from: training on the "
+                        "queue's mix (VIGIL_RETRAIN_PRIOR_CORRECTION)", task, champion_version)
     cfg = RetrainConfig(epochs=settings.retrain_epochs, lr=settings.retrain_lr, head_lr=settings.retrain_head_lr,
                         batch_size=settings.retrain_batch_size, max_length=max_length,
                         replay_size=settings.retrain_replay_size,
                         corrections_share=settings.retrain_corrections_share, seed=settings.retrain_seed)
     result = fine_tune(champion, champ_dir, [(c.text, y) for c, y in train_items], cfg,
                        data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir, gold=gold,
-                       device=settings.device, cpu_threads=settings.cpu_threads, extra_config={"dropped_annotators": screened.dropped,
-                                                             "held_out_recent": len(recent_items)})
+                       device=settings.device, cpu_threads=settings.cpu_threads, class_prior=prior,
+                       extra_config={"dropped_annotators": screened.dropped, "held_out_recent": len(recent_items)})
     gold_texts = [r.text for r in gold.rows]
     champ_gold, _ = predict(champ_model, tokenizer, gold_texts, max_length, device)
     recent_texts = [c.text for c, _ in recent_items]

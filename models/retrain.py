@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,6 +107,34 @@ def corrections_repeats(n_corrections: int, n_replay: int, share: float) -> int:
     return max(1, math.ceil(round(share * n_replay / ((1 - share) * n_corrections), 9)))
 
 
+def prior_resample(labels: Sequence[str], prior: Mapping[str, float], n: int, seed: int) -> list[int]:
+    """``n`` indices into ``labels`` (the corrections' labels) whose class mix is ``prior`` as
+    closely as whole rows allow. The queue picks what the champion is unsure of, so its label mix
+    is not the stream's, and a model fine-tuned on it learns the queue's mix. Each class's count is
+    met with whole copies of all its corrections plus a seeded sample of the rest (stratified: no
+    correction drops out by chance); the prior's classes without corrections give their share to
+    the others in proportion, and corrected classes the prior lacks get none."""
+    by_class: dict[str, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    weights = {y: prior.get(y, 0.0) for y in sorted(by_class)}
+    mass = sum(weights.values())
+    if mass <= 0:
+        raise ValueError(f"the prior {dict(prior)} gives no weight to any corrected class {sorted(by_class)}")
+    exact = {y: n * w / mass for y, w in weights.items()}
+    counts = {y: math.floor(x) for y, x in exact.items()}
+    # largest remainders take the rows rounding left over; ties by label, so the split is fixed
+    for y in sorted(exact, key=lambda y: (counts[y] - exact[y], y))[: n - sum(counts.values())]:
+        counts[y] += 1
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    for y, k in counts.items():
+        rows = by_class[y]
+        whole, rest = divmod(k, len(rows))
+        out += rows * whole + sorted(rng.choice(rows, size=rest, replace=False).tolist())
+    return sorted(out)
+
+
 def corrections_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for text, label in pairs:
@@ -156,11 +184,14 @@ def fine_tune(
     gold: GoldSet,
     device: str = "auto",
     cpu_threads: int | None = None,
+    class_prior: Mapping[str, float] | None = None,
     extra_config: dict | None = None,
 ) -> RetrainResult:
     """Fine-tune ``champion`` on (text, label) ``corrections`` + a replay sample; add the result as
     a new registry version (its parent is the champion) and return it. Deterministic for cfg.seed
-    on CPU. ``extra_config`` (e.g. dropped annotators) goes into the card's training_config."""
+    on CPU. With ``class_prior`` (label -> share of the stream), the corrections' rows are resampled
+    to that class mix (``prior_resample``) instead of repeated alike. ``extra_config`` (e.g. dropped
+    annotators) goes into the card's training_config."""
     started = time.perf_counter()
     labels = tuple(champion.labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -171,7 +202,10 @@ def fine_tune(
         raise RetrainError("no corrections to train on")
     replay = replay_sample(champion, data_dir, cfg.replay_size, cfg.seed)
     repeats = corrections_repeats(len(corrections), len(replay), cfg.corrections_share)
-    rows = [Row(t, y, CORRECTIONS_SOURCE) for t, y in corrections] * repeats + replay
+    picked = (list(corrections) * repeats if class_prior is None else
+              [corrections[i] for i in prior_resample([y for _, y in corrections], class_prior,
+                                                      len(corrections) * repeats, cfg.seed)])
+    rows = [Row(t, y, CORRECTIONS_SOURCE) for t, y in picked] + replay
 
     dev = pick_device(device)
     if dev.type == "cpu":
@@ -232,6 +266,7 @@ def fine_tune(
             "corrections_fingerprint": corrections_fingerprint(corrections),
             "replay_rows": len(replay),
             "corrections_repeats": repeats,
+            "class_prior": None if class_prior is None else dict(class_prior),
             "gold_fingerprint": gold.fingerprint,
             "device": str(dev),
             "autocast": "bf16" if autocast else "fp32",

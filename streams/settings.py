@@ -220,6 +220,11 @@ class VigilSettings(BaseSettings):
     retrain_corrections_share: float = Field(
         0.5, ge=0, lt=1, description="Least share of each retraining epoch that is corrections: they are "
         "repeated until they make up this much of the mix with the replay sample (0: each once).")
+    retrain_prior_correction: bool = Field(
+        False, description="Resample the corrections to the stream's class mix, as the champion labelled its last "
+        "retrain_prior_window scored messages, instead of the queue's mix (the queue over-samples what the "
+        "champion is unsure of).")
+    retrain_prior_window: int = Field(10_000, ge=1, description="Scored messages the stream's class mix is taken from.")
     retrain_epochs: int = Field(3, ge=1)
     retrain_lr: float = Field(3e-5, gt=0, description="Encoder LR when fine-tuning from the champion.")
     retrain_head_lr: float = Field(3e-4, gt=0)

@@ -112,3 +112,16 @@ def test_audit_corrections_are_the_versions_audit_labels_before_the_bound_oldest
     assert messages("sentiment", "v0") == ["m-9"]
     assert messages("triage", "v1") == ["s-1"]
     assert messages("sentiment", "v1", T0) == []
+
+
+def test_predicted_mix_counts_the_versions_last_labels_of_the_task(store: ClickHouseStore) -> None:
+    store.write_scored([*(scored(i) for i in range(7)), scored(7, version="v2"), scored(8, kind=Kind.support)])
+    fstore = FeedbackStore(store)
+    before = T0 + timedelta(seconds=30)
+    assert fstore.fetch_predicted_mix("sentiment", "v1", before=before, limit=100) == {
+        "negative": 3, "neutral": 2, "positive": 2}
+    # the last three scored: n-4, n-5, n-6
+    assert fstore.fetch_predicted_mix("sentiment", "v1", before=before, limit=3) == {
+        "neutral": 1, "positive": 1, "negative": 1}
+    assert fstore.fetch_predicted_mix("triage", "v1", before=before, limit=100) == {"positive": 1}
+    assert fstore.fetch_predicted_mix("sentiment", "v3", before=before, limit=100) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,12 +14,13 @@ from safetensors.torch import load_file
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
 from feedback.retrain_job import Outcome, check_trigger, run_retrain
-from feedback.store import open_feedback_store
+from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.registry import ModelRegistry
 from models.retrain import corrections_repeats, gold_set
 from models.tasks import get_task
 from streams.clickhouse import open_store
+from streams.contracts import Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
 
 pytestmark = pytest.mark.slow
@@ -46,8 +48,7 @@ def corrections(pairs, annotator: str, *, flip: bool = False, start: int = 0) ->
     return out
 
 
-@pytest.fixture
-def loop(tmp_path, tiny_registry):
+def loop_settings(tmp_path, tiny_registry) -> VigilSettings:
     settings = VigilSettings(
         # one torch thread: on 2 shared cores, two threads ran 8x slower per step than one
         data_dir=tmp_path, clickhouse_url=None, kafka_brokers=None, device="cpu", cpu_threads=1,
@@ -56,6 +57,12 @@ def loop(tmp_path, tiny_registry):
         retrain_holdout_fraction=0.25, gate_max_gold_drop=0.02, gate_min_recent=20,
     )
     shutil.copytree(tiny_registry, settings.registry_dir)
+    return settings
+
+
+@pytest.fixture
+def loop(tmp_path, tiny_registry):
+    settings = loop_settings(tmp_path, tiny_registry)
     open_store(settings).close()  # migrates
     store = open_feedback_store(settings)
     yield settings, store
@@ -199,3 +206,22 @@ def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finishe
     assert refused.kind is ModelEventKind.gate_refused and refused.event_id == ModelEvent.round_end_id(started.event_id)
     after = check_trigger(settings, "sentiment", store)
     assert after.new_corrections == 0 and "no new corrections" in after.trigger.reason
+
+
+def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_predicted(tmp_path, tiny_registry):
+    settings = loop_settings(tmp_path, tiny_registry).model_copy(update={
+        "retrain_prior_correction": True, "retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+    stream = [ScoredMessage(id=f"s-{i}", kind=Kind.news, text=f"text {i}", model_name="m", model_version="v1",
+                            label=label, probs={label: 0.9}, confidence=0.9, margin=0.8, entropy=0.3, content_hash=i,
+                            event_time=T0, ingest_time=T0, scored_time=T0, src_partition=0, src_offset=i)
+              for i, label in enumerate(["neutral"] * 7 + ["positive"] * 2)]
+    # one embedded chdb per process: the feedback store shares this store's backend
+    with closing(open_store(settings)) as scored_store:
+        scored_store.write_scored(stream)
+        store = FeedbackStore(scored_store)
+        store.write_corrections(corrections(tweets(120), "ann"))
+        report = run_retrain(settings, "sentiment", store)
+    card = ModelRegistry(settings.registry_dir).card("sentiment", report.challenger)
+    assert card.training_config["class_prior"] == pytest.approx({"negative": 1 / 12, "neutral": 8 / 12,
+                                                                 "positive": 3 / 12})
+    assert card.metrics.model_dump()["train_rows"] == 90 * 1 + 32  # as many correction rows, in another mix
