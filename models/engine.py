@@ -148,6 +148,25 @@ def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.
     return forward
 
 
+def forward_fitting(forward: Forward, seqs: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int) -> torch.Tensor:
+    """``forward`` on the texts ``idx``; a batch that does not fit in this process's share of GPU
+    memory runs as two halves (recursively), so workers sharing a GPU slow down instead of failing."""
+    try:
+        return forward(*pad_batch([seqs[i] for i in idx], pad_id))
+    except torch.cuda.OutOfMemoryError as e:
+        if len(idx) == 1:
+            raise ScoringError(
+                "a single text does not fit in this worker's share of GPU memory: lower VIGIL_MAX_LENGTH, "
+                "raise VIGIL_GPU_MEMORY_FRACTION or run fewer workers on this GPU") from e
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(idx) // 2
+        log.warning("a batch of %d texts did not fit in GPU memory; running it as %d + %d", len(idx), half,
+                    len(idx) - half)
+        return torch.cat([forward_fitting(forward, seqs, idx[:half], pad_id),
+                          forward_fitting(forward, seqs, idx[half:], pad_id)])
+
+
 @torch.inference_mode()
 def run_batches(forward: Forward, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
                 num_labels: int) -> np.ndarray:
@@ -156,7 +175,7 @@ def run_batches(forward: Forward, seqs: Sequence[Sequence[int]], pad_id: int, ba
     On CUDA nothing waits on the GPU until the end: while batch k runs, the host pads batch k+1.
     """
     batches = length_batches([len(s) for s in seqs], batch_size)
-    outputs = [forward(*pad_batch([seqs[i] for i in idx], pad_id)) for idx in batches]
+    outputs = [forward_fitting(forward, seqs, idx, pad_id) for idx in batches]
     order = np.concatenate([np.asarray(idx) for idx in batches])
     probs = np.empty((len(seqs), num_labels), dtype=np.float32)
     probs[order] = torch.cat(outputs).cpu().numpy()
@@ -240,6 +259,7 @@ class Engine:
         parity_texts: Sequence[str] = (),
         max_flip_rate: float = 0.002,
         num_threads: int | None = None,
+        gpu_memory_fraction: float | None = None,
     ) -> None:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -252,6 +272,9 @@ class Engine:
         self.model_version = self.card.version
         self.device = pick_device(device)
         self.num_threads = set_cpu_threads(num_threads) if self.device.type == "cpu" else None
+        if self.device.type == "cuda" and gpu_memory_fraction is not None:
+            # A cap on this process's caching allocator: N workers sharing one GPU cannot starve each other.
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, self.device)
         self.max_length = max_length
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -401,4 +424,5 @@ def load_scorer(settings: VigilSettings, task: str, version: str | None = None,
         parity_texts=parity_texts or (),
         max_flip_rate=settings.parity_max_flip_rate,
         num_threads=settings.cpu_threads,
+        gpu_memory_fraction=settings.gpu_memory_fraction,
     )

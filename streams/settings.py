@@ -182,6 +182,11 @@ class VigilSettings(BaseSettings):
     score_batch_size_gpu: int = Field(
         1024, ge=1, le=16384, description="Texts per forward pass on CUDA (small batches leave a GPU idle)."
     )
+    gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="Share of the GPU's memory this process's torch allocator may take "
+        "(the engine splits a batch that would not fit). Default: no cap for one worker; `vigil up "
+        "--workers N` gives each worker 0.9/N.",
+    )
     inference_precision: Literal["auto", "fp32", "onnx", "onnx-int8", "int8", "fp16", "bf16"] = Field(
         "auto",
         description="auto: fp16 on CUDA; on CPU bf16 where the CPU computes it (AVX512-BF16/AMX), then onnx; "

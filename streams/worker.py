@@ -92,6 +92,14 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         store.close()
 
 
+def gpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:
+    """Each of ``workers`` processes on one node gets an equal cap of GPU memory (0.9 of it in all,
+    leaving room for the CUDA contexts), unless VIGIL_GPU_MEMORY_FRACTION sets one."""
+    if settings.gpu_memory_fraction is not None or workers == 1:
+        return {}
+    return {"VIGIL_GPU_MEMORY_FRACTION": f"{0.9 / workers:.4f}"}
+
+
 @dataclass
 class WorkerProcess:
     """A worker child process with its log file; restarted by `supervise` if it dies."""

@@ -1,9 +1,11 @@
 """The inference engine on real tiny fine-tuned models: order, truncation, hostile input, precision."""
 
+import logging
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from models.engine import ScoringError, cpu_has_native_bf16
 from models.registry import ModelNotFound, ModelRegistry
@@ -152,3 +154,39 @@ def test_fast_encode_matches_the_transformers_tokenizer(tiny_scorers):
                 assert cut and g == e[: max_length - 1] + [tok.sep_token_id]
             else:
                 assert g == e
+
+
+def test_a_batch_that_does_not_fit_in_gpu_memory_runs_in_halves_in_order(tiny_scorers, caplog):
+    from models.engine import encode, run_batches
+
+    engine = tiny_scorers["triage"]
+    forward, ran = engine._forward, []
+
+    def bounded(ids, mask):  # the allocator's cap, as torch reports it, for more than 3 texts
+        if len(ids) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+        ran.append(len(ids))
+        return forward(ids, mask)
+
+    seqs = encode(engine.tokenizer, MIXED, 64).ids
+    pad, n = engine.tokenizer.pad_token_id, len(engine.labels)
+    with caplog.at_level(logging.WARNING, logger="models.engine"):
+        got = run_batches(bounded, seqs, pad, 16, n)
+    np.testing.assert_allclose(got, run_batches(forward, seqs, pad, 16, n), atol=1e-6)
+    assert sum(ran) == len(seqs) and max(ran) <= 3  # 24 texts: batches of 16 and 8, halved until they fit
+    assert any("did not fit in GPU memory" in r.getMessage() for r in caplog.records)
+
+    def hopeless(ids, mask):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ScoringError, match="VIGIL_GPU_MEMORY_FRACTION"):
+        run_batches(hopeless, seqs[:2], pad, 16, n)
+
+
+def test_workers_sharing_a_gpu_split_its_memory_unless_told_otherwise(tmp_path):
+    from streams.worker import gpu_share_env
+
+    settings = VigilSettings(data_dir=tmp_path)
+    assert gpu_share_env(settings, 1) == {}
+    assert gpu_share_env(settings, 4) == {"VIGIL_GPU_MEMORY_FRACTION": "0.2250"}
+    assert gpu_share_env(settings.model_copy(update={"gpu_memory_fraction": 0.5}), 4) == {}
