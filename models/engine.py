@@ -237,7 +237,7 @@ def set_cpu_threads(num_threads: int | None) -> int:
 
 def auto_precisions(device: torch.device) -> tuple[Precision, ...]:
     """What ``precision="auto"`` tries, in order; the first that passes its parity check is used.
-    CUDA: fp16. CPU with bf16 in hardware: bf16 (autocast keeps softmax and layer norm in fp32; 3x
+    CUDA: fp16. CPU with bf16 in hardware: bf16 (autocast keeps softmax and layer norm in fp32; 2-3x
     torch fp32 on MiniLM here, see benchmarks/RESULTS.md). Then, or on other CPUs: the fp32 graph on
     ONNX Runtime, which loses less than torch eager when other processes share the cores."""
     if device.type == "cuda":
