@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,6 +76,9 @@ def answer(store: Any, call: str, kwargs: dict[str, Any]) -> Any:
         return [b.model_dump(mode="json") for b in store.fetch_round_heartbeats(kwargs["task"])]
     if call == "write_round_heartbeats":
         return store.write_round_heartbeats([RoundHeartbeat.model_validate(b) for b in kwargs["beats"]])
+    if call == "fetch_predicted_mix":
+        return store.fetch_predicted_mix(kwargs["task"], kwargs["model_version"],
+                                         before=datetime.fromisoformat(kwargs["before"]), limit=kwargs["limit"])
     raise ValueError(f"unknown store call {call!r}")
 
 
@@ -257,6 +261,10 @@ class RemoteFeedbackStore:
 
     def write_round_heartbeats(self, beats: list[RoundHeartbeat]) -> int:
         return self._call("write_round_heartbeats", beats=[b.model_dump(mode="json") for b in beats])
+
+    def fetch_predicted_mix(self, task: str, model_version: str, *, before: datetime, limit: int) -> dict[str, int]:
+        return self._call("fetch_predicted_mix", task=task, model_version=model_version, before=before.isoformat(),
+                          limit=limit)
 
 
 def _exit_with_parent() -> None:

@@ -235,11 +235,13 @@ def train(
                     break
 
     assert best is not None  # the loop validates at least once: step reaches total
-    _, report, state = best
+    _, _, state = best
     model.load_state_dict(state)
     model.eval()
-    # The confidence below which predictions go to people, set on the same held-out split.
-    val_probs = predict_probs(model, val_ids, tokenizer.pad_token_id, 128, dev, autocast)
+    # The card's figures are the saved fp32 model's: any reduced precision is checked against fp32
+    # when an engine loads it. The calibration is the confidence below which predictions go to people.
+    val_probs = predict_probs(model, val_ids, tokenizer.pad_token_id, 128, dev)
+    report = evaluate(val_true, [labels[i] for i in val_probs.argmax(1)], labels)
     calibration = calibration_summary(
         zip(val_probs.max(1).tolist(), [labels[i] == t for i, t in zip(val_probs.argmax(1), val_true, strict=True)],
             strict=True),
