@@ -26,7 +26,7 @@ from feedback.contracts import (
 from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import TASK_OF_KIND, PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
-from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.compat import as_utc, to_stored_time
 from streams.clickhouse.migrations import schema_level
 from streams.settings import VigilSettings
 
@@ -57,10 +57,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 # --- pure row adapters ---------------------------------------------------------------------------
 
 
@@ -84,12 +80,12 @@ def queue_item_from_row(row: Mapping[str, Any]) -> QueueItem:
         confidence=min(float(row["confidence"]), 1.0), margin=min(float(row["margin"]), 1.0),
         entropy=float(row["entropy"]), reasons=[SelectionReason(x) for x in row["reasons"]],
         challenger_label=row["challenger_label"] or None, alert_id=row["alert_id"] or None,
-        event_time=_utc(row["event_time"]), selected_at=_utc(row["selected_at"]),
+        event_time=as_utc(row["event_time"]), selected_at=as_utc(row["selected_at"]),
     )
     expires = row["lease_expires"]
     return QueueItem(
         request=request, state=ItemState(row["state"]), leased_by=row["leased_by"] or None,
-        lease_expires=None if expires is None else _utc(expires), updated_at=_utc(row["updated_time"]),
+        lease_expires=None if expires is None else as_utc(expires), updated_at=as_utc(row["updated_time"]),
     )
 
 
@@ -107,7 +103,7 @@ def correction_from_row(row: Mapping[str, Any]) -> Correction:
         item_id=row["item_id"] or None, text=row["text"], annotator=row["annotator"],
         human_label=row["human_label"], model_label=row["model_label"] or None,
         model_version=row["model_version"] or None, source=CorrectionSource(row["source"]),
-        created_at=_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]),
     )
 
 
@@ -124,7 +120,7 @@ def model_event_from_row(row: Mapping[str, Any]) -> ModelEvent:
         event_id=row["event_id"], kind=ModelEventKind(row["kind"]), task=row["task"],
         model_version=row["model_version"], detail=row["detail"],
         figures={n: float(v) for n, v in zip(row["figure_names"], row["figure_values"], strict=True)},
-        created_at=_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]),
     )
 
 
@@ -133,7 +129,7 @@ def heartbeat_row(beat: RoundHeartbeat, level: CompatLevel) -> tuple[Any, ...]:
 
 
 def heartbeat_from_row(row: Mapping[str, Any]) -> RoundHeartbeat:
-    return RoundHeartbeat(round_id=row["round_id"], task=row["task"], owner=row["owner"], beat_at=_utc(row["beat_at"]))
+    return RoundHeartbeat(round_id=row["round_id"], task=row["task"], owner=row["owner"], beat_at=as_utc(row["beat_at"]))
 
 
 def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
@@ -253,9 +249,9 @@ class FeedbackStore:
             "label-queue selections read",
             f"SELECT task, event_time, model_label, text FROM {self.database}.label_queue FINAL "
             "WHERE selected_at >= {since:DateTime} ORDER BY selected_at, item_id",
-            {"since": _utc(since).strftime("%Y-%m-%d %H:%M:%S")},
+            {"since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S")},
         )
-        return [PastSelection(task, _utc(t), label, text) for task, t, label, text in rows]
+        return [PastSelection(task, as_utc(t), label, text) for task, t, label, text in rows]
 
     def queue_stats(self, task: str | None = None) -> dict[str, int]:
         """Items per state (every state present, 0 when none)."""
@@ -284,7 +280,7 @@ class FeedbackStore:
         params: dict[str, Any] = {"task": task}
         if since is not None:
             # Compared at whole seconds: 18.16 has no DateTime64, and a bound must mean the same on both.
-            params["since"] = _utc(since).strftime("%Y-%m-%d %H:%M:%S")
+            params["since"] = as_utc(since).strftime("%Y-%m-%d %H:%M:%S")
         cols = ", ".join(FEEDBACK_COLUMNS)
         rows = self._query(
             "feedback read",
@@ -311,7 +307,7 @@ class FeedbackStore:
             f"WHERE created_at < toDateTime({{before:String}}, 'UTC') AND item_id IN ({audit_items}) "
             "ORDER BY created_at DESC, correction_id DESC LIMIT {limit:UInt64}",
             {"task": task, "version": model_version, "audit": SelectionReason.audit.value,
-             "before": _utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
+             "before": as_utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
         )
         corrections = [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in reversed(rows)]
         if not corrections:

@@ -98,7 +98,7 @@ def scored_columns(level: CompatLevel) -> tuple[str, ...]:
 
 def to_stored_time(value: datetime, level: CompatLevel) -> datetime:
     """UTC, at the precision the level's DateTime type keeps (ms modern, whole seconds legacy)."""
-    utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    utc = as_utc(value)
     keep = (utc.microsecond // 1000) * 1000 if level is CompatLevel.modern else 0
     return utc.replace(microsecond=keep)
 
@@ -127,7 +127,8 @@ def scored_row(msg: ScoredMessage, written_time: datetime, level: CompatLevel) -
     )
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (a naive one, as the drivers return, is taken as UTC)."""
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -144,8 +145,8 @@ def scored_from_row(row: Mapping[str, Any], level: CompatLevel) -> ScoredMessage
         confidence=min(float(row["confidence"]), 1.0), margin=min(float(row["margin"]), 1.0),
         entropy=float(row["entropy"]), truncated=bool(row["truncated"]), tickers=list(row["tickers"]),
         source=row["source"], content_hash=int(row["content_hash"]),
-        event_time=_utc(row["event_time"]), ingest_time=_utc(row["ingest_time"]),
-        scored_time=_utc(row["scored_time"]), src_partition=int(row["src_partition"]),
+        event_time=as_utc(row["event_time"]), ingest_time=as_utc(row["ingest_time"]),
+        scored_time=as_utc(row["scored_time"]), src_partition=int(row["src_partition"]),
         src_offset=int(row["src_offset"]),
     )
 
@@ -177,7 +178,7 @@ def dead_letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
         source_topic=row["source_topic"], partition=int(row["src_partition"]),
         offset=int(row["src_offset"]), key=None if key is None else base64.b64decode(key),
         raw=base64.b64decode(row["raw_base64"]), reason=DeadLetterReason(row["reason"]),
-        detail=row["detail"], received_at=_utc(row["received_at"]),
+        detail=row["detail"], received_at=as_utc(row["received_at"]),
     )
 
 
@@ -217,11 +218,11 @@ def alert_from_row(row: Mapping[str, Any], level: CompatLevel) -> Alert:
     return Alert(
         id=row["id"], kind=row["kind"], rule=row["rule"], severity=Severity(row["severity"]),
         ticker=row["ticker"] or None, intent=row["intent"] or None, queue=row["queue"] or None,
-        window_start=None if row["window_start"] is None else _utc(row["window_start"]),
-        window_end=None if row["window_end"] is None else _utc(row["window_end"]),
+        window_start=None if row["window_start"] is None else as_utc(row["window_start"]),
+        window_end=None if row["window_end"] is None else as_utc(row["window_end"]),
         figures={k: float(v) for k, v in figures.items()}, model_version=row["model_version"],
         top_messages=[ContributingMessage(**m) for m in json.loads(row["top_messages_json"])],
-        created_at=_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]),
     )
 
 
@@ -239,6 +240,6 @@ def verdict_row(verdict: AlertVerdict, written_time: datetime, level: CompatLeve
 
 def verdict_from_row(row: Mapping[str, Any]) -> AlertVerdict:
     return AlertVerdict(
-        alert_id=row["alert_id"], useful=bool(row["useful"]), by=row["judged_by"], at=_utc(row["judged_at"]),
+        alert_id=row["alert_id"], useful=bool(row["useful"]), by=row["judged_by"], at=as_utc(row["judged_at"]),
         note=row["note"],
     )

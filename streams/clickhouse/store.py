@@ -23,6 +23,7 @@ from .compat import (
     alert_columns,
     alert_from_row,
     alert_row,
+    as_utc,
     dead_letter_from_row,
     dead_letter_row,
     scored_columns,
@@ -71,10 +72,6 @@ class RecentScore(NamedTuple):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _quantile(value: Any) -> float | None:
@@ -259,7 +256,7 @@ class ClickHouseStore:
             {"kind": str(Kind(kind)), "version": model_version,
              "before": f"{before.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "limit": limit},
         )
-        return [RecentScore(label, min(float(c), 1.0), _utc(t)) for label, c, t in reversed(rows)]
+        return [RecentScore(label, min(float(c), 1.0), as_utc(t)) for label, c, t in reversed(rows)]
 
     def fetch_dead_letters(self, source_topic: str) -> list[DeadLetter]:
         rows = self._query(

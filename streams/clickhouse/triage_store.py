@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from streams.alerting.contracts import TicketAck, TriageTicket, sla_breach_id
 
-from .compat import CompatLevel, _utc, to_stored_time
+from .compat import CompatLevel, as_utc, to_stored_time
 from .store import ClickHouseStore
 
 TICKET_COLUMNS = (
@@ -37,7 +37,7 @@ def ticket_from_row(row: dict[str, Any]) -> TriageTicket:
         message_id=row["message_id"], intent=row["intent"], queue=row["queue"], routed_queue=row["routed_queue"],
         priority=row["priority"], sla_minutes=int(row["sla_minutes"]), confidence=float(row["confidence"]),
         human_triage=bool(row["human_triage"]), model_version=row["model_version"], text=row["text"],
-        event_time=_utc(row["event_time"]), due_at=_utc(row["due_at"]), source_partition=int(row["source_partition"]),
+        event_time=as_utc(row["event_time"]), due_at=as_utc(row["due_at"]), source_partition=int(row["source_partition"]),
     )
 
 
@@ -165,7 +165,7 @@ class TriageStore:
             {"parts": parts},
         )
         n, event_time, written = rows[0]
-        return (_utc(event_time), _utc(written)) if n else None
+        return (as_utc(event_time), as_utc(written)) if n else None
 
     def sla_summary(self, now: datetime | None = None) -> list[QueueSla]:
         """Per queue and priority: acked (an ack is stored), breached (no ack and due before
