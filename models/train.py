@@ -205,7 +205,7 @@ def train(
         model.train()
         return evaluate(val_true, [labels[i] for i in probs.argmax(1)], labels)
 
-    best: tuple[float, EvalReport, dict] | None = None
+    best: tuple[float, dict] | None = None  # macro-F1 of the best validation round, its weights
     rounds_without_gain, step, stopped_early = 0, 0, False
     model.train()
     bar = Progress(TextColumn(f"[bold]{task}[/] {cfg.profile}"), BarColumn(), MofNCompleteColumn(),
@@ -225,7 +225,7 @@ def train(
                     bar.update(bar_task, info=f"val acc {report.accuracy:.3f} F1 {report.macro_f1:.3f}")
                     if best is None or report.macro_f1 > best[0]:
                         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                        best, rounds_without_gain = (report.macro_f1, report, state), 0
+                        best, rounds_without_gain = (report.macro_f1, state), 0
                     else:
                         rounds_without_gain += 1
                         if rounds_without_gain >= cfg.patience:
@@ -235,7 +235,7 @@ def train(
                     break
 
     assert best is not None  # the loop validates at least once: step reaches total
-    _, _, state = best
+    _, state = best
     model.load_state_dict(state)
     model.eval()
     # The card's figures are the saved fp32 model's: any reduced precision is checked against fp32
