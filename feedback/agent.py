@@ -232,6 +232,7 @@ class FeedbackProcessor:
     async def on_corrections(self, values: Sequence[bytes]) -> list[ModelEvent]:
         events = []
         corrections = decode_all(Correction, values, "corrections")
+        first = min((c.created_at for c in corrections), default=None)
         for c in corrections:
             self._metrics.corrections.labels(c.task, c.source.value).inc()
             if c.item_id is None:
@@ -239,7 +240,6 @@ class FeedbackProcessor:
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
             wrong = audit_error(c, item)
             if item is not None and wrong is not None:
-                first = min(x.created_at for x in corrections)
                 await self.warm_audit(item.request.task, item.request.model_version, first)
                 events += self._drift.observe_audit(item.request.task, item.request.model_version, wrong, c.created_at)
         await self.emit(events)
