@@ -158,8 +158,8 @@ def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int, 
     if not texts:
         return [], np.empty(0, dtype=np.float32)
     labels = labels_of(model)
-    probs = predict_probs(model, encode(tokenizer, texts, max_length).ids, tokenizer.pad_token_id, batch_size,
-                          device, mixed_precision(device))
+    # fp32, like the figures on a trained model's card: the gate judges the weights that are saved.
+    probs = predict_probs(model, encode(tokenizer, texts, max_length).ids, tokenizer.pad_token_id, batch_size, device)
     return [labels[i] for i in probs.argmax(1)], probs.max(1)
 
 
