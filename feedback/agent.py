@@ -9,7 +9,7 @@ make what they produce durable. The logic lives in feedback/selection.py and fee
 - drift events -> the model-events topic and the model_events table.
 
 Per micro-batch: publish (awaited), write to ClickHouse (retried until it succeeds), then ack the
-offsets by hand (``noack_take``). A replay re-selects the same item ids (uuid5 of task, message and
+offsets by hand (``micro_batches``). A replay re-selects the same item ids (uuid5 of task, message and
 model version), and the store never duplicates or reopens a queued item, so label_queue shows each
 item once; the label-requests topic is at least once, keyed by item id.
 
@@ -47,6 +47,7 @@ from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
+from streams.batching import micro_batches
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
@@ -303,7 +304,7 @@ def register_feedback(
 
     def batches(handle: Callable[[Sequence[bytes]], Any], name: str) -> Callable[[StreamT], Any]:
         async def consume(stream: StreamT) -> None:
-            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+            async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
                 await handle([e.message.value for e in events])
                 for event in events:
                     await stream.ack(event)

@@ -1,9 +1,10 @@
 """faust agents: thin adapters between Kafka micro-batches and the pure pipeline core.
 
 Delivery guarantee, per micro-batch: decode -> score -> publish (awaited) -> ClickHouse write
-(retried until it succeeds) -> ack. Offsets are acked by hand (``noack_take``) and only after the
-write is durable, because faust's ``take()`` acks a batch even when the body raised. A crash at any
-point replays the un-acked batch; the store collapses replays by (kind, id, model version).
+(retried until it succeeds) -> ack. Offsets are acked by hand (``streams.batching.micro_batches``
+hands events out un-acked) and only after the write is durable, because faust's ``take()`` acks a
+batch even when the body raised. A crash at any point replays the un-acked batch; the store
+collapses replays by (kind, id, model version).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from faust.types import EventT, StreamT, TopicT
 
 from models.scoring import Scorer
+from streams.batching import micro_batches
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.durable import until_stored
@@ -121,7 +123,7 @@ def make_agent(
     processor: BatchProcessor, batch_max: int, batch_within_s: float, watchdog: ProgressWatchdog
 ) -> Callable[[StreamT], Any]:
     async def score_stream(stream: StreamT) -> None:
-        async for events in stream.noack_take(batch_max, within=batch_within_s):
+        async for events in micro_batches(stream, batch_max, batch_within_s):
             watchdog.beat(time.monotonic())
             await processor.process([to_raw_record(e) for e in events])
             for event in events:

@@ -21,6 +21,7 @@ from streams.alerting.agent import register_alerting
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
+from streams.kafka_fetch import FetchWaitApp
 from streams.metrics import Metrics
 from streams.pipeline import Limits
 from streams.settings import VigilSettings
@@ -54,8 +55,9 @@ def create_app(
     metrics: Metrics,
     shadows: Mapping[Kind, Scorer] | None = None,
 ) -> faust.App:
-    app = faust.App(
+    app = FetchWaitApp(
         settings.consumer_group,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(settings),
         store="memory://",

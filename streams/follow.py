@@ -55,7 +55,10 @@ async def follow(
     settings: VigilSettings, bootstrap: str, tracker: Tracker, ready: asyncio.Event, from_start: bool = False
 ) -> None:
     """Consume the scored and dead-letter topics into `tracker` until cancelled."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **aiokafka_kwargs(settings))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        **aiokafka_kwargs(settings),
+    )
     await consumer.start()
     try:
         partitions = []

@@ -40,6 +40,11 @@ class VigilSettings(BaseSettings):
     topic_alerts: str = "vigil.alerts"
     topic_partitions: int = Field(4, ge=1, le=1024)
     consumer_group: str = "vigil-worker"
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=10_000,
+        description="How long the broker may hold the worker's fetch when no new data is there. The "
+        "embedded broker answers only when it runs out, so it adds to every hop; Kafka answers on data.",
+    )
     kafka_session_timeout_s: float = Field(
         10.0, ge=1, description="A worker that stops heartbeating loses its partitions after this long."
     )
@@ -67,7 +72,9 @@ class VigilSettings(BaseSettings):
 
     # --- stream processing -------------------------------------------------------------------
     batch_max: int = Field(256, ge=1, le=20_000, description="Micro-batch size (take max).")
-    batch_within_s: float = Field(0.5, gt=0, description="Micro-batch time bound (take within).")
+    batch_within_s: float = Field(
+        0.25, gt=0, description="Micro-batch time bound: the longest a message waits for its batch to close."
+    )
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger raw messages go to the DLQ.")
     max_text_chars: int = Field(8_000, ge=16, description="Longer text fields fail validation.")
     watchdog_interval_s: float = Field(5.0, gt=0)

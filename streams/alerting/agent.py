@@ -60,6 +60,7 @@ from streams.alerting.triage import (
     route,
 )
 from streams.alerting.webhook import WebhookNotifier
+from streams.batching import micro_batches
 from streams.clickhouse import ClickHouseStore
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
@@ -350,7 +351,7 @@ def register_alerting(
     watcher = RulesWatcher(settings.alert_rules_path) if settings.alert_rules_path else None
 
     async def alert_stream(stream: StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+        async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
             await processor.restore_slas(time.monotonic())
             records = [(e.message.partition, e.message.value) for e in events]
             await processor.emit(processor.feed(records, time.monotonic()))
@@ -374,7 +375,7 @@ def register_alerting(
         )
 
         async def judge(stream: StreamT) -> None:
-            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+            async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
                 await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
                 watchdog.beat(time.monotonic())
 
@@ -399,7 +400,7 @@ def register_alerting(
         processor.revoke(tp.partition for tp in revoked if tp.topic == scored_name)
 
     async def ack_stream(stream: StreamT) -> None:
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+        async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
             await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
             for event in events:
                 await stream.ack(event)

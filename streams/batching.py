@@ -1,0 +1,103 @@
+"""Micro-batches from a faust stream, closed when the oldest message has waited ``within`` seconds.
+
+faust's ``take()``/``noack_take()`` restart their ``within`` timer after every batch. A message that
+arrives while the previous batch is being processed therefore waits for that processing and then a
+whole ``within`` more, even when the batch it joins is already overdue. Under steady load that idle
+wait is paid on every batch: batches grow, take longer, and the worker idles for part of every
+cycle (measured: 37% of the CPU idle with a backlog building, and about three windows of latency per
+stage). Here the timer starts when a batch's first message arrives, so no message waits more than
+``within`` for its batch to close, and a batch whose first message arrived during the previous
+batch's processing closes as soon as the messages already received are in it.
+
+Events come back un-acked, as with ``noack_take``: the caller acks them once they are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from faust.types import EventT, StreamT
+from mode.utils.aiter import aiter
+from mode.utils.futures import notify
+
+# Once a batch is overdue, how long to let faust move messages it has already received into it.
+# Those moves take microseconds each; the bound only matters when messages keep streaming in.
+_COLLECT_RECEIVED_S = 0.05
+
+
+async def micro_batches(
+    stream: StreamT, max_: int, within: float, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[list[EventT]]:
+    """Yield lists of at most ``max_`` events; a list closes when it is full, or ``within`` seconds
+    after its first event arrived (at once, with what has arrived, if that time has already passed)."""
+    buffer: list[EventT] = []
+    opened_at: float | None = None
+    first = asyncio.Event()
+    full = asyncio.Event()
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[Any] | None = None
+    queue = stream.channel.queue  # faust's per-stream buffer of received, not yet processed events
+
+    # faust calls this for every event, in order, from the stream's background drainer.
+    async def add(value: Any) -> Any:
+        nonlocal consuming, opened_at
+        if opened_at is None:
+            # Stamped before waiting out the batch in progress: that wait counts against `within`.
+            opened_at = clock()
+            first.set()
+        if consuming is not None:
+            try:
+                await consuming
+            finally:
+                consuming = None
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("micro_batches: faust gave a value with no current event")
+        buffer.append(event)
+        if len(buffer) >= max_:
+            full.set()
+            consumed.clear()
+            await stream.wait(consumed)  # never hand out more than max_ events in one batch
+        return value
+
+    enable_acks = stream.enable_acks
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))  # as faust's own take() starts the drainer
+    try:
+        while not stream.should_stop:
+            if opened_at is None:
+                await stream.wait_for_stopped(first, timeout=within)
+                continue
+            remaining = opened_at + within - clock()
+            if remaining > 0:
+                await stream.wait_for_stopped(full, timeout=remaining)
+            else:
+                await _collect_received(queue.empty, full, clock)
+            if not buffer:
+                continue
+            batch = list(buffer)
+            opened_at = None
+            first.clear()
+            consuming = asyncio.get_running_loop().create_future()
+            try:
+                yield batch
+            finally:
+                buffer.clear()
+                notify(consuming)
+                full.clear()
+                consumed.set()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add)
+
+
+async def _collect_received(received_empty: Callable[[], bool], full: asyncio.Event,
+                            clock: Callable[[], float]) -> None:
+    until = clock() + _COLLECT_RECEIVED_S
+    await asyncio.sleep(0)  # lets the event held back by the previous batch into this one
+    while not full.is_set() and not received_empty() and clock() < until:
+        await asyncio.sleep(0)

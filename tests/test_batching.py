@@ -1,0 +1,112 @@
+"""streams.batching.micro_batches on a real faust app and the real broker (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from faust.types import StreamT
+
+from streams.batching import micro_batches
+from streams.kafka_fetch import FetchWaitApp
+
+Batch = tuple[float, float, list[bytes]]  # (handed out at, handler done at, values)
+
+
+def _app(bootstrap: str, datadir: Path, fetch_max_wait_ms: int = 100) -> FetchWaitApp:
+    return FetchWaitApp(
+        f"test-batching-{uuid.uuid4().hex[:8]}", fetch_max_wait_ms=fetch_max_wait_ms, broker=f"kafka://{bootstrap}",
+        store="memory://", web_enabled=False, key_serializer="raw", value_serializer="raw",
+        consumer_auto_offset_reset="earliest", datadir=str(datadir),
+        # A lone member joins its group in about the rebalance timeout on Tansu; faust's 60 s is for fleets.
+        broker_session_timeout=3.0, broker_heartbeat_interval=1.0, broker_rebalance_timeout=3.0,
+    )
+
+
+async def _run_agent(bootstrap: str, topic: str, datadir: Path, *, max_: int, within: float,
+                     handle_s: float, feed: Callable[[AIOKafkaProducer], Awaitable[None]], expect: int) -> list[Batch]:
+    """Start a faust app whose one agent batches ``topic`` with micro_batches and takes ``handle_s``
+    per batch; run ``feed``; stop once ``expect`` values came through."""
+    app = _app(bootstrap, datadir)
+    batches: list[Batch] = []
+    done = asyncio.Event()
+
+    async def agent(stream: StreamT) -> None:
+        async for events in micro_batches(stream, max_, within):
+            handed_out = time.monotonic()
+            await asyncio.sleep(handle_s)  # the batch's processing
+            for event in events:
+                await stream.ack(event)
+            batches.append((handed_out, time.monotonic(), [e.value for e in events]))
+            if sum(len(b[2]) for b in batches) >= expect:
+                done.set()
+
+    app.agent(app.topic(topic, key_type=bytes, value_type=bytes), name="batched")(agent)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await app.start()
+    await producer.start()
+    try:
+        await feed(producer)
+        await asyncio.wait_for(done.wait(), timeout=120)
+    finally:
+        await producer.stop()
+        await app.stop()
+    return batches
+
+
+def test_batches_keep_order_and_size(kafka_broker, new_topic, tmp_path: Path) -> None:
+    topic = new_topic(partitions=1)
+    values = [f"m{i}".encode() for i in range(25)]
+
+    async def feed(producer: AIOKafkaProducer) -> None:
+        for v in values:
+            await producer.send_and_wait(topic, v)
+
+    batches = asyncio.run(_run_agent(kafka_broker.bootstrap, topic, tmp_path, max_=10, within=0.3,
+                                     handle_s=0.0, feed=feed, expect=len(values)))
+    assert [v for _, _, vs in batches for v in vs] == values
+    assert all(1 <= len(vs) <= 10 for _, _, vs in batches)
+
+
+def test_an_overdue_batch_closes_without_another_window(kafka_broker, new_topic, tmp_path: Path) -> None:
+    """A message that arrived while the previous batch was processed, and has already waited longer
+    than ``within``, is handed out as soon as that processing ends. faust's take() waits a whole
+    ``within`` more there."""
+    topic = new_topic(partitions=1)
+    within, handle_s = 3.0, 5.0
+
+    async def feed(producer: AIOKafkaProducer) -> None:
+        await producer.send_and_wait(topic, b"first")
+        await asyncio.sleep(within + 1.0)  # the first batch has closed and is being processed
+        await producer.send_and_wait(topic, b"second")
+
+    first, second = asyncio.run(_run_agent(kafka_broker.bootstrap, topic, tmp_path, max_=100, within=within,
+                                           handle_s=handle_s, feed=feed, expect=2))
+    assert first[2] == [b"first"] and second[2] == [b"second"]
+    idle_between = second[0] - first[1]
+    assert idle_between < within / 2, f"the overdue batch waited {idle_between:.2f} s after the previous one"
+
+
+def test_the_worker_consumer_holds_fetches_for_the_setting(kafka_broker, new_topic, tmp_path: Path) -> None:
+    topic = new_topic(partitions=1)
+
+    async def check() -> int:
+        app = _app(kafka_broker.bootstrap, tmp_path, fetch_max_wait_ms=37)
+        app.agent(app.topic(topic), name="idle")(lambda stream: _drain(stream))
+        await app.start()
+        try:
+            consumer = app.consumer._thread._ensure_consumer()
+            return consumer._fetcher._fetch_max_wait_ms
+        finally:
+            await app.stop()
+
+    assert asyncio.run(check()) == 37
+
+
+async def _drain(stream: StreamT) -> None:
+    async for _ in stream:
+        pass
