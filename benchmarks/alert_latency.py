@@ -62,7 +62,7 @@ def support_texts() -> list[str]:
 
 
 async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float, texts: list[str],
-                            alerting: set[str]) -> dict:
+                            alerting: set[str], worker: WorkerProcess) -> dict:
     """``alerting``: the intents whose messages raise an alert under the rules the worker runs."""
     bootstrap = settings.kafka_brokers
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -104,6 +104,9 @@ async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float
         warm = f"warm-{uuid.uuid4().hex[:6]}"
         await (await send(warm, "my card was stolen"))
         while warm not in arrived:
+            if not worker.alive():
+                tail = worker.log_path.read_text(errors="replace")[-3000:]  # its folder goes with this run
+                raise SystemExit(f"the worker exited before the warm-up alert; its log ends:\n{tail}")
             if time.monotonic() > deadline:
                 raise SystemExit("the worker raised no alert for the warm-up message in 10 minutes; see its log")
             await asyncio.sleep(0.2)
@@ -182,7 +185,7 @@ def latency(registry: Path, rates: list[float], seconds: float, partitions: int,
                 worker = WorkerProcess(broker.bootstrap, root / "worker.log", env)
                 worker.start()
                 try:
-                    result = asyncio.run(offer_and_collect(settings, rate, seconds, texts, alerting))
+                    result = asyncio.run(offer_and_collect(settings, rate, seconds, texts, alerting, worker))
                 finally:
                     worker.stop(timeout_s=20)
             results.append(result)
