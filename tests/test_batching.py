@@ -69,7 +69,8 @@ def test_batches_keep_order_and_size(kafka_broker, new_topic, tmp_path: Path) ->
     batches = asyncio.run(_run_agent(kafka_broker.bootstrap, topic, tmp_path, max_=10, within=0.3,
                                      handle_s=0.0, feed=feed, expect=len(values)))
     assert [v for _, _, vs in batches for v in vs] == values
-    assert all(1 <= len(vs) <= 10 for _, _, vs in batches)
+    sizes = [len(vs) for _, _, vs in batches]
+    assert min(sizes) >= 1 and max(sizes) == 10, sizes  # 25 sent within one window: the cap closed batches
 
 
 def test_an_overdue_batch_closes_without_another_window(kafka_broker, new_topic, tmp_path: Path) -> None:
