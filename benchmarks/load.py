@@ -65,6 +65,20 @@ def _consumed(port: int) -> float:
         return -1.0  # not serving yet: still loading its models
 
 
+def _settled_consumed(ports: list[int], quiet_s: float = 1.0, timeout_s: float = 15.0) -> list[float]:
+    """A worker counts a batch once it is stored, which is after the batch reached the scored topic:
+    read the counts once they stop moving."""
+    last = [_consumed(p) for p in ports]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = [_consumed(p) for p in ports]
+        if now == last:
+            break
+        last = now
+    return last
+
+
 async def _drive(settings: VigilSettings, ports: list[int], warm, spare, timed, rate: float) -> tuple[float, Tracker]:
     bootstrap = settings.kafka_brokers
     tracker, ready = Tracker(), asyncio.Event()
@@ -133,7 +147,7 @@ def run_cell(server: ClickHouseServer, bootstrap: str, tmp: Path, workers: int,
         p.start()
     try:
         seconds, tracker = asyncio.run(_drive(settings, ports, warm, spare, timed, rate))
-        consumed = [_consumed(p) for p in ports]
+        consumed = _settled_consumed(ports)
     finally:
         for p in procs:
             p.stop()
