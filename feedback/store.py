@@ -9,6 +9,7 @@ never pass a filter its replacement would fail.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -319,10 +320,8 @@ class FeedbackStore:
         """How many of the last ``limit`` messages of ``task`` that ``model_version`` scored before
         ``before`` it gave each label."""
         kind = next(k for k, t in TASK_OF_KIND.items() if t == task)
-        mix: dict[str, int] = {}
-        for score in self._store.fetch_recent_scored(kind, model_version, before=before, limit=limit):
-            mix[score.label] = mix.get(score.label, 0) + 1
-        return mix
+        recent = self._store.fetch_recent_scored(kind, model_version, before=before, limit=limit)
+        return dict(Counter(score.label for score in recent))
 
     # --- model events ---------------------------------------------------------------------------
 
