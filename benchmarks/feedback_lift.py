@@ -11,7 +11,8 @@
    (forgetting) for the champion and both challengers (whether or not the gate promoted them).
 
 What it does NOT go through: Kafka topics, the worker and hot swap (scoring is in-process with
-the engine; the hot swap has its own e2e test).
+the engine). `benchmarks.feedback_lift_live` runs one queue through all of them; this one is the
+quicker way to compare recipes and queues.
 
     python -m benchmarks.feedback_lift [--budget 500] [--stream 0] [--threads 2] [--out DIR]
         [--seed 0] [--arms active,random] [--reuse-champion] [--set retrain_lr=1e-4 ...]
