@@ -53,6 +53,8 @@ def label_ui(
 ) -> None:
     """Serve the labelling UI and API against VIGIL_KAFKA_BROKERS and ClickHouse."""
     import asyncio
+    import contextlib
+    import signal
 
     from feedback.web import serve
     from streams.clickhouse import ClickHouseError, open_store
@@ -70,9 +72,16 @@ def label_ui(
     except ClickHouseError as e:
         console.print(f"[red]cannot open ClickHouse[/]: {e}")
         raise typer.Exit(1) from None
+
+    async def run() -> None:
+        # SIGTERM (docker compose stop) ends it like Ctrl-C: the site and the producer close, exit 0.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(settings, store, settings.kafka_brokers,
+                        ready=lambda url: console.print(f"[green]labelling UI[/] on {url} (Ctrl-C stops)"))
+
     try:
-        asyncio.run(serve(settings, store, settings.kafka_brokers,
-                          ready=lambda url: console.print(f"[green]labelling UI[/] on {url} (Ctrl-C stops)")))
+        asyncio.run(run())
     except KeyboardInterrupt:
         pass
     finally:
