@@ -38,13 +38,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from benchmarks.worker_stack import running_worker
 from models.triage_mapping import DEFAULT_PATH, TriageMapping
 from streams.alerting.rules import AlertRules, SentimentAlerter
 from streams.broker import EmbeddedBroker
-from streams.runtime import all_topics
 from streams.samples import support_json
 from streams.settings import REPO_ROOT, VigilSettings
-from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
 from tests.fixtures.alerting import scored_bundled_news
 
@@ -180,14 +179,8 @@ def latency(registry: Path, rates: list[float], seconds: float, partitions: int,
                     **({"VIGIL_CPU_THREADS": str(cpu_threads)} if cpu_threads else {}),
                     **({"VIGIL_BATCH_WITHIN_S": str(batch_within_s)} if batch_within_s else {}),
                 }
-                settings = VigilSettings(**{k.removeprefix("VIGIL_").lower(): v for k, v in env.items()})
-                ensure_topics(broker.bootstrap, all_topics(settings), partitions)
-                worker = WorkerProcess(broker.bootstrap, root / "worker.log", env)
-                worker.start()
-                try:
+                with running_worker(broker, env, root / "worker.log", stop_timeout_s=20) as (settings, worker):
                     result = asyncio.run(offer_and_collect(settings, rate, seconds, texts, alerting, worker))
-                finally:
-                    worker.stop(timeout_s=20)
             results.append(result)
             print(json.dumps(result), flush=True)
     return results

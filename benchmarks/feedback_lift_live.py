@@ -45,16 +45,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import aiohttp  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
+from benchmarks.worker_stack import running_worker  # noqa: E402
 from feedback.auth import TokenBook, tokens_path  # noqa: E402
 from models.data import SplitConfig, stratified_split  # noqa: E402
 from models.tasks import Row, get_task  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.contracts import Kind  # noqa: E402
 from streams.replay import OutgoingMessage, replay  # noqa: E402
-from streams.runtime import all_topics  # noqa: E402
 from streams.samples import news_json  # noqa: E402
 from streams.settings import REPO_ROOT, VigilSettings  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
 from streams.worker import WorkerProcess  # noqa: E402
 from tests.e2e_stack import free_port  # noqa: E402
 
@@ -374,15 +373,9 @@ def main() -> None:
             **({"VIGIL_RETRAIN_REPLAY_SIZE": str(args.replay)} if args.replay is not None else {}),
             **overrides,
         }
-        settings = VigilSettings(**{k.removeprefix("VIGIL_").lower(): v for k, v in env.items()})
-        ensure_topics(broker.bootstrap, all_topics(settings), settings.topic_partitions)
-        token = TokenBook(tokens_path(settings.data_dir)).add("sim")
-        worker = WorkerProcess(broker.bootstrap, root / "worker.log", env)
-        worker.start()
-        try:
+        token = TokenBook(tokens_path(root / "vigil")).add("sim")
+        with running_worker(broker, env, root / "worker.log", stop_timeout_s=60) as (settings, worker):
             result = asyncio.run(drive(args, settings, token, worker, stream, evals))
-        finally:
-            worker.stop(timeout_s=60)
     if result["outcome"] != "promoted":
         challenger = next((e for e in reversed(result_events(settings)) if e.kind == "gate_refused"), None)
         if challenger is not None:
