@@ -55,7 +55,7 @@ from streams.replay import OutgoingMessage, replay  # noqa: E402
 from streams.samples import news_json  # noqa: E402
 from streams.settings import REPO_ROOT, VigilSettings  # noqa: E402
 from streams.worker import WorkerProcess  # noqa: E402
-from tests.e2e_stack import free_port  # noqa: E402
+from tests.e2e_stack import free_port, until_served  # noqa: E402
 
 STREAM_DAY = datetime(2026, 11, 1, tzinfo=UTC)
 EVAL_DAY = datetime(2026, 10, 1, tzinfo=UTC)  # another day: the evaluation sets spend none of the stream's hourly budgets
@@ -149,18 +149,7 @@ class Annotator:
             return await r.json()
 
     async def ready(self, worker: WorkerProcess) -> None:
-        async def up() -> bool:
-            try:
-                async with self.http.get(f"{self.base}/api/queue") as r:
-                    return r.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        deadline = time.perf_counter() + 300
-        while not await up():
-            if not worker.alive() or time.perf_counter() > deadline:
-                raise RuntimeError(f"the worker's labelling API never came up; see {worker.log_path}")
-            await asyncio.sleep(0.5)
+        await until_served(self.http, f"{self.base}/api/queue", 300, alive=worker.alive)
 
     async def work_queue(self, budget: int, stream_done) -> None:
         """Label what the queue hands out until ``budget`` labels, or until the stream is scored and

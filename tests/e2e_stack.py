@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaAdminClient
@@ -33,6 +34,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def until_served(http: aiohttp.ClientSession, url: str, timeout_s: float,
+                       alive: Callable[[], bool] = lambda: True) -> None:
+    """GET ``url`` (with the session's headers) until it answers 200; AssertionError once ``alive()``
+    is false (the serving process died) or ``timeout_s`` passed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        assert alive(), f"the process serving {url} exited"
+        try:
+            async with http.get(url) as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert asyncio.get_running_loop().time() < deadline, f"{url} did not answer within {timeout_s:.0f}s"
+        await asyncio.sleep(0.3)
 
 
 def stack_env(

@@ -37,7 +37,7 @@ from streams.contracts import Kind
 from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json
 from streams.settings import REPO_ROOT, VigilSettings
-from tests.e2e_stack import Topic, assert_exactly_once, free_port, stack_env, use_stack
+from tests.e2e_stack import Topic, assert_exactly_once, free_port, stack_env, until_served, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -102,16 +102,7 @@ async def _correct(settings: VigilSettings, token: str, corrections: list[dict])
     base = f"http://{settings.ui_host}:{settings.ui_port}"
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as http:
-        for _ in range(240):
-            try:
-                async with http.get(f"{base}/api/queue") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.5)
-        else:
-            raise AssertionError("the labelling API of worker 0 never came up")
+        await until_served(http, f"{base}/api/queue", 120)
         for body in corrections:
             async with http.post(f"{base}/api/corrections", json=body) as r:
                 assert r.status == 201, (r.status, await r.text())

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -20,7 +19,7 @@ from feedback.contracts import LabelRequest, SelectionReason
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.e2e_stack import free_port
+from tests.e2e_stack import free_port, until_served
 from tests.fixtures.labelling import read_topic
 
 pytestmark = pytest.mark.slow
@@ -38,17 +37,7 @@ def request(i: int) -> LabelRequest:
 
 async def _label_one(base: str, token: str, proc: subprocess.Popen) -> tuple[int, dict, dict]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "vigil label-ui exited before it served"
-            try:
-                async with http.get(f"{base}/") as page:
-                    if page.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, "vigil label-ui never answered"
-            await asyncio.sleep(0.3)
+        await until_served(http, f"{base}/", 120, alive=lambda: proc.poll() is None)
         async with http.get(f"{base}/api/queue") as anonymous:
             status = anonymous.status
         auth = {"Authorization": f"Bearer {token}"}
