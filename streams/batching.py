@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -97,3 +97,16 @@ async def _collect_received(received_empty: Callable[[], bool], full: asyncio.Ev
     await asyncio.sleep(0)  # lets the event held back by the previous batch into this one
     while not full.is_set() and not received_empty() and time.monotonic() < until:
         await asyncio.sleep(0)
+
+
+async def finish_before_stopping(work: Awaitable[None]) -> None:
+    """Run ``work`` (one batch: publish, store, ack) to its end even when the agent is cancelled
+    meanwhile, then let the cancellation through. A worker's clean stop (SIGTERM) cancels its agents;
+    without this, a batch already on the topics could stop before it is stored. A second
+    cancellation stops the batch too (it is not acked, so it comes again after a restart)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

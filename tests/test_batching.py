@@ -1,4 +1,5 @@
-"""streams.batching.micro_batches on a real faust app and the real broker (Tansu)."""
+"""streams.batching.micro_batches on a real faust app and the real broker (Tansu), and
+finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from faust.types import StreamT
 
-from streams.batching import micro_batches
+from streams.batching import finish_before_stopping, micro_batches
 from streams.kafka_fetch import FetchWaitApp
 
 Batch = tuple[float, float, list[bytes]]  # (handed out at, handler done at, values)
@@ -111,3 +112,35 @@ def test_the_worker_consumer_holds_fetches_for_the_setting(kafka_broker, new_top
 async def _drain(stream: StreamT) -> None:
     async for _ in stream:
         pass
+
+
+def test_a_batch_in_hand_finishes_before_the_cancellation_goes_through() -> None:
+    async def go() -> tuple[list[str], bool, list[str], bool]:
+        async def batch(done: list[str]) -> None:
+            await asyncio.sleep(0.2)
+            done.append("stored")
+            await asyncio.sleep(0.01)
+            done.append("acked")
+
+        async def agent(done: list[str]) -> None:
+            await finish_before_stopping(batch(done))
+            done.append("next batch")  # never: the cancellation goes through once the batch is done
+
+        once: list[str] = []
+        task = asyncio.create_task(agent(once))
+        await asyncio.sleep(0.05)
+        task.cancel()  # a clean stop
+        await asyncio.gather(task, return_exceptions=True)
+
+        twice: list[str] = []
+        task2 = asyncio.create_task(agent(twice))
+        await asyncio.sleep(0.05)
+        task2.cancel()
+        await asyncio.sleep(0.05)
+        task2.cancel()  # asked again: stop now
+        await asyncio.gather(task2, return_exceptions=True)
+        return once, task.cancelled(), twice, task2.cancelled()
+
+    once, cancelled, twice, cancelled2 = asyncio.run(go())
+    assert once == ["stored", "acked"] and cancelled
+    assert twice == [] and cancelled2
