@@ -42,17 +42,13 @@ from benchmarks.worker_stack import running_worker
 from models.triage_mapping import DEFAULT_PATH, TriageMapping
 from streams.alerting.rules import AlertRules, SentimentAlerter
 from streams.broker import EmbeddedBroker
+from streams.follow import quantile
 from streams.samples import support_json
 from streams.settings import REPO_ROOT, VigilSettings
 from streams.worker import WorkerProcess
 from tests.fixtures.alerting import scored_bundled_news
 
 ALL_PRIORITIES = ["P1", "P2", "P3", "P4"]
-
-
-def quantile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def support_texts() -> list[str]:

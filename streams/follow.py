@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,6 +17,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka_config import aiokafka_kwargs
 from streams.settings import VigilSettings
+
+
+def quantile(xs: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``xs``; NaN when there are none."""
+    if not xs:
+        return float("nan")
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass
@@ -33,10 +42,7 @@ class Tracker:
         return len(self.scored_ids) + self.dead
 
     def quantile(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return quantile(self.latencies_ms, q)
 
     def add_scored(self, value: bytes, now: float) -> None:
         scored = json.loads(value)
