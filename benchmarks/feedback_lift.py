@@ -40,6 +40,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def accuracy(settings, version: str, rows) -> float:
+    """Sentiment ``version``'s accuracy on ``rows``, scored in-process as a worker would."""
+    from models.engine import load_scorer
+
+    got = load_scorer(settings, "sentiment", version).score([r.text for r in rows])
+    return sum(p.label == r.label for p, r in zip(got, rows, strict=True)) / len(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=500)
@@ -108,11 +116,6 @@ def main() -> None:
     data = champ_settings.bundled_data_dir
     tweets = stratified_split(get_task("sentiment").load(data, ("twitter_financial_news",)), SplitConfig())
     phrasebank_val = stratified_split(get_task("sentiment").load(data, ("financial_phrasebank",)), SplitConfig()).val
-
-    def accuracy(settings: VigilSettings, version: str, rows) -> float:
-        s = load_scorer(settings, "sentiment", version)
-        got = s.score([r.text for r in rows])
-        return sum(p.label == r.label for p, r in zip(got, rows, strict=True)) / len(rows)
 
     # The champion's scores of every training tweet and its accuracies: the same for every seed
     # and arm, so a reused champion reuses them too.

@@ -45,12 +45,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import aiohttp  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
+from benchmarks.feedback_lift import accuracy  # noqa: E402
 from benchmarks.worker_stack import running_worker  # noqa: E402
 from feedback.auth import TokenBook, tokens_path  # noqa: E402
 from models.data import SplitConfig, stratified_split  # noqa: E402
 from models.tasks import Row, get_task  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.contracts import Kind  # noqa: E402
+from streams.follow import quantile  # noqa: E402
 from streams.replay import OutgoingMessage, replay  # noqa: E402
 from streams.samples import news_json  # noqa: E402
 from streams.settings import REPO_ROOT, VigilSettings  # noqa: E402
@@ -58,7 +60,8 @@ from streams.worker import WorkerProcess  # noqa: E402
 from tests.e2e_stack import free_port, until_served  # noqa: E402
 
 STREAM_DAY = datetime(2026, 11, 1, tzinfo=UTC)
-EVAL_DAY = datetime(2026, 10, 1, tzinfo=UTC)  # another day: the evaluation sets spend none of the stream's hourly budgets
+# another day: the evaluation sets spend none of the stream's hourly budgets
+EVAL_DAY = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -122,8 +125,9 @@ def eval_messages(prefix: str, sets: dict[str, list[Row]]) -> dict[str, tuple[Ou
     return out
 
 
-def accuracy(seen: Observed, wanted: dict[str, tuple[OutgoingMessage, str]], name: str) -> tuple[float, set[str]]:
-    """Accuracy on one evaluation set, and the model versions that scored it."""
+def scored_accuracy(seen: Observed, wanted: dict[str, tuple[OutgoingMessage, str]],
+                    name: str) -> tuple[float, set[str]]:
+    """Accuracy on one evaluation set as the worker scored it, and the model versions that scored it."""
     ids = [i for i in wanted if i.split("-")[1] == name]
     right = sum(seen.scored[i]["label"] == wanted[i][1] for i in ids)
     return right / len(ids), {seen.scored[i]["model_version"] for i in ids}
@@ -171,7 +175,8 @@ class Annotator:
                 step = await self._post(f"/api/items/{item['item_id']}/skip", {"next_task": "sentiment"})
                 self.skipped += 1
             else:
-                step = await self._post(f"/api/items/{item['item_id']}/label", {"label": label, "next_task": "sentiment"})
+                step = await self._post(f"/api/items/{item['item_id']}/label",
+                                        {"label": label, "next_task": "sentiment"})
                 self.labelled.append(item["message_id"])
             item = step["item"]
 
@@ -184,11 +189,6 @@ class Annotator:
             self.labelled.append(msg_id)
 
 
-def quantile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def evaluate(settings: VigilSettings, seen: Observed, worker: WorkerProcess, prefix: str,
                    evals: dict[str, list[Row]]) -> tuple[dict[str, float], set[str]]:
     """Accuracy per evaluation set as the worker scores it now, and the versions that scored it."""
@@ -197,7 +197,7 @@ async def evaluate(settings: VigilSettings, seen: Observed, worker: WorkerProces
     await wait_for(lambda: seen.all_scored(wanted), 600, f"the worker scoring the evaluation sets ({prefix})", worker)
     figures, versions = {}, set()
     for name in evals:
-        figures[name], by = accuracy(seen, wanted, name)
+        figures[name], by = scored_accuracy(seen, wanted, name)
         versions |= by
     return figures, versions
 
@@ -230,7 +230,8 @@ def tick_figures(seen: Observed, ticks: dict[str, float], swap_at: float) -> dic
     arrivals = sorted(seen.scored[i]["_at"] for i in ticks if i in seen.scored)
     gaps = [(b - a, abs(b - swap_at) < 10) for a, b in zip(arrivals, arrivals[1:], strict=False)]
     return {"sent": len(ticks), "scored": len(latency),
-            "latency_p50_ms": round(1000 * quantile(latency, 0.5)), "latency_p99_ms": round(1000 * quantile(latency, 0.99)),
+            "latency_p50_ms": round(1000 * quantile(latency, 0.5)),
+            "latency_p99_ms": round(1000 * quantile(latency, 0.99)),
             "latency_max_ms": round(1000 * max(latency, default=float("nan"))),
             "longest_gap_near_swap_ms": round(1000 * max((g for g, near in gaps if near), default=0)),
             "longest_gap_elsewhere_ms": round(1000 * max((g for g, near in gaps if not near), default=0))}
@@ -297,17 +298,6 @@ async def drive(args, settings: VigilSettings, token: str, worker: WorkerProcess
         reader.cancel()
 
 
-def offline_figures(settings: VigilSettings, version: str, evals: dict[str, list[Row]]) -> dict[str, float]:
-    from models.engine import load_scorer
-
-    scorer = load_scorer(settings, "sentiment", version)
-    out = {}
-    for name, rows in evals.items():
-        got = scorer.score([r.text for r in rows])
-        out[f"after_{name}"] = sum(p.label == r.label for p, r in zip(got, rows, strict=True)) / len(rows)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--champion", type=Path, required=True,
@@ -317,7 +307,8 @@ def main() -> None:
                     help="A registry with a triage champion: the worker scores support messages too (none are sent).")
     ap.add_argument("--arm", choices=["active", "random"], required=True)
     ap.add_argument("--budget", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0, help="Stream order, random draw and retrain seed, as in feedback_lift.")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="Stream order, random draw and retrain seed, as in feedback_lift.")
     ap.add_argument("--replay", type=int, default=None, help="retrain_replay_size (default: the setting's).")
     ap.add_argument("--threads", type=int, default=1, help="Torch threads of the worker and of the training process.")
     ap.add_argument("--tick-rate", type=float, default=10.0, help="Tweets per second sent while the round runs.")
@@ -368,7 +359,8 @@ def main() -> None:
     if result["outcome"] != "promoted":
         challenger = next((e for e in reversed(result_events(settings)) if e.kind == "gate_refused"), None)
         if challenger is not None:
-            result.update(offline_figures(settings, challenger.model_version, evals))
+            result.update({f"after_{name}": accuracy(settings, challenger.model_version, rows)
+                           for name, rows in evals.items()})
             result["after_scored_by"] = f"in-process, {challenger.model_version} (refused: never scored by the worker)"
     result["total_s"] = round(time.perf_counter() - started)
     print(json.dumps(result), flush=True)
