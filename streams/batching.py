@@ -4,9 +4,10 @@ faust's ``take()``/``noack_take()`` restart their ``within`` timer after every b
 arrives while the previous batch is being processed therefore waits for that processing and then a
 whole ``within`` more, even when the batch it joins is already overdue. Under steady load that idle
 wait is paid on every batch: batches grow, take longer, and the worker idles for part of every
-cycle (measured: 37% of the two cores idle while a backlog built up). Here the timer starts when a batch's first message arrives, so no message waits more than
-``within`` for its batch to close, and a batch whose first message arrived during the previous
-batch's processing closes as soon as the messages already received are in it.
+cycle (measured: 37% of the two cores idle while a backlog built up). Here the timer starts when a
+batch's first message arrives, so no message waits more than ``within`` for its batch to close,
+and a batch whose first message arrived during the previous batch's processing closes as soon as
+the messages already received are in it.
 
 Events come back un-acked, as with ``noack_take``: the caller acks them once they are durable.
 """

@@ -65,8 +65,8 @@ def test_label_ui_process_serves_clickhouse_servers_queue_and_stops_on_sigterm(
            "VIGIL_CLICKHOUSE_DATABASE": settings.clickhouse_database, "VIGIL_KAFKA_BROKERS": settings.kafka_brokers,
            "VIGIL_TOPIC_CORRECTIONS": settings.topic_corrections, "VIGIL_TOPIC_TICKET_ACKS": settings.topic_ticket_acks,
            "VIGIL_TOPIC_LABEL_REQUESTS": settings.topic_label_requests, "VIGIL_UI_QUEUE_REFRESH_S": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "label-ui", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "streams.cli", "label-ui", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         anonymous, leased, step = asyncio.run(_label_one(f"http://127.0.0.1:{port}", token, proc))
     finally:
