@@ -9,9 +9,10 @@ make what they produce durable. The logic lives in feedback/selection.py and fee
 - drift events -> the model-events topic and the model_events table.
 
 Per micro-batch: publish (awaited), write to ClickHouse (retried until it succeeds), then ack the
-offsets by hand (``micro_batches``). A replay re-selects the same item ids (uuid5 of task, message and
-model version), and the store never duplicates or reopens a queued item, so label_queue shows each
-item once; the label-requests topic is at least once, keyed by item id.
+offsets by hand (``streams.batching.process_batches``). A replay re-selects the same item ids
+(uuid5 of task, message and model version), and the store never duplicates or reopens a queued
+item, so label_queue shows each item once; the label-requests topic is at least once, keyed by
+item id.
 
 Selector and monitor state is in memory (bounded). Before its first batch the selector reads back
 what the label queue holds from its kept hours, so a restart neither re-spends an hour's budget
@@ -32,14 +33,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 import faust
-from faust.types import StreamT, TopicT
+from faust.types import EventT, StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
 from feedback.contracts import Correction, LabelRequest, ModelEvent, Task
@@ -47,7 +48,7 @@ from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
-from streams.batching import micro_batches
+from streams.batching import process_batches
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
@@ -302,13 +303,14 @@ def register_feedback(
         warm_start=settings.drift_warm_start,
     )
 
-    def batches(handle: Callable[[Sequence[bytes]], Any], name: str) -> Callable[[StreamT], Any]:
+    def batches(handle: Callable[[Sequence[bytes]], Awaitable[object]], name: str) -> Callable[[StreamT], Any]:
+        async def values(events: list[EventT]) -> None:
+            await handle([e.message.value for e in events])
+
         async def consume(stream: StreamT) -> None:
-            async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
-                await handle([e.message.value for e in events])
-                for event in events:
-                    await stream.ack(event)
-                watchdog.beat(time.monotonic())  # these topics' lag counts in the watchdog's check too
+            await process_batches(
+                stream, values, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
+            )
 
         consume.__name__ = consume.__qualname__ = name
         return consume

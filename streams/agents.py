@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from faust.types import EventT, StreamT, TopicT
 
 from models.scoring import Scorer
-from streams.batching import finish_before_stopping, micro_batches
+from streams.batching import process_batches
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.durable import until_stored
@@ -125,13 +125,8 @@ def make_agent(
     async def score_stream(stream: StreamT) -> None:
         async def handle(events: list[EventT]) -> None:
             await processor.process([to_raw_record(e) for e in events])
-            for event in events:
-                await stream.ack(event)
 
-        async for events in micro_batches(stream, batch_max, batch_within_s):
-            watchdog.beat(time.monotonic())
-            await finish_before_stopping(handle(events))
-            watchdog.beat(time.monotonic())
+        await process_batches(stream, handle, max_=batch_max, within=batch_within_s, watchdog=watchdog)
 
     score_stream.__name__ = score_stream.__qualname__ = f"score_{processor.kind.value}"
     return score_stream

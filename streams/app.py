@@ -72,9 +72,9 @@ def create_app(
         broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
         broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
         stream_buffer_maxsize=settings.batch_max * 4,
-        # Offsets are acked only once a batch is durable, so stopping need not wait for in-flight
-        # batches: un-acked ones are redelivered. Waiting would hold SIGTERM for as long as a
-        # ClickHouse retry backoff (up to clickhouse_retry_max_s) and get the worker killed.
+        # faust cancels the agents on stop rather than waiting for their buffered messages; each
+        # agent still finishes the batch in hand (streams.batching.process_batches), so what it
+        # published is stored and acked. The rest is un-acked and comes again after a restart.
         stream_wait_empty=False,
         datadir=str(settings.data_dir / "faust"),
     )

@@ -23,6 +23,8 @@ from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
+from streams.watchdog import ProgressWatchdog
+
 # Once a batch is overdue, how long to let faust move messages it has already received into it.
 # Those moves take microseconds each; the bound only matters when messages keep streaming in.
 _COLLECT_RECEIVED_S = 0.05
@@ -111,3 +113,30 @@ async def finish_before_stopping(work: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+async def process_batches(
+    stream: StreamT,
+    handle: Callable[[list[EventT]], Awaitable[None]],
+    *,
+    max_: int,
+    within: float,
+    watchdog: ProgressWatchdog,
+    ack: bool = True,
+) -> None:
+    """Every agent's loop: micro-batch ``stream``, ``handle`` each batch (publish, store), then ack
+    its events. A clean stop finishes the batch in hand, so what an agent has published is stored
+    and acked before it goes. Each batch beats the watchdog: these topics' lag counts in its stall
+    check. ``ack=False`` is for a handler that acks on its own schedule (the keyed alerting stages
+    ack once a checkpoint holds the events)."""
+
+    async def one(events: list[EventT]) -> None:
+        await handle(events)
+        if ack:
+            for event in events:
+                await stream.ack(event)
+
+    async for events in micro_batches(stream, max_, within):
+        watchdog.beat(time.monotonic())
+        await finish_before_stopping(one(events))
+        watchdog.beat(time.monotonic())

@@ -1,5 +1,6 @@
-"""streams.batching.micro_batches on a real faust app and the real broker (Tansu), and
-finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two."""
+"""streams.batching.micro_batches on a real faust app and the real broker (Tansu);
+finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two; and
+process_batches, the loop every agent runs: an app stopped mid-batch first finishes and acks it."""
 
 from __future__ import annotations
 
@@ -8,23 +9,26 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 
-from streams.batching import finish_before_stopping, micro_batches
+from streams.batching import finish_before_stopping, micro_batches, process_batches
 from streams.kafka_fetch import FetchWaitApp
+from streams.watchdog import ProgressWatchdog
 
 Batch = tuple[float, float, list[bytes]]  # (handed out at, handler done at, values)
 
 
-def _app(bootstrap: str, datadir: Path, fetch_max_wait_ms: int = 100) -> FetchWaitApp:
+def _app(bootstrap: str, datadir: Path, fetch_max_wait_ms: int = 100, **conf: Any) -> FetchWaitApp:
     return FetchWaitApp(
         f"test-batching-{uuid.uuid4().hex[:8]}", fetch_max_wait_ms=fetch_max_wait_ms, broker=f"kafka://{bootstrap}",
         store="memory://", web_enabled=False, key_serializer="raw", value_serializer="raw",
         consumer_auto_offset_reset="earliest", datadir=str(datadir),
         # A lone member joins its group in about the rebalance timeout on Tansu; faust's 60 s is for fleets.
         broker_session_timeout=3.0, broker_heartbeat_interval=1.0, broker_rebalance_timeout=3.0,
+        **conf,
     )
 
 
@@ -144,3 +148,43 @@ def test_a_batch_in_hand_finishes_before_the_cancellation_goes_through() -> None
     once, cancelled, twice, cancelled2 = asyncio.run(go())
     assert once == ["stored", "acked"] and cancelled
     assert twice == [] and cancelled2
+
+
+def test_an_app_stopped_mid_batch_finishes_and_acks_it_first(kafka_broker, new_topic, tmp_path: Path) -> None:
+    topic = new_topic(partitions=1)
+    values = [f"m{i}".encode() for i in range(5)]
+
+    async def go() -> tuple[list[bytes], list[bool]]:
+        # As in the worker's app: faust cancels its agents on stop instead of waiting for them.
+        app = _app(kafka_broker.bootstrap, tmp_path, stream_wait_empty=False)
+        watchdog = ProgressWatchdog(stall_after_s=60.0, started_at=0.0)
+        handed_out = asyncio.Event()
+        handled: list[bytes] = []
+        held: list[EventT] = []
+
+        async def handle(events: list[EventT]) -> None:
+            held.extend(events)
+            handed_out.set()
+            await asyncio.sleep(1.0)  # the stop arrives while the batch is being stored
+            handled.extend(e.value for e in events)
+
+        async def agent(stream: StreamT) -> None:
+            await process_batches(stream, handle, max_=100, within=0.3, watchdog=watchdog)
+
+        app.agent(app.topic(topic, key_type=bytes, value_type=bytes), name="batched")(agent)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await app.start()
+        await producer.start()
+        try:
+            for v in values:
+                await producer.send(topic, v)
+            await producer.flush()
+            await asyncio.wait_for(handed_out.wait(), timeout=120)
+        finally:
+            await producer.stop()
+        await app.stop()
+        return handled, [e.message.acked for e in held]
+
+    handled, acked = asyncio.run(go())
+    assert handled == values
+    assert acked == [True] * len(values)

@@ -25,16 +25,17 @@ alerts table.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.types import StreamT, TopicT
+from faust.types import EventT, StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
 from models.registry import ModelRegistry
@@ -60,7 +61,7 @@ from streams.alerting.triage import (
     route,
 )
 from streams.alerting.webhook import WebhookNotifier
-from streams.batching import micro_batches
+from streams.batching import process_batches
 from streams.clickhouse import ClickHouseStore
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
@@ -350,16 +351,22 @@ def register_alerting(
     log.info("triage: below confidence %.3f a ticket goes to %s", processor.min_confidence, HUMAN_TRIAGE)
     watcher = RulesWatcher(settings.alert_rules_path) if settings.alert_rules_path else None
 
-    async def alert_stream(stream: StreamT) -> None:
-        async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
-            await processor.restore_slas(time.monotonic())
-            records = [(e.message.partition, e.message.value) for e in events]
-            await processor.emit(processor.feed(records, time.monotonic()))
-            for event in events:
-                await stream.ack(event)
-            watchdog.beat(time.monotonic())  # the scored topic's lag counts in the watchdog's check too
+    batches = functools.partial(
+        process_batches, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
+    )
 
-    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(alert_stream)
+    def batched(handle: Callable[[list[EventT]], Awaitable[None]]) -> Callable[[StreamT], Awaitable[None]]:
+        async def consume(stream: StreamT) -> None:
+            await batches(stream, handle)
+
+        return consume
+
+    async def alert_batch(events: list[EventT]) -> None:
+        await processor.restore_slas(time.monotonic())
+        records = [(e.message.partition, e.message.value) for e in events]
+        await processor.emit(processor.feed(records, time.monotonic()))
+
+    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(batched(alert_batch))
 
     def keyed_stage(partitions: AlertPartitions, topic: TopicT, name: str, event_type: type[BaseModel]) -> KeyedStage:
         topic_name = topic.get_topic_name()
@@ -375,9 +382,10 @@ def register_alerting(
         )
 
         async def judge(stream: StreamT) -> None:
-            async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
+            async def handle(events: list[EventT]) -> None:
                 await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
-                watchdog.beat(time.monotonic())
+
+            await batches(stream, handle, ack=False)  # the stage acks events once a checkpoint holds them
 
         app.agent(topic, name=name, concurrency=1)(judge)
         return stage
@@ -399,15 +407,11 @@ def register_alerting(
             stage.revoke(revoked)
         processor.revoke(tp.partition for tp in revoked if tp.topic == scored_name)
 
-    async def ack_stream(stream: StreamT) -> None:
-        async for events in micro_batches(stream, settings.batch_max, settings.batch_within_s):
-            await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
-            for event in events:
-                await stream.ack(event)
-            watchdog.beat(time.monotonic())
+    async def ticket_acks(events: list[EventT]) -> None:
+        await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
 
     acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
-    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(ack_stream)
+    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batched(ticket_acks))
 
     @app.timer(_TICK_S)
     async def alert_clock() -> None:
