@@ -1,10 +1,12 @@
 """The feedback adapter: faust agents that feed the selection policy and the drift monitors, and
 make what they produce durable. The logic lives in feedback/selection.py and feedback/drift.py.
 
-- scored topic -> Selector -> LabelRequests to the label-requests topic (key: item id) and the
-  label_queue table; each message also feeds the confidence and label-mix monitors.
+- scored topic -> each message feeds the confidence and label-mix monitors; those with a selection
+  reason go to the label-candidates topic, keyed by their text's fingerprint.
 - alerts topic -> each alert's contributing messages, read back from ClickHouse (the scored row
-  carries what a request needs), are requested with reason 'alert'.
+  carries what a request needs), go to the label-candidates topic too, with their alert.
+- label-candidates topic -> Selector -> LabelRequests to the label-requests topic (key: item id)
+  and the label_queue table.
 - corrections topic -> corrections of 'audit' items feed the audited-error monitor.
 - drift events -> the model-events topic and the model_events table.
 
@@ -14,16 +16,18 @@ offsets by hand (``streams.batching.process_batches``). A replay re-selects the 
 item, so label_queue shows each item once; the label-requests topic is at least once, keyed by
 item id.
 
-Selector and monitor state is in memory (bounded). Before its first batch the selector reads back
-what the label queue holds from its kept hours, so a restart neither re-spends an hour's budget
-nor re-queues a text. Likewise, before a task's first scored message (and its first audit label)
-its drift monitors replay from ClickHouse, without events, up to ``VIGIL_DRIFT_WARM_START`` of the
-messages its model version scored (of the audit labels) before that batch, so a change already
-under way is still seen; the batch and what follows are read live, not twice. That history is every
-partition's: stored rows keep the raw topic's partition, not the scored topic's that a worker owns.
-With several workers each selects from its own partitions of the scored topic and keeps that
-share of the hourly budget, so together they keep the budget; near-duplicates are collapsed
-within a worker's share only.
+Selector and monitor state is in memory (bounded). Before its first batch, and again after each
+rebalance, the selector reads back what the label queue holds from its kept hours, so neither a
+restart nor a partition moving between workers re-spends an hour's budget or re-queues a text.
+Likewise, before a task's first scored message (and its first audit label) its drift monitors
+replay from ClickHouse, without events, up to ``VIGIL_DRIFT_WARM_START`` of the messages its model
+version scored (of the audit labels) before that batch, so a change already under way is still
+seen; the batch and what follows are read live, not twice. That history is every partition's:
+stored rows keep the raw topic's partition, not the scored topic's that a worker owns.
+With several workers each selects from its own partitions of the label-candidates topic and keeps
+that share of the hourly budget, so together they keep the budget. Candidates are keyed by text
+fingerprint, so every copy of a text meets in one selector and near-duplicates collapse across
+workers, not only within one.
 Support text on the scored topic is already PII-masked; requests mask it again (a no-op there).
 """
 
@@ -43,9 +47,9 @@ import faust
 from faust.types import EventT, StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
-from feedback.contracts import Correction, LabelRequest, ModelEvent, Task
+from feedback.contracts import Correction, LabelCandidate, LabelRequest, ModelEvent, Task
 from feedback.drift import DriftMonitor, audit_error
-from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
+from feedback.selection import TASK_OF_KIND, Selector, fingerprint, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
 from streams.batching import process_batches
@@ -86,6 +90,7 @@ class FeedbackProcessor:
         *,
         selector: Selector,
         drift: DriftMonitor,
+        candidates_topic: TopicT,
         requests_topic: TopicT,
         model_events_topic: TopicT,
         store: ClickHouseStore,
@@ -99,6 +104,7 @@ class FeedbackProcessor:
     ) -> None:
         self.selector = selector
         self._drift = drift
+        self._candidates_topic = candidates_topic
         self._requests_topic = requests_topic
         self._model_events_topic = model_events_topic
         self._store = store
@@ -109,7 +115,6 @@ class FeedbackProcessor:
         self._watchdog = watchdog
         self._clock = clock
         self._remembered = False
-        self._remembering = asyncio.Lock()
         self._warm_start = warm_start
         self._warmed_scored: set[Task] = set()
         self._warmed_audit: set[Task] = set()
@@ -121,16 +126,22 @@ class FeedbackProcessor:
             retry_max_s=self._retry_max_s,
         )
 
+    def forget_selections(self) -> None:
+        """After a rebalance: the fingerprints this worker now owns may have been another's, so the
+        selector's history is read again before the next batch."""
+        self.selector.forget()
+        self._remembered = False
+
     async def remember_selections(self) -> None:
-        """Once, before the first batch: the label queue's items of the selector's kept hours."""
-        async with self._remembering:  # the scored and alerts agents both select
-            if self._remembered:
-                return
-            since = self._clock() - timedelta(hours=self.selector.policy.hours_kept)
-            taken = self.selector.remember(
-                await self._durably("reading recent selections", self._feedback.fetch_selections, since)
-            )
-            self._remembered = True
+        """Before the first batch (and the first after a rebalance): the label queue's items of the
+        selector's kept hours."""
+        if self._remembered:
+            return
+        since = self._clock() - timedelta(hours=self.selector.policy.hours_kept)
+        taken = self.selector.remember(
+            await self._durably("reading recent selections", self._feedback.fetch_selections, since)
+        )
+        self._remembered = True
         log.info("label selection: took %d items queued since %s as its history", taken, since.isoformat())
 
     async def warm_scored(self, messages: Sequence[ScoredMessage]) -> None:
@@ -169,36 +180,43 @@ class FeedbackProcessor:
         log.info("drift: %s model %s starts from its last %d audit labels before %s",
                  task, version, replayed, before.isoformat())
 
-    async def on_scored(self, values: Sequence[bytes]) -> list[LabelRequest]:
-        await self.remember_selections()
+    async def on_scored(self, values: Sequence[bytes]) -> list[LabelCandidate]:
         messages = decode_all(ScoredMessage, values, "scored")
         await self.warm_scored(messages)
-        now = self._clock()
-        requests, events = [], []
+        candidates, events = [], []
         for msg in messages:
             challenger = msg.shadow.label if msg.shadow is not None else None
-            decision = self.selector.decide(msg, now, challenger_label=challenger)
-            if decision.request is not None:
-                requests.append(decision.request)
+            if self.selector.reasons(msg, challenger_label=challenger):
+                candidates.append(LabelCandidate(message=msg))
             events += self._drift.observe_scored(
                 TASK_OF_KIND[msg.kind], msg.model_version, msg.label, msg.confidence, msg.event_time
             )
-        await self.request(requests)
+        await self.propose(candidates)
         await self.emit(events)
-        return requests
+        return candidates
 
-    async def on_alerts(self, values: Sequence[bytes]) -> list[LabelRequest]:
+    async def on_alerts(self, values: Sequence[bytes]) -> list[LabelCandidate]:
+        alerts = decode_all(Alert, values, "alerts")
+        candidates = [
+            LabelCandidate(message=msg, alert_id=alert.id)
+            for alert, contributors in zip(alerts, await self._contributors(alerts), strict=True)
+            for msg in contributors
+        ]
+        await self.propose(candidates)
+        return candidates
+
+    async def on_candidates(self, values: Sequence[bytes]) -> list[LabelRequest]:
         await self.remember_selections()
         now = self._clock()
         requests = []
-        alerts = decode_all(Alert, values, "alerts")
-        for alert, contributors in zip(alerts, await self._contributors(alerts), strict=True):
-            for msg in contributors:
-                decision = self.selector.decide(msg, now, alert_id=alert.id)
-                if decision.request is not None:
-                    requests.append(decision.request)
-                else:
-                    log.info("alert %s: message %s not requested (%s)", alert.id, msg.id, decision.dropped)
+        for c in decode_all(LabelCandidate, values, "label candidates"):
+            msg = c.message
+            challenger = msg.shadow.label if msg.shadow is not None else None
+            decision = self.selector.decide(msg, now, challenger_label=challenger, alert_id=c.alert_id)
+            if decision.request is not None:
+                requests.append(decision.request)
+            elif c.alert_id is not None:
+                log.info("alert %s: message %s not requested (%s)", c.alert_id, msg.id, decision.dropped)
         await self.request(requests)
         return requests
 
@@ -247,6 +265,14 @@ class FeedbackProcessor:
         await self.emit(events)
         return events
 
+    async def propose(self, candidates: Sequence[LabelCandidate]) -> None:
+        """Publish candidates keyed by text fingerprint: the selector owning that key sees every copy."""
+        futures = [
+            await self._candidates_topic.send(key=fingerprint(c.message.text), value=c.model_dump_json().encode())
+            for c in candidates
+        ]
+        await asyncio.gather(*futures)
+
     async def request(self, requests: Sequence[LabelRequest]) -> None:
         if not requests:
             return
@@ -289,9 +315,11 @@ def register_feedback(
     def topic(name: str) -> TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes)
 
+    candidates_topic = topic(settings.label_candidates_topic)
     processor = FeedbackProcessor(
         selector=Selector(policy_from_settings(settings)),
         drift=DriftMonitor(),
+        candidates_topic=candidates_topic,
         requests_topic=topic(settings.topic_label_requests),
         model_events_topic=topic(settings.topic_model_events),
         store=store,
@@ -315,17 +343,22 @@ def register_feedback(
         consume.__name__ = consume.__qualname__ = name
         return consume
 
-    scored_name = scored_topic.get_topic_name()
+    candidates_name = settings.label_candidates_topic
 
     @app.on_partitions_assigned.connect
     async def take_budget_share(_app: faust.App, assigned: set, **_: Any) -> None:
-        owned = sum(1 for tp in assigned if tp.topic == scored_name)
-        total = app.consumer.topic_partitions(scored_name) or settings.topic_partitions
+        owned = sum(1 for tp in assigned if tp.topic == candidates_name)
+        total = app.consumer.topic_partitions(candidates_name) or settings.topic_partitions
         processor.selector.see_share(owned, max(total, owned))
-        log.info("label selection: %d of %d scored partitions here, so that share of each hour's budget", owned, total)
+        processor.forget_selections()
+        log.info("label selection: %d of %d label-candidate partitions here, so that share of each hour's budget",
+                 owned, total)
 
-    app.agent(scored_topic, name="vigil.feedback.select", concurrency=1)(
-        batches(processor.on_scored, "feedback_select")
+    app.agent(scored_topic, name="vigil.feedback.scored", concurrency=1)(
+        batches(processor.on_scored, "feedback_scored")
+    )
+    app.agent(candidates_topic, name="vigil.feedback.select", concurrency=1)(
+        batches(processor.on_candidates, "feedback_select")
     )
     app.agent(topic(settings.topic_alerts), name="vigil.feedback.alerts", concurrency=1)(
         batches(processor.on_alerts, "feedback_alerts")

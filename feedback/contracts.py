@@ -1,4 +1,5 @@
-"""Messages of the feedback loop: label requests (queue items), corrections, model events.
+"""Messages of the feedback loop: label candidates, label requests (queue items), corrections,
+model events.
 
 Each crosses a Kafka topic and a ClickHouse table, so each is a pydantic model that forbids
 unknown fields. Texts here are the stored texts (support text already PII-masked).
@@ -12,7 +13,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from streams.contracts import Id
+from streams.contracts import Id, ScoredMessage
 
 Task = Literal["sentiment", "triage"]
 
@@ -27,6 +28,16 @@ class SelectionReason(StrEnum):
     audit = "audit"  # random audit sample: unbiased accuracy estimates
     alert = "alert"  # contributed to an alert
     alert_review = "alert_review"  # its alert was judged false: the label needs a person
+
+
+class LabelCandidate(BaseModel):
+    """A scored message that may need a label (it has a selection reason, or contributed to an
+    alert), on its way to the selector that owns its text's fingerprint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: ScoredMessage
+    alert_id: str | None = None
 
 
 class ItemState(StrEnum):
@@ -134,6 +145,7 @@ class ModelEvent(BaseModel):
 
 
 FEEDBACK_SCHEMAS: dict[str, type[BaseModel]] = {
+    "LabelCandidate": LabelCandidate,
     "LabelRequest": LabelRequest,
     "QueueItem": QueueItem,
     "Correction": Correction,

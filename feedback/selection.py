@@ -17,11 +17,13 @@ Candidates then pass, in order:
    budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
    and hide an alert's evidence), but they count towards the shares.
 
-A selector that sees only part of the stream (a worker reading k of the scored topic's n
-partitions) keeps k/n of each hour's budget (``see_share``), so the workers together keep the
-task's budget. State is in memory and bounded; a fresh selector fed the same messages decides the
+A selector that sees only part of the stream (a worker reading k of the label-candidates topic's
+n partitions) keeps k/n of each hour's budget (``see_share``), so the workers together keep the
+task's budget. That topic is keyed by ``fingerprint``, so every copy of a text comes to one
+selector. State is in memory and bounded; a fresh selector fed the same messages decides the
 same way. A restarted one takes what was queued before it as its history (``remember``), so it
-neither spends an hour's budget again nor queues a text again.
+neither spends an hour's budget again nor queues a text again; after a rebalance a running one
+does the same (``forget``, then ``remember``).
 """
 
 from __future__ import annotations
@@ -209,6 +211,12 @@ class Selector:
         if total < 1 or not 0 <= owned <= total:
             raise ValueError(f"a share is owned/total partitions with 0 <= owned <= total >= 1, got {owned}/{total}")
         self._share = (owned, total)
+
+    def forget(self) -> None:
+        """Drop the remembered texts and hour counts (keeping the share), as after a rebalance: the
+        texts this selector now owns were another's, so its history is read again (``remember``)."""
+        self._seen.clear()
+        self._counts.clear()
 
     def remember(self, past: Iterable[PastSelection]) -> int:
         """Take items queued before this selector started (oldest first) as its own history: their

@@ -20,7 +20,8 @@ def all_topics(settings: VigilSettings) -> list[str]:
     return [
         settings.topic_news, settings.topic_support, settings.topic_scored, settings.topic_dlq, settings.topic_alerts,
         settings.ticker_events_topic, settings.intent_events_topic,
-        settings.topic_label_requests, settings.topic_corrections, settings.topic_model_events,
+        settings.label_candidates_topic, settings.topic_label_requests, settings.topic_corrections,
+        settings.topic_model_events,
         settings.topic_ticket_acks, *triage_topics(settings.topic_triage_prefix, read_triage_mapping(settings.triage_mapping_path or DEFAULT_PATH)),
     ]
 

@@ -123,6 +123,10 @@ class VigilSettings(BaseSettings):
 
     # --- feedback ----------------------------------------------------------------------------
     topic_label_requests: str = "vigil.label.requests"
+    topic_label_candidates: str | None = Field(
+        None, description="Scored messages that may need a label, re-keyed by their text's fingerprint, "
+        "so that every copy of a text meets in one worker's selector. Unset: <scored topic>.label-candidates.",
+    )
     topic_corrections: str = "vigil.corrections"
     topic_model_events: str = "vigil.model.events"
     feedback_audit_rate: float = Field(
@@ -295,6 +299,10 @@ class VigilSettings(BaseSettings):
     @property
     def intent_events_topic(self) -> str:
         return self.topic_intent_events or f"{self.topic_scored}.by-intent"
+
+    @property
+    def label_candidates_topic(self) -> str:
+        return self.topic_label_candidates or f"{self.topic_scored}.label-candidates"
 
     @property
     def raw_topics(self) -> dict[str, str]:

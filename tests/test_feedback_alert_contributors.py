@@ -60,7 +60,7 @@ def processor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(store, "fetch_scored", counted)
     monkeypatch.setattr(feedback.agent, "_CONTRIBUTOR_WAIT_S", 1.0)
     proc = FeedbackProcessor(
-        selector=Selector(policy_from_settings(settings)), drift=DriftMonitor(), requests_topic=None,
+        selector=Selector(policy_from_settings(settings)), drift=DriftMonitor(), candidates_topic=None, requests_topic=None,
         model_events_topic=None, store=store, feedback=FeedbackStore(store), metrics=Metrics(),
         io_executor=executor, retry_max_s=1.0, watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
         warm_start=0,

@@ -137,11 +137,17 @@ def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_st
     policy = small_policy(budget)
     expected = run(Selector(policy), stream)
     at = int(len(stream) * cut)
-    before = run(Selector(policy), stream[:at])
-    restarted = Selector(policy)
+    first = Selector(policy)
+    before = run(first, stream[:at])
     queued = [d.request for d in before if d.request is not None]
-    assert restarted.remember(PastSelection(r.task, r.event_time, r.model_label, r.text) for r in queued) == len(queued)
+    past = [PastSelection(r.task, r.event_time, r.model_label, r.text) for r in queued]
+    restarted = Selector(policy)
+    assert restarted.remember(past) == len(queued)
     assert before + run(restarted, stream[at:]) == expected
+    # A running selector after a rebalance: it forgets, and takes the queue as its history again.
+    first.forget()
+    assert first.remember(past) == len(queued)
+    assert before + run(first, stream[at:]) == expected
 
 
 @settings(max_examples=100, deadline=None)

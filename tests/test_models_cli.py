@@ -68,5 +68,5 @@ def test_vigil_schema_prints_every_message_type(tmp_path):
     assert code == 0
     schemas = json.loads(out)
     assert {"NewsItem", "SupportMessage", "ScoredMessage", "DeadLetter", "Alert", "AlertVerdict", "TicketAck",
-            "TriageTicket", "LabelRequest", "QueueItem", "Correction", "ModelEvent"} <= set(schemas)
+            "TriageTicket", "LabelCandidate", "LabelRequest", "QueueItem", "Correction", "ModelEvent"} <= set(schemas)
     assert "headline" in schemas["NewsItem"]["properties"]
