@@ -31,12 +31,7 @@ pytestmark = pytest.mark.slow
 def stack(request, tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
     """Settings for one isolated run: own topics, consumer group and data dir on the shared broker;
     ClickHouse embedded (chdb) or Debian's 18.16 server over the native protocol."""
-    url = None
-    if request.param == "server":
-        server = request.getfixturevalue("clickhouse_server")
-        if not server.running:
-            server.start()
-        url = server.url
+    url = request.getfixturevalue("clickhouse_server").up() if request.param == "server" else None
     env = stack_env(tmp_path, kafka_broker.bootstrap, url, partitions=3, VIGIL_BATCH_MAX="64")
     settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)

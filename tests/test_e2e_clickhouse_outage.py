@@ -27,10 +27,10 @@ from tests.e2e_stack import (
     free_port,
     ids_of,
     metric_total,
-    prepare,
     real_messages,
     rss_kib,
     stack_env,
+    use_stack,
 )
 
 pytestmark = pytest.mark.slow
@@ -40,22 +40,16 @@ SETTLE_S = 5.0  # the batch in flight when the server stopped may still have bee
 
 @pytest.fixture
 def worker_on_server(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhouse_server, monkeypatch):
-    if not clickhouse_server.running:
-        clickhouse_server.start()
     env = stack_env(
-        tmp_path, kafka_broker.bootstrap, clickhouse_server.url, partitions=2,
+        tmp_path, kafka_broker.bootstrap, clickhouse_server.up(), partitions=2,
         VIGIL_CLICKHOUSE_RETRY_ATTEMPTS="2", VIGIL_CLICKHOUSE_RETRY_MAX_S="2",
     )
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    prepare(settings, tiny_registry)
+    settings = use_stack(env, monkeypatch, tiny_registry)
     port = free_port()
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env, ("--metrics-port", str(port)))
     yield settings, worker, port, clickhouse_server
     worker.stop(timeout_s=10)
-    if not clickhouse_server.running:
-        clickhouse_server.start()
+    clickhouse_server.up()
 
 
 def _sample(settings: VigilSettings, worker: WorkerProcess, port: int, tracker: Tracker) -> dict:

@@ -29,7 +29,7 @@ from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import prepare, stack_env
+from tests.e2e_stack import stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -84,19 +84,14 @@ def _history_read(log: Path) -> bool:
 
 @pytest.fixture
 def two_workers(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhouse_server, monkeypatch):
-    if not clickhouse_server.running:
-        clickhouse_server.start()
     env = stack_env(
-        tmp_path, kafka_broker.bootstrap, clickhouse_server.url, partitions=4,
+        tmp_path, kafka_broker.bootstrap, clickhouse_server.up(), partitions=4,
         VIGIL_FEEDBACK_AUDIT_RATE="0",
         VIGIL_FEEDBACK_BUDGET_PER_HOUR="10000",
         VIGIL_FEEDBACK_MAX_CLASS_SHARE="1",
         VIGIL_FEEDBACK_SENTIMENT_ENTROPY_ABOVE="0",  # every message is uncertain
     )
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    prepare(settings, tiny_registry)
+    settings = use_stack(env, monkeypatch, tiny_registry)
     workers = [
         WorkerProcess(kafka_broker.bootstrap, tmp_path / f"worker-{i}.log", {**env, "VIGIL_WORKER_ID": f"w{i}"})
         for i in range(2)

@@ -26,9 +26,9 @@ from tests.e2e_stack import (
     free_port,
     ids_of,
     metric_total,
-    prepare,
     real_messages,
     stack_env,
+    use_stack,
 )
 
 pytestmark = pytest.mark.slow
@@ -37,13 +37,8 @@ IN = "vigil_messages_in_total"
 
 @pytest.fixture
 def two_workers(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhouse_server, monkeypatch):
-    if not clickhouse_server.running:
-        clickhouse_server.start()
-    env = stack_env(tmp_path, kafka_broker.bootstrap, clickhouse_server.url, partitions=4)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    prepare(settings, tiny_registry)
+    env = stack_env(tmp_path, kafka_broker.bootstrap, clickhouse_server.up(), partitions=4)
+    settings = use_stack(env, monkeypatch, tiny_registry)
     ports = [free_port(), free_port()]
     workers = [
         WorkerProcess(kafka_broker.bootstrap, tmp_path / f"worker-{i}.log", {**env, "VIGIL_WORKER_ID": f"w{i}"},

@@ -29,7 +29,7 @@ from streams.contracts import ScoredMessage
 from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import prepare, stack_env
+from tests.e2e_stack import stack_env, use_stack
 from tests.fixtures.alerting import scored_news
 
 pytestmark = pytest.mark.slow
@@ -66,18 +66,13 @@ def _phase(minutes: range) -> list[ScoredMessage]:
 
 @pytest.fixture
 def two_workers(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhouse_server, monkeypatch):
-    if not clickhouse_server.running:
-        clickhouse_server.start()
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
     env = stack_env(
-        tmp_path, kafka_broker.bootstrap, clickhouse_server.url, partitions=2,
+        tmp_path, kafka_broker.bootstrap, clickhouse_server.up(), partitions=2,
         VIGIL_ALERT_RULES_PATH=str(rules), VIGIL_ALERT_CHECKPOINT_INTERVAL_S="1",
     )  # fmt: skip
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings = VigilSettings()
-    prepare(settings, tiny_registry)
+    settings = use_stack(env, monkeypatch, tiny_registry)
     workers = [WorkerProcess(kafka_broker.bootstrap, tmp_path / f"worker-{n}.log", {**env, "VIGIL_WORKER_ID": n})
                for n in ("a", "b")]
     yield settings, workers
