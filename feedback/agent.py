@@ -272,6 +272,8 @@ class FeedbackProcessor:
             for c in candidates
         ]
         await asyncio.gather(*futures)
+        for c in candidates:
+            self._metrics.label_candidates.labels(TASK_OF_KIND[c.message.kind]).inc()
 
     async def request(self, requests: Sequence[LabelRequest]) -> None:
         if not requests:

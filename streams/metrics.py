@@ -40,6 +40,10 @@ class Metrics:
         self.webhook_dropped = Counter(
             "vigil_webhook_dropped_total", "Alerts not sent because the webhook queue was full", registry=r
         )
+        self.label_candidates = Counter(
+            "vigil_label_candidates_total", "Scored messages with a selection reason, before budget, "
+            "balance and de-duplication (alert evidence included)", ["task"], registry=r,
+        )
         self.label_requests = Counter(
             "vigil_label_requests_total", "Messages sent to the label queue, per reason", ["task", "reason"], registry=r
         )

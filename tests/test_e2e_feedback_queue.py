@@ -186,6 +186,7 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     ))
     # The worker's Prometheus counter agrees with the topic: one increment per request and reason.
     assert metric_total(metrics_port, "vigil_label_requests_total") == sum(len(r.reasons) for r in on_topic)
+    candidates = metric_total(metrics_port, "vigil_label_candidates_total")
     assert first.stop() == 0
     items, raw_rows, scored, alerts, shadow = _queue(settings)
     assert len(scored) == len(messages)
@@ -203,6 +204,9 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
         reasons = selector.reasons(m, alert=m.id in contributors[task])
         if reasons:
             expected[LabelRequest.make_id(task, m.id, m.model_version)] = (m, set(reasons))
+    # Candidates: every scored message with a reason of its own, and every alert's evidence.
+    own = sum(1 for m in scored.values() if selector.reasons(m))
+    assert candidates == own + sum(len(a.top_messages) for a in alerts)
     found_reasons = {r for _, rs in expected.values() for r in rs}
     assert {SelectionReason.uncertain, SelectionReason.alert} <= found_reasons
     assert len(expected) < len(messages), "the thresholds were meant to leave some messages out"
