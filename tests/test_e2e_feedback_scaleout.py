@@ -2,7 +2,9 @@
 group on the Tansu broker, sharing Debian's clickhouse-server 18.16.
 
 Both workers first select from distinct warm-up headlines, so that each has read the queue's
-history (a selector takes what is queued as its history before its first batch). Then copies of a
+history (a selector takes what is queued as its history before its first batch after an
+assignment); a selector starting later would take the other's picks as history and hide the
+difference this test is about. Then copies of a
 few headlines (differing in case, digits and punctuation) come in under distinct ids, so the
 scored topic spreads each text's copies over both workers' partitions. Every message is uncertain
 by the thresholds set here. The label queue must still hold each text once: candidates are
