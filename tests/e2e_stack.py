@@ -24,7 +24,8 @@ from kafka import KafkaAdminClient
 
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave
+from streams.follow import Tracker, follow, wait_for
+from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import all_topics
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
@@ -137,6 +138,19 @@ def real_messages(settings: VigilSettings, n: int, *, skip: int = 0) -> list[Out
     news = (OutgoingMessage.of(Kind.news, m) for m in bundled_news(settings.bundled_data_dir))
     support = (OutgoingMessage.of(Kind.support, m) for m in bundled_support(settings.bundled_data_dir))
     return list(itertools.islice(interleave(news, support, ratio=(2, 1)), skip, skip + n))
+
+
+async def score_all(settings: VigilSettings, messages: list[OutgoingMessage], scored_before: int = 0) -> bool:
+    """Send ``messages`` to the raw topics; True once the scored and dead-letter topics hold them
+    and the ``scored_before`` sent earlier (False after 180 s)."""
+    tracker, ready = Tracker(), asyncio.Event()
+    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
+    await ready.wait()
+    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+    finished = await wait_for(tracker, scored_before + len(messages), timeout_s=180)
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    return finished
 
 
 def ids_of(messages: list[OutgoingMessage]) -> set[str]:

@@ -29,12 +29,11 @@ from feedback.selection import TASK_OF_KIND, Selector, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, follow, wait_for
 from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import free_port, metric_total, stack_env, use_stack
+from tests.e2e_stack import free_port, metric_total, score_all, stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -134,17 +133,6 @@ async def _requests_until_quiet(settings: VigilSettings, enough, quiet_s: float,
         await consumer.stop()
 
 
-async def _score_all(settings: VigilSettings, messages: list[OutgoingMessage]) -> bool:
-    tracker, ready = Tracker(), asyncio.Event()
-    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
-    await ready.wait()
-    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
-    finished = await wait_for(tracker, len(messages), timeout_s=180)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
-    return finished
-
-
 def _log_shows(path: Path, line: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -179,7 +167,7 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     metrics_port = free_port()
     first = worker(settings.consumer_group, "worker-1", "--metrics-port", str(metrics_port))
     first.start()
-    assert asyncio.run(_score_all(settings, messages)), "not every message came out of the worker"
+    assert asyncio.run(score_all(settings, messages)), "not every message came out of the worker"
     # Every support message raises a priority alert, so each is requested at least for that.
     on_topic = asyncio.run(_requests_until_quiet(
         settings, lambda got: support_ids <= {r.message_id for r in got}, quiet_s=4, timeout_s=120,

@@ -26,12 +26,11 @@ from feedback.selection import fingerprint
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, follow, wait_for
-from streams.replay import OutgoingMessage, replay
+from streams.replay import OutgoingMessage
 from streams.samples import news_json
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import stack_env, use_stack
+from tests.e2e_stack import score_all, stack_env, use_stack
 
 pytestmark = pytest.mark.slow
 
@@ -113,18 +112,6 @@ def _queued_copies(settings: VigilSettings) -> Counter[bytes]:
     return Counter(fingerprint(i.request.text) for i in items if i.request.message_id.startswith("n-"))
 
 
-async def _score(settings: VigilSettings, messages: list[OutgoingMessage], scored_before: int) -> bool:
-    """Send ``messages``; True once the scored topic holds them and the ``scored_before`` sent earlier."""
-    tracker, ready = Tracker(), asyncio.Event()
-    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
-    await ready.wait()
-    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
-    finished = await wait_for(tracker, scored_before + len(messages), timeout_s=180)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
-    return finished
-
-
 def test_copies_of_a_text_on_two_workers_are_queued_once(two_workers) -> None:
     settings, workers = two_workers
     for w in workers:
@@ -138,11 +125,11 @@ def test_copies_of_a_text_on_two_workers_are_queued_once(two_workers) -> None:
     while not all(_history_read(w.log_path) for w in workers):
         assert time.monotonic() < deadline, "the two workers' selectors did not both start"
         warm_up = _warm_up(sent // len(WARM_UP))
-        assert asyncio.run(_score(settings, warm_up, sent)), "a warm-up round was not scored"
+        assert asyncio.run(score_all(settings, warm_up, sent)), "a warm-up round was not scored"
         sent += len(warm_up)
         time.sleep(2.0)
 
-    assert asyncio.run(_score(settings, _copies(), sent)), "not every copy came out of the workers"
+    assert asyncio.run(score_all(settings, _copies(), sent)), "not every copy came out of the workers"
     # Selection follows scoring; wait until the queue holds every text and nothing more comes.
     deadline, last, quiet_since = time.monotonic() + 120, Counter(), time.monotonic()
     while time.monotonic() < deadline and (len(last) < len(HEADLINES) or time.monotonic() - quiet_since < 5):
