@@ -74,6 +74,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _challenger_label(msg: ScoredMessage) -> str | None:
+    """What the shadow challenger said, when one scored the message too."""
+    return msg.shadow.label if msg.shadow is not None else None
+
+
 def decode_all(model: type[M], values: Sequence[bytes], topic: str) -> list[M]:
     out = []
     for value in values:
@@ -185,8 +190,7 @@ class FeedbackProcessor:
         await self.warm_scored(messages)
         candidates, events = [], []
         for msg in messages:
-            challenger = msg.shadow.label if msg.shadow is not None else None
-            if self.selector.reasons(msg, challenger_label=challenger):
+            if self.selector.reasons(msg, challenger_label=_challenger_label(msg)):
                 candidates.append(LabelCandidate(message=msg))
             events += self._drift.observe_scored(
                 TASK_OF_KIND[msg.kind], msg.model_version, msg.label, msg.confidence, msg.event_time
@@ -211,8 +215,7 @@ class FeedbackProcessor:
         requests = []
         for c in decode_all(LabelCandidate, values, "label candidates"):
             msg = c.message
-            challenger = msg.shadow.label if msg.shadow is not None else None
-            decision = self.selector.decide(msg, now, challenger_label=challenger, alert_id=c.alert_id)
+            decision = self.selector.decide(msg, now, challenger_label=_challenger_label(msg), alert_id=c.alert_id)
             if decision.request is not None:
                 requests.append(decision.request)
             elif c.alert_id is not None:
