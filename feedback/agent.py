@@ -52,7 +52,7 @@ from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, fingerprint, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
-from streams.batching import process_batches
+from streams.batching import batch_agent
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
@@ -336,17 +336,11 @@ def register_feedback(
         warm_start=settings.drift_warm_start,
     )
 
-    def batches(handle: Callable[[Sequence[bytes]], Awaitable[object]], name: str) -> Callable[[StreamT], Any]:
+    def on_values(handle: Callable[[Sequence[bytes]], Awaitable[object]]) -> Callable[[StreamT], Any]:
         async def values(events: list[EventT]) -> None:
             await handle([e.message.value for e in events])
 
-        async def consume(stream: StreamT) -> None:
-            await process_batches(
-                stream, values, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
-            )
-
-        consume.__name__ = consume.__qualname__ = name
-        return consume
+        return batch_agent(values, settings, watchdog)
 
     candidates_name = settings.label_candidates_topic
 
@@ -360,15 +354,15 @@ def register_feedback(
                  owned, total)
 
     app.agent(scored_topic, name="vigil.feedback.scored", concurrency=1)(
-        batches(processor.on_scored, "feedback_scored")
+        on_values(processor.on_scored)
     )
     app.agent(candidates_topic, name="vigil.feedback.select", concurrency=1)(
-        batches(processor.on_candidates, "feedback_select")
+        on_values(processor.on_candidates)
     )
     app.agent(topic(settings.topic_alerts), name="vigil.feedback.alerts", concurrency=1)(
-        batches(processor.on_alerts, "feedback_alerts")
+        on_values(processor.on_alerts)
     )
     app.agent(topic(settings.topic_corrections), name="vigil.feedback.corrections", concurrency=1)(
-        batches(processor.on_corrections, "feedback_corrections")
+        on_values(processor.on_corrections)
     )
     return processor

@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from faust.types import EventT, StreamT, TopicT
+from faust.types import EventT, TopicT
 
 from models.scoring import Scorer
-from streams.batching import process_batches
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.durable import until_stored
@@ -84,6 +83,10 @@ class BatchProcessor:
             retry_max_s=self._retry_max_s,
         )
 
+    async def process_events(self, events: Sequence[EventT]) -> BatchResult:
+        """The agent's batch handler: ``process`` on the events' Kafka records."""
+        return await self.process([to_raw_record(e) for e in events])
+
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         started = time.perf_counter()
         decoded, dead = decode_batch(self.kind, records, self._limits)
@@ -117,16 +120,3 @@ class BatchProcessor:
         futures += [await self._dlq_topic.send(key=d.key, value=d.model_dump_json().encode()) for d in dead]
         if futures:
             await asyncio.gather(*futures)
-
-
-def make_agent(
-    processor: BatchProcessor, batch_max: int, batch_within_s: float, watchdog: ProgressWatchdog
-) -> Callable[[StreamT], Any]:
-    async def score_stream(stream: StreamT) -> None:
-        async def handle(events: list[EventT]) -> None:
-            await processor.process([to_raw_record(e) for e in events])
-
-        await process_batches(stream, handle, max_=batch_max, within=batch_within_s, watchdog=watchdog)
-
-    score_stream.__name__ = score_stream.__qualname__ = f"score_{processor.kind.value}"
-    return score_stream

@@ -16,8 +16,9 @@ import faust
 
 from feedback.agent import register_feedback
 from models.scoring import Scorer
-from streams.agents import BatchProcessor, make_agent
+from streams.agents import BatchProcessor
 from streams.alerting.agent import register_alerting
+from streams.batching import batch_agent
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
@@ -103,7 +104,7 @@ def create_app(
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
-            make_agent(processor, settings.batch_max, settings.batch_within_s, watchdog)
+            batch_agent(processor.process_events, settings, watchdog)
         )
 
     register_alerting(

@@ -23,6 +23,7 @@ from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
+from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
 
 # Once a batch is overdue, how long to let faust move messages it has already received into it.
@@ -117,7 +118,7 @@ async def finish_before_stopping(work: Awaitable[None]) -> None:
 
 async def process_batches(
     stream: StreamT,
-    handle: Callable[[list[EventT]], Awaitable[None]],
+    handle: Callable[[list[EventT]], Awaitable[object]],
     *,
     max_: int,
     within: float,
@@ -140,3 +141,17 @@ async def process_batches(
         watchdog.beat(time.monotonic())
         await finish_before_stopping(one(events))
         watchdog.beat(time.monotonic())
+
+
+def batch_agent(
+    handle: Callable[[list[EventT]], Awaitable[object]], settings: VigilSettings, watchdog: ProgressWatchdog
+) -> Callable[[StreamT], Awaitable[None]]:
+    """An agent body for ``app.agent``: ``process_batches`` over its stream with ``handle``, in
+    batches of the settings' size and window, acked once ``handle`` returns."""
+
+    async def consume(stream: StreamT) -> None:
+        await process_batches(
+            stream, handle, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
+        )
+
+    return consume

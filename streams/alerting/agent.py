@@ -25,10 +25,9 @@ alerts table.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,7 +60,7 @@ from streams.alerting.triage import (
     route,
 )
 from streams.alerting.webhook import WebhookNotifier
-from streams.batching import process_batches
+from streams.batching import batch_agent, process_batches
 from streams.clickhouse import ClickHouseStore
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
@@ -351,22 +350,12 @@ def register_alerting(
     log.info("triage: below confidence %.3f a ticket goes to %s", processor.min_confidence, HUMAN_TRIAGE)
     watcher = RulesWatcher(settings.alert_rules_path) if settings.alert_rules_path else None
 
-    batches = functools.partial(
-        process_batches, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
-    )
-
-    def batched(handle: Callable[[list[EventT]], Awaitable[None]]) -> Callable[[StreamT], Awaitable[None]]:
-        async def consume(stream: StreamT) -> None:
-            await batches(stream, handle)
-
-        return consume
-
     async def alert_batch(events: list[EventT]) -> None:
         await processor.restore_slas(time.monotonic())
         records = [(e.message.partition, e.message.value) for e in events]
         await processor.emit(processor.feed(records, time.monotonic()))
 
-    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(batched(alert_batch))
+    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(batch_agent(alert_batch, settings, watchdog))
 
     def keyed_stage(partitions: AlertPartitions, topic: TopicT, name: str, event_type: type[BaseModel]) -> KeyedStage:
         topic_name = topic.get_topic_name()
@@ -385,7 +374,11 @@ def register_alerting(
             async def handle(events: list[EventT]) -> None:
                 await stage.handle(stream, events, app.consumer.assignment(), time.monotonic())
 
-            await batches(stream, handle, ack=False)  # the stage acks events once a checkpoint holds them
+            # The stage acks events once a checkpoint holds them.
+            await process_batches(
+                stream, handle, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog,
+                ack=False,
+            )
 
         app.agent(topic, name=name, concurrency=1)(judge)
         return stage
@@ -411,7 +404,7 @@ def register_alerting(
         await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
 
     acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
-    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batched(ticket_acks))
+    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batch_agent(ticket_acks, settings, watchdog))
 
     @app.timer(_TICK_S)
     async def alert_clock() -> None:
