@@ -144,10 +144,20 @@ class ModelEvent(BaseModel):
         return str(uuid.uuid5(_ITEM_NAMESPACE, f"round-end|{started_id}"))
 
 
+class QueueOwnerAnnouncement(BaseModel):
+    """A labelling-service instance took the queue over and serves it here (the owner topic)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    at: AwareDatetime
+
+
 FEEDBACK_SCHEMAS: dict[str, type[BaseModel]] = {
     "LabelCandidate": LabelCandidate,
     "LabelRequest": LabelRequest,
     "QueueItem": QueueItem,
     "Correction": Correction,
     "ModelEvent": ModelEvent,
+    "QueueOwnerAnnouncement": QueueOwnerAnnouncement,
 }

@@ -77,13 +77,19 @@ class LeaseBook:
 
     def merge(self, items: Iterable[QueueItem]) -> int:
         """Take items read from the store; per item the later ``updated_at`` wins (the book's own
-        transitions are newer than a stale read). Returns how many were new or newer."""
+        transitions are newer than a stale read). A labelled or skipped item taken here joins its
+        annotator's undo history, so undo works across a restart or a change of queue owner.
+        Returns how many were new or newer."""
         changed = 0
         for item in items:
             held = self._items.get(item.request.item_id)
             if held is None or item.updated_at > held.updated_at:
                 self._items[item.request.item_id] = item
                 changed += 1
+                if item.state in (ItemState.labelled, ItemState.skipped) and item.leased_by:
+                    done = self._history.setdefault(item.leased_by, [])
+                    done.append(_Done(item.request.item_id, item.updated_at))
+                    done.sort(key=lambda d: d.at)  # stable: the book's own order stands among equal times
         return changed
 
     def add(self, request: LabelRequest, now: datetime) -> QueueItem:

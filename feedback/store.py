@@ -227,6 +227,19 @@ class FeedbackStore:
         )
         return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
 
+    def fetch_live_items(self, finished_since: datetime, limit: int = 10_000) -> list[QueueItem]:
+        """What a lease book holds: open and leased items, and those labelled or skipped at or
+        after ``finished_since`` (whole seconds; they can still be undone), oldest selected first."""
+        cols = ", ".join(QUEUE_COLUMNS)
+        rows = self._query(
+            "label-queue read",
+            f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.label_queue FINAL) "
+            "WHERE state IN ('open', 'leased') OR updated_time >= {since:DateTime} "
+            "ORDER BY selected_at, item_id LIMIT {limit:UInt64}",
+            {"since": as_utc(finished_since).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
+        )
+        return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
+
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, QueueItem]:
         """The queue items with these ids, by id (ids not in the queue are absent)."""
         if not (wanted := sorted(item_ids)):

@@ -1,11 +1,14 @@
 """The labelling service: an aiohttp app with the labelling page (``/``) and its JSON API.
 
 Every ``/api`` call needs ``Authorization: Bearer <token>`` (``vigil annotators add NAME``).
-Queue state lives in a LeaseBook in this process's memory, fed from ClickHouse (label_queue) and
-written back on every change, so one service process owns the leases. Every correction is
-published to the corrections topic (awaited) and then written to the feedback table.
+Queue state lives in a LeaseBook in the memory of the instance that owns the queue, fed from
+ClickHouse (label_queue) and written back on every change. Several instances may run: one owns the
+queue (``feedback.election``) and the others forward the queue calls to it, serving everything
+else themselves. Every correction is published to the corrections topic (awaited) and then
+written to the feedback table.
 
 Endpoints (request and response bodies are the pydantic models below):
+  GET  /health                         no token: this instance's queue role and the owner's URL
   GET  /api/queue                      queue depth per state and the next open items
   POST /api/queue/lease                your leased item (the one you hold, else the next)
   POST /api/items/{id}/label|skip|undo finish or reopen an item; the reply carries your next item
@@ -22,10 +25,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -41,11 +45,13 @@ from feedback.contracts import (
     SelectionReason,
     Task,
 )
+from feedback.election import run_election
 from feedback.leases import (
     LeaseBook,
     LeaseError,
     UnknownItem,
 )
+from feedback.ownership import NotQueueOwner, QueueOwnership
 from feedback.store import FeedbackStore
 from models.registry import ModelNotFound, ModelRegistry
 from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
@@ -118,6 +124,11 @@ class Progress(BaseModel):
         "last refresh (at most ui_queue_refresh_s old, on a lease)."
     )
     you: dict[str, int] = Field(description="labelled / skipped by you since this service started.")
+
+
+class HealthOut(BaseModel):
+    queue_owner: bool = Field(description="This instance owns the labelling queue (serves the queue calls).")
+    owner_url: str | None = Field(description="Where the queue's owner serves, as last announced; null: not known yet.")
 
 
 class LeaseOut(BaseModel):
@@ -214,8 +225,10 @@ class Service:
         publish: Publish,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ownership: QueueOwnership | None = None,
     ) -> None:
         self.settings = settings
+        self.ownership = ownership or QueueOwnership.sole(settings.ui_url)
         self.store = store
         self.feedback = FeedbackStore(store)
         self.publish = publish
@@ -227,19 +240,58 @@ class Service:
         self._refreshed_at: float | None = None
         self._stored: dict[str, dict[str, int]] = {}
         self._refresh_lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """ClickHouse calls block (chdb in-process, or a socket): keep them off the event loop."""
         return await asyncio.to_thread(fn, *args)
 
+    async def take_over(self) -> None:
+        """Become the queue's owner: a new book, loaded from ClickHouse, where the previous owner
+        wrote every lease. With ClickHouse down the book loads on the first queue call instead
+        (which answers 503 until it can)."""
+        self.book = LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
+        self._refreshed_at = None
+        try:
+            await self.refresh(force=True)
+        except ClickHouseError as e:
+            log.error("took the labelling queue over but could not read it from ClickHouse yet: %s", e)
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """A queue call this instance cannot serve: pass it to the owner, once (a call forwarded
+        to an instance that is no longer the owner is refused, not forwarded again)."""
+        owner = self.ownership.owner_url
+        if request.headers.get(_FORWARDED) or owner is None or owner == self.ownership.url:
+            return _retry_later(f"the labelling queue is changing hands (this instance, {self.ownership.url}, "
+                                "does not own it); retry in a few seconds")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        headers = {h: v for h in ("Authorization", "Content-Type") if (v := request.headers.get(h)) is not None}
+        try:
+            async with self._http.request(request.method, owner + request.path_qs, data=await request.read(),
+                                          headers={**headers, _FORWARDED: self.ownership.url}) as r:
+                retry = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
+                return web.Response(status=r.status, body=await r.read(), content_type=r.content_type, headers=retry)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("queue call %s %s not forwarded to the owner %s: %s", request.method, request.path, owner, e)
+            return _retry_later(f"the labelling queue's owner at {owner} did not answer ({type(e).__name__}); if it "
+                                "has stopped, another instance takes the queue over within "
+                                f"{self.settings.ui_owner_session_timeout_ms / 1000:.0f}s; retry then")
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
     async def refresh(self, *, force: bool = False) -> None:
-        """Merge open and leased items from ClickHouse into the book (new requests arrive there)."""
+        """Merge open, leased and still undoable items from ClickHouse into the book (new requests
+        arrive there)."""
         async with self._refresh_lock:
             due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
             if not (force or due):
                 return
+            undoable_since = self.clock() - timedelta(seconds=self.settings.ui_undo_window_s)
             items, stored = await self.io(lambda: (
-                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, limit=10_000),
+                self.feedback.fetch_live_items(undoable_since),
                 {t: self.feedback.queue_stats(t) for t in TASKS},
             ))
             self.book.merge(items)
@@ -301,6 +353,14 @@ class Service:
 
 # --- plumbing ----------------------------------------------------------------------------------
 
+_FORWARDED = "X-Vigil-Forwarded-By"
+
+
+def _retry_later(message: str) -> web.Response:
+    return web.Response(status=503, text=_error(message), content_type="application/json",
+                        headers={"Retry-After": "2"})
+
+
 SERVICE = web.AppKey("service", Service)
 ANNOTATOR = web.RequestKey("annotator", str)
 
@@ -326,6 +386,27 @@ async def _body(request: web.Request, model: type[M]) -> M:
 
 def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
     return web.HTTPUnprocessableEntity(text=_error(message), content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _queue_call(handler: Handler) -> Handler:
+    """A call on the lease book: the queue's owner serves it, another instance forwards it there.
+    During a hand-over it waits for the new owner (up to ui_handover_wait_s); a forwarded call
+    does not wait here, its sender does (it would hold up this instance's stop)."""
+
+    async def run(request: web.Request) -> web.Response:
+        svc = request.app[SERVICE]
+        if not svc.ownership.owns and not request.headers.get(_FORWARDED):
+            await svc.ownership.decided(svc.settings.ui_handover_wait_s)
+        try:
+            async with svc.ownership.serving():
+                return await handler(request)
+        except NotQueueOwner:
+            return await svc.forward(request)
+
+    return run
 
 
 def _annotator(request: web.Request) -> str:
@@ -375,6 +456,12 @@ _PAGE_HEADERS = {
 }
 
 
+async def health(request: web.Request) -> web.Response:
+    own = request.app[SERVICE].ownership
+    return _reply(HealthOut(queue_owner=own.owns, owner_url=own.owner_url))
+
+
+@_queue_call
 async def get_queue(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     task = request.query.get("task")
@@ -386,6 +473,7 @@ async def get_queue(request: web.Request) -> web.Response:
     return _reply(QueueOut(counts=svc.counts(now, task), pending=[p for p in pending if p]))
 
 
+@_queue_call
 async def lease(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     body = await _body(request, LeaseIn)
@@ -401,6 +489,7 @@ def _known_item(svc: Service, item_id: str) -> QueueItem:
     return item
 
 
+@_queue_call
 async def label(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     body = await _body(request, LabelIn)
@@ -426,6 +515,7 @@ async def label(request: web.Request) -> web.Response:
                           progress=svc.progress(who, now)))
 
 
+@_queue_call
 async def skip(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     body = await _body(request, StepIn)
@@ -437,6 +527,7 @@ async def skip(request: web.Request) -> web.Response:
     return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), progress=svc.progress(who, now)))
 
 
+@_queue_call
 async def undo(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     await _body(request, StepIn)
@@ -534,8 +625,10 @@ async def verdict(request: web.Request) -> web.Response:
         for r in requests:
             await svc.publish(svc.settings.topic_label_requests, r.message_id, r.model_dump_json().encode())
         await svc.io(svc.feedback.write_requests, requests)
-        # The book takes them at once (write_requests leaves items someone already handled as they are).
-        await svc.refresh(force=True)
+        # The owner's book takes them at once (write_requests leaves items someone already handled as
+        # they are); a standby leaves them to the owner's next refresh.
+        if svc.ownership.owns:
+            await svc.refresh(force=True)
     return _reply(VerdictOut(verdict=v, corrections=len(confirmed), review_items=len(requests)), status=201)
 
 
@@ -572,6 +665,7 @@ def build_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[_auth_and_errors], client_max_size=service.settings.ui_max_body_bytes)
     app[SERVICE] = service
     app.router.add_get("/", index)
+    app.router.add_get("/health", health)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)
     app.router.add_get("/api/queue", get_queue)
     app.router.add_post("/api/queue/lease", lease)
@@ -610,19 +704,22 @@ class KafkaPublisher:
 
 async def serve(settings: VigilSettings, store: ClickHouseStore, bootstrap: str,
                 ready: Callable[[str], None] | None = None) -> None:
-    """Serve the UI on ui_host:ui_port until cancelled."""
+    """Serve the UI on ui_host:ui_port until cancelled, owning the queue or standing by for it."""
     publisher = KafkaPublisher(settings, bootstrap)
     await publisher.start()
-    runner = web.AppRunner(build_app(Service(settings, store, publisher.send)), access_log=None)
+    ownership = QueueOwnership(settings.ui_url)
+    service = Service(settings, store, publisher.send, ownership=ownership)
+    runner = web.AppRunner(build_app(service), access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.ui_host, settings.ui_port)
         await site.start()
         if ready is not None:
             ready(f"http://{settings.ui_host}:{settings.ui_port}/")
-        await asyncio.Event().wait()
+        await run_election(settings, bootstrap, ownership, take_over=service.take_over, publish=publisher.send)
     finally:
         await runner.cleanup()
+        await service.close()
         await publisher.stop()
 
 
@@ -643,7 +740,7 @@ def attach_to_worker(app: Any, settings: VigilSettings, store: ClickHouseStore) 
 
 
 __all__ = [
-    "AckOut", "CorrectionIn", "CorrectionOut", "ItemView", "LabelIn", "LabelSets", "LeaseIn", "LeaseOut",
+    "AckOut", "CorrectionIn", "CorrectionOut", "HealthOut", "ItemView", "LabelIn", "LabelSets", "LeaseIn", "LeaseOut",
     "PrecisionOut", "QueueOut", "Service", "StatsOut", "StepIn", "StepOut", "VerdictIn", "VerdictOut",
     "build_app", "serve",
 ]

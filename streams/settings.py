@@ -6,6 +6,7 @@ Every field reads from a ``VIGIL_``-prefixed environment variable (or ``.env``),
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -162,6 +163,24 @@ class VigilSettings(BaseSettings):
     ui_in_worker: bool = Field(
         False, description="This worker also serves the labelling UI (`vigil up` sets it for worker 0)."
     )
+    topic_label_ui_owner: str = Field(
+        "vigil.label-ui.owner", description="Labelling-service instances join one consumer group on this "
+        "topic; the one holding its partition 0 owns the queue (the lease book), the others forward queue "
+        "calls to it. Each new owner announces its URL here.",
+    )
+    ui_group_id: str = Field("vigil-label-ui", description="The consumer group of the labelling-service instances.")
+    ui_advertised_url: str | None = Field(
+        None, description="Where the other labelling-service instances reach this one. Unset: "
+        "http://<ui_host>:<ui_port>, with this machine's host name when ui_host listens on every address.",
+    )
+    ui_owner_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="A queue owner that stops answering Kafka loses the queue to a standby "
+        "after this long.",
+    )
+    ui_handover_wait_s: float = Field(
+        10.0, ge=0, description="A queue call that arrives while the owner is changing waits this long for "
+        "the new one, then gets 503 with Retry-After.",
+    )
 
     # --- operations (logs, scale-out, ClickHouse cluster) ------------------------------------
     log_format: Literal["text", "json"] = Field(
@@ -303,6 +322,13 @@ class VigilSettings(BaseSettings):
     @property
     def label_candidates_topic(self) -> str:
         return self.topic_label_candidates or f"{self.topic_scored}.label-candidates"
+
+    @property
+    def ui_url(self) -> str:
+        if self.ui_advertised_url:
+            return self.ui_advertised_url.rstrip("/")
+        host = socket.gethostname() if self.ui_host in ("0.0.0.0", "::", "") else self.ui_host
+        return f"http://{host}:{self.ui_port}"
 
     @property
     def raw_topics(self) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests: worker environments on the shared Tansu broker with chdb or
 clickhouse-server, real messages, reading a topic from the start, a worker's own Prometheus metrics,
-the group's committed offsets, and the exactly-once check on ClickHouse.
+the group's committed offsets, the exactly-once check on ClickHouse, and `vigil label-ui`
+processes with the one that owns the queue.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ import asyncio
 import itertools
 import json
 import re
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -202,3 +206,32 @@ def assert_exactly_once(settings: VigilSettings, expected: set[str]) -> None:
     assert not missing and not unexpected, f"missing {len(missing)}, unexpected {len(unexpected)}"
     duplicated = {k: n for k, n in counts.items() if n != 1}
     assert not duplicated, f"{len(duplicated)} ids appear more than once under FINAL: {list(duplicated)[:5]}"
+
+
+def start_label_ui(settings: VigilSettings, port: int, log: Path, **extra_env: str) -> subprocess.Popen:
+    """`vigil label-ui` on 127.0.0.1:``port`` as a process of its own, on ``settings``' broker,
+    ClickHouse, topics and UI group, its output in ``log`` (a pipe nobody reads would fill up)."""
+    env = {**os.environ, "VIGIL_DATA_DIR": str(settings.data_dir), "VIGIL_CLICKHOUSE_URL": settings.clickhouse_url,
+           "VIGIL_CLICKHOUSE_DATABASE": settings.clickhouse_database, "VIGIL_KAFKA_BROKERS": settings.kafka_brokers,
+           "VIGIL_TOPIC_CORRECTIONS": settings.topic_corrections, "VIGIL_TOPIC_TICKET_ACKS": settings.topic_ticket_acks,
+           "VIGIL_TOPIC_LABEL_REQUESTS": settings.topic_label_requests, "VIGIL_UI_QUEUE_REFRESH_S": "0.5",
+           "VIGIL_TOPIC_LABEL_UI_OWNER": settings.topic_label_ui_owner, "VIGIL_UI_GROUP_ID": settings.ui_group_id,
+           "PYTHONUNBUFFERED": "1", **extra_env}  # a killed instance's log is complete
+    command = [sys.executable, "-m", "streams.cli", "label-ui", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def queue_owner(http: aiohttp.ClientSession, bases: list[str], timeout_s: float) -> int:
+    """The index of the instance that owns the queue, once every instance agrees on it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        health = []
+        for base in bases:
+            async with http.get(f"{base}/health") as r:
+                health.append(await r.json())
+        owners = [i for i, h in enumerate(health) if h["queue_owner"]]
+        if len(owners) == 1 and all(h["owner_url"] == bases[owners[0]] for h in health):
+            return owners[0]
+        assert asyncio.get_running_loop().time() < deadline, f"no single queue owner: {health}"
+        await asyncio.sleep(0.3)

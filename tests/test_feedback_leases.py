@@ -195,3 +195,24 @@ def test_prune_forgets_finished_items_past_the_undo_window_only() -> None:
     assert book.get(c.request.item_id).state is ItemState.leased
     book.undo(b.request.item_id, "ann", T0 + timedelta(seconds=41))
     assert book.get(b.request.item_id).state is ItemState.leased
+
+
+def test_a_book_that_takes_the_queue_over_can_undo_what_the_previous_one_finished() -> None:
+    """A new queue owner (or a restarted service) loads finished items from the store: each
+    annotator's latest labelled or skipped item can still be undone there, in the same order."""
+    reqs = [request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)]
+    before = book_with(*reqs, undo_window_s=30)
+    a = before.lease("ann", T0)
+    stored = [before.label(a.request.item_id, "ann", T0)]
+    b = before.lease("ann", T0 + timedelta(seconds=2))
+    stored.append(before.skip(b.request.item_id, "ann", T0 + timedelta(seconds=2)))
+    stored.append(before.lease("ann", T0 + timedelta(seconds=3)))
+    after = LeaseBook(lease_s=60, undo_window_s=30)
+    assert after.merge(reversed(stored)) == 3  # the store's order is not the order of the actions
+    with pytest.raises(NothingToUndo, match="latest"):
+        after.undo(a.request.item_id, "ann", T0 + timedelta(seconds=4))
+    after.undo(b.request.item_id, "ann", T0 + timedelta(seconds=4))
+    after.undo(a.request.item_id, "ann", T0 + timedelta(seconds=5))
+    assert after.held_by("ann", T0 + timedelta(seconds=5)).request.item_id == a.request.item_id
+    with pytest.raises(NothingToUndo):
+        after.undo(a.request.item_id, "bob", T0 + timedelta(seconds=5))

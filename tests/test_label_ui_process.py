@@ -5,10 +5,8 @@ through its API lands in ClickHouse and on the corrections topic, and SIGTERM st
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -19,7 +17,7 @@ from feedback.contracts import LabelRequest, SelectionReason
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.e2e_stack import free_port, until_served
+from tests.e2e_stack import free_port, queue_owner, start_label_ui, until_served
 from tests.fixtures.labelling import read_topic
 
 pytestmark = pytest.mark.slow
@@ -51,22 +49,22 @@ async def _label_one(base: str, token: str, proc: subprocess.Popen) -> tuple[int
     return status, leased, step
 
 
+def on_server(labelling_settings: VigilSettings, server_settings: VigilSettings) -> VigilSettings:
+    return labelling_settings.model_copy(update={
+        "clickhouse_url": server_settings.clickhouse_url, "clickhouse_database": server_settings.clickhouse_database})
+
+
 def test_label_ui_process_serves_clickhouse_servers_queue_and_stops_on_sigterm(
     labelling_settings: VigilSettings, server_settings: VigilSettings
 ) -> None:
-    settings = labelling_settings.model_copy(update={
-        "clickhouse_url": server_settings.clickhouse_url, "clickhouse_database": server_settings.clickhouse_database})
+    settings = on_server(labelling_settings, server_settings)
     store = open_store(settings)  # migrates the server's database
     feedback = FeedbackStore(store)
     feedback.write_requests([request(0), request(1)])
     token = TokenBook(tokens_path(settings.data_dir)).add("ann")
     port = free_port()
-    env = {**os.environ, "VIGIL_DATA_DIR": str(settings.data_dir), "VIGIL_CLICKHOUSE_URL": settings.clickhouse_url,
-           "VIGIL_CLICKHOUSE_DATABASE": settings.clickhouse_database, "VIGIL_KAFKA_BROKERS": settings.kafka_brokers,
-           "VIGIL_TOPIC_CORRECTIONS": settings.topic_corrections, "VIGIL_TOPIC_TICKET_ACKS": settings.topic_ticket_acks,
-           "VIGIL_TOPIC_LABEL_REQUESTS": settings.topic_label_requests, "VIGIL_UI_QUEUE_REFRESH_S": "0.5"}
-    command = [sys.executable, "-m", "streams.cli", "label-ui", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = settings.data_dir / "label-ui.log"
+    proc = start_label_ui(settings, port, log)
     try:
         anonymous, leased, step = asyncio.run(_label_one(f"http://127.0.0.1:{port}", token, proc))
     finally:
@@ -76,7 +74,7 @@ def test_label_ui_process_serves_clickhouse_servers_queue_and_stops_on_sigterm(
         finally:
             if proc.poll() is None:
                 proc.kill()
-            print(proc.stdout.read().decode(errors="replace"))  # shown when the test fails
+            print(log.read_text(errors="replace"))  # shown when the test fails
 
     assert anonymous == 401
     assert leased["message_id"] == "n-0"  # the oldest selection first
@@ -91,3 +89,108 @@ def test_label_ui_process_serves_clickhouse_servers_queue_and_stops_on_sigterm(
     assert states == {"n-0": "labelled", "n-1": "leased"}
     on_topic = asyncio.run(read_topic(settings.kafka_brokers, settings.topic_corrections, 1))
     assert [(c["message_id"], c["human_label"]) for c in on_topic] == [("n-0", "positive")]
+
+
+ANNOTATORS = [f"ann{i}" for i in range(6)]
+
+
+async def _call(http: aiohttp.ClientSession, method: str, url: str, token: str, body: dict, *,
+                retry_s: float = 0) -> dict:
+    """One API call; a 503 (the queue changing hands) is retried for up to ``retry_s``."""
+    deadline = asyncio.get_running_loop().time() + retry_s
+    while True:
+        async with http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+            if r.status == 200:
+                return await r.json()
+            text = await r.text()
+        assert r.status == 503 and asyncio.get_running_loop().time() < deadline, f"{method} {url}: {r.status} {text}"
+        await asyncio.sleep(0.5)
+
+
+async def _share_then_fail_over(bases: list[str], tokens: dict[str, str], procs: list[subprocess.Popen]) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        for base, proc in zip(bases, procs, strict=True):
+            await until_served(http, f"{base}/", 120, alive=lambda p=proc: p.poll() is None)
+        owner = await queue_owner(http, bases, 60)
+
+        # Six annotators lease at once, half through each instance: one book hands out six items.
+        first = await asyncio.gather(*[
+            _call(http, "POST", f"{bases[i % 2]}/api/queue/lease", tokens[a], {"task": "sentiment"})
+            for i, a in enumerate(ANNOTATORS)])
+        # Each labels through the other instance; the reply leases the next item.
+        steps = await asyncio.gather(*[
+            _call(http, "POST", f"{bases[(i + 1) % 2]}/api/items/{first[i]['item']['item_id']}/label",
+                  tokens[a], {"label": "positive", "next_task": "sentiment"})
+            for i, a in enumerate(ANNOTATORS)])
+
+        procs[owner].kill()  # no goodbye: the group notices after the session timeout
+        procs[owner].wait(30)
+        survivor = bases[1 - owner]
+        again = [await _call(http, "POST", f"{survivor}/api/queue/lease", tokens[a], {"task": "sentiment"}, retry_s=60)
+                 for a in ANNOTATORS]
+        # ann0's undo of the label given before the owner died, on the survivor.
+        undone = await _call(http, "POST", f"{survivor}/api/items/{first[0]['item']['item_id']}/undo",
+                             tokens["ann0"], {})
+        await _call(http, "POST", f"{survivor}/api/items/{first[0]['item']['item_id']}/label", tokens["ann0"],
+                    {"label": "negative"})
+        for i, a in enumerate(ANNOTATORS[1:], start=1):
+            await _call(http, "POST", f"{survivor}/api/items/{again[i]['item']['item_id']}/label", tokens[a],
+                        {"label": "neutral"})
+        async with http.get(f"{survivor}/health") as r:
+            survivor_health = await r.json()
+    return {"owner": owner, "first": first, "steps": steps, "again": again, "undone": undone,
+            "survivor_health": survivor_health}
+
+
+def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_the_owner_dies(
+    labelling_settings: VigilSettings, server_settings: VigilSettings
+) -> None:
+    """Two `vigil label-ui` processes on one queue: annotators leasing at the same moment through
+    either get distinct items, and when the owner is killed the other takes the queue over with
+    every lease and the undo history intact. (With a lease book per process, the first six leases
+    would hand the same items out twice.)"""
+    settings = on_server(labelling_settings, server_settings)
+    store = open_store(settings)
+    feedback = FeedbackStore(store)
+    feedback.write_requests([request(i) for i in range(12)])
+    book = TokenBook(tokens_path(settings.data_dir))
+    tokens = {a: book.add(a) for a in ANNOTATORS}
+    ports = [free_port(), free_port()]
+    logs = [settings.data_dir / f"label-ui-{i}.log" for i in range(2)]
+    procs = [start_label_ui(settings, port, log, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000")
+             for port, log in zip(ports, logs, strict=True)]
+    try:
+        seen = asyncio.run(_share_then_fail_over([f"http://127.0.0.1:{p}" for p in ports], tokens, procs))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                print(log.read_text(errors="replace"))  # shown when the test fails
+
+    first = [s["item"]["message_id"] for s in seen["first"]]
+    following = [s["item"]["message_id"] for s in seen["steps"]]
+    assert sorted(first) == sorted(f"n-{i}" for i in range(6)), "six annotators, six distinct items"
+    assert sorted(following) == sorted(f"n-{i}" for i in range(6, 12))
+    assert [s["item"]["message_id"] for s in seen["again"]] == following, "every lease survived the failover"
+    assert seen["undone"]["item"]["message_id"] == first[0]
+    assert seen["survivor_health"]["queue_owner"] is True
+    try:
+        corrections = feedback.fetch_corrections("sentiment")
+        states = {i.request.message_id: i.state.value for i in feedback.fetch_items(task="sentiment")}
+    finally:
+        store.close()
+    by_message = {}
+    for c in corrections:
+        by_message.setdefault(c.message_id, []).append((c.annotator, c.human_label))
+    expected = {m: [(a, "positive")] for m, a in zip(first, ANNOTATORS, strict=True)}
+    expected[first[0]] = [("ann0", "negative")]
+    expected |= {m: [(a, "neutral")] for m, a in zip(following[1:], ANNOTATORS[1:], strict=True)}
+    assert by_message == expected
+    # The undo gave ann0's lease on following[0] up; labelling first[0] again leased it back.
+    assert states == {**{m: "labelled" for m in expected}, following[0]: "leased"}

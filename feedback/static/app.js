@@ -18,12 +18,24 @@ const state = {
 class Unauthorized extends Error {}
 class Conflict extends Error {}  // e.g. our lease expired and someone else took the item
 
+const HANDOVER_RETRY_S = 30;  // an owner that died is replaced within its session timeout (10 s default)
+
 async function api(method, path, body) {
-  const res = await fetch(path, {
-    method,
-    headers: { "Authorization": `Bearer ${state.token}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let res;
+  for (let waited = 0; ; ) {
+    res = await fetch(path, {
+      method,
+      headers: { "Authorization": `Bearer ${state.token}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    // 503 with Retry-After: the queue is changing hands between service instances.
+    const after = Number(res.headers.get("Retry-After"));
+    if (res.status !== 503 || !after || waited >= HANDOVER_RETRY_S) break;
+    toast(`the queue is changing hands; retrying in ${after}s`);
+    await new Promise((resolve) => setTimeout(resolve, after * 1000));
+    waited += after;
+    toast("");
+  }
   if (res.status === 401) throw new Unauthorized("token refused");
   const data = await res.json().catch(() => ({}));
   const message = data.error || `${res.status} ${res.statusText}`;

@@ -1,0 +1,124 @@
+"""The Kafka side of queue ownership: which labelling-service instance owns the lease book.
+
+Every instance joins one consumer group (``ui_group_id``) on the owner topic; the member that is
+given partition 0 owns the queue. Kafka's group protocol already detects a member that went away
+(a clean stop leaves the group at once; a crash is noticed after ``ui_owner_session_timeout_ms``),
+so no other coordinator is needed. Each new owner loads the queue from ClickHouse (leases
+included, so annotators keep their items) and then announces its URL on the topic, which every
+instance follows to know where to forward queue calls.
+
+A rebalance revokes partition 0 from the owner first (Kafka's eager protocol), so even an
+instance joining the group makes the queue change hands, or come back to the same owner, within a
+few seconds; queue calls wait for that (``QueueOwnership.decided``).
+
+Not covered: an owner cut off from Kafka but still reachable by annotators keeps serving until it
+notices, which may overlap with the next owner for up to a session timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from pydantic import ValidationError
+
+from feedback.contracts import QueueOwnerAnnouncement
+from feedback.ownership import QueueOwnership
+from streams.kafka_config import admin_kwargs, aiokafka_kwargs
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner_partition: TopicPartition, ownership: QueueOwnership, drain_s: float,
+                 take_over: Callable[[], Awaitable[None]], announce: Callable[[], Awaitable[None]]) -> None:
+        self._tp = owner_partition
+        self._ownership = ownership
+        self._drain_s = drain_s
+        self._take_over = take_over
+        self._announce = announce
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # aiokafka waits for this before the group moves on: the calls in flight finish first.
+        await self._ownership.release(self._drain_s)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._tp not in assigned:
+            self._ownership.stand_by()
+            log.info("labelling queue: standing by, queue calls go to %s",
+                     self._ownership.owner_url or "the owner, once it announces itself")
+            return
+        await self._take_over()
+        self._ownership.take()
+        await self._announce()
+        log.info("labelling queue: this instance (%s) owns it", self._ownership.url)
+
+
+async def run_election(
+    settings: VigilSettings,
+    bootstrap: str,
+    ownership: QueueOwnership,
+    *,
+    take_over: Callable[[], Awaitable[None]],
+    publish: Publish,
+) -> None:
+    """Take part in the election until cancelled; on the way out, give the queue up and leave
+    the group, so a standby takes over at once."""
+    topic = settings.topic_label_ui_owner
+    await asyncio.to_thread(ensure_topics, bootstrap, [topic], 1, **admin_kwargs(settings))
+    tp = TopicPartition(topic, 0)
+
+    async def announce() -> None:
+        note = QueueOwnerAnnouncement(url=ownership.url, at=datetime.now(UTC))
+        await publish(topic, "owner", note.model_dump_json().encode())
+
+    kafka = aiokafka_kwargs(settings)
+    group = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=settings.ui_group_id, enable_auto_commit=False,
+        session_timeout_ms=settings.ui_owner_session_timeout_ms,
+        # Members learn of a rebalance at their next heartbeat: a short interval shortens hand-overs.
+        heartbeat_interval_ms=min(1000, settings.ui_owner_session_timeout_ms // 3),
+        client_id="vigil-label-ui", **kafka,
+    )
+    group.subscribe([topic], listener=_Listener(tp, ownership, settings.ui_handover_wait_s, take_over, announce))
+    follower = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                client_id="vigil-label-ui-follower", **kafka)
+    await follower.start()
+    try:
+        follower.assign([tp])
+        await follower.seek_to_beginning(tp)
+        await group.start()
+        try:
+            await asyncio.gather(_stay_in_group(group), _follow_announcements(follower, ownership))
+        finally:
+            await ownership.release(settings.ui_handover_wait_s)
+            await group.stop()
+            ownership.stand_by()  # calls waiting for a decision get one now, not after the wait
+    finally:
+        await follower.stop()
+
+
+async def _stay_in_group(group: AIOKafkaConsumer) -> None:
+    # The owner's partition holds only announcements, which the follower reads; polling keeps the
+    # membership and its rebalance callbacks going.
+    while True:
+        await group.getmany(timeout_ms=1000)
+
+
+async def _follow_announcements(follower: AIOKafkaConsumer, ownership: QueueOwnership) -> None:
+    async for record in follower:
+        try:
+            note = QueueOwnerAnnouncement.model_validate_json(record.value or b"")
+        except ValidationError as e:
+            log.warning("ignoring a bad queue-owner announcement at %s offset %d: %s",
+                        record.topic, record.offset, e.errors()[0]["msg"])
+            continue
+        ownership.announce(note.url)

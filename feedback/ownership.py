@@ -1,0 +1,103 @@
+"""Which labelling-service instance owns the queue, and a clean hand-over between instances.
+
+"One item, one annotator" needs the lease book in one place, so of several `vigil label-ui`
+instances exactly one owns the queue at a time; the others serve what needs no book (the page,
+corrections, stats, verdicts, ticket acks) and forward queue calls to the owner. Who owns is decided
+elsewhere (``feedback.election``, a Kafka consumer group); this class holds the answer for the
+request handlers. No Kafka, no ClickHouse, no HTTP.
+
+Three states: owner, standby (another instance owns), and deciding (a hand-over is under way).
+- A queue call runs inside ``serving()``. Giving the queue up (``release``) first waits for the
+  calls in flight, so their writes are in ClickHouse before the next owner reads the queue there.
+- A call that arrives while the owner is being decided waits for the decision (``decided``)
+  rather than failing at once: a rebalance takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+log = logging.getLogger(__name__)
+
+
+class NotQueueOwner(Exception):
+    """This instance does not own the queue now; forward the call to the owner."""
+
+
+class QueueOwnership:
+    def __init__(self, url: str, *, owner: bool = False) -> None:
+        self.url = url
+        self.owner_url: str | None = url if owner else None
+        self._owner = owner
+        self._decided = asyncio.Event()
+        if owner:
+            self._decided.set()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def sole(cls, url: str = "") -> QueueOwnership:
+        """A service that owns the queue for good: a single instance with no election."""
+        return cls(url, owner=True)
+
+    @property
+    def owns(self) -> bool:
+        return self._owner
+
+    # --- what the election reports ----------------------------------------------------------------
+
+    async def release(self, drain_s: float) -> None:
+        """A rebalance began: stop taking queue calls until it is decided, and if this instance
+        owned the queue, wait (up to ``drain_s``) for the calls in flight to finish."""
+        was_owner, self._owner = self._owner, False
+        self._decided.clear()
+        if not was_owner:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_s)
+        except TimeoutError:
+            log.warning("gave the labelling queue up with %d call(s) still running after %.1fs; the next "
+                        "owner picks up their writes at its next refresh", self._in_flight, drain_s)
+
+    def take(self) -> None:
+        """This instance owns the queue now (its book is loaded)."""
+        self._owner = True
+        self.owner_url = self.url
+        self._decided.set()
+
+    def stand_by(self) -> None:
+        """Another instance owns the queue."""
+        self._owner = False
+        self._decided.set()
+
+    def announce(self, url: str) -> None:
+        """The owner announced where it serves."""
+        self.owner_url = url.rstrip("/")
+
+    # --- what the request handlers use ------------------------------------------------------------
+
+    async def decided(self, timeout_s: float) -> bool:
+        """Wait until no hand-over is under way; False if one still is after ``timeout_s``."""
+        try:
+            await asyncio.wait_for(self._decided.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Run one queue call as the owner; raises NotQueueOwner when this instance is not."""
+        if not self._owner:
+            raise NotQueueOwner(f"the queue is owned by {self.owner_url or 'an instance not yet known'}")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()

@@ -1,0 +1,86 @@
+"""Queue ownership on one instance: who serves queue calls, and a hand-over that lets the calls in
+flight finish (pure asyncio, no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from feedback.ownership import NotQueueOwner, QueueOwnership
+
+
+def test_only_the_owner_serves_queue_calls() -> None:
+    async def run() -> None:
+        own = QueueOwnership("http://a:1")
+        with pytest.raises(NotQueueOwner, match="not yet known"):
+            async with own.serving():
+                pass
+        own.announce("http://b:1/")
+        with pytest.raises(NotQueueOwner, match="http://b:1"):
+            async with own.serving():
+                pass
+        own.take()
+        async with own.serving():
+            assert own.owns and own.owner_url == "http://a:1"
+
+    asyncio.run(run())
+
+
+def test_giving_the_queue_up_waits_for_the_calls_in_flight() -> None:
+    async def run() -> list[str]:
+        own = QueueOwnership.sole("http://a:1")
+        steps: list[str] = []
+        entered = asyncio.Event()
+
+        async def call() -> None:
+            async with own.serving():
+                entered.set()
+                await asyncio.sleep(0.2)
+                steps.append("call done")
+
+        task = asyncio.create_task(call())
+        await entered.wait()
+        await own.release(drain_s=5)
+        steps.append("released")
+        await task
+        with pytest.raises(NotQueueOwner):
+            async with own.serving():
+                pass
+        return steps
+
+    assert asyncio.run(run()) == ["call done", "released"]
+
+
+def test_release_gives_up_waiting_after_the_drain_bound() -> None:
+    async def run() -> float:
+        own = QueueOwnership.sole("http://a:1")
+        stuck = asyncio.Event()
+
+        async def call() -> None:
+            async with own.serving():
+                await stuck.wait()
+
+        task = asyncio.create_task(call())
+        await asyncio.sleep(0)
+        started = asyncio.get_running_loop().time()
+        await own.release(drain_s=0.1)
+        took = asyncio.get_running_loop().time() - started
+        stuck.set()
+        await task
+        return took
+
+    assert 0.1 <= asyncio.run(run()) < 2
+
+
+def test_calls_wait_for_a_hand_over_to_be_decided() -> None:
+    async def run() -> tuple[bool, bool, bool]:
+        own = QueueOwnership.sole("http://a:1")
+        await own.release(drain_s=1)  # a rebalance began
+        undecided = await own.decided(0.05)
+        waiter = asyncio.create_task(own.decided(5))
+        await asyncio.sleep(0.05)
+        own.stand_by()  # another instance got the queue
+        return undecided, await waiter, own.owns
+
+    assert asyncio.run(run()) == (False, True, False)
