@@ -28,13 +28,11 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 
 from feedback.auth import TokenBook, tokens_path
-from feedback.contracts import LabelRequest, SelectionReason
 from feedback.store import FeedbackStore
 from models.registry import ModelRegistry
 from streams.broker import EmbeddedBroker
@@ -43,6 +41,7 @@ from streams.settings import VigilSettings
 from streams.topics import ensure_topics
 from tests.e2e_stack import free_port, queue_owner, start_label_ui, until_served
 from tests.fixtures.clickhouse import ClickHouseServer, _find_binary
+from tests.fixtures.labelling import numbered_request
 from tests.fixtures.models import train_tiny
 
 
@@ -197,13 +196,7 @@ def main() -> None:
                 topic_label_ui_owner=names["owner"], ui_group_id=f"handover-{run}",
             )
             store = open_store(settings)
-            at = datetime.now(UTC) - timedelta(minutes=5)
-            FeedbackStore(store).write_requests([LabelRequest(
-                item_id=LabelRequest.make_id("sentiment", f"n-{i}", "v1"), task="sentiment", message_id=f"n-{i}",
-                text=f"Acme Corp shares move on update {i}", model_name="m", model_version="v1",
-                model_label="neutral", probs={"negative": 0.3, "neutral": 0.4, "positive": 0.3}, confidence=0.4,
-                margin=0.1, entropy=1.08, reasons=[SelectionReason.uncertain], event_time=at,
-                selected_at=at + timedelta(seconds=i)) for i in range(20)])
+            FeedbackStore(store).write_requests([numbered_request(i) for i in range(20)])
             store.close()
             token = TokenBook(tokens_path(tmp)).add("ann")
             logs = args.logs or tmp

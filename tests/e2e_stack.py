@@ -208,6 +208,13 @@ def assert_exactly_once(settings: VigilSettings, expected: set[str]) -> None:
     assert not duplicated, f"{len(duplicated)} ids appear more than once under FINAL: {list(duplicated)[:5]}"
 
 
+def on_clickhouse_server(settings: VigilSettings, server_settings: VigilSettings) -> VigilSettings:
+    """``settings`` on the clickhouse-server database of ``server_settings``, for several processes:
+    embedded chdb admits one."""
+    return settings.model_copy(update={
+        "clickhouse_url": server_settings.clickhouse_url, "clickhouse_database": server_settings.clickhouse_database})
+
+
 def start_label_ui(settings: VigilSettings, port: int, log: Path, **extra_env: str) -> subprocess.Popen:
     """`vigil label-ui` on 127.0.0.1:``port`` as a process of its own, on ``settings``' broker,
     ClickHouse, topics and UI group, its output in ``log`` (a pipe nobody reads would fill up)."""

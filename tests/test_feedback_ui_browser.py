@@ -1,12 +1,15 @@
 """The labelling page in a real headless Chromium (Debian's /usr/bin/chromium through playwright),
 keyboard only, against the real app on a real port, chdb and the Tansu broker: three items end up
-labelled in ClickHouse's feedback table, one skipped, and an undo relabels."""
+labelled in ClickHouse's feedback table, one skipped, and an undo relabels. And the page against two
+`vigil label-ui` processes, across the death of the one that owns the queue."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import async_playwright, expect
@@ -17,7 +20,8 @@ from feedback.store import FeedbackStore
 from feedback.web import KafkaPublisher, Service, build_app
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.fixtures.labelling import bundled_texts, read_topic, scored_requests
+from tests.e2e_stack import free_port, on_clickhouse_server, queue_owner, start_label_ui, until_served
+from tests.fixtures.labelling import bundled_texts, numbered_request, read_topic, scored_requests
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -105,4 +109,66 @@ def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_set
         assert feedback.fetch_item(c.item_id).state is ItemState.skipped
         assert {feedback.fetch_item(r.item_id).state for r in (a, b, d)} == {ItemState.labelled}
     finally:
+        store.close()
+
+
+def test_the_page_keeps_labelling_when_the_queue_owner_dies(labelling_settings: VigilSettings,
+                                                            server_settings: VigilSettings) -> None:
+    """Two `vigil label-ui` processes on clickhouse-server; the page is served by the standby, which
+    forwards the queue calls. The owner is killed between two labels: the page says the queue is
+    changing hands, retries on its own, and the label lands once the standby has taken over."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("Debian's chromium is not installed: `make chromium` (apt-get install -y chromium)",
+                    pytrace=False)
+    settings = on_clickhouse_server(labelling_settings, server_settings)
+    store = open_store(settings)
+    feedback = FeedbackStore(store)
+    feedback.write_requests([numbered_request(i) for i in range(4)])
+    token = TokenBook(tokens_path(settings.data_dir)).add("dana")
+    ports = [free_port(), free_port()]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    logs = [settings.data_dir / f"label-ui-{i}.log" for i in range(2)]
+    procs = [start_label_ui(settings, port, log, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000")
+             for port, log in zip(ports, logs, strict=True)]
+    labels: list[str] = []
+
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http:
+            for base, proc in zip(bases, procs, strict=True):
+                await until_served(http, f"{base}/", 120, alive=lambda p=proc: p.poll() is None)
+            owner = await queue_owner(http, bases, 60)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = await browser.new_page()
+            await page.goto(f"{bases[1 - owner]}/")
+            await page.keyboard.type(token)
+            await page.keyboard.press("Enter")
+            item_id = page.locator("#item-id")
+            await expect(item_id).to_have_text("n-0")
+            labels.extend(await page.locator("#choices-sentiment button").evaluate_all("els => els.map(e => e.dataset.label)"))
+            await page.keyboard.press("1")
+            await expect(item_id).to_have_text("n-1")
+
+            procs[owner].kill()
+            await asyncio.to_thread(procs[owner].wait, 30)
+            await page.keyboard.press("2")
+            await expect(page.locator("#toast")).to_contain_text("changing hands", timeout=15_000)
+            await expect(item_id).to_have_text("n-2", timeout=45_000)
+            await browser.close()
+
+    try:
+        asyncio.run(go())
+        stored = {c.message_id: c.human_label for c in feedback.fetch_corrections("sentiment")}
+        assert stored == {"n-0": labels[0], "n-1": labels[1]}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                print(log.read_text(errors="replace"))  # shown when the test fails
         store.close()

@@ -7,30 +7,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
 
 from feedback.auth import TokenBook, tokens_path
-from feedback.contracts import LabelRequest, SelectionReason
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.e2e_stack import free_port, queue_owner, start_label_ui, until_served
-from tests.fixtures.labelling import read_topic
+from tests.e2e_stack import free_port, on_clickhouse_server, queue_owner, start_label_ui, until_served
+from tests.fixtures.labelling import numbered_request, read_topic
 
 pytestmark = pytest.mark.slow
-
-
-def request(i: int) -> LabelRequest:
-    at = datetime.now(UTC) - timedelta(minutes=5)
-    return LabelRequest(
-        item_id=LabelRequest.make_id("sentiment", f"n-{i}", "v1"), task="sentiment", message_id=f"n-{i}",
-        text=f"Acme Corp shares move on update {i}", model_name="m", model_version="v1", model_label="neutral",
-        probs={"negative": 0.3, "neutral": 0.4, "positive": 0.3}, confidence=0.4, margin=0.1, entropy=1.08,
-        reasons=[SelectionReason.uncertain], event_time=at, selected_at=at + timedelta(seconds=i),
-    )
 
 
 async def _label_one(base: str, token: str, proc: subprocess.Popen) -> tuple[int, dict, dict]:
@@ -49,18 +37,13 @@ async def _label_one(base: str, token: str, proc: subprocess.Popen) -> tuple[int
     return status, leased, step
 
 
-def on_server(labelling_settings: VigilSettings, server_settings: VigilSettings) -> VigilSettings:
-    return labelling_settings.model_copy(update={
-        "clickhouse_url": server_settings.clickhouse_url, "clickhouse_database": server_settings.clickhouse_database})
-
-
 def test_label_ui_process_serves_clickhouse_servers_queue_and_stops_on_sigterm(
     labelling_settings: VigilSettings, server_settings: VigilSettings
 ) -> None:
-    settings = on_server(labelling_settings, server_settings)
+    settings = on_clickhouse_server(labelling_settings, server_settings)
     store = open_store(settings)  # migrates the server's database
     feedback = FeedbackStore(store)
-    feedback.write_requests([request(0), request(1)])
+    feedback.write_requests([numbered_request(0), numbered_request(1)])
     token = TokenBook(tokens_path(settings.data_dir)).add("ann")
     port = free_port()
     log = settings.data_dir / "label-ui.log"
@@ -149,10 +132,10 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     either get distinct items, and when the owner is killed the other takes the queue over with
     every lease and the undo history intact. (With a lease book per process, the first six leases
     would hand the same items out twice.)"""
-    settings = on_server(labelling_settings, server_settings)
+    settings = on_clickhouse_server(labelling_settings, server_settings)
     store = open_store(settings)
     feedback = FeedbackStore(store)
-    feedback.write_requests([request(i) for i in range(12)])
+    feedback.write_requests([numbered_request(i) for i in range(12)])
     book = TokenBook(tokens_path(settings.data_dir))
     tokens = {a: book.add(a) for a in ANNOTATORS}
     ports = [free_port(), free_port()]
