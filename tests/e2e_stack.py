@@ -12,12 +12,14 @@ import json
 import re
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -227,6 +229,27 @@ def start_label_ui(settings: VigilSettings, port: int, log: Path, **extra_env: s
     command = [sys.executable, "-m", "streams.cli", "label-ui", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def label_ui_instances(settings: VigilSettings, n: int, **extra_env: str) -> Iterator[tuple[list[str], list[subprocess.Popen]]]:
+    """``n`` `vigil label-ui` processes on ``settings`` (base URLs, processes); on the way out each
+    gets SIGTERM (SIGKILL after 30 s) and its log is printed, which pytest shows when a test fails."""
+    ports = [free_port() for _ in range(n)]
+    logs = [settings.data_dir / f"label-ui-{port}.log" for port in ports]
+    procs = [start_label_ui(settings, port, log, **extra_env) for port, log in zip(ports, logs, strict=True)]
+    try:
+        yield [f"http://127.0.0.1:{p}" for p in ports], procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            print(log.read_text(errors="replace"))
 
 
 async def queue_owner(http: aiohttp.ClientSession, bases: list[str], timeout_s: float) -> int:

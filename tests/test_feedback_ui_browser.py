@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
+import subprocess
 
 import aiohttp
 import pytest
@@ -20,7 +20,7 @@ from feedback.store import FeedbackStore
 from feedback.web import KafkaPublisher, Service, build_app
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.e2e_stack import free_port, on_clickhouse_server, queue_owner, start_label_ui, until_served
+from tests.e2e_stack import label_ui_instances, on_clickhouse_server, queue_owner, until_served
 from tests.fixtures.labelling import bundled_texts, numbered_request, read_topic, scored_requests
 
 CHROMIUM = "/usr/bin/chromium"
@@ -125,14 +125,9 @@ def test_the_page_keeps_labelling_when_the_queue_owner_dies(labelling_settings: 
     feedback = FeedbackStore(store)
     feedback.write_requests([numbered_request(i) for i in range(4)])
     token = TokenBook(tokens_path(settings.data_dir)).add("dana")
-    ports = [free_port(), free_port()]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
-    logs = [settings.data_dir / f"label-ui-{i}.log" for i in range(2)]
-    procs = [start_label_ui(settings, port, log, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000")
-             for port, log in zip(ports, logs, strict=True)]
     labels: list[str] = []
 
-    async def go() -> None:
+    async def go(bases: list[str], procs: list[subprocess.Popen]) -> None:
         async with aiohttp.ClientSession() as http:
             for base, proc in zip(bases, procs, strict=True):
                 await until_served(http, f"{base}/", 120, alive=lambda p=proc: p.poll() is None)
@@ -157,18 +152,9 @@ def test_the_page_keeps_labelling_when_the_queue_owner_dies(labelling_settings: 
             await browser.close()
 
     try:
-        asyncio.run(go())
+        with label_ui_instances(settings, 2, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000") as (bases, procs):
+            asyncio.run(go(bases, procs))
         stored = {c.message_id: c.human_label for c in feedback.fetch_corrections("sentiment")}
         assert stored == {"n-0": labels[0], "n-1": labels[1]}
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, log in zip(procs, logs, strict=True):
-            try:
-                proc.wait(30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                print(log.read_text(errors="replace"))  # shown when the test fails
         store.close()

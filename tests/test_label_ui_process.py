@@ -15,7 +15,14 @@ from feedback.auth import TokenBook, tokens_path
 from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.e2e_stack import free_port, on_clickhouse_server, queue_owner, start_label_ui, until_served
+from tests.e2e_stack import (
+    free_port,
+    label_ui_instances,
+    on_clickhouse_server,
+    queue_owner,
+    start_label_ui,
+    until_served,
+)
 from tests.fixtures.labelling import numbered_request, read_topic
 
 pytestmark = pytest.mark.slow
@@ -138,23 +145,8 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     feedback.write_requests([numbered_request(i) for i in range(12)])
     book = TokenBook(tokens_path(settings.data_dir))
     tokens = {a: book.add(a) for a in ANNOTATORS}
-    ports = [free_port(), free_port()]
-    logs = [settings.data_dir / f"label-ui-{i}.log" for i in range(2)]
-    procs = [start_label_ui(settings, port, log, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000")
-             for port, log in zip(ports, logs, strict=True)]
-    try:
-        seen = asyncio.run(_share_then_fail_over([f"http://127.0.0.1:{p}" for p in ports], tokens, procs))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, log in zip(procs, logs, strict=True):
-            try:
-                proc.wait(30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                print(log.read_text(errors="replace"))  # shown when the test fails
+    with label_ui_instances(settings, 2, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000") as (bases, procs):
+        seen = asyncio.run(_share_then_fail_over(bases, tokens, procs))
 
     first = [s["item"]["message_id"] for s in seen["first"]]
     following = [s["item"]["message_id"] for s in seen["steps"]]
