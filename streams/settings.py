@@ -170,7 +170,7 @@ class VigilSettings(BaseSettings):
     )
     ui_group_id: str = Field("vigil-label-ui", description="The consumer group of the labelling-service instances.")
     ui_advertised_url: str | None = Field(
-        None, description="Where the other labelling-service instances reach this one. Unset: "
+        None, pattern=r"^https?://", description="Where the other labelling-service instances reach this one. Unset: "
         "http://<ui_host>:<ui_port>, with this machine's host name when ui_host listens on every address.",
     )
     ui_owner_session_timeout_ms: int = Field(
@@ -328,7 +328,7 @@ class VigilSettings(BaseSettings):
         if self.ui_advertised_url:
             return self.ui_advertised_url.rstrip("/")
         host = socket.gethostname() if self.ui_host in ("0.0.0.0", "::", "") else self.ui_host
-        return f"http://{host}:{self.ui_port}"
+        return f"http://[{host}]:{self.ui_port}" if ":" in host else f"http://{host}:{self.ui_port}"
 
     @property
     def raw_topics(self) -> dict[str, str]:

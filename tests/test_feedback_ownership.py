@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from feedback.ownership import NotQueueOwner, QueueOwnership
+from streams.settings import VigilSettings
 
 
 def test_only_the_owner_serves_queue_calls() -> None:
@@ -84,3 +85,13 @@ def test_calls_wait_for_a_hand_over_to_be_decided() -> None:
         return undecided, await waiter, own.owns
 
     assert asyncio.run(run()) == (False, True, False)
+
+
+def test_the_url_an_instance_announces() -> None:
+    assert VigilSettings(ui_host="10.0.0.5", ui_port=9000).ui_url == "http://10.0.0.5:9000"
+    assert VigilSettings(ui_host="::1").ui_url == "http://[::1]:8088"
+    assert VigilSettings(ui_host="0.0.0.0").ui_url.startswith("http://") and "0.0.0.0" not in VigilSettings(
+        ui_host="0.0.0.0").ui_url  # other machines cannot reach "every address": the host name instead
+    assert VigilSettings(ui_host="0.0.0.0", ui_advertised_url="https://ui-2.internal/").ui_url == "https://ui-2.internal"
+    with pytest.raises(ValueError, match="pattern"):
+        VigilSettings(ui_advertised_url="ui-2.internal:8088")
