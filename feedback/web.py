@@ -9,6 +9,7 @@ written to the feedback table.
 
 Endpoints (request and response bodies are the pydantic models below):
   GET  /health                         no token: this instance's queue role and the owner's URL
+  GET  /metrics                        no token: Prometheus metrics (queue owner, take-overs, forwarding)
   GET  /api/queue                      queue depth per state and the next open items
   POST /api/queue/lease                your leased item (the one you hold, else the next)
   POST /api/items/{id}/label|skip|undo finish or reopen an item; the reply carries your next item
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from feedback.agreement import agreement, labels_per_annotator
@@ -53,6 +55,7 @@ from feedback.leases import (
 )
 from feedback.ownership import NotQueueOwner, QueueOwnership
 from feedback.store import FeedbackStore
+from feedback.ui_metrics import UiMetrics
 from models.registry import ModelNotFound, ModelRegistry
 from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
 from streams.alerting.precision import label_suggestions, rule_precision
@@ -229,6 +232,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.ownership = ownership or QueueOwnership.sole(settings.ui_url)
+        self.metrics = UiMetrics(self.ownership)
         self.store = store
         self.feedback = FeedbackStore(store)
         self.publish = publish
@@ -252,6 +256,7 @@ class Service:
         (which answers 503 until it can)."""
         self.book = LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
         self._refreshed_at = None
+        self.metrics.takeovers.inc()
         try:
             await self.refresh(force=True)
         except ClickHouseError as e:
@@ -262,6 +267,7 @@ class Service:
         to an instance that is no longer the owner is refused, not forwarded again)."""
         owner = self.ownership.owner_url
         if request.headers.get(_FORWARDED) or owner is None or owner == self.ownership.url:
+            self.metrics.forwarded.labels("refused").inc()
             return _retry_later(f"the labelling queue is changing hands (this instance, {self.ownership.url}, "
                                 "does not own it); retry in a few seconds")
         if self._http is None:
@@ -271,9 +277,11 @@ class Service:
             async with self._http.request(request.method, owner + request.path_qs, data=await request.read(),
                                           headers={**headers, _FORWARDED: self.ownership.url}) as r:
                 retry = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
+                self.metrics.forwarded.labels("answered").inc()
                 return web.Response(status=r.status, body=await r.read(), content_type=r.content_type, headers=retry)
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("queue call %s %s not forwarded to the owner %s: %s", request.method, request.path, owner, e)
+            self.metrics.forwarded.labels("unreachable").inc()
             return _retry_later(f"the labelling queue's owner at {owner} did not answer ({type(e).__name__}); if it "
                                 "has stopped, another instance takes the queue over within "
                                 f"{self.settings.ui_owner_session_timeout_ms / 1000:.0f}s; retry then")
@@ -454,6 +462,11 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SERVICE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -666,6 +679,7 @@ def build_app(service: Service) -> web.Application:
     app[SERVICE] = service
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)
     app.router.add_get("/api/queue", get_queue)
     app.router.add_post("/api/queue/lease", lease)

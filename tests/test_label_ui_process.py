@@ -5,6 +5,7 @@ through its API lands in ClickHouse and on the corrections topic, and SIGTERM st
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 
@@ -128,8 +129,10 @@ async def _share_then_fail_over(bases: list[str], tokens: dict[str, str], procs:
                         {"label": "neutral"})
         async with http.get(f"{survivor}/health") as r:
             survivor_health = await r.json()
+        async with http.get(f"{survivor}/metrics") as r:
+            survivor_metrics = await r.text()
     return {"owner": owner, "first": first, "steps": steps, "again": again, "undone": undone,
-            "survivor_health": survivor_health}
+            "survivor_health": survivor_health, "survivor_metrics": survivor_metrics}
 
 
 def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_the_owner_dies(
@@ -155,6 +158,12 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     assert [s["item"]["message_id"] for s in seen["again"]] == following, "every lease survived the failover"
     assert seen["undone"]["item"]["message_id"] == first[0]
     assert seen["survivor_health"]["queue_owner"] is True
+    samples = dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["survivor_metrics"], re.MULTILINE))
+    assert float(samples["vigil_label_queue_owner"]) == 1
+    assert float(samples["vigil_label_queue_takeovers_total"]) == 1
+    # As the standby it forwarded half the first leases and half the labels, then met the dead owner.
+    assert float(samples['vigil_label_forwarded_total{outcome="answered"}']) >= 6
+    assert float(samples['vigil_label_forwarded_total{outcome="unreachable"}']) >= 1
     try:
         corrections = feedback.fetch_corrections("sentiment")
         states = {i.request.message_id: i.state.value for i in feedback.fetch_items(task="sentiment")}
