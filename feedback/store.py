@@ -240,6 +240,18 @@ class FeedbackStore:
         )
         return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
 
+    def finished_by(self, annotator: str, since: datetime) -> dict[str, int]:
+        """How many queue items ``annotator`` labelled and skipped at or after ``since`` (whole
+        seconds), as their latest state says (an undone item does not count)."""
+        rows = self._query(
+            "label-queue read",
+            f"SELECT state, count() FROM (SELECT state, leased_by, updated_time FROM {self.database}.label_queue "
+            "FINAL) WHERE leased_by = {annotator:String} AND state IN ('labelled', 'skipped') "
+            "AND updated_time >= {since:DateTime} GROUP BY state",
+            {"annotator": annotator, "since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S")},
+        )
+        return {"labelled": 0, "skipped": 0} | {state: int(n) for state, n in rows}
+
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, QueueItem]:
         """The queue items with these ids, by id (ids not in the queue are absent)."""
         if not (wanted := sorted(item_ids)):

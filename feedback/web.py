@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,7 +126,7 @@ class Progress(BaseModel):
         description="Items per state: open/leased live, labelled/skipped as ClickHouse held them at the "
         "last refresh (at most ui_queue_refresh_s old, on a lease)."
     )
-    you: dict[str, int] = Field(description="labelled / skipped by you since this service started.")
+    you: dict[str, int] = Field(description="Queue items you labelled / skipped today (UTC).")
 
 
 class HealthOut(BaseModel):
@@ -240,7 +240,7 @@ class Service:
         self.tokens = TokenBook(tokens_path(settings.data_dir))
         self.label_sets = LabelSets(ModelRegistry(settings.registry_dir))
         self.book = LeaseBook(lease_s=settings.ui_lease_s, undo_window_s=settings.ui_undo_window_s)
-        self.done_by: dict[str, dict[str, int]] = {}
+        self._done_today: dict[str, tuple[date, dict[str, int]]] = {}
         self._refreshed_at: float | None = None
         self._stored: dict[str, dict[str, int]] = {}
         self._refresh_lock = asyncio.Lock()
@@ -335,12 +335,28 @@ class Service:
             lease_expires=item.lease_expires, labels=self.labels(r.task),
         )
 
-    def progress(self, annotator: str, now: datetime) -> Progress:
-        return Progress(annotator=annotator, queue=self.counts(now), you=self.done_by.get(annotator, {"labelled": 0, "skipped": 0}))
+    async def progress(self, annotator: str, now: datetime) -> Progress:
+        return Progress(annotator=annotator, queue=self.counts(now), you=dict(await self._today(annotator, now)))
 
-    def count(self, annotator: str, what: str, delta: int = 1) -> None:
-        mine = self.done_by.setdefault(annotator, {"labelled": 0, "skipped": 0})
-        mine[what] = max(0, mine[what] + delta)
+    async def count(self, annotator: str, what: str, now: datetime, delta: int = 1) -> None:
+        """Count an item the annotator just finished (or, -1, took back), after it was saved."""
+        day = now.date()
+        held = self._done_today.get(annotator)
+        if held is None or held[0] != day:
+            await self._today(annotator, now)  # read from ClickHouse, this item included
+            return
+        held[1][what] = max(0, held[1][what] + delta)
+
+    async def _today(self, annotator: str, now: datetime) -> dict[str, int]:
+        # Read once per annotator and day, then counted here: the counts survive a restart or a
+        # change of queue owner, at one query per annotator.
+        day = now.date()
+        held = self._done_today.get(annotator)
+        if held is None or held[0] != day:
+            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            held = (day, await self.io(self.feedback.finished_by, annotator, midnight))
+            self._done_today[annotator] = held
+        return held[1]
 
     async def save(self, items: Sequence[QueueItem]) -> None:
         await self.io(self.feedback.write_items, list(items))
@@ -492,7 +508,7 @@ async def lease(request: web.Request) -> web.Response:
     body = await _body(request, LeaseIn)
     now = svc.clock()
     item = await svc.lease_next(who, now, body.task)
-    return _reply(LeaseOut(item=svc.view(item), progress=svc.progress(who, now)))
+    return _reply(LeaseOut(item=svc.view(item), progress=await svc.progress(who, now)))
 
 
 def _known_item(svc: Service, item_id: str) -> QueueItem:
@@ -522,10 +538,10 @@ async def label(request: web.Request) -> web.Response:
     await svc.correct([correction])
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
-    svc.count(who, "labelled")
+    await svc.count(who, "labelled", now)
     nxt = await svc.lease_next(who, now, body.next_task)
     return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), correction_id=correction.correction_id,
-                          progress=svc.progress(who, now)))
+                          progress=await svc.progress(who, now)))
 
 
 @_queue_call
@@ -535,9 +551,9 @@ async def skip(request: web.Request) -> web.Response:
     now = svc.clock()
     done = svc.book.skip(request.match_info["item_id"], who, now)
     await svc.save([done])
-    svc.count(who, "skipped")
+    await svc.count(who, "skipped", now)
     nxt = await svc.lease_next(who, now, body.next_task)
-    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), progress=svc.progress(who, now)))
+    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), progress=await svc.progress(who, now)))
 
 
 @_queue_call
@@ -549,9 +565,9 @@ async def undo(request: web.Request) -> web.Response:
     changed = svc.book.undo(request.match_info["item_id"], who, now)
     await svc.save(changed)
     if before is not None:
-        svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", -1)
+        await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)
     reopened = changed[-1]
-    return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=svc.progress(who, now)))
+    return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=await svc.progress(who, now)))
 
 
 async def post_correction(request: web.Request) -> web.Response:

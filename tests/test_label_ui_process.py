@@ -156,6 +156,8 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     assert sorted(first) == sorted(f"n-{i}" for i in range(6)), "six annotators, six distinct items"
     assert sorted(following) == sorted(f"n-{i}" for i in range(6, 12))
     assert [s["item"]["message_id"] for s in seen["again"]] == following, "every lease survived the failover"
+    # The survivor read each annotator's day from ClickHouse: the label given before the kill counts.
+    assert [s["progress"]["you"] for s in seen["again"]] == [{"labelled": 1, "skipped": 0}] * len(ANNOTATORS)
     assert seen["undone"]["item"]["message_id"] == first[0]
     assert seen["survivor_health"]["queue_owner"] is True
     samples = dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["survivor_metrics"], re.MULTILINE))
