@@ -11,19 +11,25 @@ A rebalance revokes partition 0 from the owner first (Kafka's eager protocol), s
 instance joining the group makes the queue change hands, or come back to the same owner, within a
 few seconds; queue calls wait for that (``QueueOwnership.decided``).
 
-Not covered: an owner cut off from Kafka but still reachable by annotators keeps serving until it
-notices, which may overlap with the next owner for up to a session timeout.
+An owner cut off from Kafka (but still reachable by annotators) must stop serving before the
+group gives the queue to another instance, which happens one session timeout after its last
+heartbeat. aiokafka keeps a member's assignment through such a cut, so the owner fences itself:
+when the group coordinator has not answered for all but two heartbeat intervals of a session
+timeout, it gives the queue up and re-subscribes, and it serves again only when a rebalance gives
+it partition 0 back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from feedback.contracts import QueueOwnerAnnouncement
@@ -81,14 +87,18 @@ async def run_election(
         await publish(topic, "owner", note.model_dump_json().encode())
 
     kafka = aiokafka_kwargs(settings)
+    # Members learn of a rebalance at their next heartbeat: a short interval shortens hand-overs.
+    heartbeat_ms = min(1000, settings.ui_owner_session_timeout_ms // 3)
     group = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=settings.ui_group_id, enable_auto_commit=False,
-        session_timeout_ms=settings.ui_owner_session_timeout_ms,
-        # Members learn of a rebalance at their next heartbeat: a short interval shortens hand-overs.
-        heartbeat_interval_ms=min(1000, settings.ui_owner_session_timeout_ms // 3),
+        session_timeout_ms=settings.ui_owner_session_timeout_ms, heartbeat_interval_ms=heartbeat_ms,
         client_id="vigil-label-ui", **kafka,
     )
-    group.subscribe([topic], listener=_Listener(tp, ownership, settings.ui_handover_wait_s, take_over, announce))
+    listener = _Listener(tp, ownership, settings.ui_handover_wait_s, take_over, announce)
+    group.subscribe([topic], listener=listener)
+    fence = _Fence(group, tp, ownership, listener, heartbeat_s=heartbeat_ms / 1000,
+                   limit_s=(settings.ui_owner_session_timeout_ms - 2 * heartbeat_ms) / 1000,
+                   drain_s=settings.ui_handover_wait_s)
     follower = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 client_id="vigil-label-ui-follower", **kafka)
     await follower.start()
@@ -97,13 +107,46 @@ async def run_election(
         await follower.seek_to_beginning(tp)
         await group.start()
         try:
-            await asyncio.gather(_stay_in_group(group), _follow_announcements(follower, ownership))
+            await asyncio.gather(_stay_in_group(group), _follow_announcements(follower, ownership), fence.run())
         finally:
             await ownership.release(settings.ui_handover_wait_s)
             await group.stop()
             ownership.stand_by()  # calls waiting for a decision get one now, not after the wait
     finally:
         await follower.stop()
+
+
+class _Fence:
+    """Gives the queue up when the group coordinator has been silent for ``limit_s``."""
+
+    def __init__(self, group: AIOKafkaConsumer, tp: TopicPartition, ownership: QueueOwnership,
+                 listener: ConsumerRebalanceListener, *, heartbeat_s: float, limit_s: float, drain_s: float) -> None:
+        self._group = group
+        self._tp = tp
+        self._ownership = ownership
+        self._listener = listener
+        self._heartbeat_s = heartbeat_s
+        self._limit_s = limit_s
+        self._drain_s = drain_s
+
+    async def run(self) -> None:
+        last_answer = time.monotonic()
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                # An offset fetch goes to the group coordinator, as the heartbeats do.
+                await asyncio.wait_for(self._group.committed(self._tp), self._heartbeat_s)
+                last_answer = time.monotonic()
+            except (KafkaError, TimeoutError):
+                pass
+            silent_s = time.monotonic() - last_answer
+            if self._ownership.owns and silent_s > self._limit_s:
+                log.error("labelling queue: Kafka's group coordinator has not answered for %.1fs; giving the queue "
+                          "up before the group hands it to another instance", silent_s)
+                await self._ownership.release(self._drain_s)
+                # A rejoin, so that the queue comes back (here or elsewhere) once Kafka answers again.
+                self._group.unsubscribe()
+                self._group.subscribe([self._tp.topic], listener=self._listener)
 
 
 async def _stay_in_group(group: AIOKafkaConsumer) -> None:

@@ -1,21 +1,27 @@
 """`vigil label-ui` as the compose stack runs it: a process of its own, against clickhouse-server over
 the native protocol and the Tansu broker. It serves the queue that ClickHouse holds, a label given
-through its API lands in ClickHouse and on the corrections topic, and SIGTERM stops it cleanly."""
+through its API lands in ClickHouse and on the corrections topic, and SIGTERM stops it cleanly.
+Several instances share one queue: one owns it, the others forward to it, a standby takes over
+when the owner dies, and an owner cut off from Kafka stops serving the queue."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from feedback.auth import TokenBook, tokens_path
 from feedback.store import FeedbackStore
+from streams.broker import EmbeddedBroker
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
+from streams.topics import ensure_topics
 from tests.e2e_stack import (
     free_port,
     label_ui_instances,
@@ -180,3 +186,57 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     assert by_message == expected
     # The undo gave ann0's lease on following[0] up; labelling first[0] again leased it back.
     assert states == {**{m: "labelled" for m in expected}, following[0]: "leased"}
+
+
+async def _cut_off_and_back(base: str, token: str, broker_pid: int) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        await until_served(http, f"{base}/", 120)
+        await queue_owner(http, [base], 60)
+        before = await _call(http, "POST", f"{base}/api/queue/lease", token, {"task": "sentiment"})
+        os.kill(broker_pid, signal.SIGSTOP)
+        try:
+            cut = asyncio.get_running_loop().time()
+            while True:
+                async with http.get(f"{base}/health") as r:
+                    if not (await r.json())["queue_owner"]:
+                        break
+                assert asyncio.get_running_loop().time() - cut < 30, "the owner kept the queue without Kafka"
+                await asyncio.sleep(0.2)
+            fenced_after_s = asyncio.get_running_loop().time() - cut
+            async with http.post(f"{base}/api/queue/lease", json={"task": "sentiment"},
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                while_cut = r.status
+        finally:
+            os.kill(broker_pid, signal.SIGCONT)
+        await queue_owner(http, [base], 60)
+        after = await _call(http, "POST", f"{base}/api/queue/lease", token, {"task": "sentiment"}, retry_s=30)
+    return {"before": before, "fenced_after_s": fenced_after_s, "while_cut": while_cut, "after": after}
+
+
+def test_an_owner_cut_off_from_kafka_stops_serving_the_queue_until_kafka_answers_again(
+    labelling_settings: VigilSettings, server_settings: VigilSettings, tmp_path: Path
+) -> None:
+    """The owner of the queue loses Kafka (its broker frozen with SIGSTOP) while annotators can still
+    reach it. Kafka would give the queue to another instance one session timeout after the owner's
+    last heartbeat, so the owner must stop serving the queue before that; once Kafka answers again
+    it takes the queue back, with the annotator's lease. (aiokafka alone keeps the assignment through
+    such a cut, and the owner would go on leasing beside a new owner.)"""
+    with EmbeddedBroker(log_dir=tmp_path / "broker") as broker:
+        settings = on_clickhouse_server(labelling_settings, server_settings).model_copy(
+            update={"kafka_brokers": broker.bootstrap})
+        ensure_topics(broker.bootstrap, [settings.topic_corrections, settings.topic_ticket_acks,
+                                         settings.topic_label_requests, settings.topic_label_ui_owner], 1)
+        store = open_store(settings)
+        try:
+            FeedbackStore(store).write_requests([numbered_request(0), numbered_request(1)])
+        finally:
+            store.close()
+        token = TokenBook(tokens_path(settings.data_dir)).add("ann")
+        with label_ui_instances(settings, 1, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000",
+                                VIGIL_UI_HANDOVER_WAIT_S="1") as (bases, _):
+            seen = asyncio.run(_cut_off_and_back(bases[0], token, broker.pid))
+
+    # Session timeout 6 s with 1 s heartbeats: the owner fences itself after 4 s of silence.
+    assert seen["fenced_after_s"] < 6, seen["fenced_after_s"]
+    assert seen["while_cut"] == 503
+    assert seen["before"]["item"]["message_id"] == seen["after"]["item"]["message_id"] == "n-0"
