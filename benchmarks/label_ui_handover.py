@@ -8,12 +8,14 @@ always through an instance that stays up, while:
   join     a third instance starts (Kafka's eager rebalance takes the queue from the owner and
            gives it out again);
   stop     the owner gets SIGTERM (it leaves the group on its way out);
-  kill     the owner gets SIGKILL (the group notices after the session timeout).
+  kill     the owner gets SIGKILL (the group notices after the session timeout);
+  cut      the broker is frozen (SIGSTOP) under the last instance, which must give the queue up
+           before the group could hand it on, and take it back after the thaw.
 For each: lease-call latency p50/p99/max, calls refused with 503 (each retried after 0.2 s), the
 seconds from the event until the remaining instances agree on an owner, and whether the annotator
 kept the same item throughout.
 
-    python -m benchmarks.label_ui_handover [--session-timeout-ms 10000] [--steady-calls 300]
+    python -m benchmarks.label_ui_handover [--session-timeout-ms 10000] [--steady-calls 300] [--cut-s 20]
 """
 
 from __future__ import annotations
@@ -106,7 +108,47 @@ async def _seconds_to_exit(proc: subprocess.Popen, since: float) -> float:
     return time.perf_counter() - since
 
 
-async def _run(settings: VigilSettings, token: str, logs: Path, session_timeout_ms: int, steady_calls: int) -> list[Phase]:
+@dataclass
+class Cut:
+    fenced_s: float  # from the freeze until the owner no longer says it owns the queue
+    back_s: float  # from the thaw until it owns the queue again
+    refused: int  # queue calls answered 503 meanwhile
+    same_item: bool
+
+
+async def _cut_kafka(http: aiohttp.ClientSession, base: str, annotator: Annotator, broker_pid: int,
+                     cut_s: float) -> Cut:
+    """Freeze the broker (SIGSTOP) for ``cut_s`` under the last instance, then thaw it."""
+    renewals = Phase("cut")
+    await annotator.renew(base, renewals)
+
+    async def owns() -> bool:
+        async with http.get(f"{base}/health") as r:
+            return (await r.json())["queue_owner"]
+
+    refused = 0
+    os.kill(broker_pid, signal.SIGSTOP)
+    frozen = time.perf_counter()
+    try:
+        while await owns():
+            await asyncio.sleep(0.1)
+        fenced_s = time.perf_counter() - frozen
+        while time.perf_counter() - frozen < cut_s:
+            async with http.post(f"{base}/api/queue/lease", json={"task": "sentiment"}, headers=annotator.headers) as r:
+                refused += r.status == 503
+            await asyncio.sleep(0.5)
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    thawed = time.perf_counter()
+    while not await owns():
+        await asyncio.sleep(0.1)
+    back_s = time.perf_counter() - thawed
+    await annotator.renew(base, renewals)
+    return Cut(fenced_s, back_s, refused, len(renewals.items) == 1)
+
+
+async def _run(settings: VigilSettings, token: str, logs: Path, session_timeout_ms: int, steady_calls: int,
+               broker_pid: int, cut_s: float) -> tuple[list[Phase], Cut]:
     env = {"VIGIL_UI_OWNER_SESSION_TIMEOUT_MS": str(session_timeout_ms)}
     ports = [free_port() for _ in range(3)]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
@@ -160,7 +202,7 @@ async def _run(settings: VigilSettings, token: str, logs: Path, session_timeout_
                 owner = live[await _settle(http, at, phase, annotator, bases[survivor], asyncio.ensure_future(hit()))]
                 phase.exited_s = await exiting[0]
                 phases.append(phase)
-            return phases
+            return phases, await _cut_kafka(http, bases[owner], annotator, broker_pid, cut_s)
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -176,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--session-timeout-ms", type=int, default=VigilSettings().ui_owner_session_timeout_ms)
     parser.add_argument("--steady-calls", type=int, default=300)
+    parser.add_argument("--cut-s", type=float, default=20.0, help="How long Kafka is frozen at the end.")
     parser.add_argument("--logs", type=Path, help="Keep the instances' logs here (default: a temporary folder).")
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
@@ -201,7 +244,8 @@ def main() -> None:
             token = TokenBook(tokens_path(tmp)).add("ann")
             logs = args.logs or tmp
             logs.mkdir(parents=True, exist_ok=True)
-            phases = asyncio.run(_run(settings, token, logs, args.session_timeout_ms, args.steady_calls))
+            phases, cut = asyncio.run(_run(settings, token, logs, args.session_timeout_ms, args.steady_calls,
+                                           broker.pid, args.cut_s))
         finally:
             server.stop()
     print(f"\nsession timeout {args.session_timeout_ms} ms, hand-over wait {VigilSettings().ui_handover_wait_s:.0f} s, "
@@ -211,6 +255,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for phase in phases:
         print(phase.row())
+    print(f"\nKafka frozen (SIGSTOP on the broker) for {args.cut_s:.0f} s under the last instance: it gave the queue "
+          f"up after {cut.fenced_s:.1f} s, answered {cut.refused} queue calls with 503 meanwhile (each after the hand-over "
+          f"wait, {VigilSettings().ui_handover_wait_s:.0f} s), owned it "
+          f"again {cut.back_s:.1f} s after the thaw; same item: {'yes' if cut.same_item else 'no'}")
 
 
 if __name__ == "__main__":
