@@ -41,7 +41,7 @@ from streams.broker import EmbeddedBroker
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
-from tests.e2e_stack import free_port, queue_owner, start_label_ui, until_served
+from tests.e2e_stack import free_port, queue_owner, start_label_ui, stop_all, until_served
 from tests.fixtures.clickhouse import ClickHouseServer, _find_binary
 from tests.fixtures.labelling import numbered_request
 from tests.fixtures.models import train_tiny
@@ -204,14 +204,7 @@ async def _run(settings: VigilSettings, token: str, logs: Path, session_timeout_
                 phases.append(phase)
             return phases, await _cut_kafka(http, bases[owner], annotator, broker_pid, cut_s)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_all(procs)
 
 
 def main() -> None:

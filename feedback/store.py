@@ -206,37 +206,32 @@ class FeedbackStore:
         *,
         task: str | None = None,
         states: Collection[ItemState] | None = None,
+        or_updated_since: datetime | None = None,
         limit: int = 1000,
     ) -> list[QueueItem]:
-        """The latest state of each item, oldest selected first."""
-        inner_where = "WHERE task = {task:String}" if task is not None else ""
-        outer_where = "WHERE state IN {states:Array(String)}" if states is not None else ""
-        if states is not None and not states:
+        """The latest state of each item, oldest selected first. ``or_updated_since`` (whole
+        seconds) adds the items whose latest change is that recent, whatever their state: a lease
+        book also holds the finished items that can still be undone."""
+        if states is not None and not states and or_updated_since is None:
             return []
+        inner_where = "WHERE task = {task:String}" if task is not None else ""
         params: dict[str, Any] = {"limit": limit}
         if task is not None:
             params["task"] = task
+        outer: list[str] = []
         if states is not None:
+            outer.append("state IN {states:Array(String)}")
             params["states"] = sorted(ItemState(s).value for s in states)
+        if states is not None and or_updated_since is not None:
+            outer.append("updated_time >= {since:DateTime}")
+            params["since"] = as_utc(or_updated_since).strftime("%Y-%m-%d %H:%M:%S")
+        outer_where = f"WHERE {' OR '.join(outer)}" if outer else ""
         cols = ", ".join(QUEUE_COLUMNS)
         rows = self._query(
             "label-queue read",
             f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.label_queue FINAL {inner_where}) "
             f"{outer_where} ORDER BY selected_at, item_id LIMIT {{limit:UInt64}}",
             params,
-        )
-        return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
-
-    def fetch_live_items(self, finished_since: datetime, limit: int = 10_000) -> list[QueueItem]:
-        """What a lease book holds: open and leased items, and those labelled or skipped at or
-        after ``finished_since`` (whole seconds; they can still be undone), oldest selected first."""
-        cols = ", ".join(QUEUE_COLUMNS)
-        rows = self._query(
-            "label-queue read",
-            f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.label_queue FINAL) "
-            "WHERE state IN ('open', 'leased') OR updated_time >= {since:DateTime} "
-            "ORDER BY selected_at, item_id LIMIT {limit:UInt64}",
-            {"since": as_utc(finished_since).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
         )
         return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
 

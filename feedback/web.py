@@ -239,12 +239,15 @@ class Service:
         self.clock = clock
         self.tokens = TokenBook(tokens_path(settings.data_dir))
         self.label_sets = LabelSets(ModelRegistry(settings.registry_dir))
-        self.book = LeaseBook(lease_s=settings.ui_lease_s, undo_window_s=settings.ui_undo_window_s)
+        self.book = self._new_book()
         self._done_today: dict[str, tuple[date, dict[str, int]]] = {}
         self._refreshed_at: float | None = None
         self._stored: dict[str, dict[str, int]] = {}
         self._refresh_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
+
+    def _new_book(self) -> LeaseBook:
+        return LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """ClickHouse calls block (chdb in-process, or a socket): keep them off the event loop."""
@@ -254,7 +257,7 @@ class Service:
         """Become the queue's owner: a new book, loaded from ClickHouse, where the previous owner
         wrote every lease. With ClickHouse down the book loads on the first queue call instead
         (which answers 503 until it can)."""
-        self.book = LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
+        self.book = self._new_book()
         self._refreshed_at = None
         self.metrics.takeovers.inc()
         try:
@@ -299,7 +302,8 @@ class Service:
                 return
             undoable_since = self.clock() - timedelta(seconds=self.settings.ui_undo_window_s)
             items, stored = await self.io(lambda: (
-                self.feedback.fetch_live_items(undoable_since),
+                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, or_updated_since=undoable_since,
+                                          limit=10_000),
                 {t: self.feedback.queue_stats(t) for t in TASKS},
             ))
             self.book.merge(items)

@@ -241,15 +241,21 @@ def label_ui_instances(settings: VigilSettings, n: int, **extra_env: str) -> Ite
     try:
         yield [f"http://127.0.0.1:{p}" for p in ports], procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, log in zip(procs, logs, strict=True):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
+        for log in logs:
             print(log.read_text(errors="replace"))
+
+
+def stop_all(procs: list[subprocess.Popen], grace_s: float = 30) -> None:
+    """SIGTERM to each process still running, then SIGKILL to any not gone within ``grace_s``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def queue_owner(http: aiohttp.ClientSession, bases: list[str], timeout_s: float) -> int:

@@ -112,6 +112,9 @@ def test_the_latest_state_wins_and_filters_see_only_it(fstore: FeedbackStore) ->
     assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open])] == ["m-3"]
     assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open, ItemState.leased])] == ["m-2", "m-3"]
     assert fstore.fetch_items(states=[]) == []
+    # m-1 was skipped at leased_at, m-0 labelled 30 s later: only the later one is that recent.
+    recent = fstore.fetch_items(states=[ItemState.open], or_updated_since=leased_at + timedelta(seconds=10))
+    assert [i.request.message_id for i in recent] == ["m-0", "m-3"]
     assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 1, "skipped": 1}
     assert fstore.queue_stats("triage") == {"open": 0, "leased": 0, "labelled": 0, "skipped": 0}
     # An undo puts it back to open; the re-written request still does not reopen or duplicate anything.
