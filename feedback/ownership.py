@@ -40,7 +40,7 @@ class QueueOwnership:
         self._idle.set()
 
     @classmethod
-    def sole(cls, url: str = "") -> QueueOwnership:
+    def sole(cls, url: str) -> QueueOwnership:
         """A service that owns the queue for good: a single instance with no election."""
         return cls(url, owner=True)
 
