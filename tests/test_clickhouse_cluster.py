@@ -66,29 +66,39 @@ def test_real_clickhouse_parses_every_rendered_cluster_statement(chdb_client):
 
 def test_database_and_alter_statements_go_on_cluster_to_both_tables():
     assert cluster_statements("CREATE DATABASE IF NOT EXISTS v", "c") == ["CREATE DATABASE IF NOT EXISTS v ON CLUSTER c"]
-    rewriter = ClusterRewriter("c")
+    rewriter = ClusterRewriter("c", swap_token="t1")
     _, distributed = rewriter.statements("CREATE TABLE v.scored (id String) ENGINE = MergeTree ORDER BY id")
     # 18.16 refuses ALTER ON CLUSTER on the Distributed table (internal_replication): a column change
-    # alters the replicated tables and recreates the Distributed one from them, with its engine.
+    # alters the replicated tables, then a Distributed table made from them, with the first one's
+    # engine, is renamed into the old one's place in one statement.
     assert rewriter.statements("ALTER TABLE v.scored ADD COLUMN lang String") == [
         "ALTER TABLE v.scored_local ON CLUSTER c ADD COLUMN lang String",
-        "DROP TABLE IF EXISTS v.scored ON CLUSTER c",
-        distributed.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1),
+        distributed.replace("v.scored ", "v.scored__swap_t1 ", 1),
+        "RENAME TABLE v.scored TO v.scored__old_t1, v.scored__swap_t1 TO v.scored ON CLUSTER c",
+        "DROP TABLE IF EXISTS v.scored__old_t1 ON CLUSTER c",
     ]
     # Data changes only make sense on the local tables.
     assert rewriter.statements("ALTER TABLE v.scored DELETE WHERE id = ''") == [
         "ALTER TABLE v.scored_local ON CLUSTER c DELETE WHERE id = ''"
     ]
-    # A column change of a table no migration created cannot recreate its Distributed table.
+    # A column change of a table no migration created has no Distributed definition to swap in.
     with pytest.raises(MigrationError):
         cluster_statements("ALTER TABLE v.other ADD COLUMN lang String", "c")
+    with pytest.raises(MigrationError):
+        ClusterRewriter("c", swap_token="x; DROP DATABASE v")
 
 
-def test_migration_0010_recreates_the_distributed_triage_table():
-    clustered = _render(CompatLevel.legacy_18, CLUSTER)
-    alter = clustered.index(f"ALTER TABLE {DB}.triage_local ON CLUSTER {CLUSTER} ADD COLUMN source_partition Int32 DEFAULT -1")
-    created = _tables(clustered)["triage"]
-    assert clustered[alter + 1: alter + 3] == [f"DROP TABLE IF EXISTS {DB}.triage ON CLUSTER {CLUSTER}", created]
+def test_migration_0010_swaps_in_a_distributed_triage_table_with_the_new_column():
+    values = template_values(CompatLevel.legacy_18, database=DB, ttl_days=30)
+    plan = rendered_plan(load_migrations(), CompatLevel.legacy_18, values, CLUSTER, swap_token="abc")
+    (clustered,) = [statements for mig, statements in plan if mig.name == "0010_triage_source_partition"]
+    created = _tables(_render(CompatLevel.legacy_18, CLUSTER))["triage"]
+    assert clustered == [
+        f"ALTER TABLE {DB}.triage_local ON CLUSTER {CLUSTER} ADD COLUMN source_partition Int32 DEFAULT -1",
+        created.replace(f"IF NOT EXISTS {DB}.triage ", f"{DB}.triage__swap_abc ", 1),
+        f"RENAME TABLE {DB}.triage TO {DB}.triage__old_abc, {DB}.triage__swap_abc TO {DB}.triage ON CLUSTER {CLUSTER}",
+        f"DROP TABLE IF EXISTS {DB}.triage__old_abc ON CLUSTER {CLUSTER}",
+    ]
 
 
 @pytest.mark.parametrize("statement", [

@@ -4,12 +4,16 @@ migrations run ON CLUSTER, once and again from every node; the store then writes
 rows, alerts, triage tickets, acks and alerting checkpoints through the Distributed tables, and
 each node's local tables show where the rows went: split between the shards, copied to both
 replicas of a shard, a replayed row on the shard of its original, where FINAL collapses it. While
-a shard's first replica is down, writes and reads go to its second, and the first catches up."""
+a shard's first replica is down, writes and reads go to its second, and the first catches up. A
+column change migrated from two nodes at once, while a writer writes, fails and loses no write."""
 
 from __future__ import annotations
 
+import shutil
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -31,7 +35,7 @@ from streams.clickhouse import (
 )
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.compat import to_stored_time
-from streams.clickhouse.migrations import load_migrations
+from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.triage_store import QueueSla, TriageStore
 from streams.contracts import Kind, ScoredMessage
 from streams.settings import VigilSettings
@@ -250,3 +254,83 @@ def test_a_shard_whose_first_replica_is_down_is_written_and_read_on_the_other(
     finally:
         for b in replicas:
             b.close()
+
+
+def test_a_column_change_migrated_from_two_nodes_while_a_worker_writes_fails_and_loses_nothing(
+    clickhouse_cluster: ClickHouseCluster, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Workers of a new release start together and each migrates, while workers of the old one
+    still write. The writer must never meet a missing Distributed table (code 60, which a
+    DROP + CREATE swap gave it) nor fail on the insert that races the ALTER in ZooKeeper (code 244,
+    retried), and every row must land once."""
+    settings = VigilSettings(
+        data_dir=tmp_path_factory.mktemp("vigil"), clickhouse_url=clickhouse_cluster.nodes[1].url,
+        clickhouse_database=f"c_{uuid.uuid4().hex[:12]}", clickhouse_cluster=clickhouse_cluster.name,
+    )
+    db = settings.clickhouse_database
+    directory = tmp_path_factory.mktemp("migrations")
+    for sql in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(sql, directory)
+    (directory / "0090_scored_lang.sql").write_text("ALTER TABLE ${db}.scored ADD COLUMN lang String DEFAULT ''\n;\n")
+
+    store = open_store(settings)  # the release before: every migration but 0090
+    stop, written, errors = threading.Event(), [], []
+
+    def write() -> None:
+        i = 10_000
+        while not stop.is_set():
+            batch = [msg(j) for j in range(i, i + 10)]
+            try:
+                store.write_scored(batch)
+                written.extend(m.id for m in batch)
+            except Exception as exc:  # noqa: BLE001 - the test reports every failed write
+                errors.append(exc)
+            i += 10
+
+    def migrate_from(node: int) -> list[str]:
+        backend = node_backend(clickhouse_cluster.nodes[node].url, db)
+        try:
+            return migrate(backend, database=db, ttl_days=30, directory=directory,
+                           cluster=clickhouse_cluster.name).applied
+        finally:
+            backend.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while len(written) < 50 and not errors:
+            stop.wait(0.05)
+        with ThreadPoolExecutor(2) as pool:
+            applied = list(pool.map(migrate_from, (0, 2)))
+        before = len(written)
+        while len(written) < before + 50 and not errors:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        writer.join()
+    try:
+        assert errors == []
+        assert "0090_scored_lang" in applied[0] + applied[1] and all(a in ([], ["0090_scored_lang"]) for a in applied)
+        # A read right after the last write missed 2 of 290 rows once: load_balancing's order counts
+        # replica errors, and the inserts racing the ALTER err, so reads may briefly go to a replica
+        # that has not fetched everything yet (README, "ClickHouse cluster"). Count once all have.
+        for node in clickhouse_cluster.nodes:
+            replica = node_backend(node.url, db)
+            replica.execute(f"SYSTEM SYNC REPLICA {db}.scored_local")
+            replica.close()
+        assert store.backend.query(f"SELECT count(), uniqExact(id) FROM {db}.scored") == [(len(written), len(written))]
+    finally:
+        store.close()
+    for node in clickhouse_cluster.nodes:
+        backend = node_backend(node.url, db)
+        try:
+            tables = {name for (name,) in backend.query(
+                "SELECT name FROM system.tables WHERE database = {db:String}", {"db": db})}
+            assert tables == {"schema_migrations"} | TABLES | {f"{t}_local" for t in TABLES}  # no swap left over
+            for table in ("scored", "scored_local"):
+                columns = {name for (name,) in backend.query(
+                    "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                    {"db": db, "t": table})}
+                assert "lang" in columns, (node.url, table)
+        finally:
+            backend.close()

@@ -30,8 +30,10 @@ Params = Mapping[str, Any] | None
 _PLACEHOLDER = re.compile(r"\{(\w+):([^{}]+)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 # Server error codes that may pass on their own: memory, too many parts/queries, timeouts, network,
-# and (a cluster with insert_quorum) too few live replicas / the previous quorum insert unfinished.
-_TRANSIENT_CODES = {159, 202, 209, 210, 241, 252, 285, 286, 319, 425}
+# (a cluster with insert_quorum) too few live replicas / the previous quorum insert unfinished, and
+# 244, a replicated insert that met an ALTER changing the columns in ZooKeeper ("Bad version"): the
+# same block again is deduplicated by the replicated table if the first one landed after all.
+_TRANSIENT_CODES = {159, 202, 209, 210, 241, 244, 252, 285, 286, 319, 425}
 
 
 class Backend(Protocol):

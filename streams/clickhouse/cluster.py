@@ -20,10 +20,16 @@ tickets and acks are sharded alike on the message id).
 column change must reach the Distributed table too, but ClickHouse 18.16 refuses ``ALTER ... ON
 CLUSTER`` on a non-replicated table of a cluster whose shards use ``internal_replication`` ("Table t
 isn't replicated, but shard #2 is replicated according to its cluster definition"). A Distributed
-table holds no data (inserts are synchronous, see above), so it is dropped and created again ``AS``
-the altered local table, ON CLUSTER, with the engine its CREATE had: the rewrite is stateful
-(``ClusterRewriter``), fed every migration in order, applied or not. Any other statement is refused,
-so a schema change cannot silently miss the cluster.
+table holds no data (inserts are synchronous, see above), so a new one is created ``AS`` the altered
+local table, with the engine the table's CREATE had (the rewrite is stateful: ``ClusterRewriter``,
+fed every migration in order, applied or not), and swapped in by one ``RENAME`` ON CLUSTER. Writers
+therefore never meet a missing ``t``, as they did between a DROP and a CREATE (tests/
+test_clickhouse_cluster_live.py writes through the swap). The temporary names carry a token per
+migrator run, so two workers migrating at once each swap their own table in, one after the other,
+in the distributed DDL queue's order. A migrator killed in mid-swap leaves a ``t__swap_<token>`` or
+``t__old_<token>`` Distributed table behind, which holds no data and may be dropped.
+
+Any other statement is refused, so a schema change cannot silently miss the cluster.
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ def _sharding_key(order_by: str) -> str:
     return f"cityHash64({inner})"
 
 
-def _create_table(m: re.Match[str], cluster: str) -> tuple[str, str]:
-    """(the replicated local table's CREATE, the Distributed table's CREATE), both ON CLUSTER."""
+def _create_table(m: re.Match[str], cluster: str) -> tuple[str, str, str]:
+    """(the replicated local table's CREATE, the Distributed table's CREATE), both ON CLUSTER, and
+    the Distributed table's definition after its name (``AS ... ENGINE = Distributed(...)``)."""
     if_not_exists, database, table, body = m.group(1) or "", m.group(2), m.group(3), m.group(4)
     engine = _ENGINE.search(body)
     if engine is None:
@@ -73,22 +80,28 @@ def _create_table(m: re.Match[str], cluster: str) -> tuple[str, str]:
     replicated = f"ENGINE = Replicated{engine.group(1)}({', '.join(args)})"
     local_body = body[: engine.start()] + replicated + body[engine.end():]
     head = f"CREATE TABLE {if_not_exists}"
+    distributed = (
+        f"AS {database}.{local}\n"
+        f"ENGINE = Distributed({cluster}, {database}, {local}, {_sharding_key(order_by.group(1))})"
+    )
     return (
         f"{head}{database}.{local} ON CLUSTER {cluster}\n{local_body}",
-        (
-            f"{head}{database}.{table} ON CLUSTER {cluster} AS {database}.{local}\n"
-            f"ENGINE = Distributed({cluster}, {database}, {local}, {_sharding_key(order_by.group(1))})"
-        ),
+        f"{head}{database}.{table} ON CLUSTER {cluster} {distributed}",
+        distributed,
     )
 
 
 class ClusterRewriter:
     """Rewrites single-node migration statements for ``cluster``, in migration order. It remembers
-    each table's Distributed CREATE, which a later column change re-issues (see the module doc);
-    feed it every migration's statements, already applied ones included."""
+    each table's Distributed definition, which a later column change re-issues (see the module doc);
+    feed it every migration's statements, already applied ones included. ``swap_token`` names the
+    temporary tables of a column change's swap: give each migrator run its own."""
 
-    def __init__(self, cluster: str) -> None:
+    def __init__(self, cluster: str, swap_token: str = "0") -> None:
+        if not re.fullmatch(r"\w+", swap_token):
+            raise MigrationError(f"swap token {swap_token!r} must be letters, digits or underscores")
         self.cluster = cluster
+        self.swap_token = swap_token
         self._distributed: dict[str, str] = {}
 
     def statements(self, statement: str) -> list[str]:
@@ -97,26 +110,35 @@ class ClusterRewriter:
         if m := _CREATE_DB.match(text):
             return [f"CREATE DATABASE {m.group(1) or ''}{m.group(2)} ON CLUSTER {cluster}"]
         if m := _CREATE_TABLE.match(text):
-            local, distributed = _create_table(m, cluster)
-            recreate = re.sub(r"^CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?", "CREATE TABLE IF NOT EXISTS ", distributed)
-            self._distributed[f"{m.group(2)}.{m.group(3)}"] = recreate
+            local, distributed, definition = _create_table(m, cluster)
+            self._distributed[f"{m.group(2)}.{m.group(3)}"] = definition
             return [local, distributed]
         if m := _ALTER.match(text):
             database, table, change = m.group(1), m.group(2), m.group(3)
             out = [f"ALTER TABLE {database}.{table}{LOCAL_SUFFIX} ON CLUSTER {cluster} {change}"]
             if _COLUMN_CHANGE.match(change):
-                recreate = self._distributed.get(f"{database}.{table}")
-                if recreate is None:
-                    raise MigrationError(
-                        f"cluster mode changes the columns of {database}.{table} by recreating its Distributed "
-                        "table, and no earlier migration creates it"
-                    )
-                out += [f"DROP TABLE IF EXISTS {database}.{table} ON CLUSTER {cluster}", recreate]
+                out += self._swap_distributed(database, table)
             return out
         raise MigrationError(
             f"cluster mode cannot apply this migration statement on every node: {text[:80]!r}. Write it as "
             "CREATE DATABASE / CREATE TABLE db.t ... ENGINE = *MergeTree / ALTER TABLE db.t."
         )
+
+    def _swap_distributed(self, database: str, table: str) -> list[str]:
+        """A Distributed table with the altered local table's columns, renamed into ``table``'s place."""
+        definition = self._distributed.get(f"{database}.{table}")
+        if definition is None:
+            raise MigrationError(
+                f"cluster mode changes the columns of {database}.{table} by replacing its Distributed "
+                "table, and no earlier migration creates it"
+            )
+        name, cluster = f"{database}.{table}", self.cluster
+        new, old = f"{name}__swap_{self.swap_token}", f"{name}__old_{self.swap_token}"
+        return [
+            f"CREATE TABLE {new} ON CLUSTER {cluster} {definition}",
+            f"RENAME TABLE {name} TO {old}, {new} TO {name} ON CLUSTER {cluster}",
+            f"DROP TABLE IF EXISTS {old} ON CLUSTER {cluster}",
+        ]
 
 
 def cluster_statements(statement: str, cluster: str) -> list[str]:

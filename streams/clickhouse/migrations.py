@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,14 +67,15 @@ def rendered_statements(mig: Migration, level: CompatLevel, values: dict[str, st
 
 
 def rendered_plan(
-    migrations: list[Migration], level: CompatLevel, values: dict[str, str], cluster: str | None = None
+    migrations: list[Migration], level: CompatLevel, values: dict[str, str], cluster: str | None = None,
+    swap_token: str = "0",
 ) -> list[tuple[Migration, list[str]]]:
     """Each migration with the statements it runs: as written for a single node, or rewritten for
     ``cluster`` by one ClusterRewriter fed every migration in order (a column change re-issues the
-    Distributed CREATE of an earlier migration)."""
+    Distributed definition of an earlier migration, under temporary names with ``swap_token``)."""
     if not cluster:
         return [(mig, rendered_statements(mig, level, values)) for mig in migrations]
-    rewriter = ClusterRewriter(cluster)
+    rewriter = ClusterRewriter(cluster, swap_token)
     return [
         (mig, [out for statement in rendered_statements(mig, level, values) for out in rewriter.statements(statement)])
         for mig in migrations
@@ -151,7 +153,8 @@ def migrate(
     }
     report = MigrationReport(level=level)
     values = template_values(level, database=database, ttl_days=ttl_days)
-    for mig, statements in rendered_plan(migrations, level, values, cluster):
+    # Its own swap names per run: workers that start together may migrate at the same moment.
+    for mig, statements in rendered_plan(migrations, level, values, cluster, swap_token=uuid.uuid4().hex[:12]):
         if mig.version in applied:
             if applied[mig.version][1] != mig.checksum:
                 raise MigrationError(
