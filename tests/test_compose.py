@@ -93,25 +93,33 @@ def test_the_validator_rejects_what_the_spec_forbids(tmp_path: Path) -> None:
 
 def test_services_profiles_and_gpu_reservation(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    assert {"kafka", "clickhouse", "grafana", "models-init", "worker", "worker-gpu", "label-ui"} <= set(services)
+    assert {"kafka", "clickhouse", "grafana", "models-init", "worker", "worker-gpu", "label-ui", "label-ui-2"} <= set(services)
     assert services["worker"]["profiles"] == ["cpu"] and "deploy" not in services["worker"]
     assert services["worker-gpu"]["profiles"] == ["gpu"]
     (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
-    for name in ("kafka", "clickhouse", "grafana", "worker", "worker-gpu", "label-ui"):
+    for name in ("kafka", "clickhouse", "grafana", "worker", "worker-gpu", "label-ui", "label-ui-2"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-    for name in ("worker", "worker-gpu", "label-ui"):
+    for name in ("worker", "worker-gpu", "label-ui", "label-ui-2"):
         assert services[name]["depends_on"]["models-init"]["condition"] == "service_completed_successfully"
         assert services[name]["environment"]["VIGIL_KAFKA_BROKERS"] == "kafka:29092"
-    # the workers retrain in the background; the UI is one instance with both profiles
+    # the workers retrain in the background
     for name in ("worker", "worker-gpu"):
         env = services[name]["environment"]
         assert env["VIGIL_RETRAIN_IN_WORKER"] == "true" and float(env["VIGIL_RETRAIN_CHECK_INTERVAL_S"]) > 0
-    ui = services["label-ui"]
-    assert ui["profiles"] == ["cpu", "gpu"] and "VIGIL_RETRAIN_IN_WORKER" not in ui["environment"]
-    # inside its container the UI must listen on every interface, or the published port reaches nothing
-    assert ui["command"][:1] == ["label-ui"] and ui["command"][ui["command"].index("--host") + 1] == "0.0.0.0"
-    assert [p["target"] for p in ui["ports"]] == [int(ui["command"][ui["command"].index("--port") + 1])]
+    # Two labelling-service instances share the queue: each must advertise an address the other
+    # can reach (its service name and the port it listens on), and publish a host port of its own.
+    host_ports = []
+    for name in ("label-ui", "label-ui-2"):
+        ui = services[name]
+        assert ui["profiles"] == ["cpu", "gpu"] and "VIGIL_RETRAIN_IN_WORKER" not in ui["environment"]
+        # inside its container the UI must listen on every interface, or the published port reaches nothing
+        assert ui["command"][:1] == ["label-ui"] and ui["command"][ui["command"].index("--host") + 1] == "0.0.0.0"
+        port = int(ui["command"][ui["command"].index("--port") + 1])
+        assert [p["target"] for p in ui["ports"]] == [port]
+        assert ui["environment"]["VIGIL_UI_ADVERTISED_URL"] == f"http://{name}:{port}"
+        host_ports += [p["published"] for p in ui["ports"]]
+    assert len(set(host_ports)) == 2
     assert "KAFKA_ZOOKEEPER_CONNECT" not in services["kafka"]["environment"]
     assert "broker,controller" == services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
