@@ -17,6 +17,13 @@ heartbeat. aiokafka keeps a member's assignment through such a cut, so the owner
 when the group coordinator has not answered for all but two heartbeat intervals of a session
 timeout, it gives the queue up and re-subscribes, and it serves again only when a rebalance gives
 it partition 0 back.
+
+That fence rests on timers, which a paused or CPU-starved process runs late. So every call that
+changes the queue is also confirmed with Kafka (``QueueOwnership.confirm_with``): an offset commit
+on the owner partition, which the group coordinator accepts only from the member that holds it in
+the current generation (otherwise ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS),
+and which gets no answer while the coordinator is out of reach. A refused or unanswered
+confirmation turns the call away with 503; the rebalance that follows settles the ownership.
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ async def run_election(
     )
     listener = _Listener(tp, ownership, settings.ui_handover_wait_s, take_over, announce)
     group.subscribe([topic], listener=listener)
+    ownership.confirm_with(_confirmation(group, tp, timeout_s=2 * heartbeat_ms / 1000))
     fence = _Fence(group, tp, ownership, listener, heartbeat_s=heartbeat_ms / 1000,
                    limit_s=(settings.ui_owner_session_timeout_ms - 2 * heartbeat_ms) / 1000,
                    drain_s=settings.ui_handover_wait_s)
@@ -114,6 +122,20 @@ async def run_election(
             ownership.stand_by()  # calls waiting for a decision get one now, not after the wait
     finally:
         await follower.stop()
+
+
+def _confirmation(group: AIOKafkaConsumer, tp: TopicPartition, *, timeout_s: float) -> Callable[[], Awaitable[bool]]:
+    async def confirm() -> bool:
+        try:
+            # The offset itself means nothing: the owner partition's records are read by the follower.
+            await asyncio.wait_for(group.commit({tp: 0}), timeout_s)
+        except (KafkaError, TimeoutError) as e:
+            log.warning("labelling queue: Kafka did not confirm that this instance still owns it (%s); "
+                        "turning a queue change away", str(e) or type(e).__name__)
+            return False
+        return True
+
+    return confirm
 
 
 class _Fence:

@@ -11,13 +11,17 @@ Three states: owner, standby (another instance owns), and deciding (a hand-over 
   calls in flight, so their writes are in ClickHouse before the next owner reads the queue there.
 - A call that arrives while the owner is being decided waits for the decision (``decided``)
   rather than failing at once: a rebalance takes a few seconds.
+- A call that changes the queue first asks the election to confirm (``confirm_with``) that this
+  instance still owns it. What this instance believes can be stale: the election learns of a lost
+  ownership only at its next exchange with Kafka, and a process paused (or starved of CPU) past
+  its session timeout has been replaced before it notices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,13 @@ log = logging.getLogger(__name__)
 
 class NotQueueOwner(Exception):
     """This instance does not own the queue now; forward the call to the owner."""
+
+
+class OwnershipUnconfirmed(NotQueueOwner):
+    """This instance believed it owned the queue, but the election could not confirm it."""
+
+
+Confirm = Callable[[], Awaitable[bool]]
 
 
 class QueueOwnership:
@@ -38,6 +49,7 @@ class QueueOwnership:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._confirm: Confirm | None = None
 
     @classmethod
     def sole(cls, url: str) -> QueueOwnership:
@@ -78,6 +90,11 @@ class QueueOwnership:
         """The owner announced where it serves."""
         self.owner_url = url.rstrip("/")
 
+    def confirm_with(self, confirm: Confirm) -> None:
+        """How a change to the queue checks, just before it is made, that this instance still owns
+        it: True only if the authority that decides ownership says so now."""
+        self._confirm = confirm
+
     # --- what the request handlers use ------------------------------------------------------------
 
     async def decided(self, timeout_s: float) -> bool:
@@ -89,13 +106,16 @@ class QueueOwnership:
         return True
 
     @asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
-        """Run one queue call as the owner; raises NotQueueOwner when this instance is not."""
+    async def serving(self, *, changes: bool = True) -> AsyncIterator[None]:
+        """Run one queue call as the owner; raises NotQueueOwner when this instance is not, and
+        OwnershipUnconfirmed when a call that ``changes`` the queue cannot be confirmed."""
         if not self._owner:
             raise NotQueueOwner(f"the queue is owned by {self.owner_url or 'an instance not yet known'}")
-        self._in_flight += 1
+        self._in_flight += 1  # from here a release waits for this call, the confirmation included
         self._idle.clear()
         try:
+            if changes and self._confirm is not None and not await self._confirm():
+                raise OwnershipUnconfirmed(f"{self.url} could not confirm it still owns the queue")
             yield
         finally:
             self._in_flight -= 1

@@ -16,6 +16,10 @@ class UiMetrics:
         owner.set_function(lambda: float(ownership.owns))
         self.takeovers = Counter("vigil_label_queue_takeovers_total", "Times this instance took the queue over",
                                  registry=r)
+        self.unconfirmed = Counter(
+            "vigil_label_queue_unconfirmed_total", "Queue changes turned away (503) because Kafka did not confirm "
+            "that this instance still owns the queue", registry=r,
+        )
         self.forwarded = Counter(
             "vigil_label_forwarded_total", "Queue calls forwarded to the owner, by outcome: answered (any status "
             "the owner gave), unreachable (503 to the caller), or refused (the owner is not known or is being "

@@ -53,7 +53,7 @@ from feedback.leases import (
     LeaseError,
     UnknownItem,
 )
-from feedback.ownership import NotQueueOwner, QueueOwnership
+from feedback.ownership import NotQueueOwner, OwnershipUnconfirmed, QueueOwnership
 from feedback.store import FeedbackStore
 from feedback.ui_metrics import UiMetrics
 from models.registry import ModelNotFound, ModelRegistry
@@ -419,22 +419,31 @@ def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def _queue_call(handler: Handler) -> Handler:
+def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
     """A call on the lease book: the queue's owner serves it, another instance forwards it there.
     During a hand-over it waits for the new owner (up to ui_handover_wait_s); a forwarded call
-    does not wait here, its sender does (it would hold up this instance's stop)."""
+    does not wait here, its sender does (it would hold up this instance's stop). A call that
+    ``changes`` the queue is served only once the election confirms the ownership."""
 
     async def run(request: web.Request) -> web.Response:
         svc = request.app[SERVICE]
         if not svc.ownership.owns and not request.headers.get(_FORWARDED):
             await svc.ownership.decided(svc.settings.ui_handover_wait_s)
         try:
-            async with svc.ownership.serving():
+            async with svc.ownership.serving(changes=changes):
                 return await handler(request)
+        except OwnershipUnconfirmed:
+            svc.metrics.unconfirmed.inc()
+            return _retry_later(f"this instance ({svc.ownership.url}) could not confirm with Kafka that it still "
+                                "owns the labelling queue; retry in a few seconds")
         except NotQueueOwner:
             return await svc.forward(request)
 
     return run
+
+
+def _queue_read(handler: Handler) -> Handler:
+    return _queue_call(handler, changes=False)
 
 
 def _annotator(request: web.Request) -> str:
@@ -494,7 +503,7 @@ async def health(request: web.Request) -> web.Response:
     return _reply(HealthOut(queue_owner=own.owns, owner_url=own.owner_url))
 
 
-@_queue_call
+@_queue_read
 async def get_queue(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     task = request.query.get("task")

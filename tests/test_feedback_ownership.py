@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from feedback.ownership import NotQueueOwner, QueueOwnership
+from feedback.ownership import NotQueueOwner, OwnershipUnconfirmed, QueueOwnership
 from streams.settings import VigilSettings
 
 
@@ -51,6 +51,51 @@ def test_giving_the_queue_up_waits_for_the_calls_in_flight() -> None:
         return steps
 
     assert asyncio.run(run()) == ["call done", "released"]
+
+
+def test_a_change_to_the_queue_needs_the_elections_confirmation_and_a_read_does_not() -> None:
+    async def run() -> tuple[list[str], list[str]]:
+        own = QueueOwnership.sole("http://a:1")
+        answers, asked, steps = [True, False], [], []
+        gate = asyncio.Event()
+
+        async def confirm() -> bool:
+            asked.append("asked")
+            await gate.wait()
+            return answers.pop(0)
+
+        own.confirm_with(confirm)
+        async with own.serving(changes=False):
+            steps.append("read served unasked")
+        gate.set()
+        async with own.serving():
+            steps.append("change confirmed")
+        with pytest.raises(OwnershipUnconfirmed, match="http://a:1"):
+            async with own.serving():
+                steps.append("never")
+        # A release that starts while a confirmation is pending waits for the call it belongs to.
+        gate.clear()
+        answers.append(True)
+
+        async def call() -> None:
+            async with own.serving():
+                steps.append("slow change done")
+
+        task = asyncio.create_task(call())
+        while len(asked) < 3:
+            await asyncio.sleep(0.01)
+        release = asyncio.create_task(own.release(drain_s=5))
+        await asyncio.sleep(0.1)
+        assert not release.done()
+        gate.set()
+        await task
+        await release
+        steps.append("released")
+        return asked, steps
+
+    asked, steps = asyncio.run(run())
+    assert asked == ["asked"] * 3
+    assert steps == ["read served unasked", "change confirmed", "slow change done", "released"]
 
 
 def test_release_gives_up_waiting_after_the_drain_bound() -> None:

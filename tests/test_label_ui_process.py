@@ -196,6 +196,10 @@ async def _cut_off_and_back(base: str, token: str, broker_pid: int) -> dict:
         os.kill(broker_pid, signal.SIGSTOP)
         try:
             cut = asyncio.get_running_loop().time()
+            # Long before the fence gives the queue up, a change needs Kafka's confirmation.
+            async with http.post(f"{base}/api/items/{before['item']['item_id']}/skip", json={},
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                early_change, early_after_s = r.status, asyncio.get_running_loop().time() - cut
             while True:
                 async with http.get(f"{base}/health") as r:
                     if not (await r.json())["queue_owner"]:
@@ -210,7 +214,10 @@ async def _cut_off_and_back(base: str, token: str, broker_pid: int) -> dict:
             os.kill(broker_pid, signal.SIGCONT)
         await queue_owner(http, [base], 60)
         after = await _call(http, "POST", f"{base}/api/queue/lease", token, {"task": "sentiment"}, retry_s=30)
-    return {"before": before, "fenced_after_s": fenced_after_s, "while_cut": while_cut, "after": after}
+        async with http.get(f"{base}/metrics") as r:
+            metrics = await r.text()
+    return {"before": before, "early_change": early_change, "early_after_s": early_after_s,
+            "fenced_after_s": fenced_after_s, "while_cut": while_cut, "after": after, "metrics": metrics}
 
 
 def test_an_owner_cut_off_from_kafka_stops_serving_the_queue_until_kafka_answers_again(
@@ -236,7 +243,75 @@ def test_an_owner_cut_off_from_kafka_stops_serving_the_queue_until_kafka_answers
                                 VIGIL_UI_HANDOVER_WAIT_S="1") as (bases, _):
             seen = asyncio.run(_cut_off_and_back(bases[0], token, broker.pid))
 
+    # A skip sent at once is turned away when its confirmation goes unanswered (2 heartbeats).
+    # Without the confirmation the owner skipped the item from its book, on no one's authority.
+    assert seen["early_change"] == 503 and seen["early_after_s"] < 4, seen
+    assert float(dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["metrics"], re.MULTILINE))[
+        "vigil_label_queue_unconfirmed_total"]) >= 1
     # Session timeout 6 s with 1 s heartbeats: the owner fences itself after 4 s of silence.
     assert seen["fenced_after_s"] < 6, seen["fenced_after_s"]
     assert seen["while_cut"] == 503
     assert seen["before"]["item"]["message_id"] == seen["after"]["item"]["message_id"] == "n-0"
+
+
+async def _pause_the_owner(bases: list[str], tokens: dict[str, str], procs: list[subprocess.Popen]) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as http:
+        for base, proc in zip(bases, procs, strict=True):
+            await until_served(http, f"{base}/", 120, alive=lambda p=proc: p.poll() is None)
+        owner = await queue_owner(http, bases, 60)
+        standby = 1 - owner
+
+        async def lease_at_owner() -> tuple[int, dict]:
+            async with http.post(f"{bases[owner]}/api/queue/lease", json={"task": "sentiment"},
+                                 headers={"Authorization": f"Bearer {tokens['late']}"}) as r:
+                return r.status, await r.json()
+
+        os.kill(procs[owner].pid, signal.SIGSTOP)
+        try:
+            late = asyncio.create_task(lease_at_owner())  # waits in the paused owner's socket
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:  # the group expels the paused owner and gives the queue to the standby
+                async with http.get(f"{bases[standby]}/health") as r:
+                    if (await r.json())["queue_owner"]:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "the standby never took the queue over"
+                await asyncio.sleep(0.3)
+            early = await _call(http, "POST", f"{bases[standby]}/api/queue/lease", tokens["early"],
+                                {"task": "sentiment"}, retry_s=30)
+        finally:
+            os.kill(procs[owner].pid, signal.SIGCONT)
+        late_status, late_body = await late
+        await queue_owner(http, bases, 60)
+        retried = await _call(http, "POST", f"{bases[standby]}/api/queue/lease", tokens["late"],
+                              {"task": "sentiment"}, retry_s=60)
+        async with http.get(f"{bases[owner]}/metrics") as r:
+            paused_metrics = await r.text()
+    return {"early": early, "late_status": late_status, "late_body": late_body, "retried": retried,
+            "paused_metrics": paused_metrics}
+
+
+def test_an_owner_paused_past_its_session_leases_nothing_from_its_stale_book_when_it_resumes(
+    labelling_settings: VigilSettings, server_settings: VigilSettings
+) -> None:
+    """The owner is paused (SIGSTOP: a long GC pause, a starved VM) past its session timeout; the
+    group gives the queue to the standby, which leases the first item. On resuming, the old owner
+    still believes it owns the queue and finds a lease request waiting in its socket. Its book (not
+    refreshed: VIGIL_UI_QUEUE_REFRESH_S is long here) still shows that item open. Kafka refuses to
+    confirm its ownership, so it must turn the request away rather than lease the item twice."""
+    settings = on_clickhouse_server(labelling_settings, server_settings)
+    store = open_store(settings)
+    try:
+        FeedbackStore(store).write_requests([numbered_request(i) for i in range(4)])
+    finally:
+        store.close()
+    book = TokenBook(tokens_path(settings.data_dir))
+    tokens = {a: book.add(a) for a in ("early", "late")}
+    with label_ui_instances(settings, 2, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000",
+                            VIGIL_UI_QUEUE_REFRESH_S="600") as (bases, procs):
+        seen = asyncio.run(_pause_the_owner(bases, tokens, procs))
+
+    assert seen["early"]["item"]["message_id"] == "n-0"
+    assert seen["late_status"] == 503, seen["late_body"]
+    assert seen["retried"]["item"]["message_id"] == "n-1"
+    samples = dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["paused_metrics"], re.MULTILINE))
+    assert float(samples["vigil_label_queue_unconfirmed_total"]) == 1
