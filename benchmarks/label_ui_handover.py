@@ -9,8 +9,9 @@ always through an instance that stays up, while:
            gives it out again);
   stop     the owner gets SIGTERM (it leaves the group on its way out);
   kill     the owner gets SIGKILL (the group notices after the session timeout);
-  cut      the broker is frozen (SIGSTOP) under the last instance, which must give the queue up
-           before the group could hand it on, and take it back after the thaw.
+  cut      the broker is frozen (SIGSTOP) under the last instance, which must serve no queue change
+           Kafka has not confirmed, give the queue up before the group could hand it on, and take
+           it back after the thaw; lease calls go on every 0.2 s throughout.
 For each: lease-call latency p50/p99/max, calls refused with 503 (each retried after 0.2 s), the
 seconds from the event until the remaining instances agree on an owner, and whether the annotator
 kept the same item throughout.
@@ -33,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from feedback.auth import TokenBook, tokens_path
+from feedback.election import confirmation
 from feedback.store import FeedbackStore
 from models.registry import ModelRegistry
 from streams.broker import EmbeddedBroker
@@ -112,6 +115,7 @@ async def _seconds_to_exit(proc: subprocess.Popen, since: float) -> float:
 class Cut:
     fenced_s: float  # from the freeze until the owner no longer says it owns the queue
     back_s: float  # from the thaw until it owns the queue again
+    served: int  # queue calls answered 200 meanwhile: from the book, with no word from Kafka
     refused: int  # queue calls answered 503 meanwhile
     same_item: bool
 
@@ -126,25 +130,48 @@ async def _cut_kafka(http: aiohttp.ClientSession, base: str, annotator: Annotato
         async with http.get(f"{base}/health") as r:
             return (await r.json())["queue_owner"]
 
-    refused = 0
+    served = refused = 0
+    fenced_s: float | None = None
     os.kill(broker_pid, signal.SIGSTOP)
     frozen = time.perf_counter()
     try:
-        while await owns():
-            await asyncio.sleep(0.1)
-        fenced_s = time.perf_counter() - frozen
         while time.perf_counter() - frozen < cut_s:
+            if fenced_s is None and not await owns():
+                fenced_s = time.perf_counter() - frozen
             async with http.post(f"{base}/api/queue/lease", json={"task": "sentiment"}, headers=annotator.headers) as r:
+                served += r.status == 200
                 refused += r.status == 503
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
     finally:
         os.kill(broker_pid, signal.SIGCONT)
+    if fenced_s is None:
+        raise SystemExit(f"the owner still held the queue {cut_s:.0f} s into the freeze")
     thawed = time.perf_counter()
     while not await owns():
         await asyncio.sleep(0.1)
     back_s = time.perf_counter() - thawed
     await annotator.renew(base, renewals)
-    return Cut(fenced_s, back_s, refused, len(renewals.items) == 1)
+    return Cut(fenced_s, back_s, served, refused, len(renewals.items) == 1)
+
+
+async def _confirmations(bootstrap: str, topic: str, n: int) -> list[float]:
+    """Milliseconds per ownership confirmation, the offset commit each queue change now waits for
+    (``feedback.election``), by a member of a group of its own on the owner topic's broker."""
+    group = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"confirm-{uuid.uuid4().hex[:8]}",
+                             enable_auto_commit=False)
+    await group.start()
+    try:
+        while not group.assignment():
+            await asyncio.sleep(0.1)
+        confirm = confirmation(group, TopicPartition(topic, 0), timeout_s=2)
+        took = []
+        for _ in range(n):
+            at = time.perf_counter()
+            assert await confirm()
+            took.append((time.perf_counter() - at) * 1000)
+        return sorted(took)
+    finally:
+        await group.stop()
 
 
 async def _run(settings: VigilSettings, token: str, logs: Path, session_timeout_ms: int, steady_calls: int,
@@ -237,21 +264,26 @@ def main() -> None:
             token = TokenBook(tokens_path(tmp)).add("ann")
             logs = args.logs or tmp
             logs.mkdir(parents=True, exist_ok=True)
+            confirms = asyncio.run(_confirmations(broker.bootstrap, names["owner"], args.steady_calls))
             phases, cut = asyncio.run(_run(settings, token, logs, args.session_timeout_ms, args.steady_calls,
                                            broker.pid, args.cut_s))
         finally:
             server.stop()
     print(f"\nsession timeout {args.session_timeout_ms} ms, hand-over wait {VigilSettings().ui_handover_wait_s:.0f} s, "
           f"{os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"ownership confirmation (offset commit) before each queue change, {len(confirms)} in a row: p50 "
+          f"{statistics.median(confirms):.2f} ms, p99 {confirms[int(0.99 * (len(confirms) - 1))]:.2f} ms, "
+          f"max {confirms[-1]:.2f} ms\n")
     print("| phase | lease calls | p50 ms | p99 ms | max ms | refused (503) | s until the owner exited | "
           "s until one owner | same item throughout |")
     print("|---|---|---|---|---|---|---|---|---|")
     for phase in phases:
         print(phase.row())
     print(f"\nKafka frozen (SIGSTOP on the broker) for {args.cut_s:.0f} s under the last instance: it gave the queue "
-          f"up after {cut.fenced_s:.1f} s, answered {cut.refused} queue calls with 503 meanwhile (each after the hand-over "
-          f"wait, {VigilSettings().ui_handover_wait_s:.0f} s), owned it "
-          f"again {cut.back_s:.1f} s after the thaw; same item: {'yes' if cut.same_item else 'no'}")
+          f"up after {cut.fenced_s:.1f} s; meanwhile it served {cut.served} lease calls (200, from its book alone) and "
+          f"refused {cut.refused} (503: its ownership unconfirmed, or after the queue was given up, each after the "
+          f"hand-over wait of {VigilSettings().ui_handover_wait_s:.0f} s); it owned the queue again "
+          f"{cut.back_s:.1f} s after the thaw; same item: {'yes' if cut.same_item else 'no'}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ async def run_election(
     )
     listener = _Listener(tp, ownership, settings.ui_handover_wait_s, take_over, announce)
     group.subscribe([topic], listener=listener)
-    ownership.confirm_with(_confirmation(group, tp, timeout_s=2 * heartbeat_ms / 1000))
+    ownership.confirm_with(confirmation(group, tp, timeout_s=2 * heartbeat_ms / 1000))
     fence = _Fence(group, tp, ownership, listener, heartbeat_s=heartbeat_ms / 1000,
                    limit_s=(settings.ui_owner_session_timeout_ms - 2 * heartbeat_ms) / 1000,
                    drain_s=settings.ui_handover_wait_s)
@@ -124,7 +124,9 @@ async def run_election(
         await follower.stop()
 
 
-def _confirmation(group: AIOKafkaConsumer, tp: TopicPartition, *, timeout_s: float) -> Callable[[], Awaitable[bool]]:
+def confirmation(group: AIOKafkaConsumer, tp: TopicPartition, *, timeout_s: float) -> Callable[[], Awaitable[bool]]:
+    """The check ``QueueOwnership`` runs before each queue change (see the module doc)."""
+
     async def confirm() -> bool:
         try:
             # The offset itself means nothing: the owner partition's records are read by the follower.
