@@ -130,22 +130,27 @@ async def _cut_kafka(http: aiohttp.ClientSession, base: str, annotator: Annotato
         async with http.get(f"{base}/health") as r:
             return (await r.json())["queue_owner"]
 
+    async def fenced_after() -> float:
+        while await owns():
+            await asyncio.sleep(0.1)
+        return time.perf_counter() - frozen
+
     served = refused = 0
-    fenced_s: float | None = None
     os.kill(broker_pid, signal.SIGSTOP)
     frozen = time.perf_counter()
+    watch = asyncio.create_task(fenced_after())  # beside the lease calls, which wait up to 2 s each
     try:
         while time.perf_counter() - frozen < cut_s:
-            if fenced_s is None and not await owns():
-                fenced_s = time.perf_counter() - frozen
             async with http.post(f"{base}/api/queue/lease", json={"task": "sentiment"}, headers=annotator.headers) as r:
                 served += r.status == 200
                 refused += r.status == 503
             await asyncio.sleep(0.2)
     finally:
         os.kill(broker_pid, signal.SIGCONT)
-    if fenced_s is None:
+    if not watch.done():
+        watch.cancel()
         raise SystemExit(f"the owner still held the queue {cut_s:.0f} s into the freeze")
+    fenced_s = watch.result()
     thawed = time.perf_counter()
     while not await owns():
         await asyncio.sleep(0.1)

@@ -156,21 +156,28 @@ class _Fence:
     async def run(self) -> None:
         last_answer = time.monotonic()
         while True:
-            await asyncio.sleep(self._heartbeat_s)
+            started = time.monotonic()
+            # An owner's probe waits no later than its deadline, so the fence acts at the limit
+            # itself, not up to a probe cycle after it (which would use up the margin).
+            left = last_answer + self._limit_s - started
+            wait_s = max(0.01, min(self._heartbeat_s, left)) if self._ownership.owns else self._heartbeat_s
+            answered = False
             try:
                 # An offset fetch goes to the group coordinator, as the heartbeats do.
-                await asyncio.wait_for(self._group.committed(self._tp), self._heartbeat_s)
-                last_answer = time.monotonic()
+                await asyncio.wait_for(self._group.committed(self._tp), wait_s)
+                last_answer, answered = time.monotonic(), True
             except (KafkaError, TimeoutError):
                 pass
             silent_s = time.monotonic() - last_answer
-            if self._ownership.owns and silent_s > self._limit_s:
+            if self._ownership.owns and silent_s >= self._limit_s:
                 log.error("labelling queue: Kafka's group coordinator has not answered for %.1fs; giving the queue "
                           "up before the group hands it to another instance", silent_s)
                 await self._ownership.release(self._drain_s)
                 # A rejoin, so that the queue comes back (here or elsewhere) once Kafka answers again.
                 self._group.unsubscribe()
                 self._group.subscribe([self._tp.topic], listener=self._listener)
+            # Probe once a heartbeat while the coordinator answers; a probe that failed fast waits out its time.
+            await asyncio.sleep(max(0.0, started + (self._heartbeat_s if answered else wait_s) - time.monotonic()))
 
 
 async def _stay_in_group(group: AIOKafkaConsumer) -> None:
