@@ -104,6 +104,11 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, token: str, 
         await asyncio.sleep(0.5)
 
 
+def _label_samples(metrics: str) -> dict[str, str]:
+    """The vigil_label_* samples of a /metrics page, by name with labels."""
+    return dict(re.findall(r"^(vigil_label_\S+) (\S+)$", metrics, re.MULTILINE))
+
+
 async def _share_then_fail_over(bases: list[str], tokens: dict[str, str], procs: list[subprocess.Popen]) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         for base, proc in zip(bases, procs, strict=True):
@@ -166,7 +171,7 @@ def test_two_label_ui_instances_share_one_queue_and_the_standby_takes_over_when_
     assert [s["progress"]["you"] for s in seen["again"]] == [{"labelled": 1, "skipped": 0}] * len(ANNOTATORS)
     assert seen["undone"]["item"]["message_id"] == first[0]
     assert seen["survivor_health"]["queue_owner"] is True
-    samples = dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["survivor_metrics"], re.MULTILINE))
+    samples = _label_samples(seen["survivor_metrics"])
     assert float(samples["vigil_label_queue_owner"]) == 1
     assert float(samples["vigil_label_queue_takeovers_total"]) == 1
     # As the standby it forwarded half the first leases and half the labels, then met the dead owner.
@@ -246,8 +251,7 @@ def test_an_owner_cut_off_from_kafka_stops_serving_the_queue_until_kafka_answers
     # A skip sent at once is turned away when its confirmation goes unanswered (2 heartbeats).
     # Without the confirmation the owner skipped the item from its book, on no one's authority.
     assert seen["early_change"] == 503 and seen["early_after_s"] < 4, seen
-    assert float(dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["metrics"], re.MULTILINE))[
-        "vigil_label_queue_unconfirmed_total"]) >= 1
+    assert float(_label_samples(seen["metrics"])["vigil_label_queue_unconfirmed_total"]) >= 1
     # Session timeout 6 s with 1 s heartbeats: the owner fences itself 4 s after Kafka's last answer.
     assert seen["fenced_after_s"] < 5, seen["fenced_after_s"]
     assert seen["while_cut"] == 503
@@ -269,13 +273,8 @@ async def _pause_the_owner(bases: list[str], tokens: dict[str, str], procs: list
         os.kill(procs[owner].pid, signal.SIGSTOP)
         try:
             late = asyncio.create_task(lease_at_owner())  # waits in the paused owner's socket
-            deadline = asyncio.get_running_loop().time() + 60
-            while True:  # the group expels the paused owner and gives the queue to the standby
-                async with http.get(f"{bases[standby]}/health") as r:
-                    if (await r.json())["queue_owner"]:
-                        break
-                assert asyncio.get_running_loop().time() < deadline, "the standby never took the queue over"
-                await asyncio.sleep(0.3)
+            # The group expels the paused owner and gives the queue to the standby.
+            await queue_owner(http, [bases[standby]], 60)
             early = await _call(http, "POST", f"{bases[standby]}/api/queue/lease", tokens["early"],
                                 {"task": "sentiment"}, retry_s=30)
         finally:
@@ -313,5 +312,5 @@ def test_an_owner_paused_past_its_session_leases_nothing_from_its_stale_book_whe
     assert seen["early"]["item"]["message_id"] == "n-0"
     assert seen["late_status"] == 503, seen["late_body"]
     assert seen["retried"]["item"]["message_id"] == "n-1"
-    samples = dict(re.findall(r"^(vigil_label_\S+) (\S+)$", seen["paused_metrics"], re.MULTILINE))
+    samples = _label_samples(seen["paused_metrics"])
     assert float(samples["vigil_label_queue_unconfirmed_total"]) == 1
