@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from streams.clickhouse import MigrationError
-from streams.clickhouse.cluster import ClusterRewriter, cluster_statements
+from streams.clickhouse.cluster import ClusterRewriter, cluster_statements, is_swap_leftover
 from streams.clickhouse.compat import CompatLevel, template_values
 from streams.clickhouse.migrations import load_migrations, rendered_plan
 from streams.settings import VigilSettings
@@ -86,6 +86,14 @@ def test_database_and_alter_statements_go_on_cluster_to_both_tables():
         cluster_statements("ALTER TABLE v.other ADD COLUMN lang String", "c")
     with pytest.raises(MigrationError):
         ClusterRewriter("c", swap_token="x; DROP DATABASE v")
+
+
+def test_only_the_names_a_migrator_run_gives_its_swap_tables_count_as_leftovers():
+    # What a run's uuid token names may be dropped by the next migrator; nothing else may.
+    assert is_swap_leftover("scored__old_0123456789ab") and is_swap_leftover("triage__swap_fedcba987654")
+    for name in ("scored", "scored_local", "scored__old_", "scored__old_0123456789abc", "scored__swap_t1",
+                 "scored__old_0123456789AB", "schema_migrations_lock"):
+        assert not is_swap_leftover(name), name
 
 
 def test_migration_0010_swaps_in_a_distributed_triage_table_with_the_new_column():

@@ -125,8 +125,10 @@ class ServerBackend:
                 return fn(*args)
         except driver_errors.ServerException as e:
             first_line = str(e.message).split("\n", 1)[0]
-            err = BackendUnavailable if e.code in _TRANSIENT_CODES else QueryFailed
-            raise err(f"ClickHouse at {self.url} refused (code {e.code}): {first_line}") from None
+            message = f"ClickHouse at {self.url} refused (code {e.code}): {first_line}"
+            if e.code in _TRANSIENT_CODES:
+                raise BackendUnavailable(message) from None
+            raise QueryFailed(message, e.code) from None
         except (driver_errors.NetworkError, driver_errors.SocketTimeoutError, EOFError, OSError) as e:
             raise BackendUnavailable(
                 f"cannot reach ClickHouse at {self.url}: {e}. Check the server is up and reachable "

@@ -24,10 +24,10 @@ table holds no data (inserts are synchronous, see above), so a new one is create
 local table, with the engine the table's CREATE had (the rewrite is stateful: ``ClusterRewriter``,
 fed every migration in order, applied or not), and swapped in by one ``RENAME`` ON CLUSTER. Writers
 therefore never meet a missing ``t``, as they did between a DROP and a CREATE (tests/
-test_clickhouse_cluster_live.py writes through the swap). The temporary names carry a token per
-migrator run, so two workers migrating at once each swap their own table in, one after the other,
-in the distributed DDL queue's order. A migrator killed in mid-swap leaves a ``t__swap_<token>`` or
-``t__old_<token>`` Distributed table behind, which holds no data and may be dropped.
+test_clickhouse_cluster_live.py writes through the swap). Migrators take turns (migration_lock.py),
+and the temporary names carry a token per migrator run: a migrator killed in mid-swap leaves a
+``t__swap_<token>`` or ``t__old_<token>`` Distributed table behind, which holds no data, and the next
+migrator drops it.
 
 Any other statement is refused, so a schema change cannot silently miss the cluster.
 """
@@ -39,6 +39,7 @@ import re
 from .errors import MigrationError
 
 LOCAL_SUFFIX = "_local"
+_SWAP_LEFTOVER = re.compile(r"^\w+__(swap|old)_[0-9a-f]{12}$")
 _CREATE_DB = re.compile(r"^CREATE\s+DATABASE\s+(IF\s+NOT\s+EXISTS\s+)?(\w+)\s*$", re.IGNORECASE)
 _CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?(\w+)\.(\w+)\s*(\(.*)$", re.IGNORECASE | re.DOTALL)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)\s*(\(([^()]*)\))?", re.IGNORECASE)
@@ -139,6 +140,11 @@ class ClusterRewriter:
             f"RENAME TABLE {name} TO {old}, {new} TO {name} ON CLUSTER {cluster}",
             f"DROP TABLE IF EXISTS {old} ON CLUSTER {cluster}",
         ]
+
+
+def is_swap_leftover(table: str) -> bool:
+    """A temporary table of a column change's swap, as named with a migrator run's token."""
+    return _SWAP_LEFTOVER.match(table) is not None
 
 
 def cluster_statements(statement: str, cluster: str) -> list[str]:

@@ -28,7 +28,12 @@ class BackendUnavailable(ClickHouseError):
 
 
 class QueryFailed(ClickHouseError):
-    """ClickHouse rejected a statement (not retryable: the statement or data is wrong)."""
+    """ClickHouse rejected a statement (not retryable: the statement or data is wrong). ``code`` is
+    the server's error code where the server gave one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StorageUnavailable(ClickHouseError):

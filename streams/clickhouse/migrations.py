@@ -18,9 +18,10 @@ from pathlib import Path
 from streams.settings import REPO_ROOT
 
 from .backends import Backend
-from .cluster import ClusterRewriter, bookkeeping_table
+from .cluster import ClusterRewriter, bookkeeping_table, is_swap_leftover
 from .compat import CompatLevel, level_for_version, render_sql, template_values
 from .errors import MigrationError, QueryFailed
+from .migration_lock import cluster_migration_lock
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class MigrationReport:
     level: CompatLevel
     applied: list[str] = field(default_factory=list)
     already_applied: list[str] = field(default_factory=list)
+    removed_leftovers: list[str] = field(default_factory=list)
 
 
 def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -86,8 +88,6 @@ def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) ->
     if cluster:
         backend.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
         backend.execute(bookkeeping_table(database, cluster))
-        # What a migrator on another node recorded may still be on its way to this replica.
-        backend.execute(f"SYSTEM SYNC REPLICA {database}.schema_migrations")
         return
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     backend.execute(
@@ -121,15 +121,42 @@ def schema_level(backend: Backend, database: str) -> CompatLevel | None:
     return CompatLevel(rows[0][0]) if rows else None
 
 
+def _remove_leftover_swaps(backend: Backend, database: str, cluster: str) -> list[str]:
+    """Drop the temporary Distributed tables a migrator killed in mid-swap left (they hold no data);
+    only safe under the migration lock, when no other migrator is swapping."""
+    names = [name for (name,) in backend.query(
+        "SELECT name FROM system.tables WHERE database = {db:String}", {"db": database}
+    ) if is_swap_leftover(name)]
+    for name in names:
+        log.warning("dropping %s.%s, left by a migrator that stopped in mid-swap", database, name)
+        backend.execute(f"DROP TABLE IF EXISTS {database}.{name} ON CLUSTER {cluster}")
+    return names
+
+
 def migrate(
     backend: Backend, *, database: str, ttl_days: int, directory: Path = MIGRATIONS_DIR,
     cluster: str | None = None,
 ) -> MigrationReport:
     """Create the database and apply pending migrations; safe to run on every start. With
     ``cluster``, every statement runs ON CLUSTER with replicated local and Distributed tables
-    (see cluster.py)."""
+    (see cluster.py), one migrator at a time (migration_lock.py)."""
     migrations = load_migrations(directory)
     _ensure_bookkeeping(backend, database, cluster)
+    if not cluster:
+        return _apply_pending(backend, database, ttl_days, migrations, cluster)
+    with cluster_migration_lock(backend, database, cluster):
+        # What the previous holder recorded may still be on its way to this replica.
+        backend.execute(f"SYSTEM SYNC REPLICA {database}.schema_migrations")
+        removed = _remove_leftover_swaps(backend, database, cluster)
+        report = _apply_pending(backend, database, ttl_days, migrations, cluster)
+    report.removed_leftovers = removed
+    return report
+
+
+def _apply_pending(
+    backend: Backend, database: str, ttl_days: int, migrations: list[Migration], cluster: str | None,
+) -> MigrationReport:
+    """Fix the compatibility level, then apply and record each migration not yet recorded."""
     server_level = level_for_version(backend.server_version)
     level = schema_level(backend, database) or server_level
     version_text = ".".join(map(str, backend.server_version))
@@ -153,7 +180,7 @@ def migrate(
     }
     report = MigrationReport(level=level)
     values = template_values(level, database=database, ttl_days=ttl_days)
-    # Its own swap names per run: workers that start together may migrate at the same moment.
+    # Its own swap names per run, so what a killed run left is told apart from the live swap.
     for mig, statements in rendered_plan(migrations, level, values, cluster, swap_token=uuid.uuid4().hex[:12]):
         if mig.version in applied:
             if applied[mig.version][1] != mig.checksum:

@@ -1,0 +1,114 @@
+"""One migrator at a time on a cluster.
+
+Workers of a new release start together and each runs the migrations. Two migrators sending the
+same column change through the distributed DDL queue at once is where a test cluster hung once (a
+host never finished the second ALTER; the migrator gave up after ``distributed_ddl_task_timeout``),
+and the leftovers of a migrator killed in mid-swap can only be removed while no other one is
+swapping. So a migrator holds this lock from reading ``schema_migrations`` to recording what it
+applied, and the next one finds the migration done.
+
+The lock is a ZooKeeper node, taken through ClickHouse itself (Vigil talks to nothing else): the
+holder creates ``<db>.schema_migrations_lock``, a ReplicatedMergeTree table on its own node whose
+ZooKeeper path and replica name are the same for every migrator. ZooKeeper creates the replica
+node atomically, so a second migrator's CREATE fails, on another node with code 253 ("replica
+already exists"), on the same node with 57 ("table already exists"), and it waits. Dropping the
+table removes the node. A holder that died leaves the lock behind; once the node is older than
+``stale_after_s`` a waiter drops it ``ON CLUSTER`` (the table exists on one node only) and takes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .backends import Backend
+from .errors import MigrationError, QueryFailed
+
+log = logging.getLogger(__name__)
+
+LOCK_TABLE = "schema_migrations_lock"
+_ZOOKEEPER_ERROR = 999
+# Table already exists (on this node), replica already exists (on another), and a ZooKeeper error:
+# a CREATE racing the holder's DROP meets the lock's path half removed ("No node").
+_HELD = {57, 253, _ZOOKEEPER_ERROR}
+
+
+def lock_zookeeper_path(database: str) -> str:
+    return f"/clickhouse/vigil/{database}/{LOCK_TABLE}"
+
+
+def create_lock_statement(database: str) -> str:
+    return (
+        f"CREATE TABLE {database}.{LOCK_TABLE} (holder String) ENGINE = ReplicatedMergeTree("
+        f"'{lock_zookeeper_path(database)}', 'holder') ORDER BY holder"
+    )
+
+
+def lock_age_s(backend: Backend, database: str) -> float | None:
+    """Seconds since the lock was taken, by ZooKeeper's clock against the server's; None when
+    nobody holds it (released between our CREATE and this read)."""
+    try:
+        rows = backend.query(
+            "SELECT toInt64(now()) - toInt64(ctime) FROM system.zookeeper "
+            "WHERE path = {path:String} AND name = 'holder'",
+            {"path": f"{lock_zookeeper_path(database)}/replicas"},
+        )
+    except QueryFailed as exc:
+        if exc.code == _ZOOKEEPER_ERROR:  # the holder's DROP removed the path ("No node")
+            return None
+        raise
+    return float(rows[0][0]) if rows else None
+
+
+def _refusal(backend: Backend, database: str) -> QueryFailed | None:
+    """None once this migrator holds the lock, else why it could not take it."""
+    try:
+        backend.execute(create_lock_statement(database))
+    except QueryFailed as exc:
+        if exc.code in _HELD:
+            return exc
+        raise
+    return None
+
+
+@contextmanager
+def cluster_migration_lock(
+    backend: Backend, database: str, cluster: str, *, wait_s: float = 600.0, stale_after_s: float = 900.0,
+    poll_s: float = 0.5, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[None]:
+    """Hold the cluster's migration lock for the block; ``database`` must exist on every node."""
+    deadline = clock() + wait_s
+    while (refused := _refusal(backend, database)) is not None:
+        held_for = lock_age_s(backend, database)
+        if held_for is not None and held_for > stale_after_s:
+            log.warning(
+                "the migration lock of %s was taken %.0f s ago and never released (its migrator died?); "
+                "breaking it", database, held_for,
+            )
+            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE} ON CLUSTER {cluster}")
+            continue
+        if clock() > deadline:
+            if held_for is None:
+                raise MigrationError(
+                    f"could not take the migration lock of {database} in {wait_s:.0f} s: {refused}. Check "
+                    "that the servers reach ZooKeeper."
+                )
+            raise MigrationError(
+                f"another migrator has held the migration lock of {database} for {held_for:.0f} s and "
+                f"this one gave up after {wait_s:.0f} s. If no Vigil process is migrating, a dead one left "
+                f"the lock: remove it with `DROP TABLE IF EXISTS {database}.{LOCK_TABLE} ON CLUSTER "
+                f"{cluster}`, or wait until {stale_after_s:.0f} s after it was taken and start again."
+            )
+        sleep(poll_s)
+    try:
+        yield
+    finally:
+        try:
+            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE}")
+        except Exception:  # noqa: BLE001 - the lock goes stale and is broken; the migration's outcome stands
+            log.exception(
+                "could not release the migration lock of %s; the next migrator breaks it after %.0f s",
+                database, stale_after_s,
+            )
