@@ -52,7 +52,7 @@ from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, fingerprint, policy_from_settings
 from feedback.store import FeedbackStore
 from streams.alerting.contracts import Alert
-from streams.batching import batch_agent
+from streams.batching import batch_agent, pause_unless_stopping
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
@@ -66,7 +66,8 @@ M = TypeVar("M", bound=BaseModel)
 
 KIND_OF_ALERT = {"sentiment": Kind.news, "triage": Kind.support}
 # The scoring agent publishes a message before it writes it to ClickHouse, and alerting reads the
-# topic: an alert can arrive before its messages are stored. Wait this long for them at most.
+# topic: an alert can arrive before its messages are stored. Wait this long for them at most (a
+# stop ends the wait: the alerts are not acked and come again after the restart).
 _CONTRIBUTOR_WAIT_S = 30.0
 
 
@@ -239,7 +240,7 @@ class FeedbackProcessor:
             if not missing or time.monotonic() > deadline:
                 break
             self._watchdog.beat(time.monotonic())
-            await asyncio.sleep(0.5)
+            await pause_unless_stopping(0.5)
         out = []
         for alert in alerts:
             kind, found = KIND_OF_ALERT[alert.kind], {}

@@ -15,8 +15,10 @@ Events come back un-acked, as with ``noack_take``: the caller acks them once the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from faust.types import EventT, StreamT
@@ -103,16 +105,47 @@ async def _collect_received(received_empty: Callable[[], bool], full: asyncio.Ev
         await asyncio.sleep(0)
 
 
+# Set, inside a batch run by finish_before_stopping, once the worker has been asked to stop.
+_stop_requested: ContextVar[asyncio.Event | None] = ContextVar("vigil_batch_stop_requested", default=None)
+
+
+class BatchAbandoned(Exception):
+    """A batch gave up on a stop before it published or stored anything; it is not acked."""
+
+
+async def pause_unless_stopping(seconds: float) -> None:
+    """Sleep ``seconds`` in a batch that has published and stored nothing yet, such as one waiting
+    for rows another agent writes. A stop meanwhile ends the batch at once with BatchAbandoned
+    instead of after the wait: the batch is not acked, so it comes again after a restart."""
+    stop = _stop_requested.get()
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return
+    raise BatchAbandoned("the worker is stopping; the batch comes again after the restart")
+
+
 async def finish_before_stopping(work: Awaitable[None]) -> None:
     """Run ``work`` (one batch: publish, store, ack) to its end even when the agent is cancelled
     meanwhile, then let the cancellation through. A worker's clean stop (SIGTERM) cancels its agents;
     without this, a batch already on the topics could stop before it is stored. A second
-    cancellation stops the batch too (it is not acked, so it comes again after a restart)."""
-    task = asyncio.ensure_future(work)
+    cancellation stops the batch too (it is not acked, so it comes again after a restart), as does
+    a batch in pause_unless_stopping."""
+    stop = asyncio.Event()
+    token = _stop_requested.set(stop)
+    try:
+        task = asyncio.ensure_future(work)  # runs in a copy of this context, which holds ``stop``
+    finally:
+        _stop_requested.reset(token)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        await task
+        stop.set()
+        with contextlib.suppress(BatchAbandoned):
+            await task
         raise
 
 

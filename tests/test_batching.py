@@ -1,5 +1,6 @@
 """streams.batching.micro_batches on a real faust app and the real broker (Tansu);
-finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two; and
+finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two, unless it
+is still waiting before publishing anything (pause_unless_stopping); and
 process_batches, the loop every agent runs: an app stopped mid-batch first finishes and acks it."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from faust.types import EventT, StreamT
 
-from streams.batching import finish_before_stopping, micro_batches, process_batches
+from streams.batching import finish_before_stopping, micro_batches, pause_unless_stopping, process_batches
 from streams.kafka_fetch import FetchWaitApp
 from streams.watchdog import ProgressWatchdog
 
@@ -148,6 +149,28 @@ def test_a_batch_in_hand_finishes_before_the_cancellation_goes_through() -> None
     once, cancelled, twice, cancelled2 = asyncio.run(go())
     assert once == ["stored", "acked"] and cancelled
     assert twice == [] and cancelled2
+
+
+def test_a_batch_that_waits_before_publishing_anything_gives_up_at_once_on_a_stop() -> None:
+    async def go() -> tuple[list[str], bool, float]:
+        steps: list[str] = []
+
+        async def batch() -> None:
+            for _ in range(100):  # as the feedback agent waits up to 30 s for an alert's stored rows
+                await pause_unless_stopping(0.5)
+            steps.append("published")
+
+        task = asyncio.create_task(finish_before_stopping(batch()))
+        await asyncio.sleep(0.1)
+        asked = time.monotonic()
+        task.cancel()  # a clean stop
+        await asyncio.gather(task, return_exceptions=True)
+        return steps, task.cancelled(), time.monotonic() - asked
+
+    steps, cancelled, took = asyncio.run(go())
+    # Not published, not acked: it comes again after the restart. Without the early end the stop
+    # waited out the whole 50 s and the batch published.
+    assert steps == [] and cancelled and took < 5
 
 
 def test_an_app_stopped_mid_batch_finishes_and_acks_it_first(kafka_broker, new_topic, tmp_path: Path) -> None:
