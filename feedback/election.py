@@ -23,7 +23,8 @@ changes the queue is also confirmed with Kafka (``QueueOwnership.confirm_with``)
 on the owner partition, which the group coordinator accepts only from the member that holds it in
 the current generation (otherwise ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID or REBALANCE_IN_PROGRESS),
 and which gets no answer while the coordinator is out of reach. A refused or unanswered
-confirmation turns the call away with 503; the rebalance that follows settles the ownership.
+confirmation, before the change or after it is written, turns the call away with 503; the
+rebalance that follows settles the ownership.
 """
 
 from __future__ import annotations

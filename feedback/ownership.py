@@ -11,10 +11,11 @@ Three states: owner, standby (another instance owns), and deciding (a hand-over 
   calls in flight, so their writes are in ClickHouse before the next owner reads the queue there.
 - A call that arrives while the owner is being decided waits for the decision (``decided``)
   rather than failing at once: a rebalance takes a few seconds.
-- A call that changes the queue first asks the election to confirm (``confirm_with``) that this
-  instance still owns it. What this instance believes can be stale: the election learns of a lost
-  ownership only at its next exchange with Kafka, and a process paused (or starved of CPU) past
-  its session timeout has been replaced before it notices.
+- A call that changes the queue asks the election to confirm (``confirm_with``) that this
+  instance still owns it, before the change and again after it is written. What this instance
+  believes can be stale: the election learns of a lost ownership only at its next exchange with
+  Kafka, and a process paused (or starved of CPU) past its session timeout has been replaced
+  before it notices.
 """
 
 from __future__ import annotations
@@ -115,8 +116,19 @@ class QueueOwnership:
         self._idle.clear()
         try:
             if changes and self._confirm is not None and not await self._confirm():
-                raise OwnershipUnconfirmed(f"{self.url} could not confirm it still owns the queue")
+                raise OwnershipUnconfirmed(
+                    f"this instance ({self.url}) could not confirm with Kafka that it still owns the labelling queue"
+                )
             yield
+            # Paused between that confirmation and its write (past the session timeout), this
+            # instance may have written after the next owner loaded the queue, which then does not
+            # know of the change: confirm again, so the caller is never handed one the owner may
+            # not know. A release under way needs no second look: it waits for this call.
+            if changes and self._confirm is not None and self._owner and not await self._confirm():
+                raise OwnershipUnconfirmed(
+                    f"this instance ({self.url}) lost the labelling queue while changing it; the change is "
+                    "saved and the next owner reads it"
+                )
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

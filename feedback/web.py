@@ -423,7 +423,8 @@ def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
     """A call on the lease book: the queue's owner serves it, another instance forwards it there.
     During a hand-over it waits for the new owner (up to ui_handover_wait_s); a forwarded call
     does not wait here, its sender does (it would hold up this instance's stop). A call that
-    ``changes`` the queue is served only once the election confirms the ownership."""
+    ``changes`` the queue is served only once the election confirms the ownership, and answered
+    only once it confirms it again after the write (503 otherwise, the change saved)."""
 
     async def run(request: web.Request) -> web.Response:
         svc = request.app[SERVICE]
@@ -432,10 +433,9 @@ def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
         try:
             async with svc.ownership.serving(changes=changes):
                 return await handler(request)
-        except OwnershipUnconfirmed:
+        except OwnershipUnconfirmed as e:
             svc.metrics.unconfirmed.inc()
-            return _retry_later(f"this instance ({svc.ownership.url}) could not confirm with Kafka that it still "
-                                "owns the labelling queue; retry in a few seconds")
+            return _retry_later(f"{e}; retry in a few seconds")
         except NotQueueOwner:
             return await svc.forward(request)
 

@@ -56,7 +56,7 @@ def test_giving_the_queue_up_waits_for_the_calls_in_flight() -> None:
 def test_a_change_to_the_queue_needs_the_elections_confirmation_and_a_read_does_not() -> None:
     async def run() -> tuple[list[str], list[str]]:
         own = QueueOwnership.sole("http://a:1")
-        answers, asked, steps = [True, False], [], []
+        answers, asked, steps = [True, True, False], [], []
         gate = asyncio.Event()
 
         async def confirm() -> bool:
@@ -82,7 +82,7 @@ def test_a_change_to_the_queue_needs_the_elections_confirmation_and_a_read_does_
                 steps.append("slow change done")
 
         task = asyncio.create_task(call())
-        while len(asked) < 3:
+        while len(asked) < 4:
             await asyncio.sleep(0.01)
         release = asyncio.create_task(own.release(drain_s=5))
         await asyncio.sleep(0.1)
@@ -94,8 +94,39 @@ def test_a_change_to_the_queue_needs_the_elections_confirmation_and_a_read_does_
         return asked, steps
 
     asked, steps = asyncio.run(run())
-    assert asked == ["asked"] * 3
+    # Twice for the change that went through (before and after it), once for the refused one, and
+    # once for the change a release began during: the release waits for it instead.
+    assert asked == ["asked"] * 4
     assert steps == ["read served unasked", "change confirmed", "slow change done", "released"]
+
+
+def test_a_change_written_after_the_ownership_was_lost_is_not_answered_as_done() -> None:
+    """A process paused between the confirmation and its write, past a hand-over: the write lands,
+    but the caller must not be told so, as the next owner may have loaded the queue before it."""
+
+    async def run() -> tuple[list[str], list[str]]:
+        own = QueueOwnership.sole("http://a:1")
+        answers, steps = [True, False], []
+
+        async def confirm() -> bool:
+            steps.append("confirmed" if answers[0] else "refused")
+            return answers.pop(0)
+
+        own.confirm_with(confirm)
+        with pytest.raises(OwnershipUnconfirmed, match="lost the labelling queue while changing it"):
+            async with own.serving():
+                steps.append("written")
+        # A clean hand-over that starts during a change waits for it: no second confirmation.
+        answers.append(True)
+        async with own.serving():
+            steps.append("written")
+            await own.release(drain_s=0)
+        steps.append("answered")
+        return steps, answers
+
+    steps, answers = asyncio.run(run())
+    assert steps == ["confirmed", "written", "refused", "confirmed", "written", "answered"]
+    assert answers == []
 
 
 def test_release_gives_up_waiting_after_the_drain_bound() -> None:
