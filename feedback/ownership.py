@@ -114,8 +114,9 @@ class QueueOwnership:
             raise NotQueueOwner(f"the queue is owned by {self.owner_url or 'an instance not yet known'}")
         self._in_flight += 1  # from here a release waits for this call, the confirmation included
         self._idle.clear()
+        confirm = self._confirm if changes else None
         try:
-            if changes and self._confirm is not None and not await self._confirm():
+            if confirm is not None and not await confirm():
                 raise OwnershipUnconfirmed(
                     f"this instance ({self.url}) could not confirm with Kafka that it still owns the labelling queue"
                 )
@@ -124,7 +125,7 @@ class QueueOwnership:
             # instance may have written after the next owner loaded the queue, which then does not
             # know of the change: confirm again, so the caller is never handed one the owner may
             # not know. A release under way needs no second look: it waits for this call.
-            if changes and self._confirm is not None and self._owner and not await self._confirm():
+            if confirm is not None and self._owner and not await confirm():
                 raise OwnershipUnconfirmed(
                     f"this instance ({self.url}) lost the labelling queue while changing it; the change is "
                     "saved and the next owner reads it"

@@ -66,6 +66,12 @@ def node_backend(url: str, database: str) -> ServerBackend:
     return ServerBackend(url, database=database)
 
 
+def table_names(backend: ServerBackend, database: str) -> set[str]:
+    """The tables of ``database`` on the node ``backend`` is connected to."""
+    return {name for (name,) in backend.query(
+        "SELECT name FROM system.tables WHERE database = {db:String}", {"db": database})}
+
+
 @pytest.fixture(scope="module")
 def cluster_db(clickhouse_cluster: ClickHouseCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VigilSettings]:
     """A database migrated through the first node (checked by the first test)."""
@@ -332,9 +338,8 @@ def test_a_column_change_migrated_from_two_nodes_while_a_worker_writes_fails_and
     for node in clickhouse_cluster.nodes:
         backend = node_backend(node.url, db)
         try:
-            tables = {name for (name,) in backend.query(
-                "SELECT name FROM system.tables WHERE database = {db:String}", {"db": db})}
-            assert tables == {"schema_migrations"} | TABLES | {f"{t}_local" for t in TABLES}  # no swap left over
+            # No swap table is left over.
+            assert table_names(backend, db) == {"schema_migrations"} | TABLES | {f"{t}_local" for t in TABLES}
             for table in ("scored", "scored_local"):
                 columns = {name for (name,) in backend.query(
                     "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
@@ -346,11 +351,7 @@ def test_a_column_change_migrated_from_two_nodes_while_a_worker_writes_fails_and
 
 def _lock_holders(nodes: list[ServerBackend], db: str) -> list[int]:
     """The nodes holding a migration lock table."""
-    return [
-        i for i, node in enumerate(nodes)
-        if node.query("SELECT name FROM system.tables WHERE database = {db:String} AND name = {t:String}",
-                      {"db": db, "t": LOCK_TABLE})
-    ]
+    return [i for i, node in enumerate(nodes) if LOCK_TABLE in table_names(node, db)]
 
 
 def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
@@ -380,6 +381,5 @@ def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
     report = migrate(nodes[2], database=db, ttl_days=30, cluster=cluster)
     assert report.applied == [] and report.removed_leftovers == [leftover]
     for node in nodes:
-        names = {name for (name,) in node.query(
-            "SELECT name FROM system.tables WHERE database = {db:String}", {"db": db})}
+        names = table_names(node, db)
         assert leftover not in names and LOCK_TABLE not in names
