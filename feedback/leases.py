@@ -12,6 +12,9 @@ Rules:
 - A lease expires ``lease_s`` after it was granted; the item is then open again for anyone.
 - ``undo`` reopens the annotator's most recent labelled or skipped item, within ``undo_window_s``
   of that action, and leases it back to them (the lease they held meanwhile is released).
+- A call repeated after it took effect (a page retrying a call answered 503 once its change was
+  saved) finds the item in the state it left it: ``finished_by`` and ``held_by`` let the caller
+  answer it again instead of refusing it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class LeaseExpired(LeaseError):
 
 
 class NothingToUndo(LeaseError):
+    pass
+
+
+class AlreadyLabelled(LeaseError):
     pass
 
 
@@ -141,6 +148,14 @@ class LeaseBook:
         ]
         found.sort(key=lambda i: (priority(i.request), i.request.selected_at, i.request.item_id))
         return found[:limit]
+
+    def finished_by(self, item_id: str, annotator: str, state: ItemState) -> QueueItem | None:
+        """The item if ``annotator`` left it in ``state`` (labelled or skipped) and the book still
+        holds it (within the undo window), else None."""
+        item = self._items.get(item_id)
+        if item is not None and item.state is state and item.leased_by == annotator:
+            return item
+        return None
 
     def held_by(self, annotator: str, now: datetime) -> QueueItem | None:
         for item in self._items.values():

@@ -311,6 +311,16 @@ class FeedbackStore:
         )
         return [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in rows]
 
+    def fetch_correction(self, correction_id: str) -> Correction | None:
+        """The latest version of one correction, None when there is none."""
+        cols = ", ".join(FEEDBACK_COLUMNS)
+        rows = self._query(
+            "feedback read",
+            f"SELECT {cols} FROM {self.database}.feedback FINAL WHERE correction_id = {{id:String}}",
+            {"id": correction_id},
+        )
+        return correction_from_row(dict(zip(FEEDBACK_COLUMNS, rows[0], strict=True))) if rows else None
+
     def fetch_audit_corrections(
         self, task: str, model_version: str, *, before: datetime, limit: int
     ) -> list[tuple[Correction, QueueItem]]:

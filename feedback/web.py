@@ -49,6 +49,7 @@ from feedback.contracts import (
 )
 from feedback.election import run_election
 from feedback.leases import (
+    AlreadyLabelled,
     LeaseBook,
     LeaseError,
     UnknownItem,
@@ -540,6 +541,8 @@ async def label(request: web.Request) -> web.Response:
     labels = svc.labels(item.request.task)
     if body.label not in labels:
         raise _unprocessable(f"{body.label!r} is not a {item.request.task} label; use one of: {', '.join(labels)}")
+    if (done := svc.book.finished_by(item.request.item_id, who, ItemState.labelled)) is not None:
+        return await _label_repeated(svc, who, done, body, now)
     # The label is stored before the item moves on: if Kafka or ClickHouse fails, the lease stays
     # and the annotator can send it again.
     r = svc.book.check_lease(item.request.item_id, who, now).request
@@ -552,8 +555,31 @@ async def label(request: web.Request) -> web.Response:
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
     await svc.count(who, "labelled", now)
-    nxt = await svc.lease_next(who, now, body.next_task)
-    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), correction_id=correction.correction_id,
+    return await _step(svc, who, now, body.next_task, done, correction.correction_id)
+
+
+async def _label_repeated(svc: Service, who: str, done: QueueItem, body: LabelIn, now: datetime) -> web.Response:
+    """The same label again for an item this annotator labelled: the page retrying a call that was
+    answered 503 after its label was saved. It is answered as it was the first time, and neither
+    published, stored nor counted again (drift would see the audit label twice). A different label
+    is refused: undo is how a label is changed."""
+    r = done.request
+    correction_id = Correction.make_id(r.task, r.message_id, who)
+    saved = await svc.io(svc.feedback.fetch_correction, correction_id)
+    if saved is None or saved.human_label != body.label:
+        was = f" as {saved.human_label}" if saved is not None else ""
+        raise AlreadyLabelled(
+            f"you labelled item {r.item_id}{was} already; to change it, undo it with POST "
+            f"/api/items/{r.item_id}/undo and label it again"
+        )
+    return await _step(svc, who, now, body.next_task, done, correction_id)
+
+
+async def _step(svc: Service, who: str, now: datetime, next_task: str | None, finished: QueueItem,
+                correction_id: str | None = None) -> web.Response:
+    """Answer a finished item with the annotator's next lease (the one they hold, on a repeat)."""
+    nxt = await svc.lease_next(who, now, next_task)
+    return _reply(StepOut(finished=svc.view(finished), item=svc.view(nxt), correction_id=correction_id,
                           progress=await svc.progress(who, now)))
 
 
@@ -562,11 +588,14 @@ async def skip(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     body = await _body(request, StepIn)
     now = svc.clock()
-    done = svc.book.skip(request.match_info["item_id"], who, now)
-    await svc.save([done])
-    await svc.count(who, "skipped", now)
-    nxt = await svc.lease_next(who, now, body.next_task)
-    return _reply(StepOut(finished=svc.view(done), item=svc.view(nxt), progress=await svc.progress(who, now)))
+    item_id = request.match_info["item_id"]
+    # A repeat of a skip that took effect is answered again, not refused (see _label_repeated).
+    done = svc.book.finished_by(item_id, who, ItemState.skipped)
+    if done is None:
+        done = svc.book.skip(item_id, who, now)
+        await svc.save([done])
+        await svc.count(who, "skipped", now)
+    return await _step(svc, who, now, body.next_task, done)
 
 
 @_queue_call
@@ -574,8 +603,13 @@ async def undo(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     await _body(request, StepIn)
     now = svc.clock()
-    before = svc.book.get(request.match_info["item_id"])
-    changed = svc.book.undo(request.match_info["item_id"], who, now)
+    item_id = request.match_info["item_id"]
+    held = svc.book.held_by(who, now)
+    if held is not None and held.request.item_id == item_id:
+        # Already back with this annotator: a repeat of an undo that took effect.
+        return _reply(StepOut(finished=svc.view(held), item=svc.view(held), progress=await svc.progress(who, now)))
+    before = svc.book.get(item_id)
+    changed = svc.book.undo(item_id, who, now)
     await svc.save(changed)
     if before is not None:
         await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)

@@ -137,6 +137,21 @@ def test_label_and_skip_finish_items() -> None:
         book.label("nope", "ann", T0)
 
 
+def test_finished_by_names_only_the_annotators_own_finished_item_in_that_state() -> None:
+    book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
+    first = book.lease("ann", T0)
+    assert first is not None
+    item_id = first.request.item_id
+    assert book.finished_by(item_id, "ann", ItemState.labelled) is None  # leased, not finished
+    done = book.label(item_id, "ann", T0)
+    assert book.finished_by(item_id, "ann", ItemState.labelled) == done
+    assert book.finished_by(item_id, "ann", ItemState.skipped) is None
+    assert book.finished_by(item_id, "bob", ItemState.labelled) is None
+    assert book.finished_by("nope", "ann", ItemState.labelled) is None
+    book.prune(T0 + timedelta(seconds=31))  # past the undo window the book forgets it
+    assert book.finished_by(item_id, "ann", ItemState.labelled) is None
+
+
 def test_undo_reopens_the_last_item_for_its_annotator_only() -> None:
     book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)], undo_window_s=30)
     a = book.lease("ann", T0)

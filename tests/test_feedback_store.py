@@ -190,6 +190,8 @@ def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> No
     back = fstore.fetch_corrections("triage")
     assert back == [implicit.model_copy(update={"created_at": stored(T0, fstore)})]
     assert back[0].item_id is None and back[0].model_label is None
+    assert fstore.fetch_correction(fixed.correction_id) == got[2]  # the latest version of the one
+    assert fstore.fetch_correction(Correction.make_id("sentiment", "m-3", "ann")) is None
 
 
 def test_model_events_round_trip(fstore: FeedbackStore) -> None:

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import CorrectionSource, ItemState, SelectionReason
+from feedback.ownership import QueueOwnership
 from feedback.store import FeedbackStore
 from feedback.web import KafkaPublisher, Service, build_app
 from models.engine import Engine
@@ -29,11 +30,13 @@ from tests.fixtures.labelling import (
 
 
 @asynccontextmanager
-async def serving(settings: VigilSettings, store: ClickHouseStore) -> AsyncIterator[TestClient]:
+async def serving(settings: VigilSettings, store: ClickHouseStore,
+                  ownership: QueueOwnership | None = None) -> AsyncIterator[TestClient]:
     publisher = KafkaPublisher(settings, settings.kafka_brokers or "")
     await publisher.start()
     try:
-        async with TestClient(TestServer(build_app(Service(settings, store, publisher.send)))) as client:
+        service = Service(settings, store, publisher.send, ownership=ownership)
+        async with TestClient(TestServer(build_app(service))) as client:
             yield client
     finally:
         await publisher.stop()
@@ -171,6 +174,63 @@ def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tin
     assert stored[("bob", texts[3][0])].source is CorrectionSource.implicit
     states = {i.request.message_id: i.state for i in feedback.fetch_items(task="sentiment")}
     assert states[texts[3][0]] is ItemState.labelled and list(states.values()).count(ItemState.labelled) == 2
+
+
+def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored_once(
+    labelling_settings, store, tokens, tiny_scorers
+) -> None:
+    """The owner saves a change, then cannot confirm its ownership again (a Kafka hiccup) and
+    answers 503; the page retries the same call. The retry is answered as the first call would have
+    been, without a second correction on the topic or a second count."""
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 3)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], texts, [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+    refusals: list[bool] = []  # the next confirmations' answers; True once they run out
+    ownership = QueueOwnership.sole(labelling_settings.ui_url)
+
+    async def confirm() -> bool:
+        return refusals.pop(0) if refusals else True
+
+    ownership.confirm_with(confirm)
+
+    async def lost_then_retried(client: TestClient, path: str, body: dict[str, str]) -> dict:
+        refusals[:] = [True, False]  # confirmed before the write, refused after it
+        lost = await client.post(path, headers=alice, json=body)
+        assert lost.status == 503 and lost.headers["Retry-After"], path
+        assert "the change is saved" in (await lost.json())["error"]
+        again = await client.post(path, headers=alice, json=body)
+        assert again.status == 200, (path, await again.text())
+        return await again.json()
+
+    async def go() -> None:
+        async with serving(labelling_settings, store, ownership) as client:
+            first = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            step = await lost_then_retried(client, f"/api/items/{first['item_id']}/label", {"label": "positive"})
+            assert step["finished"]["item_id"] == first["item_id"] and step["finished"]["state"] == "labelled"
+            assert step["progress"]["you"] == {"labelled": 1, "skipped": 0}
+            second = step["item"]
+            assert second["item_id"] != first["item_id"] and second["state"] == "leased"
+            # A different label for it is not a retry: undo changes a label.
+            r = await client.post(f"/api/items/{first['item_id']}/label", headers=alice, json={"label": "negative"})
+            assert r.status == 409 and "as positive already" in (await r.json())["error"]
+
+            step = await lost_then_retried(client, f"/api/items/{second['item_id']}/skip", {})
+            assert step["finished"]["state"] == "skipped" and step["progress"]["you"] == {"labelled": 1, "skipped": 1}
+            step = await lost_then_retried(client, f"/api/items/{second['item_id']}/undo", {})
+            assert step["item"]["item_id"] == second["item_id"] and step["item"]["state"] == "leased"
+            assert step["progress"]["you"] == {"labelled": 1, "skipped": 0}
+            # A marker after the retries: a second publication of alice's label would come before it.
+            r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
+                "task": "sentiment", "message_id": "marker", "text": "marker", "human_label": "neutral"})
+            assert r.status == 201
+
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 2)
+        assert [(c["annotator"], c["human_label"]) for c in published] == [("alice", "positive"), ("bob", "neutral")]
+
+    asyncio.run(go())
+    assert [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")] == [
+        ("alice", "positive"), ("bob", "neutral")]
 
 
 def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
