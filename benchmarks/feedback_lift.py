@@ -10,12 +10,17 @@
 5. Report accuracy on the tweets' held-out validation split and on PhraseBank's held-out split
    (forgetting) for the champion and both challengers (whether or not the gate promoted them).
 
+With --round-size N the budget is spent in rounds, as the product's trigger does
+(VIGIL_RETRAIN_MIN_CORRECTIONS, 200 by default): after every N corrections a round retrains on all
+corrections so far, and a promoted challenger scores the rest of the stream, so the active queue
+selects by the newest champion's uncertainty. Without it, one round at the end of the budget.
+
 What it does NOT go through: Kafka topics, the worker and hot swap (scoring is in-process with
 the engine). `benchmarks.feedback_lift_live` runs one queue through all of them; this one is the
 quicker way to compare recipes and queues.
 
-    python -m benchmarks.feedback_lift [--budget 500] [--stream 0] [--threads 2] [--out DIR]
-        [--seed 0] [--arms active,random] [--reuse-champion] [--set retrain_lr=1e-4 ...]
+    python -m benchmarks.feedback_lift [--budget 500] [--round-size 200] [--stream 0] [--threads 2]
+        [--out DIR] [--seed 0] [--arms active,random] [--reuse-champion] [--set retrain_lr=1e-4 ...]
 
 The selection policy and the retrain recipe are the product's (VigilSettings defaults); --set
 overrides any setting (feedback_* for the queue, retrain_* for the rounds), to try one before
@@ -51,6 +56,8 @@ def accuracy(settings, version: str, rows) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=int, default=500)
+    ap.add_argument("--round-size", type=int, default=None,
+                    help="Retrain after every this many corrections (default: once, after the whole budget).")
     ap.add_argument("--stream", type=int, default=0, help="Tweets to stream (0: the whole training split).")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
@@ -69,9 +76,12 @@ def main() -> None:
     arms = [a for a in args.arms.split(",") if a]
     if not arms or set(arms) - {"active", "random"}:
         ap.error(f"--arms takes active and/or random, got {args.arms!r}")
+    round_size = args.round_size or args.budget
+    if not 0 < round_size <= args.budget:
+        ap.error(f"--round-size must be between 1 and --budget ({args.budget}), got {round_size}")
 
     from feedback.contracts import Correction, CorrectionSource
-    from feedback.retrain_job import run_retrain
+    from feedback.retrain_job import Outcome, run_retrain
     from feedback.selection import Selector, policy_from_settings
     from feedback.store import open_feedback_store
     from models.data import SplitConfig, stratified_split
@@ -86,8 +96,7 @@ def main() -> None:
 
     started = time.perf_counter()
     base = {"device": args.device, "cpu_threads": args.threads, "clickhouse_url": None, "kafka_brokers": None,
-            "max_length": 64, "retrain_max_length": 64, "retrain_min_corrections": args.budget,
-            "retrain_seed": args.seed}
+            "max_length": 64, "retrain_max_length": 64, "retrain_seed": args.seed}
     if args.replay is not None:
         base["retrain_replay_size"] = args.replay
     if args.epochs is not None:
@@ -140,61 +149,87 @@ def main() -> None:
     if args.stream:
         order = order[: args.stream]
     stream = [tweets.train[i] for i in order]
-    preds = [scored[i] for i in order]
+    champion_preds = [scored[i] for i in order]
 
     # Event times spread over a day: the per-hour budget shapes what the queue takes, as live.
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     step = timedelta(seconds=86_400 / len(stream))
-    selector = Selector(policy_from_settings(champ_settings))
-    scored_stream = [
-        ScoredMessage(id=f"tw-{i}", kind=Kind.news, text=row.text, model_name=champion_card.model_name,
-                      model_version="v1", label=p.label, probs=p.probs, confidence=p.confidence, margin=p.margin,
-                      entropy=p.entropy, content_hash=i, event_time=(at := t0 + i * step), ingest_time=at,
-                      scored_time=at, src_partition=0, src_offset=i)
-        for i, (row, p) in enumerate(zip(stream, preds, strict=True))
-    ]
-    active: list[int] = []
-    for i, msg in enumerate(scored_stream):
-        if selector.decide(msg, msg.event_time).request is not None:
-            active.append(i)
-            if len(active) == args.budget:
-                break
-    random_pick = sorted(random.Random(11 + args.seed).sample(range(len(stream)), args.budget))
-    print(f"active queue: {len(active)} labels (selection reached tweet {active[-1] + 1} of {len(stream)}); "
-          f"random queue: {len(random_pick)}")
 
+    def as_scored(i: int, p: Prediction, version: str) -> ScoredMessage:
+        return ScoredMessage(
+            id=f"tw-{i}", kind=Kind.news, text=stream[i].text, model_name=champion_card.model_name,
+            model_version=version, label=p.label, probs=p.probs, confidence=p.confidence, margin=p.margin,
+            entropy=p.entropy, content_hash=i, event_time=(at := t0 + i * step), ingest_time=at, scored_time=at,
+            src_partition=0, src_offset=i)
+
+    def active_queue(settings: VigilSettings, version: str, preds: list[Prediction], start: int, want: int,
+                     selector: Selector) -> tuple[list[int], int]:
+        """What the queue selects from tweet ``start`` on until it holds ``want``, and where it
+        stopped. A version other than the champion scores the rest of the stream first."""
+        if version != "v1":
+            t = time.perf_counter()
+            preds[start:] = load_scorer(settings, "sentiment", version).score([r.text for r in stream[start:]])
+            print(f"  {version} scored the {len(stream) - start} tweets left in {time.perf_counter() - t:.0f}s")
+        picked = []
+        for i in range(start, len(stream)):
+            msg = as_scored(i, preds[i], version)
+            if selector.decide(msg, msg.event_time).request is not None:
+                picked.append(i)
+                if len(picked) == want:
+                    return picked, i + 1
+        return picked, len(stream)
+
+    random_pick = sorted(random.Random(11 + args.seed).sample(range(len(stream)), args.budget))
     figures = {"champion": champion_figures}
     outcomes = {}
-    for name, picked in [(a, {"active": active, "random": random_pick}[a]) for a in arms]:
+    for name in arms:
         settings = VigilSettings(data_dir=args.out / name, **base)
         shutil.copytree(champ_settings.registry_dir, settings.registry_dir)
         # the day's stream as the champion scored it: VIGIL_RETRAIN_PRIOR_CORRECTION takes its class mix from there
         scored_store = open_store(settings)
         try:
-            scored_store.write_scored(scored_stream)
+            scored_store.write_scored([as_scored(i, p, "v1") for i, p in enumerate(champion_preds)])
         finally:
             scored_store.close()
+        selector, preds, position, version = Selector(policy_from_settings(champ_settings)), list(champion_preds), 0, "v1"
+        picked: list[int] = []
+        took = 0.0
         store = open_feedback_store(settings)
         try:
-            store.write_corrections([
-                Correction(correction_id=Correction.make_id("sentiment", f"tw-{i}", "sim"), task="sentiment",
-                           message_id=f"tw-{i}", text=stream[i].text, annotator="sim", human_label=stream[i].label,
-                           model_label=preds[i].label, model_version="v1", source=CorrectionSource.queue,
-                           created_at=t0 + i * step)
-                for i in picked
-            ])
-            t = time.perf_counter()
-            report = run_retrain(settings, "sentiment", store)
+            while len(picked) < args.budget and position < len(stream):
+                want = min(round_size, args.budget - len(picked))
+                if name == "active":
+                    new, position = active_queue(settings, version, preds, position, want, selector)
+                else:
+                    new = random_pick[len(picked):len(picked) + want]
+                    position = new[-1] + 1
+                # Labelled now, in stream order: a round counts the corrections made since the last
+                # one ended (wall clock) and holds out the newest as its recent set.
+                labelled_at = datetime.now(UTC)
+                store.write_corrections([
+                    Correction(correction_id=Correction.make_id("sentiment", f"tw-{i}", "sim"), task="sentiment",
+                               message_id=f"tw-{i}", text=stream[i].text, annotator="sim",
+                               human_label=stream[i].label, model_label=preds[i].label,
+                               model_version=version if name == "active" else "v1",  # what scored preds
+                               source=CorrectionSource.queue, created_at=labelled_at + timedelta(milliseconds=k))
+                    for k, i in enumerate(new)
+                ])
+                picked += new
+                t = time.perf_counter()
+                report = run_retrain(settings, "sentiment", store, force=True)
+                took += time.perf_counter() - t
+                version = report.challenger if report.outcome is Outcome.promoted else version
+                print(f"{name}: {len(picked)} labels (to tweet {position} of {len(stream)}): {report.outcome.value} "
+                      f"{report.challenger} in {time.perf_counter() - t:.0f}s: {report.reason}")
+                print(f"  figures: {', '.join(f'{k}={v:.4g}' for k, v in report.figures.items())}")
         finally:
             store.close()
-        version = report.challenger or "v1"
-        outcomes[name] = (report, time.perf_counter() - t)
+        outcomes[name] = (report, took)
         figures[name] = (accuracy(settings, version, tweets.val), accuracy(settings, version, phrasebank_val))
-        print(f"{name}: {report.outcome.value} {version} in {outcomes[name][1]:.0f}s: {report.reason}; "
+        print(f"{name}: {version} after {len(picked)} labels, retraining {took:.0f}s; "
               f"tweets val {figures[name][0]:.4f}, PhraseBank val {figures[name][1]:.4f}")
-        print(f"  figures: {', '.join(f'{k}={v:.4g}' for k, v in report.figures.items())}")
 
-    print(f"\nfeedback lift, budget {args.budget}, seed {args.seed}, tweets val n={len(tweets.val)}, "
+    print(f"\nfeedback lift, budget {args.budget} in rounds of {round_size}, seed {args.seed}, tweets val n={len(tweets.val)}, "
           f"PhraseBank val n={len(phrasebank_val)}; overrides: {args.overrides or 'none'}")
     print(f"{'model':<34} {'tweets acc':>10} {'PhraseBank acc':>15}")
     for name, label in (("champion", "PhraseBank-only champion (before)"), ("active", "after, active queue"),
@@ -202,7 +237,7 @@ def main() -> None:
         if name not in figures:
             continue
         tw, pb = figures[name]
-        gate = "" if name == "champion" else f"  gate: {outcomes[name][0].outcome.value}"
+        gate = "" if name == "champion" else f"  last gate: {outcomes[name][0].outcome.value}"
         print(f"{label:<34} {tw:>10.4f} {pb:>15.4f}{gate}")
     if "active" in figures and "random" in figures:
         print(f"active - random: {figures['active'][0] - figures['random'][0]:+.4f} tweet accuracy")
