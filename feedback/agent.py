@@ -262,10 +262,9 @@ class FeedbackProcessor:
             if c.item_id is None:
                 continue
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)
-            wrong = audit_error(c, item)
-            if item is not None and wrong is not None:
+            if item is not None and audit_error(c, item) is not None:
                 await self.warm_audit(item.request.task, item.request.model_version, first)
-                events += self._drift.observe_audit(item.request.task, item.request.model_version, wrong, c.created_at)
+                events += self._drift.observe_correction(c, item)
         await self.emit(events)
         return events
 

@@ -21,7 +21,7 @@ replayed like live observations but without events, which were reported when the
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -163,6 +163,25 @@ def audit_error(correction: Correction, item: QueueItem | None) -> bool | None:
     return correction.human_label != item.request.model_label
 
 
+class CountedLabels:
+    """The labels already counted, by correction id, the most recent ``capacity`` kept: repeats
+    arrive within seconds of the first, so a bounded memory catches them."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._labels: OrderedDict[str, str] = OrderedDict()
+
+    def first_time(self, correction: Correction) -> bool:
+        """True unless this correction arrived before with the same label; remembers it."""
+        key = correction.correction_id
+        repeat = self._labels.get(key) == correction.human_label
+        self._labels[key] = correction.human_label
+        self._labels.move_to_end(key)
+        if len(self._labels) > self._capacity:
+            self._labels.popitem(last=False)
+        return not repeat
+
+
 class DriftMonitor:
     """Per task, the monitors of the model version now being seen. Not thread-safe."""
 
@@ -172,6 +191,7 @@ class DriftMonitor:
         # shows, so the two kinds of monitor follow their model versions separately.
         self._scored: dict[str, _TaskMonitors] = {}
         self._audited: dict[str, _TaskMonitors] = {}
+        self._counted = CountedLabels()
 
     def _for(self, monitors: dict[str, _TaskMonitors], task: Task, model_version: str) -> _TaskMonitors:
         current = monitors.get(task)
@@ -188,6 +208,14 @@ class DriftMonitor:
     def observe_audit(self, task: Task, model_version: str, wrong: bool, when: datetime) -> list[ModelEvent]:
         """A person's label for an audit-sample item: ``wrong`` when it differs from the model's."""
         return self._for(self._audited, task, model_version).audited(wrong, when)
+
+    def observe_correction(self, correction: Correction, item: QueueItem | None) -> list[ModelEvent]:
+        """A correction off the corrections topic: counted when it labels an audit item, and only
+        the first time that label arrives (a call or a producer retried publishes it again)."""
+        wrong = audit_error(correction, item)
+        if item is None or wrong is None or not self._counted.first_time(correction):
+            return []
+        return self.observe_audit(item.request.task, item.request.model_version, wrong, correction.created_at)
 
     def warm_scored(
         self, task: Task, model_version: str, history: Iterable[tuple[str, float, datetime]]
@@ -216,5 +244,6 @@ class DriftMonitor:
             if wrong is None or item.request.model_version != model_version:
                 continue
             monitors.audited(wrong, correction.created_at)
+            self._counted.first_time(correction)
             replayed += 1
         return replayed

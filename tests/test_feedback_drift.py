@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from feedback.contracts import ModelEventKind
-from feedback.drift import DriftConfig, DriftMonitor
+from feedback.drift import CountedLabels, DriftConfig, DriftMonitor
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEEDS = [1, 2, 3, 4, 5]
@@ -215,3 +215,22 @@ def test_a_warmed_audit_monitor_finds_a_rise_in_errors_where_the_live_one_does()
     assert after["live"], "a jump from 12% to 35% errors went unnoticed"
     assert _moments(after["warmed"]) == _moments(after["live"])
     assert not after["cold"]
+
+
+def test_a_correction_that_arrives_twice_counts_once() -> None:
+    """Every audit label published twice (a retried call, a producer retry) finds the same change
+    at the same label as labels published once; a changed label counts again."""
+    rng = random.Random(21)
+    pairs = [_audit_pair(i, wrong=rng.random() < (0.12 if i < 1500 else 0.35)) for i in range(1900)]
+    once, twice = DriftMonitor(), DriftMonitor()
+    found_once = [(i, e) for i, (c, item) in enumerate(pairs) for e in once.observe_correction(c, item)]
+    found_twice = [(i, e) for i, (c, item) in enumerate(pairs) for _ in range(2)
+                   for e in twice.observe_correction(c, item)]
+    assert found_once, "a jump from 12% to 35% errors went unnoticed"
+    assert _moments(found_twice) == _moments(found_once)
+    c, item = pairs[0]
+    relabelled = c.model_copy(update={"human_label": "neutral"})
+    counted = CountedLabels(capacity=2)
+    assert [counted.first_time(x) for x in (c, c, relabelled, relabelled)] == [True, False, True, False]
+    assert counted.first_time(pairs[1][0]) and counted.first_time(pairs[2][0])
+    assert counted.first_time(relabelled), "the oldest label is forgotten past the capacity"
