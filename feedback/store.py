@@ -146,6 +146,11 @@ def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
 # --- the store -----------------------------------------------------------------------------------
 
 
+def _correction(row: Sequence[Any]) -> Correction:
+    """A feedback row read with FEEDBACK_COLUMNS, in that order."""
+    return correction_from_row(dict(zip(FEEDBACK_COLUMNS, row, strict=True)))
+
+
 class FeedbackStore:
     """The feedback tables over a ClickHouseStore's backend, compatibility level and retries.
     Build with ``open_feedback_store(settings)``, or ``FeedbackStore(store)`` inside a process that
@@ -309,7 +314,7 @@ class FeedbackStore:
             f"{outer_where} ORDER BY created_at, correction_id",
             params,
         )
-        return [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in rows]
+        return [_correction(r) for r in rows]
 
     def fetch_correction(self, correction_id: str) -> Correction | None:
         """The latest version of one correction, None when there is none."""
@@ -319,7 +324,7 @@ class FeedbackStore:
             f"SELECT {cols} FROM {self.database}.feedback FINAL WHERE correction_id = {{id:String}}",
             {"id": correction_id},
         )
-        return correction_from_row(dict(zip(FEEDBACK_COLUMNS, rows[0], strict=True))) if rows else None
+        return _correction(rows[0]) if rows else None
 
     def fetch_audit_corrections(
         self, task: str, model_version: str, *, before: datetime, limit: int
@@ -340,7 +345,7 @@ class FeedbackStore:
             {"task": task, "version": model_version, "audit": SelectionReason.audit.value,
              "before": as_utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
         )
-        corrections = [correction_from_row(dict(zip(FEEDBACK_COLUMNS, r, strict=True))) for r in reversed(rows)]
+        corrections = [_correction(r) for r in reversed(rows)]
         if not corrections:
             return []
         items = self.items_by_id({c.item_id for c in corrections if c.item_id})

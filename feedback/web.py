@@ -604,16 +604,15 @@ async def undo(request: web.Request) -> web.Response:
     await _body(request, StepIn)
     now = svc.clock()
     item_id = request.match_info["item_id"]
-    held = svc.book.held_by(who, now)
-    if held is not None and held.request.item_id == item_id:
-        # Already back with this annotator: a repeat of an undo that took effect.
-        return _reply(StepOut(finished=svc.view(held), item=svc.view(held), progress=await svc.progress(who, now)))
-    before = svc.book.get(item_id)
-    changed = svc.book.undo(item_id, who, now)
-    await svc.save(changed)
-    if before is not None:
-        await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)
-    reopened = changed[-1]
+    reopened = svc.book.held_by(who, now)
+    # Already back with this annotator: a repeat of an undo that took effect is answered again.
+    if reopened is None or reopened.request.item_id != item_id:
+        before = svc.book.get(item_id)
+        changed = svc.book.undo(item_id, who, now)
+        await svc.save(changed)
+        if before is not None:
+            await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)
+        reopened = changed[-1]
     return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=await svc.progress(who, now)))
 
 
