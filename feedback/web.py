@@ -551,7 +551,12 @@ async def label(request: web.Request) -> web.Response:
         item_id=r.item_id, text=r.text, annotator=who, human_label=body.label, model_label=r.model_label,
         model_version=r.model_version, source=CorrectionSource.queue, created_at=now,
     )
-    await svc.correct([correction])
+    # An earlier attempt may have stored this very label and been cut off before the item moved on
+    # (its owner died between the two writes, or a paused owner wrote it after this one loaded the
+    # queue): the item is finished without publishing the label a second time.
+    saved = await svc.io(svc.feedback.fetch_correction, correction.correction_id)
+    if saved is None or saved.human_label != body.label:
+        await svc.correct([correction])
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
     await svc.count(who, "labelled", now)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from feedback.auth import TokenBook, tokens_path
-from feedback.contracts import CorrectionSource, ItemState, SelectionReason
+from feedback.contracts import Correction, CorrectionSource, ItemState, SelectionReason
 from feedback.ownership import QueueOwnership
 from feedback.store import FeedbackStore
 from feedback.web import KafkaPublisher, Service, build_app
@@ -231,6 +231,46 @@ def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored
     asyncio.run(go())
     assert [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")] == [
         ("alice", "positive"), ("bob", "neutral")]
+
+
+def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_settings, store, tokens,
+                                                                  tiny_scorers) -> None:
+    """An earlier attempt stored alice's correction and was cut off before the item moved on, so
+    this owner's book still has the item leased to her. Her retry finishes it without a second
+    correction on the topic; a label changed after an undo is published as usual."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
+                                            [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            leased = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            r = feedback.fetch_item(leased["item_id"]).request
+            earlier = Correction(
+                correction_id=Correction.make_id("sentiment", r.message_id, "alice"), task="sentiment",
+                message_id=r.message_id, item_id=r.item_id, text=r.text, annotator="alice", human_label="positive",
+                model_label=r.model_label, model_version=r.model_version, source=CorrectionSource.queue,
+                created_at=datetime.now(UTC) - timedelta(seconds=5))
+            feedback.write_corrections([earlier])
+
+            path = f"/api/items/{r.item_id}"
+            step = await (await client.post(f"{path}/label", headers=alice, json={"label": "positive"})).json()
+            assert step["finished"]["state"] == "labelled" and step["correction_id"] == earlier.correction_id
+            assert step["progress"]["you"] == {"labelled": 1, "skipped": 0}
+            assert (await client.post(f"{path}/undo", headers=alice, json={})).status == 200
+            step = await (await client.post(f"{path}/label", headers=alice, json={"label": "negative"})).json()
+            assert step["finished"]["state"] == "labelled"
+            r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
+                "task": "sentiment", "message_id": "marker", "text": "marker", "human_label": "neutral"})
+            assert r.status == 201
+
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 2)
+        assert [(c["annotator"], c["human_label"]) for c in published] == [("alice", "negative"), ("bob", "neutral")]
+
+    asyncio.run(go())
+    assert [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")] == [
+        ("alice", "negative"), ("bob", "neutral")]
 
 
 def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
