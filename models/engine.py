@@ -390,11 +390,10 @@ class Engine:
         return to_predictions(p, self.labels, truncated)
 
 
-PARITY_SAMPLE = 1000
-
-
-def parity_sample(settings: VigilSettings, task: str, n: int = PARITY_SAMPLE) -> list[str]:
-    """Real texts for the reduced-precision check: the task's held-out validation rows."""
+def parity_sample(settings: VigilSettings, task: str) -> list[str]:
+    """Real texts for the reduced-precision check: settings.parity_sample of the task's held-out
+    validation rows, spread over them."""
+    n = settings.parity_sample
     spec = get_task(task)
     split = stratified_split(spec.load(settings.bundled_data_dir), SplitConfig())
     return [r.text for r in split.val[:: max(1, len(split.val) // n)]][:n]

@@ -227,6 +227,10 @@ class VigilSettings(BaseSettings):
         "kept per version, so restarts and hot swaps skip the check).",
     )
     parity_max_flip_rate: float = Field(0.002, ge=0, le=1)
+    parity_sample: int = Field(
+        1000, ge=50, description="Validation texts that check: fewer start a new version sooner on a slow CPU "
+        "and see the flip rate more coarsely (at 0.002, 1,000 texts allow 2 flips; 500 allow 1).",
+    )
     cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")
 
     # --- retraining --------------------------------------------------------------------------
