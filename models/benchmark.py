@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import pipeline
+from transformers import AutoTokenizer, pipeline
 
 from models.engine import load_scorer
 from models.modeling import MeanPoolClassifier
@@ -87,7 +87,7 @@ def bench_scoring(
 
     def hf_pipeline(dtype: torch.dtype):
         model = MeanPoolClassifier.from_pretrained(model_dir, dtype=dtype).eval()
-        return pipeline("text-classification", model=model, tokenizer=engine.tokenizer, device=dev)
+        return pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), device=dev)
 
     pipe = hf_pipeline(hf_dtype)
     kw = {"truncation": True, "max_length": settings.max_length}

@@ -8,6 +8,7 @@ ONNX Runtime session on CPU) and put back in input order.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -25,7 +26,6 @@ from torch import nn
 
 from models import onnx_backend
 from models.data import SplitConfig, stratified_split
-from models.modeling import MeanPoolClassifier, labels_of
 from models.registry import ModelCard, ModelRegistry
 from models.scoring import Prediction
 from models.tasks import get_task
@@ -84,6 +84,37 @@ def clean_text(text: str) -> str:
     if not isinstance(text, str):
         raise ScoringError(f"can only score str, got {type(text).__name__}")
     return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+class ModelTokenizer:
+    """A version's Rust tokenizer (its tokenizer.json) and pad id: all that scoring asks of a
+    tokenizer. Loading it does not import transformers, which takes ~9 s on a 2-core CPU: a CPU
+    worker whose ONNX graph and parity figures are cached starts without it. ``encode`` takes this
+    or a transformers fast tokenizer alike (training and retraining use those)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json); retrain it")
+        self.backend_tokenizer = Tokenizer.from_file(str(path))
+        config = json.loads((Path(model_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        self.pad_token_id = self._special_id(model_dir, config, "pad_token")
+        self.sep_token_id = self._special_id(model_dir, config, "sep_token")
+
+    def _special_id(self, model_dir: Path, config: dict, name: str) -> int:
+        token = config.get(name)
+        token = token.get("content") if isinstance(token, dict) else token
+        token_id = self.backend_tokenizer.token_to_id(token) if isinstance(token, str) else None
+        if token_id is None:
+            raise ScoringError(f"{model_dir}: tokenizer_config.json names no {name} of the vocabulary; "
+                               "the version is corrupt, retrain it")
+        return token_id
+
+
+def config_labels(model_dir: Path) -> tuple[str, ...]:
+    """The class labels in a version's config.json, in output order."""
+    id2label = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["id2label"]
+    return tuple(id2label[str(i)] for i in range(len(id2label)))
 
 
 _BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -261,12 +292,8 @@ class Engine:
         num_threads: int | None = None,
         gpu_memory_fraction: float | None = None,
     ) -> None:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        self.card = ModelCard.model_validate_json((Path(model_dir) / "card.json").read_bytes())
+        self.model_dir = Path(model_dir)
+        self.card = ModelCard.model_validate_json((self.model_dir / "card.json").read_bytes())
         self.task = self.card.task
         self.model_name = self.card.model_name
         self.model_version = self.card.version
@@ -277,44 +304,60 @@ class Engine:
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, self.device)
         self.max_length = max_length
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = ModelTokenizer(self.model_dir)
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="vigil-tokenize")
-        if not self.tokenizer.is_fast:
-            raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json); retrain it")
-        self._fp32 = MeanPoolClassifier.from_pretrained(model_dir).eval().to(self.device)
-        self.labels = labels_of(self._fp32)
+        self.labels = config_labels(self.model_dir)
         if list(self.labels) != self.card.labels:
             raise ScoringError(f"{model_dir}: card labels and model labels differ; the version is corrupt")
-        self._forward: Forward = torch_forward(self._fp32, self.device)
+        self._fp32: nn.Module | None = None
+        self._forward: Forward | None = None
         self.precision = "fp32"
         self.parity: ParityReport | None = None
         if precision == "auto":
-            self._enable_first(auto_precisions(self.device), Path(model_dir), parity_texts, max_flip_rate)
-        elif precision != "fp32" and not self._enable(precision, Path(model_dir), parity_texts, max_flip_rate):
+            self._enable_first(auto_precisions(self.device), self.model_dir, parity_texts, max_flip_rate)
+        elif precision != "fp32" and not self._enable(precision, self.model_dir, parity_texts, max_flip_rate):
             log.warning("%s %s: keeping fp32", self.task, self.model_version)
+        if self._forward is None:
+            self._forward = torch_forward(self._model(), self.device)
+
+    def _model(self) -> nn.Module:
+        """The torch fp32 model, loaded (and transformers imported) on first need: fp32 scoring, an
+        export, a parity check or a torch precision; not a cached ONNX graph with its figures."""
+        if self._fp32 is None:
+            from transformers.utils import logging as hf_logging
+
+            from models.modeling import MeanPoolClassifier, labels_of
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            model = MeanPoolClassifier.from_pretrained(self.model_dir).eval().to(self.device)
+            if labels_of(model) != self.labels:
+                raise ScoringError(f"{self.model_dir}: config labels and model labels differ; the version is corrupt")
+            self._fp32 = model
+        return self._fp32
 
     def _candidate(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
         """The forward at ``precision``, and where its parity figures on ``parity_texts`` are kept (if anywhere)."""
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
-            quantized = torch.ao.quantization.quantize_dynamic(self._fp32, {nn.Linear}, dtype=torch.qint8)
+            quantized = torch.ao.quantization.quantize_dynamic(self._model(), {nn.Linear}, dtype=torch.qint8)
             return torch_forward(quantized, self.device), self._torch_parity_record(precision, model_dir, parity_texts)
         if precision == "fp16":
             if self.device.type != "cuda":
                 raise ScoringError("fp16 inference needs CUDA; on CPU use bf16 (AVX512-BF16/AMX CPUs), onnx or fp32")
-            return torch_forward(self._fp32, self.device, torch.float16), None
+            return torch_forward(self._model(), self.device, torch.float16), None
         if precision == "bf16":
             if self.device.type == "cpu" and not cpu_has_native_bf16():
                 raise ScoringError("this CPU has no AVX512-BF16 or AMX, so bf16 would be emulated and slower "
                                    "than fp32; use onnx or fp32")
             record = self._torch_parity_record(precision, model_dir, parity_texts) if self.device.type == "cpu" else None
-            return torch_forward(self._fp32, self.device, torch.bfloat16), record
+            return torch_forward(self._model(), self.device, torch.bfloat16), record
         if precision in ("onnx", "onnx-int8"):
             if self.device.type != "cpu":
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
             try:
-                path = onnx_backend.cached_export(self._fp32, model_dir, int8=precision == "onnx-int8")
+                path = onnx_backend.cached_export(self._model, model_dir, int8=precision == "onnx-int8")
                 return (onnx_backend.onnx_forward(path, self.num_threads or 1),
                         onnx_backend.onnx_parity_record(path, parity_texts, self.max_length))
             except onnx_backend.OnnxExportError as e:
@@ -350,7 +393,7 @@ class Engine:
         if figures is None:
             enc = encode(self.tokenizer, parity_texts, self.max_length)
             pad, n_labels = self.tokenizer.pad_token_id, len(self.labels)
-            ref = run_batches(self._forward, enc.ids, pad, self.batch_size, n_labels)
+            ref = run_batches(torch_forward(self._model(), self.device), enc.ids, pad, self.batch_size, n_labels)
             got = run_batches(candidate, enc.ids, pad, self.batch_size, n_labels)
             figures = {"n": len(enc.ids), "label_flips": int((ref.argmax(1) != got.argmax(1)).sum()),
                        "max_abs_prob_diff": float(np.abs(ref - got).max())}

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.modeling import MeanPoolClassifier
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class OnnxExportError(RuntimeError):
 
 
 class _Probabilities(nn.Module):
-    def __init__(self, model: MeanPoolClassifier) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -73,7 +72,7 @@ def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _export(model: MeanPoolClassifier, path: Path) -> None:
+def _export(model: nn.Module, path: Path) -> None:
     # Example rows of different lengths, so the traced graph carries a real padding mask.
     ids = torch.full((2, 8), model.config.pad_token_id or 0, dtype=torch.long)
     ids[:, 0], ids[0, 1:7], ids[1, 1:3] = 101, 2000, 2000
@@ -96,15 +95,16 @@ def _quantize(fp32_path: Path, path: Path) -> None:
     quantize_dynamic(fp32_path, path, weight_type=QuantType.QInt8)
 
 
-def cached_export(model: MeanPoolClassifier, model_dir: Path, *, int8: bool = False) -> Path:
-    """The ONNX file for the weights in ``model_dir`` (``model`` loaded from them), exported now
-    only if no cached one exists."""
+def cached_export(load_model: Callable[[], nn.Module], model_dir: Path, *, int8: bool = False) -> Path:
+    """The ONNX file for the weights in ``model_dir``, exported now (from the torch model that
+    ``load_model`` loads from them) only if no cached one exists."""
     cache = Path(model_dir) / "onnx"
     digest = weights_digest(model_dir)
     fp32_path = cache / f"model-{digest}.onnx"
     try:
         if not fp32_path.is_file():
             t0 = time.perf_counter()
+            model = load_model()
             _write_atomic(fp32_path, lambda tmp: _export(model, tmp))
             log.info("exported %s to ONNX in %.1fs: %s", model_dir, time.perf_counter() - t0, fp32_path)
         if not int8:

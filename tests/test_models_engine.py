@@ -53,9 +53,8 @@ def test_prediction_fields_are_consistent(tiny_scorers):
 
 def test_truncation_is_recorded_per_text(tiny_registry):
     engine = scorer_from_registry(tiny_registry, "triage", max_length=16)
-    tok = engine.tokenizer
     exactly = " ".join(["card"] * 14)  # 14 tokens + [CLS] + [SEP] = 16
-    assert len(tok(exactly)["input_ids"]) == 16
+    assert len(engine.tokenizer.backend_tokenizer.encode(exactly).ids) == 16
     texts = ["short one", exactly, exactly + " card", "word " * 500]
     assert [p.truncated for p in engine.score(texts)] == [False, False, True, True]
 
@@ -141,14 +140,22 @@ def test_load_scorer_from_settings(tiny_registry, tmp_path):
         load_scorer(VigilSettings(data_dir=tmp_path, device="cpu"), "sentiment")
 
 
-def test_fast_encode_matches_the_transformers_tokenizer(tiny_scorers):
+def test_fast_encode_matches_the_transformers_tokenizer(tiny_registry, tiny_scorers):
+    """The engine reads the version's tokenizer.json itself (no transformers import); its ids are
+    the ones transformers' tokenizer of that version gives."""
+    from transformers import AutoTokenizer
+
     from models.engine import encode
 
-    tok = tiny_scorers["sentiment"].tokenizer
-    texts = ["$TSLA up 5%", "Ünïcödé and emoji 📉", "word " * 200, "a", "Zero\u200bwidth\tand tabs"]
+    tok = AutoTokenizer.from_pretrained(ModelRegistry(tiny_registry).resolve("sentiment"))
+    engine_tok = tiny_scorers["sentiment"].tokenizer
+    assert (engine_tok.pad_token_id, engine_tok.sep_token_id) == (tok.pad_token_id, tok.sep_token_id)
+    texts = ["$TSLA up 5%", "Ünïcödé and emoji 📉", "word " * 200, "a", "Zero\u200bwidth\tand tabs", "",
+             "ÀÉÎ accents and CAPITALS", "中文 mixed with english", "\x00\x1b[31mred\x1b[0m\x7f"]
     for max_length in (8, 32, 128):
         expected = tok(texts, truncation=True, max_length=max_length + 1)["input_ids"]
-        got = encode(tok, texts, max_length)
+        assert encode(tok, texts, max_length).ids == encode(engine_tok, texts, max_length).ids
+        got = encode(engine_tok, texts, max_length)
         for e, g, cut in zip(expected, got.ids, got.truncated, strict=True):
             if len(e) > max_length:
                 assert cut and g == e[: max_length - 1] + [tok.sep_token_id]

@@ -5,6 +5,8 @@ import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import torch
 from models.engine import ScoringError, auto_precisions, cpu_has_native_bf16, load_scorer
 from models.onnx_backend import weights_digest
 from models.registry import ModelRegistry
-from streams.settings import VigilSettings
+from streams.settings import REPO_ROOT, VigilSettings
 from tests.fixtures.models import scorer_from_registry
 from tests.test_models_engine import HOSTILE, MIXED
 
@@ -66,6 +68,31 @@ def test_hostile_input_scores_as_in_torch(onnx_scorers, tiny_scorers, task):
     with pytest.raises(ScoringError, match="only score str"):
         onnx_scorers[task].score(["ok", None])  # type: ignore[list-item]
     assert onnx_scorers[task].score([]) == []
+
+
+def test_a_version_with_its_graph_and_figures_cached_starts_without_transformers(tiny_registry):
+    """A restarted CPU worker's engine reads the cached ONNX graph, its parity figures and the
+    version's tokenizer.json: it neither loads the torch model nor imports transformers (9 s of a
+    13 s worker start on a 2-core CPU), and scores as the engine that built the cache."""
+    settings = VigilSettings(data_dir=tiny_registry.parent, device="cpu", max_length=32, inference_precision="onnx")
+    first = load_scorer(settings, "sentiment")  # exports and checks, unless an earlier test did
+    text = "$TSLA beats estimates and raises guidance"
+    code = (
+        "import json, sys\n"
+        "from models.engine import load_scorer\n"
+        "from streams.settings import VigilSettings\n"
+        f"s = VigilSettings.model_validate_json({settings.model_dump_json()!r})\n"
+        "e = load_scorer(s, 'sentiment')\n"
+        f"p = e.score([{text!r}])[0]\n"
+        "print(json.dumps([e.precision, e._fp32 is None, 'transformers' in sys.modules, p.probs]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    precision, no_torch_model, imported, probs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (precision, no_torch_model, imported) == ("onnx", True, False)
+    expected = first.score([text])[0].probs
+    assert list(probs) == list(expected)
+    np.testing.assert_allclose(list(probs.values()), list(expected.values()), atol=1e-6)
 
 
 def test_the_export_is_cached_per_version(tiny_registry, tmp_path, caplog):
