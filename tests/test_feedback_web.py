@@ -176,6 +176,24 @@ def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tin
     assert states[texts[3][0]] is ItemState.labelled and list(states.values()).count(ItemState.labelled) == 2
 
 
+async def post_marker(client: TestClient, tokens: dict[str, str]) -> None:
+    """bob's correction after the calls under test: a second publication of alice's label would
+    reach the topic before it."""
+    r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
+        "task": "sentiment", "message_id": "marker", "text": "marker", "human_label": "neutral"})
+    assert r.status == 201
+
+
+async def published_labels(settings: VigilSettings, n: int) -> list[tuple[str, str]]:
+    """(annotator, label) of the first ``n`` corrections on the topic."""
+    published = await read_topic(settings.kafka_brokers, settings.topic_corrections, n)
+    return [(c["annotator"], c["human_label"]) for c in published]
+
+
+def stored_labels(feedback: FeedbackStore) -> list[tuple[str, str]]:
+    return [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")]
+
+
 def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored_once(
     labelling_settings, store, tokens, tiny_scorers
 ) -> None:
@@ -220,17 +238,12 @@ def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored
             step = await lost_then_retried(client, f"/api/items/{second['item_id']}/undo", {})
             assert step["item"]["item_id"] == second["item_id"] and step["item"]["state"] == "leased"
             assert step["progress"]["you"] == {"labelled": 1, "skipped": 0}
-            # A marker after the retries: a second publication of alice's label would come before it.
-            r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
-                "task": "sentiment", "message_id": "marker", "text": "marker", "human_label": "neutral"})
-            assert r.status == 201
+            await post_marker(client, tokens)
 
-        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 2)
-        assert [(c["annotator"], c["human_label"]) for c in published] == [("alice", "positive"), ("bob", "neutral")]
+        assert await published_labels(labelling_settings, 2) == [("alice", "positive"), ("bob", "neutral")]
 
     asyncio.run(go())
-    assert [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")] == [
-        ("alice", "positive"), ("bob", "neutral")]
+    assert stored_labels(feedback) == [("alice", "positive"), ("bob", "neutral")]
 
 
 def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_settings, store, tokens,
@@ -261,16 +274,12 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
             assert (await client.post(f"{path}/undo", headers=alice, json={})).status == 200
             step = await (await client.post(f"{path}/label", headers=alice, json={"label": "negative"})).json()
             assert step["finished"]["state"] == "labelled"
-            r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
-                "task": "sentiment", "message_id": "marker", "text": "marker", "human_label": "neutral"})
-            assert r.status == 201
+            await post_marker(client, tokens)
 
-        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 2)
-        assert [(c["annotator"], c["human_label"]) for c in published] == [("alice", "negative"), ("bob", "neutral")]
+        assert await published_labels(labelling_settings, 2) == [("alice", "negative"), ("bob", "neutral")]
 
     asyncio.run(go())
-    assert [(c.annotator, c.human_label) for c in feedback.fetch_corrections("sentiment")] == [
-        ("alice", "negative"), ("bob", "neutral")]
+    assert stored_labels(feedback) == [("alice", "negative"), ("bob", "neutral")]
 
 
 def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
