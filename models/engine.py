@@ -87,17 +87,18 @@ def clean_text(text: str) -> str:
 
 
 class ModelTokenizer:
-    """A version's Rust tokenizer (its tokenizer.json) and pad id: all that scoring asks of a
-    tokenizer. Loading it does not import transformers, which takes ~9 s on a 2-core CPU: a CPU
+    """A version's Rust tokenizer (its tokenizer.json) with its pad and separator ids: all that
+    scoring asks of a tokenizer. Loading it does not import transformers, which takes ~9 s on a 2-core CPU: a CPU
     worker whose ONNX graph and parity figures are cached starts without it. ``encode`` takes this
     or a transformers fast tokenizer alike (training and retraining use those)."""
 
     def __init__(self, model_dir: Path) -> None:
-        path = Path(model_dir) / "tokenizer.json"
-        if not path.is_file():
-            raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json); retrain it")
+        path, config_path = Path(model_dir) / "tokenizer.json", Path(model_dir) / "tokenizer_config.json"
+        if not (path.is_file() and config_path.is_file()):
+            raise ScoringError(f"{model_dir} has no fast tokenizer (tokenizer.json and tokenizer_config.json); "
+                               "retrain it")
         self.backend_tokenizer = Tokenizer.from_file(str(path))
-        config = json.loads((Path(model_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        config = json.loads(config_path.read_text(encoding="utf-8"))
         self.pad_token_id = self._special_id(model_dir, config, "pad_token")
         self.sep_token_id = self._special_id(model_dir, config, "sep_token")
 

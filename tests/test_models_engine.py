@@ -1,13 +1,15 @@
 """The inference engine on real tiny fine-tuned models: order, truncation, hostile input, precision."""
 
+import json
 import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from models.engine import ScoringError, cpu_has_native_bf16
+from models.engine import Engine, ScoringError, cpu_has_native_bf16
 from models.registry import ModelNotFound, ModelRegistry
 from models.engine import load_scorer
 from streams.settings import VigilSettings
@@ -197,3 +199,19 @@ def test_workers_sharing_a_gpu_split_its_memory_unless_told_otherwise(tmp_path):
     assert gpu_share_env(settings, 1) == {}
     assert gpu_share_env(settings, 4) == {"VIGIL_GPU_MEMORY_FRACTION": "0.2250"}
     assert gpu_share_env(settings.model_copy(update={"gpu_memory_fraction": 0.5}), 4) == {}
+
+
+def test_a_version_missing_its_tokenizer_or_with_other_labels_is_refused_with_what_to_do(tiny_registry, tmp_path):
+    source = ModelRegistry(tiny_registry).resolve("sentiment")
+    broken = tmp_path / "sentiment" / "v1"
+    shutil.copytree(source, broken, ignore=shutil.ignore_patterns("onnx", "parity"))
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ScoringError, match="no fast tokenizer .* retrain it"):
+        Engine(broken, device="cpu", precision="fp32")
+
+    shutil.copy2(source / "tokenizer.json", broken / "tokenizer.json")
+    config = json.loads((broken / "config.json").read_text())
+    config["id2label"] = {"0": "positive", "1": "neutral", "2": "negative"}
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ScoringError, match="card labels and model labels differ"):
+        Engine(broken, device="cpu", precision="fp32")
