@@ -554,8 +554,7 @@ async def label(request: web.Request) -> web.Response:
     # An earlier attempt may have stored this very label and been cut off before the item moved on
     # (its owner died between the two writes, or a paused owner wrote it after this one loaded the
     # queue): the item is finished without publishing the label a second time.
-    saved = await svc.io(svc.feedback.fetch_correction, correction.correction_id)
-    if saved is None or saved.human_label != body.label:
+    if await _stored_label(svc, correction.correction_id) != body.label:
         await svc.correct([correction])
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
@@ -570,14 +569,20 @@ async def _label_repeated(svc: Service, who: str, done: QueueItem, body: LabelIn
     is refused: undo is how a label is changed."""
     r = done.request
     correction_id = Correction.make_id(r.task, r.message_id, who)
-    saved = await svc.io(svc.feedback.fetch_correction, correction_id)
-    if saved is None or saved.human_label != body.label:
-        was = f" as {saved.human_label}" if saved is not None else ""
+    stored = await _stored_label(svc, correction_id)
+    if stored != body.label:
+        was = f" as {stored}" if stored is not None else ""
         raise AlreadyLabelled(
             f"you labelled item {r.item_id}{was} already; to change it, undo it with POST "
             f"/api/items/{r.item_id}/undo and label it again"
         )
     return await _step(svc, who, now, body.next_task, done, correction_id)
+
+
+async def _stored_label(svc: Service, correction_id: str) -> str | None:
+    """The label the feedback table holds for this correction id, None when it holds none."""
+    saved = await svc.io(svc.feedback.fetch_correction, correction_id)
+    return saved.human_label if saved is not None else None
 
 
 async def _step(svc: Service, who: str, now: datetime, next_task: str | None, finished: QueueItem,

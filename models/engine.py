@@ -315,8 +315,8 @@ class Engine:
         self.precision = "fp32"
         self.parity: ParityReport | None = None
         if precision == "auto":
-            self._enable_first(auto_precisions(self.device), self.model_dir, parity_texts, max_flip_rate)
-        elif precision != "fp32" and not self._enable(precision, self.model_dir, parity_texts, max_flip_rate):
+            self._enable_first(auto_precisions(self.device), parity_texts, max_flip_rate)
+        elif precision != "fp32" and not self._enable(precision, parity_texts, max_flip_rate):
             log.warning("%s %s: keeping fp32", self.task, self.model_version)
         if self._forward is None:
             self._forward = torch_forward(self._model(), self.device)
@@ -327,23 +327,21 @@ class Engine:
         if self._fp32 is None:
             from transformers.utils import logging as hf_logging
 
-            from models.modeling import MeanPoolClassifier, labels_of
+            from models.modeling import MeanPoolClassifier
 
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
-            model = MeanPoolClassifier.from_pretrained(self.model_dir).eval().to(self.device)
-            if labels_of(model) != self.labels:
-                raise ScoringError(f"{self.model_dir}: config labels and model labels differ; the version is corrupt")
-            self._fp32 = model
+            # Its labels are config.json's, which __init__ already checked against the card.
+            self._fp32 = MeanPoolClassifier.from_pretrained(self.model_dir).eval().to(self.device)
         return self._fp32
 
-    def _candidate(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
+    def _candidate(self, precision: str, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
         """The forward at ``precision``, and where its parity figures on ``parity_texts`` are kept (if anywhere)."""
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
             quantized = torch.ao.quantization.quantize_dynamic(self._model(), {nn.Linear}, dtype=torch.qint8)
-            return torch_forward(quantized, self.device), self._torch_parity_record(precision, model_dir, parity_texts)
+            return torch_forward(quantized, self.device), self._torch_parity_record(precision, parity_texts)
         if precision == "fp16":
             if self.device.type != "cuda":
                 raise ScoringError("fp16 inference needs CUDA; on CPU use bf16 (AVX512-BF16/AMX CPUs), onnx or fp32")
@@ -352,44 +350,43 @@ class Engine:
             if self.device.type == "cpu" and not cpu_has_native_bf16():
                 raise ScoringError("this CPU has no AVX512-BF16 or AMX, so bf16 would be emulated and slower "
                                    "than fp32; use onnx or fp32")
-            record = self._torch_parity_record(precision, model_dir, parity_texts) if self.device.type == "cpu" else None
+            record = self._torch_parity_record(precision, parity_texts) if self.device.type == "cpu" else None
             return torch_forward(self._model(), self.device, torch.bfloat16), record
         if precision in ("onnx", "onnx-int8"):
             if self.device.type != "cpu":
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
             try:
-                path = onnx_backend.cached_export(self._model, model_dir, int8=precision == "onnx-int8")
+                path = onnx_backend.cached_export(self._model, self.model_dir, int8=precision == "onnx-int8")
                 return (onnx_backend.onnx_forward(path, self.num_threads or 1),
                         onnx_backend.onnx_parity_record(path, parity_texts, self.max_length))
             except onnx_backend.OnnxExportError as e:
                 raise ScoringError(str(e)) from e
         raise ScoringError(f"unknown precision {precision!r}; use auto, fp32, onnx, onnx-int8, int8, fp16 or bf16")
 
-    def _torch_parity_record(self, precision: str, model_dir: Path, parity_texts: Sequence[str]) -> Path:
+    def _torch_parity_record(self, precision: str, parity_texts: Sequence[str]) -> Path:
         """Kept in the version's ``parity/`` folder, so a worker restart or hot swap skips the check."""
-        beside = model_dir / "parity" / f"{precision}-{onnx_backend.weights_digest(model_dir)}"
+        beside = self.model_dir / "parity" / f"{precision}-{onnx_backend.weights_digest(self.model_dir)}"
         return onnx_backend.parity_record(beside, parity_texts, self.max_length,
                                           f"cpu {torch.backends.cpu.get_cpu_capability()}")
 
-    def _enable_first(self, precisions: Sequence[Precision], model_dir: Path, parity_texts: Sequence[str],
-                      max_flip_rate: float) -> None:
+    def _enable_first(self, precisions: Sequence[Precision], parity_texts: Sequence[str], max_flip_rate: float) -> None:
         if not parity_texts:
             log.info("%s %s: no parity sample to check %s against, keeping fp32", self.task,
                      self.model_version, "/".join(precisions))
             return
         for wanted in precisions:
             try:
-                if self._enable(wanted, model_dir, parity_texts, max_flip_rate):
+                if self._enable(wanted, parity_texts, max_flip_rate):
                     return
             except ScoringError as e:
                 log.warning("%s %s: %s unavailable (%s)", self.task, self.model_version, wanted, e)
         log.warning("%s %s: keeping fp32", self.task, self.model_version)
 
-    def _enable(self, precision: str, model_dir: Path, parity_texts: Sequence[str], max_flip_rate: float) -> bool:
+    def _enable(self, precision: str, parity_texts: Sequence[str], max_flip_rate: float) -> bool:
         """Use ``precision`` if it passes the parity check against fp32; whether it did."""
         if not parity_texts:
             raise ScoringError(f"{precision} needs a parity sample of real texts to check it against fp32")
-        candidate, record = self._candidate(precision, model_dir, parity_texts)
+        candidate, record = self._candidate(precision, parity_texts)
         figures = onnx_backend.read_parity(record) if record else None
         if figures is None:
             enc = encode(self.tokenizer, parity_texts, self.max_length)
