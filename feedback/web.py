@@ -260,6 +260,8 @@ class Service:
         (which answers 503 until it can)."""
         self.book = self._new_book()
         self._refreshed_at = None
+        # Annotators may have finished items at the previous owner: their counts are read again.
+        self._done_today.clear()
         self.metrics.takeovers.inc()
         try:
             await self.refresh(force=True)

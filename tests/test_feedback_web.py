@@ -15,7 +15,7 @@ from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import Correction, CorrectionSource, ItemState, SelectionReason
 from feedback.ownership import QueueOwnership
 from feedback.store import FeedbackStore
-from feedback.web import KafkaPublisher, Service, build_app
+from feedback.web import SERVICE, KafkaPublisher, Service, build_app
 from models.engine import Engine
 from models.registry import ModelRegistry
 from streams.alerting.contracts import Alert, ContributingMessage, Severity
@@ -280,6 +280,31 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
 
     asyncio.run(go())
     assert stored_labels(feedback) == [("alice", "negative"), ("bob", "neutral")]
+
+
+def test_counts_are_read_again_when_the_queue_is_taken_back(labelling_settings, store, tokens, tiny_scorers) -> None:
+    """alice labelled an item at another instance while it owned the queue; when this instance takes
+    the queue back, her progress includes that label instead of the count it held before."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
+                                            [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            first = await (await client.post("/api/queue/lease", headers=alice, json={})).json()
+            assert first["progress"]["you"] == {"labelled": 0, "skipped": 0}
+            leased = feedback.fetch_item(first["item"]["item_id"])
+            at_other_owner = leased.model_copy(update={"state": ItemState.labelled, "lease_expires": None,
+                                                       "updated_at": leased.updated_at + timedelta(seconds=1)})
+            feedback.write_items([at_other_owner])
+
+            await client.server.app[SERVICE].take_over()
+            again = await (await client.post("/api/queue/lease", headers=alice, json={})).json()
+            assert again["item"]["item_id"] != leased.request.item_id
+            assert again["progress"]["you"] == {"labelled": 1, "skipped": 0}
+
+    asyncio.run(go())
 
 
 def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
