@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -37,7 +38,9 @@ from streams.clickhouse import (
 )
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.backends import Backend
 from streams.clickhouse.migration_lock import (
+    BREAK_TABLE,
     LOCK_TABLE,
     cluster_migration_lock,
     create_lock_statement,
@@ -371,9 +374,10 @@ def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
     with cluster_migration_lock(nodes[3], db, cluster, wait_s=0.5):  # released: taken at once
         assert _lock_holders(nodes, db) == [3]
 
-    # A migrator that died holding the lock and in mid-swap: the lock is broken once stale, and
-    # the next migration drops the swap's temporary table.
+    # A migrator that died holding the lock and in mid-swap, and a waiter that died breaking it: both
+    # locks are broken once stale, and the next migration drops the swap's temporary table.
     nodes[1].execute(create_lock_statement(db))
+    nodes[2].execute(create_lock_statement(db, BREAK_TABLE))
     leftover = "scored__old_0123456789ab"
     nodes[0].execute(f"CREATE TABLE {db}.{leftover} ON CLUSTER {cluster} AS {db}.scored")
     with cluster_migration_lock(nodes[3], db, cluster, wait_s=10, stale_after_s=0, poll_s=0.1):
@@ -382,4 +386,55 @@ def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
     assert report.applied == [] and report.removed_leftovers == [leftover]
     for node in nodes:
         names = table_names(node, db)
-        assert leftover not in names and LOCK_TABLE not in names
+        assert leftover not in names and LOCK_TABLE not in names and BREAK_TABLE not in names
+
+
+class _PausedBeforeBreaking:
+    """A migrator's connection whose DROP of the lock ON CLUSTER goes out ``pause_s`` late, as from a
+    process paused between finding the lock stale and dropping it."""
+
+    def __init__(self, backend: ServerBackend, pause_s: float) -> None:
+        self.backend, self.pause_s = backend, pause_s
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql.startswith("DROP TABLE IF EXISTS") and f".{LOCK_TABLE} ON CLUSTER" in sql:
+            time.sleep(self.pause_s)
+        return self.backend.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def test_waiters_that_find_a_stale_lock_together_migrate_one_at_a_time(
+    clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
+) -> None:
+    """Workers of a new release start together after a migrator died holding the lock, and all find
+    it stale at once. One of them drops it late (paused): by then another has broken the lock and
+    taken it, and the late one must not drop that holder's lock and migrate beside it."""
+    db, cluster = cluster_db.clickhouse_database, clickhouse_cluster.name
+    stale_after_s, hold_s, pause_s = 5, 2.5, 1.5  # a holder's lock never looks stale
+    nodes[1].execute(create_lock_statement(db))
+    while (lock_age_s(nodes[1], db) or 0) <= stale_after_s:
+        time.sleep(0.2)
+    waiters = [(0, pause_s), (2, 0.0), (3, 0.0)]
+    together = threading.Barrier(len(waiters))
+    held: list[tuple[float, float]] = []
+
+    def migrate_once(node_index: int, pause: float) -> None:
+        node = node_backend(clickhouse_cluster.nodes[node_index].url, db)  # one connection each, as processes
+        try:
+            together.wait()
+            with cluster_migration_lock(cast(Backend, _PausedBeforeBreaking(node, pause)), db, cluster, wait_s=60,
+                                        stale_after_s=stale_after_s, poll_s=0.1):
+                start = time.monotonic()
+                time.sleep(hold_s)
+                held.append((start, time.monotonic()))
+        finally:
+            node.close()
+
+    with ThreadPoolExecutor(len(waiters)) as pool:
+        list(pool.map(lambda w: migrate_once(*w), waiters))
+    held.sort()
+    assert len(held) == len(waiters)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(held, held[1:])), held
+    assert _lock_holders(nodes, db) == [] and lock_age_s(nodes[2], db, BREAK_TABLE) is None

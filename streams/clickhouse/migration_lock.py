@@ -14,8 +14,14 @@ node atomically, so a second migrator's CREATE fails, on another node with code 
 already exists"), on the same node with 57 ("table already exists"), and it waits. Dropping the
 table removes the node. A holder that died leaves the lock behind; once the node is older than
 ``stale_after_s`` a waiter drops it ``ON CLUSTER`` (the table exists on one node only) and takes it.
-Two waiters breaking one stale lock at once may both go on to migrate; the migrations still allow
-for that (a column that is already there counts as added), as they did before the lock.
+
+Workers that start together after a migrator died all find its lock stale at once. A waiter that
+drops it a moment late (paused, or its DROP queued behind the others') would drop the lock another
+had just taken, and both would migrate. So breaking takes a second lock of the same kind, the break
+lock: its holder checks that the lock is still stale and drops it; the others wait. A waiter that
+died while breaking leaves the break lock behind, which is broken once stale in turn; only if two
+waiters break that one at once may two migrators run together, which the migrations still allow
+for (a column that is already there counts as added), as they did before the lock.
 """
 
 from __future__ import annotations
@@ -31,31 +37,32 @@ from .errors import MigrationError, QueryFailed
 log = logging.getLogger(__name__)
 
 LOCK_TABLE = "schema_migrations_lock"
+BREAK_TABLE = "schema_migrations_lock_break"
 _ZOOKEEPER_ERROR = 999
 # Table already exists (on this node), replica already exists (on another), and a ZooKeeper error:
 # a CREATE racing the holder's DROP meets the lock's path half removed ("No node").
 _HELD = {57, 253, _ZOOKEEPER_ERROR}
 
 
-def lock_zookeeper_path(database: str) -> str:
-    return f"/clickhouse/vigil/{database}/{LOCK_TABLE}"
+def lock_zookeeper_path(database: str, table: str = LOCK_TABLE) -> str:
+    return f"/clickhouse/vigil/{database}/{table}"
 
 
-def create_lock_statement(database: str) -> str:
+def create_lock_statement(database: str, table: str = LOCK_TABLE) -> str:
     return (
-        f"CREATE TABLE {database}.{LOCK_TABLE} (holder String) ENGINE = ReplicatedMergeTree("
-        f"'{lock_zookeeper_path(database)}', 'holder') ORDER BY holder"
+        f"CREATE TABLE {database}.{table} (holder String) ENGINE = ReplicatedMergeTree("
+        f"'{lock_zookeeper_path(database, table)}', 'holder') ORDER BY holder"
     )
 
 
-def lock_age_s(backend: Backend, database: str) -> float | None:
+def lock_age_s(backend: Backend, database: str, table: str = LOCK_TABLE) -> float | None:
     """Seconds since the lock was taken, by ZooKeeper's clock against the server's; None when
     nobody holds it (released between our CREATE and this read)."""
     try:
         rows = backend.query(
             "SELECT toInt64(now()) - toInt64(ctime) FROM system.zookeeper "
             "WHERE path = {path:String} AND name = 'holder'",
-            {"path": f"{lock_zookeeper_path(database)}/replicas"},
+            {"path": f"{lock_zookeeper_path(database, table)}/replicas"},
         )
     except QueryFailed as exc:
         if exc.code == _ZOOKEEPER_ERROR:  # the holder's DROP removed the path ("No node")
@@ -64,15 +71,46 @@ def lock_age_s(backend: Backend, database: str) -> float | None:
     return float(rows[0][0]) if rows else None
 
 
-def _refusal(backend: Backend, database: str) -> QueryFailed | None:
+def _refusal(backend: Backend, database: str, table: str = LOCK_TABLE) -> QueryFailed | None:
     """None once this migrator holds the lock, else why it could not take it."""
     try:
-        backend.execute(create_lock_statement(database))
+        backend.execute(create_lock_statement(database, table))
     except QueryFailed as exc:
         if exc.code in _HELD:
             return exc
         raise
     return None
+
+
+def _release(backend: Backend, database: str, table: str, stale_after_s: float) -> None:
+    try:
+        backend.execute(f"DROP TABLE IF EXISTS {database}.{table}")
+    except Exception:  # noqa: BLE001 - the lock goes stale and is broken; what it guarded stands
+        log.exception("could not release %s.%s; the next migrator breaks it after %.0f s", database, table,
+                      stale_after_s)
+
+
+def _break_if_stale(backend: Backend, database: str, cluster: str, stale_after_s: float) -> bool:
+    """Drop the lock if it is still stale, holding the break lock from that check to the drop.
+    False when another waiter is breaking it."""
+    if _refusal(backend, database, BREAK_TABLE) is not None:
+        age = lock_age_s(backend, database, BREAK_TABLE)
+        if age is not None and age > stale_after_s:
+            log.warning("the break lock of %s's migration lock was taken %.0f s ago (its waiter died?); "
+                        "breaking it", database, age)
+            backend.execute(f"DROP TABLE IF EXISTS {database}.{BREAK_TABLE} ON CLUSTER {cluster}")
+        return False
+    try:
+        held_for = lock_age_s(backend, database)
+        if held_for is not None and held_for > stale_after_s:
+            log.warning(
+                "the migration lock of %s was taken %.0f s ago and never released (its migrator died?); "
+                "breaking it", database, held_for,
+            )
+            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE} ON CLUSTER {cluster}")
+    finally:
+        _release(backend, database, BREAK_TABLE, stale_after_s)
+    return True
 
 
 @contextmanager
@@ -84,12 +122,8 @@ def cluster_migration_lock(
     deadline = time.monotonic() + wait_s
     while (refused := _refusal(backend, database)) is not None:
         held_for = lock_age_s(backend, database)
-        if held_for is not None and held_for > stale_after_s:
-            log.warning(
-                "the migration lock of %s was taken %.0f s ago and never released (its migrator died?); "
-                "breaking it", database, held_for,
-            )
-            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE} ON CLUSTER {cluster}")
+        if held_for is not None and held_for > stale_after_s and _break_if_stale(backend, database, cluster,
+                                                                                 stale_after_s):
             continue
         if time.monotonic() > deadline:
             if held_for is None:
@@ -107,10 +141,4 @@ def cluster_migration_lock(
     try:
         yield
     finally:
-        try:
-            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE}")
-        except Exception:  # noqa: BLE001 - the lock goes stale and is broken; the migration's outcome stands
-            log.exception(
-                "could not release the migration lock of %s; the next migrator breaks it after %.0f s",
-                database, stale_after_s,
-            )
+        _release(backend, database, LOCK_TABLE, stale_after_s)
