@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import faust
+from faust.types import EventT
 
 from feedback.agent import register_feedback
 from models.scoring import Scorer
@@ -24,11 +26,12 @@ from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
 from streams.kafka_fetch import FetchWaitApp
 from streams.metrics import Metrics
-from streams.pipeline import Limits
+from streams.pipeline import Limits, ScorerBroken
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ConsumerStalled(RuntimeError):
@@ -46,6 +49,21 @@ def consumer_lag(app: faust.App) -> int:
         committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
         lag += max(0, highwater - (committed or 0))
     return lag
+
+
+def stop_when_broken(app: faust.App, handle: Callable[[list[EventT]], Awaitable[T]]) -> Callable[[list[EventT]], Awaitable[T]]:
+    """A model that fails on everything would dead-letter every valid message: the worker stops
+    instead (crashed, so it exits non-zero and `vigil up` restarts it), the batch in hand un-acked."""
+
+    async def run(events: list[EventT]) -> T:
+        try:
+            return await handle(events)
+        except ScorerBroken as exc:
+            log.critical("stopping the worker: %s", exc)
+            await app.crash(exc)
+            raise
+
+    return run
 
 
 def create_app(
@@ -104,7 +122,7 @@ def create_app(
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
-            batch_agent(processor.process_events, settings, watchdog)
+            batch_agent(stop_when_broken(app, processor.process_events), settings, watchdog)
         )
 
     register_alerting(

@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 Item = NewsItem | SupportMessage
 
+# Any working model scores this; when it fails as well, the fault is not in the messages.
+CONTROL_TEXT = "The company reported its quarterly results on Tuesday."
+
+
+class ScorerBroken(RuntimeError):
+    """The model fails on a plain control text too (a lost GPU, a corrupt version): the batch's
+    messages are valid and must not be dead-lettered; they stay un-acked for a restarted worker."""
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
@@ -165,6 +173,8 @@ def score_batch(
                 predictions.append(scorer.score([text])[0])
             except Exception as exc:  # noqa: BLE001
                 predictions.append(exc)
+    if failure := next((p for p in predictions if isinstance(p, Exception)), None):
+        _check_scorer_works(scorer, failure)
     scored_time = now()
     ok: list[Decoded] = []
     for d, p in zip(decoded, predictions, strict=True):
@@ -178,6 +188,19 @@ def score_batch(
     if shadow is not None and ok:
         result.scored = _with_shadow(result.scored, [d.item.text for d in ok], shadow)
     return result
+
+
+def _check_scorer_works(scorer: Scorer, failure: Exception) -> None:
+    """Tell a poison text (dead-lettered) from a broken model (raises ScorerBroken)."""
+    try:
+        scorer.score([CONTROL_TEXT])
+    except Exception as exc:
+        raise ScorerBroken(
+            f"the {scorer.task} model {scorer.model_version} fails on a plain control text as well ({exc!r}; the "
+            f"batch failed with {failure!r}): the fault is the model's or the device's, not the messages', so "
+            "they are left un-acked for the restarted worker. If it goes on failing, roll the model back with "
+            "`vigil models rollback` or score on the CPU (VIGIL_DEVICE=cpu)"
+        ) from exc
 
 
 def _with_shadow(scored: list[ScoredMessage], texts: list[str], shadow: Scorer) -> list[ScoredMessage]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from models.scoring import Prediction, Scorer
 from streams.contracts import DeadLetterReason, Kind
-from streams.pipeline import Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
+from streams.pipeline import Limits, RawRecord, ScorerBroken, decode_batch, resolve_duplicates, score_batch
 from streams.samples import duplicate_id_pair, hostile_samples, news_json, support_json
 
 LIMITS = Limits(max_message_bytes=64 * 1024, max_text_chars=8000)
@@ -81,6 +83,13 @@ def test_one_poison_text_is_dead_lettered_and_the_rest_of_the_batch_is_scored(ti
     assert [m.id for m in result.scored] == ["n0", "n1", "n3"]
     assert [(d.reason, d.offset) for d in result.dead] == [(DeadLetterReason.scoring_failed, 2)]
     assert "illegal memory access" in result.dead[0].detail
+
+
+def test_a_model_that_fails_on_everything_raises_instead_of_dead_lettering_valid_messages(tiny_scorers):
+    values = [news_json(id=f"n{i}", headline=f"headline {i}") for i in range(3)]
+    decoded, _ = decode_batch(Kind.news, _records("news", values), LIMITS)
+    with pytest.raises(ScorerBroken, match="illegal memory access.*vigil models rollback"):
+        score_batch(Kind.news, decoded, _FailsOnMarker(tiny_scorers["sentiment"], ""))  # "" is in every text
 
 
 def test_a_shadow_challenger_scores_the_same_batch_and_its_failure_costs_nothing(tiny_scorers):
