@@ -51,7 +51,10 @@ def consumer_lag(app: faust.App) -> int:
     return lag
 
 
-def stop_when_broken(app: faust.App, handle: Callable[[list[EventT]], Awaitable[T]]) -> Callable[[list[EventT]], Awaitable[T]]:
+BatchHandler = Callable[[list[EventT]], Awaitable[T]]
+
+
+def stop_when_broken(app: faust.App, handle: BatchHandler[T]) -> BatchHandler[T]:
     """A model that fails on everything would dead-letter every valid message: the worker stops
     instead (crashed, so it exits non-zero and `vigil up` restarts it), the batch in hand un-acked."""
 
