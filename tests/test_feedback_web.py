@@ -46,6 +46,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def two_uncertain_items(store: ClickHouseStore, scorer: Engine) -> FeedbackStore:
+    """Two sentiment items in the queue, selected as uncertain."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests(scored_requests(scorer, bundled_texts("sentiment", 2), [SelectionReason.uncertain]))
+    return feedback
+
+
 @pytest.fixture
 def store(labelling_settings: VigilSettings):
     st = open_store(labelling_settings)
@@ -89,9 +96,7 @@ def test_every_api_call_needs_a_valid_token(labelling_settings, store, tokens) -
 
 
 def test_bad_labels_and_bodies_are_refused(labelling_settings, store, tokens, tiny_scorers) -> None:
-    feedback = FeedbackStore(store)
-    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
-                                            [SelectionReason.uncertain]))
+    feedback = two_uncertain_items(store, tiny_scorers["sentiment"])
     alice = bearer(tokens["alice"])
 
     async def go() -> None:
@@ -251,9 +256,7 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
     """An earlier attempt stored alice's correction and was cut off before the item moved on, so
     this owner's book still has the item leased to her. Her retry finishes it without a second
     correction on the topic; a label changed after an undo is published as usual."""
-    feedback = FeedbackStore(store)
-    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
-                                            [SelectionReason.uncertain]))
+    feedback = two_uncertain_items(store, tiny_scorers["sentiment"])
     alice = bearer(tokens["alice"])
 
     async def go() -> None:
@@ -285,9 +288,7 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
 def test_counts_are_read_again_when_the_queue_is_taken_back(labelling_settings, store, tokens, tiny_scorers) -> None:
     """alice labelled an item at another instance while it owned the queue; when this instance takes
     the queue back, her progress includes that label instead of the count it held before."""
-    feedback = FeedbackStore(store)
-    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 2),
-                                            [SelectionReason.uncertain]))
+    feedback = two_uncertain_items(store, tiny_scorers["sentiment"])
     alice = bearer(tokens["alice"])
 
     async def go() -> None:
