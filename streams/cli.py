@@ -203,6 +203,12 @@ def _mount_triage_commands() -> None:
     register(app)
 
 
+def _mount_dead_letter_commands() -> None:
+    from streams.dead_letters_cli import register
+
+    register(app)
+
+
 def _mount_labelling_commands() -> None:
     from feedback.cli import register
 
@@ -211,6 +217,7 @@ def _mount_labelling_commands() -> None:
 
 _mount_model_commands()
 _mount_triage_commands()
+_mount_dead_letter_commands()
 _mount_labelling_commands()
 
 if __name__ == "__main__":

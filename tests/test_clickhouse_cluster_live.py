@@ -61,7 +61,7 @@ T0 = NOW - timedelta(hours=1)
 ALL = [m.name for m in load_migrations()]
 TABLES = {
     "scored", "dead_letters", "alerts", "label_queue", "feedback", "model_events", "triage", "ticket_acks",
-    "alert_verdicts", "shadow_predictions", "alerting_state", "retrain_heartbeats",
+    "alert_verdicts", "shadow_predictions", "alerting_state", "retrain_heartbeats", "dead_letter_replays",
 }
 
 

@@ -1,0 +1,74 @@
+"""Dead letters for people (migrations 0002, 0012): the letters to look at or replay, filtered,
+and which of them a replay already sent back. A thin companion to ClickHouseStore, sharing its
+backend and retries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from streams.contracts import DeadLetter, DeadLetterReason
+from streams.dead_letter_replay import LetterKey, letter_key
+
+from .compat import DEAD_LETTER_COLUMNS, as_utc, dead_letter_from_row, to_stored_time
+from .store import ClickHouseStore
+
+REPLAY_COLUMNS = ("source_topic", "src_partition", "src_offset", "raw_sha256", "replayed_at")
+
+
+class DeadLetterStore:
+    def __init__(self, store: ClickHouseStore) -> None:
+        self._store = store
+
+    @property
+    def _table(self) -> str:
+        return f"{self._store.database}.dead_letters"
+
+    @property
+    def _replays(self) -> str:
+        return f"{self._store.database}.dead_letter_replays"
+
+    def letters(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
+                since: datetime | None = None, limit: int = 1000) -> list[DeadLetter]:
+        """The first ``limit`` letters received at or after ``since`` (whole seconds), oldest first."""
+        where, params = [], {"limit": limit}
+        if reason is not None:
+            where.append("reason = {reason:String}")
+            params["reason"] = reason.value
+        if topic is not None:
+            where.append("source_topic = {topic:String}")
+            params["topic"] = topic
+        if since is not None:
+            where.append("received_at >= {since:DateTime}")
+            params["since"] = f"{as_utc(since):%Y-%m-%d %H:%M:%S}"
+        rows = self._store._query(
+            "dead-letter read",
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._table} FINAL "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY received_at, source_topic, src_partition, src_offset LIMIT {limit:UInt64}",
+            params,
+        )
+        return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
+
+    def replayed(self, letters: Sequence[DeadLetter]) -> set[LetterKey]:
+        """The keys of those ``letters`` that a replay already sent back."""
+        if not letters:
+            return set()
+        rows = self._store._query(
+            "dead-letter replay read",
+            f"SELECT source_topic, src_partition, src_offset, raw_sha256 FROM {self._replays} FINAL "
+            "WHERE source_topic IN {topics:Array(String)}",
+            {"topics": sorted({d.source_topic for d in letters})},
+        )
+        done = {(t, int(p), int(o), h) for t, p, o, h in rows}
+        return {key for d in letters if (key := letter_key(d)) in done}
+
+    def record_replays(self, letters: Sequence[DeadLetter], at: datetime) -> int:
+        if not letters:
+            return 0
+        when = to_stored_time(at, self._store.level)
+        rows: list[tuple[Any, ...]] = [(*letter_key(d), when) for d in letters]
+        self._store._retried("insert into dead_letter_replays",
+                             lambda: self._store.backend.insert(self._replays, REPLAY_COLUMNS, rows))
+        return len(rows)

@@ -1,0 +1,134 @@
+"""`vigil dead-letters ...`: what the workers refused, and sending it back once the cause is fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.contracts import DeadLetter, DeadLetterReason, Kind
+from streams.dead_letter_replay import LetterKey, ReplayPlan, letter_key, plan_replay
+from streams.settings import VigilSettings
+
+dead_letters_app = typer.Typer(help="Messages the workers refused, with the reason.", no_args_is_help=True)
+console = Console()
+
+Reason = Annotated[DeadLetterReason | None, typer.Option(help="Only letters refused for this reason.")]
+Topic = Annotated[str | None, typer.Option(help="Only letters from this source topic.")]
+Since = Annotated[datetime | None, typer.Option(help="Only letters received at or after this UTC time.")]
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+
+
+def letters_table(letters: list[DeadLetter], replayed: set[LetterKey]) -> Table:
+    table = Table(title=f"Dead letters: {len(letters)}")
+    for name in ("received (UTC)", "topic", "partition:offset", "reason", "bytes", "detail", "replayed"):
+        table.add_column(name, justify="right" if name == "bytes" else "left", overflow="fold")
+    for d in letters:
+        table.add_row(f"{d.received_at:%Y-%m-%d %H:%M:%S}", d.source_topic, f"{d.partition}:{d.offset}",
+                      d.reason.value, str(len(d.raw)), d.detail[:160], "yes" if letter_key(d) in replayed else "")
+    return table
+
+
+@dead_letters_app.command("list")
+def list_letters(
+    ctx: typer.Context,
+    reason: Reason = None,
+    topic: Topic = None,
+    since: Since = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
+) -> None:
+    """Refused messages, oldest first: where they sat in Kafka, why, and whether they were replayed."""
+    from streams.clickhouse import open_store
+    from streams.clickhouse.dead_letter_store import DeadLetterStore
+
+    store = open_store(ctx.obj)
+    try:
+        letters_store = DeadLetterStore(store)
+        letters = letters_store.letters(reason=reason, topic=topic, since=_utc(since), limit=limit)
+        replayed = letters_store.replayed(letters)
+    finally:
+        store.close()
+    if not letters:
+        console.print("no dead letters match")
+        return
+    console.print(letters_table(letters, replayed))
+
+
+def _report(plan: ReplayPlan, dry_run: bool) -> str:
+    sent = Counter(kind.value for kind, _ in plan.send)
+    verb = "would send" if dry_run else "sent"
+    parts = [f"{verb} {len(plan.send)} back ({', '.join(f'{k}: {n}' for k, n in sorted(sent.items())) or 'none'})",
+             f"{len(plan.already_replayed)} sent by an earlier replay"]
+    if plan.unknown_topic:
+        topics = sorted({d.source_topic for d in plan.unknown_topic})
+        parts.append(f"{len(plan.unknown_topic)} from topics the workers do not read ({', '.join(topics)}; "
+                     "set VIGIL_TOPIC_NEWS / VIGIL_TOPIC_SUPPORT to replay them)")
+    return "; ".join(parts)
+
+
+def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, topic: str | None,
+                   since: datetime | None, limit: int, dry_run: bool) -> ReplayPlan:
+    """Send the matching letters that no replay sent yet to their raw topic (key and bytes as they
+    came), acknowledged by Kafka, then record them: a crash in between sends them again next time,
+    which the workers take as a redelivery."""
+    from streams.clickhouse import open_store
+    from streams.clickhouse.dead_letter_store import DeadLetterStore
+    from streams.kafka_config import aiokafka_kwargs
+    from streams.replay import OutgoingMessage, replay
+
+    store = open_store(settings)
+    try:
+        letters_store = DeadLetterStore(store)
+        letters = letters_store.letters(reason=reason, topic=topic, since=since, limit=limit)
+        raw_topics = {name: Kind(kind) for kind, name in settings.raw_topics.items()}
+        plan = plan_replay(letters, letters_store.replayed(letters), raw_topics)
+        if dry_run or not plan.send:
+            return plan
+        messages = [OutgoingMessage.raw(kind, d.key, d.raw) for kind, d in plan.send]
+        asyncio.run(replay(settings.kafka_brokers, settings.raw_topics, messages,
+                           kafka_kwargs=aiokafka_kwargs(settings)))
+        letters_store.record_replays([d for _, d in plan.send], datetime.now(UTC))
+        return plan
+    finally:
+        store.close()
+
+
+@dead_letters_app.command("replay")
+def replay_command(
+    ctx: typer.Context,
+    reason: Annotated[DeadLetterReason, typer.Option(help="Replay letters refused for this reason.")] = (
+        DeadLetterReason.scoring_failed
+    ),
+    topic: Topic = None,
+    since: Since = None,
+    limit: Annotated[int, typer.Option(min=1, help="Replay at most this many, oldest first.")] = 10_000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be sent; send nothing.")] = False,
+) -> None:
+    """Send refused messages back to their raw topic, once their cause is fixed.
+
+    A model that scores them now, a raised size limit: the original key and bytes go back, and
+    each letter goes back once. One that is refused again is a new dead letter."""
+    settings: VigilSettings = ctx.obj
+    if not settings.kafka_brokers and not dry_run:
+        raise typer.BadParameter("set VIGIL_KAFKA_BROKERS to the broker `vigil up` printed", param_hint="env")
+    from streams.clickhouse import ClickHouseError
+    from streams.replay import ReplayError
+
+    try:
+        plan = replay_letters(settings, reason=reason, topic=topic, since=_utc(since), limit=limit, dry_run=dry_run)
+    except (ReplayError, ClickHouseError) as e:
+        console.print(f"[red]nothing recorded as replayed[/]: {e}")
+        raise typer.Exit(1) from None
+    console.print(_report(plan, dry_run))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dead_letters_app, name="dead-letters")

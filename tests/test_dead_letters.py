@@ -1,0 +1,121 @@
+"""`vigil dead-letters`: the pure replay plan; the store's filtered reads and replay records on chdb
+and clickhouse-server 18.16; and the command on the real broker and chdb, sending each chosen
+letter's exact key and bytes back to its raw topic once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from typer.testing import CliRunner
+
+from streams.cli import app
+from streams.clickhouse import ClickHouseStore, open_store
+from streams.clickhouse.dead_letter_store import DeadLetterStore
+from streams.contracts import DeadLetter, DeadLetterReason, Kind
+from streams.dead_letter_replay import letter_key, plan_replay
+from streams.samples import news_json
+from streams.settings import VigilSettings
+from streams.topics import ensure_topics
+
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+NEWS, SUPPORT = "vigil.news.raw", "vigil.support.raw"
+
+
+def letter(offset: int, reason: DeadLetterReason, *, topic: str = NEWS, raw: bytes | None = None,
+           minutes: int = 0) -> DeadLetter:
+    return DeadLetter(
+        source_topic=topic, partition=0, offset=offset, key=f"k-{offset}".encode(),
+        raw=raw if raw is not None else news_json(id=f"n-{offset}", headline=f"headline {offset}"),
+        reason=reason, detail=f"{reason.value} at {offset}", received_at=T0 + timedelta(minutes=minutes),
+    )
+
+
+def test_the_plan_sends_each_letter_once_and_only_to_a_topic_the_workers_read() -> None:
+    failed, sent_before, gone = (letter(1, DeadLetterReason.scoring_failed), letter(2, DeadLetterReason.scoring_failed),
+                                 letter(3, DeadLetterReason.scoring_failed, topic="old.news"))
+    plan = plan_replay([failed, sent_before, gone], {letter_key(sent_before)}, {NEWS: Kind.news, SUPPORT: Kind.support})
+    assert plan.send == [(Kind.news, failed)]
+    assert plan.already_replayed == [sent_before] and plan.unknown_topic == [gone]
+    # Another message at a position the embedded broker reused is a letter of its own.
+    reused = letter(2, DeadLetterReason.scoring_failed, raw=b"another message")
+    assert plan_replay([reused], {letter_key(sent_before)}, {NEWS: Kind.news}).send == [(Kind.news, reused)]
+
+
+@pytest.fixture(params=["chdb", "server"])
+def store(request: pytest.FixtureRequest):
+    st = open_store(request.getfixturevalue(f"{request.param}_settings"))
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_letters_are_read_by_reason_topic_and_time_and_replays_are_remembered(store: ClickHouseStore) -> None:
+    letters = [letter(1, DeadLetterReason.scoring_failed), letter(2, DeadLetterReason.bad_json, raw=b"{"),
+               letter(3, DeadLetterReason.scoring_failed, topic=SUPPORT, minutes=5),
+               letter(4, DeadLetterReason.scoring_failed, minutes=10)]
+    store.write_dead_letters(letters)
+    dead = DeadLetterStore(store)
+    assert dead.letters() == letters
+    assert dead.letters(reason=DeadLetterReason.scoring_failed, topic=NEWS) == [letters[0], letters[3]]
+    assert dead.letters(since=T0 + timedelta(minutes=5), limit=1) == [letters[2]]
+
+    assert dead.replayed(letters) == set()
+    dead.record_replays(letters[:2], T0)
+    dead.record_replays(letters[:1], T0 + timedelta(minutes=1))  # recorded again: still one replay
+    assert dead.replayed(letters) == {letter_key(d) for d in letters[:2]}
+    assert dead.replayed([]) == set()
+
+
+def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
+    tmp_path: Path, kafka_broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+                        "VIGIL_CLICKHOUSE_URL": "", "VIGIL_TOPIC_NEWS": f"dl{tmp_path.name}.news",
+                        "VIGIL_TOPIC_SUPPORT": f"dl{tmp_path.name}.support"}.items():
+        monkeypatch.setenv(name, value)
+    settings = VigilSettings()
+    ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
+    failed = [letter(i, DeadLetterReason.scoring_failed, topic=settings.topic_news) for i in (7, 8)]
+    refused = letter(9, DeadLetterReason.bad_json, topic=settings.topic_news, raw=b"{not json")
+    store = open_store(settings)
+    try:
+        store.write_dead_letters([*failed, refused])
+    finally:
+        store.close()
+
+    def vigil(*args: str) -> str:
+        result = CliRunner().invoke(app, ["dead-letters", *args])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "would send 2 back (news: 2)" in vigil("replay", "--dry-run")
+    assert "sent 2 back (news: 2); 0 sent by an earlier replay" in vigil("replay")
+    assert "sent 0 back (none); 2 sent by an earlier replay" in vigil("replay")
+    listed = vigil("list")
+    assert "Dead letters: 3" in listed and "bad_json" in listed and listed.count("yes") == 2
+
+    assert asyncio.run(records_on(settings.kafka_brokers, settings.topic_news)) == [(d.key, d.raw) for d in failed]
+
+
+async def records_on(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) of every record on partition 0 of ``topic``, read for 3 s: what the dry run, a
+    repeat or the bad_json letter sent would show."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        got: list[tuple[bytes | None, bytes]] = []
+        deadline = asyncio.get_running_loop().time() + 3
+        while asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got += [(r.key, r.value) for r in records]
+        return got
+    finally:
+        await consumer.stop()
