@@ -27,10 +27,13 @@ class ReplayPlan:
     unknown_topic: list[DeadLetter] = field(default_factory=list)  # a topic the workers no longer read
 
 
-def plan_replay(letters: Iterable[DeadLetter], replayed: set[LetterKey], raw_topics: Mapping[str, Kind]) -> ReplayPlan:
-    """Split ``letters`` (in the order given) into those to send, with the kind of their topic,
-    those an earlier replay sent, and those from a topic that is not a raw topic any more."""
+def plan_replay(letters: Iterable[DeadLetter], replayed: set[LetterKey], raw_topics: Mapping[str, Kind],
+                limit: int | None = None) -> ReplayPlan:
+    """Go through ``letters`` in order until ``limit`` are to be sent: each goes back with the kind
+    of its topic, unless a replay sent it already or its topic is not a raw topic any more."""
     plan = ReplayPlan()
+    if limit == 0:
+        return plan
     for letter in letters:
         kind = raw_topics.get(letter.source_topic)
         if letter_key(letter) in replayed:
@@ -39,4 +42,6 @@ def plan_replay(letters: Iterable[DeadLetter], replayed: set[LetterKey], raw_top
             plan.unknown_topic.append(letter)
         else:
             plan.send.append((kind, letter))
+            if len(plan.send) == limit:
+                break
     return plan

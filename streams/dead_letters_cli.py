@@ -53,7 +53,7 @@ def list_letters(
     try:
         letters_store = DeadLetterStore(store)
         letters = letters_store.letters(reason=reason, topic=topic, since=_utc(since), limit=limit)
-        replayed = letters_store.replayed(letters)
+        replayed = letters_store.replayed(topic)
     finally:
         store.close()
     if not letters:
@@ -87,9 +87,9 @@ def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, 
     store = open_store(settings)
     try:
         letters_store = DeadLetterStore(store)
-        letters = letters_store.letters(reason=reason, topic=topic, since=since, limit=limit)
+        letters = letters_store.every_letter(reason=reason, topic=topic, since=since)
         raw_topics = {name: Kind(kind) for kind, name in settings.raw_topics.items()}
-        plan = plan_replay(letters, letters_store.replayed(letters), raw_topics)
+        plan = plan_replay(letters, letters_store.replayed(topic), raw_topics, limit)
         if dry_run or not plan.send:
             return plan
         messages = [OutgoingMessage.raw(kind, d.key, d.raw) for kind, d in plan.send]
@@ -109,7 +109,7 @@ def replay_command(
     ),
     topic: Topic = None,
     since: Since = None,
-    limit: Annotated[int, typer.Option(min=1, help="Replay at most this many, oldest first.")] = 10_000,
+    limit: Annotated[int, typer.Option(min=1, help="Send at most this many, oldest first.")] = 10_000,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be sent; send nothing.")] = False,
 ) -> None:
     """Send refused messages back to their raw topic, once their cause is fixed.

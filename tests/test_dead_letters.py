@@ -43,6 +43,11 @@ def test_the_plan_sends_each_letter_once_and_only_to_a_topic_the_workers_read() 
     # Another message at a position the embedded broker reused is a letter of its own.
     reused = letter(2, DeadLetterReason.scoring_failed, raw=b"another message")
     assert plan_replay([reused], {letter_key(sent_before)}, {NEWS: Kind.news}).send == [(Kind.news, reused)]
+    # A limit counts letters to send: those sent before do not use it up, and reading stops there.
+    more = [sent_before, failed, reused, letter(4, DeadLetterReason.scoring_failed)]
+    read: list[DeadLetter] = []
+    limited = plan_replay((read.append(d) or d for d in more), {letter_key(sent_before)}, {NEWS: Kind.news}, limit=2)
+    assert limited.send == [(Kind.news, failed), (Kind.news, reused)] and read == more[:3]
 
 
 @pytest.fixture(params=["chdb", "server"])
@@ -63,12 +68,14 @@ def test_letters_are_read_by_reason_topic_and_time_and_replays_are_remembered(st
     assert dead.letters() == letters
     assert dead.letters(reason=DeadLetterReason.scoring_failed, topic=NEWS) == [letters[0], letters[3]]
     assert dead.letters(since=T0 + timedelta(minutes=5), limit=1) == [letters[2]]
+    assert dead.letters(limit=2, skip=1) == letters[1:3]
+    assert list(dead.every_letter(reason=DeadLetterReason.scoring_failed, page=1)) == [letters[0], *letters[2:]]
 
-    assert dead.replayed(letters) == set()
-    dead.record_replays(letters[:2], T0)
+    assert dead.replayed() == set()
+    dead.record_replays(letters[:3], T0)
     dead.record_replays(letters[:1], T0 + timedelta(minutes=1))  # recorded again: still one replay
-    assert dead.replayed(letters) == {letter_key(d) for d in letters[:2]}
-    assert dead.replayed([]) == set()
+    assert dead.replayed() == {letter_key(d) for d in letters[:3]}
+    assert dead.replayed(SUPPORT) == {letter_key(letters[2])}
 
 
 def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
@@ -80,7 +87,7 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
         monkeypatch.setenv(name, value)
     settings = VigilSettings()
     ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
-    failed = [letter(i, DeadLetterReason.scoring_failed, topic=settings.topic_news) for i in (7, 8)]
+    failed = [letter(i, DeadLetterReason.scoring_failed, topic=settings.topic_news) for i in (6, 7, 8)]
     refused = letter(9, DeadLetterReason.bad_json, topic=settings.topic_news, raw=b"{not json")
     store = open_store(settings)
     try:
@@ -93,11 +100,12 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
         assert result.exit_code == 0, result.output
         return " ".join(result.output.split())
 
-    assert "would send 2 back (news: 2)" in vigil("replay", "--dry-run")
-    assert "sent 2 back (news: 2); 0 sent by an earlier replay" in vigil("replay")
-    assert "sent 0 back (none); 2 sent by an earlier replay" in vigil("replay")
+    assert "would send 3 back (news: 3)" in vigil("replay", "--dry-run")
+    assert "sent 1 back (news: 1); 0 sent by an earlier replay" in vigil("replay", "--limit", "1")
+    assert "sent 2 back (news: 2); 1 sent by an earlier replay" in vigil("replay")
+    assert "sent 0 back (none); 3 sent by an earlier replay" in vigil("replay")
     listed = vigil("list")
-    assert "Dead letters: 3" in listed and "bad_json" in listed and listed.count("yes") == 2
+    assert "Dead letters: 4" in listed and "bad_json" in listed and listed.count("yes") == 3
 
     assert asyncio.run(records_on(settings.kafka_brokers, settings.topic_news)) == [(d.key, d.raw) for d in failed]
 

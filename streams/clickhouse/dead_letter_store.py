@@ -4,7 +4,7 @@ backend and retries."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,9 +30,10 @@ class DeadLetterStore:
         return f"{self._store.database}.dead_letter_replays"
 
     def letters(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
-                since: datetime | None = None, limit: int = 1000) -> list[DeadLetter]:
-        """The first ``limit`` letters received at or after ``since`` (whole seconds), oldest first."""
-        where, params = [], {"limit": limit}
+                since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[DeadLetter]:
+        """Letters received at or after ``since`` (whole seconds), oldest first: ``limit`` of them
+        after the first ``skip``."""
+        where, params = [], {"limit": limit, "skip": skip}
         if reason is not None:
             where.append("reason = {reason:String}")
             params["reason"] = reason.value
@@ -46,23 +47,29 @@ class DeadLetterStore:
             "dead-letter read",
             f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._table} FINAL "
             f"{'WHERE ' + ' AND '.join(where) if where else ''} "
-            "ORDER BY received_at, source_topic, src_partition, src_offset LIMIT {limit:UInt64}",
+            "ORDER BY received_at, source_topic, src_partition, src_offset, raw_base64 "
+            "LIMIT {skip:UInt64}, {limit:UInt64}",
             params,
         )
         return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
 
-    def replayed(self, letters: Sequence[DeadLetter]) -> set[LetterKey]:
-        """The keys of those ``letters`` that a replay already sent back."""
-        if not letters:
-            return set()
+    def every_letter(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
+                     since: datetime | None = None, page: int = 5000) -> Iterator[DeadLetter]:
+        """``letters``, oldest first, read a page at a time as the caller goes on."""
+        skip = 0
+        while letters := self.letters(reason=reason, topic=topic, since=since, limit=page, skip=skip):
+            yield from letters
+            skip += len(letters)
+
+    def replayed(self, topic: str | None = None) -> set[LetterKey]:
+        """The letters (of ``topic``, else of every topic) that a replay sent back."""
+        where = "WHERE source_topic = {topic:String}" if topic is not None else ""
         rows = self._store._query(
             "dead-letter replay read",
-            f"SELECT source_topic, src_partition, src_offset, raw_sha256 FROM {self._replays} FINAL "
-            "WHERE source_topic IN {topics:Array(String)}",
-            {"topics": sorted({d.source_topic for d in letters})},
+            f"SELECT source_topic, src_partition, src_offset, raw_sha256 FROM {self._replays} FINAL {where}",
+            {"topic": topic} if topic is not None else None,
         )
-        done = {(t, int(p), int(o), h) for t, p, o, h in rows}
-        return {key for d in letters if (key := letter_key(d)) in done}
+        return {(t, int(p), int(o), h) for t, p, o, h in rows}
 
     def record_replays(self, letters: Sequence[DeadLetter], at: datetime) -> int:
         if not letters:
