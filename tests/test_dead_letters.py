@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from typer.testing import CliRunner
 
 from streams.cli import app
@@ -20,6 +19,7 @@ from streams.dead_letter_replay import letter_key, plan_replay
 from streams.samples import news_json
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
+from tests.fixtures.labelling import topic_records
 
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 NEWS, SUPPORT = "vigil.news.raw", "vigil.support.raw"
@@ -107,23 +107,6 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
     listed = vigil("list")
     assert "Dead letters: 4" in listed and "bad_json" in listed and listed.count("yes") == 3
 
-    assert asyncio.run(records_on(settings.kafka_brokers, settings.topic_news)) == [(d.key, d.raw) for d in failed]
-
-
-async def records_on(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
-    """(key, value) of every record on partition 0 of ``topic``, read for 3 s: what the dry run, a
-    repeat or the bad_json letter sent would show."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        got: list[tuple[bytes | None, bytes]] = []
-        deadline = asyncio.get_running_loop().time() + 3
-        while asyncio.get_running_loop().time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                got += [(r.key, r.value) for r in records]
-        return got
-    finally:
-        await consumer.stop()
+    # Read for 3 s past the three: the dry run, a repeat or the bad_json letter would show there.
+    sent = asyncio.run(topic_records(settings.kafka_brokers, settings.topic_news, len(failed) + 1, timeout_s=3))
+    assert sent == [(d.key, d.raw) for d in failed]

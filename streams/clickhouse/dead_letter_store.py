@@ -33,7 +33,8 @@ class DeadLetterStore:
                 since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[DeadLetter]:
         """Letters received at or after ``since`` (whole seconds), oldest first: ``limit`` of them
         after the first ``skip``."""
-        where, params = [], {"limit": limit, "skip": skip}
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit, "skip": skip}
         if reason is not None:
             where.append("reason = {reason:String}")
             params["reason"] = reason.value
