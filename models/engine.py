@@ -88,9 +88,10 @@ def clean_text(text: str) -> str:
 
 class ModelTokenizer:
     """A version's Rust tokenizer (its tokenizer.json) with its pad and separator ids: all that
-    scoring asks of a tokenizer. Loading it does not import transformers, which takes ~9 s on a 2-core CPU: a CPU
-    worker whose ONNX graph and parity figures are cached starts without it. ``encode`` takes this
-    or a transformers fast tokenizer alike (training and retraining use those)."""
+    scoring asks of a tokenizer. Loading it does not import transformers (12.7 s on a 2-core CPU,
+    benchmarks/RESULTS.md), so a CPU worker whose ONNX graph and parity figures are cached starts
+    without it. ``encode`` takes this or a transformers fast tokenizer alike (training and
+    retraining use those)."""
 
     def __init__(self, model_dir: Path) -> None:
         path, config_path = Path(model_dir) / "tokenizer.json", Path(model_dir) / "tokenizer_config.json"

@@ -22,10 +22,6 @@ class DeadLetterStore:
         self._store = store
 
     @property
-    def _table(self) -> str:
-        return f"{self._store.database}.dead_letters"
-
-    @property
     def _replays(self) -> str:
         return f"{self._store.database}.dead_letter_replays"
 
@@ -46,7 +42,7 @@ class DeadLetterStore:
             params["since"] = f"{as_utc(since):%Y-%m-%d %H:%M:%S}"
         rows = self._store._query(
             "dead-letter read",
-            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._table} FINAL "
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._store._dead_letters} FINAL "
             f"{'WHERE ' + ' AND '.join(where) if where else ''} "
             "ORDER BY received_at, source_topic, src_partition, src_offset, raw_base64 "
             "LIMIT {skip:UInt64}, {limit:UInt64}",
