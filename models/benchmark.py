@@ -85,9 +85,11 @@ def bench_scoring(
     # measures the engine, not the dtype.
     hf_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(engine.precision, torch.float32)
 
+    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
     def hf_pipeline(dtype: torch.dtype):
         model = MeanPoolClassifier.from_pretrained(model_dir, dtype=dtype).eval()
-        return pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), device=dev)
+        return pipeline("text-classification", model=model, tokenizer=hf_tokenizer, device=dev)
 
     pipe = hf_pipeline(hf_dtype)
     kw = {"truncation": True, "max_length": settings.max_length}
