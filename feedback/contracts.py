@@ -122,6 +122,7 @@ class ModelEventKind(StrEnum):
     promoted = "promoted"  # the model-updated event workers hot swap on
     rolled_back = "rolled_back"
     swapped = "swapped"  # a worker now scores with the version
+    champion_refused = "champion_refused"  # a worker would not score with the champion: it failed to load or its self test
 
 
 class ModelEvent(BaseModel):

@@ -104,6 +104,12 @@ class ModelRegistry:
         """The promoted version, or None when nothing was promoted."""
         return self._pointer(task)["champion"]
 
+    def champions(self, task: str) -> list[str]:
+        """The champion, then the champions before it, newest first; versions since deleted are left out."""
+        pointer = self._pointer(task)
+        lineage = [pointer["champion"], *reversed(pointer["history"])] if pointer["champion"] else []
+        return [v for v in dict.fromkeys(lineage) if (self.task_dir(task) / v / "card.json").is_file()]
+
     def _not_found(self, task: str, what: str) -> ModelNotFound:
         return ModelNotFound(
             f"no {what} model for task {task!r} in {self.root}: run `vigil train --task {task}` "

@@ -134,12 +134,13 @@ def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
 ) -> None:
     """Run one worker in the foreground against VIGIL_KAFKA_BROKERS."""
+    from models.self_test import ModelBroken
     from streams.clickhouse import ClickHouseError
     from streams.worker import WorkerConfigError, run_worker
 
     try:
         run_worker(_settings(ctx), metrics_port)
-    except (WorkerConfigError, ClickHouseError) as e:
+    except (WorkerConfigError, ClickHouseError, ModelBroken) as e:
         # A log line, not a traceback: with VIGIL_LOG_FORMAT=json every line stays JSON.
         logging.getLogger("streams.worker").critical("worker cannot start: %s", e)
         raise typer.Exit(1) from None

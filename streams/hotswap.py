@@ -19,12 +19,14 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 
 import faust
 
 from feedback.contracts import ModelEvent, ModelEventKind
 from models.registry import CHAMPION, ModelRegistry
 from models.scoring import Scorer
+from models.self_test import load_tested, refusal_reason
 from streams.clickhouse import ClickHouseStore, StorageUnavailable
 from streams.contracts import Kind
 from streams.metrics import Metrics
@@ -67,48 +69,67 @@ def register_hot_swap(
     metrics: Metrics,
     load: Callable[[VigilSettings, str, str], Scorer],
     worker_name: str,
+    refused_at_start: Mapping[tuple[str, str], str],
 ) -> None:
     """Add the timer that swaps ``slots`` to new champions; loading runs on its own thread so the
-    event loop keeps consuming, scoring and heartbeating meanwhile."""
+    event loop keeps consuming, scoring and heartbeating meanwhile.
+
+    A champion that fails to load or its self test is refused: the slot keeps its version, and the
+    refusal ((task, version) -> reason, seeded with the versions refused when the worker started) is
+    reported once, not every tick."""
     from feedback.store import FeedbackStore
 
     registry = ModelRegistry(settings.registry_dir)
     loader = ThreadPoolExecutor(1, thread_name_prefix="vigil-model-load")
     events_topic = app.topic(settings.topic_model_events, key_type=bytes, value_type=bytes)
     events_store = FeedbackStore(store)  # same backend: chdb allows one per process
-    broken: dict[str, str] = {}  # version -> error, so a corrupt version is reported once, not every tick
+    refused = dict(refused_at_start)
 
     async def in_thread(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(loader, fn, *args)
+
+    async def report(kind: ModelEventKind, task: str, version: str, detail: str, figures: dict[str, float]) -> None:
+        metrics.model_events.labels(task, kind.value).inc()
+        event = ModelEvent(kind=kind, task=task, model_version=version, detail=detail, figures=figures,
+                           created_at=datetime.now(UTC))
+        await events_topic.send(key=task.encode(), value=event.model_dump_json().encode())
+        try:
+            await in_thread(events_store.write_model_events, [event])
+        except StorageUnavailable as exc:  # what it reports happened; only its record is missing
+            log.error("%s event not stored: %s", kind.value, exc)
+
+    @app.task
+    async def report_refused_at_start() -> None:
+        for (task, version), why in refused_at_start.items():
+            await report(ModelEventKind.champion_refused, task, version,
+                         f"{worker_name} refused {version} at start: {why}", {})
 
     @app.timer(settings.model_poll_interval_s)
     async def follow_champions() -> None:
         for slot in slots.values():
             version = await in_thread(wanted_version, registry, slot)
-            key = f"{slot.task}/{version}"
-            if version is None or key in broken:
+            metrics.model_behind_champion.labels(slot.task).set(int((slot.task, version) in refused))
+            if version is None or (slot.task, version) in refused:
                 continue
+            current = slot.get().model_version
             started = time.perf_counter()
             try:
-                scorer = await in_thread(load, settings, slot.task, version)
+                scorer = await in_thread(load_tested, partial(load, settings, slot.task), version)
             except Exception as exc:  # noqa: BLE001 - keep scoring with the current version
-                broken[key] = repr(exc)
-                log.error("%s %s is the champion but cannot be loaded; still scoring with %s: %r",
-                          slot.task, version, slot.get().model_version, exc)
+                why = refusal_reason(exc)
+                refused[(slot.task, version)] = why
+                metrics.model_behind_champion.labels(slot.task).set(1)
+                log.error("%s %s is the champion but was refused; still scoring with %s: %s",
+                          slot.task, version, current, why)
+                await report(ModelEventKind.champion_refused, slot.task, version,
+                             f"{worker_name} refused {version}, still scoring with {current}: {why}", {})
                 continue
-            old = slot.swap(scorer)
+            slot.swap(scorer)
             load_s = time.perf_counter() - started
             metrics.model.info({s.task: s.get().model_version for s in slots.values()})
-            metrics.model_events.labels(slot.task, ModelEventKind.swapped.value).inc()
-            log.info("%s: now scoring with %s (was %s; loaded in %.2fs)", slot.task, version, old.model_version, load_s)
-            event = ModelEvent(kind=ModelEventKind.swapped, task=slot.task, model_version=version,
-                               detail=f"{worker_name} swapped {old.model_version} -> {version}",
-                               figures={"load_seconds": load_s}, created_at=datetime.now(UTC))
-            await events_topic.send(key=slot.task.encode(), value=event.model_dump_json().encode())
-            try:
-                await in_thread(events_store.write_model_events, [event])
-            except StorageUnavailable as exc:  # the swap happened; only its record is missing
-                log.error("swapped event not stored: %s", exc)
+            log.info("%s: now scoring with %s (was %s; loaded in %.2fs)", slot.task, version, current, load_s)
+            await report(ModelEventKind.swapped, slot.task, version, f"{worker_name} swapped {current} -> {version}",
+                         {"load_seconds": load_s})
 
 
 def follows_champion(configured: str) -> bool:

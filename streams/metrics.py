@@ -51,6 +51,10 @@ class Metrics:
         self.model_events = Counter(
             "vigil_model_events_total", "Drift detections, swaps and other model events", ["task", "kind"], registry=r
         )
+        self.model_behind_champion = Gauge(
+            "vigil_model_behind_champion", "1 while the champion is refused (it failed to load or its self "
+            "test) and an earlier version scores instead", ["task"], registry=r,
+        )
         self.model = Info("vigil_model", "Model versions in use", registry=r)
 
     def observe_batch(self, kind: Kind, n_records: int, result: BatchResult, seconds: float) -> None:

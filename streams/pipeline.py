@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from models.scoring import Prediction, Scorer
+from models.self_test import ModelBroken, self_test
 from streams.contracts import (
     DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, ShadowPrediction, SupportMessage,
 )
@@ -22,10 +23,6 @@ from streams.tickers import extract_tickers
 log = logging.getLogger(__name__)
 
 Item = NewsItem | SupportMessage
-
-# Any working model scores this; when it fails as well, the fault is not in the messages.
-CONTROL_TEXT = "The company reported its quarterly results on Tuesday."
-
 
 class ScorerBroken(RuntimeError):
     """The model fails on a plain control text too (a lost GPU, a corrupt version): the batch's
@@ -193,13 +190,12 @@ def score_batch(
 def _check_scorer_works(scorer: Scorer, failure: Exception) -> None:
     """Tell a poison text (dead-lettered) from a broken model (raises ScorerBroken)."""
     try:
-        scorer.score([CONTROL_TEXT])
-    except Exception as exc:
+        self_test(scorer)
+    except ModelBroken as exc:
         raise ScorerBroken(
-            f"the {scorer.task} model {scorer.model_version} fails on a plain control text as well ({exc!r}; the "
-            f"batch failed with {failure!r}): the fault is the model's or the device's, not the messages', so "
-            "they are left un-acked for the restarted worker. If it goes on failing, roll the model back with "
-            "`vigil models rollback` or score on the CPU (VIGIL_DEVICE=cpu)"
+            f"{exc}; the batch failed with {failure!r}. The fault is the model's or the device's, not the "
+            "messages', so they are left un-acked for the restarted worker, which falls back to the last "
+            "champion that passes its self test. If every version fails, score on the CPU (VIGIL_DEVICE=cpu)"
         ) from exc
 
 

@@ -11,11 +11,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import faust
 
 from models.engine import load_scorer
+from models.registry import CHAMPION, ModelRegistry
+from models.scoring import Scorer
+from models.self_test import FALLBACK_DEPTH, ModelBroken, first_working, load_tested
 from streams.app import create_app
 from streams.clickhouse import open_store
 from streams.contracts import Kind
@@ -50,11 +54,13 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
     configure_logging(handler, level)
     log.info("worker starting", extra={"config": settings_summary(settings)})
     versions = {Kind.news: settings.sentiment_model, Kind.support: settings.triage_model}
-    slots = {
-        kind: ScorerSlot(TASK_BY_KIND[kind], load_scorer(settings, TASK_BY_KIND[kind], versions[kind]),
-                         follows_champion=follows_champion(versions[kind]))
-        for kind in Kind
-    }
+    slots: dict[Kind, ScorerSlot] = {}
+    refused: dict[tuple[str, str], str] = {}
+    for kind in Kind:
+        task = TASK_BY_KIND[kind]
+        scorer, refused_here = load_working_scorer(settings, task, versions[kind])
+        slots[kind] = ScorerSlot(task, scorer, follows_champion=follows_champion(versions[kind]))
+        refused |= {(task, version): why for version, why in refused_here.items()}
     shadow_versions = {Kind.news: settings.shadow_sentiment_model, Kind.support: settings.shadow_triage_model}
     shadows = {
         kind: load_scorer(settings, TASK_BY_KIND[kind], version)
@@ -73,7 +79,8 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         metrics,
         shadows,
     )
-    register_hot_swap(app, settings, slots, store, metrics, load_scorer, settings.worker_id or default_worker_id())
+    register_hot_swap(app, settings, slots, store, metrics, load_scorer, settings.worker_id or default_worker_id(),
+                      refused)
     if settings.ui_in_worker:
         from feedback.web import attach_to_worker
 
@@ -90,6 +97,28 @@ def run_worker(settings: VigilSettings, metrics_port: int | None = None) -> None
         ).execute_from_commandline()
     finally:
         store.close()
+
+
+def load_working_scorer(settings: VigilSettings, task: str, configured: str) -> tuple[Scorer, dict[str, str]]:
+    """The scorer a worker starts with, and the versions it refused (version -> reason).
+
+    A pinned version must pass its self test, or the worker does not start. A worker that follows
+    the champion falls back to the newest earlier champion that passes, so a broken promotion costs
+    a fallback instead of a restart loop."""
+    load = partial(load_scorer, settings, task)
+    if not follows_champion(configured):
+        try:
+            return load_tested(load, configured), {}
+        except ModelBroken as exc:
+            raise ModelBroken(f"{exc}. It is pinned by VIGIL_{task.upper()}_MODEL: pin a version that works, "
+                              "or unset it to follow the champion") from exc
+    candidates = ModelRegistry(settings.registry_dir).champions(task)[: 1 + FALLBACK_DEPTH] or [CHAMPION]
+    scorer, refused = first_working(task, candidates, load)
+    if refused:
+        log.critical("%s: scoring with %s, not the champion %s, which was refused: %s. Make a version that "
+                     "works the champion, e.g. `vigil models promote %s %s`",
+                     task, scorer.model_version, candidates[0], refused[candidates[0]], task, scorer.model_version)
+    return scorer, refused
 
 
 def gpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:

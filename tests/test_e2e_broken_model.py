@@ -1,8 +1,13 @@
-"""A model that fails on every text must not turn valid messages into dead letters. A real worker
-process (faust, Tansu, chdb) runs a sentiment version whose classifier weights are NaN, so the
-engine refuses every score as non-finite: the worker stops with the reason and exits non-zero,
-nothing reaches the dead-letter topic, and a worker on the working champion then scores every
-message once."""
+"""A broken model version must never turn valid messages into dead letters, nor stop the stream
+when a working version is at hand. Real worker processes (faust, Tansu, chdb) and real tiny models;
+"broken" is a sentiment version whose classifier weights are NaN, so every score it makes is
+refused as non-finite.
+
+- A worker pinned to the broken version does not start: it exits non-zero with the reason.
+- A running worker does not hot swap to a broken champion: it refuses it and keeps scoring.
+- A worker started while the broken version is the champion falls back to the champion before it.
+Nothing reaches the dead-letter topic, and every message is scored once, by the working version.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +16,25 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
+from feedback.contracts import ModelEventKind
+from feedback.store import FeedbackStore
 from models.registry import ModelRegistry
+from streams.clickhouse import open_store
 from streams.contracts import Kind
 from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
-from tests.e2e_stack import Topic, assert_exactly_once, stack_env, use_stack
-from tests.fixtures.models import copy_version
+from tests.e2e_stack import Topic, assert_exactly_once, free_port, metric_total, stack_env, use_stack
+from tests.fixtures.models import break_classifier, copy_version
 
 pytestmark = pytest.mark.slow
 
 
-def _break_classifier(version_dir: Path) -> None:
-    path = version_dir / "model.safetensors"
-    tensors = load_file(path)
-    head = [name for name in tensors if "classifier" in name]
-    assert head, f"no classifier weights in {sorted(tensors)}"
-    save_file({n: torch.full_like(t, float("nan")) if n in head else t for n, t in tensors.items()}, str(path))
-
-
-def _news(i: int) -> OutgoingMessage:
-    id_ = f"bm-{i}"
-    return OutgoingMessage.raw(Kind.news, id_, news_json(id=id_, headline=f"Acme Corp quarterly update number {i}"))
+def _news(ids: range) -> list[OutgoingMessage]:
+    return [OutgoingMessage.raw(Kind.news, f"bm-{i}", news_json(id=f"bm-{i}", headline=f"Acme Corp update number {i}"))
+            for i in ids]
 
 
 def _exit_code(worker: WorkerProcess, timeout_s: float) -> int | None:
@@ -46,42 +44,76 @@ def _exit_code(worker: WorkerProcess, timeout_s: float) -> int | None:
     return None if worker.alive() else worker.proc.returncode
 
 
-async def _scored_and_dead(settings: VigilSettings, n: int, timeout_s: float) -> tuple[list, list]:
-    async with Topic(settings, settings.topic_scored) as scored, Topic(settings, settings.topic_dlq) as dead:
-        await scored.until(lambda v: len(v) >= n, timeout_s)
+async def _send_and_score(settings: VigilSettings, messages: list[OutgoingMessage], scored_in_all: int,
+                          refusals_in_all: int) -> tuple[list, list, list]:
+    """Send ``messages``; wait until the scored topic holds ``scored_in_all`` and the model events
+    topic ``refusals_in_all`` champion refusals; then the scored, dead-letter and refusal records."""
+    async with Topic(settings, settings.topic_scored) as scored, Topic(settings, settings.topic_dlq) as dead, \
+            Topic(settings, settings.topic_model_events) as events:
+        def refusals(values: list) -> list:
+            return [e for e in values if e["kind"] == ModelEventKind.champion_refused.value]
+
+        assert await events.until(lambda v: len(refusals(v)) >= refusals_in_all, 120), "no champion_refused event"
+        await replay(settings.kafka_brokers, settings.raw_topics, messages)
+        assert await scored.until(lambda v: len(v) >= scored_in_all, 180), f"only {len(scored.values)} scored"
         await scored.until(lambda v: False, 2)  # a double scoring would arrive now
         await dead.until(lambda v: False, 1)
-        return scored.values, dead.values
+        return scored.values, dead.values, refusals(events.values)
 
 
-def test_a_model_that_fails_on_everything_stops_the_worker_and_dead_letters_nothing(
+def test_a_broken_version_never_scores_and_never_dead_letters_valid_messages(
     tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch
 ) -> None:
-    env = stack_env(tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_INFERENCE_PRECISION="fp32")
+    env = stack_env(tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_INFERENCE_PRECISION="fp32",
+                    VIGIL_MODEL_POLL_INTERVAL_S="0.5")
     settings = use_stack(env, monkeypatch, tiny_registry)
     registry = ModelRegistry(settings.registry_dir)
-    broken = copy_version(registry, "sentiment", registry.resolve("sentiment", "champion")).version
-    _break_classifier(registry.resolve("sentiment", broken))
-    messages = [_news(i) for i in range(20)]
-    asyncio.run(replay(settings.kafka_brokers, settings.raw_topics, messages))
+    good = registry.champion("sentiment")
+    broken = copy_version(registry, "sentiment", registry.resolve("sentiment", good)).version
+    break_classifier(registry.resolve("sentiment", broken))
+    first, second, third = _news(range(20)), _news(range(20, 40)), _news(range(40, 60))
+    asyncio.run(replay(settings.kafka_brokers, settings.raw_topics, first))
 
-    log = tmp_path / "broken.log"
-    worker = WorkerProcess(kafka_broker.bootstrap, log, {**env, "VIGIL_SENTIMENT_MODEL": broken})
-    worker.start()
+    # Pinned: the worker refuses to start on it, before it reads anything.
+    pinned = WorkerProcess(kafka_broker.bootstrap, tmp_path / "pinned.log", {**env, "VIGIL_SENTIMENT_MODEL": broken})
+    pinned.start()
     try:
-        code = _exit_code(worker, timeout_s=180)
+        code = _exit_code(pinned, timeout_s=180)
     finally:
-        worker.stop(timeout_s=10)
-    assert code not in (None, 0), f"the worker on the broken model did not stop by itself (exit {code})"
-    assert "fails on a plain control text as well" in log.read_text()
+        pinned.stop(timeout_s=10)
+    assert code not in (None, 0), f"the worker pinned to the broken version did not stop by itself (exit {code})"
+    assert f"{broken} cannot score a plain control text" in (tmp_path / "pinned.log").read_text()
 
-    fixed = WorkerProcess(kafka_broker.bootstrap, tmp_path / "fixed.log", env)  # the working champion
-    fixed.start()
+    # Promoted while a worker runs on the good champion: refused, and the stream goes on.
+    running = WorkerProcess(kafka_broker.bootstrap, tmp_path / "running.log", env)
+    running.start()
     try:
-        scored, dead = asyncio.run(_scored_and_dead(settings, len(messages), timeout_s=180))
+        asyncio.run(_send_and_score(settings, [], len(first), 0))
+        registry.promote("sentiment", broken)
+        asyncio.run(_send_and_score(settings, second, len(first) + len(second), 1))
     finally:
-        assert fixed.stop() == 0
+        assert running.stop() == 0
+
+    # Started while it is the champion: falls back to the champion before it, and says so.
+    port = free_port()
+    restarted = WorkerProcess(kafka_broker.bootstrap, tmp_path / "restarted.log", env, ("--metrics-port", str(port)))
+    restarted.start()
+    try:
+        scored, dead, refusals = asyncio.run(_send_and_score(settings, third, 60, 2))
+        assert metric_total(port, "vigil_model_behind_champion") == 1
+    finally:
+        assert restarted.stop() == 0
+    assert f"scoring with {good}, not the champion {broken}" in (tmp_path / "restarted.log").read_text()
+
     assert dead == []
+    messages = first + second + third
     assert sorted(m["id"] for m in scored) == sorted(m.key.decode() for m in messages)
-    assert {m["model_version"] for m in scored} == {registry.resolve("sentiment", "champion").name}
+    assert {m["model_version"] for m in scored} == {good}
     assert_exactly_once(settings, {f"news:{m.key.decode()}" for m in messages})
+    assert [(e["model_version"], "at start" in e["detail"]) for e in refusals] == [(broken, False), (broken, True)]
+    store = open_store(settings)
+    try:
+        stored = FeedbackStore(store).fetch_model_events("sentiment")
+    finally:
+        store.close()
+    assert [(e.kind, e.model_version) for e in stored] == [(ModelEventKind.champion_refused, broken)] * 2

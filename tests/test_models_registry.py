@@ -1,5 +1,7 @@
 """Registry versions, champion pointer, promote / rollback / resolve, on real saved models."""
 
+import shutil
+
 import pytest
 
 from models.registry import ModelNotFound, ModelRegistry, RegistryError
@@ -30,6 +32,18 @@ def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
     with pytest.raises(ModelNotFound):
         reg.promote("triage", "../sentiment")
     assert not [p for p in (tmp_path / "models" / "triage").iterdir() if p.name.startswith(".")]
+
+
+def test_champions_are_listed_newest_first_without_repeats_or_deleted_versions(tiny_registry, tmp_path):
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(4):
+        copy_version(reg, "triage", src)
+    assert reg.champions("triage") == []
+    for version in ("v1", "v2", "v1", "v3", "v4"):
+        reg.promote("triage", version)
+    shutil.rmtree(reg.resolve("triage", "v3"))
+    assert reg.champions("triage") == ["v4", "v1", "v2"]
 
 
 def test_list_and_show(tiny_registry):

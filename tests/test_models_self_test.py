@@ -1,0 +1,70 @@
+"""A version must score a plain text before a worker serves with it: a pinned broken version stops
+the worker with the reason, and a worker that follows a broken champion starts on the newest earlier
+champion that works. Real tiny models on the CPU; "broken" is NaN classifier weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.registry import ModelNotFound, ModelRegistry
+from models.self_test import FALLBACK_DEPTH, ModelBroken
+from streams.settings import VigilSettings
+from streams.worker import load_working_scorer
+from tests.fixtures.models import break_classifier, copy_version
+
+
+@pytest.fixture
+def registry(tiny_registry: Path, tmp_path: Path) -> ModelRegistry:
+    shutil.copytree(tiny_registry, tmp_path / "models")
+    return ModelRegistry(tmp_path / "models")
+
+
+def _settings(registry: ModelRegistry, **overrides: str) -> VigilSettings:
+    return VigilSettings(data_dir=registry.root.parent, device="cpu", inference_precision="fp32", **overrides)
+
+
+def _promote_copy(registry: ModelRegistry, *, broken: bool) -> str:
+    version = copy_version(registry, "sentiment", registry.resolve("sentiment", "v1")).version
+    if broken:
+        break_classifier(registry.resolve("sentiment", version))
+    return registry.promote("sentiment", version)
+
+
+def test_a_broken_champion_is_refused_for_the_newest_earlier_champion_that_works(registry):
+    good = _promote_copy(registry, broken=False)
+    broken = _promote_copy(registry, broken=True)
+    scorer, refused = load_working_scorer(_settings(registry), "sentiment", "champion")
+    assert scorer.model_version == good
+    assert list(refused) == [broken]
+    assert "cannot score a plain control text" in refused[broken] and "non-finite" in refused[broken]
+
+
+def test_a_working_champion_is_used_with_nothing_refused(registry):
+    scorer, refused = load_working_scorer(_settings(registry), "sentiment", "champion")
+    assert (scorer.model_version, refused) == ("v1", {})
+
+
+def test_a_pinned_broken_version_is_not_replaced_but_stops_the_worker_with_the_reason(registry):
+    broken = _promote_copy(registry, broken=True)
+    registry.rollback("sentiment")
+    with pytest.raises(ModelBroken, match=f"{broken} cannot score.*pinned by VIGIL_SENTIMENT_MODEL"):
+        load_working_scorer(_settings(registry, sentiment_model=broken), "sentiment", broken)
+
+
+def test_when_every_recent_champion_fails_the_worker_stops_naming_each_and_the_device(registry):
+    break_classifier(registry.resolve("sentiment", "v1"))
+    promoted = [_promote_copy(registry, broken=True) for _ in range(FALLBACK_DEPTH + 1)]
+    with pytest.raises(ModelBroken, match="no sentiment version works here.*VIGIL_DEVICE=cpu") as caught:
+        load_working_scorer(_settings(registry), "sentiment", "champion")
+    message = str(caught.value)
+    assert all(f"{v}: the sentiment model {v} cannot score" in message for v in promoted)
+    assert "v1:" not in message  # beyond the fallback depth: not loaded
+
+
+def test_an_empty_registry_still_says_to_train(tmp_path):
+    settings = VigilSettings(data_dir=tmp_path, device="cpu", inference_precision="fp32")
+    with pytest.raises(ModelNotFound, match="vigil train --task sentiment"):
+        load_working_scorer(settings, "sentiment", "champion")
