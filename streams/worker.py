@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from streams.logs import (
     settings_summary,
 )
 from streams.metrics import Metrics
+from streams.restarts import RestartBackoff
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,12 @@ class WorkerProcess:
     extra_env: dict[str, str]
     args: tuple[str, ...] = ()  # extra `vigil worker` options, e.g. ("--metrics-port", "9108")
     proc: subprocess.Popen[bytes] | None = None
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
+    started_at: float = 0.0
+    restart_at: float | None = None
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         env = {**os.environ, **self.extra_env, "VIGIL_KAFKA_BROKERS": self.bootstrap}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
@@ -171,10 +176,18 @@ class WorkerProcess:
         return self.proc.returncode
 
     def restart_if_dead(self) -> bool:
+        """Start a dead worker again once its back-off has passed; True when it was started."""
         if self.alive():
             return False
-        code = self.proc.returncode if self.proc else None
-        log.error("worker exited with %s; restarting it (log: %s)", code, self.log_path)
-        time.sleep(1.0)
+        now = time.monotonic()
+        if self.restart_at is None:
+            ran_for = now - self.started_at
+            delay = self.backoff.delay(ran_for)
+            self.restart_at = now + delay
+            log.error("worker exited with %s after %.0fs; restarting it in %.0fs (log: %s)",
+                      self.proc.returncode if self.proc else None, ran_for, delay, self.log_path)
+        if now < self.restart_at:
+            return False
+        self.restart_at = None
         self.start()
         return True

@@ -1,0 +1,20 @@
+"""When a supervisor restarts a worker that died: soon after a long run, later and later after
+quick deaths. A worker that cannot start (a pinned broken model, a wrong password) would otherwise
+restart every few seconds, loading its models each time and filling its log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RestartBackoff:
+    first_s: float = 1.0
+    max_s: float = 60.0
+    healthy_after_s: float = 120.0  # a run this long ends the streak of quick deaths
+    _quick_deaths: int = 0
+
+    def delay(self, ran_for_s: float) -> float:
+        """Seconds to wait before restarting a worker that died after running ``ran_for_s``."""
+        self._quick_deaths = 1 if ran_for_s >= self.healthy_after_s else self._quick_deaths + 1
+        return min(self.first_s * 2 ** (self._quick_deaths - 1), self.max_s)
