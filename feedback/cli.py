@@ -80,12 +80,8 @@ def label_ui(
             await serve(settings, store, settings.kafka_brokers,
                         ready=lambda url: console.print(f"[green]labelling UI[/] on {url} (Ctrl-C stops)"))
 
-    try:
+    with store, contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        store.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from feedback.contracts import ModelEvent
 from streams.settings import VigilSettings
@@ -51,11 +52,6 @@ def record_model_events(settings: VigilSettings, events: Sequence[ModelEvent], s
         return
     from feedback.store import open_feedback_store
 
-    own = store is None
-    store = store or open_feedback_store(settings)
-    try:
-        store.write_model_events(events)
-    finally:
-        if own:
-            store.close()
+    with nullcontext(store) if store is not None else open_feedback_store(settings) as opened:
+        opened.write_model_events(events)
     publish_model_events(settings, events)

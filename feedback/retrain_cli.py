@@ -35,11 +35,8 @@ def retrain_command(
 
     settings = _settings(ctx)
     try:
-        store = open_feedback_store(settings)
-        try:
+        with open_feedback_store(settings) as store:
             report = run_retrain(settings, task, store, force=force)
-        finally:
-            store.close()
     except (ValueError, RuntimeError, ClickHouseError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e

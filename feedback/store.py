@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from feedback.contracts import (
     Correction,
@@ -392,6 +392,12 @@ class FeedbackStore:
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_feedback_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_now) -> FeedbackStore:

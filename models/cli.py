@@ -187,11 +187,8 @@ def backtest_command(
     try:
         rules = AlertRules.from_file(s.alert_rules_path) if s.alert_rules_path else AlertRules()
         scorer = load_scorer(s, "sentiment", version)
-        store = open_store(s)
-        try:
+        with open_store(s) as store:
             news = store.fetch_scored_between("news", end - timedelta(hours=hours), end)
-        finally:
-            store.close()
         report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
     except (ModelNotFound, RulesError, BacktestError) as e:
         raise _fail(e) from e

@@ -49,13 +49,10 @@ def list_letters(
     from streams.clickhouse import open_store
     from streams.clickhouse.dead_letter_store import DeadLetterStore
 
-    store = open_store(ctx.obj)
-    try:
+    with open_store(ctx.obj) as store:
         letters_store = DeadLetterStore(store)
         letters = letters_store.letters(reason=reason, topic=topic, since=_utc(since), limit=limit)
         replayed = letters_store.replayed(topic)
-    finally:
-        store.close()
     if not letters:
         console.print("no dead letters match")
         return
@@ -84,8 +81,7 @@ def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, 
     from streams.kafka_config import aiokafka_kwargs
     from streams.replay import OutgoingMessage, replay
 
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         letters_store = DeadLetterStore(store)
         letters = letters_store.every_letter(reason=reason, topic=topic, since=since)
         raw_topics = {name: Kind(kind) for kind, name in settings.raw_topics.items()}
@@ -97,8 +93,6 @@ def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, 
                            kafka_kwargs=aiokafka_kwargs(settings)))
         letters_store.record_replays([d for _, d in plan.send], datetime.now(UTC))
         return plan
-    finally:
-        store.close()
 
 
 @dead_letters_app.command("replay")

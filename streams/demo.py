@@ -174,9 +174,6 @@ def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) ->
     table.add_row("throughput", f"{report.msgs_per_s:,.0f} msg/s over {report.seconds:.1f} s")
     table.add_row("latency to scored topic p50 / p99", f"{report.p50_ms:,.0f} / {report.p99_ms:,.0f} ms")
     console.print(table)
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         render_summary(store.summary(min_ticker_volume=3), console)
-    finally:
-        store.close()
     return report

@@ -41,11 +41,8 @@ def status(
     from streams.clickhouse.triage_store import TriageStore
 
     when = (at.replace(tzinfo=UTC) if at.tzinfo is None else at) if at else datetime.now(UTC)
-    store = open_store(ctx.obj)
-    try:
+    with open_store(ctx.obj) as store:
         rows = TriageStore(store).sla_summary(when)
-    finally:
-        store.close()
     if not rows:
         console.print("no triage tickets stored yet: start a worker (`vigil up`) and send support messages")
         return

@@ -192,13 +192,10 @@ def rss_kib(pid: int) -> int:
 
 def stored_id_counts(settings: VigilSettings) -> dict[str, int]:
     """``kind:id`` -> rows in ``scored FINAL`` (1 each when nothing was duplicated)."""
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         rows = store.backend.query(
             f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored FINAL GROUP BY kind, id"
         )
-    finally:
-        store.close()
     return {f"{kind}:{id_}": int(n) for kind, id_, n in rows}
 
 

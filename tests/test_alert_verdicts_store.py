@@ -34,8 +34,7 @@ def alert(n: int, rule: str) -> Alert:
 
 
 def test_verdicts_round_trip_keep_history_and_give_precision(settings: VigilSettings) -> None:
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         a1, a2, a3 = alert(1, "negative_share"), alert(2, "negative_share"), alert(3, "volume_spike")
         store.write_alerts([a1, a2, a3])
         first = AlertVerdict(alert_id=a1.id, useful=False, by="ann", at=T0 + timedelta(minutes=5), note="meh")
@@ -52,5 +51,3 @@ def test_verdicts_round_trip_keep_history_and_give_precision(settings: VigilSett
         assert (precision["negative_share"].useful, precision["negative_share"].false) == (1, 1)
         assert precision["negative_share"].precision == 0.5
         assert precision["volume_spike"].precision is None
-    finally:
-        store.close()

@@ -124,11 +124,8 @@ def test_a_checkpoint_of_other_window_geometry_is_not_used(caplog):
 @pytest.fixture(params=["chdb", "server"])
 def state_store(request: pytest.FixtureRequest):
     settings: VigilSettings = request.getfixturevalue(f"{request.param}_settings")
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         yield store
-    finally:
-        store.close()
 
 
 def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, stream):

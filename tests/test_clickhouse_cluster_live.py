@@ -104,11 +104,8 @@ def nodes(clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings) -> I
 
 @pytest.fixture
 def store(cluster_db: VigilSettings) -> Iterator[ClickHouseStore]:
-    st = open_store(cluster_db)
-    try:
+    with open_store(cluster_db) as st:
         yield st
-    finally:
-        st.close()
 
 
 def test_migrations_create_every_table_on_every_node_and_rerun_from_any_node(

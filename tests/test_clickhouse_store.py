@@ -48,11 +48,8 @@ def settings(request: pytest.FixtureRequest) -> VigilSettings:
 
 @pytest.fixture
 def store(settings: VigilSettings):
-    st = open_store(settings, clock=lambda: WRITTEN)
-    try:
+    with open_store(settings, clock=lambda: WRITTEN) as st:
         yield st
-    finally:
-        st.close()
 
 
 def test_a_column_another_process_added_first_counts_as_applied(settings: VigilSettings, tmp_path) -> None:
@@ -230,8 +227,7 @@ def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, serv
     settings = server_settings.model_copy(
         update={"clickhouse_retry_attempts": 3, "clickhouse_retry_max_s": 0.2}
     )
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         clickhouse_server.stop()
         try:
             with pytest.raises(StorageUnavailable, match="keep its Kafka offsets uncommitted"):
@@ -240,14 +236,11 @@ def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, serv
             clickhouse_server.start()
         assert store.write_scored([msg(1)]) == 1
         assert [m.id for m in store.fetch_scored(Kind.news, ["n-1"])] == ["n-1"]
-    finally:
-        store.close()
 
 
 def test_modern_ttl_drops_rows_older_than_the_retention(chdb_settings: VigilSettings) -> None:
     old = datetime.now(UTC) - timedelta(days=chdb_settings.clickhouse_ttl_days + 1)
-    store = open_store(chdb_settings, clock=lambda: old)
-    try:
+    with open_store(chdb_settings, clock=lambda: old) as store:
         store.write_scored([msg(1)])
         store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")
         assert store.summary().total_rows == 0
@@ -257,8 +250,6 @@ def test_modern_ttl_drops_rows_older_than_the_retention(chdb_settings: VigilSett
         fresh.write_scored([msg(2)])
         store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")
         assert store.summary().total_rows == 1
-    finally:
-        store.close()
 
 
 def test_url_database_must_agree_with_the_setting(clickhouse_server) -> None:

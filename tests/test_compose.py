@@ -234,8 +234,7 @@ def _expand_grafana_macros(sql: str, start: datetime, end: datetime) -> str:
 def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSettings) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = now - timedelta(minutes=30)
-    store = open_store(chdb_settings, clock=lambda: t0 + timedelta(seconds=1))
-    try:
+    with open_store(chdb_settings, clock=lambda: t0 + timedelta(seconds=1)) as store:
         news = [
             ScoredMessage(
                 id=f"n-{i}", kind=Kind.news, text="headline", model_name="sentiment", model_version="v1",
@@ -278,8 +277,6 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
         results = {}
         for where, sql in _panel_queries():
             results[where] = store.backend.query(_expand_grafana_macros(sql, t0 - timedelta(hours=1), now))
-    finally:
-        store.close()
     # The sentiment panel's figure for the two rows: mean of (0.9-0.05) and (0.1-0.7).
     (row,) = results["Vigil · news sentiment / Sentiment per ticker (top 10 by volume)"]
     assert row[1] == "TSLA" and row[2] == pytest.approx((0.85 - 0.6) / 2, abs=1e-6)

@@ -52,11 +52,8 @@ def test_the_plan_sends_each_letter_once_and_only_to_a_topic_the_workers_read() 
 
 @pytest.fixture(params=["chdb", "server"])
 def store(request: pytest.FixtureRequest):
-    st = open_store(request.getfixturevalue(f"{request.param}_settings"))
-    try:
+    with open_store(request.getfixturevalue(f"{request.param}_settings")) as st:
         yield st
-    finally:
-        st.close()
 
 
 def test_letters_are_read_by_reason_topic_and_time_and_replays_are_remembered(store: ClickHouseStore) -> None:
@@ -89,11 +86,8 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
     ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
     failed = [letter(i, DeadLetterReason.scoring_failed, topic=settings.topic_news) for i in (6, 7, 8)]
     refused = letter(9, DeadLetterReason.bad_json, topic=settings.topic_news, raw=b"{not json")
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         store.write_dead_letters([*failed, refused])
-    finally:
-        store.close()
 
     def vigil(*args: str) -> str:
         result = CliRunner().invoke(app, ["dead-letters", *args])

@@ -37,11 +37,8 @@ def settings(request: pytest.FixtureRequest) -> VigilSettings:
 
 @pytest.fixture
 def store(settings: VigilSettings):
-    st = open_store(settings)
-    try:
+    with open_store(settings) as st:
         yield st
-    finally:
-        st.close()
 
 
 def test_recent_scored_are_the_versions_last_before_the_bound_oldest_first(store: ClickHouseStore) -> None:

@@ -60,13 +60,10 @@ async def _run(settings: VigilSettings, messages: list[OutgoingMessage], expecte
 
 
 def _assert_exactly_once(settings: VigilSettings, expected_ids: set[tuple[str, str]]) -> None:
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         rows = store.backend.query(
             f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored FINAL GROUP BY kind, id"
         )
-    finally:
-        store.close()
     counts = {(kind, id_): n for kind, id_, n in rows}
     assert set(counts) == expected_ids, (
         f"missing {len(expected_ids - set(counts))}, unexpected {len(set(counts) - expected_ids)}"
@@ -99,12 +96,9 @@ def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(s
 
     assert len(tracker.scored_ids) == len(valid_ids)
     _assert_exactly_once(settings, valid_ids)
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         letters = store.fetch_dead_letters(settings.topic_news) + store.fetch_dead_letters(settings.topic_support)
         summary = store.summary()
-    finally:
-        store.close()
     assert Counter(d.reason for d in letters) == expected_reasons
     sent_raw = {m.value for m in bad}
     assert {d.raw for d in letters} <= sent_raw, "a dead letter does not carry the original bytes"

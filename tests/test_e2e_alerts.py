@@ -163,13 +163,10 @@ def test_burst_and_urgent_ticket_raise_alerts_while_a_dead_webhook_stalls_nothin
     assert finished, f"only {tracker.done} of {len(messages)} messages came out of the worker"
     assert tracker.dead == 0 and len(tracker.scored_ids) == len(messages)
 
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         stored = {a.id: a for a in store.fetch_alerts()}
         news = {m.id: m for m in store.fetch_scored(Kind.news, [m.key.decode() for m in messages if m.kind is Kind.news])}
         (ticket,) = store.fetch_scored(Kind.support, ["sup-stolen"])
-    finally:
-        store.close()
     assert set(stored) == set(on_topic), "the alerts topic and the alerts table disagree"
 
     # Volume spike: decided by counts alone, so exactly one, on the burst's window, for SHK.
@@ -324,16 +321,13 @@ def test_tickets_reach_their_queue_topics_and_the_table_and_only_unacked_p1s_esc
     # for t-late (due at minute 11, and the stream only reached minute 10).
     assert sorted(a["top_messages"][0]["id"] for a in breaches(got)) == sorted(set(ids) - {acked})
 
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         triage = TriageStore(store)
         stored = {t.message_id: t for t in triage.fetch_tickets()}
         scored = {m.id: m for m in store.fetch_scored(Kind.support, [*ids, "t-late"])}
         acked_ids = triage.acked_ids()
         summary = triage.sla_summary(T0 + timedelta(minutes=5))
         intent_checkpoint = AlertingStateStore(store, settings.intent_events_topic).load(0)
-    finally:
-        store.close()
 
     # The table holds what the topics carried, each on its queue's topic; unsure ones in human triage.
     assert set(stored) == set(on_topics) == {*ids, "t-late"}

@@ -111,9 +111,6 @@ def test_a_broken_version_never_scores_and_never_dead_letters_valid_messages(
     assert {m["model_version"] for m in scored} == {good}
     assert_exactly_once(settings, {f"news:{m.key.decode()}" for m in messages})
     assert [(e["model_version"], "at start" in e["detail"]) for e in refusals] == [(broken, False), (broken, True)]
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         stored = FeedbackStore(store).fetch_model_events("sentiment")
-    finally:
-        store.close()
     assert [(e.kind, e.model_version) for e in stored] == [(ModelEventKind.champion_refused, broken)] * 2

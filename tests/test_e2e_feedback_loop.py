@@ -167,15 +167,12 @@ def test_corrections_retrain_promote_and_the_worker_scores_with_the_new_version_
 
     # Exactly once in ClickHouse, with the version the topic carried; the loop's events and corrections.
     assert_exactly_once(settings, {f"news:{i}" for i in sent})
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         stored = {m.id: m.model_version for m in store.fetch_scored(Kind.news, sent)}
         feedback = FeedbackStore(store)
         # drift events may come and go with this odd stream; the loop's own events are what counts here
         stored_events = [e for e in feedback.fetch_model_events("sentiment") if e.kind is not ModelEventKind.drift]
         stored_corrections = feedback.fetch_corrections("sentiment")
-    finally:
-        store.close()
     assert stored == {m["id"]: m["model_version"] for m in on_topic}
     assert {c.message_id for c in stored_corrections} == {c["message_id"] for c in corrections}
     assert [(e.kind, e.model_version) for e in stored_events] == [

@@ -143,8 +143,7 @@ def _log_shows(path: Path, line: str, timeout_s: float) -> bool:
 
 
 def _queue(settings: VigilSettings):
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         fstore = FeedbackStore(store)
         items = {i.request.item_id: i for i in fstore.fetch_items()}
         raw_rows = store.backend.query(f"SELECT count() FROM {store.database}.label_queue")[0][0]
@@ -155,8 +154,6 @@ def _queue(settings: VigilSettings):
         }
         alerts = store.fetch_alerts()
         shadow = store.shadow_agreement(Kind.news)
-    finally:
-        store.close()
     return items, raw_rows, scored, alerts, shadow
 
 

@@ -104,11 +104,8 @@ def two_workers(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhouse_se
 
 def _queued_copies(settings: VigilSettings) -> Counter[bytes]:
     """Queued items of the copied headlines, per text fingerprint."""
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         items = FeedbackStore(store).fetch_items()
-    finally:
-        store.close()
     return Counter(fingerprint(i.request.text) for i in items if i.request.message_id.startswith("n-"))
 
 

@@ -75,12 +75,9 @@ def test_promotion_mid_stream_swaps_every_message_once(stack):
     assert all(v == "v1" for v in versions[:60]) and all(v == v2 for v in versions[300:])
 
     # Exactly once in ClickHouse (rows are keyed by id AND version: a double scoring would show twice).
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         stored = store.fetch_scored(Kind.news, ids)
         stored_events = FeedbackStore(store).fetch_model_events("sentiment")
-    finally:
-        store.close()
     assert len(stored) == 360 and {m.id: m.model_version for m in stored} == {m["id"]: m["model_version"] for m in on_topic}
 
     (swap,) = [ModelEvent.model_validate(e) for e in events if e["kind"] == "swapped"]

@@ -100,20 +100,14 @@ def _wait(what: str, done, timeout_s: float = 180) -> None:
 
 
 def _checkpointed_partitions(settings: VigilSettings) -> set[int]:
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         rows = store._query("test", f"SELECT DISTINCT partition FROM {settings.clickhouse_database}.alerting_state")
-    finally:
-        store.close()
     return {int(r[0]) for r in rows}
 
 
 def _stored_alerts(settings: VigilSettings) -> dict[str, dict]:
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         return {a.id: a.model_dump(mode="json") for a in store.fetch_alerts()}
-    finally:
-        store.close()
 
 
 def _expected(stream: list[ScoredMessage]) -> dict[str, dict]:

@@ -84,11 +84,8 @@ def test_vigil_models_backtest_replays_stored_news_through_the_real_model(tiny_r
         _news(i, T0 + timedelta(minutes=i), t, p.label, p.probs)
         for i, (t, p) in enumerate(zip(texts, preds, strict=True))
     ]
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         store.write_scored(stored)
-    finally:
-        store.close()
 
     until = (T0 + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
     code, out = _run(["models", "backtest", "v1", "--hours", "3", "--until", until], data_dir)

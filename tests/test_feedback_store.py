@@ -54,11 +54,8 @@ def settings(request: pytest.FixtureRequest) -> VigilSettings:
 @pytest.fixture
 def fstore(settings: VigilSettings):
     open_store(settings).close()  # migrates
-    st = open_feedback_store(settings)
-    try:
+    with open_feedback_store(settings) as st:
         yield st
-    finally:
-        st.close()
 
 
 def test_requests_round_trip_and_a_re_written_request_does_not_duplicate(fstore: FeedbackStore) -> None:
@@ -247,20 +244,16 @@ def test_a_schema_from_before_the_heartbeats_names_the_missing_migration(chdb_se
 
 
 def test_sharing_a_store_uses_its_backend(chdb_settings: VigilSettings) -> None:
-    store = open_store(chdb_settings)
-    try:
+    with open_store(chdb_settings) as store:
         fstore = FeedbackStore(store)
         assert fstore.backend is store.backend and fstore.level is store.level
         assert fstore.write_requests([request(1)]) == 1
-    finally:
-        store.close()
 
 
 def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, server_settings) -> None:
     settings = server_settings.model_copy(update={"clickhouse_retry_attempts": 2, "clickhouse_retry_max_s": 0.2})
     open_store(settings).close()
-    fstore = open_feedback_store(settings)
-    try:
+    with open_feedback_store(settings) as fstore:
         clickhouse_server.stop()
         try:
             with pytest.raises(StorageUnavailable, match="keep its Kafka offsets uncommitted"):
@@ -268,8 +261,6 @@ def test_outage_raises_storage_unavailable_then_recovers(clickhouse_server, serv
         finally:
             clickhouse_server.start()
         assert fstore.write_requests([request(1)]) == 1
-    finally:
-        fstore.close()
 
 
 def test_feedback_topics_are_created_with_the_others() -> None:

@@ -55,11 +55,8 @@ def two_uncertain_items(store: ClickHouseStore, scorer: Engine) -> FeedbackStore
 
 @pytest.fixture
 def store(labelling_settings: VigilSettings):
-    st = open_store(labelling_settings)
-    try:
+    with open_store(labelling_settings) as st:
         yield st
-    finally:
-        st.close()
 
 
 @pytest.fixture

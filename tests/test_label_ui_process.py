@@ -238,11 +238,8 @@ def test_an_owner_cut_off_from_kafka_stops_serving_the_queue_until_kafka_answers
             update={"kafka_brokers": broker.bootstrap})
         ensure_topics(broker.bootstrap, [settings.topic_corrections, settings.topic_ticket_acks,
                                          settings.topic_label_requests, settings.topic_label_ui_owner], 1)
-        store = open_store(settings)
-        try:
+        with open_store(settings) as store:
             FeedbackStore(store).write_requests([numbered_request(0), numbered_request(1)])
-        finally:
-            store.close()
         token = TokenBook(tokens_path(settings.data_dir)).add("ann")
         with label_ui_instances(settings, 1, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000",
                                 VIGIL_UI_HANDOVER_WAIT_S="1") as (bases, _):
@@ -298,11 +295,8 @@ def test_an_owner_paused_past_its_session_leases_nothing_from_its_stale_book_whe
     refreshed: VIGIL_UI_QUEUE_REFRESH_S is long here) still shows that item open. Kafka refuses to
     confirm its ownership, so it must turn the request away rather than lease the item twice."""
     settings = on_clickhouse_server(labelling_settings, server_settings)
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         FeedbackStore(store).write_requests([numbered_request(i) for i in range(4)])
-    finally:
-        store.close()
     book = TokenBook(tokens_path(settings.data_dir))
     tokens = {a: book.add(a) for a in ("early", "late")}
     with label_ui_instances(settings, 2, VIGIL_UI_OWNER_SESSION_TIMEOUT_MS="6000",

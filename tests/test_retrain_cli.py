@@ -38,11 +38,8 @@ def test_retrain_with_nothing_to_do_exits_0_and_promote_rollback_are_recorded(ti
     assert code == 0 and "rolled back to v1" in out, out
     assert registry.champion("sentiment") == "v1"
 
-    store = open_feedback_store(settings)
-    try:
+    with open_feedback_store(settings) as store:
         events = store.fetch_model_events("sentiment")
-    finally:
-        store.close()
     assert [(e.kind, e.model_version) for e in events] == [(ModelEventKind.promoted, v2),
                                                             (ModelEventKind.rolled_back, "v1")]
 

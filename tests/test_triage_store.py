@@ -33,11 +33,8 @@ def ticket(i: int, queue: str, priority: str, due_in_min: float, **over: object)
 @pytest.fixture(params=["chdb", "server"])
 def triage(request: pytest.FixtureRequest):
     settings: VigilSettings = request.getfixturevalue(f"{request.param}_settings")
-    store = open_store(settings)
-    try:
+    with open_store(settings) as store:
         yield TriageStore(store), store.level, store
-    finally:
-        store.close()
 
 
 def test_tickets_round_trip_and_replays_collapse(triage) -> None:

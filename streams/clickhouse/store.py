@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -337,6 +337,12 @@ class ClickHouseStore:
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_store(settings: VigilSettings, *, clock: Callable[[], datetime] = _utc_now) -> ClickHouseStore:
