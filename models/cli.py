@@ -141,12 +141,33 @@ def promote_command(ctx: typer.Context, task: str, version: str) -> None:
     registry = ModelRegistry(settings.registry_dir)
     try:
         before = registry.champion(task)
+        if before != version:
+            _refuse_if_broken(settings, task, version, before)
         registry.promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
     if before != version:
         record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
     console.print(f"{task} champion: {version} (running workers swap to it within model_poll_interval_s)")
+
+
+def _refuse_if_broken(settings: VigilSettings, task: str, version: str, champion: str | None) -> None:
+    """A version that cannot score a plain text must not become the champion. Checked on the CPU in
+    fp32, which shows broken weights; each worker checks again on its own device before it swaps."""
+    from functools import partial
+
+    from models.engine import load_scorer
+    from models.registry import RegistryError
+    from models.self_test import load_tested, refusal_reason
+
+    cpu = settings.model_copy(update={"device": "cpu", "inference_precision": "fp32"})
+    try:
+        load_tested(partial(load_scorer, cpu, task), version)
+    except RegistryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever keeps it from scoring keeps it from serving
+        raise _fail(RuntimeError(f"{task} {version} was not promoted: {refusal_reason(e)}. The champion is "
+                                 f"still {champion or 'none'}.")) from e
 
 
 @models_app.command("rollback")

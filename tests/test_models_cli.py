@@ -6,7 +6,9 @@ import shutil
 
 from typer.testing import CliRunner
 
+from models.registry import ModelRegistry
 from streams.cli import app
+from tests.fixtures.models import break_classifier, copy_version
 
 
 def _run(args, data_dir):
@@ -41,6 +43,18 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
     bad.write_text("text,category\nhello,not_an_intent\n")
     code, out = _run(["eval", "--task", "triage", "--data", str(bad)], data_dir)
     assert code == 1 and "not_an_intent" in out
+
+
+def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
+    data_dir = tmp_path / "vigil"
+    shutil.copytree(tiny_registry, data_dir / "models")
+    registry = ModelRegistry(data_dir / "models")
+    broken = copy_version(registry, "sentiment", registry.resolve("sentiment", "v1")).version
+    break_classifier(registry.resolve("sentiment", broken))
+    code, out = _run(["models", "promote", "sentiment", broken], data_dir)
+    said = " ".join(out.split())  # rich folds long lines
+    assert code == 1 and "cannot score a plain control text" in said and "still v1" in said
+    assert registry.champion("sentiment") == "v1"
 
 
 def test_missing_model_says_how_to_train(tmp_path):
