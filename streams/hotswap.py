@@ -34,6 +34,10 @@ from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
 
+# Loading and testing a version takes seconds on the loader thread; every 10 minutes is cheap, and
+# soon enough to leave a fallback that a passing failure caused.
+REFUSAL_RETRY_S = 600.0
+
 
 class ScorerSlot:
     """The scorer one kind's batches use now."""
@@ -61,6 +65,30 @@ def wanted_version(registry: ModelRegistry, slot: ScorerSlot) -> str | None:
     return champion if champion is not None and champion != slot.get().model_version else None
 
 
+class Refusals:
+    """Champions a worker refused, and when. A refusal is tried again after ``retry_after_s``: a
+    load can fail for a passing reason (GPU memory a neighbour held while it started), and a
+    worker must not stay on an old version for the rest of its life because of one."""
+
+    def __init__(self, retry_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after_s, self._clock = retry_after_s, clock
+        self._at: dict[tuple[str, str], float] = {}
+
+    def refuse(self, task: str, version: str) -> bool:
+        """Record a refusal; True the first time ``version`` is refused (the one to report)."""
+        first = (task, version) not in self._at
+        self._at[(task, version)] = self._clock()
+        return first
+
+    def refused(self, task: str, version: str) -> bool:
+        return (task, version) in self._at
+
+    def holds_off(self, task: str, version: str) -> bool:
+        """Refused less than ``retry_after_s`` ago: not worth loading again yet."""
+        at = self._at.get((task, version))
+        return at is not None and self._clock() - at < self.retry_after_s
+
+
 def register_hot_swap(
     app: faust.App,
     settings: VigilSettings,
@@ -74,16 +102,19 @@ def register_hot_swap(
     """Add the timer that swaps ``slots`` to new champions; loading runs on its own thread so the
     event loop keeps consuming, scoring and heartbeating meanwhile.
 
-    A champion that fails to load or its self test is refused: the slot keeps its version, and the
-    refusal ((task, version) -> reason, seeded with the versions refused when the worker started) is
-    reported once, not every tick."""
+    A champion that fails to load or its self test is refused: the slot keeps its version, the
+    refusal is reported once (a ``champion_refused`` event; ``refused_at_start`` holds those of the
+    worker's start, (task, version) -> reason), and the version is tried again every
+    ``REFUSAL_RETRY_S``."""
     from feedback.store import FeedbackStore
 
     registry = ModelRegistry(settings.registry_dir)
     loader = ThreadPoolExecutor(1, thread_name_prefix="vigil-model-load")
     events_topic = app.topic(settings.topic_model_events, key_type=bytes, value_type=bytes)
     events_store = FeedbackStore(store)  # same backend: chdb allows one per process
-    refused = dict(refused_at_start)
+    refusals = Refusals(REFUSAL_RETRY_S)
+    for task, version in refused_at_start:
+        refusals.refuse(task, version)
 
     async def in_thread(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(loader, fn, *args)
@@ -108,8 +139,9 @@ def register_hot_swap(
     async def follow_champions() -> None:
         for slot in slots.values():
             version = await in_thread(wanted_version, registry, slot)
-            metrics.model_behind_champion.labels(slot.task).set(int((slot.task, version) in refused))
-            if version is None or (slot.task, version) in refused:
+            behind = version is not None and refusals.refused(slot.task, version)
+            metrics.model_behind_champion.labels(slot.task).set(int(behind))
+            if version is None or refusals.holds_off(slot.task, version):
                 continue
             current = slot.get().model_version
             started = time.perf_counter()
@@ -117,12 +149,12 @@ def register_hot_swap(
                 scorer = await in_thread(load_tested, partial(load, settings, slot.task), version)
             except Exception as exc:  # noqa: BLE001 - keep scoring with the current version
                 why = refusal_reason(exc)
-                refused[(slot.task, version)] = why
                 metrics.model_behind_champion.labels(slot.task).set(1)
-                log.error("%s %s is the champion but was refused; still scoring with %s: %s",
-                          slot.task, version, current, why)
-                await report(ModelEventKind.champion_refused, slot.task, version,
-                             f"{worker_name} refused {version}, still scoring with {current}: {why}", {})
+                log.error("%s %s is the champion but was refused; still scoring with %s, trying it again in "
+                          "%.0f s: %s", slot.task, version, current, REFUSAL_RETRY_S, why)
+                if refusals.refuse(slot.task, version):
+                    await report(ModelEventKind.champion_refused, slot.task, version,
+                                 f"{worker_name} refused {version}, still scoring with {current}: {why}", {})
                 continue
             slot.swap(scorer)
             load_s = time.perf_counter() - started

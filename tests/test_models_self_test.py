@@ -1,6 +1,7 @@
 """A version must score a plain text before a worker serves with it: a pinned broken version stops
 the worker with the reason, and a worker that follows a broken champion starts on the newest earlier
-champion that works. Real tiny models on the CPU; "broken" is NaN classifier weights."""
+champion that works; a refused champion is tried again later. Real tiny models on the CPU;
+"broken" is NaN classifier weights."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from models.registry import ModelNotFound, ModelRegistry
 from models.self_test import FALLBACK_DEPTH, ModelBroken
+from streams.hotswap import Refusals
 from streams.settings import VigilSettings
 from streams.worker import load_working_scorer
 from tests.fixtures.models import break_classifier, copy_version
@@ -68,3 +70,16 @@ def test_an_empty_registry_still_says_to_train(tmp_path):
     settings = VigilSettings(data_dir=tmp_path, device="cpu", inference_precision="fp32")
     with pytest.raises(ModelNotFound, match="vigil train --task sentiment"):
         load_working_scorer(settings, "sentiment", "champion")
+
+
+def test_a_refused_champion_is_reported_once_and_tried_again_after_the_retry_interval():
+    now = [0.0]
+    refusals = Refusals(retry_after_s=600, clock=lambda: now[0])
+    assert not refusals.refused("sentiment", "v3") and not refusals.holds_off("sentiment", "v3")
+    assert refusals.refuse("sentiment", "v3") is True
+    now[0] = 599
+    assert refusals.holds_off("sentiment", "v3") and not refusals.holds_off("triage", "v3")
+    now[0] = 600
+    assert not refusals.holds_off("sentiment", "v3") and refusals.refused("sentiment", "v3")
+    assert refusals.refuse("sentiment", "v3") is False  # failed again: no second report
+    assert refusals.holds_off("sentiment", "v3")
