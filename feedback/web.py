@@ -7,7 +7,7 @@ queue (``feedback.election``) and the others forward the queue calls to it, serv
 else themselves. Every correction is published to the corrections topic (awaited) and then
 written to the feedback table.
 
-Endpoints (request and response bodies are the pydantic models below):
+Endpoints (request and response bodies: ``feedback/api_models.py``):
   GET  /health                         no token: this instance's queue role and the owner's URL
   GET  /metrics                        no token: Prometheus metrics (queue owner, take-overs, forwarding)
   GET  /api/queue                      queue depth per state and the next open items
@@ -22,42 +22,42 @@ Endpoints (request and response bodies are the pydantic models below):
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from feedback.agreement import agreement, labels_per_annotator
-from feedback.auth import TokenBook, tokens_path
-from feedback.contracts import (
-    Correction,
-    CorrectionSource,
-    ItemState,
-    LabelRequest,
-    QueueItem,
-    SelectionReason,
-    Task,
+from feedback.api_models import (
+    AckOut,
+    AgreementOut,
+    CorrectionIn,
+    CorrectionOut,
+    HealthOut,
+    LabelIn,
+    LeaseIn,
+    LeaseOut,
+    PrecisionOut,
+    QueueOut,
+    RulePrecisionOut,
+    StatsOut,
+    StepIn,
+    StepOut,
+    VerdictIn,
+    VerdictOut,
+    error_body,
 )
+from feedback.contracts import Correction, CorrectionSource, ItemState, LabelRequest, QueueItem, SelectionReason, Task
 from feedback.election import run_election
-from feedback.leases import (
-    AlreadyLabelled,
-    LeaseBook,
-    LeaseError,
-    UnknownItem,
-)
+from feedback.label_service import FORWARDED_HEADER, TASKS, Service, retry_later
+from feedback.leases import AlreadyLabelled, LeaseError, UnknownItem
 from feedback.ownership import NotQueueOwner, OwnershipUnconfirmed, QueueOwnership
-from feedback.store import FeedbackStore
-from feedback.ui_metrics import UiMetrics
-from models.registry import ModelNotFound, ModelRegistry
 from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
 from streams.alerting.precision import label_suggestions, rule_precision
 from streams.clickhouse import ClickHouseError, ClickHouseStore
@@ -67,337 +67,14 @@ from streams.settings import VigilSettings
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-TASKS: tuple[Task, ...] = ("sentiment", "triage")
 _KIND_BY_TASK = {"sentiment": Kind.news, "triage": Kind.support}
 M = TypeVar("M", bound=BaseModel)
 
 
-# --- request and response bodies ---------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LeaseIn(_Body):
-    task: Task | None = Field(None, description="Only items of this task (default: any).")
-
-
-class LabelIn(_Body):
-    label: str = Field(min_length=1, max_length=128)
-    next_task: Task | None = Field(None, description="Task filter for the next item leased to you.")
-
-
-class StepIn(_Body):
-    next_task: Task | None = None
-
-
-class CorrectionIn(_Body):
-    task: Task
-    message_id: str = Field(min_length=1, max_length=128)
-    text: str = Field(min_length=1, max_length=8000)
-    human_label: str = Field(min_length=1, max_length=128)
-    model_label: str | None = Field(None, max_length=128)
-    model_version: str | None = Field(None, max_length=64)
-
-
-class VerdictIn(_Body):
-    useful: bool
-    note: str = Field("", max_length=2000)
-
-
-class ItemView(BaseModel):
-    item_id: str
-    task: Task
-    message_id: str
-    text: str
-    model_label: str
-    confidence: float
-    top: list[tuple[str, float]] = Field(description="The model's three most probable labels.")
-    reasons: list[SelectionReason]
-    state: ItemState
-    leased_by: str | None
-    lease_expires: AwareDatetime | None
-    labels: list[str] = Field(description="The task's label set (registry champion card).")
-
-
-class Progress(BaseModel):
-    annotator: str
-    queue: dict[str, int] = Field(
-        description="Items per state: open/leased live, labelled/skipped as ClickHouse held them at the "
-        "last refresh (at most ui_queue_refresh_s old, on a lease)."
-    )
-    you: dict[str, int] = Field(description="Queue items you labelled / skipped today (UTC).")
-
-
-class HealthOut(BaseModel):
-    queue_owner: bool = Field(description="This instance owns the labelling queue (serves the queue calls).")
-    owner_url: str | None = Field(description="Where the queue's owner serves, as last announced; null: not known yet.")
-
-
-class LeaseOut(BaseModel):
-    item: ItemView | None
-    progress: Progress
-
-
-class StepOut(BaseModel):
-    finished: ItemView | None = Field(description="The item this call labelled, skipped or reopened.")
-    item: ItemView | None = Field(description="What to show you now (your lease), or null: queue empty.")
-    correction_id: str | None = None
-    progress: Progress
-
-
-class QueueOut(BaseModel):
-    counts: dict[str, int]
-    pending: list[ItemView]
-
-
-class CorrectionOut(BaseModel):
-    correction_id: str
-
-
-class AgreementOut(BaseModel):
-    messages: int
-    unanimous: int
-    pairwise: float | None
-
-
-class StatsOut(BaseModel):
-    queue: dict[str, dict[str, int]] = Field(description="Per task, items per state (from ClickHouse).")
-    annotators: dict[str, dict[str, int]] = Field(description="Per annotator: labels (all sources), skipped.")
-    agreement: dict[str, AgreementOut] = Field(description="Per task, over messages with several labels.")
-
-
-class VerdictOut(BaseModel):
-    verdict: AlertVerdict
-    corrections: int
-    review_items: int
-
-
-class RulePrecisionOut(BaseModel):
-    rule: str
-    alerts: int
-    useful: int
-    false: int
-    unrated: int
-    precision: float | None
-
-
-class PrecisionOut(BaseModel):
-    rules: list[RulePrecisionOut]
-
-
-class AckOut(BaseModel):
-    ack: TicketAck
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: list[dict[str, Any]] | None = None
-
-
-# --- the parts the handlers need ---------------------------------------------------------------
-
-
-class LabelSets:
-    """Each task's labels from its registry champion's card, re-read when the champion changes."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
-        self._cache: dict[str, tuple[float | None, list[str]]] = {}
-
-    def labels(self, task: str) -> list[str]:
-        pointer = self.registry.task_dir(task) / "champion.json"
-        stamp = pointer.stat().st_mtime if pointer.exists() else None
-        held = self._cache.get(task)
-        if held is None or held[0] != stamp:
-            held = (stamp, list(self.registry.card(task).labels))
-            self._cache[task] = held
-        return held[1]
-
-
-Publish = Callable[[str, str, bytes], Awaitable[None]]
-
-
-class Service:
-    """What the handlers share: stores, lease book, tokens, label sets and the Kafka publisher."""
-
-    def __init__(
-        self,
-        settings: VigilSettings,
-        store: ClickHouseStore,
-        publish: Publish,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        ownership: QueueOwnership | None = None,
-    ) -> None:
-        self.settings = settings
-        self.ownership = ownership or QueueOwnership.sole(settings.ui_url)
-        self.metrics = UiMetrics(self.ownership)
-        self.store = store
-        self.feedback = FeedbackStore(store)
-        self.publish = publish
-        self.clock = clock
-        self.tokens = TokenBook(tokens_path(settings.data_dir))
-        self.label_sets = LabelSets(ModelRegistry(settings.registry_dir))
-        self.book = self._new_book()
-        self._done_today: dict[str, tuple[date, dict[str, int]]] = {}
-        self._refreshed_at: float | None = None
-        self._stored: dict[str, dict[str, int]] = {}
-        self._refresh_lock = asyncio.Lock()
-        self._http: aiohttp.ClientSession | None = None
-
-    def _new_book(self) -> LeaseBook:
-        return LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
-
-    async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """ClickHouse calls block (chdb in-process, or a socket): keep them off the event loop."""
-        return await asyncio.to_thread(fn, *args)
-
-    async def take_over(self) -> None:
-        """Become the queue's owner: a new book, loaded from ClickHouse, where the previous owner
-        wrote every lease. With ClickHouse down the book loads on the first queue call instead
-        (which answers 503 until it can)."""
-        self.book = self._new_book()
-        self._refreshed_at = None
-        # Annotators may have finished items at the previous owner: their counts are read again.
-        self._done_today.clear()
-        self.metrics.takeovers.inc()
-        try:
-            await self.refresh(force=True)
-        except ClickHouseError as e:
-            log.error("took the labelling queue over but could not read it from ClickHouse yet: %s", e)
-
-    async def forward(self, request: web.Request) -> web.Response:
-        """A queue call this instance cannot serve: pass it to the owner, once (a call forwarded
-        to an instance that is no longer the owner is refused, not forwarded again)."""
-        owner = self.ownership.owner_url
-        if request.headers.get(_FORWARDED) or owner is None or owner == self.ownership.url:
-            self.metrics.forwarded.labels("refused").inc()
-            return _retry_later(f"the labelling queue is changing hands (this instance, {self.ownership.url}, "
-                                "does not own it); retry in a few seconds")
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        headers = {h: v for h in ("Authorization", "Content-Type") if (v := request.headers.get(h)) is not None}
-        try:
-            async with self._http.request(request.method, owner + request.path_qs, data=await request.read(),
-                                          headers={**headers, _FORWARDED: self.ownership.url}) as r:
-                retry = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
-                self.metrics.forwarded.labels("answered").inc()
-                return web.Response(status=r.status, body=await r.read(), content_type=r.content_type, headers=retry)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning("queue call %s %s not forwarded to the owner %s: %s", request.method, request.path, owner, e)
-            self.metrics.forwarded.labels("unreachable").inc()
-            return _retry_later(f"the labelling queue's owner at {owner} did not answer ({type(e).__name__}); if it "
-                                "has stopped, another instance takes the queue over within "
-                                f"{self.settings.ui_owner_session_timeout_ms / 1000:.0f}s; retry then")
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-
-    async def refresh(self, *, force: bool = False) -> None:
-        """Merge open, leased and still undoable items from ClickHouse into the book (new requests
-        arrive there)."""
-        async with self._refresh_lock:
-            due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
-            if not (force or due):
-                return
-            undoable_since = self.clock() - timedelta(seconds=self.settings.ui_undo_window_s)
-            items, stored = await self.io(lambda: (
-                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, or_updated_since=undoable_since,
-                                          limit=10_000),
-                {t: self.feedback.queue_stats(t) for t in TASKS},
-            ))
-            self.book.merge(items)
-            self.book.prune(self.clock())
-            self._stored = stored
-            self._refreshed_at = time.monotonic()
-
-    def counts(self, now: datetime, task: str | None = None) -> dict[str, int]:
-        """Open and leased from the book (live); labelled and skipped from ClickHouse as of the
-        last refresh (the book forgets finished items once they can no longer be undone)."""
-        live = self.book.counts(now, task)
-        done = [ItemState.labelled.value, ItemState.skipped.value]
-        for state in done:
-            live[state] = sum(c.get(state, 0) for t, c in self._stored.items() if task in (None, t))
-        return live
-
-    def labels(self, task: str) -> list[str]:
-        try:
-            return self.label_sets.labels(task)
-        except ModelNotFound as e:
-            raise web.HTTPServiceUnavailable(
-                text=_error(f"no label set for task {task}: {e}"), content_type="application/json"
-            ) from None
-
-    def view(self, item: QueueItem | None) -> ItemView | None:
-        if item is None:
-            return None
-        r = item.request
-        top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
-        return ItemView(
-            item_id=r.item_id, task=r.task, message_id=r.message_id, text=r.text, model_label=r.model_label,
-            confidence=r.confidence, top=top, reasons=r.reasons, state=item.state, leased_by=item.leased_by,
-            lease_expires=item.lease_expires, labels=self.labels(r.task),
-        )
-
-    async def progress(self, annotator: str, now: datetime) -> Progress:
-        return Progress(annotator=annotator, queue=self.counts(now), you=dict(await self._today(annotator, now)))
-
-    async def count(self, annotator: str, what: str, now: datetime, delta: int = 1) -> None:
-        """Count an item the annotator just finished (or, -1, took back), after it was saved."""
-        day = now.date()
-        held = self._done_today.get(annotator)
-        if held is None or held[0] != day:
-            await self._today(annotator, now)  # read from ClickHouse, this item included
-            return
-        held[1][what] = max(0, held[1][what] + delta)
-
-    async def _today(self, annotator: str, now: datetime) -> dict[str, int]:
-        # Read once per annotator and day, then counted here: the counts survive a restart or a
-        # change of queue owner, at one query per annotator.
-        day = now.date()
-        held = self._done_today.get(annotator)
-        if held is None or held[0] != day:
-            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            held = (day, await self.io(self.feedback.finished_by, annotator, midnight))
-            self._done_today[annotator] = held
-        return held[1]
-
-    async def save(self, items: Sequence[QueueItem]) -> None:
-        await self.io(self.feedback.write_items, list(items))
-
-    async def correct(self, corrections: Sequence[Correction]) -> None:
-        """Corrections topic first (awaited), then the feedback table."""
-        for c in corrections:
-            await self.publish(self.settings.topic_corrections, c.message_id, c.model_dump_json().encode())
-        await self.io(self.feedback.write_corrections, list(corrections))
-
-    async def lease_next(self, annotator: str, now: datetime, task: str | None) -> QueueItem | None:
-        await self.refresh()
-        item = self.book.lease(annotator, now, task)
-        if item is not None:
-            await self.save([item])
-        return item
-
-
 # --- plumbing ----------------------------------------------------------------------------------
-
-_FORWARDED = "X-Vigil-Forwarded-By"
-
-
-def _retry_later(message: str) -> web.Response:
-    return web.Response(status=503, text=_error(message), content_type="application/json",
-                        headers={"Retry-After": "2"})
-
 
 SERVICE = web.AppKey("service", Service)
 ANNOTATOR = web.RequestKey("annotator", str)
-
-
-def _error(message: str, detail: list[dict[str, Any]] | None = None) -> str:
-    return ErrorOut(error=message, detail=detail).model_dump_json(exclude_none=True)
 
 
 def _reply(model: BaseModel, status: int = 200) -> web.Response:
@@ -411,12 +88,12 @@ async def _body(request: web.Request, model: type[M]) -> M:
     except ValidationError as e:
         detail = [{"loc": list(err["loc"]), "msg": err["msg"]} for err in e.errors()]
         raise web.HTTPUnprocessableEntity(
-            text=_error(f"the body is not a valid {model.__name__}", detail), content_type="application/json"
+            text=error_body(f"the body is not a valid {model.__name__}", detail), content_type="application/json"
         ) from None
 
 
 def _unprocessable(message: str) -> web.HTTPUnprocessableEntity:
-    return web.HTTPUnprocessableEntity(text=_error(message), content_type="application/json")
+    return web.HTTPUnprocessableEntity(text=error_body(message), content_type="application/json")
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -431,14 +108,14 @@ def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
 
     async def run(request: web.Request) -> web.Response:
         svc = request.app[SERVICE]
-        if not svc.ownership.owns and not request.headers.get(_FORWARDED):
+        if not svc.ownership.owns and not request.headers.get(FORWARDED_HEADER):
             await svc.ownership.decided(svc.settings.ui_handover_wait_s)
         try:
             async with svc.ownership.serving(changes=changes):
                 return await handler(request)
         except OwnershipUnconfirmed as e:
             svc.metrics.unconfirmed.inc()
-            return _retry_later(f"{e}; retry in a few seconds")
+            return retry_later(f"{e}; retry in a few seconds")
         except NotQueueOwner:
             return await svc.forward(request)
 
@@ -462,22 +139,22 @@ async def _auth_and_errors(request: web.Request, handler: Callable[[web.Request]
         if who is None:
             return web.Response(
                 status=401, content_type="application/json", headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
-                text=_error("send Authorization: Bearer <token>; an admin creates one with `vigil annotators add NAME`"),
+                text=error_body("send Authorization: Bearer <token>; an admin creates one with `vigil annotators add NAME`"),
             )
         request[ANNOTATOR] = who
     try:
         return await handler(request)
     except UnknownItem as e:
-        return web.Response(status=404, text=_error(str(e)), content_type="application/json")
+        return web.Response(status=404, text=error_body(str(e)), content_type="application/json")
     except LeaseError as e:
-        return web.Response(status=409, text=_error(str(e)), content_type="application/json")
+        return web.Response(status=409, text=error_body(str(e)), content_type="application/json")
     except ClickHouseError as e:
         log.error("ClickHouse failed during %s %s: %s", request.method, request.path, e)
-        return web.Response(status=503, text=_error(f"storage unavailable, retry later: {e}"),
+        return web.Response(status=503, text=error_body(f"storage unavailable, retry later: {e}"),
                             content_type="application/json")
     except KafkaError as e:
         log.error("Kafka failed during %s %s: %s", request.method, request.path, e)
-        return web.Response(status=503, text=_error(f"Kafka unavailable, retry later: {e}"),
+        return web.Response(status=503, text=error_body(f"Kafka unavailable, retry later: {e}"),
                             content_type="application/json")
 
 
@@ -688,7 +365,7 @@ async def verdict(request: web.Request) -> web.Response:
     alert_id = request.match_info["alert_id"]
     alert = await svc.io(svc.store.fetch_alert, alert_id)
     if alert is None:
-        raise web.HTTPNotFound(text=_error(f"no alert {alert_id} in ClickHouse"), content_type="application/json")
+        raise web.HTTPNotFound(text=error_body(f"no alert {alert_id} in ClickHouse"), content_type="application/json")
     now = svc.clock()
     v = AlertVerdict(alert_id=alert.id, useful=body.useful, by=who, at=now, note=body.note)
     await svc.io(svc.store.write_verdicts, [v])
@@ -826,9 +503,3 @@ def attach_to_worker(app: Any, settings: VigilSettings, store: ClickHouseStore) 
 
     app.task(label_ui)
 
-
-__all__ = [
-    "AckOut", "CorrectionIn", "CorrectionOut", "HealthOut", "ItemView", "LabelIn", "LabelSets", "LeaseIn", "LeaseOut",
-    "PrecisionOut", "QueueOut", "Service", "StatsOut", "StepIn", "StepOut", "VerdictIn", "VerdictOut",
-    "build_app", "serve",
-]

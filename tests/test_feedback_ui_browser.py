@@ -16,8 +16,9 @@ from playwright.async_api import async_playwright, expect
 
 from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import CorrectionSource, ItemState, SelectionReason
+from feedback.label_service import Service
 from feedback.store import FeedbackStore
-from feedback.web import KafkaPublisher, Service, build_app
+from feedback.web import KafkaPublisher, build_app
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
 from tests.e2e_stack import label_ui_instances, on_clickhouse_server, queue_owner, until_served

@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import Correction, CorrectionSource, ItemState, SelectionReason
 from feedback.ownership import QueueOwnership
+from feedback.label_service import Service
 from feedback.store import FeedbackStore
-from feedback.web import SERVICE, KafkaPublisher, Service, build_app
+from feedback.web import SERVICE, KafkaPublisher, build_app
 from models.engine import Engine
 from models.registry import ModelRegistry
 from streams.alerting.contracts import Alert, ContributingMessage, Severity

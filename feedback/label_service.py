@@ -1,0 +1,218 @@
+"""The labelling queue service behind the web handlers: stores, lease book, tokens, label sets,
+the Kafka publisher, and the forwarding of queue calls to the instance that owns the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from feedback.api_models import ItemView, Progress, error_body
+from feedback.auth import TokenBook, tokens_path
+from feedback.contracts import Correction, ItemState, QueueItem, Task
+from feedback.leases import LeaseBook
+from feedback.ownership import QueueOwnership
+from feedback.store import FeedbackStore
+from feedback.ui_metrics import UiMetrics
+from models.registry import ModelNotFound, ModelRegistry
+from streams.clickhouse import ClickHouseError, ClickHouseStore
+from streams.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+TASKS: tuple[Task, ...] = ("sentiment", "triage")
+FORWARDED_HEADER = "X-Vigil-Forwarded-By"
+
+
+def retry_later(message: str) -> web.Response:
+    return web.Response(status=503, text=error_body(message), content_type="application/json",
+                        headers={"Retry-After": "2"})
+
+
+class LabelSets:
+    """Each task's labels from its registry champion's card, re-read when the champion changes."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._cache: dict[str, tuple[float | None, list[str]]] = {}
+
+    def labels(self, task: str) -> list[str]:
+        pointer = self.registry.task_dir(task) / "champion.json"
+        stamp = pointer.stat().st_mtime if pointer.exists() else None
+        held = self._cache.get(task)
+        if held is None or held[0] != stamp:
+            held = (stamp, list(self.registry.card(task).labels))
+            self._cache[task] = held
+        return held[1]
+
+
+Publish = Callable[[str, str, bytes], Awaitable[None]]
+
+
+class Service:
+    """What the handlers share: stores, lease book, tokens, label sets and the Kafka publisher."""
+
+    def __init__(
+        self,
+        settings: VigilSettings,
+        store: ClickHouseStore,
+        publish: Publish,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ownership: QueueOwnership | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ownership = ownership or QueueOwnership.sole(settings.ui_url)
+        self.metrics = UiMetrics(self.ownership)
+        self.store = store
+        self.feedback = FeedbackStore(store)
+        self.publish = publish
+        self.clock = clock
+        self.tokens = TokenBook(tokens_path(settings.data_dir))
+        self.label_sets = LabelSets(ModelRegistry(settings.registry_dir))
+        self.book = self._new_book()
+        self._done_today: dict[str, tuple[date, dict[str, int]]] = {}
+        self._refreshed_at: float | None = None
+        self._stored: dict[str, dict[str, int]] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None
+
+    def _new_book(self) -> LeaseBook:
+        return LeaseBook(lease_s=self.settings.ui_lease_s, undo_window_s=self.settings.ui_undo_window_s)
+
+    async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """ClickHouse calls block (chdb in-process, or a socket): keep them off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def take_over(self) -> None:
+        """Become the queue's owner: a new book, loaded from ClickHouse, where the previous owner
+        wrote every lease. With ClickHouse down the book loads on the first queue call instead
+        (which answers 503 until it can)."""
+        self.book = self._new_book()
+        self._refreshed_at = None
+        # Annotators may have finished items at the previous owner: their counts are read again.
+        self._done_today.clear()
+        self.metrics.takeovers.inc()
+        try:
+            await self.refresh(force=True)
+        except ClickHouseError as e:
+            log.error("took the labelling queue over but could not read it from ClickHouse yet: %s", e)
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """A queue call this instance cannot serve: pass it to the owner, once (a call forwarded
+        to an instance that is no longer the owner is refused, not forwarded again)."""
+        owner = self.ownership.owner_url
+        if request.headers.get(FORWARDED_HEADER) or owner is None or owner == self.ownership.url:
+            self.metrics.forwarded.labels("refused").inc()
+            return retry_later(f"the labelling queue is changing hands (this instance, {self.ownership.url}, "
+                                "does not own it); retry in a few seconds")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        headers = {h: v for h in ("Authorization", "Content-Type") if (v := request.headers.get(h)) is not None}
+        try:
+            async with self._http.request(request.method, owner + request.path_qs, data=await request.read(),
+                                          headers={**headers, FORWARDED_HEADER: self.ownership.url}) as r:
+                retry = {"Retry-After": r.headers["Retry-After"]} if "Retry-After" in r.headers else None
+                self.metrics.forwarded.labels("answered").inc()
+                return web.Response(status=r.status, body=await r.read(), content_type=r.content_type, headers=retry)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("queue call %s %s not forwarded to the owner %s: %s", request.method, request.path, owner, e)
+            self.metrics.forwarded.labels("unreachable").inc()
+            return retry_later(f"the labelling queue's owner at {owner} did not answer ({type(e).__name__}); if it "
+                                "has stopped, another instance takes the queue over within "
+                                f"{self.settings.ui_owner_session_timeout_ms / 1000:.0f}s; retry then")
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Merge open, leased and still undoable items from ClickHouse into the book (new requests
+        arrive there)."""
+        async with self._refresh_lock:
+            due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
+            if not (force or due):
+                return
+            undoable_since = self.clock() - timedelta(seconds=self.settings.ui_undo_window_s)
+            items, stored = await self.io(lambda: (
+                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, or_updated_since=undoable_since,
+                                          limit=10_000),
+                {t: self.feedback.queue_stats(t) for t in TASKS},
+            ))
+            self.book.merge(items)
+            self.book.prune(self.clock())
+            self._stored = stored
+            self._refreshed_at = time.monotonic()
+
+    def counts(self, now: datetime, task: str | None = None) -> dict[str, int]:
+        """Open and leased from the book (live); labelled and skipped from ClickHouse as of the
+        last refresh (the book forgets finished items once they can no longer be undone)."""
+        live = self.book.counts(now, task)
+        done = [ItemState.labelled.value, ItemState.skipped.value]
+        for state in done:
+            live[state] = sum(c.get(state, 0) for t, c in self._stored.items() if task in (None, t))
+        return live
+
+    def labels(self, task: str) -> list[str]:
+        try:
+            return self.label_sets.labels(task)
+        except ModelNotFound as e:
+            raise web.HTTPServiceUnavailable(
+                text=error_body(f"no label set for task {task}: {e}"), content_type="application/json"
+            ) from None
+
+    def view(self, item: QueueItem | None) -> ItemView | None:
+        if item is None:
+            return None
+        r = item.request
+        top = sorted(r.probs.items(), key=lambda kv: -kv[1])[:3]
+        return ItemView(
+            item_id=r.item_id, task=r.task, message_id=r.message_id, text=r.text, model_label=r.model_label,
+            confidence=r.confidence, top=top, reasons=r.reasons, state=item.state, leased_by=item.leased_by,
+            lease_expires=item.lease_expires, labels=self.labels(r.task),
+        )
+
+    async def progress(self, annotator: str, now: datetime) -> Progress:
+        return Progress(annotator=annotator, queue=self.counts(now), you=dict(await self._today(annotator, now)))
+
+    async def count(self, annotator: str, what: str, now: datetime, delta: int = 1) -> None:
+        """Count an item the annotator just finished (or, -1, took back), after it was saved."""
+        day = now.date()
+        held = self._done_today.get(annotator)
+        if held is None or held[0] != day:
+            await self._today(annotator, now)  # read from ClickHouse, this item included
+            return
+        held[1][what] = max(0, held[1][what] + delta)
+
+    async def _today(self, annotator: str, now: datetime) -> dict[str, int]:
+        # Read once per annotator and day, then counted here: the counts survive a restart or a
+        # change of queue owner, at one query per annotator.
+        day = now.date()
+        held = self._done_today.get(annotator)
+        if held is None or held[0] != day:
+            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            held = (day, await self.io(self.feedback.finished_by, annotator, midnight))
+            self._done_today[annotator] = held
+        return held[1]
+
+    async def save(self, items: Sequence[QueueItem]) -> None:
+        await self.io(self.feedback.write_items, list(items))
+
+    async def correct(self, corrections: Sequence[Correction]) -> None:
+        """Corrections topic first (awaited), then the feedback table."""
+        for c in corrections:
+            await self.publish(self.settings.topic_corrections, c.message_id, c.model_dump_json().encode())
+        await self.io(self.feedback.write_corrections, list(corrections))
+
+    async def lease_next(self, annotator: str, now: datetime, task: str | None) -> QueueItem | None:
+        await self.refresh()
+        item = self.book.lease(annotator, now, task)
+        if item is not None:
+            await self.save([item])
+        return item
