@@ -122,7 +122,8 @@ class ModelEventKind(StrEnum):
     promoted = "promoted"  # the model-updated event workers hot swap on
     rolled_back = "rolled_back"
     swapped = "swapped"  # a worker now scores with the version
-    champion_refused = "champion_refused"  # a worker would not score with the champion: it failed to load or its self test
+    # a worker would not score with the champion: it failed to load or its self test
+    champion_refused = "champion_refused"
 
 
 class ModelEvent(BaseModel):

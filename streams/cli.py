@@ -210,6 +210,12 @@ def _mount_dead_letter_commands() -> None:
     register(app)
 
 
+def _mount_status_command() -> None:
+    from streams.status_cli import register
+
+    register(app)
+
+
 def _mount_labelling_commands() -> None:
     from feedback.cli import register
 
@@ -219,6 +225,7 @@ def _mount_labelling_commands() -> None:
 _mount_model_commands()
 _mount_triage_commands()
 _mount_dead_letter_commands()
+_mount_status_command()
 _mount_labelling_commands()
 
 if __name__ == "__main__":

@@ -213,6 +213,24 @@ def test_summary_on_a_known_data_set(store: ClickHouseStore) -> None:
     assert store.summary(min_ticker_volume=4).top_negative_tickers == []
 
 
+def test_activity_counts_what_was_stored_in_the_window(store: ClickHouseStore) -> None:
+    store.write_scored([msg(1, ingest_time=WRITTEN - timedelta(milliseconds=40)),
+                        msg(2, model_version="v2", ingest_time=WRITTEN - timedelta(milliseconds=40)),
+                        msg("s1", kind=Kind.support, ingest_time=WRITTEN - timedelta(milliseconds=40))])
+    store.write_dead_letters([
+        DeadLetter(source_topic="t", partition=0, offset=o, raw=b"x", reason=DeadLetterReason.invalid, detail="",
+                   received_at=at)
+        for o, at in [(1, T0), (2, WRITTEN)]
+    ])
+    a = store.activity(WRITTEN - timedelta(seconds=1))
+    assert [(c.kind, c.model_version, c.rows) for c in a.scored] == [("news", "v1", 1), ("news", "v2", 1),
+                                                                      ("support", "v1", 1)]
+    assert (a.e2e_p50_ms, a.e2e_p99_ms) == (40, 40)
+    assert a.dead_letters_by_reason == {"invalid": 1}  # the one at T0 is older than the window
+    later = store.activity(WRITTEN + timedelta(minutes=1))
+    assert (later.scored, later.dead_letters_by_reason, later.e2e_p50_ms) == ([], {}, None)
+
+
 def test_embedded_directory_is_one_process_only(chdb_settings: VigilSettings) -> None:
     first = connect(chdb_settings)
     try:

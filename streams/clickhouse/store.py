@@ -62,6 +62,22 @@ class StoreSummary(BaseModel):
     e2e_p99_ms: float | None
 
 
+class VersionCount(BaseModel):
+    kind: str
+    model_version: str
+    rows: int
+
+
+class Activity(BaseModel):
+    """What the workers stored from ``since`` on."""
+
+    since: datetime
+    scored: list[VersionCount]
+    dead_letters_by_reason: dict[str, int]
+    e2e_p50_ms: float | None
+    e2e_p99_ms: float | None
+
+
 class RecentScore(NamedTuple):
     """What the drift monitors take from one stored scored message."""
 
@@ -333,6 +349,32 @@ class ClickHouseStore:
             dead_letters_by_reason={r: int(n) for r, n in reasons},
             e2e_p50_ms=_quantile(quantiles[0]) if total else None,
             e2e_p99_ms=_quantile(quantiles[1]) if total else None,
+        )
+
+    def activity(self, since: datetime) -> Activity:
+        """Scored rows per kind and model version written from ``since`` on (whole seconds), their
+        end-to-end latency, and the dead letters received since then, per reason."""
+        # Bound as text and converted server-side: 18.16 binds no typed parameters.
+        after, bound = "toDateTime({since:String}, 'UTC')", {"since": f"{as_utc(since):%Y-%m-%d %H:%M:%S}"}
+        scored = self._query(
+            "activity", f"SELECT kind, model_version, count() FROM {self._scored} FINAL WHERE written_time >= {after} "
+            "GROUP BY kind, model_version ORDER BY kind, model_version", bound,
+        )
+        (quantiles,), = self._query(
+            "activity", f"SELECT quantiles(0.5, 0.99)(e2e_ms) FROM {self._scored} FINAL WHERE written_time >= {after}",
+            bound,
+        )
+        reasons = self._query(
+            "activity", f"SELECT reason, count() FROM {self._dead_letters} FINAL WHERE received_at >= {after} "
+            "GROUP BY reason ORDER BY reason", bound,
+        )
+        any_scored = bool(scored)
+        return Activity(
+            since=since,
+            scored=[VersionCount(kind=k, model_version=v, rows=int(n)) for k, v, n in scored],
+            dead_letters_by_reason={r: int(n) for r, n in reasons},
+            e2e_p50_ms=_quantile(quantiles[0]) if any_scored else None,
+            e2e_p99_ms=_quantile(quantiles[1]) if any_scored else None,
         )
 
     def close(self) -> None:

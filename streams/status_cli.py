@@ -1,0 +1,117 @@
+"""`vigil status`: the champions and what the workers said of them, what was stored in the last
+window, the workers' consumer lag and the label queue, in one screen (or JSON)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.settings import VigilSettings
+from streams.status import ModelStatus, StatusReport, model_status
+
+console = Console()
+TASKS = ("sentiment", "triage")
+
+
+def gather_status(settings: VigilSettings, window: timedelta, now: datetime) -> StatusReport:
+    from feedback.store import FeedbackStore
+    from models.registry import ModelNotFound, ModelRegistry
+    from streams.clickhouse import ClickHouseError, open_store
+    from streams.kafka_lag import LagUnavailable, group_lag
+
+    registry = ModelRegistry(settings.registry_dir)
+    champions: dict[str, tuple[str | None, float | None]] = {}
+    for task in TASKS:
+        try:
+            card = registry.card(task)
+            champions[task] = (card.version, card.metrics.accuracy if card.metrics else None)
+        except ModelNotFound:
+            champions[task] = (None, None)
+    events: dict[str, list] = {task: [] for task in TASKS}
+    activity = queue = clickhouse_error = None
+    try:
+        with open_store(settings) as store:
+            feedback = FeedbackStore(store)
+            events = {task: feedback.fetch_model_events(task) for task in TASKS}
+            activity = store.activity(now - window)
+            queue = {task: feedback.queue_stats(task) for task in TASKS}
+    except ClickHouseError as e:
+        clickhouse_error = str(e)
+    lag = kafka_error = None
+    if not settings.kafka_brokers:
+        kafka_error = "VIGIL_KAFKA_BROKERS is not set: give it the broker `vigil up` printed"
+    else:
+        try:
+            lag = group_lag(settings, settings.raw_topics.values())
+        except LagUnavailable as e:
+            kafka_error = str(e)
+    return StatusReport(
+        at=now,
+        models=[model_status(task, *champions[task], events[task]) for task in TASKS],
+        activity=activity, label_queue=queue, consumer_lag=lag,
+        clickhouse_error=clickhouse_error, kafka_error=kafka_error,
+    )
+
+
+def _models_table(models: list[ModelStatus]) -> Table:
+    table = Table(title="Models")
+    for name in ("task", "champion", "accuracy", "latest events (newest first)"):
+        table.add_column(name)
+    for m in models:
+        events = "\n".join(f"{e.created_at:%m-%d %H:%M} {e.kind.value} {e.model_version}" for e in m.recent_events)
+        champion = f"[red]{m.champion} (refused)[/]" if m.refusals else (m.champion or "[red]none[/]")
+        table.add_row(m.task, champion, "-" if m.accuracy is None else f"{m.accuracy:.3f}", events or "-")
+    return table
+
+
+def render_status(report: StatusReport, window: timedelta) -> None:
+    console.print(_models_table(report.models))
+    if report.activity is not None:
+        a = report.activity
+        minutes = f"{window.total_seconds() / 60:g} min"
+        if a.scored:
+            stored = Table(title=f"Scored in the last {minutes}")
+            for name in ("kind", "model version", "messages"):
+                stored.add_column(name, justify="right" if name == "messages" else "left")
+            for row in a.scored:
+                stored.add_row(row.kind, row.model_version, f"{row.rows:,}")
+            console.print(stored)
+        else:
+            console.print(f"nothing scored in the last {minutes}")
+        latency = "-" if a.e2e_p50_ms is None else f"p50 {a.e2e_p50_ms:,.0f} ms, p99 {a.e2e_p99_ms:,.0f} ms"
+        letters = ", ".join(f"{r} {n}" for r, n in a.dead_letters_by_reason.items()) or "none"
+        console.print(f"end-to-end latency: {latency}; dead letters: {letters}")
+    if report.consumer_lag is not None:
+        lag = ", ".join(f"{topic} {n:,}" for topic, n in report.consumer_lag.items()) or "no raw topics yet"
+        console.print(f"consumer lag (messages not yet committed by the workers): {lag}")
+    if report.label_queue is not None:
+        queue = "; ".join(f"{task}: " + ", ".join(f"{s} {n}" for s, n in states.items())
+                          for task, states in report.label_queue.items())
+        console.print(f"label queue: {queue}")
+    for line in report.problems():
+        console.print(f"[yellow]needs attention:[/] {line}")
+
+
+def status(
+    ctx: typer.Context,
+    minutes: Annotated[float, typer.Option("--minutes", min=1, help="The window for what was stored.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON, for scripts.")] = False,
+) -> None:
+    """Champions and workers' refusals, what was stored lately, consumer lag and the label queue.
+    Exit code 1 when something needs attention (listed last)."""
+    window = timedelta(minutes=minutes)
+    report = gather_status(ctx.obj, window, datetime.now(UTC))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        render_status(report, window)
+    if report.problems():
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

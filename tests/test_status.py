@@ -1,0 +1,124 @@
+"""`vigil status` through the real CLI on Tansu and chdb, with a copy of the tiny registry: a champion
+a worker refused, what was stored in the window, the consumer group's lag and the label queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from typer.testing import CliRunner
+
+from feedback.contracts import ModelEvent, ModelEventKind
+from feedback.store import FeedbackStore
+from streams.cli import app
+from streams.clickhouse import open_store
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.settings import VigilSettings
+from streams.status import model_status
+from streams.topics import ensure_topics
+
+NOW = datetime.now(UTC)
+
+
+def _event(kind: ModelEventKind, version: str, minutes_ago: float, detail: str = "") -> ModelEvent:
+    return ModelEvent(kind=kind, task="sentiment", model_version=version, detail=detail,
+                      created_at=NOW - timedelta(minutes=minutes_ago))
+
+
+def test_only_refusals_since_the_version_last_became_champion_count() -> None:
+    events = [
+        _event(ModelEventKind.promoted, "v2", 50),
+        _event(ModelEventKind.champion_refused, "v2", 45, "w1 refused v2 at start: NaN"),
+        _event(ModelEventKind.rolled_back, "v1", 40),
+        _event(ModelEventKind.promoted, "v2", 30),  # fixed and promoted again
+        _event(ModelEventKind.champion_refused, "v2", 20, "w2 refused v2: NaN"),
+        _event(ModelEventKind.champion_refused, "v1", 10, "an older version's refusal"),
+    ]
+    status = model_status("sentiment", "v2", 0.8, events, recent=3)
+    assert status.refusals == ["w2 refused v2: NaN"]
+    assert [e.model_version for e in status.recent_events] == ["v1", "v2", "v2"]  # newest first
+    # A champion no event made one (promoted when it was trained): all its refusals count.
+    assert model_status("sentiment", "v3", None, [_event(ModelEventKind.champion_refused, "v3", 5, "x")]).refusals == ["x"]
+
+
+async def _produce_and_commit(settings: VigilSettings, sent: int, committed: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
+    await producer.start()
+    try:
+        for i in range(sent):
+            await producer.send_and_wait(settings.topic_news, f"n{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=settings.consumer_group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic_news, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: OffsetAndMetadata(committed, "")})
+    finally:
+        await consumer.stop()
+
+
+def _scored(id_: str) -> ScoredMessage:
+    return ScoredMessage(
+        id=id_, kind=Kind.news, text="Acme beats estimates", model_name="sentiment", model_version="v1",
+        label="positive", probs={"positive": 0.8, "negative": 0.1, "neutral": 0.1}, confidence=0.8, margin=0.7,
+        entropy=0.6, tickers=["ACME"], source="wire", content_hash=7, event_time=NOW, ingest_time=NOW,
+        scored_time=NOW, src_partition=0, src_offset=0,
+    )
+
+
+def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry: Path, tmp_path: Path,
+                                                                  kafka_broker, monkeypatch) -> None:
+    shutil.copytree(tiny_registry, tmp_path / "models")
+    for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+                        "VIGIL_CLICKHOUSE_URL": "", "VIGIL_CONSUMER_GROUP": f"g-{tmp_path.name}",
+                        "VIGIL_TOPIC_NEWS": f"st{tmp_path.name}.news",
+                        "VIGIL_TOPIC_SUPPORT": f"st{tmp_path.name}.support"}.items():
+        monkeypatch.setenv(name, value)
+    settings = VigilSettings()
+    ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
+    asyncio.run(_produce_and_commit(settings, sent=12, committed=5))
+    with open_store(settings) as store:
+        store.write_scored([_scored("a"), _scored("b")])
+        store.write_dead_letters([DeadLetter(source_topic=settings.topic_news, partition=0, offset=3, raw=b"{",
+                                             reason=DeadLetterReason.bad_json, detail="not JSON")])
+        FeedbackStore(store).write_model_events([
+            _event(ModelEventKind.champion_refused, "v1", 1, "worker-7 refused v1 at start: NaN scores"),
+        ])
+
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1, result.output  # the refusal needs attention
+    report = json.loads(result.stdout)
+    sentiment, triage = report["models"]
+    assert (sentiment["champion"], sentiment["refusals"]) == ("v1", ["worker-7 refused v1 at start: NaN scores"])
+    assert (triage["champion"], triage["refusals"]) == ("v1", [])
+    assert report["consumer_lag"] == {settings.topic_news: 7, settings.topic_support: 0}
+    assert [(c["kind"], c["model_version"], c["rows"]) for c in report["activity"]["scored"]] == [("news", "v1", 2)]
+    assert report["activity"]["dead_letters_by_reason"] == {"bad_json": 1}
+    assert report["label_queue"]["sentiment"]["open"] == 0
+    assert (report["clickhouse_error"], report["kafka_error"]) == (None, None)
+
+    shown = CliRunner().invoke(app, ["status"])
+    said = " ".join(shown.output.split())
+    assert "needs attention: sentiment: the champion v1 was refused by a worker" in said
+    assert f"{settings.topic_news} 7" in said and "bad_json 1" in said
+
+
+def test_status_still_shows_the_models_when_kafka_cannot_be_reached(tiny_registry: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    shutil.copytree(tiny_registry, tmp_path / "models")
+    monkeypatch.setenv("VIGIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VIGIL_KAFKA_BROKERS", "127.0.0.1:9")
+    monkeypatch.setenv("VIGIL_CLICKHOUSE_URL", "")
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [m["champion"] for m in report["models"]] == ["v1", "v1"]
+    assert report["consumer_lag"] is None and "could not reach Kafka at 127.0.0.1:9" in report["kafka_error"]
