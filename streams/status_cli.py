@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from feedback.contracts import ModelEvent
+from streams.clickhouse.store import Activity
 from streams.settings import VigilSettings
 from streams.status import ModelStatus, StatusReport, model_status
 
@@ -18,43 +20,56 @@ TASKS = ("sentiment", "triage")
 
 
 def gather_status(settings: VigilSettings, window: timedelta, now: datetime) -> StatusReport:
-    from feedback.store import FeedbackStore
+    champions = _champions(settings)
+    events, activity, queue, clickhouse_error = _from_clickhouse(settings, now - window)
+    lag, kafka_error = _lag(settings)
+    return StatusReport(
+        at=now,
+        models=[model_status(task, *champions[task], events.get(task, [])) for task in TASKS],
+        activity=activity, label_queue=queue, consumer_lag=lag,
+        clickhouse_error=clickhouse_error, kafka_error=kafka_error,
+    )
+
+
+def _champions(settings: VigilSettings) -> dict[str, tuple[str | None, float | None]]:
+    """task -> (the version workers load, its accuracy on its card's eval set)."""
     from models.registry import ModelNotFound, ModelRegistry
-    from streams.clickhouse import ClickHouseError, open_store
-    from streams.kafka_lag import LagUnavailable, group_lag
 
     registry = ModelRegistry(settings.registry_dir)
-    champions: dict[str, tuple[str | None, float | None]] = {}
+    out: dict[str, tuple[str | None, float | None]] = {}
     for task in TASKS:
         try:
             card = registry.card(task)
-            champions[task] = (card.version, card.metrics.accuracy if card.metrics else None)
+            out[task] = (card.version, card.metrics.accuracy if card.metrics else None)
         except ModelNotFound:
-            champions[task] = (None, None)
-    events: dict[str, list] = {task: [] for task in TASKS}
-    activity = queue = clickhouse_error = None
+            out[task] = (None, None)
+    return out
+
+
+def _from_clickhouse(settings: VigilSettings, since: datetime) -> tuple[dict[str, list[ModelEvent]], Activity | None,
+                                                                        dict[str, dict[str, int]] | None, str | None]:
+    """Model events per task, the activity since ``since``, the label queue, or why they could not be read."""
+    from feedback.store import FeedbackStore
+    from streams.clickhouse import ClickHouseError, open_store
+
     try:
         with open_store(settings) as store:
             feedback = FeedbackStore(store)
             events = {task: feedback.fetch_model_events(task) for task in TASKS}
-            activity = store.activity(now - window)
-            queue = {task: feedback.queue_stats(task) for task in TASKS}
+            return events, store.activity(since), {task: feedback.queue_stats(task) for task in TASKS}, None
     except ClickHouseError as e:
-        clickhouse_error = str(e)
-    lag = kafka_error = None
+        return {}, None, None, str(e)
+
+
+def _lag(settings: VigilSettings) -> tuple[dict[str, int] | None, str | None]:
+    from streams.kafka_lag import LagUnavailable, group_lag
+
     if not settings.kafka_brokers:
-        kafka_error = "VIGIL_KAFKA_BROKERS is not set: give it the broker `vigil up` printed"
-    else:
-        try:
-            lag = group_lag(settings, settings.raw_topics.values())
-        except LagUnavailable as e:
-            kafka_error = str(e)
-    return StatusReport(
-        at=now,
-        models=[model_status(task, *champions[task], events[task]) for task in TASKS],
-        activity=activity, label_queue=queue, consumer_lag=lag,
-        clickhouse_error=clickhouse_error, kafka_error=kafka_error,
-    )
+        return None, "VIGIL_KAFKA_BROKERS is not set: give it the broker `vigil up` printed"
+    try:
+        return group_lag(settings, settings.raw_topics.values()), None
+    except LagUnavailable as e:
+        return None, str(e)
 
 
 def _models_table(models: list[ModelStatus]) -> Table:

@@ -43,7 +43,8 @@ def test_only_refusals_since_the_version_last_became_champion_count() -> None:
     assert status.refusals == ["w2 refused v2: NaN"]
     assert [e.model_version for e in status.recent_events] == ["v1", "v2", "v2"]  # newest first
     # A champion no event made one (promoted when it was trained): all its refusals count.
-    assert model_status("sentiment", "v3", None, [_event(ModelEventKind.champion_refused, "v3", 5, "x")]).refusals == ["x"]
+    only_v3 = [_event(ModelEventKind.champion_refused, "v3", 5, "x")]
+    assert model_status("sentiment", "v3", None, only_v3).refusals == ["x"]
 
 
 async def _produce_and_commit(settings: VigilSettings, sent: int, committed: int) -> None:
