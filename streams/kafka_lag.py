@@ -18,8 +18,10 @@ class LagUnavailable(RuntimeError):
 
 
 def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
-    """Messages on each of ``topics`` not yet committed by ``settings.consumer_group`` (a partition
-    the group never committed counts from its start); a topic Kafka does not know is left out."""
+    """Messages not yet committed by ``settings.consumer_group``, per topic: ``topics`` (a
+    partition the group never committed counts from its start) and every other topic the group
+    has committed on (the workers' internal hops: ticker and intent events, scored news for the
+    feedback agent). A topic Kafka does not know is left out."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
                                  request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
@@ -27,10 +29,11 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
     except KafkaError as e:
         raise LagUnavailable(f"could not reach Kafka at {settings.kafka_brokers}: {e!r}") from e
     try:
-        described = [t for t in admin.describe_topics(list(topics)) if t["error_code"] == 0]
+        committed = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
+        wanted = sorted({*topics, *(tp.topic for tp in committed)})
+        described = [t for t in admin.describe_topics(wanted) if t["error_code"] == 0]
         partitions = [TopicPartition(t["name"], p["partition_index"]) for t in described for p in t["partitions"]]
         ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
-        committed = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
     except KafkaError as e:
         raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the offset queries: {e!r}") from e
     finally:

@@ -27,7 +27,7 @@ class StatusReport(BaseModel):
     models: list[ModelStatus]
     activity: Activity | None
     label_queue: dict[str, dict[str, int]] | None  # task -> items per state
-    consumer_lag: dict[str, int] | None  # raw topic -> messages not yet committed by the workers
+    consumer_lag: dict[str, int] | None  # topic -> messages not yet committed by the workers
     clickhouse_error: str | None = None
     kafka_error: str | None = None
 

@@ -101,7 +101,7 @@ def render_status(report: StatusReport, window: timedelta) -> None:
         letters = ", ".join(f"{r} {n}" for r, n in a.dead_letters_by_reason.items()) or "none"
         console.print(f"end-to-end latency: {latency}; dead letters: {letters}")
     if report.consumer_lag is not None:
-        lag = ", ".join(f"{topic} {n:,}" for topic, n in report.consumer_lag.items()) or "no raw topics yet"
+        lag = ", ".join(f"{topic} {n:,}" for topic, n in report.consumer_lag.items()) or "no topics yet"
         console.print(f"consumer lag (messages not yet committed by the workers): {lag}")
     if report.label_queue is not None:
         queue = "; ".join(f"{task}: " + ", ".join(f"{s} {n}" for s, n in states.items())

@@ -47,21 +47,24 @@ def test_only_refusals_since_the_version_last_became_champion_count() -> None:
     assert model_status("sentiment", "v3", None, only_v3).refusals == ["x"]
 
 
-async def _produce_and_commit(settings: VigilSettings, sent: int, committed: int) -> None:
+async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[str, tuple[int, int]]) -> None:
+    """topic -> (messages sent, offset the workers' group commits) on partition 0."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
     await producer.start()
     try:
-        for i in range(sent):
-            await producer.send_and_wait(settings.topic_news, f"n{i}".encode(), partition=0)
+        for topic, (sent, _) in sent_and_committed.items():
+            for i in range(sent):
+                await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=settings.consumer_group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        tp = TopicPartition(settings.topic_news, 0)
-        consumer.assign([tp])
-        await consumer.commit({tp: OffsetAndMetadata(committed, "")})
+        offsets = {TopicPartition(topic, 0): OffsetAndMetadata(done, "")
+                   for topic, (_, done) in sent_and_committed.items()}
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
     finally:
         await consumer.stop()
 
@@ -81,11 +84,13 @@ def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry:
     for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
                         "VIGIL_CLICKHOUSE_URL": "", "VIGIL_CONSUMER_GROUP": f"g-{tmp_path.name}",
                         "VIGIL_TOPIC_NEWS": f"st{tmp_path.name}.news",
-                        "VIGIL_TOPIC_SUPPORT": f"st{tmp_path.name}.support"}.items():
+                        "VIGIL_TOPIC_SUPPORT": f"st{tmp_path.name}.support",
+                        "VIGIL_TOPIC_SCORED": f"st{tmp_path.name}.scored"}.items():
         monkeypatch.setenv(name, value)
     settings = VigilSettings()
-    ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
-    asyncio.run(_produce_and_commit(settings, sent=12, committed=5))
+    ensure_topics(settings.kafka_brokers, [*settings.raw_topics.values(), settings.topic_scored], 1)
+    # the scored topic stands for the workers' internal hops: known only from the group's commits
+    asyncio.run(_produce_and_commit(settings, {settings.topic_news: (12, 5), settings.topic_scored: (3, 1)}))
     with open_store(settings) as store:
         store.write_scored([_scored("a"), _scored("b")])
         store.write_dead_letters([DeadLetter(source_topic=settings.topic_news, partition=0, offset=3, raw=b"{",
@@ -100,7 +105,7 @@ def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry:
     sentiment, triage = report["models"]
     assert (sentiment["champion"], sentiment["refusals"]) == ("v1", ["worker-7 refused v1 at start: NaN scores"])
     assert (triage["champion"], triage["refusals"]) == ("v1", [])
-    assert report["consumer_lag"] == {settings.topic_news: 7, settings.topic_support: 0}
+    assert report["consumer_lag"] == {settings.topic_news: 7, settings.topic_support: 0, settings.topic_scored: 2}
     assert [(c["kind"], c["model_version"], c["rows"]) for c in report["activity"]["scored"]] == [("news", "v1", 2)]
     assert report["activity"]["dead_letters_by_reason"] == {"bad_json": 1}
     assert report["label_queue"]["sentiment"]["open"] == 0
