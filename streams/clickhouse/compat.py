@@ -132,6 +132,12 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def bound_time(value: datetime) -> str:
+    """``value`` in whole UTC seconds, as the text a query binds for a time (converted server-side,
+    e.g. ``toDateTime({p:String}, 'UTC')``): 18.16 binds no datetime parameters."""
+    return f"{as_utc(value):%Y-%m-%d %H:%M:%S}"
+
+
 def scored_from_row(row: Mapping[str, Any], level: CompatLevel) -> ScoredMessage:
     if level is CompatLevel.modern:
         raw = row["probs"]

@@ -11,7 +11,7 @@ from typing import Any
 from streams.contracts import DeadLetter, DeadLetterReason
 from streams.dead_letter_replay import LetterKey, letter_key
 
-from .compat import DEAD_LETTER_COLUMNS, as_utc, dead_letter_from_row, to_stored_time
+from .compat import DEAD_LETTER_COLUMNS, bound_time, dead_letter_from_row, to_stored_time
 from .store import ClickHouseStore
 
 REPLAY_COLUMNS = ("source_topic", "src_partition", "src_offset", "raw_sha256", "replayed_at")
@@ -39,7 +39,7 @@ class DeadLetterStore:
             params["topic"] = topic
         if since is not None:
             where.append("received_at >= {since:DateTime}")
-            params["since"] = f"{as_utc(since):%Y-%m-%d %H:%M:%S}"
+            params["since"] = bound_time(since)
         rows = self._store._query(
             "dead-letter read",
             f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._store._dead_letters} FINAL "

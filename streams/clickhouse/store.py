@@ -24,6 +24,7 @@ from .compat import (
     alert_from_row,
     alert_row,
     as_utc,
+    bound_time,
     dead_letter_from_row,
     dead_letter_row,
     scored_columns,
@@ -241,15 +242,14 @@ class ClickHouseStore:
         """Stored messages with ``start <= event_time < end``, oldest first; where an id was scored
         by several model versions, the latest scoring only."""
         columns = scored_columns(self.level)
-        # Times bound as text and converted server-side: 18.16 binds no typed parameters.
         rows = self._query(
             "scored range read",
             f"SELECT {', '.join(columns)} FROM {self._scored} FINAL "
             "WHERE kind = {kind:String} AND event_time >= toDateTime({start:String}, 'UTC') "
             "AND event_time < toDateTime({end:String}, 'UTC') ORDER BY event_time, id, scored_time "
             "LIMIT {limit:UInt64}",
-            {"kind": str(Kind(kind)), "start": f"{start.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-             "end": f"{end.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "limit": limit},
+            {"kind": str(Kind(kind)), "start": bound_time(start),
+             "end": bound_time(end), "limit": limit},
         )
         latest = {m.id: m for m in (scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows)}
         return sorted(latest.values(), key=lambda m: (m.event_time, m.id))
@@ -270,7 +270,7 @@ class ClickHouseStore:
             "WHERE scored_time < toDateTime({before:String}, 'UTC') "
             "ORDER BY scored_time DESC, src_partition DESC, src_offset DESC, id DESC LIMIT {limit:UInt64}",
             {"kind": str(Kind(kind)), "version": model_version,
-             "before": f"{before.astimezone(UTC):%Y-%m-%d %H:%M:%S}", "limit": limit},
+             "before": bound_time(before), "limit": limit},
         )
         return [RecentScore(label, min(float(c), 1.0), as_utc(t)) for label, c, t in reversed(rows)]
 
@@ -354,8 +354,7 @@ class ClickHouseStore:
     def activity(self, since: datetime) -> Activity:
         """Scored rows per kind and model version written from ``since`` on (whole seconds), their
         end-to-end latency, and the dead letters received since then, per reason."""
-        # Bound as text and converted server-side: 18.16 binds no typed parameters.
-        after, bound = "toDateTime({since:String}, 'UTC')", {"since": f"{as_utc(since):%Y-%m-%d %H:%M:%S}"}
+        after, bound = "toDateTime({since:String}, 'UTC')", {"since": bound_time(since)}
         scored = self._query(
             "activity", f"SELECT kind, model_version, count() FROM {self._scored} FINAL WHERE written_time >= {after} "
             "GROUP BY kind, model_version ORDER BY kind, model_version", bound,
