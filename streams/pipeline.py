@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Item = NewsItem | SupportMessage
 
+
 class ScorerBroken(RuntimeError):
     """The model fails on a plain control text too (a lost GPU, a corrupt version): the batch's
     messages are valid and must not be dead-lettered; they stay un-acked for a restarted worker."""

@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from feedback.contracts import ModelEvent
+from models.tasks import TASKS
 from streams.clickhouse.store import Activity
 from streams.settings import VigilSettings
 from streams.status import ModelStatus, StatusReport, model_status
 
 console = Console()
-TASKS = ("sentiment", "triage")
 
 
 def gather_status(settings: VigilSettings, window: timedelta, now: datetime) -> StatusReport:

@@ -17,10 +17,11 @@ from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.store import FeedbackStore
 from streams.cli import app
 from streams.clickhouse import open_store
-from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.contracts import DeadLetter, DeadLetterReason
 from streams.settings import VigilSettings
 from streams.status import model_status
 from streams.topics import ensure_topics
+from tests.fixtures.alerting import scored_news
 
 NOW = datetime.now(UTC)
 
@@ -69,15 +70,6 @@ async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[
         await consumer.stop()
 
 
-def _scored(id_: str) -> ScoredMessage:
-    return ScoredMessage(
-        id=id_, kind=Kind.news, text="Acme beats estimates", model_name="sentiment", model_version="v1",
-        label="positive", probs={"positive": 0.8, "negative": 0.1, "neutral": 0.1}, confidence=0.8, margin=0.7,
-        entropy=0.6, tickers=["ACME"], source="wire", content_hash=7, event_time=NOW, ingest_time=NOW,
-        scored_time=NOW, src_partition=0, src_offset=0,
-    )
-
-
 def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry: Path, tmp_path: Path,
                                                                   kafka_broker, monkeypatch) -> None:
     shutil.copytree(tiny_registry, tmp_path / "models")
@@ -92,7 +84,7 @@ def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry:
     # the scored topic stands for the workers' internal hops: known only from the group's commits
     asyncio.run(_produce_and_commit(settings, {settings.topic_news: (12, 5), settings.topic_scored: (3, 1)}))
     with open_store(settings) as store:
-        store.write_scored([_scored("a"), _scored("b")])
+        store.write_scored([scored_news("a", NOW, "positive"), scored_news("b", NOW, "negative")])
         store.write_dead_letters([DeadLetter(source_topic=settings.topic_news, partition=0, offset=3, raw=b"{",
                                              reason=DeadLetterReason.bad_json, detail="not JSON")])
         FeedbackStore(store).write_model_events([
@@ -106,7 +98,7 @@ def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry:
     assert (sentiment["champion"], sentiment["refusals"]) == ("v1", ["worker-7 refused v1 at start: NaN scores"])
     assert (triage["champion"], triage["refusals"]) == ("v1", [])
     assert report["consumer_lag"] == {settings.topic_news: 7, settings.topic_support: 0, settings.topic_scored: 2}
-    assert [(c["kind"], c["model_version"], c["rows"]) for c in report["activity"]["scored"]] == [("news", "v1", 2)]
+    assert [(c["kind"], c["model_version"], c["rows"]) for c in report["activity"]["scored"]] == [("news", "test-1", 2)]
     assert report["activity"]["dead_letters_by_reason"] == {"bad_json": 1}
     assert report["label_queue"]["sentiment"]["open"] == 0
     assert (report["clickhouse_error"], report["kafka_error"]) == (None, None)
