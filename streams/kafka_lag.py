@@ -11,6 +11,7 @@ from kafka.errors import KafkaError
 
 from streams.kafka_config import admin_kwargs
 from streams.settings import VigilSettings
+from streams.topics import partition_counts
 
 
 class LagUnavailable(RuntimeError):
@@ -31,14 +32,14 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
     try:
         committed = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
         wanted = sorted({*topics, *(tp.topic for tp in committed)})
-        described = [t for t in admin.describe_topics(wanted) if t["error_code"] == 0]
-        partitions = [TopicPartition(t["name"], p["partition_index"]) for t in described for p in t["partitions"]]
+        counts = partition_counts(admin, wanted)
+        partitions = [TopicPartition(topic, p) for topic, n in counts.items() for p in range(n)]
         ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     except KafkaError as e:
         raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the offset queries: {e!r}") from e
     finally:
         admin.close()
-    lag = {t["name"]: 0 for t in described}
+    lag = dict.fromkeys(counts, 0)
     for tp in partitions:
         done = committed.get(tp)
         lag[tp.topic] += max(0, ends[tp].offset - (done.offset if done is not None and done.offset >= 0 else 0))

@@ -18,7 +18,8 @@ class TopicSetupError(RuntimeError):
     """Vigil's topics could not be created or did not appear in the broker's metadata."""
 
 
-def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partitions of each of ``names`` that Kafka knows (the others are left out)."""
     counts: dict[str, int] = {}
     for topic in admin.describe_topics(names):
         if topic.get("error_code", 0) == 0 and topic.get("partitions"):
@@ -68,7 +69,7 @@ def ensure_topics(
             except KafkaError as e:
                 raise TopicSetupError(f"creating topics {missing} on {bootstrap} failed: {e}") from e
         while True:
-            counts = _partition_counts(admin, wanted)
+            counts = partition_counts(admin, wanted)
             absent = [n for n in wanted if n not in counts]
             if not absent:
                 break
