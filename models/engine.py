@@ -287,7 +287,7 @@ class Engine:
         *,
         device: str = "auto",
         max_length: int = 128,
-        batch_size: int = 64,
+        batch_size: int = 16,
         precision: Precision = "auto",
         parity_texts: Sequence[str] = (),
         max_flip_rate: float = 0.002,
