@@ -13,7 +13,13 @@ for first, so worker start-up is not measured.
 
 False alerts: the bundled news (Twitter Financial News + PhraseBank) replayed through the alerting
 core with the default rules, event times drawn as a Poisson process (``--news-per-hour``), labels
-from the data set (no model): nothing is injected, so every alert counts as false.
+from the data set (no model): nothing is injected, so every alert counts as false. With
+``--model-labels`` the same replay runs again with the registry's sentiment champion's own scores
+(on the CPU), as the rules see them in production: the model's mistakes are where false alerts
+come from. Only about one message in nine carries a cashtag, spread over some 1,200 tickers, so few
+tickers ever reach a rule's minimum volume there; ``--busy-tickers N`` replays the same messages
+again in a seeded random order (the tweets file groups them by label, which would be a real shock),
+each about one of N made-up tickers, so that every ticker's windows are full.
 
     python -m benchmarks.alert_latency --registry /tmp/vq/models --rate 500 --rate 150 --seconds 30 \
         [--alert-priorities P1]
@@ -39,14 +45,17 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks.worker_stack import running_worker
+from models.engine import load_scorer
 from models.triage_mapping import DEFAULT_PATH, TriageMapping
 from streams.alerting.rules import AlertRules, SentimentAlerter
 from streams.broker import EmbeddedBroker
+from streams.contracts import ScoredMessage
 from streams.follow import quantile
+from streams.replay import bundled_news
 from streams.samples import support_json
 from streams.settings import REPO_ROOT, VigilSettings
 from streams.worker import WorkerProcess
-from tests.fixtures.alerting import scored_bundled_news
+from tests.fixtures.alerting import DATA, scored, scored_bundled_news
 
 ALL_PRIORITIES = ["P1", "P2", "P3", "P4"]
 
@@ -182,10 +191,38 @@ def latency(registry: Path, rates: list[float], seconds: float, partitions: int,
     return results
 
 
-def false_alerts(news_per_hour: float, seed: int) -> dict:
+def model_scored_news(registry: Path) -> list[ScoredMessage]:
+    """The bundled news with the registry's sentiment champion's scores instead of the data set's labels."""
+    with tempfile.TemporaryDirectory(prefix="vigil-false-alerts-") as tmp:
+        (Path(tmp) / "models").symlink_to(registry.resolve())
+        engine = load_scorer(VigilSettings(data_dir=Path(tmp), device="cpu"), "sentiment")
+        news = list(bundled_news(DATA))
+        t0 = time.perf_counter()
+        predictions = engine.score([item.text for item in news])
+        print(json.dumps({"scored": len(news), "model_version": engine.model_version, "precision": engine.precision,
+                          "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    return [scored(item, p.label, engine.labels, offset=n, model_version=engine.model_version, probs=p.probs)
+            for n, (item, p) in enumerate(zip(news, predictions, strict=True))]
+
+
+def label_agreement(model: list[ScoredMessage], data: list[ScoredMessage]) -> dict:
+    """How the model's labels of the replay differ from the data set's."""
+    return {
+        "agreement": round(sum(m.label == d.label for m, d in zip(model, data, strict=True)) / len(data), 4),
+        "model_mix": {k: round(v / len(model), 4) for k, v in sorted(Counter(m.label for m in model).items())},
+        "data_mix": {k: round(v / len(data), 4) for k, v in sorted(Counter(d.label for d in data).items())},
+    }
+
+
+def busy_tickers(news: list[ScoredMessage], n: int, seed: int) -> list[ScoredMessage]:
+    rng = random.Random(seed)
+    shuffled = rng.sample(news, len(news))
+    return [m.model_copy(update={"tickers": [f"BUSY{rng.randrange(n)}"]}) for m in shuffled]
+
+
+def false_alerts(labels: str, news: list[ScoredMessage], news_per_hour: float, seed: int) -> dict:
     rules = AlertRules()
     rng = random.Random(seed)
-    news = list(scored_bundled_news())
     t = news[0].event_time
     alerter = SentimentAlerter(rules.sentiment)
     by_rule: Counter[str] = Counter()
@@ -195,7 +232,7 @@ def false_alerts(news_per_hour: float, seed: int) -> dict:
     by_rule.update(a.rule for a in alerter.advance(t + timedelta(hours=2)))
     hours = (t - news[0].event_time) / timedelta(hours=1)
     return {
-        "messages": len(news), "news_per_hour": news_per_hour, "simulated_hours": round(hours, 2),
+        "labels": labels, "messages": len(news), "news_per_hour": news_per_hour, "simulated_hours": round(hours, 2),
         "alerts": sum(by_rule.values()), "by_rule": dict(by_rule),
         "false_alerts_per_hour": sum(by_rule.values()) / hours,
     }
@@ -214,10 +251,23 @@ def main() -> None:
     ap.add_argument("--alert-priorities", nargs="+", choices=ALL_PRIORITIES, default=ALL_PRIORITIES,
                     help="Priorities whose messages alert. Default: all, so every message alerts (the worst "
                     "case); the product's default rules alert P1 only, 8%% of Banking77.")
+    ap.add_argument("--model-labels", action="store_true",
+                    help="Replay the false-alert news with the --registry sentiment champion's scores too.")
+    ap.add_argument("--busy-tickers", type=int, metavar="N",
+                    help="Replay the false-alert news shuffled over N made-up tickers too.")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
-    for per_hour in args.news_per_hour or [120.0, 600.0, 3600.0]:
-        print(json.dumps({"false_alerts": false_alerts(per_hour, args.seed)}), flush=True)
+    replays = {"data set": list(scored_bundled_news())}
+    if args.model_labels:
+        by_model = model_scored_news(args.registry)
+        print(json.dumps({"labels": label_agreement(by_model, replays["data set"])}), flush=True)
+        replays[f"model {by_model[0].model_version}"] = by_model
+    if args.busy_tickers:
+        replays |= {f"{labels}, shuffled over {args.busy_tickers} tickers": busy_tickers(news, args.busy_tickers, args.seed)
+                    for labels, news in replays.items()}
+    for labels, news in replays.items():
+        for per_hour in args.news_per_hour or [120.0, 600.0, 3600.0]:
+            print(json.dumps({"false_alerts": false_alerts(labels, news, per_hour, args.seed)}), flush=True)
     if not args.skip_latency:
         latency(args.registry, args.rate or [500.0], args.seconds, args.partitions, args.cpu_threads, args.batch_within_s,
                 args.alert_priorities)
