@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import pytest
 
@@ -40,11 +40,12 @@ from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.compat import to_stored_time
 from streams.clickhouse.backends import Backend
 from streams.clickhouse.migration_lock import (
-    BREAK_TABLE,
     LOCK_TABLE,
+    break_lock_table,
     cluster_migration_lock,
     create_lock_statement,
     lock_age_s,
+    lock_node,
 )
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.triage_store import QueueSla, TriageStore
@@ -354,6 +355,22 @@ def _lock_holders(nodes: list[ServerBackend], db: str) -> list[int]:
     return [i for i, node in enumerate(nodes) if LOCK_TABLE in table_names(node, db)]
 
 
+def _lock_tables(nodes: list[ServerBackend], db: str) -> set[str]:
+    """Every migration lock and break lock table left on any node."""
+    return {name for node in nodes for name in table_names(node, db) if name.startswith(LOCK_TABLE)}
+
+
+def _die_holding_the_lock_and_breaking_it(nodes: list[ServerBackend], db: str) -> list[str]:
+    """A migrator that died holding the lock (node 1), and a waiter that died breaking it (node 2):
+    the two lock tables."""
+    nodes[1].execute(create_lock_statement(db))
+    dead = lock_node(nodes[1], db)
+    assert dead is not None
+    breaking = break_lock_table(LOCK_TABLE, dead.generation)
+    nodes[2].execute(create_lock_statement(db, breaking))
+    return [LOCK_TABLE, breaking]
+
+
 def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
     clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
 ) -> None:
@@ -373,56 +390,55 @@ def test_migrators_take_turns_and_the_next_one_clears_what_a_killed_one_left(
 
     # A migrator that died holding the lock and in mid-swap, and a waiter that died breaking it: both
     # locks are broken once stale, and the next migration drops the swap's temporary table.
-    nodes[1].execute(create_lock_statement(db))
-    nodes[2].execute(create_lock_statement(db, BREAK_TABLE))
+    _die_holding_the_lock_and_breaking_it(nodes, db)
     leftover = "scored__old_0123456789ab"
     nodes[0].execute(f"CREATE TABLE {db}.{leftover} ON CLUSTER {cluster} AS {db}.scored")
     with cluster_migration_lock(nodes[3], db, cluster, wait_s=10, stale_after_s=0, poll_s=0.1):
         assert _lock_holders(nodes, db) == [3]
     report = migrate(nodes[2], database=db, ttl_days=30, cluster=cluster)
     assert report.applied == [] and report.removed_leftovers == [leftover]
-    for node in nodes:
-        names = table_names(node, db)
-        assert leftover not in names and LOCK_TABLE not in names and BREAK_TABLE not in names
+    assert not any(leftover in table_names(node, db) for node in nodes)
+    assert _lock_tables(nodes, db) == set()
 
 
-class _PausedBeforeBreaking:
-    """A migrator's connection whose DROP of the lock ON CLUSTER goes out ``pause_s`` late, as from a
-    process paused between finding the lock stale and dropping it."""
+class _Pauses(TypedDict, total=False):
+    lock_s: float
+    break_s: float
 
-    def __init__(self, backend: ServerBackend, pause_s: float) -> None:
-        self.backend, self.pause_s = backend, pause_s
+
+class _Paused:
+    """A migrator's connection whose DROPs ON CLUSTER of the migration lock (``lock_s``) or of a break
+    lock (``break_s``) go out late, as from a process paused between finding a lock stale and
+    dropping it."""
+
+    def __init__(self, backend: ServerBackend, *, lock_s: float = 0.0, break_s: float = 0.0) -> None:
+        self.backend, self.lock_s, self.break_s = backend, lock_s, break_s
 
     def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
-        if sql.startswith("DROP TABLE IF EXISTS") and f".{LOCK_TABLE} ON CLUSTER" in sql:
-            time.sleep(self.pause_s)
+        if sql.startswith("DROP TABLE IF EXISTS") and " ON CLUSTER " in sql:
+            time.sleep(self.lock_s if f".{LOCK_TABLE} ON CLUSTER" in sql else self.break_s)
         return self.backend.execute(sql, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
 
 
-def test_waiters_that_find_a_stale_lock_together_migrate_one_at_a_time(
-    clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
-) -> None:
-    """Workers of a new release start together after a migrator died holding the lock, and all find
-    it stale at once. One of them drops it late (paused): by then another has broken the lock and
-    taken it, and the late one must not drop that holder's lock and migrate beside it."""
-    db, cluster = cluster_db.clickhouse_database, clickhouse_cluster.name
-    stale_after_s, hold_s, pause_s = 5, 2.5, 1.5  # a holder's lock never looks stale
-    nodes[1].execute(create_lock_statement(db))
-    while (lock_age_s(nodes[1], db) or 0) <= stale_after_s:
-        time.sleep(0.2)
-    waiters = [(0, pause_s), (2, 0.0), (3, 0.0)]
+def _migrate_together(
+    clickhouse_cluster: ClickHouseCluster, db: str, waiters: list[tuple[int, float, _Pauses]], *,
+    stale_after_s: float, hold_s: float,
+) -> list[tuple[float, float]]:
+    """Each waiter (node, start delay, pauses) takes the migration lock once, on its own connection
+    as a process would, and holds it ``hold_s``; when each held it, in order."""
     together = threading.Barrier(len(waiters))
     held: list[tuple[float, float]] = []
 
-    def migrate_once(node_index: int, pause: float) -> None:
-        node = node_backend(clickhouse_cluster.nodes[node_index].url, db)  # one connection each, as processes
+    def migrate_once(node_index: int, start_after_s: float, pauses: _Pauses) -> None:
+        node = node_backend(clickhouse_cluster.nodes[node_index].url, db)
         try:
             together.wait()
-            with cluster_migration_lock(cast(Backend, _PausedBeforeBreaking(node, pause)), db, cluster, wait_s=60,
-                                        stale_after_s=stale_after_s, poll_s=0.1):
+            time.sleep(start_after_s)
+            with cluster_migration_lock(cast(Backend, _Paused(node, **pauses)), db, clickhouse_cluster.name,
+                                        wait_s=60, stale_after_s=stale_after_s, poll_s=0.1):
                 start = time.monotonic()
                 time.sleep(hold_s)
                 held.append((start, time.monotonic()))
@@ -431,7 +447,49 @@ def test_waiters_that_find_a_stale_lock_together_migrate_one_at_a_time(
 
     with ThreadPoolExecutor(len(waiters)) as pool:
         list(pool.map(lambda w: migrate_once(*w), waiters))
-    held.sort()
+    return sorted(held)
+
+
+def _one_at_a_time(held: list[tuple[float, float]]) -> bool:
+    return all(end <= next_start for (_, end), (next_start, _) in zip(held, held[1:]))
+
+
+def test_waiters_that_find_a_stale_lock_together_migrate_one_at_a_time(
+    clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
+) -> None:
+    """Workers of a new release start together after a migrator died holding the lock, and all find
+    it stale at once. One of them drops it late (paused): by then another has broken the lock and
+    taken it, and the late one must not drop that holder's lock and migrate beside it."""
+    db = cluster_db.clickhouse_database
+    stale_after_s, hold_s = 5, 2.5  # a holder's lock never looks stale
+    nodes[1].execute(create_lock_statement(db))
+    while (lock_age_s(nodes[1], db) or 0) <= stale_after_s:
+        time.sleep(0.2)
+    waiters: list[tuple[int, float, _Pauses]] = [(0, 0.0, {"lock_s": 1.5}), (2, 0.0, {}), (3, 0.0, {})]
+    held = _migrate_together(clickhouse_cluster, db, waiters, stale_after_s=stale_after_s, hold_s=hold_s)
     assert len(held) == len(waiters)
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(held, held[1:])), held
-    assert _lock_holders(nodes, db) == [] and lock_age_s(nodes[2], db, BREAK_TABLE) is None
+    assert _one_at_a_time(held), held
+    assert _lock_holders(nodes, db) == [] and _lock_tables(nodes, db) == set()
+
+
+def test_waiters_that_find_a_stale_break_lock_together_migrate_one_at_a_time(
+    clickhouse_cluster: ClickHouseCluster, cluster_db: VigilSettings, nodes: list[ServerBackend],
+) -> None:
+    """A migrator died holding the lock and a waiter died breaking it; the next release's workers
+    find both stale. Node 0 drops the dead waiter's break lock late, by when node 3 has taken the
+    break lock afresh and is itself slow to drop the dead migrator's lock. Were the late drop to
+    remove node 3's break lock, node 2 would break the lock and take it, node 3's drop would then
+    remove node 2's lock, and both would migrate (as before break locks were named for the
+    generation they break)."""
+    db = cluster_db.clickhouse_database
+    stale_after_s, hold_s = 5, 2.5
+    for table in _die_holding_the_lock_and_breaking_it(nodes, db):
+        while (lock_age_s(nodes[0], db, table) or 0) <= stale_after_s:
+            time.sleep(0.2)
+    waiters: list[tuple[int, float, _Pauses]] = [
+        (0, 0.0, {"break_s": 1.5}), (3, 0.0, {"lock_s": 3.0}), (2, 0.5, {}),
+    ]
+    held = _migrate_together(clickhouse_cluster, db, waiters, stale_after_s=stale_after_s, hold_s=hold_s)
+    assert len(held) == len(waiters)
+    assert _one_at_a_time(held), held
+    assert _lock_holders(nodes, db) == [] and _lock_tables(nodes, db) == set()

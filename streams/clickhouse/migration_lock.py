@@ -17,11 +17,13 @@ table removes the node. A holder that died leaves the lock behind; once the node
 
 Workers that start together after a migrator died all find its lock stale at once. A waiter that
 drops it a moment late (paused, or its DROP queued behind the others') would drop the lock another
-had just taken, and both would migrate. So breaking takes a second lock of the same kind, the break
-lock: its holder checks that the lock is still stale and drops it; the others wait. A waiter that
-died while breaking leaves the break lock behind, which is broken once stale in turn; only if two
-waiters break that one at once may two migrators run together, which the migrations still allow
-for (a column that is already there counts as added), as they did before the lock.
+had just taken, and both would migrate. So breaking takes a second lock of the same kind, a break
+lock named for the generation it breaks (the lock node's ZooKeeper ``czxid``, which no later lock
+shares): its holder checks that the lock is still that generation and drops it; the others wait.
+A waiter that died while breaking leaves its break lock behind, which is broken once stale in turn,
+the same way, one level up. A late drop therefore only ever finds the generation it was meant
+for, which is gone, and never a lock taken since. What no lock can tell apart is a holder that is
+alive but slower than ``stale_after_s``; the default is 15 minutes against seconds for a migration.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from .backends import Backend
 from .errors import MigrationError, QueryFailed
@@ -37,7 +40,6 @@ from .errors import MigrationError, QueryFailed
 log = logging.getLogger(__name__)
 
 LOCK_TABLE = "schema_migrations_lock"
-BREAK_TABLE = "schema_migrations_lock_break"
 _ZOOKEEPER_ERROR = 999
 # Table already exists (on this node), replica already exists (on another), and a ZooKeeper error:
 # a CREATE racing the holder's DROP meets the lock's path half removed ("No node").
@@ -55,12 +57,18 @@ def create_lock_statement(database: str, table: str = LOCK_TABLE) -> str:
     )
 
 
-def lock_age_s(backend: Backend, database: str, table: str = LOCK_TABLE) -> float | None:
-    """Seconds since the lock was taken, by ZooKeeper's clock against the server's; None when
-    nobody holds it (released between our CREATE and this read)."""
+@dataclass(frozen=True, slots=True)
+class LockNode:
+    generation: int  # ZooKeeper's czxid: unique to each creation of the node
+    age_s: float  # by ZooKeeper's clock against the server's
+
+
+def lock_node(backend: Backend, database: str, table: str = LOCK_TABLE) -> LockNode | None:
+    """Who holds the lock, and since when; None when nobody does (released between our CREATE and
+    this read)."""
     try:
         rows = backend.query(
-            "SELECT toInt64(now()) - toInt64(ctime) FROM system.zookeeper "
+            "SELECT czxid, toInt64(now()) - toInt64(ctime) FROM system.zookeeper "
             "WHERE path = {path:String} AND name = 'holder'",
             {"path": f"{lock_zookeeper_path(database, table)}/replicas"},
         )
@@ -68,7 +76,18 @@ def lock_age_s(backend: Backend, database: str, table: str = LOCK_TABLE) -> floa
         if exc.code == _ZOOKEEPER_ERROR:  # the holder's DROP removed the path ("No node")
             return None
         raise
-    return float(rows[0][0]) if rows else None
+    return LockNode(int(rows[0][0]), float(rows[0][1])) if rows else None
+
+
+def lock_age_s(backend: Backend, database: str, table: str = LOCK_TABLE) -> float | None:
+    """Seconds since the lock was taken; None when nobody holds it."""
+    node = lock_node(backend, database, table)
+    return None if node is None else node.age_s
+
+
+def break_lock_table(table: str, generation: int) -> str:
+    """The lock a waiter holds while it breaks ``generation`` of ``table``."""
+    return f"{table}_break_{generation}"
 
 
 def _refusal(backend: Backend, database: str, table: str = LOCK_TABLE) -> QueryFailed | None:
@@ -90,26 +109,27 @@ def _release(backend: Backend, database: str, table: str, stale_after_s: float) 
                       stale_after_s)
 
 
-def _break_if_stale(backend: Backend, database: str, cluster: str, stale_after_s: float) -> bool:
-    """Drop the lock if it is still stale, holding the break lock from that check to the drop.
-    False when another waiter is breaking it."""
-    if _refusal(backend, database, BREAK_TABLE) is not None:
-        age = lock_age_s(backend, database, BREAK_TABLE)
-        if age is not None and age > stale_after_s:
-            log.warning("the break lock of %s's migration lock was taken %.0f s ago (its waiter died?); "
-                        "breaking it", database, age)
-            backend.execute(f"DROP TABLE IF EXISTS {database}.{BREAK_TABLE} ON CLUSTER {cluster}")
+def _break_if_stale(backend: Backend, database: str, cluster: str, table: str, stale_after_s: float) -> bool:
+    """Drop ``table``'s lock if it is stale, holding the break lock of its generation from the
+    check to the drop (breaking that one first if its waiter died). False when the lock is not
+    stale or another waiter is breaking it."""
+    stale = lock_node(backend, database, table)
+    if stale is None or stale.age_s <= stale_after_s:
+        return False
+    breaker = break_lock_table(table, stale.generation)
+    if _refusal(backend, database, breaker) is not None:
+        _break_if_stale(backend, database, cluster, breaker, stale_after_s)
         return False
     try:
-        held_for = lock_age_s(backend, database)
-        if held_for is not None and held_for > stale_after_s:
+        current = lock_node(backend, database, table)
+        if current is not None and current.generation == stale.generation:
             log.warning(
-                "the migration lock of %s was taken %.0f s ago and never released (its migrator died?); "
-                "breaking it", database, held_for,
+                "%s.%s was taken %.0f s ago and never released (its holder died?); breaking it",
+                database, table, stale.age_s,
             )
-            backend.execute(f"DROP TABLE IF EXISTS {database}.{LOCK_TABLE} ON CLUSTER {cluster}")
+            backend.execute(f"DROP TABLE IF EXISTS {database}.{table} ON CLUSTER {cluster}")
     finally:
-        _release(backend, database, BREAK_TABLE, stale_after_s)
+        _release(backend, database, breaker, stale_after_s)
     return True
 
 
@@ -121,10 +141,9 @@ def cluster_migration_lock(
     """Hold the cluster's migration lock for the block; ``database`` must exist on every node."""
     deadline = time.monotonic() + wait_s
     while (refused := _refusal(backend, database)) is not None:
-        held_for = lock_age_s(backend, database)
-        if held_for is not None and held_for > stale_after_s and _break_if_stale(backend, database, cluster,
-                                                                                 stale_after_s):
+        if _break_if_stale(backend, database, cluster, LOCK_TABLE, stale_after_s):
             continue
+        held_for = lock_age_s(backend, database)
         if time.monotonic() > deadline:
             if held_for is None:
                 raise MigrationError(
