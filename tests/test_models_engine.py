@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.engine import Engine, ScoringError, cpu_has_native_bf16
+from models.engine import Engine, ScoringError, cpu_has_native_bf16, encode, linears_in, run_batches, torch_forward
 from models.registry import ModelNotFound, ModelRegistry
 from models.engine import load_scorer
 from streams.settings import VigilSettings
@@ -130,6 +130,23 @@ def test_bf16_on_cpu_runs_only_in_hardware_and_is_checked_against_fp32(tiny_regi
     got, ref = engine.score(MIXED), fp32.score(MIXED)
     assert [p.truncated for p in got] == [p.truncated for p in ref]
     assert max(abs(g.confidence - r.confidence) for g, r in zip(got, ref, strict=True)) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linears_cast_once_compute_what_autocast_computes_from_fp32(tiny_scorers, dtype):
+    """Runs on any CPU: where bf16 is not in hardware torch emulates it, as exactly."""
+    engine = tiny_scorers["triage"]
+    fp32 = engine._model()
+    reduced = linears_in(fp32, dtype)
+    assert {p.dtype for n, p in reduced.named_parameters() if "embeddings" not in n and "LayerNorm" not in n} == {dtype}
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}  # the parity check's reference is untouched
+    seqs, pad, n = encode(engine.tokenizer, MIXED, 64).ids, engine.tokenizer.pad_token_id, len(engine.labels)
+    with torch.inference_mode():
+        ref = run_batches(torch_forward(fp32, torch.device("cpu"), dtype), seqs, pad, 4, n)
+        got = run_batches(torch_forward(reduced, torch.device("cpu"), dtype), seqs, pad, 4, n)
+        full = run_batches(torch_forward(fp32, torch.device("cpu")), seqs, pad, 4, n)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert np.abs(got - full).max() > 1e-4  # the reduced precision really ran
 
 
 def test_load_scorer_from_settings(tiny_registry, tmp_path):
