@@ -185,7 +185,7 @@ def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.
 def linears_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` whose Linear layers hold ``dtype`` weights, for passes under autocast to
     ``dtype``. It computes exactly what the fp32 model does under autocast, which rounds each fp32
-    weight the same way, but without casting every weight again on every forward pass (3-10% of a
+    weight the same way, but without casting every weight again on every forward pass (5-6% of a
     bf16 pass of 16 texts on the 2-core CPU, see benchmarks/RESULTS.md). The fp32 model stays as it
     is: the parity check's reference."""
     reduced = copy.deepcopy(model)

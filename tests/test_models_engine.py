@@ -134,7 +134,7 @@ def test_bf16_on_cpu_runs_only_in_hardware_and_is_checked_against_fp32(tiny_regi
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_linears_cast_once_compute_what_autocast_computes_from_fp32(tiny_scorers, dtype):
-    """Runs on any CPU: where bf16 is not in hardware torch emulates it, as exactly."""
+    """Runs on any CPU: where bf16 is not in hardware, torch emulates it with the same rounding."""
     engine = tiny_scorers["triage"]
     fp32 = engine._model()
     reduced = linears_in(fp32, dtype)
