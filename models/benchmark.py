@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from transformers import AutoTokenizer, pipeline
+from transformers.utils import logging as hf_logging
 
 from models.engine import load_scorer
 from models.modeling import MeanPoolClassifier
@@ -89,7 +90,14 @@ def bench_scoring(
 
     def hf_pipeline(dtype: torch.dtype):
         model = MeanPoolClassifier.from_pretrained(model_dir, dtype=dtype).eval()
-        return pipeline("text-classification", model=model, tokenizer=hf_tokenizer, device=dev)
+        # The pipeline runs any model with .logits, but meeting a class it does not know (Vigil's
+        # own) it logs an error naming the 150 it does: a screenful per pipeline, nothing wrong.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity(hf_logging.CRITICAL)
+        try:
+            return pipeline("text-classification", model=model, tokenizer=hf_tokenizer, device=dev)
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
     pipe = hf_pipeline(hf_dtype)
     kw = {"truncation": True, "max_length": settings.max_length}
