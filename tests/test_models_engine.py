@@ -140,6 +140,11 @@ def test_linears_cast_once_compute_what_autocast_computes_from_fp32(tiny_scorers
     reduced = linears_in(fp32, dtype)
     assert {p.dtype for n, p in reduced.named_parameters() if "embeddings" not in n and "LayerNorm" not in n} == {dtype}
     assert {p.dtype for p in fp32.parameters()} == {torch.float32}  # the parity check's reference is untouched
+    # only the Linear weights are new memory: the embeddings and layer norms are the fp32 model's own
+    fp32_tensors = {t.data_ptr() for t in fp32.parameters()}
+    kept = [p for p in reduced.parameters() if p.dtype == torch.float32]
+    assert kept and all(p.data_ptr() in fp32_tensors for p in kept)
+    assert not any(p.data_ptr() in fp32_tensors for p in reduced.parameters() if p.dtype == dtype)
     seqs, pad, n = encode(engine.tokenizer, MIXED, 64).ids, engine.tokenizer.pad_token_id, len(engine.labels)
     with torch.inference_mode():
         ref = run_batches(torch_forward(fp32, torch.device("cpu"), dtype), seqs, pad, 4, n)
