@@ -32,6 +32,7 @@ from streams.alerting.partitions import Checkpoint
 from streams.clickhouse import (
     ClickHouseStore,
     MigrationError,
+    QueryFailed,
     ServerBackend,
     migrate,
     open_store,
@@ -40,12 +41,14 @@ from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.compat import to_stored_time
 from streams.clickhouse.backends import Backend
 from streams.clickhouse.migration_lock import (
+    ANCHOR_TABLE,
     LOCK_TABLE,
     break_lock_table,
     cluster_migration_lock,
     create_lock_statement,
     lock_age_s,
     lock_node,
+    lock_zookeeper_path,
 )
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.triage_store import QueueSla, TriageStore
@@ -119,6 +122,7 @@ def test_migrations_create_every_table_on_every_node_and_rerun_from_any_node(
         ))
         assert engines == {
             "schema_migrations": "ReplicatedReplacingMergeTree",
+            ANCHOR_TABLE: "ReplicatedMergeTree",
             **{t: "Distributed" for t in TABLES},
             **{f"{t}_local": "ReplicatedReplacingMergeTree" for t in TABLES},
         }
@@ -340,7 +344,7 @@ def test_a_column_change_migrated_from_two_nodes_while_a_worker_writes_fails_and
         backend = node_backend(node.url, db)
         try:
             # No swap table is left over.
-            assert table_names(backend, db) == {"schema_migrations"} | TABLES | {f"{t}_local" for t in TABLES}
+            assert table_names(backend, db) == {"schema_migrations", ANCHOR_TABLE} | TABLES | {f"{t}_local" for t in TABLES}
             for table in ("scored", "scored_local"):
                 columns = {name for (name,) in backend.query(
                     "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
@@ -493,3 +497,44 @@ def test_waiters_that_find_a_stale_break_lock_together_migrate_one_at_a_time(
     assert len(held) == len(waiters)
     assert _one_at_a_time(held), held
     assert _lock_holders(nodes, db) == [] and _lock_tables(nodes, db) == set()
+
+
+def test_a_create_that_races_the_holders_drop_holds_a_lock_that_stays(
+    cluster_db: VigilSettings, nodes: list[ServerBackend],
+) -> None:
+    """Waiters on three nodes hammer CREATE while the holder drops the lock, 20 times. 18.16 removes
+    a replicated table's ZooKeeper path node by node when its last replica goes: without the anchor
+    replicas, a winning CREATE that came in meanwhile left the path half removed (22 of 60 rounds)
+    or lost its replica node under it (1 of 60), so that a second CREATE won too. With them each
+    round has one winner, whose lock others see, and the path stays whole."""
+    db = cluster_db.clickhouse_database
+    path = lock_zookeeper_path(db)
+    holder = 0
+    nodes[holder].execute(create_lock_statement(db))
+    for _ in range(20):
+        won: list[int] = []
+
+        def take(i: int) -> None:
+            deadline = time.monotonic() + 5
+            while not won and time.monotonic() < deadline:
+                try:
+                    nodes[i].execute(create_lock_statement(db))
+                    won.append(i)
+                except QueryFailed:
+                    time.sleep(0.001)
+
+        with ThreadPoolExecutor(3) as pool:
+            waiting = [pool.submit(take, i) for i in range(len(nodes)) if i != holder]
+            time.sleep(0.02)
+            nodes[holder].execute(f"DROP TABLE IF EXISTS {db}.{LOCK_TABLE}")
+            for waiter in waiting:
+                waiter.result()
+        assert len(won) == 1, won
+        holder = won[0]
+        time.sleep(0.2)  # what is left of the DROP's removal has run
+        assert lock_node(nodes[0], db) is not None
+        children = {name for (name,) in nodes[0].query(
+            "SELECT name FROM system.zookeeper WHERE path = {path:String}", {"path": path})}
+        assert {"block_numbers", "blocks", "columns", "log", "metadata", "replicas"} <= children, children
+    nodes[holder].execute(f"DROP TABLE IF EXISTS {db}.{LOCK_TABLE}")
+    assert _lock_tables(nodes, db) == set()

@@ -11,6 +11,7 @@ import pytest
 
 from streams.alerting.contracts import Alert, ContributingMessage, Severity
 from streams.clickhouse import (
+    ClickHouseConfigError,
     ClickHouseStore,
     CompatLevel,
     EmbeddedInUse,
@@ -68,6 +69,17 @@ def test_a_column_another_process_added_first_counts_as_applied(settings: VigilS
         assert report.applied == ["0099_extra"]
         recorded = backend.query(f"SELECT name FROM {db}.schema_migrations FINAL WHERE version = 99")
         assert recorded == [("0099_extra",)]
+    finally:
+        backend.close()
+
+
+def test_a_cluster_on_the_embedded_clickhouse_is_refused_before_any_statement(chdb_settings: VigilSettings) -> None:
+    backend = connect(chdb_settings)
+    try:
+        with pytest.raises(ClickHouseConfigError, match="set VIGIL_CLICKHOUSE_URL to one of the cluster's nodes"):
+            migrate(backend, database=chdb_settings.clickhouse_database, ttl_days=30, cluster="vigil_c")
+        assert backend.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                             {"db": chdb_settings.clickhouse_database}) == [(0,)]
     finally:
         backend.close()
 

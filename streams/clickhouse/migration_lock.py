@@ -15,6 +15,17 @@ already exists"), on the same node with 57 ("table already exists"), and it wait
 table removes the node. A holder that died leaves the lock behind; once the node is older than
 ``stale_after_s`` a waiter drops it ``ON CLUSTER`` (the table exists on one node only) and takes it.
 
+Every node also holds a replica of the lock's table that is never dropped, the anchor
+(``<db>.migration_lock_anchor``, replica ``anchor-{shard}-{replica}``, made with the bookkeeping
+tables). 18.16 removes a replicated table's whole ZooKeeper path, node by node, when its last
+replica is dropped, and a waiter's CREATE that came in while the holder's DROP was at it found
+the path still there, added its replica node, and could have it removed under it a moment later
+(once in 60 tight rounds; 22 more left the path half removed): the waiter then held a lock nobody
+could see, and the next CREATE succeeded too. With the anchors the path always has replicas, so
+a DROP removes only its own replica node. Break locks have none: a CREATE that races the release
+of one can lose its node the same way, but by then the generation it would break is gone, so
+its holder finds nothing to drop.
+
 Workers that start together after a migrator died all find its lock stale at once. A waiter that
 drops it a moment late (paused, or its DROP queued behind the others') would drop the lock another
 had just taken, and both would migrate. So breaking takes a second lock of the same kind, a break
@@ -40,6 +51,7 @@ from .errors import MigrationError, QueryFailed
 log = logging.getLogger(__name__)
 
 LOCK_TABLE = "schema_migrations_lock"
+ANCHOR_TABLE = "migration_lock_anchor"  # not named LOCK_TABLE + ...: it is no lock
 _ZOOKEEPER_ERROR = 999
 # Table already exists (on this node), replica already exists (on another), and a ZooKeeper error:
 # a CREATE racing the holder's DROP meets the lock's path half removed ("No node").
@@ -48,6 +60,14 @@ _HELD = {57, 253, _ZOOKEEPER_ERROR}
 
 def lock_zookeeper_path(database: str, table: str = LOCK_TABLE) -> str:
     return f"/clickhouse/vigil/{database}/{table}"
+
+
+def create_anchor_statement(database: str, cluster: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {database}.{ANCHOR_TABLE} ON CLUSTER {cluster} (holder String) "
+        f"ENGINE = ReplicatedMergeTree('{lock_zookeeper_path(database)}', 'anchor-{{shard}}-{{replica}}') "
+        "ORDER BY holder"
+    )
 
 
 def create_lock_statement(database: str, table: str = LOCK_TABLE) -> str:

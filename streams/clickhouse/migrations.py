@@ -20,8 +20,8 @@ from streams.settings import REPO_ROOT
 from .backends import Backend
 from .cluster import ClusterRewriter, bookkeeping_table, is_swap_leftover
 from .compat import CompatLevel, level_for_version, render_sql, template_values
-from .errors import MigrationError, QueryFailed
-from .migration_lock import cluster_migration_lock
+from .errors import ClickHouseConfigError, MigrationError, QueryFailed
+from .migration_lock import cluster_migration_lock, create_anchor_statement
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) ->
     if cluster:
         backend.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
         backend.execute(bookkeeping_table(database, cluster))
+        backend.execute(create_anchor_statement(database, cluster))
         return
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     backend.execute(
@@ -141,6 +142,11 @@ def migrate(
     ``cluster``, every statement runs ON CLUSTER with replicated local and Distributed tables
     (see cluster.py), one migrator at a time (migration_lock.py)."""
     migrations = load_migrations(directory)
+    if cluster and backend.name != "server":
+        raise ClickHouseConfigError(
+            f"VIGIL_CLICKHOUSE_CLUSTER={cluster} needs clickhouse-server: set VIGIL_CLICKHOUSE_URL to one of "
+            "the cluster's nodes, or unset VIGIL_CLICKHOUSE_CLUSTER for the embedded ClickHouse."
+        )
     _ensure_bookkeeping(backend, database, cluster)
     if not cluster:
         return _apply_pending(backend, database, ttl_days, migrations, cluster)
