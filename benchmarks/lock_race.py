@@ -65,10 +65,8 @@ def _outcome(nodes: list[ServerBackend], database: str, winner: int) -> str:
     return "clean" if _TABLE_NODES <= children else "half removed"
 
 
-def run(nodes: list[ServerBackend], cluster: str, database: str, rounds: int, anchors: bool) -> Counter[str]:
-    nodes[0].execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
-    if anchors:
-        nodes[0].execute(create_anchor_statement(database, cluster))
+def race(nodes: list[ServerBackend], database: str, rounds: int) -> Counter[str]:
+    """Each round's outcome, counted; the lock is taken first by node 0 and dropped at the end."""
     outcomes: Counter[str] = Counter()
     holder = 0
     nodes[holder].execute(create_lock_statement(database))
@@ -95,7 +93,11 @@ def main() -> None:
         nodes = [ServerBackend(n.url, database="default") for n in cluster.nodes]
         try:
             for anchors in (False, True):
-                outcomes = run(nodes, cluster.name, f"race_{int(anchors)}", args.rounds, anchors)
+                database = f"race_{int(anchors)}"
+                nodes[0].execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster.name}")
+                if anchors:
+                    nodes[0].execute(create_anchor_statement(database, cluster.name))
+                outcomes = race(nodes, database, args.rounds)
                 print(f"{'with' if anchors else 'without'} anchors, {args.rounds} rounds: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
         finally:

@@ -20,11 +20,11 @@ Every node also holds a replica of the lock's table that is never dropped, the a
 tables). 18.16 removes a replicated table's whole ZooKeeper path, node by node, when its last
 replica is dropped, and a waiter's CREATE that came in while the holder's DROP was at it found
 the path still there, added its replica node, and could have it removed under it a moment later
-(once in 60 tight rounds; 22 more left the path half removed): the waiter then held a lock nobody
-could see, and the next CREATE succeeded too. With the anchors the path always has replicas, so
-a DROP removes only its own replica node. Break locks have none: a CREATE that races the release
-of one can lose its node the same way, but by then the generation it would break is gone, so
-its holder finds nothing to drop.
+(in 1 of 150 tight rounds of benchmarks/lock_race.py; 67 more left the path half removed): the
+waiter then held a lock nobody could see, and the next CREATE succeeded too. With the anchors
+the path always has replicas, so a DROP removes only its own replica node. Break locks have
+none: a CREATE that races the release of one can lose its node the same way, but by then the
+generation it would break is gone, so its holder finds nothing to drop.
 
 Workers that start together after a migrator died all find its lock stale at once. A waiter that
 drops it a moment late (paused, or its DROP queued behind the others') would drop the lock another
@@ -51,10 +51,10 @@ from .errors import MigrationError, QueryFailed
 log = logging.getLogger(__name__)
 
 LOCK_TABLE = "schema_migrations_lock"
-ANCHOR_TABLE = "migration_lock_anchor"  # not named LOCK_TABLE + ...: it is no lock
+ANCHOR_TABLE = "migration_lock_anchor"  # apart from the lock tables, whose names all start with LOCK_TABLE
 _ZOOKEEPER_ERROR = 999
 # Table already exists (on this node), replica already exists (on another), and a ZooKeeper error:
-# a CREATE racing the holder's DROP meets the lock's path half removed ("No node").
+# a CREATE racing the DROP of a break lock (which has no anchor) meets its path half removed ("No node").
 _HELD = {57, 253, _ZOOKEEPER_ERROR}
 
 
