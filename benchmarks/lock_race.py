@@ -28,7 +28,6 @@ from streams.clickhouse.migration_lock import (
     lock_node,
     lock_zookeeper_path,
 )
-from tests.fixtures.clickhouse_cluster import running_cluster
 
 _TABLE_NODES = {"block_numbers", "blocks", "columns", "log", "metadata", "replicas"}
 
@@ -89,6 +88,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=60)
     args = ap.parse_args()
+    from tests.fixtures.clickhouse_cluster import running_cluster  # not at import: the test imports race()
+
     with tempfile.TemporaryDirectory() as tmp, running_cluster(Path(tmp)) as cluster:
         nodes = [ServerBackend(n.url, database="default") for n in cluster.nodes]
         try:

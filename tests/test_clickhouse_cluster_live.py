@@ -512,3 +512,50 @@ def test_a_create_that_races_the_holders_drop_holds_a_lock_that_stays(
     db = cluster_db.clickhouse_database
     assert race(nodes, db, rounds=20) == Counter(clean=20)
     assert _lock_tables(nodes, db) == set()
+
+
+class _SlowOn:
+    """A migrator's connection whose statements that mention ``marker`` run ``delay_s`` late, as in a
+    migration busy for long; ``reached`` is set at the first."""
+
+    def __init__(self, backend: ServerBackend, marker: str, delay_s: float) -> None:
+        self.backend, self.marker, self.delay_s = backend, marker, delay_s
+        self.reached = threading.Event()
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if self.marker in sql:
+            self.reached.set()
+            time.sleep(self.delay_s)
+        return self.backend.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def test_a_migrator_whose_lock_was_dropped_stops_before_its_next_statement(
+    clickhouse_cluster: ClickHouseCluster, nodes: list[ServerBackend], tmp_path: Any,
+) -> None:
+    """A waiter's error tells the operator to drop the lock if no migrator is alive; this one was,
+    only slow. Once its lock is gone it finishes the statement it was in, then stops instead of
+    going on beside the next holder, leaves that holder's lock alone, and a later run finishes."""
+    db, cluster = f"c_{uuid.uuid4().hex[:12]}", clickhouse_cluster.name
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, directory)
+    heartbeats = (MIGRATIONS_DIR / "0011_retrain_heartbeats.sql").read_text()
+    (directory / "0091_slow.sql").write_text(heartbeats.replace("retrain_heartbeats", "slow_a"))
+    migrator = _SlowOn(node_backend(clickhouse_cluster.nodes[1].url, db), "slow_a", delay_s=2.0)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(migrate, cast(Backend, migrator), database=db, ttl_days=30, directory=directory,
+                              cluster=cluster)
+        assert migrator.reached.wait(60)
+        nodes[0].execute(f"DROP TABLE IF EXISTS {db}.{LOCK_TABLE} ON CLUSTER {cluster}")
+        with cluster_migration_lock(nodes[1], db, cluster, wait_s=5):  # the next holder, on the same node
+            with pytest.raises(MigrationError, match="was broken while it migrated"):
+                running.result()
+            assert _lock_holders(nodes, db) == [1]  # the stopped migrator did not drop it by name
+            # It finished the statement it was in (the local table), not the one after it.
+            assert {"slow_a_local"} <= table_names(nodes[1], db) and "slow_a" not in table_names(nodes[1], db)
+    migrator.backend.close()
+    report = migrate(nodes[3], database=db, ttl_days=30, directory=directory, cluster=cluster)
+    assert report.applied == ["0091_slow"]
+    assert "slow_a" in table_names(nodes[1], db)

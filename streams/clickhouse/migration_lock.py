@@ -33,8 +33,14 @@ lock named for the generation it breaks (the lock node's ZooKeeper ``czxid``, wh
 shares): its holder checks that the lock is still that generation and drops it; the others wait.
 A waiter that died while breaking leaves its break lock behind, which is broken once stale in turn,
 the same way, one level up. A late drop therefore only ever finds the generation it was meant
-for, which is gone, and never a lock taken since. What no lock can tell apart is a holder that is
-alive but slower than ``stale_after_s``; the default is 15 minutes against seconds for a migration.
+for, which is gone, and never a lock taken since.
+
+What no lock can tell apart is a holder that is alive but slower than ``stale_after_s`` (the
+default is 15 minutes against seconds for a migration), or one whose lock an operator dropped by
+hand. So a holder confirms before each statement that the lock is still its generation
+(``HeldLock.confirm``) and stops with a MigrationError if not: only the statement it was in when
+the lock went can overlap the next holder's work. It then leaves the lock alone, since dropping
+it by name could drop the next holder's, on the same node.
 """
 
 from __future__ import annotations
@@ -153,11 +159,34 @@ def _break_if_stale(backend: Backend, database: str, cluster: str, table: str, s
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class HeldLock:
+    """The migration lock this migrator took, by generation. A migrator that was paused or slow
+    past ``stale_after_s`` may have had it broken (or an operator dropped it as a waiter's error
+    says), and another may hold it now: it confirms before each statement and stops if so."""
+
+    backend: Backend
+    database: str
+    generation: int
+
+    def still_held(self) -> bool:
+        current = lock_node(self.backend, self.database)
+        return current is not None and current.generation == self.generation
+
+    def confirm(self) -> None:
+        if not self.still_held():
+            raise MigrationError(
+                f"this migrator's lock on {self.database} was broken while it migrated (taken for dead, or "
+                "dropped by hand), so it stopped before its next statement; another migrator may hold the "
+                "lock now. Start it again: it finds what was applied and finishes the rest."
+            )
+
+
 @contextmanager
 def cluster_migration_lock(
     backend: Backend, database: str, cluster: str, *, wait_s: float = 600.0, stale_after_s: float = 900.0,
     poll_s: float = 0.5,
-) -> Iterator[None]:
+) -> Iterator[HeldLock]:
     """Hold the cluster's migration lock for the block; ``database`` must exist on every node."""
     deadline = time.monotonic() + wait_s
     while (refused := _refusal(backend, database)) is not None:
@@ -177,7 +206,15 @@ def cluster_migration_lock(
                 f"{cluster}`, or wait until {stale_after_s:.0f} s after it was taken and start again."
             )
         time.sleep(poll_s)
+    taken = lock_node(backend, database)
+    held = HeldLock(backend, database, -1 if taken is None else taken.generation)
     try:
-        yield
+        held.confirm()
+        yield held
     finally:
-        _release(backend, database, LOCK_TABLE, stale_after_s)
+        # Dropping a lock broken under us could drop the next holder's, on the same node by name.
+        if held.still_held():
+            _release(backend, database, LOCK_TABLE, stale_after_s)
+        else:
+            log.warning("%s.%s was broken while this migrator held it; left to whoever holds it now",
+                        database, LOCK_TABLE)

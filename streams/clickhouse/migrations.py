@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,19 +151,25 @@ def migrate(
     _ensure_bookkeeping(backend, database, cluster)
     if not cluster:
         return _apply_pending(backend, database, ttl_days, migrations, cluster)
-    with cluster_migration_lock(backend, database, cluster):
+    with cluster_migration_lock(backend, database, cluster) as lock:
         # What the previous holder recorded may still be on its way to this replica.
         backend.execute(f"SYSTEM SYNC REPLICA {database}.schema_migrations")
         removed = _remove_leftover_swaps(backend, database, cluster)
-        report = _apply_pending(backend, database, ttl_days, migrations, cluster)
+        report = _apply_pending(backend, database, ttl_days, migrations, cluster, lock.confirm)
     report.removed_leftovers = removed
     return report
 
 
+def _single_node() -> None:
+    """On one node there is no lock to confirm."""
+
+
 def _apply_pending(
     backend: Backend, database: str, ttl_days: int, migrations: list[Migration], cluster: str | None,
+    confirm_lock: Callable[[], None] = _single_node,
 ) -> MigrationReport:
-    """Fix the compatibility level, then apply and record each migration not yet recorded."""
+    """Fix the compatibility level, then apply and record each migration not yet recorded,
+    confirming the cluster's migration lock is still ours before each statement."""
     server_level = level_for_version(backend.server_version)
     level = schema_level(backend, database) or server_level
     version_text = ".".join(map(str, backend.server_version))
@@ -197,7 +204,9 @@ def _apply_pending(
             report.already_applied.append(mig.name)
             continue
         for statement in statements:
+            confirm_lock()
             _apply(backend, statement)
+        confirm_lock()
         backend.insert(
             f"{database}.schema_migrations",
             ("version", "name", "level", "checksum", "applied_at"),
