@@ -544,18 +544,21 @@ def test_a_migrator_whose_lock_was_dropped_stops_before_its_next_statement(
     heartbeats = (MIGRATIONS_DIR / "0011_retrain_heartbeats.sql").read_text()
     (directory / "0091_slow.sql").write_text(heartbeats.replace("retrain_heartbeats", "slow_a"))
     migrator = _SlowOn(node_backend(clickhouse_cluster.nodes[1].url, db), "slow_a", delay_s=2.0)
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(migrate, cast(Backend, migrator), database=db, ttl_days=30, directory=directory,
-                              cluster=cluster)
-        assert migrator.reached.wait(60)
-        nodes[0].execute(f"DROP TABLE IF EXISTS {db}.{LOCK_TABLE} ON CLUSTER {cluster}")
-        with cluster_migration_lock(nodes[1], db, cluster, wait_s=5):  # the next holder, on the same node
-            with pytest.raises(MigrationError, match="was broken while it migrated"):
-                running.result()
-            assert _lock_holders(nodes, db) == [1]  # the stopped migrator did not drop it by name
-            # It finished the statement it was in (the local table), not the one after it.
-            assert {"slow_a_local"} <= table_names(nodes[1], db) and "slow_a" not in table_names(nodes[1], db)
-    migrator.backend.close()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(migrate, cast(Backend, migrator), database=db, ttl_days=30,
+                                  directory=directory, cluster=cluster)
+            assert migrator.reached.wait(60)
+            nodes[0].execute(f"DROP TABLE IF EXISTS {db}.{LOCK_TABLE} ON CLUSTER {cluster}")
+            with cluster_migration_lock(nodes[1], db, cluster, wait_s=5):  # the next holder, on the same node
+                with pytest.raises(MigrationError, match="was broken while it migrated"):
+                    running.result()
+                assert _lock_holders(nodes, db) == [1]  # the stopped migrator did not drop it by name
+                # It finished the statement it was in (the local table), not the one after it.
+                tables = table_names(nodes[1], db)
+                assert "slow_a_local" in tables and "slow_a" not in tables
+    finally:
+        migrator.backend.close()
     report = migrate(nodes[3], database=db, ttl_days=30, directory=directory, cluster=cluster)
     assert report.applied == ["0091_slow"]
     assert "slow_a" in table_names(nodes[1], db)
