@@ -136,13 +136,15 @@ def worker(
     """Run one worker in the foreground against VIGIL_KAFKA_BROKERS."""
     from models.self_test import ModelBroken
     from streams.clickhouse import ClickHouseError
+    from streams.restarts import CANNOT_START
     from streams.worker import WorkerConfigError, run_worker
 
     try:
         run_worker(_settings(ctx), metrics_port)
     except (WorkerConfigError, ClickHouseError, ModelBroken) as e:
-        # A log line, not a traceback: with VIGIL_LOG_FORMAT=json every line stays JSON.
-        logging.getLogger("streams.worker").critical("worker cannot start: %s", e)
+        # A log line, not a traceback: with VIGIL_LOG_FORMAT=json every line stays JSON. `vigil up`
+        # repeats it when it restarts the worker.
+        logging.getLogger("streams.worker").critical("%s%s", CANNOT_START, e)
         raise typer.Exit(1) from None
 
 

@@ -4,7 +4,11 @@ restart every few seconds, loading its models each time and filling its log."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+# What `vigil worker` logs, critical, before it exits on an error a restart alone may not fix.
+CANNOT_START = "worker cannot start: "
 
 
 @dataclass
@@ -18,3 +22,18 @@ class RestartBackoff:
         """Seconds to wait before restarting a worker that died after running ``ran_for_s``."""
         self._quick_deaths = 1 if ran_for_s >= self.healthy_after_s else self._quick_deaths + 1
         return min(self.first_s * 2 ** (self._quick_deaths - 1), self.max_s)
+
+
+def last_words(log_text: str) -> str | None:
+    """Why a worker that died said it could not start, from what it logged in this run (text or
+    JSON lines); None when it did not say (killed, crashed)."""
+    for line in reversed(log_text.splitlines()):
+        if CANNOT_START not in line:
+            continue
+        if line.startswith("{"):
+            try:
+                line = str(json.loads(line).get("message", line))
+            except ValueError:
+                pass
+        return line[line.find(CANNOT_START) + len(CANNOT_START):].strip() or None
+    return None

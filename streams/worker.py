@@ -32,7 +32,7 @@ from streams.logs import (
     settings_summary,
 )
 from streams.metrics import Metrics
-from streams.restarts import RestartBackoff
+from streams.restarts import RestartBackoff, last_words
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,14 @@ class WorkerProcess:
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
     started_at: float = 0.0
     restart_at: float | None = None
+    log_offset: int = 0  # where this run's lines start in the log, which runs append to
 
     def start(self) -> None:
         self.started_at = time.monotonic()
         env = {**os.environ, **self.extra_env, "VIGIL_KAFKA_BROKERS": self.bootstrap}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
+            self.log_offset = log_file.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", *self.args],
                 env=env,
@@ -175,6 +177,15 @@ class WorkerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
+    def last_words(self) -> str | None:
+        """Why this run said it could not start, from the end of its part of the log."""
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(max(self.log_offset, log_file.seek(0, os.SEEK_END) - 65536))
+                return last_words(log_file.read().decode("utf-8", "replace"))
+        except OSError:
+            return None
+
     def restart_if_dead(self) -> bool:
         """Start a dead worker again once its back-off has passed; True when it was started."""
         if self.alive():
@@ -184,8 +195,10 @@ class WorkerProcess:
             ran_for = now - self.started_at
             delay = self.backoff.delay(ran_for)
             self.restart_at = now + delay
-            log.error("worker exited with %s after %.0fs; restarting it in %.0fs (log: %s)",
-                      self.proc.returncode if self.proc else None, ran_for, delay, self.log_path)
+            said = self.last_words()
+            log.error("worker exited with %s after %.0fs%s; restarting it in %.0fs (log: %s)",
+                      self.proc.returncode if self.proc else None, ran_for, f" ({said})" if said else "",
+                      delay, self.log_path)
         if now < self.restart_at:
             return False
         self.restart_at = None

@@ -12,6 +12,7 @@ Nothing reaches the dead-letter topic, and every message is scored once, by the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ async def _send_and_score(settings: VigilSettings, messages: list[OutgoingMessag
 
 
 def test_a_broken_version_never_scores_and_never_dead_letters_valid_messages(
-    tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch
+    tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch, caplog
 ) -> None:
     env = stack_env(tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_INFERENCE_PRECISION="fp32",
                     VIGIL_MODEL_POLL_INTERVAL_S="0.5")
@@ -83,6 +84,11 @@ def test_a_broken_version_never_scores_and_never_dead_letters_valid_messages(
         pinned.stop(timeout_s=10)
     assert code not in (None, 0), f"the worker pinned to the broken version did not stop by itself (exit {code})"
     assert f"{broken} cannot score a plain control text" in (tmp_path / "pinned.log").read_text()
+    # `vigil up` would restart it later, and says why it stopped where the operator looks.
+    with caplog.at_level(logging.ERROR, logger="streams.worker"):
+        assert not pinned.restart_if_dead()
+    assert f"{broken} cannot score a plain control text" in caplog.text
+    assert "pinned by VIGIL_SENTIMENT_MODEL" in caplog.text
 
     # Promoted while a worker runs on the good champion: refused, and the stream goes on.
     running = WorkerProcess(kafka_broker.bootstrap, tmp_path / "running.log", env)
