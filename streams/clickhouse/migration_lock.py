@@ -68,6 +68,14 @@ def lock_zookeeper_path(database: str, table: str = LOCK_TABLE) -> str:
     return f"/clickhouse/vigil/{database}/{table}"
 
 
+def ensure_anchor(backend: Backend, database: str, cluster: str) -> None:
+    """Make the anchors, unless this node has one: one anchor anywhere keeps the lock's path, and
+    the check spares every worker start a DDL round through the whole cluster."""
+    if backend.query("SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                     {"db": database, "t": ANCHOR_TABLE}) != [(1,)]:
+        backend.execute(create_anchor_statement(database, cluster))
+
+
 def create_anchor_statement(database: str, cluster: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {database}.{ANCHOR_TABLE} ON CLUSTER {cluster} (holder String) "
@@ -175,11 +183,14 @@ class HeldLock:
 
     def confirm(self) -> None:
         if not self.still_held():
-            raise MigrationError(
-                f"this migrator's lock on {self.database} was broken while it migrated (taken for dead, or "
-                "dropped by hand), so it stopped before its next statement; another migrator may hold the "
-                "lock now. Start it again: it finds what was applied and finishes the rest."
-            )
+            raise self.lost()
+
+    def lost(self) -> MigrationError:
+        return MigrationError(
+            f"this migrator's lock on {self.database} was broken while it migrated (taken for dead, or "
+            "dropped by hand), so it stopped before its next statement; another migrator may hold the "
+            "lock now. Start it again: it finds what was applied and finishes the rest."
+        )
 
 
 @contextmanager
@@ -209,7 +220,8 @@ def cluster_migration_lock(
     taken = lock_node(backend, database)
     held = HeldLock(backend, database, -1 if taken is None else taken.generation)
     try:
-        held.confirm()
+        if taken is None:  # gone as soon as it was taken
+            raise held.lost()
         yield held
     finally:
         # Dropping a lock broken under us could drop the next holder's, on the same node by name.

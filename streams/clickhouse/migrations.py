@@ -22,7 +22,7 @@ from .backends import Backend
 from .cluster import ClusterRewriter, bookkeeping_table, is_swap_leftover
 from .compat import CompatLevel, level_for_version, render_sql, template_values
 from .errors import ClickHouseConfigError, MigrationError, QueryFailed
-from .migration_lock import cluster_migration_lock, create_anchor_statement
+from .migration_lock import cluster_migration_lock, ensure_anchor
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _ensure_bookkeeping(backend: Backend, database: str, cluster: str | None) ->
     if cluster:
         backend.execute(f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}")
         backend.execute(bookkeeping_table(database, cluster))
-        backend.execute(create_anchor_statement(database, cluster))
+        ensure_anchor(backend, database, cluster)
         return
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
     backend.execute(
