@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--news-per-hour", type=float, action="append", help="Default: 120, 600 and 3600.")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu-threads", type=int, help="The worker's torch threads (default: the usable cores).")
+    ap.add_argument("--cpu-threads", type=int, help="The worker's CPU threads (default: the usable cores).")
     ap.add_argument("--batch-within-s", type=float, help="The worker's VIGIL_BATCH_WITHIN_S (default: the setting's).")
     ap.add_argument("--alert-priorities", nargs="+", choices=ALL_PRIORITIES, default=ALL_PRIORITIES,
                     help="Priorities whose messages alert. Default: all, so every message alerts (the worst "

@@ -6,7 +6,8 @@ Real stack for every cell: the embedded Tansu broker, clickhouse-server (Debian'
 here on free ports; several workers cannot share one embedded chdb), and `vigil worker`
 processes in one consumer group, each with --metrics-port. Each cell gets its own topics (with
 P partitions), consumer group and database, and fresh workers. Models: VIGIL_DATA_DIR's registry
-champions (run `vigil train` or `vigil demo` first). Torch threads per worker: cores / workers.
+champions (run `vigil train` or `vigil demo` first). CPU threads per worker: as `vigil up --workers N`
+gives them (cores / N, at least 1).
 
 Per cell: a warm-up slice is sent and waited for (models loaded, group joined: every worker that
 can hold a partition has consumed), then the timed messages are produced at --rate (0: as fast as
@@ -35,7 +36,7 @@ from streams.replay import replay
 from streams.runtime import all_topics, kafka_bootstrap
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
-from streams.worker import WorkerProcess
+from streams.worker import WorkerProcess, cpu_share_env
 from tests.e2e_stack import free_port, metric_total
 from tests.fixtures.clickhouse import ClickHouseServer, _find_binary
 
@@ -132,14 +133,15 @@ def run_cell(server: ClickHouseServer, bootstrap: str, tmp: Path, workers: int,
         "VIGIL_TOPIC_MODEL_EVENTS": f"l{run}.model-events",
         "VIGIL_TOPIC_PARTITIONS": str(partitions),
         "VIGIL_CONSUMER_GROUP": f"load{run}",
-        "VIGIL_CPU_THREADS": str(max(1, (os.cpu_count() or 1) // workers)),
     }
     os.environ.update(env)
     settings = VigilSettings()
     ensure_topics(bootstrap, all_topics(settings), partitions)
     ports = [free_port() for _ in range(workers)]
     procs = [
-        WorkerProcess(bootstrap, tmp / "logs" / f"load-{run}-{i}.log", {**env, "VIGIL_WORKER_ID": f"load-w{i}"},
+        # torch threads as `vigil up --workers N` gives them
+        WorkerProcess(bootstrap, tmp / "logs" / f"load-{run}-{i}.log",
+                      {**env, **cpu_share_env(settings, workers), "VIGIL_WORKER_ID": f"load-w{i}"},
                       ("--metrics-port", str(ports[i])))
         for i in range(workers)
     ]

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoTokenizer, pipeline
 from transformers.utils import logging as hf_logging
 
-from models.engine import load_scorer
+from models.engine import load_scorer, set_cpu_threads
 from models.modeling import MeanPoolClassifier
 from models.registry import ModelNotFound, ModelRegistry
 from models.train import train_task
@@ -71,7 +71,7 @@ def bench_scoring(
         f"engine/{p}": load_scorer(settings.model_copy(update={"inference_precision": p}), task) for p in also}
     dev = engine.device
     out(f"task {task} {engine.model_version}  device {dev} "
-        f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'})  "
+        f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{engine.num_threads} threads'})  "
         f"max_length {settings.max_length}  torch {torch.__version__}")
     for name, e in engines.items():
         out(f"{name} precision {e.precision}")
@@ -107,6 +107,8 @@ def bench_scoring(
     singles = [[t] for t in texts[:n_single]]
     with torch.inference_mode():
         rates = {name: run(name, e.score, batches, len(texts), out) for name, e in engines.items()}
+        # The engines' lanes leave torch at one thread; the pipelines get all the engine had.
+        set_cpu_threads(settings.cpu_threads)
         run("pipeline/1", lambda b: pipe(b[0], **kw), singles, len(singles), out)
         r_batch = run("pipeline/batch", lambda b: pipe(b, batch_size=batch, **kw), batches, len(texts), out)
         if hf_dtype != torch.float32:

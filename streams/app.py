@@ -101,7 +101,7 @@ def create_app(
         datadir=str(settings.data_dir / "faust"),
     )
     watchdog = ProgressWatchdog(settings.watchdog_stall_s, started_at=time.monotonic())
-    # One model thread: torch already uses every core inside a call; more threads would thrash.
+    # One model thread: the engine already spreads a call over every core (its lanes, or the GPU).
     model_executor = ThreadPoolExecutor(1, thread_name_prefix="vigil-model")
     io_executor = ThreadPoolExecutor(2, thread_name_prefix="vigil-io")
     scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)

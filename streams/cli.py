@@ -77,7 +77,7 @@ def up(
     fine-tune in a child process, gate, promote); the workers then hot swap. Rounds are logged and
     appended to <data_dir>/logs/retrain-rounds.jsonl. 0 (the default): retrain from cron instead."""
     from streams.runtime import kafka_bootstrap
-    from streams.worker import WorkerProcess, gpu_share_env
+    from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env
 
     settings = _settings(ctx)
     if workers > 1 and not settings.clickhouse_url:
@@ -102,7 +102,7 @@ def up(
                  # ClickHouse (chdb is one process)
                  **({"VIGIL_UI_IN_WORKER": "1"} if label_ui and i == 0 else {}),
                  **({"VIGIL_RETRAIN_IN_WORKER": "1"} if settings.retrain_check_interval_s > 0 and i == 0 else {}),
-                 **gpu_share_env(settings, workers)},
+                 **gpu_share_env(settings, workers), **cpu_share_env(settings, workers)},
                 ("--metrics-port", str(metrics_port + i)) if metrics_port else (),
             )
             for i in range(workers)

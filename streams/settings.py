@@ -232,7 +232,11 @@ class VigilSettings(BaseSettings):
         1000, ge=50, description="Validation texts that check: fewer start a new version sooner on a slow CPU "
         "and see the flip rate more coarsely (at 0.002, 1,000 texts allow 2 flips; 500 allow 1).",
     )
-    cpu_threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: the usable cores).")
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads for torch, and for scoring: lanes that each run whole forward passes "
+        "(default: the usable cores; `vigil up --workers N` gives each worker 1/N of them).",
+    )
 
     # --- retraining --------------------------------------------------------------------------
     retrain_min_corrections: int = Field(200, ge=1, description="Retrain once this many new corrections arrived.")

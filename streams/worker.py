@@ -16,7 +16,7 @@ from pathlib import Path
 
 import faust
 
-from models.engine import load_scorer
+from models.engine import load_scorer, usable_cores
 from models.registry import CHAMPION, ModelRegistry
 from models.scoring import Scorer
 from models.self_test import FALLBACK_DEPTH, ModelBroken, first_working, load_tested
@@ -128,6 +128,14 @@ def gpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:
     if settings.gpu_memory_fraction is not None or workers == 1:
         return {}
     return {"VIGIL_GPU_MEMORY_FRACTION": f"{0.9 / workers:.4f}"}
+
+
+def cpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:
+    """Each of ``workers`` processes on one node scores on an equal share of its cores (at least
+    one), unless VIGIL_CPU_THREADS sets one."""
+    if settings.cpu_threads is not None or workers == 1:
+        return {}
+    return {"VIGIL_CPU_THREADS": str(max(1, usable_cores() // workers))}
 
 
 @dataclass

@@ -4,6 +4,8 @@ import json
 import logging
 import math
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -39,6 +41,24 @@ def test_batched_scoring_matches_one_by_one_in_input_order(tiny_registry, task):
         np.testing.assert_allclose(list(b.probs.values()), list(s.probs.values()), atol=1e-5)
     # the mix of lengths really does reorder batches: the first text is short, the second long
     assert batched[0].probs != batched[1].probs
+
+
+def test_passes_side_by_side_on_lanes_give_the_same_probabilities_in_input_order(tiny_scorers):
+    engine = tiny_scorers["triage"]
+    enc = encode(engine.tokenizer, MIXED, 64)
+    forward = torch_forward(engine._model(), engine.device)
+    ran_on: set[str] = set()
+
+    def recorded(ids, mask):
+        ran_on.add(threading.current_thread().name)
+        return forward(ids, mask)
+
+    n = len(engine.labels)
+    alone = run_batches(forward, enc.ids, engine.tokenizer.pad_token_id, 4, n)
+    with ThreadPoolExecutor(2, thread_name_prefix="lane") as lanes:
+        side_by_side = run_batches(recorded, enc.ids, engine.tokenizer.pad_token_id, 4, n, lanes)
+    np.testing.assert_allclose(side_by_side, alone, atol=1e-6)
+    assert ran_on and all(name.startswith("lane") for name in ran_on)
 
 
 def test_prediction_fields_are_consistent(tiny_scorers):
@@ -221,6 +241,18 @@ def test_workers_sharing_a_gpu_split_its_memory_unless_told_otherwise(tmp_path):
     assert gpu_share_env(settings, 1) == {}
     assert gpu_share_env(settings, 4) == {"VIGIL_GPU_MEMORY_FRACTION": "0.2250"}
     assert gpu_share_env(settings.model_copy(update={"gpu_memory_fraction": 0.5}), 4) == {}
+
+
+def test_workers_on_one_node_share_its_cores_unless_told_otherwise(tmp_path, monkeypatch):
+    import streams.worker as worker
+
+    settings = VigilSettings(data_dir=tmp_path)
+    monkeypatch.setattr(worker, "usable_cores", lambda: 16)
+    assert worker.cpu_share_env(settings, 1) == {}
+    assert worker.cpu_share_env(settings, 3) == {"VIGIL_CPU_THREADS": "5"}
+    monkeypatch.setattr(worker, "usable_cores", lambda: 2)
+    assert worker.cpu_share_env(settings, 4) == {"VIGIL_CPU_THREADS": "1"}
+    assert worker.cpu_share_env(settings.model_copy(update={"cpu_threads": 2}), 4) == {}
 
 
 def test_a_version_missing_its_tokenizer_or_with_other_labels_is_refused_with_what_to_do(tiny_registry, tmp_path):
