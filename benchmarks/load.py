@@ -139,7 +139,7 @@ def run_cell(server: ClickHouseServer, bootstrap: str, tmp: Path, workers: int,
     ensure_topics(bootstrap, all_topics(settings), partitions)
     ports = [free_port() for _ in range(workers)]
     procs = [
-        # torch threads as `vigil up --workers N` gives them
+        # CPU threads as `vigil up --workers N` gives them
         WorkerProcess(bootstrap, tmp / "logs" / f"load-{run}-{i}.log",
                       {**env, **cpu_share_env(settings, workers), "VIGIL_WORKER_ID": f"load-w{i}"},
                       ("--metrics-port", str(ports[i])))
