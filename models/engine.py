@@ -290,11 +290,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def set_cpu_threads(num_threads: int | None) -> int:
-    """Use at most the cores this process may run on (torch's default can oversubscribe containers);
-    returns the thread count set."""
+def cpu_thread_count(num_threads: int | None) -> int:
+    """``num_threads`` capped at the cores this process may run on (all of them when None): torch's
+    own default can oversubscribe containers."""
     available = usable_cores()
-    threads = max(1, min(num_threads or available, available))
+    return max(1, min(num_threads or available, available))
+
+
+def set_cpu_threads(num_threads: int | None) -> int:
+    """Give torch ``cpu_thread_count(num_threads)`` threads; returns that count."""
+    threads = cpu_thread_count(num_threads)
     torch.set_num_threads(threads)
     return threads
 
@@ -306,10 +311,7 @@ def cpu_lanes(num_threads: int) -> ThreadPoolExecutor | None:
     and ClickHouse keep preempting one of them. Passes side by side need no barrier. Measured on the
     2-core CPU: 1.3x the engine's msgs/s in `vigil bench scoring`, and 1.1-1.25x the msgs/s a
     worker sustains end to end (benchmarks/RESULTS.md)."""
-    if num_threads <= 1:
-        return None
-    torch.set_num_threads(1)  # process-wide, in this torch build
-    return ThreadPoolExecutor(num_threads, thread_name_prefix="vigil-lane")
+    return ThreadPoolExecutor(num_threads, thread_name_prefix="vigil-lane") if num_threads > 1 else None
 
 
 def auto_precisions(device: torch.device) -> tuple[Precision, ...]:
@@ -344,8 +346,10 @@ class Engine:
         self.model_name = self.card.model_name
         self.model_version = self.card.version
         self.device = pick_device(device)
-        self.num_threads = set_cpu_threads(num_threads) if self.device.type == "cpu" else None
+        self.num_threads = cpu_thread_count(num_threads) if self.device.type == "cpu" else None
         self._lanes = cpu_lanes(self.num_threads) if self.num_threads else None
+        if self.num_threads:
+            torch.set_num_threads(1)  # each pass runs on one thread, the lanes side by side (process-wide)
         if self.device.type == "cuda" and gpu_memory_fraction is not None:
             # A cap on this process's caching allocator: N workers sharing one GPU cannot starve each other.
             torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, self.device)
@@ -403,7 +407,8 @@ class Engine:
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")
             try:
                 path = onnx_backend.cached_export(self._model, self.model_dir, int8=precision == "onnx-int8")
-                return (onnx_backend.onnx_forward(path, 1 if self._lanes else self.num_threads or 1),
+                # One intra-op thread per session run, as for torch: the lanes run passes side by side.
+                return (onnx_backend.onnx_forward(path, 1),
                         onnx_backend.onnx_parity_record(path, parity_texts, self.max_length))
             except onnx_backend.OnnxExportError as e:
                 raise ScoringError(str(e)) from e
