@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,3 +27,10 @@ def running_worker(broker: EmbeddedBroker, env: dict[str, str], log_path: Path, 
         yield settings, worker
     finally:
         worker.stop(timeout_s=stop_timeout_s)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process, all its threads, so far (Linux ``/proc``)."""
+    # The fields after the command name, which is in brackets and may hold spaces: utime, stime are 14, 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -74,7 +74,7 @@ def bench_scoring(
         f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{engine.num_threads} threads'})  "
         f"max_length {settings.max_length}  torch {torch.__version__}")
     for name, e in engines.items():
-        out(f"{name} precision {e.precision}")
+        out(f"{name} precision {e.precision}{' (TorchScript trace)' if e.traced else ''}")
         if e.parity:
             p = e.parity
             out(f"  parity {p.precision} vs fp32 on {p.n} validation texts: {p.label_flips} label flips "

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +181,55 @@ def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.
         return torch.softmax(logits.float(), dim=-1)
 
     return forward
+
+
+class _Probabilities(nn.Module):
+    """``torch_forward``'s computation as one module, to trace: ids and mask in, probabilities out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+
+
+class TracedForward:
+    """``torch_forward`` on CPU, traced with TorchScript: the same probabilities to the last bit, for
+    any batch size and length (tests check both), but each pass runs in C++ without the GIL. An eager
+    pass takes the GIL back for every one of its hundreds of operator calls, so in a worker, whose
+    event loop holds the GIL much of the time, the passes on the lanes mostly waited for it: beside
+    one busy Python thread, eager scoring fell from 812 to 32 msgs/s on the 2-core CPU, traced from
+    833 to 379 (``python -m benchmarks.traced_forward``, benchmarks/RESULTS.md).
+
+    Raises ``ScoringError`` when the model does not trace.
+    """
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        self._autocast_dtype = autocast_dtype
+        # Padded, so that the recorded graph really applies the attention mask.
+        ids = torch.full((2, 8), 100, dtype=torch.long)
+        mask = torch.ones_like(ids)
+        mask[1, 4:] = 0
+        try:
+            with warnings.catch_warnings():
+                # Deprecated in favour of torch.compile/export, neither of which gives a GIL-free CPU
+                # pass without a C++ toolchain at run time. The tracer's shape warnings are about a
+                # branch on the mask's length against itself, constant for every input.
+                warnings.simplefilter("ignore")
+                with torch.no_grad(), self._autocast():
+                    self._module = torch.jit.trace(_Probabilities(model).eval(), (ids, mask), check_trace=False)
+        except Exception as e:  # noqa: BLE001 - whatever the tracer trips on, the caller can score eagerly
+            raise ScoringError(f"the model could not be traced: {e}") from e
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=self._autocast_dtype, enabled=self._autocast_dtype is not None)
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # No profiling executor: it re-specialises the graph for each new shape and fuses nothing on
+        # CPU. The flag is per thread, so it is set here, in the calling lane.
+        with torch.jit.optimized_execution(False), self._autocast():
+            return self._module(ids, mask.long())
 
 
 def linears_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -369,7 +419,7 @@ class Engine:
         elif precision != "fp32" and not self._enable(precision, parity_texts, max_flip_rate):
             log.warning("%s %s: keeping fp32", self.task, self.model_version)
         if self._forward is None:
-            self._forward = torch_forward(self._model(), self.device)
+            self._forward = self._torch_forward(self._model())
 
     def _model(self) -> nn.Module:
         """The torch fp32 model, loaded (and transformers imported) on first need: fp32 scoring, an
@@ -385,23 +435,39 @@ class Engine:
             self._fp32 = MeanPoolClassifier.from_pretrained(self.model_dir).eval().to(self.device)
         return self._fp32
 
+    def _torch_forward(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> Forward:
+        """Traced on CPU, where the passes share the process with the worker's event loop; eager on
+        CUDA, where tracing has not been measured, and for a model that does not trace."""
+        if self.device.type == "cpu":
+            try:
+                return TracedForward(model, autocast_dtype)
+            except ScoringError as e:
+                log.warning("%s %s: scoring eagerly, holding the GIL between operators (%s)", self.task,
+                            self.model_version, e)
+        return torch_forward(model, self.device, autocast_dtype)
+
+    @property
+    def traced(self) -> bool:
+        """Whether the passes run as a TorchScript trace (without the GIL)."""
+        return isinstance(self._forward, TracedForward)
+
     def _candidate(self, precision: str, parity_texts: Sequence[str]) -> tuple[Forward, Path | None]:
         """The forward at ``precision``, and where its parity figures on ``parity_texts`` are kept (if anywhere)."""
         if precision == "int8":
             if self.device.type != "cpu":
                 raise ScoringError("int8 dynamic quantization runs on CPU only; use fp16 or bf16 on CUDA")
             quantized = torch.ao.quantization.quantize_dynamic(self._model(), {nn.Linear}, dtype=torch.qint8)
-            return torch_forward(quantized, self.device), self._torch_parity_record(precision, parity_texts)
+            return self._torch_forward(quantized), self._torch_parity_record(precision, parity_texts)
         if precision == "fp16":
             if self.device.type != "cuda":
                 raise ScoringError("fp16 inference needs CUDA; on CPU use bf16 (AVX512-BF16/AMX CPUs), onnx or fp32")
-            return torch_forward(linears_in(self._model(), torch.float16), self.device, torch.float16), None
+            return self._torch_forward(linears_in(self._model(), torch.float16), torch.float16), None
         if precision == "bf16":
             if self.device.type == "cpu" and not cpu_has_native_bf16():
                 raise ScoringError("this CPU has no AVX512-BF16 or AMX, so bf16 would be emulated and slower "
                                    "than fp32; use onnx or fp32")
             record = self._torch_parity_record(precision, parity_texts) if self.device.type == "cpu" else None
-            return torch_forward(linears_in(self._model(), torch.bfloat16), self.device, torch.bfloat16), record
+            return self._torch_forward(linears_in(self._model(), torch.bfloat16), torch.bfloat16), record
         if precision in ("onnx", "onnx-int8"):
             if self.device.type != "cpu":
                 raise ScoringError(f"{precision} runs on CPU (ONNX Runtime) only; use fp16 or bf16 on CUDA")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.engine import Engine, ScoringError, cpu_has_native_bf16, encode, linears_in, run_batches, torch_forward
+from models.engine import (Engine, ScoringError, TracedForward, cpu_has_native_bf16, encode, linears_in, pad_batch,
+                           run_batches, torch_forward)
 from models.registry import ModelNotFound, ModelRegistry
 from models.engine import load_scorer
 from streams.settings import VigilSettings
@@ -59,6 +60,46 @@ def test_passes_side_by_side_on_lanes_give_the_same_probabilities_in_input_order
         side_by_side = run_batches(recorded, enc.ids, engine.tokenizer.pad_token_id, 4, n, lanes)
     np.testing.assert_allclose(side_by_side, alone, atol=1e-6)
     assert ran_on and all(name.startswith("lane") for name in ran_on)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_traced_pass_gives_the_eager_probabilities_for_any_batch_size_and_length(tiny_scorers, dtype):
+    model = tiny_scorers["sentiment"]._model()
+    if dtype is not None:
+        model = linears_in(model, dtype)
+    eager, traced = torch_forward(model, torch.device("cpu"), dtype), TracedForward(model, dtype)
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for batch in (1, 2, 5, 16):
+            for length in (2, 3, 9, 64):
+                for padded in (False, True):
+                    # [CLS] ... [SEP]; padded batches mix shorter rows in, down to the bare two tokens
+                    inner = [length - 2 if not padded or i == 0 else int(rng.integers(0, length - 1))
+                             for i in range(batch)]
+                    ids, mask = pad_batch([[101, *rng.integers(1000, 20000, n), 102] for n in inner], 0)
+                    assert torch.equal(traced(ids, mask), eager(ids, mask)), (batch, length, padded)
+
+
+def test_cpu_engines_score_through_the_trace_and_fall_back_to_eager_for_a_model_that_does_not_trace(
+        tiny_scorers, caplog):
+    engine = tiny_scorers["triage"]
+    assert engine.traced == (engine.device.type == "cpu")
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            if torch.jit.is_tracing():
+                raise RuntimeError("data-dependent control flow")
+            return engine._model()(input_ids=input_ids, attention_mask=attention_mask)
+
+    with pytest.raises(ScoringError, match="could not be traced: data-dependent control flow"):
+        TracedForward(Untraceable())
+    with caplog.at_level(logging.WARNING, logger="models.engine"):
+        forward = engine._torch_forward(Untraceable())
+    ids, mask = pad_batch([[101, 2000, 102], [101, 102]], 0)
+    with torch.inference_mode():
+        assert torch.equal(forward(ids, mask), torch_forward(engine._model(), engine.device)(ids, mask))
+    if engine.device.type == "cpu":
+        assert "scoring eagerly" in caplog.text
 
 
 def test_prediction_fields_are_consistent(tiny_scorers):
