@@ -1,8 +1,8 @@
 """The inference engine: a registry model behind the ``Scorer`` interface.
 
 Texts are tokenised once (fast tokenizer), sorted by length and batched so that each batch pads
-only to its own longest text, run through the forward (torch under ``torch.inference_mode``, or an
-ONNX Runtime session on CPU) and put back in input order.
+only to its own longest text, run through the forward (torch under ``torch.inference_mode``, traced
+on CPU, or an ONNX Runtime session on CPU) and put back in input order.
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ class TracedForward:
     any batch size and length (tests check both), but each pass runs in C++ without the GIL. An eager
     pass takes the GIL back for every one of its hundreds of operator calls, so in a worker, whose
     event loop holds the GIL much of the time, the passes on the lanes mostly waited for it: beside
-    one busy Python thread, eager scoring fell from 812 to 32 msgs/s on the 2-core CPU, traced from
-    833 to 379 (``python -m benchmarks.traced_forward``, benchmarks/RESULTS.md).
+    one busy Python thread, eager bf16 scoring fell from 724 to 49 msgs/s on the 2-core CPU, traced
+    from 820 to 414 (``python -m benchmarks.traced_forward``, benchmarks/RESULTS.md).
 
     Raises ``ScoringError`` when the model does not trace.
     """
