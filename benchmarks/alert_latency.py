@@ -8,7 +8,8 @@ every message is routed, and the rules make each one whose intent has one of
 to the alert arriving on the alerts topic (raw topic -> scoring -> scored topic -> alerting agent
 -> alerts topic). Messages scored with an alerting intent but not alerted on by the end, and
 messages never scored, count as missing. The alerting stage alone (scored topic -> alerts topic)
-is reported too, and ``scored_per_s`` is what the worker sustained. A warm-up message is waited
+is reported too, ``scored_per_s`` is what the worker sustained, and ``cpu_ms_per_msg`` the CPU time
+the worker, the broker and this benchmark each spent per message scored. A warm-up message is waited
 for first, so worker start-up is not measured.
 
 False alerts: the bundled news (Twitter Financial News + PhraseBank) replayed through the alerting
