@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from models.registry import ModelRegistry
 
 
 @contextmanager
-def busy_python_thread(busy: bool) -> Iterator[None]:
+def busy_python_thread() -> Iterator[None]:
     """A thread running pure Python (holding the GIL but for the interpreter's switches) while inside."""
     stop = threading.Event()
 
@@ -42,14 +42,12 @@ def busy_python_thread(busy: bool) -> Iterator[None]:
                 x += i * i
 
     thread = threading.Thread(target=spin, daemon=True)
-    if busy:
-        thread.start()
+    thread.start()
     try:
         yield
     finally:
         stop.set()
-        if busy:
-            thread.join()
+        thread.join()
 
 
 def rate(forward: Forward, seqs: list, pad: int, n_labels: int, lanes, seconds: float) -> float:
@@ -92,7 +90,7 @@ def main() -> None:
             rates: dict[str, list[float]] = {name: [] for name in forwards}
             for _ in range(args.rounds):
                 for name, forward in forwards.items():
-                    with busy_python_thread(busy):
+                    with busy_python_thread() if busy else nullcontext():
                         rates[name].append(rate(forward, seqs, pad, n_labels, lanes, args.seconds))
             med = {name: statistics.median(r) for name, r in rates.items()}
             print(json.dumps({"beside": "a busy Python thread" if busy else "nothing", "lanes": threads,

@@ -172,26 +172,28 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None = None) -> Forward:
-    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Plain copies: allocating pinned memory per batch cost more than the copies it sped up.
-        ids, mask = ids.to(device), mask.to(device).long()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        return torch.softmax(logits.float(), dim=-1)
-
-    return forward
-
-
 class _Probabilities(nn.Module):
-    """``torch_forward``'s computation as one module, to trace: ids and mask in, probabilities out."""
+    """A classifier's pass as one module, eager or traced: ids and mask in, probabilities out."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Softmax in fp32 whatever the logits' dtype; autocast keeps it there too (fp32 op on CPU and CUDA).
         return torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+
+
+def torch_forward(model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None = None) -> Forward:
+    probabilities = _Probabilities(model)
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Plain copies: allocating pinned memory per batch cost more than the copies it sped up.
+        ids, mask = ids.to(device), mask.to(device).long()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return probabilities(ids, mask)
+
+    return forward
 
 
 class TracedForward:
