@@ -5,6 +5,10 @@ Delivery guarantee, per micro-batch: decode -> score -> publish (awaited) -> Cli
 hands events out un-acked) and only after the write is durable, because faust's ``take()`` acks a
 batch even when the body raised. A crash at any point replays the un-acked batch; the store
 collapses replays by (kind, id, model version).
+
+The scoring agents run a batch in two stages (``streams.batching.pipeline_batches``): ``prepare``
+decodes and scores, with no side effect; ``commit`` publishes, stores and acks. The next batch is
+prepared while the last one commits, so the model is not idle while the broker and ClickHouse work.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from faust.types import EventT, TopicT
@@ -40,6 +45,15 @@ def to_raw_record(event: EventT) -> RawRecord:
         value=m.value,
         timestamp_ms=int(m.timestamp * 1000),
     )
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch decoded and scored, not yet published or stored."""
+
+    n_records: int
+    result: BatchResult
+    started: float
 
 
 class BatchProcessor:
@@ -73,6 +87,7 @@ class BatchProcessor:
         self._model_executor = model_executor
         self._io_executor = io_executor
         self._retry_max_s = retry_max_s
+        self._last_prepared: dict[str, int] = {}  # id -> content hash of the last prepared batch
 
     async def _in(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -83,11 +98,13 @@ class BatchProcessor:
             retry_max_s=self._retry_max_s,
         )
 
-    async def process_events(self, events: Sequence[EventT]) -> BatchResult:
-        """The agent's batch handler: ``process`` on the events' Kafka records."""
-        return await self.process([to_raw_record(e) for e in events])
+    async def prepare_events(self, events: Sequence[EventT]) -> PreparedBatch:
+        """The agent's first stage: ``prepare`` on the events' Kafka records."""
+        return await self.prepare([to_raw_record(e) for e in events])
 
-    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+    async def prepare(self, records: Sequence[RawRecord]) -> PreparedBatch:
+        """Decode and score one batch. Nothing is published or stored, so a batch dropped here (a stop)
+        comes again un-scored."""
         started = time.perf_counter()
         decoded, dead = decode_batch(self.kind, records, self._limits)
         stored = (
@@ -97,12 +114,20 @@ class BatchProcessor:
             if decoded
             else {}
         )
-        unique, duplicates = resolve_duplicates(decoded, stored)
+        # The previous batch may still be committing: its ids count as stored, so an id it used
+        # with other content is dead-lettered here as it would be once that batch is stored.
+        unique, duplicates = resolve_duplicates(decoded, {**self._last_prepared, **stored})
+        self._last_prepared = {d.item.id: d.content_hash for d in unique}
         scorer = self._scorer()  # once per batch: a hot swap lands between batches, never inside one
         result = await self._in(
             self._model_executor, lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow)
         )
         result.dead.extend(dead + duplicates)
+        return PreparedBatch(len(records), result, started)
+
+    async def commit(self, batch: PreparedBatch) -> BatchResult:
+        """Publish a prepared batch, then store it (retried until stored)."""
+        result = batch.result
         await self._publish(result.scored, result.dead)
         if result.scored:
             await self._durably("writing scored rows", self._store.write_scored, result.scored)
@@ -110,7 +135,7 @@ class BatchProcessor:
             await self._durably("writing shadow predictions", self._store.write_shadow, shadowed)
         if result.dead:
             await self._durably("writing dead letters", self._store.write_dead_letters, result.dead)
-        self._metrics.observe_batch(self.kind, len(records), result, time.perf_counter() - started)
+        self._metrics.observe_batch(self.kind, batch.n_records, result, time.perf_counter() - batch.started)
         return result
 
     async def _publish(self, scored: Sequence[ScoredMessage], dead: Sequence[DeadLetter]) -> None:

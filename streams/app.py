@@ -20,7 +20,7 @@ from feedback.agent import register_feedback
 from models.scoring import Scorer
 from streams.agents import BatchProcessor
 from streams.alerting.agent import register_alerting
-from streams.batching import batch_agent
+from streams.batching import pipelined_agent
 from streams.clickhouse import ClickHouseStore
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
@@ -125,7 +125,7 @@ def create_app(
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
-            batch_agent(stop_when_broken(app, processor.process_events), settings, watchdog)
+            pipelined_agent(stop_when_broken(app, processor.prepare_events), processor.commit, settings, watchdog)
         )
 
     register_alerting(

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
@@ -27,6 +27,8 @@ from mode.utils.futures import notify
 
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
+
+P = TypeVar("P")
 
 # Once a batch is overdue, how long to let faust move messages it has already received into it.
 # Those moves take microseconds each; the bound only matters when messages keep streaming in.
@@ -176,6 +178,40 @@ async def process_batches(
         watchdog.beat(time.monotonic())
 
 
+async def pipeline_batches(
+    stream: StreamT,
+    prepare: Callable[[list[EventT]], Awaitable[P]],
+    commit: Callable[[P], Awaitable[object]],
+    *,
+    max_: int,
+    within: float,
+    watchdog: ProgressWatchdog,
+) -> None:
+    """``process_batches`` in two stages, overlapped: while batch N commits (``commit``: publish,
+    store; then its events are acked), batch N+1 is prepared (``prepare``: decode, score; nothing
+    published or stored). Commits run one at a time and in order, so acks stay in order. A stop
+    finishes the commit in hand as ``process_batches`` does; a batch stopped while being prepared
+    is dropped un-acked and comes again after the restart."""
+    committing: asyncio.Future[None] | None = None
+
+    async def one(events: list[EventT], prepared: P) -> None:
+        await commit(prepared)
+        for event in events:
+            await stream.ack(event)
+
+    try:
+        async for events in micro_batches(stream, max_, within):
+            watchdog.beat(time.monotonic())
+            prepared = await prepare(events)
+            if committing is not None:
+                await committing
+                watchdog.beat(time.monotonic())
+            committing = asyncio.ensure_future(finish_before_stopping(one(events, prepared)))
+    finally:
+        if committing is not None:
+            await committing
+
+
 def batch_agent(
     handle: Callable[[list[EventT]], Awaitable[object]], settings: VigilSettings, watchdog: ProgressWatchdog
 ) -> Callable[[StreamT], Awaitable[None]]:
@@ -185,6 +221,22 @@ def batch_agent(
     async def consume(stream: StreamT) -> None:
         await process_batches(
             stream, handle, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
+        )
+
+    return consume
+
+
+def pipelined_agent(
+    prepare: Callable[[list[EventT]], Awaitable[P]],
+    commit: Callable[[P], Awaitable[object]],
+    settings: VigilSettings,
+    watchdog: ProgressWatchdog,
+) -> Callable[[StreamT], Awaitable[None]]:
+    """``batch_agent`` for a handler in two stages: ``pipeline_batches`` over its stream."""
+
+    async def consume(stream: StreamT) -> None:
+        await pipeline_batches(
+            stream, prepare, commit, max_=settings.batch_max, within=settings.batch_within_s, watchdog=watchdog
         )
 
     return consume

@@ -5,7 +5,7 @@ Why a poll and not the promoted event: a Kafka message reaches one member of a c
 and every worker must swap. The registry pointer is one small file replaced atomically, so
 reading it every ``model_poll_interval_s`` is cheap and every worker sees the same answer.
 
-Why the swap is atomic per batch: ``BatchProcessor.process`` reads the slot ONCE at the start
+Why the swap is atomic per batch: ``BatchProcessor.prepare`` reads the slot ONCE at the start
 of a batch and scores, stamps (model_version) and stores the whole batch with that scorer; the
 swap only rebinds the slot, so a batch in flight finishes on the old version and the next one
 starts on the new. Nothing is re-consumed or skipped: offsets are untouched by a swap.

@@ -1,11 +1,14 @@
 """streams.batching.micro_batches on a real faust app and the real broker (Tansu);
 finish_before_stopping: a batch in hand outlives one cancellation of its agent, not two, unless it
 is still waiting before publishing anything (pause_unless_stopping); and
-process_batches, the loop every agent runs: an app stopped mid-batch first finishes and acks it."""
+process_batches, the loop every agent runs: an app stopped mid-batch first finishes and acks it;
+pipeline_batches, the scoring agents' loop: the next batch is prepared while the last one commits,
+commits and acks keep their order, and a stop finishes the commit in hand but not a batch being prepared."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,7 +18,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from faust.types import EventT, StreamT
 
-from streams.batching import finish_before_stopping, micro_batches, pause_unless_stopping, process_batches
+from streams.batching import (
+    finish_before_stopping,
+    micro_batches,
+    pause_unless_stopping,
+    pipeline_batches,
+    process_batches,
+)
 from streams.kafka_fetch import FetchWaitApp
 from streams.watchdog import ProgressWatchdog
 
@@ -211,3 +220,110 @@ def test_an_app_stopped_mid_batch_finishes_and_acks_it_first(kafka_broker, new_t
     handled, acked = asyncio.run(go())
     assert handled == values
     assert acked == [True] * len(values)
+
+
+async def _run_pipeline(
+    bootstrap: str, topic: str, datadir: Path, values: list[bytes], *, max_: int,
+    prepare: Callable[[list[EventT]], Awaitable[list[bytes]]], commit: Callable[[list[bytes]], Awaitable[None]],
+    stop_when: asyncio.Event,
+) -> list[EventT]:
+    """A faust app whose one agent runs ``pipeline_batches``; ``values`` are sent, and the app is
+    stopped (its agents cancelled, as in the worker) once ``stop_when`` is set. Returns every event
+    handed to ``prepare``."""
+    app = _app(bootstrap, datadir, stream_wait_empty=False)
+    watchdog = ProgressWatchdog(stall_after_s=60.0, started_at=0.0)
+    held: list[EventT] = []
+
+    async def prepare_and_hold(events: list[EventT]) -> list[bytes]:
+        held.extend(events)
+        return await prepare(events)
+
+    async def agent(stream: StreamT) -> None:
+        await pipeline_batches(stream, prepare_and_hold, commit, max_=max_, within=0.3, watchdog=watchdog)
+
+    app.agent(app.topic(topic, key_type=bytes, value_type=bytes), name="pipelined")(agent)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await app.start()
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send(topic, v)
+        await producer.flush()
+        await asyncio.wait_for(stop_when.wait(), timeout=120)
+    finally:
+        await producer.stop()
+    await app.stop()
+    return held
+
+
+def test_the_next_batch_is_prepared_while_the_last_one_commits_and_commits_keep_their_order(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=1)
+    values = [f"m{i}".encode() for i in range(12)]
+
+    async def go() -> tuple[list[list[bytes]], list[int], list[bool]]:
+        prepared: list[list[bytes]] = []
+        committed: list[list[bytes]] = []
+        overlapped: list[int] = []  # per commit: how many batches had been prepared when it ended
+        preparing_next = asyncio.Event()
+        all_committed = asyncio.Event()
+
+        async def prepare(events: list[EventT]) -> list[bytes]:
+            if prepared:
+                preparing_next.set()
+            prepared.append([e.value for e in events])
+            return prepared[-1]
+
+        async def commit(batch: list[bytes]) -> None:
+            if batch is not values[-4:]:  # all but the last batch: wait until the next one is being prepared
+                preparing_next.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(preparing_next.wait(), timeout=10)
+            overlapped.append(len(prepared))
+            committed.append(batch)
+            if sum(map(len, committed)) == len(values):
+                all_committed.set()
+
+        held = await _run_pipeline(kafka_broker.bootstrap, topic, tmp_path, values, max_=4,
+                                   prepare=prepare, commit=commit, stop_when=all_committed)
+        return committed, overlapped, [e.message.acked for e in held]
+
+    committed, overlapped, acked = asyncio.run(go())
+    assert committed == [values[0:4], values[4:8], values[8:12]]
+    # Each commit but the last ended while the batch after it was being prepared: without the
+    # overlap every commit but the last waits out its 10 s and ends with only its own batch prepared.
+    assert overlapped[:2] == [2, 3]
+    assert acked == [True] * len(values)
+
+
+def test_a_stop_while_a_batch_is_prepared_finishes_the_commit_in_hand_and_leaves_that_batch_unacked(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=1)
+    values = [f"m{i}".encode() for i in range(8)]
+
+    async def go() -> tuple[list[list[bytes]], list[bool]]:
+        committed: list[list[bytes]] = []
+        second_preparing = asyncio.Event()
+        calls = 0
+
+        async def prepare(events: list[EventT]) -> list[bytes]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                second_preparing.set()  # the stop arrives now, while the first batch commits
+                await asyncio.sleep(30)
+            return [e.value for e in events]
+
+        async def commit(batch: list[bytes]) -> None:
+            await asyncio.sleep(1.0)
+            committed.append(batch)
+
+        held = await _run_pipeline(kafka_broker.bootstrap, topic, tmp_path, values, max_=4,
+                                   prepare=prepare, commit=commit, stop_when=second_preparing)
+        return committed, [e.message.acked for e in held]
+
+    committed, acked = asyncio.run(go())
+    assert committed == [values[:4]]
+    assert acked == [True] * 4 + [False] * 4

@@ -1,19 +1,26 @@
 """The worker's pure core with the tiny real model: decode, duplicate ids, scoring, PII masking;
-and the agents' wrapper around it for a model that fails on everything."""
+the agents' wrapper around it for a model that fails on everything; and the scoring agent's
+prepare stage, which runs while the batch before it is not stored yet."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import faust
 import pytest
 
 from models.scoring import Prediction, Scorer
+from streams.agents import BatchProcessor
 from streams.app import stop_when_broken
+from streams.clickhouse import open_store
 from streams.contracts import DeadLetterReason, Kind
 from streams.pipeline import Limits, RawRecord, ScorerBroken, decode_batch, resolve_duplicates, score_batch
+from streams.metrics import Metrics
 from streams.samples import duplicate_id_pair, hostile_samples, news_json, support_json
+from streams.settings import VigilSettings
+from streams.watchdog import ProgressWatchdog
 
 LIMITS = Limits(max_message_bytes=64 * 1024, max_text_chars=8000)
 
@@ -45,6 +52,32 @@ def test_a_reused_id_with_new_content_is_refused_but_a_redelivery_is_kept_once()
     kept, dead = resolve_duplicates(decoded, stored_hashes={"p-dup": decoded[0].content_hash})
     assert [k.record.offset for k in kept] == [0]
     assert [d.offset for d in dead] == [1]
+
+
+def test_a_batch_prepared_before_the_last_one_is_stored_refuses_an_id_that_batch_used_with_other_content(
+    tiny_scorers, chdb_settings: VigilSettings
+):
+    first, second = duplicate_id_pair(Kind.news, "p")
+    app = faust.App("vigil-prepare", broker="kafka://127.0.0.1:9", web_enabled=False)  # prepare publishes nothing
+    with open_store(chdb_settings) as store, ThreadPoolExecutor(1) as model, ThreadPoolExecutor(1) as io:
+        processor = BatchProcessor(
+            kind=Kind.news, scorer=lambda: tiny_scorers["sentiment"], store=store, limits=LIMITS,
+            scored_topic=app.topic("scored"), dlq_topic=app.topic("dlq"),
+            watchdog=ProgressWatchdog(60.0, started_at=0.0), metrics=Metrics(), model_executor=model,
+            io_executor=io, retry_max_s=1.0,
+        )
+
+        async def two_batches() -> tuple[list[str], list[bytes], list[str]]:
+            one = await processor.prepare(_records("news", [first, news_json(id="p-other")]))
+            two = await processor.prepare(_records("news", [second, first]))  # `one` is still unstored
+            return [m.id for m in one.result.scored], [d.raw for d in two.result.dead], [
+                m.text for m in two.result.scored
+            ]
+
+        scored_one, dead_two, scored_two = asyncio.run(two_batches())
+    assert scored_one == ["p-dup", "p-other"]
+    assert dead_two == [second]  # refused for the first batch's content, not its own batch's order
+    assert scored_two == ["first message with this id"]  # a redelivery is scored again, as before
 
 
 def test_score_batch_labels_extracts_tickers_and_masks_support_pii(tiny_scorers):
