@@ -25,8 +25,8 @@ class Metrics:
             buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 4096), registry=r,
         )
         self.batch_seconds = Histogram(
-            "vigil_batch_seconds", "A micro-batch from decode to stored, with any wait for the batch before it to commit",
-            ["kind"],
+            "vigil_batch_seconds",
+            "A micro-batch from decode to stored, with any wait for the batch before it to commit", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.storage_errors = Counter("vigil_storage_errors_total", "Failed ClickHouse calls (retried)", registry=r)
