@@ -118,8 +118,11 @@ async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float
 
         sent: dict[str, float] = {}
         n = int(rate * seconds)
-        cpu_before = {"worker": cpu_seconds(worker.proc.pid), "broker": cpu_seconds(broker_pid),
-                      "this benchmark": time.process_time()}
+        def cpu_so_far() -> dict[str, float]:
+            return {"worker": cpu_seconds(worker.proc.pid), "broker": cpu_seconds(broker_pid),
+                    "this benchmark": time.process_time()}
+
+        cpu_before = cpu_so_far()
         start = time.monotonic()
         futures = []
         for i in range(n):
@@ -137,9 +140,7 @@ async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float
             or any(scored_label[m] in alerting and m not in arrived for m in sent.keys() & scored.keys())
         ):
             await asyncio.sleep(0.5)
-        cpu_s = {"worker": cpu_seconds(worker.proc.pid) - cpu_before["worker"],
-                 "broker": cpu_seconds(broker_pid) - cpu_before["broker"],
-                 "this benchmark": time.process_time() - cpu_before["this benchmark"]}
+        cpu_s = {k: v - cpu_before[k] for k, v in cpu_so_far().items()}
     finally:
         stop.set()
         await collector

@@ -3,7 +3,7 @@
 Texts are the bundled Twitter Financial News tweets. Prints msgs/s and p50/p99 per-batch latency for:
   engine              Engine.score on batches of `batch` texts (length bucketing), at the settings'
                       precision (auto: fp16 on CUDA; bf16 or ONNX Runtime on CPU; see models.engine)
-  engine/P            the same engine at each extra precision P asked for (`also`, e.g. fp32 for torch fp32)
+  engine/P            the same engine at each extra precision P asked for (`also`, e.g. fp32)
   pipeline/1          pipeline("text-classification") called once per message
   pipeline/batch      the same pipeline given each batch, batch_size=`batch`; its weights are in the
                       engine's fp16/bf16 when the engine runs those
