@@ -11,7 +11,6 @@ import itertools
 import json
 import re
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from streams.replay import OutgoingMessage, bundled_news, bundled_support, inter
 from streams.runtime import all_topics
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
+from tests.fixtures.models import copy_registry
 
 
 def free_port() -> int:
@@ -98,7 +98,7 @@ def stack_env(
 
 def prepare(settings: VigilSettings, tiny_registry: Path) -> None:
     """Models into the run's data dir; topics on the broker."""
-    shutil.copytree(tiny_registry, settings.registry_dir)
+    copy_registry(tiny_registry, settings.registry_dir)
     ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions)
 
 

@@ -3,7 +3,6 @@ real tiny model over news stored in chdb."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +16,7 @@ from streams.cli import app
 from streams.clickhouse import open_store
 from streams.contracts import Kind, ScoredMessage
 from streams.settings import VigilSettings
+from tests.fixtures.models import copy_registry
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 NEUTRAL = {"negative": 0.1, "neutral": 0.8, "positive": 0.1}
@@ -75,7 +75,7 @@ def _run(args: list[str], data_dir) -> tuple[int, str]:
 
 def test_vigil_models_backtest_replays_stored_news_through_the_real_model(tiny_registry, tmp_path) -> None:
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     settings = VigilSettings(data_dir=data_dir, device="cpu", max_length=32)
     scorer = load_scorer(settings, "sentiment", "v1")
     texts = [f"$AAA shares {'plunge after fraud probe' if i % 3 else 'rise on strong results'} {i}" for i in range(60)]

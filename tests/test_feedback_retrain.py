@@ -4,7 +4,6 @@ screen -> fine-tune from the champion -> gate -> promote (or refuse, with the re
 from __future__ import annotations
 
 import random
-import shutil
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,7 @@ from models.tasks import get_task
 from streams.clickhouse import open_store
 from streams.contracts import Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
+from tests.fixtures.models import copy_registry
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def loop_settings(tmp_path, tiny_registry) -> VigilSettings:
         retrain_lr=1e-4, retrain_head_lr=3e-3, retrain_batch_size=32, gold_cap=160,
         retrain_holdout_fraction=0.25, gate_max_gold_drop=0.02, gate_min_recent=20,
     )
-    shutil.copytree(tiny_registry, settings.registry_dir)
+    copy_registry(tiny_registry, settings.registry_dir)
     return settings
 
 

@@ -22,6 +22,7 @@ from feedback.store import open_feedback_store
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
+from tests.fixtures.models import copy_registry
 
 
 def _record(task: str, outcome: str, detail: str = "") -> RoundRecord:
@@ -135,7 +136,7 @@ def test_the_job_survives_failing_rounds_records_every_round_and_stops_when_canc
 def chdb_loop(tmp_path, tiny_registry, monkeypatch):
     """A data dir with the tiny registry and a migrated chdb; the env a training process inherits."""
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     for k, v in {"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu", "VIGIL_CLICKHOUSE_URL": "",
                  "VIGIL_KAFKA_BROKERS": "", "VIGIL_CPU_THREADS": "1"}.items():
         monkeypatch.setenv(k, v)

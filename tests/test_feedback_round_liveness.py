@@ -4,7 +4,6 @@ real store, and a worker SIGKILLed mid-round on clickhouse-server 18.16, shared 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from feedback.round_heartbeat import RoundHeartbeat, heartbeating
 from feedback.store import FeedbackStore, open_feedback_store
 from streams.clickhouse import open_store
 from streams.settings import REPO_ROOT, VigilSettings
+from tests.fixtures.models import copy_registry
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 TIMEOUT, STALE = timedelta(hours=2), timedelta(minutes=2)
@@ -115,7 +115,7 @@ def _corrections(n: int) -> list[Correction]:
 def chdb_round(tmp_path, tiny_registry):
     settings = VigilSettings(data_dir=tmp_path, clickhouse_url=None, kafka_brokers=None,
                              retrain_min_corrections=5)
-    shutil.copytree(tiny_registry, settings.registry_dir)
+    copy_registry(tiny_registry, settings.registry_dir)
     open_store(settings).close()  # migrates
     store = open_feedback_store(settings)
     store.write_corrections(_corrections(8))
@@ -195,7 +195,7 @@ def shared_round(tmp_path, tiny_registry, server_settings, monkeypatch):
     every process, like workers on several nodes), eight new corrections, and the env the worker
     processes inherit."""
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     for k, v in {"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu", "VIGIL_KAFKA_BROKERS": "",
                  "VIGIL_CLICKHOUSE_URL": server_settings.clickhouse_url, "VIGIL_CPU_THREADS": "1",
                  "VIGIL_CLICKHOUSE_DATABASE": server_settings.clickhouse_database,

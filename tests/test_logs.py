@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from streams.logs import (
     secrets_of,
 )
 from streams.settings import REPO_ROOT, VigilSettings
+from tests.fixtures.models import copy_registry
 
 KAFKA_SECRET = "kafka-s3cret-Xq9v"
 CH_SECRET = "ch-p@ss:w0rd/Zk7"
@@ -114,7 +114,7 @@ def test_worker_start_up_and_clickhouse_failure_never_print_secrets(fmt: str, tm
     # the worker gets to ClickHouse (and fails) without a parity check of its own first
     env = {**os.environ, **_secret_env(tmp_path), "VIGIL_LOG_FORMAT": fmt, "VIGIL_WORKER_ID": "secret-test-w0",
            "VIGIL_MAX_LENGTH": "32"}
-    shutil.copytree(tiny_registry, tmp_path / "vigil" / "models")
+    copy_registry(tiny_registry, tmp_path / "vigil" / "models")
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=300, check=False,

@@ -3,13 +3,12 @@
 import csv
 import json
 import logging
-import shutil
 
 from typer.testing import CliRunner
 
 from models.registry import ModelRegistry
 from streams.cli import app
-from tests.fixtures.models import break_classifier, copy_version
+from tests.fixtures.models import break_classifier, copy_registry, copy_version
 
 
 def _run(args, data_dir):
@@ -20,7 +19,7 @@ def _run(args, data_dir):
 
 def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     code, out = _run(["models", "list"], data_dir)
     assert code == 0 and "sentiment" in out and "triage" in out
     code, out = _run(["models", "show", "triage"], data_dir)
@@ -48,7 +47,7 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
 
 def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     registry = ModelRegistry(data_dir / "models")
     broken = copy_version(registry, "sentiment", registry.resolve("sentiment", "v1")).version
     break_classifier(registry.resolve("sentiment", broken))
@@ -65,7 +64,7 @@ def test_missing_model_says_how_to_train(tmp_path):
 
 def test_bench_scoring_prints_each_contender_and_the_ratio(tiny_registry, tmp_path, caplog):
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     hf = logging.getLogger("transformers")  # its records stop there, at its own stderr handler
     hf.addHandler(caplog.handler)
     try:

@@ -16,7 +16,7 @@ from models.engine import (Engine, ScoringError, TracedForward, cpu_has_native_b
 from models.registry import ModelNotFound, ModelRegistry
 from models.engine import load_scorer
 from streams.settings import VigilSettings
-from tests.fixtures.models import scorer_from_registry
+from tests.fixtures.models import copy_registry, scorer_from_registry
 
 MIXED = [
     "card not arrived",
@@ -299,7 +299,7 @@ def test_workers_on_one_node_share_its_cores_unless_told_otherwise(tmp_path, mon
 def test_a_version_missing_its_tokenizer_or_with_other_labels_is_refused_with_what_to_do(tiny_registry, tmp_path):
     source = ModelRegistry(tiny_registry).resolve("sentiment")
     broken = tmp_path / "sentiment" / "v1"
-    shutil.copytree(source, broken, ignore=shutil.ignore_patterns("onnx", "parity"))
+    copy_registry(source, broken, ignore=shutil.ignore_patterns("onnx", "parity"))
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ScoringError, match="no fast tokenizer .* retrain it"):
         Engine(broken, device="cpu", precision="fp32")

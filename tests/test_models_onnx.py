@@ -17,7 +17,7 @@ from models.engine import ScoringError, auto_precisions, cpu_has_native_bf16, lo
 from models.onnx_backend import weights_digest
 from models.registry import ModelRegistry
 from streams.settings import REPO_ROOT, VigilSettings
-from tests.fixtures.models import scorer_from_registry
+from tests.fixtures.models import copy_registry, scorer_from_registry
 from tests.test_models_engine import HOSTILE, MIXED
 
 PARITY = [t for t in MIXED if t] * 4
@@ -99,7 +99,7 @@ def test_the_export_is_cached_per_version(tiny_registry, tmp_path, caplog):
     # A private copy of the version, so no other test has exported it yet.
     src = ModelRegistry(tiny_registry).resolve("sentiment")
     root = tmp_path / "models"
-    shutil.copytree(src, root / "sentiment" / src.name, ignore=shutil.ignore_patterns("onnx"))
+    copy_registry(src, root / "sentiment" / src.name, ignore=shutil.ignore_patterns("onnx"))
     with caplog.at_level(logging.INFO, logger="models.onnx_backend"):
         first = scorer_from_registry(root, "sentiment", precision="onnx", parity_texts=PARITY)
     exported = root / "sentiment" / src.name / "onnx" / f"model-{weights_digest(src)}.onnx"

@@ -5,7 +5,6 @@ champion that works; a refused champion is tried again later. Real tiny models o
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,12 @@ from models.self_test import FALLBACK_DEPTH, ModelBroken
 from streams.hotswap import Refusals
 from streams.settings import VigilSettings
 from streams.worker import load_working_scorer
-from tests.fixtures.models import break_classifier, copy_version
+from tests.fixtures.models import break_classifier, copy_registry, copy_version
 
 
 @pytest.fixture
 def registry(tiny_registry: Path, tmp_path: Path) -> ModelRegistry:
-    shutil.copytree(tiny_registry, tmp_path / "models")
+    copy_registry(tiny_registry, tmp_path / "models")
     return ModelRegistry(tmp_path / "models")
 
 

@@ -1,7 +1,6 @@
 """`vigil retrain` and the model events of `vigil models promote|rollback`, through the real CLI, on
 chdb and a copy of the tiny registry (the retraining itself is covered by test_feedback_retrain)."""
 
-import shutil
 
 from typer.testing import CliRunner
 
@@ -11,7 +10,7 @@ from models.registry import ModelRegistry
 from streams.cli import app
 from streams.clickhouse import open_store
 from streams.settings import VigilSettings
-from tests.fixtures.models import copy_version
+from tests.fixtures.models import copy_registry, copy_version
 
 
 def _run(args, data_dir):
@@ -22,7 +21,7 @@ def _run(args, data_dir):
 
 def test_retrain_with_nothing_to_do_exits_0_and_promote_rollback_are_recorded(tiny_registry, tmp_path):
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     settings = VigilSettings(data_dir=data_dir, clickhouse_url=None, kafka_brokers=None)
     open_store(settings).close()  # migrates
 
@@ -46,7 +45,7 @@ def test_retrain_with_nothing_to_do_exits_0_and_promote_rollback_are_recorded(ti
 
 def test_retrain_without_feedback_tables_says_to_migrate(tiny_registry, tmp_path):
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     code, out = _run(["retrain", "--task", "sentiment"], data_dir)
     assert code == 1 and "vigil db migrate" in out
 
@@ -54,7 +53,7 @@ def test_retrain_without_feedback_tables_says_to_migrate(tiny_registry, tmp_path
 def test_promote_still_works_when_the_event_cannot_be_recorded(tiny_registry, tmp_path):
     """No migrated ClickHouse: the promotion happens, the missing event is only a warning."""
     data_dir = tmp_path / "vigil"
-    shutil.copytree(tiny_registry, data_dir / "models")
+    copy_registry(tiny_registry, data_dir / "models")
     registry = ModelRegistry(data_dir / "models")
     v2 = copy_version(registry, "triage", registry.resolve("triage", "champion")).version
     code, out = _run(["models", "promote", "triage", v2], data_dir)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from streams.settings import VigilSettings
 from streams.status import model_status
 from streams.topics import ensure_topics
 from tests.fixtures.alerting import scored_news
+from tests.fixtures.models import copy_registry
 
 NOW = datetime.now(UTC)
 
@@ -72,7 +72,7 @@ async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[
 
 def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry: Path, tmp_path: Path,
                                                                   kafka_broker, monkeypatch) -> None:
-    shutil.copytree(tiny_registry, tmp_path / "models")
+    copy_registry(tiny_registry, tmp_path / "models")
     for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
                         "VIGIL_CLICKHOUSE_URL": "", "VIGIL_CONSUMER_GROUP": f"g-{tmp_path.name}",
                         "VIGIL_TOPIC_NEWS": f"st{tmp_path.name}.news",
@@ -111,7 +111,7 @@ def test_status_reports_a_refused_champion_activity_lag_and_queue(tiny_registry:
 
 def test_status_still_shows_the_models_when_kafka_cannot_be_reached(tiny_registry: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
-    shutil.copytree(tiny_registry, tmp_path / "models")
+    copy_registry(tiny_registry, tmp_path / "models")
     monkeypatch.setenv("VIGIL_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("VIGIL_KAFKA_BROKERS", "127.0.0.1:9")
     monkeypatch.setenv("VIGIL_CLICKHOUSE_URL", "")
