@@ -1,10 +1,12 @@
 """The inference engine on real tiny fine-tuned models: order, truncation, hostile input, precision."""
 
+import gc
 import json
 import logging
 import math
 import shutil
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -223,6 +225,24 @@ def test_load_scorer_from_settings(tiny_registry, tmp_path):
     assert load_scorer(settings, "sentiment", "v1").labels == ("negative", "neutral", "positive")
     with pytest.raises(ModelNotFound, match="vigil train --task sentiment"):
         load_scorer(VigilSettings(data_dir=tmp_path, device="cpu"), "sentiment")
+
+
+def test_a_scorer_dropped_by_a_hot_swap_is_freed_by_reference_counting_alone(tiny_registry):
+    # A worker freezes what it holds at its start (gc.freeze), so the cyclic collector never looks
+    # at its first scorer again: when a hot swap drops it, reference counting must free it, its
+    # model and its thread pools, or every worker leaks a model at its first swap.
+    settings = VigilSettings(data_dir=tiny_registry.parent, device="cpu", max_length=32)
+    scorer = load_scorer(settings, "triage")
+    scorer.score(MIXED)
+    held = [scorer, *(v for v in vars(scorer).values() if type(v).__weakrefoffset__)]
+    refs = [weakref.ref(obj) for obj in held]
+    assert len(refs) > 5  # the model, its traced forward, tokenizer, lanes, tokenize pool
+    gc.disable()
+    try:
+        del scorer, held
+        assert [type(r()).__name__ for r in refs if r() is not None] == []
+    finally:
+        gc.enable()
 
 
 def test_fast_encode_matches_the_transformers_tokenizer(tiny_registry, tiny_scorers):
