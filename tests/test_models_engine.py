@@ -236,7 +236,7 @@ def test_a_scorer_dropped_by_a_hot_swap_is_freed_by_reference_counting_alone(tin
     scorer.score(MIXED)
     held = [scorer, *(v for v in vars(scorer).values() if type(v).__weakrefoffset__)]
     refs = [weakref.ref(obj) for obj in held]
-    assert len(refs) > 5  # the model, its traced forward, tokenizer, lanes, tokenize pool
+    assert len(refs) > 5  # with its model, forward pass, tokenizer and thread pools
     gc.disable()
     try:
         del scorer, held
