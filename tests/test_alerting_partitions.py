@@ -15,7 +15,7 @@ from streams.alerting.contracts import TickerEvent
 from streams.alerting.partitions import Checkpoint, SentimentPartitions
 from streams.alerting.rules import AlertRules, SentimentRules, ticker_events
 from streams.clickhouse import open_store
-from streams.clickhouse.alerting_state import AlertingStateStore
+from streams.clickhouse.alerting_state import SEEN_COLUMNS, AlertingStateStore
 from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
 from tests.fixtures.alerting import feed_partition, merged, scored_bundled_news, scored_news, steady_ticker
@@ -61,7 +61,7 @@ def test_a_checkpoint_restored_mid_stream_carries_on_as_if_nothing_stopped(strea
     assert checkpoint.offset == cut - 1
 
     after = SentimentPartitions(rules)
-    after.restore(0, Checkpoint(0, checkpoint.offset, checkpoint.state))
+    after.restore(0, Checkpoint(0, checkpoint.offset, checkpoint.state), checkpoint.new_seen)
     # The committed offset lags the checkpoint: the last 50 events come again, and are skipped.
     redelivered = max(cut - 50, 0)
     alerts += feed_partition(after, stream[redelivered:], first_offset=redelivered)
@@ -74,6 +74,90 @@ def test_a_message_republished_at_a_new_offset_counts_once():
     assert parts.feed(0, 0, e, wall=0.0) is not None
     assert parts.feed(0, 0, e, wall=0.0) is None  # redelivered: the offset is held
     assert parts.feed(0, 7, e, wall=0.0) is None  # re-published upstream: same ticker and id
+
+
+def test_a_checkpoint_carries_only_the_ids_counted_since_the_last_saved_one(stream):
+    parts = _fresh(SentimentRules())
+    feed_partition(parts, stream[:2000])
+    (first,) = parts.checkpoints()
+    assert "seen" not in json.loads(first.state)  # the state no longer grows with the traffic
+    assert len(first.new_seen) == len({(e.ticker, e.message_id) for e in stream[:2000]})
+    parts.saved([first])
+    feed_partition(parts, stream[2000:2100], first_offset=2000)
+    (second,) = parts.checkpoints()
+    assert [(s.key, s.message_id) for s in second.new_seen] == [(e.ticker, e.message_id) for e in stream[2000:2100]]
+
+
+def test_a_save_confirmed_late_keeps_the_ids_counted_after_it(stream):
+    parts = _fresh(SentimentRules())
+    feed_partition(parts, stream[:100])
+    (older,) = parts.checkpoints()
+    feed_partition(parts, stream[100:150], first_offset=100)
+    (newer,) = parts.checkpoints()
+    feed_partition(parts, stream[150:160], first_offset=150)
+    parts.saved([older])  # the ids of 100-159 are still to be saved
+    assert [s.message_id for s in parts.checkpoints()[0].new_seen] == [e.message_id for e in stream[100:160]]
+    parts.saved([newer])
+    parts.saved([older])  # confirmed once more, after the newer one: nothing more goes
+    assert [s.message_id for s in parts.checkpoints()[0].new_seen] == [e.message_id for e in stream[150:160]]
+    parts.revoke([0])
+    parts.restore(0, None)
+    feed_partition(parts, stream[:5])
+    parts.saved([newer])  # the old owner's save must not take the new owner's ids
+    assert [s.message_id for s in parts.checkpoints()[0].new_seen] == [e.message_id for e in stream[:5]]
+
+
+def _restored(rules: SentimentRules, saves: list[Checkpoint]) -> SentimentPartitions:
+    """A partition restored from the last of ``saves`` with every id they stored, as a worker reads them."""
+    parts = SentimentPartitions(rules)
+    last = saves[-1]
+    parts.restore(0, Checkpoint(0, last.offset, last.state), [s for c in saves for s in c.new_seen])
+    return parts
+
+
+def test_a_message_republished_after_a_restore_counts_once_whichever_checkpoint_counted_it():
+    rules = SentimentRules()
+    events = [ticker_events(scored_news(f"m-{i}", SHOCK_AT + i * MIN / 10, "negative"), rules)[0] for i in range(6)]
+    parts = _fresh(rules)
+    saves = []
+    for offset, e in enumerate(events):
+        parts.feed(0, offset, e, wall=0.0)
+        if offset in (1, 4, 5):
+            saves += parts.checkpoints()
+            parts.saved(saves[-1:])
+    assert [len(c.new_seen) for c in saves] == [2, 3, 1]
+    restored = _restored(rules, saves)
+    assert all(restored.feed(0, 10 + i, e, wall=0.0) is None for i, e in enumerate(events))
+    # Without the ids of the earlier checkpoints, the first messages would count twice.
+    partial = _restored(rules, saves[-1:])
+    assert partial.feed(0, 10, events[0], wall=0.0) is not None
+
+
+def test_a_checkpoint_from_before_the_ids_were_stored_apart_still_restores_them():
+    rules = SentimentRules()
+    parts = _fresh(rules)
+    e = ticker_events(scored_news("m-1", SHOCK_AT, "negative"), rules)[0]
+    parts.feed(0, 0, e, wall=0.0)
+    (checkpoint,) = parts.checkpoints()
+    state = json.loads(checkpoint.state) | {"seen": [[e.ticker, e.message_id, e.event_time.isoformat()]]}
+    restored = SentimentPartitions(rules)
+    restored.restore(0, Checkpoint(0, checkpoint.offset, json.dumps(state)))
+    assert restored.feed(0, 7, e, wall=0.0) is None
+
+
+def test_ids_out_of_the_windows_reach_are_forgotten_and_not_asked_for():
+    rules = SentimentRules()  # reach: 15-minute windows + 2 minutes of lateness
+    parts = _fresh(rules)
+    old, new = (ticker_events(scored_news(f"m-{i}", SHOCK_AT + i * 20 * MIN, "neutral"), rules)[0] for i in range(2))
+    parts.feed(0, 0, old, wall=0.0)
+    parts.feed(0, 1, new, wall=0.0)
+    (checkpoint,) = parts.checkpoints()
+    assert parts.seen_since(checkpoint) == new.event_time - 17 * MIN
+    restored = SentimentPartitions(rules)
+    restored.restore(0, Checkpoint(0, 1, checkpoint.state), checkpoint.new_seen)
+    assert restored.feed(0, 2, new, wall=0.0) is None  # still within reach: a copy is caught
+    fed = restored.feed(0, 3, old, wall=0.0)  # out of reach: refused as late, not remembered
+    assert fed is not None and fed.too_late
 
 
 def test_only_changed_partitions_are_checkpointed_and_revoked_ones_are_forgotten():
@@ -133,14 +217,46 @@ def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, s
     parts = _fresh(rules)
     feed_partition(parts, stream[:2000])
     (big,) = parts.checkpoints()
+    parts.saved([big])
+    feed_partition(parts, stream[2000:2300], first_offset=2000)
+    (later,) = parts.checkpoints()
     states = AlertingStateStore(state_store, "t.by-ticker")
     assert states.load(0) is None
     states.save([Checkpoint(0, 10, '{"older": true}'), Checkpoint(3, 5, '{"other": 3}')])
     states.save([big])
-    assert states.load(0) == big
+    assert states.load(0) == Checkpoint(0, big.offset, big.state)
     assert states.load(3) == Checkpoint(3, 5, '{"other": 3}')
     assert AlertingStateStore(state_store, "another.topic").load(0) is None
+    assert set(states.load_seen(0, big.offset, None)) == set(big.new_seen)
 
-    restored = SentimentPartitions(rules)
-    restored.restore(0, states.load(0))
-    assert feed_partition(restored, stream[2000:], first_offset=2000) == feed_partition(parts, stream[2000:], first_offset=2000)
+    # The later checkpoint's ids are written, and the worker dies before the checkpoint is: they
+    # belong to no checkpoint a restore can read yet.
+    ids_only = AlertingStateStore(state_store, "t.by-ticker")
+    ids_only._store.backend.insert(  # what save() writes first
+        f"{state_store.database}.alerting_seen", SEEN_COLUMNS,
+        [("t.by-ticker", 0, later.offset, s.key, s.message_id, s.event_time, s.event_time) for s in later.new_seen],
+    )
+    assert set(states.load_seen(0, big.offset, None)) == set(big.new_seen)
+    states.save([later])
+    assert set(states.load_seen(0, later.offset, None)) == {*big.new_seen, *later.new_seen}
+    since = parts.seen_since(later)
+    assert since is not None
+    assert set(states.load_seen(0, later.offset, since)) == {
+        s for s in (*big.new_seen, *later.new_seen) if s.event_time >= since.replace(microsecond=0)
+    } != {*big.new_seen, *later.new_seen}
+
+    def restored() -> SentimentPartitions:
+        loaded = states.load(0)
+        assert loaded is not None
+        out = SentimentPartitions(rules)
+        out.restore(0, loaded, states.load_seen(0, loaded.offset, out.seen_since(loaded)))
+        return out
+
+    expected = feed_partition(parts, stream[2300:], first_offset=2300)
+    assert feed_partition(restored(), stream[2300:], first_offset=2300) == expected
+    # A message the restored state counted that comes again at a new offset is caught by its id,
+    # or refused as late once out of the windows' reach: it never counts twice.
+    again = restored()
+    outcomes = [again.feed(0, 10**6 + i, e, wall=0.0) for i, e in enumerate(stream[:2300])]
+    assert all(f is None or f.too_late for f in outcomes)
+    assert sum(f is None for f in outcomes) == sum(e.event_time >= since for e in stream[:2300]) > 20

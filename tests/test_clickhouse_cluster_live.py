@@ -30,7 +30,7 @@ from streams.alerting.contracts import (
     TriageTicket,
     sla_breach_id,
 )
-from streams.alerting.partitions import Checkpoint
+from streams.alerting.partitions import Checkpoint, SeenId
 from streams.clickhouse import (
     ClickHouseStore,
     MigrationError,
@@ -65,7 +65,8 @@ T0 = NOW - timedelta(hours=1)
 ALL = [m.name for m in load_migrations()]
 TABLES = {
     "scored", "dead_letters", "alerts", "label_queue", "feedback", "model_events", "triage", "ticket_acks",
-    "alert_verdicts", "shadow_predictions", "alerting_state", "retrain_heartbeats", "dead_letter_replays",
+    "alert_verdicts", "shadow_predictions", "alerting_state", "alerting_seen", "retrain_heartbeats",
+    "dead_letter_replays",
 }
 
 
@@ -125,6 +126,7 @@ def test_migrations_create_every_table_on_every_node_and_rerun_from_any_node(
             ANCHOR_TABLE: "ReplicatedMergeTree",
             **{t: "Distributed" for t in TABLES},
             **{f"{t}_local": "ReplicatedReplacingMergeTree" for t in TABLES},
+            "alerting_seen_local": "ReplicatedMergeTree",  # its rows are a set: copies do no harm
         }
         # Migration 0010's column is on the replicated table and on the (recreated) Distributed one.
         for table in ("triage", "triage_local"):
@@ -244,11 +246,15 @@ def test_alerts_tickets_acks_and_checkpoints_through_the_distributed_tables(stor
     assert ts.last_routed([1])[0] == to_stored_time(NOW - timedelta(minutes=30), level)  # type: ignore[index]
 
     states = AlertingStateStore(store, "ticker-events")
-    states.save([Checkpoint(0, 10, "{}"), Checkpoint(1, 7, "{}")])
-    states.save([Checkpoint(0, 25, '{"w": 1}')])
+    ids = [SeenId(f"T{i}", f"m-{i}", NOW - timedelta(minutes=i)) for i in range(6)]
+    states.save([Checkpoint(0, 10, "{}", tuple(ids[:2])), Checkpoint(1, 7, "{}", tuple(ids[2:3]))])
+    states.save([Checkpoint(0, 25, '{"w": 1}', tuple(ids[3:]))])
     assert states.load(0) == Checkpoint(0, 25, '{"w": 1}')
     assert states.load(1) == Checkpoint(1, 7, "{}")
     assert states.load(2) is None
+    # The ids of one partition are spread over the shards (sharded on the sorting key): all come back.
+    assert sorted(states.load_seen(0, 25, None), key=lambda s: s.message_id) == [*ids[:2], *ids[3:]]
+    assert sorted(states.load_seen(0, 10, NOW - timedelta(minutes=4)), key=lambda s: s.message_id) == ids[:2]
 
 
 def test_a_shard_whose_first_replica_is_down_is_written_and_read_on_the_other(

@@ -60,10 +60,7 @@ class KeyedStage:
             if msg.tp not in assigned:
                 continue
             if not self._parts.owned(msg.partition):
-                checkpoint = await self._durably("reading the alerting checkpoint", self._state.load, msg.partition)
-                self._parts.restore(msg.partition, checkpoint)
-                log.info("%s partition %d: %s", self._parts.name, msg.partition,
-                         f"restored at offset {checkpoint.offset}" if checkpoint else "no checkpoint, starting fresh")
+                await self._restore(msg.partition)
             self._pending.append((stream, event))
             try:
                 keyed = self._event_type.model_validate_json(msg.value)
@@ -78,6 +75,20 @@ class KeyedStage:
             alerts += fed.alerts
         await self._emit(alerts)
         await self.checkpoint(wall)
+
+    async def _restore(self, partition: int) -> None:
+        checkpoint = await self._durably("reading the alerting checkpoint", self._state.load, partition)
+        if checkpoint is None:
+            self._parts.restore(partition, None)
+            log.info("%s partition %d: no checkpoint, starting fresh", self._parts.name, partition)
+            return
+        seen = await self._durably(
+            "reading the alerting checkpoint's message ids", self._state.load_seen,
+            partition, checkpoint.offset, self._parts.seen_since(checkpoint),
+        )
+        self._parts.restore(partition, checkpoint, seen)
+        log.info("%s partition %d: restored at offset %d with %d message ids", self._parts.name, partition,
+                 checkpoint.offset, len(seen))
 
     async def tick(self, wall: float) -> None:
         await self._emit(self._parts.tick(wall))
