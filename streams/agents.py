@@ -120,7 +120,8 @@ class BatchProcessor:
         self._last_prepared = {d.item.id: d.content_hash for d in unique}
         scorer = self._scorer()  # once per batch: a hot swap lands between batches, never inside one
         result = await self._in(
-            self._model_executor, lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow)
+            self._model_executor,
+            lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow, max_tickers=self._limits.max_tickers),
         )
         result.dead.extend(dead + duplicates)
         return PreparedBatch(len(records), result, started)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from streams.tickers import DEFAULT_MAX_TICKERS
+
 # Hard bounds of the contract; the configurable `max_text_chars` setting tightens them at decode.
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 100_000
@@ -46,7 +48,7 @@ class NewsItem(_Input):
     published_at: AwareDatetime
     headline: Text
     body: Text | None = None
-    tickers: list[Ticker] | None = Field(None, max_length=32)
+    tickers: list[Ticker] | None = Field(None, max_length=DEFAULT_MAX_TICKERS)
     url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None = None
     lang: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")] = "en"
 

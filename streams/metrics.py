@@ -29,6 +29,10 @@ class Metrics:
             "A micro-batch from decode to stored, with any wait for the batch before it to commit", ["kind"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.tickers_dropped = Counter(
+            "vigil_tickers_dropped_total", "Tickers of news items past VIGIL_MAX_TICKERS_PER_MESSAGE, not judged",
+            registry=r,
+        )
         self.storage_errors = Counter("vigil_storage_errors_total", "Failed ClickHouse calls (retried)", registry=r)
         self.consumer_lag = Gauge("vigil_consumer_lag", "Messages not yet committed on assigned partitions", registry=r)
         self.stalls = Counter("vigil_consumer_stalls_total", "Stalls detected by the watchdog", registry=r)
@@ -67,6 +71,7 @@ class Metrics:
             self.messages_scored.labels(k, label).inc(n)
         for reason, n in Tally(d.reason.value for d in result.dead).items():
             self.dead_letters.labels(k, reason).inc(n)
+        self.tickers_dropped.inc(result.tickers_dropped)
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)

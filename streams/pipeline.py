@@ -18,7 +18,7 @@ from streams.contracts import (
 )
 from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
 from streams.pii import mask_pii
-from streams.tickers import extract_tickers
+from streams.tickers import DEFAULT_MAX_TICKERS, extract_tickers
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,14 @@ class Decoded:
 class BatchResult:
     scored: list[ScoredMessage] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    tickers_dropped: int = 0  # past Limits.max_tickers, over the batch's news
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_message_bytes: int
     max_text_chars: int
+    max_tickers: int = DEFAULT_MAX_TICKERS  # per news item: each ticker re-publishes it to the ticker-events topic
 
 
 def _dead(record: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:
@@ -118,13 +120,15 @@ def resolve_duplicates(
     return kept, dead
 
 
-def _to_scored(kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime) -> ScoredMessage:
+def _to_scored(
+    kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime, tickers: list[str]
+) -> ScoredMessage:
     item = d.item
     if isinstance(item, NewsItem):
-        tickers, source, text = extract_tickers(item.text, item.tickers), item.source, item.text
+        source, text = item.source, item.text
     else:
         # Customers' emails, cards, phones and IBANs stay in the raw topic (and its retention) only.
-        tickers, source, text = [], item.channel, mask_pii(item.text).text
+        source, text = item.channel, mask_pii(item.text).text
     return ScoredMessage(
         id=item.id,
         kind=kind,
@@ -154,6 +158,7 @@ def score_batch(
     scorer: Scorer,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     shadow: Scorer | None = None,
+    max_tickers: int = DEFAULT_MAX_TICKERS,
 ) -> BatchResult:
     """Score in one call; if that fails, score one by one so a single poison text is isolated.
     A ``shadow`` challenger scores the same texts right after; its failures never touch the result."""
@@ -182,7 +187,9 @@ def score_batch(
             )
         else:
             ok.append(d)
-            result.scored.append(_to_scored(kind, d, p, scorer, scored_time))
+            tickers = extract_tickers(d.item.text, d.item.tickers) if isinstance(d.item, NewsItem) else []
+            result.tickers_dropped += max(0, len(tickers) - max_tickers)
+            result.scored.append(_to_scored(kind, d, p, scorer, scored_time, tickers[:max_tickers]))
     if shadow is not None and ok:
         result.scored = _with_shadow(result.scored, [d.item.text for d in ok], shadow)
     return result

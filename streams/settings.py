@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.tickers import DEFAULT_MAX_TICKERS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,6 +80,12 @@ class VigilSettings(BaseSettings):
     )
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger raw messages go to the DLQ.")
     max_text_chars: int = Field(8_000, ge=16, description="Longer text fields fail validation.")
+    max_tickers_per_message: int = Field(
+        DEFAULT_MAX_TICKERS, ge=1, le=1_000, description="A news item's tickers past this many (declared ones first, then "
+        "cashtags, then company names) are not judged and are counted in vigil_tickers_dropped_total. Each "
+        "ticker re-publishes the message to the ticker-events topic, so 8,000 characters of cashtags would "
+        "otherwise turn one message into 1,300 events. The bundled news has at most 23.",
+    )
     watchdog_interval_s: float = Field(5.0, gt=0)
     watchdog_stall_s: float = Field(
         60.0, gt=0, description="No progress for this long while lag > 0 counts as a stall."

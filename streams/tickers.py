@@ -17,6 +17,8 @@ from pathlib import Path
 # The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN.
 _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:[.\-][A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])")
 _VALID = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
+# Tickers judged per news item (VIGIL_MAX_TICKERS_PER_MESSAGE): the declared field's own cap.
+DEFAULT_MAX_TICKERS = 32
 
 
 class TickerDictionaryError(ValueError):
@@ -71,7 +73,8 @@ class CompanyDictionary:
 def extract_tickers(
     text: str, declared: Iterable[str] | None = None, companies: CompanyDictionary | None = None
 ) -> list[str]:
-    """The message's declared tickers, then its cashtags, then dictionary company names."""
+    """The message's declared tickers, then its cashtags, then dictionary company names (all of
+    them: the pipeline keeps the first ``Limits.max_tickers``)."""
     found: list[str] = []
     for t in declared or ():
         norm = normalise(t)

@@ -98,6 +98,20 @@ def test_score_batch_labels_extracts_tickers_and_masks_support_pii(tiny_scorers)
     assert scored.label in tiny_scorers["triage"].labels
 
 
+def test_a_text_full_of_cashtags_is_judged_under_its_first_tickers_only(tiny_scorers):
+    """Each ticker re-publishes the message to the ticker-events topic: 8,000 characters of
+    cashtags would make one message into 1,300 events, each carrying its text."""
+    flood = " ".join(f"$T{i}" for i in range(2000))[: LIMITS.max_text_chars]
+    news = [news_json(id="n1", headline=flood, tickers=["acme"]), news_json(id="n2", headline="$TSLA slumps")]
+    decoded, _ = decode_batch(Kind.news, _records("news", news), LIMITS)
+    result = score_batch(Kind.news, decoded, tiny_scorers["sentiment"], max_tickers=5)
+    assert [m.tickers for m in result.scored] == [["ACME", "T0", "T1", "T2", "T3"], ["TSLA"]]
+    assert result.tickers_dropped == 1 + 1301 - 5  # the declared one first, then the 1,301 cashtags
+    metrics = Metrics()
+    metrics.observe_batch(Kind.news, 2, result, 0.1)
+    assert metrics.registry.get_sample_value("vigil_tickers_dropped_total") == 1297
+
+
 class _FailsOnMarker:
     """The real scorer, except that it raises for one text: a model fault on one poison input."""
 
