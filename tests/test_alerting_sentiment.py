@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from streams.alerting.baselines import KeyedBaselines
 from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules
 from streams.contracts import ScoredMessage
 from streams.replay import BUNDLED_START
@@ -131,3 +132,37 @@ def test_support_messages_are_refused():
     msg = SupportMessage(id="s1", channel="chat", customer_id="c", text="card lost", created_at=datetime(2025, 1, 1, tzinfo=UTC))
     with pytest.raises(ValueError, match="route it to triage"):
         SentimentAlerter(SentimentRules()).feed(scored(msg, "lost_or_stolen_card", ["lost_or_stolen_card", "other"]))
+
+
+def test_a_ticker_silent_past_forget_after_days_leaves_the_state_and_warms_up_again(monkeypatch):
+    """Baselines of tickers that stopped appearing are dropped, so the state (and each checkpoint
+    of it) holds only the tickers of the last ``forget_after_days``. When that runs changes no
+    alert: a ticker that comes back after that long starts afresh either way."""
+    rules = SentimentRules(forget_after_days=2)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    early = [scored_news(f"x-{i}", start + i * 3 * MIN, "positive", ticker="XOLD") for i in range(200)]
+    steady = [scored_news(f"y-{i}", start + i * 20 * MIN, "neutral", ticker="YNOW") for i in range(5 * 72)]
+    back = [scored_news(f"xb-{i}", start + timedelta(days=4, seconds=30 * i), "negative", ticker="XOLD") for i in range(120)]
+    stream = merged(early, steady, back)
+    cut = next(i for i, m in enumerate(stream) if m.event_time >= start + timedelta(days=3))
+
+    def alerts(alerter: SentimentAlerter, messages: list[ScoredMessage]) -> list[str]:
+        return [a.model_dump_json() for m in messages for a in alerter.feed(m).alerts]
+
+    pruned = SentimentAlerter(rules)
+    got = alerts(pruned, stream[:cut])
+    assert pruned.baselines("XOLD") == (None, None)  # silent 2.5 days: gone from the state
+    assert "XOLD" not in str(pruned.to_state()) and pruned.baselines("YNOW")[0] is not None
+    got += alerts(pruned, stream[cut:])
+    returned, _ = pruned.baselines("XOLD")
+    assert returned is not None and returned.n <= 60 + 15  # the windows of its return only: it started afresh
+    assert any('"ticker":"XOLD"' in a for a in got)  # its return was judged
+
+    monkeypatch.setattr(KeyedBaselines, "forget_silent", lambda *_: 0)
+    kept = SentimentAlerter(rules)
+    assert alerts(kept, stream) == got
+    assert kept.baselines("XOLD")[0] is not None and "XOLD" in str(kept.to_state())  # memory was all it saved
+
+    stale = SentimentAlerter(SentimentRules(forget_after_days=365))
+    alerts(stale, stream)
+    assert stale.baselines("XOLD")[0].n > returned.n  # without forgetting it is judged on last week's normal

@@ -133,14 +133,33 @@ class KeyedBaselines:
         self._by_key = {k: Baseline.from_state(self.spec, v) for k, v in state["baselines"].items()}
         self._last_end = {k: datetime.fromisoformat(t) for k, t in state["last_end"].items()}
 
-    def score_then_learn(self, key: str, value: float, end: datetime) -> Scored:
+    def score_then_learn(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> Scored:
+        """Score ``value`` (the window ending at ``end``) against the key's baseline, then learn it.
+        A key with no window for longer than ``forget_after`` starts again from nothing."""
+        last = self._last_end.get(key)
+        if forget_after is not None and last is not None and end - last > forget_after:
+            self._drop(key)
+            last = None
         base = self._by_key.get(key)
         if base is None:
             base = self._by_key[key] = Baseline(self.spec)
-        if self._step is not None and self._silent is not None and (last := self._last_end.get(key)) is not None:
+        if self._step is not None and self._silent is not None and last is not None:
             if (silent := (end - last) // self._step - 1) > 0:
                 base.update_many(self._silent, silent)
         scored = Scored(base.z(value), base.expected if base.n else 0.0, base.std, base.n)
         base.update(value)
         self._last_end[key] = end
         return scored
+
+    def forget_silent(self, now: datetime, forget_after: timedelta) -> int:
+        """Drop the keys ``score_then_learn`` would start again from nothing at any window ending
+        from ``now`` on; returns how many. Bounds the state by the keys seen within ``forget_after``."""
+        cut = now - forget_after
+        silent = [k for k, last in self._last_end.items() if last < cut]
+        for key in silent:
+            self._drop(key)
+        return len(silent)
+
+    def _drop(self, key: str) -> None:
+        self._by_key.pop(key, None)
+        self._last_end.pop(key, None)

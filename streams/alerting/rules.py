@@ -130,6 +130,10 @@ class SentimentRules(_Strict):
     sentiment_shock: SentimentShockRule = SentimentShockRule()
     volume_spike: VolumeSpikeRule = VolumeSpikeRule()
     cooldown_minutes: float = Field(60, ge=0, description="Quiet time per (ticker, rule) after an alert.")
+    forget_after_days: float = Field(
+        30, gt=0, description="A ticker with no window for this long (event time) loses its baselines and "
+        "warms up again when it comes back, so the state holds only tickers seen within it.",
+    )
     negative_label: str = "negative"
     positive_label: str = "positive"
 
@@ -249,6 +253,7 @@ class SentimentAlerter:
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
         self._volume = KeyedBaselines(rules.baseline.volume_spec(), step, silent_value=0.0)
         self._last_fired: dict[tuple[str, str], datetime] = {}
+        self._next_forget: datetime | None = None
 
     @property
     def rules(self) -> SentimentRules:
@@ -303,13 +308,27 @@ class SentimentAlerter:
         alerts: list[Alert] = []
         for fig in closed:
             alerts += self._judge(fig)
+        if closed:
+            self._forget_silent_tickers(max(fig.end for fig in closed))
         return alerts
+
+    def _forget_silent_tickers(self, last_closed: datetime) -> None:
+        # Windows close in order of their end, so a ticker silent for forget_after before the last
+        # one closed would start afresh at its next window anyway: dropping it now changes no
+        # result, whenever it runs (a restored alerter runs it at other times). Once an hour.
+        if self._next_forget is not None and last_closed < self._next_forget:
+            return
+        self._next_forget = last_closed + timedelta(hours=1)
+        forget_after = timedelta(days=self._rules.forget_after_days)
+        self._sentiment.forget_silent(last_closed, forget_after)
+        self._volume.forget_silent(last_closed, forget_after)
 
     def _judge(self, fig: WindowFigures) -> list[Alert]:
         r = self._rules
         neg_share = fig.share(r.negative_label)
-        sent = self._sentiment.score_then_learn(fig.key, fig.mean_score, fig.end)
-        vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end)
+        forget_after = timedelta(days=r.forget_after_days)
+        sent = self._sentiment.score_then_learn(fig.key, fig.mean_score, fig.end, forget_after)
+        vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end, forget_after)
         ratio = fig.volume / max(vol.expected, 1.0)
         figures = {
             "volume": float(fig.volume),
