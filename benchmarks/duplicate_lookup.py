@@ -43,6 +43,11 @@ def fill(store: ClickHouseStore, first: int, n: int, table: str = "scored") -> N
         )
 
 
+def new_ids(n: int) -> list[str]:
+    """Random ids of the stored ids' shape, almost surely none of them stored."""
+    return [uuid.uuid4().hex[:16] for _ in range(n)]
+
+
 def old_lookup(store: ClickHouseStore, ids: list[str]) -> None:
     store.backend.query(
         f"SELECT id, argMax(content_hash, written_time) FROM {store.database}.{BEFORE} FINAL "
@@ -83,12 +88,8 @@ def main() -> None:
             fill(store, rows, args.step)
             fill(store, rows, args.step, BEFORE)
             rows += args.step
-
-            def ids() -> list[str]:
-                return [uuid.uuid4().hex[:16] for _ in range(args.ids)]
-
-            now = median_ms(lambda: store.existing_content_hashes(Kind.support, ids()), args.runs)
-            before = median_ms(lambda: old_lookup(store, ids()), args.runs)
+            now = median_ms(lambda: store.existing_content_hashes(Kind.support, new_ids(args.ids)), args.runs)
+            before = median_ms(lambda: old_lookup(store, new_ids(args.ids)), args.runs)
             print(json.dumps({
                 "rows": rows, "active_parts": active_parts(store), "lookup_ms": round(now, 1),
                 "before_ms": round(before, 1), "ratio": round(before / now, 1),

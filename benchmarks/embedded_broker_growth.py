@@ -24,14 +24,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from benchmarks.worker_stack import cpu_seconds
 from streams.broker import EmbeddedBroker
 
 TOPIC = "growth"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
 async def fill(bootstrap: str, n: int) -> None:
