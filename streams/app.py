@@ -69,15 +69,9 @@ def stop_when_broken(app: faust.App, handle: BatchHandler[T]) -> BatchHandler[T]
     return run
 
 
-def create_app(
-    settings: VigilSettings,
-    bootstrap: str,
-    scorers: Mapping[Kind, Callable[[], Scorer]],
-    store: ClickHouseStore,
-    metrics: Metrics,
-    shadows: Mapping[Kind, Scorer] | None = None,
-) -> faust.App:
-    app = FetchWaitApp(
+def worker_app(settings: VigilSettings, bootstrap: str) -> FetchWaitApp:
+    """The worker's faust app, configured and empty: create_app adds its agents."""
+    return FetchWaitApp(
         settings.consumer_group,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         broker=[f"kafka://{host}" for host in bootstrap.split(",")],
@@ -98,8 +92,23 @@ def create_app(
         # agent still finishes the batch in hand (streams.batching.process_batches), so what it
         # published is stored and acked. The rest is un-acked and comes again after a restart.
         stream_wait_empty=False,
+        # The embedded broker's fetches cost in proportion to the batches a partition holds, and
+        # faust's defaults (no linger, 16 KB) split a micro-batch of scored records into dozens.
+        producer_linger=settings.kafka_producer_linger_ms / 1000,
+        producer_max_batch_size=settings.kafka_producer_max_batch_bytes,
         datadir=str(settings.data_dir / "faust"),
     )
+
+
+def create_app(
+    settings: VigilSettings,
+    bootstrap: str,
+    scorers: Mapping[Kind, Callable[[], Scorer]],
+    store: ClickHouseStore,
+    metrics: Metrics,
+    shadows: Mapping[Kind, Scorer] | None = None,
+) -> faust.App:
+    app = worker_app(settings, bootstrap)
     watchdog = ProgressWatchdog(settings.watchdog_stall_s, started_at=time.monotonic())
     # One model thread: the engine already spreads a call over every core (its lanes, or the GPU).
     model_executor = ThreadPoolExecutor(1, thread_name_prefix="vigil-model")

@@ -48,6 +48,16 @@ class VigilSettings(BaseSettings):
         description="How long the broker may hold the worker's fetch when no new data is there. The "
         "embedded broker answers only when it runs out, so it adds to every hop; Kafka answers on data.",
     )
+    kafka_producer_linger_ms: int = Field(
+        20, ge=0, le=1_000,
+        description="How long the worker's producer waits to fill a batch before sending it, so that a "
+        "micro-batch's records reach the broker as one batch per partition instead of dozens.",
+    )
+    kafka_producer_max_batch_bytes: int = Field(
+        512 * 1024, ge=16 * 1024, le=1_000_000,
+        description="The largest batch the worker's producer sends to one partition. Below the broker's "
+        "message.max.bytes (about 1 MB by default), which refuses larger ones.",
+    )
     kafka_session_timeout_s: float = Field(
         10.0, ge=1, description="A worker that stops heartbeating loses its partitions after this long."
     )

@@ -1,0 +1,47 @@
+"""The worker's producer (streams.app.worker_app) on the real broker: a micro-batch's records reach a
+partition as one record batch, not dozens. The embedded broker pays for every batch a partition holds
+on each later fetch of it (benchmarks/embedded_broker_growth.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from streams.app import worker_app
+from streams.settings import VigilSettings
+from tests.fixtures.broker import stored_batches
+
+RECORDS = 256  # VIGIL_BATCH_MAX
+VALUE = b"x" * 1000  # about a scored message's JSON
+
+
+def publish_one_micro_batch(bootstrap: str, topic: str, settings: VigilSettings) -> list[int]:
+    async def go() -> list[int]:
+        app = worker_app(settings, bootstrap)
+        out = app.topic(topic, key_type=bytes, value_type=bytes)
+        await app.producer.start()
+        try:
+            # As the agents publish: every send handed to the producer, then every delivery awaited.
+            deliveries = [await out.send(key=str(n).encode(), value=VALUE) for n in range(RECORDS)]
+            await asyncio.gather(*deliveries)
+        finally:
+            await app.producer.stop()
+        return await stored_batches(bootstrap, topic)
+
+    return asyncio.run(go())
+
+
+def test_a_micro_batch_reaches_its_partition_in_one_or_two_batches(kafka_broker, new_topic, tmp_path: Path) -> None:
+    sizes = publish_one_micro_batch(kafka_broker.bootstrap, new_topic(partitions=1), VigilSettings(data_dir=tmp_path))
+    assert sum(sizes) == RECORDS
+    # One batch when all sends are handed over within the linger; a slow machine may split it once.
+    assert len(sizes) <= 2, sizes
+
+
+def test_without_linger_and_with_faust_batch_size_the_same_records_make_dozens(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    faust_defaults = VigilSettings(data_dir=tmp_path, kafka_producer_linger_ms=0, kafka_producer_max_batch_bytes=16384)
+    sizes = publish_one_micro_batch(kafka_broker.bootstrap, new_topic(partitions=1), faust_defaults)
+    assert sum(sizes) == RECORDS
+    assert len(sizes) >= RECORDS * len(VALUE) // 16384, sizes
