@@ -1,5 +1,6 @@
 """The faust app: one scoring agent per message kind, the alerting agent on the scored topic, the
-feedback agents (label queue, drift; feedback/agent.py), a watchdog timer, nothing else.
+feedback agents (label queue, drift; feedback/agent.py), a watchdog timer and, on a legacy-18
+ClickHouse schema, the retention prune; nothing else.
 
 Everything here wires parts together; the logic lives in streams/pipeline.py (scoring),
 streams/alerting (alerts), streams/watchdog.py (stalls) and streams/clickhouse (storage).
@@ -7,6 +8,7 @@ streams/alerting (alerts), streams/watchdog.py (stalls) and streams/clickhouse (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +23,9 @@ from models.scoring import Scorer
 from streams.agents import BatchProcessor
 from streams.alerting.agent import register_alerting
 from streams.batching import pipelined_agent
-from streams.clickhouse import ClickHouseStore
+from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel
+from streams.clickhouse.migrations import load_migrations
+from streams.clickhouse.retention import expiries, prune_expired
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
 from streams.kafka_fetch import FetchWaitApp
@@ -152,6 +156,9 @@ def create_app(
         watchdog=watchdog,
     )
 
+    if store.level is CompatLevel.legacy_18:
+        register_retention(app, settings, store, io_executor)
+
     @app.timer(settings.watchdog_interval_s)
     async def watch_progress() -> None:
         lag = consumer_lag(app)
@@ -165,3 +172,22 @@ def create_app(
             await app.crash(ConsumerStalled(str(stall)))
 
     return app
+
+
+def register_retention(app: faust.App, settings: VigilSettings, store: ClickHouseStore,
+                       io_executor: ThreadPoolExecutor) -> None:
+    """The group leader deletes expired rows every interval, standing in for the TTL that 18.16
+    lacks (streams/clickhouse/retention.py). A failed prune is logged and tried again next time:
+    the rows only wait longer."""
+    expiring = expiries(load_migrations(), settings.clickhouse_ttl_days)
+
+    def prune() -> None:
+        prune_expired(store.backend, database=store.database, level=store.level, expiring=expiring,
+                      cluster=settings.clickhouse_cluster)
+
+    @app.timer(settings.clickhouse_prune_interval_s, on_leader=True)
+    async def prune_expired_rows() -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(io_executor, prune)
+        except ClickHouseError as exc:
+            log.warning("retention prune failed, trying again in %.0fs: %s", settings.clickhouse_prune_interval_s, exc)

@@ -183,6 +183,32 @@ def db_migrate(ctx: typer.Context) -> None:
     console.print("[green]migrations applied[/]")
 
 
+@db_app.command("prune")
+def db_prune(
+    ctx: typer.Context,
+    wait: Annotated[bool, typer.Option("--wait", help="Return once the deletes have finished.")] = False,
+) -> None:
+    """Delete rows older than VIGIL_CLICKHOUSE_TTL_DAYS on a legacy-18 schema (18.16 has no TTL;
+    the worker's group leader also runs this every VIGIL_CLICKHOUSE_PRUNE_INTERVAL_S). Cron-friendly."""
+    from streams.clickhouse import CompatLevel, open_store
+    from streams.clickhouse.migrations import load_migrations
+    from streams.clickhouse.retention import expiries, prune_expired, wait_for_deletes
+
+    settings = _settings(ctx)
+    expiring = expiries(load_migrations(), settings.clickhouse_ttl_days)
+    with open_store(settings) as store:
+        if store.level is CompatLevel.modern:
+            console.print(f"{store.database} has the modern schema: its tables' TTL deletes expired rows")
+            return
+        where = dict(database=store.database, expiring=expiring, cluster=settings.clickhouse_cluster)
+        for result in prune_expired(store.backend, level=store.level, **where):
+            state = "deleting" if result.deleting else "nothing to delete"
+            console.print(f"{result.table}: {result.expired_rows} expired rows, {state}")
+        if wait:
+            wait_for_deletes(store.backend, **where)
+            console.print("[green]deletes finished[/]")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of every message type."""

@@ -79,8 +79,12 @@ class VigilSettings(BaseSettings):
         6, ge=1, le=100, description="Tries per write/read before StorageUnavailable is raised."
     )
     clickhouse_ttl_days: int = Field(
-        365, ge=1, description="Row retention (modern schema only; 18.16 has no TTL). Fixed when "
-        "the tables are created.",
+        365, ge=1, description="Row retention. The modern schema's table TTL, fixed when the tables are "
+        "created; on a legacy-18 schema (18.16 has no TTL) the prune deletes rows older than the current value.",
+    )
+    clickhouse_prune_interval_s: float = Field(
+        3600.0, gt=0, description="How often the worker's group leader deletes expired rows on a legacy-18 "
+        "schema (ALTER TABLE ... DELETE; a modern schema's TTL needs no prune).",
     )
 
     # --- stream processing -------------------------------------------------------------------

@@ -51,8 +51,9 @@ from streams.clickhouse.migration_lock import (
     lock_node,
 )
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
+from streams.clickhouse.retention import expiries, prune_expired, wait_for_deletes
 from streams.clickhouse.triage_store import QueueSla, TriageStore
-from streams.contracts import Kind, ScoredMessage
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
 from streams.settings import VigilSettings
 
 if TYPE_CHECKING:
@@ -194,6 +195,35 @@ def test_scored_rows_split_between_shards_and_a_replay_collapses_on_its_shard(
     # Any node reads the whole table through its Distributed table.
     for node in nodes:
         assert node.query(f"SELECT count() FROM {table} FINAL") == [(40,)]
+
+
+def test_the_retention_prune_deletes_expired_rows_on_every_shard_and_replica(
+    store: ClickHouseStore, nodes: list[ServerBackend], cluster_db: VigilSettings,
+) -> None:
+    days = 30  # as cluster_db migrated
+    expired, kept = NOW - timedelta(days=days, hours=1), NOW - timedelta(days=days - 1)
+    store.write_dead_letters([
+        DeadLetter(source_topic="vigil.news.raw", partition=0, offset=i, raw=b"{", reason=DeadLetterReason.bad_json,
+                   detail="not JSON", received_at=expired if i % 2 else kept)
+        for i in range(40)
+    ])
+    expiring = [e for e in expiries(load_migrations(), days) if e.table == "dead_letters"]
+    where = dict(database=store.database, expiring=expiring, cluster=cluster_db.clickhouse_cluster)
+    (result,) = prune_expired(store.backend, level=store.level, **where)
+    assert (result.expired_rows, result.deleting) == (20, True)
+    wait_for_deletes(store.backend, **where, timeout_s=120)
+    local = f"{store.database}.dead_letters_local"
+    per_node = []
+    for node in nodes:  # a replica may take a moment to fetch its shard's mutation from ZooKeeper
+        node.execute(f"SYSTEM SYNC REPLICA {local}")  # and its shard's rows
+        deadline = time.monotonic() + 120
+        while node.query(f"SELECT count() FROM {local} WHERE {expiring[0].condition}") != [(0,)]:
+            assert time.monotonic() < deadline, "a replica kept expired rows"
+            time.sleep(0.5)
+        per_node.append(sorted(int(o) for (o,) in node.query(f"SELECT src_offset FROM {local}")))
+    assert per_node[0] == per_node[1] and per_node[2] == per_node[3]
+    assert all(per_node) and sorted(per_node[0] + per_node[2]) == list(range(0, 40, 2))
+    assert store.backend.query(f"SELECT count() FROM {store.database}.dead_letters") == [(20,)]
 
 
 def test_alerts_tickets_acks_and_checkpoints_through_the_distributed_tables(store: ClickHouseStore) -> None:
