@@ -120,15 +120,19 @@ def resolve_duplicates(
     return kept, dead
 
 
+def _stored_fields(item: Item) -> tuple[str, str, list[str]]:
+    """What a scored row keeps of an item besides its prediction: source, text and tickers."""
+    if isinstance(item, NewsItem):
+        return item.source, item.text, extract_tickers(item.text, item.tickers)
+    # Customers' emails, cards, phones and IBANs stay in the raw topic (and its retention) only.
+    return item.channel, mask_pii(item.text).text, []
+
+
 def _to_scored(
-    kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime, tickers: list[str]
+    kind: Kind, d: Decoded, p: Prediction, scorer: Scorer, scored_time: datetime, *, source: str, text: str,
+    tickers: list[str],
 ) -> ScoredMessage:
     item = d.item
-    if isinstance(item, NewsItem):
-        source, text = item.source, item.text
-    else:
-        # Customers' emails, cards, phones and IBANs stay in the raw topic (and its retention) only.
-        source, text = item.channel, mask_pii(item.text).text
     return ScoredMessage(
         id=item.id,
         kind=kind,
@@ -187,9 +191,11 @@ def score_batch(
             )
         else:
             ok.append(d)
-            tickers = extract_tickers(d.item.text, d.item.tickers) if isinstance(d.item, NewsItem) else []
+            source, text, tickers = _stored_fields(d.item)
             result.tickers_dropped += max(0, len(tickers) - max_tickers)
-            result.scored.append(_to_scored(kind, d, p, scorer, scored_time, tickers[:max_tickers]))
+            result.scored.append(
+                _to_scored(kind, d, p, scorer, scored_time, source=source, text=text, tickers=tickers[:max_tickers])
+            )
     if shadow is not None and ok:
         result.scored = _with_shadow(result.scored, [d.item.text for d in ok], shadow)
     return result

@@ -158,7 +158,7 @@ def test_a_ticker_silent_past_forget_after_days_leaves_the_state_and_warms_up_ag
     assert returned is not None and returned.n <= 60 + 15  # the windows of its return only: it started afresh
     assert any('"ticker":"XOLD"' in a for a in got)  # its return was judged
 
-    monkeypatch.setattr(KeyedBaselines, "forget_silent", lambda *_: 0)
+    monkeypatch.setattr(KeyedBaselines, "forget_silent", lambda *_: None)
     kept = SentimentAlerter(rules)
     assert alerts(kept, stream) == got
     assert kept.baselines("XOLD")[0] is not None and "XOLD" in str(kept.to_state())  # memory was all it saved

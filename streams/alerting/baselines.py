@@ -151,14 +151,12 @@ class KeyedBaselines:
         self._last_end[key] = end
         return scored
 
-    def forget_silent(self, now: datetime, forget_after: timedelta) -> int:
+    def forget_silent(self, now: datetime, forget_after: timedelta) -> None:
         """Drop the keys ``score_then_learn`` would start again from nothing at any window ending
-        from ``now`` on; returns how many. Bounds the state by the keys seen within ``forget_after``."""
+        from ``now`` on. Bounds the state by the keys seen within ``forget_after``."""
         cut = now - forget_after
-        silent = [k for k, last in self._last_end.items() if last < cut]
-        for key in silent:
+        for key in [k for k, last in self._last_end.items() if last < cut]:
             self._drop(key)
-        return len(silent)
 
     def _drop(self, key: str) -> None:
         self._by_key.pop(key, None)
