@@ -15,7 +15,7 @@ from streams.cli import app
 from streams.clickhouse import ClickHouseStore, CompatLevel, MigrationError, open_store
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.retention import Expiry, delete_statement, expiries, prune_expired, wait_for_deletes
-from streams.contracts import DeadLetter, DeadLetterReason
+from streams.contracts import DeadLetter, DeadLetterReason, Kind, ShadowPrediction
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
 from tests.e2e_stack import stack_env, use_stack
@@ -32,14 +32,25 @@ def test_expiries_are_the_ttls_the_modern_schema_declares() -> None:
         Expiry("ticket_acks", "written_time", 30),
         Expiry("dead_letter_replays", "replayed_at", 30),
         Expiry("alerting_seen", "saved_at", 2),  # its own fixed TTL, whatever the setting
+        Expiry("shadow_predictions", "scored_time", 30),  # given by a later ALTER
     }
     assert len(found) == len(set(found))
+
+
+def test_a_later_modify_ttl_replaces_the_create_s(tmp_path: Path) -> None:
+    shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations")
+    (tmp_path / "migrations" / "0999_shorter.sql").write_text(
+        "--@modern ALTER TABLE ${db}.scored MODIFY TTL toDateTime(scored_time) + INTERVAL 9 DAY\n;", encoding="utf-8"
+    )
+    found = {e.table: e for e in expiries(load_migrations(tmp_path / "migrations"), ttl_days=30)}
+    assert found["scored"] == Expiry("scored", "scored_time", 9)
+    assert found["alerts"] == Expiry("alerts", "written_time", 30)
 
 
 @pytest.mark.parametrize("statement", [
     "CREATE TABLE IF NOT EXISTS ${db}.extra (t DateTime) ENGINE = MergeTree() ORDER BY t\n"
     "--@modern TTL t + INTERVAL 1 MONTH\n;",
-    "ALTER TABLE ${db}.scored\n--@modern MODIFY TTL toDateTime(written_time) + INTERVAL 9 DAY\n;",
+    "--@modern ALTER TABLE ${db}.scored MODIFY TTL toDateTime(written_time) + INTERVAL 9 DAY DELETE WHERE kind = 'news'\n;",
 ])
 def test_a_ttl_the_prune_cannot_mirror_is_refused(tmp_path: Path, statement: str) -> None:
     shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations")
@@ -97,6 +108,8 @@ def test_legacy_prune_deletes_what_the_ttl_would_and_nothing_else(server_setting
                                  clock=lambda: kept)
         recent.write_scored([msg(3)])
         recent.write_dead_letters([_letter(10, expired), _letter(11, kept)])
+        shadow = ShadowPrediction(model_version="v2", label="negative", confidence=0.7)
+        recent.write_shadow([msg(4, shadow=shadow, scored_time=expired), msg(5, shadow=shadow, scored_time=kept)])
         assert _ids(recent) == (["n-1", "n-2", "n-3"], [10, 11])
 
     runner = CliRunner()
@@ -107,12 +120,14 @@ def test_legacy_prune_deletes_what_the_ttl_would_and_nothing_else(server_setting
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "scored: 2 expired rows, deleting" in said and "dead_letters: 1 expired rows, deleting" in said
+    assert "shadow_predictions: 1 expired rows, deleting" in said
     assert "alerts: 0 expired rows, nothing to delete" in said and "deletes finished" in said
 
     with open_store(server_settings) as store:
         assert _ids(store) == (["n-3"], [11])
+        assert store.shadow_agreement(Kind.news) == [("v1", "v2", 1, 1)]
         issued = _mutations(store)
-        assert issued == 2  # one per table that had expired rows
+        assert issued == 3  # one per table that had expired rows
         expiring = expiries(load_migrations(), days)
         again = prune_expired(store.backend, database=store.database, level=store.level, expiring=expiring)
         assert {r.table: (r.expired_rows, r.deleting) for r in again}["scored"] == (0, False)

@@ -96,6 +96,7 @@ def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, c
             "0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback", "0005_triage", "0006_alert_verdicts",
             "0007_shadow", "0009_alerting_state", "0010_triage_source_partition", "0011_retrain_heartbeats",
             "0012_dead_letter_replays", "0013_alerting_seen", "0014_scored_id_bloom",
+            "0015_shadow_ttl",
         ] and first.already_applied == []
         assert second.applied == [] and second.already_applied == first.applied
         recorded = backend.query(
@@ -280,6 +281,15 @@ def test_modern_ttl_drops_rows_older_than_the_retention(chdb_settings: VigilSett
         fresh.write_scored([msg(2)])
         store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")
         assert store.summary().total_rows == 1
+
+
+def test_modern_ttl_expires_shadow_predictions_with_their_scoring_time(chdb_settings: VigilSettings) -> None:
+    old = datetime.now(UTC) - timedelta(days=chdb_settings.clickhouse_ttl_days + 1)
+    shadow = ShadowPrediction(model_version="v2", label="negative", confidence=0.7)
+    with open_store(chdb_settings) as store:
+        store.write_shadow([msg(1, shadow=shadow, scored_time=old), msg(2, shadow=shadow)])
+        store.backend.execute(f"OPTIMIZE TABLE {store.database}.shadow_predictions FINAL")
+        assert store.shadow_agreement(Kind.news) == [("v1", "v2", 1, 1)]
 
 
 def test_url_database_must_agree_with_the_setting(clickhouse_server) -> None:

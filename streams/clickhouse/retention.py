@@ -25,7 +25,10 @@ from .migrations import Migration
 
 log = logging.getLogger(__name__)
 
-_CREATE = re.compile(r"^CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\.(\w+)", re.IGNORECASE)
+_TABLE = re.compile(
+    r"^(?:CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\w+\.(\w+)|ALTER\s+TABLE\s+\w+\.(\w+)\s+MODIFY\s+TTL\b)",
+    re.IGNORECASE,
+)
 _TTL = re.compile(r"\bTTL\b(.*)$", re.IGNORECASE | re.DOTALL)
 _DAYS = re.compile(r"^\s*toDateTime\((\w+)\)\s*\+\s*INTERVAL\s+(\d+)\s+DAY\s*$", re.IGNORECASE)
 
@@ -51,23 +54,25 @@ class PruneResult:
 
 
 def expiries(migrations: Sequence[Migration], ttl_days: int) -> list[Expiry]:
-    """The TTL of every table the migrations create, as the modern schema declares it."""
+    """The TTL of every table, as the modern schema's migrations declare it (a later MODIFY TTL
+    replaces what the CREATE said)."""
     values = template_values(CompatLevel.modern, database="db", ttl_days=ttl_days)
-    found = []
+    found: dict[str, Expiry] = {}
     for mig in migrations:
         for statement in render_sql(mig.template, CompatLevel.modern, values):
             ttl = _TTL.search(statement)
             if ttl is None:
                 continue
-            table, days = _CREATE.match(statement), _DAYS.match(ttl.group(1))
+            table, days = _TABLE.match(statement), _DAYS.match(ttl.group(1))
             if table is None or days is None:
                 raise MigrationError(
-                    f"{mig.name}.sql: a TTL must be a CREATE TABLE's last clause, written "
-                    "'TTL toDateTime(<column>) + INTERVAL <n> DAY', for the legacy-18 schema to "
-                    f"delete the same rows; got {statement[ttl.start():][:120]!r}"
+                    f"{mig.name}.sql: a TTL must be a CREATE TABLE's last clause or an ALTER TABLE's "
+                    "MODIFY TTL, written 'TTL toDateTime(<column>) + INTERVAL <n> DAY', for the legacy-18 "
+                    f"schema to delete the same rows; got {statement[:160]!r}"
                 )
-            found.append(Expiry(table.group(1), days.group(1), int(days.group(2))))
-    return found
+            name = table.group(1) or table.group(2)
+            found[name] = Expiry(name, days.group(1), int(days.group(2)))
+    return list(found.values())
 
 
 def delete_statement(expiry: Expiry, database: str, cluster: str | None) -> str:
