@@ -50,7 +50,8 @@ def test_a_later_modify_ttl_replaces_the_create_s(tmp_path: Path) -> None:
 @pytest.mark.parametrize("statement", [
     "CREATE TABLE IF NOT EXISTS ${db}.extra (t DateTime) ENGINE = MergeTree() ORDER BY t\n"
     "--@modern TTL t + INTERVAL 1 MONTH\n;",
-    "--@modern ALTER TABLE ${db}.scored MODIFY TTL toDateTime(written_time) + INTERVAL 9 DAY DELETE WHERE kind = 'news'\n;",
+    "--@modern ALTER TABLE ${db}.scored MODIFY TTL toDateTime(written_time) + INTERVAL 9 DAY "
+    "DELETE WHERE kind = 'news'\n;",
 ])
 def test_a_ttl_the_prune_cannot_mirror_is_refused(tmp_path: Path, statement: str) -> None:
     shutil.copytree(MIGRATIONS_DIR, tmp_path / "migrations")
