@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, pipeline
+from transformers import pipeline
 from transformers.utils import logging as hf_logging
 
 from models.engine import load_scorer, set_cpu_threads
+from models.links import version_tokenizer
 from models.modeling import MeanPoolClassifier
 from models.registry import ModelNotFound, ModelRegistry
 from models.train import train_task
@@ -86,7 +87,7 @@ def bench_scoring(
     # measures the engine, not the dtype.
     hf_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(engine.precision, torch.float32)
 
-    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hf_tokenizer = version_tokenizer(model_dir)  # the engine's input: a sentiment version drops links
 
     def hf_pipeline(dtype: torch.dtype):
         model = MeanPoolClassifier.from_pretrained(model_dir, dtype=dtype).eval()

@@ -24,6 +24,7 @@ from torch import nn
 from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
 from models.engine import encode, mixed_precision, pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import evaluate
+from models.links import version_tokenizer
 from models.modeling import MeanPoolClassifier, labels_of
 from models.registry import ModelCard, ModelRegistry
 from models.tasks import Row, get_task
@@ -143,13 +144,13 @@ def corrections_fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def load_classifier(model_dir: Path, device: torch.device) -> tuple[MeanPoolClassifier, object]:
-    from transformers import AutoTokenizer
+    """A version's model and its tokenizer as saved (a challenger saves it again, unchanged)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model = MeanPoolClassifier.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return model, version_tokenizer(model_dir)
 
 
 def predict(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int, device: torch.device,
@@ -262,6 +263,7 @@ def fine_tune(
             "sources": list(origin.sources), "val_fraction": origin.split.val_fraction,
             "split_seed": origin.split.seed,
             "fine_tuned_from": champion.version,
+            "remove_links": champion.training_config.get("remove_links", False),  # its tokenizer is the champion's
             "corrections": n_corr,
             "corrections_fingerprint": corrections_fingerprint(corrections),
             "replay_rows": len(replay),

@@ -76,6 +76,7 @@ class TaskSpec:
     model_name: str  # what ScoredMessage.model_name carries
     labels: Callable[[Path], tuple[str, ...]]  # bundled data dir -> label order of the head
     sources: dict[str, Callable[[Path], list[Row]]]  # corpus name -> loader
+    remove_links: bool = False  # new versions' tokenizers drop links (models/links.py)
 
     def load(self, data_dir: Path, sources: tuple[str, ...] | None = None) -> list[Row]:
         chosen = tuple(self.sources) if sources is None else sources
@@ -91,6 +92,7 @@ TASKS: dict[str, TaskSpec] = {
         model_name="vigil-sentiment-minilm",
         labels=lambda _data_dir: SENTIMENT_LABELS,
         sources={"twitter_financial_news": _twitter, "financial_phrasebank": _phrasebank},
+        remove_links=True,
     ),
     "triage": TaskSpec(
         name="triage",

@@ -17,6 +17,7 @@ from torch import nn
 from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
 from models.engine import mixed_precision, pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import EvalReport, evaluate
+from models.links import remove_links
 from models.modeling import MeanPoolClassifier, init_from_encoder
 from models.registry import ModelCard, ModelRegistry
 from models.tasks import get_task
@@ -178,6 +179,8 @@ def train(
         set_cpu_threads(None)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    if spec.remove_links:
+        remove_links(tokenizer.backend_tokenizer)
     model = init_from_encoder(encoder_dir, labels, cfg.dropout).to(dev)
     if cfg.freeze_embeddings:
         model.bert.embeddings.requires_grad_(False)
@@ -264,7 +267,7 @@ def train(
         base_encoder=str(encoder_dir),
         max_length=cfg.max_length,
         training_config={**cfg.model_dump(mode="json"), "device": str(dev),
-                         "autocast": "bf16" if autocast else "fp32"},
+                         "autocast": "bf16" if autocast else "fp32", "remove_links": spec.remove_links},
     ))
     return TrainResult(card, model, report, step, time.perf_counter() - started, stopped_early)
 

@@ -15,6 +15,7 @@ from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEv
 from feedback.retrain_job import Outcome, check_trigger, run_retrain
 from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
+from models.engine import ModelTokenizer, encode
 from models.registry import ModelRegistry
 from models.retrain import corrections_repeats, gold_set
 from models.tasks import get_task
@@ -99,6 +100,11 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     v2 = load_file(registry.resolve("sentiment", "v2") / "model.safetensors")
     assert not torch.equal(v1["classifier.weight"], v2["classifier.weight"])
     assert card.metrics.accuracy == pytest.approx(f["gold_challenger"], abs=1e-4)
+    # the challenger reads text as its champion did: without links (models/links.py)
+    assert cfg["remove_links"] is True
+    v2_tokenizer = ModelTokenizer(registry.resolve("sentiment", "v2"))
+    assert (encode(v2_tokenizer, ["up https://t.co/x1 today"], 32).ids
+            == encode(v2_tokenizer, ["up today"], 32).ids)
 
     kinds = [e.kind for e in store.fetch_model_events("sentiment")]
     assert kinds == [ModelEventKind.retrain_started, ModelEventKind.promoted]

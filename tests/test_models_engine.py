@@ -248,15 +248,15 @@ def test_a_scorer_dropped_by_a_hot_swap_is_freed_by_reference_counting_alone(tin
 def test_fast_encode_matches_the_transformers_tokenizer(tiny_registry, tiny_scorers):
     """The engine reads the version's tokenizer.json itself (no transformers import); its ids are
     the ones transformers' tokenizer of that version gives."""
-    from transformers import AutoTokenizer
-
     from models.engine import encode
+    from models.links import version_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(ModelRegistry(tiny_registry).resolve("sentiment"))
+    tok = version_tokenizer(ModelRegistry(tiny_registry).resolve("sentiment"))
     engine_tok = tiny_scorers["sentiment"].tokenizer
     assert (engine_tok.pad_token_id, engine_tok.sep_token_id) == (tok.pad_token_id, tok.sep_token_id)
     texts = ["$TSLA up 5%", "Ünïcödé and emoji 📉", "word " * 200, "a", "Zero\u200bwidth\tand tabs", "",
-             "ÀÉÎ accents and CAPITALS", "中文 mixed with english", "\x00\x1b[31mred\x1b[0m\x7f"]
+             "ÀÉÎ accents and CAPITALS", "中文 mixed with english", "\x00\x1b[31mred\x1b[0m\x7f",
+             "$GM loses a bull https://t.co/tdUfG5HbXy", "see www.example.com/x?y=1 now"]
     for max_length in (8, 32, 128):
         expected = tok(texts, truncation=True, max_length=max_length + 1)["input_ids"]
         assert encode(tok, texts, max_length).ids == encode(engine_tok, texts, max_length).ids
