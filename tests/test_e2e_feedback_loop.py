@@ -68,12 +68,17 @@ def loop_stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
         # the trigger: exactly the corrections this test makes (a round on part of them would use them up)
         VIGIL_RETRAIN_MIN_CORRECTIONS=str(N_CORRECTIONS), VIGIL_RETRAIN_ON_DRIFT="false",
         # a small fine-tune (about 10 optimiser steps), judged by the real gate on 160 gold rows
-        VIGIL_RETRAIN_EPOCHS="1", VIGIL_RETRAIN_MAX_LENGTH="32", VIGIL_RETRAIN_REPLAY_SIZE="128",
+        VIGIL_RETRAIN_EPOCHS="1", VIGIL_RETRAIN_MAX_LENGTH="32", VIGIL_RETRAIN_REPLAY_SIZE="256",
         VIGIL_RETRAIN_LR="1e-4", VIGIL_RETRAIN_HEAD_LR="3e-3", VIGIL_RETRAIN_BATCH_SIZE="32",
         # each correction once: at this LR the default share (45 corrections x3) took the tiny
         # model's gold accuracy 0.63 -> 0.53 and the gate refused it
         VIGIL_RETRAIN_CORRECTIONS_SHARE="0",
-        VIGIL_GOLD_CAP="160", VIGIL_GATE_MIN_RECENT="10", VIGIL_GATE_MAX_GOLD_DROP="0.02",
+        # Ten steps on 45 of the tiny model's own mistakes move its accuracy on 160 gold rows by
+        # -4.4 to +2.5 points depending on the retrain seed (measured offline, this round's data),
+        # while the held-out corrections go from 0 to 4-6 of 15 right. The gate's thresholds have
+        # their own tests (test_feedback_gate.py, test_feedback_retrain.py); here the tolerance lets
+        # any seed's challenger through, so the test checks the loop, not a lucky draw.
+        VIGIL_GOLD_CAP="160", VIGIL_GATE_MIN_RECENT="10", VIGIL_GATE_MAX_GOLD_DROP="0.05",
         VIGIL_ANNOTATOR_CONFIDENT=str(UNCERTAIN),
     )
     settings = use_stack(env, monkeypatch, tiny_registry)
