@@ -264,6 +264,7 @@ def fine_tune(
             "split_seed": origin.split.seed,
             "fine_tuned_from": champion.version,
             "remove_links": champion.training_config.get("remove_links", False),  # its tokenizer is the champion's
+            "encoder_layers": model.config.num_hidden_layers,  # and its depth
             "corrections": n_corr,
             "corrections_fingerprint": corrections_fingerprint(corrections),
             "replay_rows": len(replay),

@@ -44,6 +44,8 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     freeze_embeddings: bool = False
+    encoder_layers: int | None = Field(
+        None, ge=1, description="Keep the base encoder's bottom N layers (fewer scores faster; default: all).")
     patience: int = Field(2, ge=1, description="Validation rounds without improvement before stopping.")
     eval_every: int | None = Field(None, ge=1, description="Validate every N steps (default: each epoch).")
     train_cap: int | None = Field(None, ge=1, description="Train on a seeded sample of at most N rows.")
@@ -181,7 +183,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
     if spec.remove_links:
         remove_links(tokenizer.backend_tokenizer)
-    model = init_from_encoder(encoder_dir, labels, cfg.dropout).to(dev)
+    model = init_from_encoder(encoder_dir, labels, cfg.dropout, cfg.encoder_layers).to(dev)
     if cfg.freeze_embeddings:
         model.bert.embeddings.requires_grad_(False)
 
@@ -267,7 +269,8 @@ def train(
         base_encoder=str(encoder_dir),
         max_length=cfg.max_length,
         training_config={**cfg.model_dump(mode="json"), "device": str(dev),
-                         "autocast": "bf16" if autocast else "fp32", "remove_links": spec.remove_links},
+                         "autocast": "bf16" if autocast else "fp32", "remove_links": spec.remove_links,
+                         "encoder_layers": model.config.num_hidden_layers},
     ))
     return TrainResult(card, model, report, step, time.perf_counter() - started, stopped_early)
 

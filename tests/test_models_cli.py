@@ -62,6 +62,12 @@ def test_missing_model_says_how_to_train(tmp_path):
     assert code == 1 and "vigil train --task sentiment" in out
 
 
+def test_train_refuses_more_encoder_layers_than_the_encoder_has(tmp_path):
+    code, out = _run(["train", "--task", "sentiment", "--encoder-layers", "7"], tmp_path)
+    assert code == 1 and "has 6 layers" in out
+    assert not (tmp_path / "models" / "sentiment").exists()
+
+
 def test_bench_scoring_prints_each_contender_and_the_ratio(tiny_registry, tmp_path, caplog):
     data_dir = tmp_path / "vigil"
     copy_registry(tiny_registry, data_dir / "models")
