@@ -50,7 +50,11 @@ class Expiry:
 class PruneResult:
     table: str
     expired_rows: int
-    deleting: bool  # a mutation deletes them: issued now, or one still running from before
+
+    @property
+    def deleting(self) -> bool:
+        """A mutation deletes the expired rows: issued now, or one still running from before."""
+        return self.expired_rows > 0
 
 
 def expiries(migrations: Sequence[Migration], ttl_days: int) -> list[Expiry]:
@@ -101,19 +105,20 @@ def prune_expired(
 ) -> list[PruneResult]:
     """Delete the expired rows of every table on a legacy-18 schema (nothing to do on a modern
     one: its TTL does it). A table with no expired rows, or with a delete still running (from an
-    earlier prune, or another worker's), gets no new mutation: each one rewrites the table's parts."""
+    earlier prune, or another worker's), gets no new mutation: each one rewrites the table's parts.
+    Rows a running delete has not reached yet still count, so a table with none expired has no
+    delete left to wait for."""
     if level is CompatLevel.modern:
         return []
     results = []
     for expiry in expiring:
         (expired,), = backend.query(f"SELECT count() FROM {database}.{expiry.table} WHERE {expiry.condition}")
         expired = int(expired)
-        running = _running_deletes(backend, database, _stored_table(expiry, cluster)) > 0
-        if expired and not running:
+        if expired and not _running_deletes(backend, database, _stored_table(expiry, cluster)):
             backend.execute(delete_statement(expiry, database, cluster))
             log.info("retention: deleting %d rows of %s.%s older than %d days (%s)",
                      expired, database, expiry.table, expiry.days, expiry.column)
-        results.append(PruneResult(expiry.table, expired, deleting=bool(expired) or running))
+        results.append(PruneResult(expiry.table, expired))
     return results
 
 
