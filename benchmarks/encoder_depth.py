@@ -4,7 +4,8 @@ accuracy of champions trained at each depth, measured in the same run.
 Each ``--registry`` holds the tasks' champions of one depth (the first is the baseline). Speed:
 ``Engine.score`` on the same sampled texts (the bundled news for sentiment, Banking77 for triage)
 in calls of ``--call`` texts, registries interleaved round by round, medians and their ratios to
-the first. An engine falls back from bf16 when its parity check fails (``--max-flip-rate``). Quality: accuracy on the task's held-out validation split, per source corpus.
+the first; an engine falls back from bf16 when its parity check fails (``--max-flip-rate``).
+Quality: accuracy on the task's held-out validation split, per source corpus.
 
     python -m benchmarks.encoder_depth --registry /tmp/L6/models --registry /tmp/L3/models [--precision bf16]
 """
