@@ -5,7 +5,7 @@ Each ``--registry`` holds the tasks' champions of one depth (the first is the ba
 ``Engine.score`` on the same sampled texts (the bundled news for sentiment, Banking77 for triage)
 in calls of ``--call`` texts, registries interleaved round by round, medians and their ratios to
 the first; an engine falls back from bf16 when its parity check fails (``--max-flip-rate``).
-Quality: accuracy on the task's held-out validation split, per source corpus.
+Quality: accuracy on the task's held-out validation split, per slice of ``benchmarks.quality``.
 
     python -m benchmarks.encoder_depth --registry /tmp/L6/models --registry /tmp/L3/models [--precision bf16]
 """
@@ -19,24 +19,15 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.inner_batch import msgs_per_s, sample_texts
-from models.data import SplitConfig, stratified_split
+from benchmarks.quality import held_out, slice_reports
 from models.engine import Engine, load_scorer
-from models.evaluate import evaluate
-from models.tasks import get_task
 from streams.settings import VigilSettings
 
 
 def held_out_accuracy(settings: VigilSettings, engine: Engine, task: str) -> dict[str, float]:
-    spec = get_task(task)
-    val = stratified_split(spec.load(settings.bundled_data_dir), SplitConfig()).val
-    predicted = [s.label for s in engine.score([r.text for r in val])]
-    by_source: dict[str, tuple[list[str], list[str]]] = {}
-    for row, label in zip(val, predicted, strict=True):
-        truth, guess = by_source.setdefault(row.source, ([], []))
-        truth.append(row.label)
-        guess.append(label)
-    labels = spec.labels(settings.bundled_data_dir)
-    return {source: round(evaluate(t, g, labels).accuracy, 4) for source, (t, g) in by_source.items()}
+    val = held_out(settings, task)
+    predicted = [p.label for p in engine.score([r.text for r in val])]
+    return {name: round(r.accuracy, 4) for name, r in slice_reports(settings, task, val, predicted).items()}
 
 
 def main() -> None:

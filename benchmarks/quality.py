@@ -20,8 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from models.data import SplitConfig, stratified_split  # noqa: E402
 from models.engine import load_scorer  # noqa: E402
-from models.evaluate import evaluate  # noqa: E402
-from models.tasks import get_task  # noqa: E402
+from models.evaluate import EvalReport, evaluate  # noqa: E402
+from models.tasks import Row, get_task  # noqa: E402
 from streams.settings import VigilSettings  # noqa: E402
 
 
@@ -31,6 +31,25 @@ def phrasebank_all_agree(settings: VigilSettings) -> set[str]:
         return {r["text"] for r in csv.DictReader(f) if r["all_agree"] == "1"}
 
 
+def held_out(settings: VigilSettings, task: str) -> list[Row]:
+    """The task's held-out validation split, as training makes it."""
+    return stratified_split(get_task(task).load(settings.bundled_data_dir), SplitConfig()).val
+
+
+def slice_reports(settings: VigilSettings, task: str, val: list[Row], predicted: list[str]) -> dict[str, EvalReport]:
+    """Accuracy and macro-F1 of ``predicted`` on ``val`` per source corpus (for sentiment also on
+    the PhraseBank rows every annotator agreed on)."""
+    slices = {src: [i for i, r in enumerate(val) if r.source == src] for src in sorted({r.source for r in val})}
+    if task == "sentiment":
+        agree = phrasebank_all_agree(settings)
+        slices["financial_phrasebank/all_agree"] = [
+            i for i, r in enumerate(val) if r.source == "financial_phrasebank" and r.text in agree
+        ]
+    labels = get_task(task).labels(settings.bundled_data_dir)
+    return {name: evaluate([val[i].label for i in idx], [predicted[i] for i in idx], labels)
+            for name, idx in slices.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, choices=["sentiment", "triage"])
@@ -38,26 +57,18 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="append the figures as one JSON line to this file")
     args = ap.parse_args()
     settings = VigilSettings()
-    spec = get_task(args.task)
-    val = stratified_split(spec.load(settings.bundled_data_dir), SplitConfig()).val
+    val = held_out(settings, args.task)
     scorer = load_scorer(settings, args.task, args.version)
     started = time.perf_counter()
     predicted = [p.label for p in scorer.score([r.text for r in val])]
     seconds = time.perf_counter() - started
 
-    slices = {src: [i for i, r in enumerate(val) if r.source == src] for src in sorted({r.source for r in val})}
-    if args.task == "sentiment":
-        agree = phrasebank_all_agree(settings)
-        slices["financial_phrasebank/all_agree"] = [
-            i for i, r in enumerate(val) if r.source == "financial_phrasebank" and r.text in agree
-        ]
     results = {"task": args.task, "version": scorer.model_version, "device": str(getattr(scorer, "device", "?")),
                "scored_per_s": len(val) / seconds, "slices": {}}
-    for name, idx in slices.items():
-        report = evaluate([val[i].label for i in idx], [predicted[i] for i in idx], spec.labels(settings.bundled_data_dir))
-        results["slices"][name] = {"n": len(idx), "accuracy": round(report.accuracy, 4),
+    for name, report in slice_reports(settings, args.task, val, predicted).items():
+        results["slices"][name] = {"n": report.n, "accuracy": round(report.accuracy, 4),
                                    "macro_f1": round(report.macro_f1, 4)}
-        print(f"{args.task:9s} {scorer.model_version:4s} {name:32s} n={len(idx):5d} "
+        print(f"{args.task:9s} {scorer.model_version:4s} {name:32s} n={report.n:5d} "
               f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}")
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
