@@ -61,17 +61,18 @@ def init_from_encoder(
 
     Call ``torch.manual_seed`` first: the head's initialisation draws from the global generator.
     """
-    base_layers = BertConfig.from_pretrained(encoder_dir).num_hidden_layers
-    if layers is not None and not 1 <= layers <= base_layers:
-        raise TooManyLayers(f"the base encoder has {base_layers} layers; keep between 1 and {base_layers}, not {layers}")
     config = BertConfig.from_pretrained(
         encoder_dir,
-        num_hidden_layers=layers or base_layers,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         classifier_dropout=dropout,
     )
+    if layers is not None:
+        base_layers = config.num_hidden_layers
+        if not 1 <= layers <= base_layers:
+            raise TooManyLayers(f"the base encoder has {base_layers} layers; keep between 1 and {base_layers}, not {layers}")
+        config.num_hidden_layers = layers
     # fp32 master weights whatever the checkpoint's dtype (the GPU copy of the encoder is fp16).
     return MeanPoolClassifier.from_pretrained(encoder_dir, config=config, dtype=torch.float32)
 
