@@ -1,15 +1,23 @@
 """How far the workers' consumer group is behind on the raw topics, asked of Kafka itself (the
-group's committed offsets against each partition's end)."""
+group's committed offsets against each partition's end).
+
+A partition's end is the high watermark a Fetch answer carries, not a ListOffsets answer: the
+embedded broker (Tansu 0.6.0) answers ListOffsets with the first offset of the partition's last
+record batch plus one, so 100 messages produced in one batch read as 1 waiting there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as FetchPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
-from streams.kafka_config import admin_kwargs
+from streams.kafka_config import admin_kwargs, aiokafka_kwargs
 from streams.settings import VigilSettings
 from streams.topics import partition_counts
 
@@ -34,13 +42,40 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
         wanted = sorted({*topics, *(tp.topic for tp in committed)})
         counts = partition_counts(admin, wanted)
         partitions = [TopicPartition(topic, p) for topic, n in counts.items() for p in range(n)]
-        ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     except KafkaError as e:
         raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the offset queries: {e!r}") from e
     finally:
         admin.close()
+    ends = asyncio.run(high_watermarks(settings, partitions, timeout_s))
     lag = dict.fromkeys(counts, 0)
     for tp in partitions:
         done = committed.get(tp)
-        lag[tp.topic] += max(0, ends[tp].offset - (done.offset if done is not None and done.offset >= 0 else 0))
+        lag[tp.topic] += max(0, ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0))
     return lag
+
+
+async def high_watermarks(settings: VigilSettings, partitions: Sequence[TopicPartition],
+                          timeout_s: float) -> dict[TopicPartition, int]:
+    """Each partition's end, from Fetch answers: a consumer outside any group reads from the end,
+    at most one record batch per partition, until every partition has answered."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
+                                # Tansu leaves a fetch that may not wait at all (0 ms) without its partitions
+                                enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                                max_partition_fetch_bytes=1,  # the broker still sends one whole batch
+                                request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))
+    asked = {FetchPartition(tp.topic, tp.partition): tp for tp in partitions}  # aiokafka's own type
+    try:
+        await consumer.start()
+        consumer.assign(list(asked))
+        deadline = time.monotonic() + timeout_s
+        while (waiting := [tp for tp in asked if consumer.highwater(tp) is None]) and time.monotonic() < deadline:
+            await consumer.getmany(*waiting, timeout_ms=100)
+    except AIOKafkaError as e:
+        raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the fetches for the partitions' "
+                             f"ends: {e!r}") from e
+    finally:
+        await consumer.stop()
+    if waiting:
+        raise LagUnavailable(f"Kafka at {settings.kafka_brokers} gave no end for {len(waiting)} partitions "
+                             f"(e.g. {waiting[0].topic}[{waiting[0].partition}]) within {timeout_s:g} s")
+    return {tp: consumer.highwater(ours) for ours, tp in asked.items()}

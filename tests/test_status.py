@@ -49,13 +49,14 @@ def test_only_refusals_since_the_version_last_became_champion_count() -> None:
 
 
 async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[str, tuple[int, int]]) -> None:
-    """topic -> (messages sent, offset the workers' group commits) on partition 0."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
+    """topic -> (messages sent, offset the workers' group commits) on partition 0. Each topic's
+    messages go in one record batch, as a producer that lingers sends them: the embedded broker
+    answers ListOffsets with the last batch's first offset + 1, which read 12 messages as 1."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers, linger_ms=1000)
     await producer.start()
     try:
         for topic, (sent, _) in sent_and_committed.items():
-            for i in range(sent):
-                await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
+            await asyncio.gather(*[await producer.send(topic, f"m{i}".encode(), partition=0) for i in range(sent)])
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=settings.consumer_group,
