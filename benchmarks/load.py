@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from streams.demo import DemoOptions, demo_messages
-from streams.follow import Tracker, follow, wait_for
+from streams.follow import Tracker, start_following, wait_for
 from streams.replay import replay
 from streams.runtime import all_topics, kafka_bootstrap
 from streams.settings import VigilSettings
@@ -82,9 +82,8 @@ def _settled_consumed(ports: list[int], quiet_s: float = 1.0, timeout_s: float =
 
 async def _drive(settings: VigilSettings, ports: list[int], warm, spare, timed, rate: float) -> tuple[float, Tracker]:
     bootstrap = settings.kafka_brokers
-    tracker, ready = Tracker(), asyncio.Event()
-    follower = asyncio.create_task(follow(settings, bootstrap, tracker, ready))
-    await ready.wait()
+    tracker = Tracker()
+    follower = await start_following(settings, bootstrap, tracker)
     deadline = time.monotonic() + 600
     while min(_consumed(p) for p in ports) < 0:
         assert time.monotonic() < deadline, "workers did not come up"

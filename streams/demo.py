@@ -24,7 +24,7 @@ from rich.table import Table
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, follow, wait_for
+from streams.follow import Tracker, start_following, wait_for
 from streams.kafka_config import aiokafka_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import kafka_bootstrap
@@ -100,9 +100,7 @@ def ensure_models(settings: VigilSettings, profile: str, console: Console) -> No
 
 async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, console: Console) -> DemoReport:
     tracker = Tracker()
-    ready = asyncio.Event()
-    follower = asyncio.create_task(follow(settings, bootstrap, tracker, ready))
-    await ready.wait()
+    follower = await start_following(settings, bootstrap, tracker)
     messages = list(demo_messages(settings, options))
     # The first message goes alone, so that loading the models and joining the consumer group are
     # not counted as pipeline latency.

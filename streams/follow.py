@@ -16,7 +16,10 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka_config import aiokafka_kwargs
+from streams.kafka_ends import fetched_ends
 from streams.settings import VigilSettings
+
+ENDS_TIMEOUT_S = 60.0  # for the first fetch answer of each partition: a live broker gives it in milliseconds
 
 
 def quantile(xs: Sequence[float], q: float) -> float:
@@ -78,7 +81,10 @@ async def follow(
         if from_start:
             await consumer.seek_to_beginning(*partitions)
         else:
-            await consumer.seek_to_end(*partitions)
+            # Not seek_to_end: the embedded broker puts that inside the last batch, whose
+            # messages, scored before this run, would count as this run's.
+            for tp, end in (await fetched_ends(consumer, partitions, ENDS_TIMEOUT_S)).items():
+                consumer.seek(tp, end)
         ready.set()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
@@ -91,6 +97,20 @@ async def follow(
                         tracker.add_scored(record.value, now)
     finally:
         await consumer.stop()
+
+
+async def start_following(settings: VigilSettings, bootstrap: str, tracker: Tracker,
+                          from_start: bool = False) -> asyncio.Task[None]:
+    """``follow`` as a task, returned once it reads from its start point; what stopped it before
+    that (the broker gave no ends) is raised here instead of leaving the caller waiting."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(follow(settings, bootstrap, tracker, ready, from_start))
+    readiness = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, readiness}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        readiness.cancel()
+        await task  # raises why it ended
+    return task
 
 
 async def wait_for(tracker: Tracker, expected: int, timeout_s: float) -> bool:

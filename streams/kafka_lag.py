@@ -1,14 +1,10 @@
 """How far the workers' consumer group is behind on the raw topics, asked of Kafka itself (the
-group's committed offsets against each partition's end).
-
-A partition's end is the high watermark a Fetch answer carries, not a ListOffsets answer: the
-embedded broker (Tansu 0.6.0) answers ListOffsets with the first offset of the partition's last
-record batch plus one, so 100 messages produced in one batch read as 1 waiting there."""
+group's committed offsets against each partition's end, as a Fetch answer gives it: see
+streams/kafka_ends.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer
@@ -18,6 +14,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.errors import KafkaError
 
 from streams.kafka_config import admin_kwargs, aiokafka_kwargs
+from streams.kafka_ends import EndsUnavailable, fetched_ends
 from streams.settings import VigilSettings
 from streams.topics import partition_counts
 
@@ -56,10 +53,9 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
 
 async def high_watermarks(settings: VigilSettings, partitions: Sequence[TopicPartition],
                           timeout_s: float) -> dict[TopicPartition, int]:
-    """Each partition's end, from Fetch answers: a consumer outside any group reads from the end,
-    at most one record batch per partition, until every partition has answered."""
+    """Each partition's end: a consumer outside any group fetches from the end, at most one record
+    batch per partition, until every partition has answered."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
-                                # Tansu leaves a fetch that may not wait at all (0 ms) without its partitions
                                 enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                                 max_partition_fetch_bytes=1,  # the broker still sends one whole batch
                                 request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))
@@ -67,15 +63,10 @@ async def high_watermarks(settings: VigilSettings, partitions: Sequence[TopicPar
     try:
         await consumer.start()
         consumer.assign(list(asked))
-        deadline = time.monotonic() + timeout_s
-        while (waiting := [tp for tp in asked if consumer.highwater(tp) is None]) and time.monotonic() < deadline:
-            await consumer.getmany(*waiting, timeout_ms=100)
-    except AIOKafkaError as e:
+        ends = await fetched_ends(consumer, list(asked), timeout_s)
+    except (AIOKafkaError, EndsUnavailable) as e:
         raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the fetches for the partitions' "
-                             f"ends: {e!r}") from e
+                             f"ends: {e}") from e
     finally:
         await consumer.stop()
-    if waiting:
-        raise LagUnavailable(f"Kafka at {settings.kafka_brokers} gave no end for {len(waiting)} partitions "
-                             f"(e.g. {waiting[0].topic}[{waiting[0].partition}]) within {timeout_s:g} s")
-    return {tp: consumer.highwater(ours) for ours, tp in asked.items()}
+    return {tp: ends[ours] for ours, tp in asked.items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.follow import Tracker, follow, wait_for
+from streams.follow import Tracker, start_following, wait_for
 from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
@@ -64,9 +64,8 @@ def _sample(settings: VigilSettings, worker: WorkerProcess, port: int, tracker: 
 
 
 async def _stream_through_outage(settings, worker, port, server) -> dict:
-    tracker, ready = Tracker(), asyncio.Event()
-    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
-    await ready.wait()
+    tracker = Tracker()
+    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
     bootstrap, topics = settings.kafka_brokers, settings.raw_topics
     warm = real_messages(settings, 30)
     await replay(bootstrap, topics, warm)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.follow import Tracker, follow, wait_for
+from streams.follow import Tracker, start_following, wait_for
 from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
@@ -58,9 +58,8 @@ def _metric(port: int) -> float:
 
 
 async def _scale_out_and_kill(settings: VigilSettings, workers: list[WorkerProcess], ports: list[int]) -> dict:
-    tracker, ready = Tracker(), asyncio.Event()
-    follower = asyncio.create_task(follow(settings, settings.kafka_brokers, tracker, ready, from_start=True))
-    await ready.wait()
+    tracker = Tracker()
+    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
     bootstrap, topics = settings.kafka_brokers, settings.raw_topics
     sent = []
     # Warm-up rounds until both workers have consumed: the group has settled with partitions on each.
