@@ -29,8 +29,8 @@ async def fetched_ends(consumer: AIOKafkaConsumer, partitions: Sequence[TopicPar
     while waiting := [tp for tp in partitions if consumer.highwater(tp) is None]:
         if time.monotonic() >= deadline:
             raise EndsUnavailable(
-                f"the broker gave no end for {len(waiting)} partitions (e.g. {waiting[0].topic}[{waiting[0].partition}]) "
-                f"within {timeout_s:g} s"
+                f"the broker gave no end for {len(waiting)} partitions (e.g. {waiting[0].topic}"
+                f"[{waiting[0].partition}]) within {timeout_s:g} s"
             )
         await consumer.getmany(*waiting, timeout_ms=100)
     return {tp: consumer.highwater(tp) for tp in partitions}

@@ -61,7 +61,7 @@ def test_a_checkpoint_restored_mid_stream_carries_on_as_if_nothing_stopped(strea
     assert checkpoint.offset == cut - 1
 
     after = SentimentPartitions(rules)
-    after.restore(0, Checkpoint(0, checkpoint.offset, checkpoint.state), checkpoint.new_seen)
+    after.restore(0, after.resume(Checkpoint(0, checkpoint.offset, checkpoint.state)), checkpoint.new_seen)
     # The committed offset lags the checkpoint: the last 50 events come again, and are skipped.
     redelivered = max(cut - 50, 0)
     alerts += feed_partition(after, stream[redelivered:], first_offset=redelivered)
@@ -111,7 +111,7 @@ def _restored(rules: SentimentRules, saves: list[Checkpoint]) -> SentimentPartit
     """A partition restored from the last of ``saves`` with every id they stored, as a worker reads them."""
     parts = SentimentPartitions(rules)
     last = saves[-1]
-    parts.restore(0, Checkpoint(0, last.offset, last.state), [s for c in saves for s in c.new_seen])
+    parts.restore(0, parts.resume(Checkpoint(0, last.offset, last.state)), [s for c in saves for s in c.new_seen])
     return parts
 
 
@@ -141,7 +141,7 @@ def test_a_checkpoint_from_before_the_ids_were_stored_apart_still_restores_them(
     (checkpoint,) = parts.checkpoints()
     state = json.loads(checkpoint.state) | {"seen": [[e.ticker, e.message_id, e.event_time.isoformat()]]}
     restored = SentimentPartitions(rules)
-    restored.restore(0, Checkpoint(0, checkpoint.offset, json.dumps(state)))
+    restored.restore(0, restored.resume(Checkpoint(0, checkpoint.offset, json.dumps(state))))
     assert restored.feed(0, 7, e, wall=0.0) is None
 
 
@@ -152,9 +152,9 @@ def test_ids_out_of_the_windows_reach_are_forgotten_and_not_asked_for():
     parts.feed(0, 0, old, wall=0.0)
     parts.feed(0, 1, new, wall=0.0)
     (checkpoint,) = parts.checkpoints()
-    assert parts.seen_since(checkpoint) == new.event_time - 17 * MIN
+    assert parts.seen_since(parts.resume(checkpoint)) == new.event_time - 17 * MIN
     restored = SentimentPartitions(rules)
-    restored.restore(0, Checkpoint(0, 1, checkpoint.state), checkpoint.new_seen)
+    restored.restore(0, restored.resume(Checkpoint(0, 1, checkpoint.state)), checkpoint.new_seen)
     assert restored.feed(0, 2, new, wall=0.0) is None  # still within reach: a copy is caught
     fed = restored.feed(0, 3, old, wall=0.0)  # out of reach: refused as late, not remembered
     assert fed is not None and fed.too_late
@@ -199,7 +199,7 @@ def test_a_checkpoint_of_other_window_geometry_is_not_used(caplog):
     wider = AlertRules.from_mapping({"sentiment": {"window": {"size_minutes": 30}}}).sentiment
     parts = SentimentPartitions(wider)
     with caplog.at_level(logging.WARNING):
-        parts.restore(0, checkpoint)
+        parts.restore(0, parts.resume(checkpoint))
     assert "sentiment partition 0 starts with fresh windows" in caplog.text and "size_minutes" in caplog.text
     assert parts.checkpoints() == []  # nothing held: offset 0 is fed again, not skipped
     assert parts.feed(0, 0, ticker_events(scored_news("m-1", SHOCK_AT, "neutral"), wider)[0], wall=0.0) is not None
@@ -239,7 +239,7 @@ def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, s
     assert set(states.load_seen(0, big.offset, None)) == set(big.new_seen)
     states.save([later])
     assert set(states.load_seen(0, later.offset, None)) == {*big.new_seen, *later.new_seen}
-    since = parts.seen_since(later)
+    since = parts.seen_since(parts.resume(later))
     assert since is not None
     assert set(states.load_seen(0, later.offset, since)) == {
         s for s in (*big.new_seen, *later.new_seen) if s.event_time >= since.replace(microsecond=0)
@@ -249,7 +249,8 @@ def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, s
         loaded = states.load(0)
         assert loaded is not None
         out = SentimentPartitions(rules)
-        out.restore(0, loaded, states.load_seen(0, loaded.offset, out.seen_since(loaded)))
+        resume = out.resume(loaded)
+        out.restore(0, resume, states.load_seen(0, loaded.offset, out.seen_since(resume)))
         return out
 
     expected = feed_partition(parts, stream[2300:], first_offset=2300)

@@ -168,14 +168,14 @@ def test_intent_spike_state_restored_mid_stream_carries_on_as_if_nothing_stopped
     alerts = feed_partition(before, tickets[:cut])
     (checkpoint,) = before.checkpoints()
     after = IntentSpikePartitions(rule)
-    after.restore(0, checkpoint)
+    after.restore(0, after.resume(checkpoint))
     redelivered = cut - 30
     alerts += feed_partition(after, tickets[redelivered:], first_offset=redelivered)
     assert alerts == expected
 
     wider = IntentSpikeRule.model_validate({"window": {"size_minutes": 30}})
     fresh = IntentSpikePartitions(wider)
-    fresh.restore(0, checkpoint)  # built with other windows: refused, the partition starts fresh
+    fresh.restore(0, fresh.resume(checkpoint))  # built with other windows: refused, the partition starts fresh
     assert fresh.feed(0, 0, tickets[0], wall=0.0) is not None
 
 

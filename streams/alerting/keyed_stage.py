@@ -82,11 +82,12 @@ class KeyedStage:
             self._parts.restore(partition, None)
             log.info("%s partition %d: no checkpoint, starting fresh", self._parts.name, partition)
             return
+        resume = self._parts.resume(checkpoint)
         seen = await self._durably(
             "reading the alerting checkpoint's message ids", self._state.load_seen,
-            partition, checkpoint.offset, self._parts.seen_since(checkpoint),
+            partition, checkpoint.offset, self._parts.seen_since(resume),
         )
-        self._parts.restore(partition, checkpoint, seen)
+        self._parts.restore(partition, resume, seen)
         log.info("%s partition %d: restored at offset %d with %d message ids", self._parts.name, partition,
                  checkpoint.offset, len(seen))
 

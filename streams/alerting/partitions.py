@@ -81,6 +81,18 @@ E = TypeVar("E", bound=Event)
 R = TypeVar("R")
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A checkpoint with its judge rebuilt, once: a restore needs the judge's watermark to know which
+    ids to read back, then the judge itself."""
+
+    checkpoint: Checkpoint
+    judge: Judge | None  # None: the rules in force cannot take the checkpoint's state
+    refusal: RulesError | None = None  # why not
+    # Checkpoints made before the ids were stored apart carried them all in the state.
+    carried: tuple[SeenId, ...] = ()
+
+
 @dataclass(slots=True)
 class _Partition:
     judge: Judge
@@ -127,31 +139,34 @@ class AlertPartitions(ABC, Generic[E, R]):
     def owned(self, partition: int) -> bool:
         return partition in self._parts
 
-    def seen_since(self, checkpoint: Checkpoint) -> datetime | None:
-        """The oldest event time whose ids a restore from ``checkpoint`` needs (None: all of them)."""
+    def resume(self, checkpoint: Checkpoint) -> Resume:
+        """``checkpoint``'s judge under the rules in force, or why there is none."""
+        state = json.loads(checkpoint.state)
         try:
-            mark = self._judge_from_state(self._rules, json.loads(checkpoint.state)["alerter"]).watermark
-        except RulesError:
-            return None
+            judge = self._judge_from_state(self._rules, state["alerter"])
+        except RulesError as exc:
+            return Resume(checkpoint, None, exc)
+        carried = tuple(SeenId(t, m, datetime.fromisoformat(at)) for t, m, at in state.get("seen", []))
+        return Resume(checkpoint, judge, carried=carried)
+
+    def seen_since(self, resume: Resume) -> datetime | None:
+        """The oldest event time whose ids a restore from ``resume`` needs (None: all of them)."""
+        mark = resume.judge.watermark if resume.judge is not None else None
         return None if mark is None else mark - self._reach
 
-    def restore(self, partition: int, checkpoint: Checkpoint | None, seen: Iterable[SeenId] = ()) -> None:
+    def restore(self, partition: int, resume: Resume | None, seen: Iterable[SeenId] = ()) -> None:
         """Take ownership of ``partition``, from its checkpoint when there is a usable one, with the
         ids stored with the checkpoints before it (``seen``) and those it carries itself."""
         part = _Partition(self._judge(self._rules), IdleClock(self._window().idle_after_s))
-        if checkpoint is not None:
-            state = json.loads(checkpoint.state)
-            try:
-                part.judge = self._judge_from_state(self._rules, state["alerter"])
-            except RulesError as exc:
-                log.warning("%s partition %d starts with fresh windows and baselines: %s", self.name, partition, exc)
-            else:
-                part.offset = checkpoint.offset
-                # Checkpoints made before the ids were stored apart carried them all in the state.
-                ids = [SeenId(t, m, datetime.fromisoformat(at)) for t, m, at in state.get("seen", [])]
-                ids += [*seen, *checkpoint.new_seen]
-                part.seen = {(s.key, s.message_id): s.event_time for s in sorted(ids, key=lambda s: s.event_time)}
-                self._forget_seen(part)
+        if resume is not None and resume.judge is None:
+            log.warning("%s partition %d starts with fresh windows and baselines: %s", self.name, partition,
+                        resume.refusal)
+        elif resume is not None:
+            part.judge = resume.judge
+            part.offset = resume.checkpoint.offset
+            ids = [*resume.carried, *seen, *resume.checkpoint.new_seen]
+            part.seen = {(s.key, s.message_id): s.event_time for s in sorted(ids, key=lambda s: s.event_time)}
+            self._forget_seen(part)
         self._parts[partition] = part
 
     def revoke(self, partitions: Iterable[int]) -> None:
