@@ -7,31 +7,22 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.follow import Tracker, start_following, wait_for
 from streams.kafka_ends import fetched_ends
 from streams.settings import VigilSettings
 from tests.fixtures.alerting import scored_news
+from tests.fixtures.broker import produce_one_batch
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-
-
-async def _one_batch(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    """``values`` to partition 0 in one record batch, as a lingering producer sends them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1000)
-    await producer.start()
-    try:
-        await asyncio.gather(*[await producer.send(topic, v, partition=0) for v in values])
-    finally:
-        await producer.stop()
 
 
 def test_the_ends_count_every_message_of_the_last_batch(kafka_broker, new_topic) -> None:
     topic = new_topic(partitions=2)
 
     async def run() -> dict[TopicPartition, int]:
-        await _one_batch(kafka_broker.bootstrap, topic, [f"m{i}".encode() for i in range(100)])
+        await produce_one_batch(kafka_broker.bootstrap, topic, [f"m{i}".encode() for i in range(100)])
         consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, enable_auto_commit=False,
                                     fetch_max_wait_ms=100)
         await consumer.start()
@@ -51,11 +42,11 @@ def test_following_from_the_end_skips_what_was_scored_before(kafka_broker, new_t
 
     async def run() -> set[str]:
         before = [scored_news(f"old-{i}", NOW, "neutral").model_dump_json().encode() for i in range(50)]
-        await _one_batch(settings.kafka_brokers, settings.topic_scored, before)
+        await produce_one_batch(settings.kafka_brokers, settings.topic_scored, before)
         tracker = Tracker()
         follower = await start_following(settings, settings.kafka_brokers, tracker)
         try:
-            await _one_batch(settings.kafka_brokers, settings.topic_scored,
+            await produce_one_batch(settings.kafka_brokers, settings.topic_scored,
                              [scored_news("new", NOW, "neutral").model_dump_json().encode()])
             assert await wait_for(tracker, 1, timeout_s=30)
             await asyncio.sleep(1)  # time for anything else to come in

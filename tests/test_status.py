@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from typer.testing import CliRunner
 
@@ -21,6 +21,7 @@ from streams.settings import VigilSettings
 from streams.status import model_status
 from streams.topics import ensure_topics
 from tests.fixtures.alerting import scored_news
+from tests.fixtures.broker import produce_one_batch
 from tests.fixtures.models import copy_registry
 
 NOW = datetime.now(UTC)
@@ -52,13 +53,8 @@ async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[
     """topic -> (messages sent, offset the workers' group commits) on partition 0. Each topic's
     messages go in one record batch, as a producer that lingers sends them: the embedded broker
     answers ListOffsets with the last batch's first offset + 1, which read 12 messages as 1."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers, linger_ms=1000)
-    await producer.start()
-    try:
-        for topic, (sent, _) in sent_and_committed.items():
-            await asyncio.gather(*[await producer.send(topic, f"m{i}".encode(), partition=0) for i in range(sent)])
-    finally:
-        await producer.stop()
+    for topic, (sent, _) in sent_and_committed.items():
+        await produce_one_batch(settings.kafka_brokers, topic, [f"m{i}".encode() for i in range(sent)])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, group_id=settings.consumer_group,
                                 enable_auto_commit=False)
     await consumer.start()
