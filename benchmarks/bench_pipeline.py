@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from models.engine import load_scorer  # noqa: E402
 from streams.contracts import Kind  # noqa: E402
 from streams.demo import DemoOptions, demo_messages  # noqa: E402
-from streams.follow import Tracker, start_following, wait_for  # noqa: E402
+from streams.follow import Tracker, following, wait_for  # noqa: E402
 from streams.replay import replay  # noqa: E402
 from streams.runtime import kafka_bootstrap  # noqa: E402
 from streams.settings import VigilSettings  # noqa: E402
@@ -55,16 +55,14 @@ def raw_rate(settings: VigilSettings, messages) -> float:
 
 async def pipeline_run(settings: VigilSettings, bootstrap: str, warm, timed) -> tuple[float, Tracker]:
     tracker = Tracker()
-    follower = await start_following(settings, bootstrap, tracker)
-    await replay(bootstrap, settings.raw_topics, warm)
-    assert await wait_for(tracker, len(warm), timeout_s=300), "worker did not come up"
-    warm_latencies = len(tracker.latencies_ms)
-    started = time.perf_counter()
-    await replay(bootstrap, settings.raw_topics, timed)
-    assert await wait_for(tracker, len(warm) + len(timed), timeout_s=1800), "worker did not finish"
-    seconds = time.perf_counter() - started
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    async with following(settings, bootstrap, tracker):
+        await replay(bootstrap, settings.raw_topics, warm)
+        assert await wait_for(tracker, len(warm), timeout_s=300), "worker did not come up"
+        warm_latencies = len(tracker.latencies_ms)
+        started = time.perf_counter()
+        await replay(bootstrap, settings.raw_topics, timed)
+        assert await wait_for(tracker, len(warm) + len(timed), timeout_s=1800), "worker did not finish"
+        seconds = time.perf_counter() - started
     del tracker.latencies_ms[:warm_latencies]
     return len(timed) / seconds, tracker
 

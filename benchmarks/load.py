@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from streams.demo import DemoOptions, demo_messages
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import replay
 from streams.runtime import all_topics, kafka_bootstrap
 from streams.settings import VigilSettings
@@ -83,32 +83,30 @@ def _settled_consumed(ports: list[int], quiet_s: float = 1.0, timeout_s: float =
 async def _drive(settings: VigilSettings, ports: list[int], warm, spare, timed, rate: float) -> tuple[float, Tracker]:
     bootstrap = settings.kafka_brokers
     tracker = Tracker()
-    follower = await start_following(settings, bootstrap, tracker)
-    deadline = time.monotonic() + 600
-    while min(_consumed(p) for p in ports) < 0:
-        assert time.monotonic() < deadline, "workers did not come up"
-        await asyncio.sleep(1.0)
-    await replay(bootstrap, settings.raw_topics, warm)
-    assert await wait_for(tracker, len(warm), timeout_s=600), "warm-up did not come out"
-    # Every worker that can hold a partition must have consumed: the group has settled.
-    holders = min(len(ports), settings.topic_partitions)
-    sent = len(warm)
-    while sum(_consumed(p) > 0 for p in ports) < holders:
-        assert time.monotonic() < deadline and spare, f"group did not settle: {[_consumed(p) for p in ports]}"
-        top_up, spare = spare[:20], spare[20:]
-        await replay(bootstrap, settings.raw_topics, top_up)
-        sent += len(top_up)
-        assert await wait_for(tracker, sent, timeout_s=600), "top-up did not come out"
-        await asyncio.sleep(2.0)
-    tracker.scored_ids.clear()
-    tracker.dead_offsets.clear()
-    tracker.latencies_ms.clear()
-    started = time.perf_counter()
-    await replay(bootstrap, settings.raw_topics, timed, rate_per_s=rate)
-    assert await wait_for(tracker, len(timed), timeout_s=1800), f"only {tracker.done} of {len(timed)} came out"
-    seconds = time.perf_counter() - started
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    async with following(settings, bootstrap, tracker):
+        deadline = time.monotonic() + 600
+        while min(_consumed(p) for p in ports) < 0:
+            assert time.monotonic() < deadline, "workers did not come up"
+            await asyncio.sleep(1.0)
+        await replay(bootstrap, settings.raw_topics, warm)
+        assert await wait_for(tracker, len(warm), timeout_s=600), "warm-up did not come out"
+        # Every worker that can hold a partition must have consumed: the group has settled.
+        holders = min(len(ports), settings.topic_partitions)
+        sent = len(warm)
+        while sum(_consumed(p) > 0 for p in ports) < holders:
+            assert time.monotonic() < deadline and spare, f"group did not settle: {[_consumed(p) for p in ports]}"
+            top_up, spare = spare[:20], spare[20:]
+            await replay(bootstrap, settings.raw_topics, top_up)
+            sent += len(top_up)
+            assert await wait_for(tracker, sent, timeout_s=600), "top-up did not come out"
+            await asyncio.sleep(2.0)
+        tracker.scored_ids.clear()
+        tracker.dead_offsets.clear()
+        tracker.latencies_ms.clear()
+        started = time.perf_counter()
+        await replay(bootstrap, settings.raw_topics, timed, rate_per_s=rate)
+        assert await wait_for(tracker, len(timed), timeout_s=1800), f"only {tracker.done} of {len(timed)} came out"
+        seconds = time.perf_counter() - started
     return seconds, tracker
 
 

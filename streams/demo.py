@@ -24,7 +24,7 @@ from rich.table import Table
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.kafka_config import aiokafka_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import kafka_bootstrap
@@ -100,52 +100,51 @@ def ensure_models(settings: VigilSettings, profile: str, console: Console) -> No
 
 async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, console: Console) -> DemoReport:
     tracker = Tracker()
-    follower = await start_following(settings, bootstrap, tracker)
-    messages = list(demo_messages(settings, options))
-    # The first message goes alone, so that loading the models and joining the consumer group are
-    # not counted as pipeline latency.
-    with console.status("waiting for the worker to load its models and join the consumer group…"):
-        await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=aiokafka_kwargs(settings))
-        if not await wait_for(tracker, 1, timeout_s=options.timeout_s):
-            raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log")
-    tracker.latencies_ms.clear()
-    progress = Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console,
-    )
-    sent_task = progress.add_task("produced", total=len(messages), info="")
-    done_task = progress.add_task("processed", total=len(messages), info="")
-    started = time.perf_counter()
-
-    def on_progress(sent: int) -> None:
-        progress.update(sent_task, completed=sent, info=f"{sent / max(time.perf_counter() - started, 1e-9):7.0f} msg/s")
-
-    with Live(progress, console=console, refresh_per_second=8):
-        producing = asyncio.create_task(
-            replay(bootstrap, settings.raw_topics, messages[1:], rate_per_s=options.rate,
-                   on_progress=lambda n: on_progress(n + 1), kafka_kwargs=aiokafka_kwargs(settings))
+    async with following(settings, bootstrap, tracker):
+        messages = list(demo_messages(settings, options))
+        # The first message goes alone, so that loading the models and joining the consumer group are
+        # not counted as pipeline latency.
+        with console.status("waiting for the worker to load its models and join the consumer group…"):
+            await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=aiokafka_kwargs(settings))
+            if not await wait_for(tracker, 1, timeout_s=options.timeout_s):
+                raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log")
+        tracker.latencies_ms.clear()
+        progress = Progress(
+            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=console,
         )
-        # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
-        # cancelling every task at once.
-        interrupted = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
-        deadline = time.monotonic() + options.timeout_s
-        while tracker.done < len(messages) and time.monotonic() < deadline and not interrupted.is_set():
-            await asyncio.sleep(0.25)
-            elapsed = time.perf_counter() - started
-            progress.update(
-                done_task, completed=tracker.done,
-                info=f"{tracker.done / elapsed:7.0f} msg/s  p50 {tracker.quantile(0.5):6.0f} ms  "
-                f"p99 {tracker.quantile(0.99):6.0f} ms  refused {tracker.dead}",
+        sent_task = progress.add_task("produced", total=len(messages), info="")
+        done_task = progress.add_task("processed", total=len(messages), info="")
+        started = time.perf_counter()
+
+        def on_progress(sent: int) -> None:
+            rate = sent / max(time.perf_counter() - started, 1e-9)
+            progress.update(sent_task, completed=sent, info=f"{rate:7.0f} msg/s")
+
+        with Live(progress, console=console, refresh_per_second=8):
+            producing = asyncio.create_task(
+                replay(bootstrap, settings.raw_topics, messages[1:], rate_per_s=options.rate,
+                       on_progress=lambda n: on_progress(n + 1), kafka_kwargs=aiokafka_kwargs(settings))
             )
-            if producing.done() and producing.exception():
-                raise producing.exception()  # type: ignore[misc]
-        if interrupted.is_set():
-            producing.cancel()
-        await asyncio.gather(producing, return_exceptions=interrupted.is_set())
-    seconds = time.perf_counter() - started
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+            # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
+            # cancelling every task at once.
+            interrupted = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
+            deadline = time.monotonic() + options.timeout_s
+            while tracker.done < len(messages) and time.monotonic() < deadline and not interrupted.is_set():
+                await asyncio.sleep(0.25)
+                elapsed = time.perf_counter() - started
+                progress.update(
+                    done_task, completed=tracker.done,
+                    info=f"{tracker.done / elapsed:7.0f} msg/s  p50 {tracker.quantile(0.5):6.0f} ms  "
+                    f"p99 {tracker.quantile(0.99):6.0f} ms  refused {tracker.dead}",
+                )
+                if producing.done() and producing.exception():
+                    raise producing.exception()  # type: ignore[misc]
+            if interrupted.is_set():
+                producing.cancel()
+            await asyncio.gather(producing, return_exceptions=interrupted.is_set())
+        seconds = time.perf_counter() - started
     if interrupted.is_set():
         raise KeyboardInterrupt
     if tracker.done < len(messages):

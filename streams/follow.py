@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -99,10 +100,12 @@ async def follow(
         await consumer.stop()
 
 
-async def start_following(settings: VigilSettings, bootstrap: str, tracker: Tracker,
-                          from_start: bool = False) -> asyncio.Task[None]:
-    """``follow`` as a task, returned once it reads from its start point; what stopped it before
-    that (the broker gave no ends) is raised here instead of leaving the caller waiting."""
+@asynccontextmanager
+async def following(settings: VigilSettings, bootstrap: str, tracker: Tracker,
+                    from_start: bool = False) -> AsyncIterator[Tracker]:
+    """``follow`` in the background for the block's length, entered once it reads from its start
+    point. What stopped it early (the broker gave no ends, a record it could not read) is raised rather
+    than leaving the caller waiting on a tracker that no longer moves."""
     ready = asyncio.Event()
     task = asyncio.create_task(follow(settings, bootstrap, tracker, ready, from_start))
     readiness = asyncio.create_task(ready.wait())
@@ -110,7 +113,14 @@ async def start_following(settings: VigilSettings, bootstrap: str, tracker: Trac
     if not ready.is_set():
         readiness.cancel()
         await task  # raises why it ended
-    return task
+    try:
+        yield tracker
+    finally:
+        failed = task.done() and not task.cancelled() and task.exception()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if failed:
+        raise failed
 
 
 async def wait_for(tracker: Tracker, expected: int, timeout_s: float) -> bool:

@@ -29,7 +29,7 @@ from kafka import KafkaAdminClient
 
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import all_topics
 from streams.settings import VigilSettings
@@ -150,12 +150,9 @@ async def score_all(settings: VigilSettings, messages: list[OutgoingMessage], sc
     """Send ``messages`` to the raw topics; True once the scored and dead-letter topics hold them
     and the ``scored_before`` sent earlier (False after 180 s)."""
     tracker = Tracker()
-    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
-    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
-    finished = await wait_for(tracker, scored_before + len(messages), timeout_s=180)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
-    return finished
+    async with following(settings, settings.kafka_brokers, tracker, from_start=True):
+        await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+        return await wait_for(tracker, scored_before + len(messages), timeout_s=180)
 
 
 def ids_of(messages: list[OutgoingMessage]) -> set[str]:

@@ -17,7 +17,7 @@ import pytest
 
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetterReason, Kind
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.samples import duplicate_id_pair, hostile_samples, news_json, valid_exotic_texts
 from streams.settings import VigilSettings
@@ -47,13 +47,11 @@ def _real_messages(settings: VigilSettings, n: int) -> list[OutgoingMessage]:
 
 async def _run(settings: VigilSettings, messages: list[OutgoingMessage], expected: int, during=None) -> Tracker:
     tracker = Tracker()
-    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
-    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
-    if during is not None:
-        await during(tracker)
-    finished = await wait_for(tracker, expected, timeout_s=240)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    async with following(settings, settings.kafka_brokers, tracker, from_start=True):
+        await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+        if during is not None:
+            await during(tracker)
+        finished = await wait_for(tracker, expected, timeout_s=240)
     assert finished, f"only {tracker.done} of {expected} messages came out of the worker"
     return tracker
 

@@ -32,7 +32,7 @@ from streams.clickhouse import open_store
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import Kind
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
@@ -130,11 +130,9 @@ async def _alert_ids(settings: VigilSettings, wanted: int, timeout_s: float) -> 
 
 async def _run(settings: VigilSettings, messages: list[OutgoingMessage], alerts_wanted: int):
     tracker = Tracker()
-    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
-    await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
-    finished = await wait_for(tracker, len(messages), timeout_s=120)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    async with following(settings, settings.kafka_brokers, tracker, from_start=True):
+        await replay(settings.kafka_brokers, settings.raw_topics, messages, rate_per_s=0)
+        finished = await wait_for(tracker, len(messages), timeout_s=120)
     alerts = await _alert_ids(settings, alerts_wanted, timeout_s=30)
     return tracker, finished, alerts
 

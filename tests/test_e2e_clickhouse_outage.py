@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
@@ -65,27 +65,25 @@ def _sample(settings: VigilSettings, worker: WorkerProcess, port: int, tracker: 
 
 async def _stream_through_outage(settings, worker, port, server) -> dict:
     tracker = Tracker()
-    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
-    bootstrap, topics = settings.kafka_brokers, settings.raw_topics
-    warm = real_messages(settings, 30)
-    await replay(bootstrap, topics, warm)
-    assert await wait_for(tracker, len(warm), timeout_s=240), "the worker did not start scoring"
+    async with following(settings, settings.kafka_brokers, tracker, from_start=True):
+        bootstrap, topics = settings.kafka_brokers, settings.raw_topics
+        warm = real_messages(settings, 30)
+        await replay(bootstrap, topics, warm)
+        assert await wait_for(tracker, len(warm), timeout_s=240), "the worker did not start scoring"
 
-    stream = real_messages(settings, 1500, skip=len(warm))
-    # 50 msg/s for 30 s: production goes on through the whole outage.
-    producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=50))
-    while len(tracker.scored_ids) < len(warm) + 200:
-        await asyncio.sleep(0.05)
-    samples = []
-    with server.down():
-        down_at = time.monotonic()
-        while time.monotonic() - down_at < OUTAGE_S:
-            await asyncio.sleep(1.0)
-            samples.append(_sample(settings, worker, port, tracker))
-    await producing
-    finished = await wait_for(tracker, len(warm) + len(stream), timeout_s=300)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+        stream = real_messages(settings, 1500, skip=len(warm))
+        # 50 msg/s for 30 s: production goes on through the whole outage.
+        producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=50))
+        while len(tracker.scored_ids) < len(warm) + 200:
+            await asyncio.sleep(0.05)
+        samples = []
+        with server.down():
+            down_at = time.monotonic()
+            while time.monotonic() - down_at < OUTAGE_S:
+                await asyncio.sleep(1.0)
+                samples.append(_sample(settings, worker, port, tracker))
+        await producing
+        finished = await wait_for(tracker, len(warm) + len(stream), timeout_s=300)
     assert finished, f"only {tracker.done} of {len(warm) + len(stream)} came out after ClickHouse returned"
     settled = [s for s in samples if s["t"] - down_at >= SETTLE_S]
     return {"tracker": tracker, "sent": warm + stream, "samples": samples, "settled": settled}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
@@ -59,37 +59,35 @@ def _metric(port: int) -> float:
 
 async def _scale_out_and_kill(settings: VigilSettings, workers: list[WorkerProcess], ports: list[int]) -> dict:
     tracker = Tracker()
-    follower = await start_following(settings, settings.kafka_brokers, tracker, from_start=True)
-    bootstrap, topics = settings.kafka_brokers, settings.raw_topics
-    sent = []
-    # Warm-up rounds until both workers have consumed: the group has settled with partitions on each.
-    deadline = time.monotonic() + 240
-    round_no = 0
-    while not all(_metric(p) > 0 for p in ports):
-        assert time.monotonic() < deadline, f"not both workers consumed: {[_metric(p) for p in ports]}"
-        batch = real_messages(settings, 24, skip=24 * round_no)
-        round_no += 1
-        await replay(bootstrap, topics, batch)
-        sent += batch
-        await asyncio.sleep(2.0)
-    assert await wait_for(tracker, len(sent), timeout_s=120)
-    before = [_metric(p) for p in ports]
+    async with following(settings, settings.kafka_brokers, tracker, from_start=True):
+        bootstrap, topics = settings.kafka_brokers, settings.raw_topics
+        sent = []
+        # Warm-up rounds until both workers have consumed: the group has settled with partitions on each.
+        deadline = time.monotonic() + 240
+        round_no = 0
+        while not all(_metric(p) > 0 for p in ports):
+            assert time.monotonic() < deadline, f"not both workers consumed: {[_metric(p) for p in ports]}"
+            batch = real_messages(settings, 24, skip=24 * round_no)
+            round_no += 1
+            await replay(bootstrap, topics, batch)
+            sent += batch
+            await asyncio.sleep(2.0)
+        assert await wait_for(tracker, len(sent), timeout_s=120)
+        before = [_metric(p) for p in ports]
 
-    stream = real_messages(settings, 900, skip=24 * round_no)
-    sent += stream
-    producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=60))
-    victim = workers[0]
-    while len(tracker.scored_ids) < len(sent) - len(stream) * 2 // 3:
-        await asyncio.sleep(0.05)
-    victim_consumed = _metric(ports[0])
-    os.killpg(victim.proc.pid, signal.SIGKILL)
-    victim.proc.wait()
-    at_kill = len(tracker.scored_ids)
-    survivor_at_kill = _metric(ports[1])
-    await producing
-    finished = await wait_for(tracker, len(sent), timeout_s=300)
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+        stream = real_messages(settings, 900, skip=24 * round_no)
+        sent += stream
+        producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=60))
+        victim = workers[0]
+        while len(tracker.scored_ids) < len(sent) - len(stream) * 2 // 3:
+            await asyncio.sleep(0.05)
+        victim_consumed = _metric(ports[0])
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        at_kill = len(tracker.scored_ids)
+        survivor_at_kill = _metric(ports[1])
+        await producing
+        finished = await wait_for(tracker, len(sent), timeout_s=300)
     assert finished, f"only {tracker.done} of {len(sent)} messages came out after the kill"
     return {"tracker": tracker, "sent": sent, "before": before, "victim_consumed": victim_consumed,
             "at_kill": at_kill, "survivor_at_kill": survivor_at_kill, "survivor_end": _metric(ports[1])}

@@ -4,12 +4,14 @@ ListOffsets answer for the latest offset is the first offset of the last record 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.follow import Tracker, start_following, wait_for
+from streams.follow import Tracker, following, wait_for
 from streams.kafka_ends import fetched_ends
 from streams.settings import VigilSettings
 from tests.fixtures.alerting import scored_news
@@ -44,15 +46,26 @@ def test_following_from_the_end_skips_what_was_scored_before(kafka_broker, new_t
         before = [scored_news(f"old-{i}", NOW, "neutral").model_dump_json().encode() for i in range(50)]
         await produce_one_batch(settings.kafka_brokers, settings.topic_scored, before)
         tracker = Tracker()
-        follower = await start_following(settings, settings.kafka_brokers, tracker)
-        try:
+        async with following(settings, settings.kafka_brokers, tracker):
             await produce_one_batch(settings.kafka_brokers, settings.topic_scored,
-                             [scored_news("new", NOW, "neutral").model_dump_json().encode()])
+                                    [scored_news("new", NOW, "neutral").model_dump_json().encode()])
             assert await wait_for(tracker, 1, timeout_s=30)
             await asyncio.sleep(1)  # time for anything else to come in
-            return tracker.scored_ids
-        finally:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+        return tracker.scored_ids
 
     assert asyncio.run(run()) == {"news:new"}
+
+
+def test_a_follower_stopped_by_a_record_it_cannot_read_raises_when_its_block_ends(
+        kafka_broker, new_topic, tmp_path: Path) -> None:
+    settings = VigilSettings(data_dir=tmp_path, kafka_brokers=kafka_broker.bootstrap,
+                             topic_scored=new_topic(partitions=1), topic_dlq=new_topic(partitions=1))
+
+    async def run() -> None:
+        tracker = Tracker()
+        async with following(settings, settings.kafka_brokers, tracker):
+            await produce_one_batch(settings.kafka_brokers, settings.topic_scored, [b"not a scored message"])
+            await wait_for(tracker, 1, timeout_s=5)  # never reached: the follower stopped on that record
+
+    with pytest.raises(json.JSONDecodeError):
+        asyncio.run(run())
