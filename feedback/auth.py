@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 FILE_NAME = "annotators.json"
 
 
@@ -75,7 +75,7 @@ class TokenBook:
 
     def add(self, name: str) -> str:
         """Create an annotator and return its token (the only time it is ever visible)."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise AnnotatorError(
                 f"annotator name {name!r} must be 1-64 letters, digits or . _ @ - (starting with a "
                 "letter or digit)"
@@ -91,7 +91,9 @@ class TokenBook:
 
     def check(self, token: str | None) -> str | None:
         """The annotator the token belongs to, or None. Every stored digest is compared."""
-        if not token:
+        # Tokens are URL-safe ASCII; a header that is not (undecodable bytes arrive as surrogates)
+        # cannot be one, and would not even encode for hashing.
+        if not token or not token.isascii():
             return None
         self._reload()
         presented = digest(token)

@@ -81,6 +81,10 @@ class Service:
         self._refreshed_at: float | None = None
         self._stored: dict[str, dict[str, int]] = {}
         self._refresh_lock = asyncio.Lock()
+        # One queue change at a time: a label awaits Kafka and ClickHouse between checking the
+        # lease and moving the item on, and a second call in that gap (a retried request, a lease
+        # that ran out meanwhile) would still find the lease held and store a label of its own.
+        self.changing = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
 
     def _new_book(self) -> LeaseBook:
@@ -212,7 +216,7 @@ class Service:
 
     async def lease_next(self, annotator: str, now: datetime, task: str | None) -> QueueItem | None:
         await self.refresh()
-        item = self.book.lease(annotator, now, task)
-        if item is not None:
-            await self.save([item])
-        return item
+        leased = self.book.lease(annotator, now, task)
+        if leased.changed:
+            await self.save(leased.changed)
+        return leased.item

@@ -64,6 +64,15 @@ def priority(request: LabelRequest) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Leased:
+    """What ``lease`` gives: the annotator's item (None when nothing is open), and every item it
+    changed, in order, for the caller to store."""
+
+    item: QueueItem | None
+    changed: list[QueueItem]
+
+
+@dataclass(frozen=True, slots=True)
 class _Done:
     item_id: str
     at: datetime
@@ -165,16 +174,19 @@ class LeaseBook:
 
     # --- transitions ------------------------------------------------------------------------------
 
-    def lease(self, annotator: str, now: datetime, task: str | None = None) -> QueueItem | None:
-        """The annotator's lease: the one already held (renewed), else the next open item; None
-        when nothing is open."""
+    def lease(self, annotator: str, now: datetime, task: str | None = None) -> Leased:
+        """The annotator's lease: the one already held (renewed), else the next open item (none
+        when nothing is open). A lease held on another task than ``task`` is released first."""
         held = self.held_by(annotator, now)
         if held is not None and (task is None or held.request.task == task):
-            return self._put(held, ItemState.leased, now, annotator)
-        if held is not None:
-            self._put(held, ItemState.open, now, None)
+            renewed = self._put(held, ItemState.leased, now, annotator)
+            return Leased(renewed, [renewed])
+        changed = [] if held is None else [self._put(held, ItemState.open, now, None)]
         nxt = self.pending(now, task, limit=1)
-        return self._put(nxt[0], ItemState.leased, now, annotator) if nxt else None
+        if not nxt:
+            return Leased(None, changed)
+        item = self._put(nxt[0], ItemState.leased, now, annotator)
+        return Leased(item, [*changed, item])
 
     def label(self, item_id: str, annotator: str, now: datetime) -> QueueItem:
         return self._finish(item_id, annotator, now, ItemState.labelled)

@@ -62,6 +62,7 @@ from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
 from streams.alerting.precision import label_suggestions, rule_precision
 from streams.clickhouse import ClickHouseError, ClickHouseStore
 from streams.contracts import Kind
+from streams.pii import mask_pii
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
     During a hand-over it waits for the new owner (up to ui_handover_wait_s); a forwarded call
     does not wait here, its sender does (it would hold up this instance's stop). A call that
     ``changes`` the queue is served only once the election confirms the ownership, and answered
-    only once it confirms it again after the write (503 otherwise, the change saved)."""
+    only once it confirms it again after the write (503 otherwise, the change saved). Changes
+    run one at a time."""
 
     async def run(request: web.Request) -> web.Response:
         svc = request.app[SERVICE]
@@ -112,7 +114,10 @@ def _queue_call(handler: Handler, *, changes: bool = True) -> Handler:
             await svc.ownership.decided(svc.settings.ui_handover_wait_s)
         try:
             async with svc.ownership.serving(changes=changes):
-                return await handler(request)
+                if not changes:
+                    return await handler(request)
+                async with svc.changing:
+                    return await handler(request)
         except OwnershipUnconfirmed as e:
             svc.metrics.unconfirmed.inc()
             return retry_later(f"{e}; retry in a few seconds")
@@ -311,9 +316,11 @@ async def post_correction(request: web.Request) -> web.Response:
     labels = svc.labels(body.task)
     if body.human_label not in labels:
         raise _unprocessable(f"{body.human_label!r} is not a {body.task} label; use one of: {', '.join(labels)}")
+    # Support text is masked wherever Vigil keeps it; a client may send a ticket as the customer wrote it.
+    text = mask_pii(body.text).text if _KIND_BY_TASK[body.task] is Kind.support else body.text
     correction = Correction(
         correction_id=Correction.make_id(body.task, body.message_id, who), task=body.task,
-        message_id=body.message_id, text=body.text, annotator=who, human_label=body.human_label,
+        message_id=body.message_id, text=text, annotator=who, human_label=body.human_label,
         model_label=body.model_label, model_version=body.model_version, source=CorrectionSource.implicit,
         created_at=svc.clock(),
     )

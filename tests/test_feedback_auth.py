@@ -26,6 +26,8 @@ def test_tokens_are_shown_once_and_stored_only_as_sha256(tmp_path: Path) -> None
     assert stat.S_IMODE(os.stat(tokens_path(tmp_path)).st_mode) == 0o600
     assert book.check(token) == "alice"
     assert book.check(token + "x") is None and book.check("") is None and book.check(None) is None
+    # aiohttp hands undecodable header bytes over as surrogates: refused, not a 500
+    assert book.check("\udcff\udcfe") is None and book.check("caf\u00e9") is None
     assert [a.name for a in book.list()] == ["alice"]
 
 
@@ -34,7 +36,7 @@ def test_names_are_checked_and_unique(tmp_path: Path) -> None:
     book.add("bob")
     with pytest.raises(AnnotatorError, match="exists"):
         book.add("bob")
-    for bad in ("", "has space", "-dash-first", "x" * 65):
+    for bad in ("", "has space", "-dash-first", "x" * 65, "bob\n"):  # "bob\n" would pass as a second bob
         with pytest.raises(AnnotatorError, match="must be"):
             book.add(bad)
 

@@ -48,18 +48,18 @@ def test_alert_and_disagreement_before_uncertain_before_audit_oldest_first() -> 
     now = T0 + timedelta(minutes=10)
     order = []
     for i in range(5):
-        item = book.lease(f"a{i}", now)
+        item = book.lease(f"a{i}", now).item
         assert item is not None
         order.append(item.request.message_id)
     assert order == ["m5", "m4", "m3", "m2", "m1"]
-    assert book.lease("a9", now) is None
+    assert book.lease("a9", now).item is None
     assert priority(disagree) == 0 and priority(audit_old) == 2
 
 
 def test_an_annotator_holds_one_lease_and_gets_it_back() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
-    first = book.lease("ann", T0)
-    again = book.lease("ann", T0 + timedelta(seconds=10))
+    first = book.lease("ann", T0).item
+    again = book.lease("ann", T0 + timedelta(seconds=10)).item
     assert first is not None and again is not None
     assert again.request.item_id == first.request.item_id
     assert again.lease_expires == T0 + timedelta(seconds=70)  # renewed
@@ -68,11 +68,11 @@ def test_an_annotator_holds_one_lease_and_gets_it_back() -> None:
 
 def test_two_annotators_never_get_the_same_item() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.audit]))
-    a = book.lease("alice", T0)
-    b = book.lease("bob", T0)
+    a = book.lease("alice", T0).item
+    b = book.lease("bob", T0).item
     assert a is not None and b is not None
     assert a.request.item_id != b.request.item_id
-    assert book.lease("carol", T0) is None
+    assert book.lease("carol", T0).item is None
     with pytest.raises(NotLeasedToYou, match="leased to alice"):
         book.label(a.request.item_id, "bob", T0)
     assert book.check_lease(a.request.item_id, "alice", T0) == a  # a check moves nothing
@@ -90,7 +90,7 @@ def test_no_item_is_ever_leased_to_two_annotators(ops: list[tuple[str, str, int]
     for who, op, dt in ops:
         now += timedelta(seconds=dt)
         if op == "lease":
-            book.lease(who, now)
+            book.lease(who, now).item
         else:
             held = book.held_by(who, now)
             if held is not None:
@@ -101,14 +101,61 @@ def test_no_item_is_ever_leased_to_two_annotators(ops: list[tuple[str, str, int]
         assert len(holders) == len(set(holders)), "an annotator holds two leases"
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]),
+                          st.sampled_from(["lease", "lease sentiment", "lease triage", "label", "skip", "undo"]),
+                          st.integers(0, 90)), max_size=60))
+def test_what_each_call_returns_keeps_a_store_equal_to_the_book(ops: list[tuple[str, str, int]]) -> None:
+    """The service writes back only the items a call returns: a change the book made without
+    returning it (a lease released when the annotator switched task) would leave the store, and
+    the next owner loading it, holding an item leased to someone who moved on."""
+    reqs = [request(n, [SelectionReason.uncertain], minutes=n, task=("sentiment", "triage")[n % 2]) for n in range(4)]
+    book = book_with(*reqs)
+    store = {r.item_id: book.get(r.item_id) for r in reqs}
+    finished: dict[str, list[str]] = {"a": [], "b": []}
+    now = T0
+    for who, op, dt in ops:
+        now += timedelta(seconds=dt)
+        if op.startswith("lease"):
+            changed = book.lease(who, now, op.partition(" ")[2] or None).changed
+        elif op == "undo":
+            if not finished[who]:
+                continue
+            try:
+                changed = book.undo(finished[who][-1], who, now)
+            except NothingToUndo:
+                continue
+            finished[who].pop()
+        else:
+            held = book.held_by(who, now)
+            if held is None:
+                continue
+            changed = [getattr(book, op)(held.request.item_id, who, now)]
+            finished[who].append(held.request.item_id)
+        store.update({i.request.item_id: i for i in changed})
+        for r in reqs:
+            assert store[r.item_id] == book.get(r.item_id), f"the store is behind the book after {who} {op}"
+
+
+def test_switching_task_releases_the_held_lease_and_returns_it_to_store() -> None:
+    news, ticket = request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], task="triage")
+    book = book_with(news, ticket)
+    assert book.lease("alice", T0, "sentiment").item.request == news
+    switched = book.lease("alice", T0, "triage")
+    assert switched.item.request == ticket
+    assert [(i.request.item_id, i.state, i.leased_by) for i in switched.changed] == [
+        (news.item_id, ItemState.open, None), (ticket.item_id, ItemState.leased, "alice")]
+    assert book.lease("bob", T0, "sentiment").item.request == news
+
+
 def test_lease_expires_and_the_item_is_open_again() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), lease_s=60)
-    item = book.lease("alice", T0)
+    item = book.lease("alice", T0).item
     assert item is not None
-    assert book.lease("bob", T0 + timedelta(seconds=59)) is None
+    assert book.lease("bob", T0 + timedelta(seconds=59)).item is None
     later = T0 + timedelta(seconds=60)
     assert book.counts(later)["open"] == 1
-    taken = book.lease("bob", later)
+    taken = book.lease("bob", later).item
     assert taken is not None and taken.request.item_id == item.request.item_id and taken.leased_by == "bob"
     with pytest.raises(NotLeasedToYou):
         book.label(item.request.item_id, "alice", later)
@@ -116,7 +163,7 @@ def test_lease_expires_and_the_item_is_open_again() -> None:
 
 def test_label_after_expiry_is_refused_with_what_to_do() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), lease_s=60)
-    item = book.lease("alice", T0)
+    item = book.lease("alice", T0).item
     assert item is not None
     with pytest.raises(LeaseExpired, match="lease again"):
         book.label(item.request.item_id, "alice", T0 + timedelta(seconds=61))
@@ -124,14 +171,14 @@ def test_label_after_expiry_is_refused_with_what_to_do() -> None:
 
 def test_label_and_skip_finish_items() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
-    first = book.lease("ann", T0)
+    first = book.lease("ann", T0).item
     assert first is not None
     done = book.label(first.request.item_id, "ann", T0)
     assert done.state is ItemState.labelled and done.leased_by == "ann" and done.lease_expires is None
-    second = book.lease("ann", T0)
+    second = book.lease("ann", T0).item
     assert second is not None and second.request.item_id != first.request.item_id
     assert book.skip(second.request.item_id, "ann", T0).state is ItemState.skipped
-    assert book.lease("ann", T0) is None
+    assert book.lease("ann", T0).item is None
     assert book.counts(T0) == {"open": 0, "leased": 0, "labelled": 1, "skipped": 1}
     with pytest.raises(UnknownItem, match="lease one"):
         book.label("nope", "ann", T0)
@@ -139,7 +186,7 @@ def test_label_and_skip_finish_items() -> None:
 
 def test_finished_by_names_only_the_annotators_own_finished_item_in_that_state() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), request(2, [SelectionReason.uncertain], minutes=1))
-    first = book.lease("ann", T0)
+    first = book.lease("ann", T0).item
     assert first is not None
     item_id = first.request.item_id
     assert book.finished_by(item_id, "ann", ItemState.labelled) is None  # leased, not finished
@@ -154,13 +201,13 @@ def test_finished_by_names_only_the_annotators_own_finished_item_in_that_state()
 
 def test_undo_reopens_the_last_item_for_its_annotator_only() -> None:
     book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)], undo_window_s=30)
-    a = book.lease("ann", T0)
+    a = book.lease("ann", T0).item
     assert a is not None
     book.label(a.request.item_id, "ann", T0)
-    b = book.lease("ann", T0)
+    b = book.lease("ann", T0).item
     assert b is not None
     book.skip(b.request.item_id, "ann", T0)
-    c = book.lease("ann", T0)
+    c = book.lease("ann", T0).item
     assert c is not None
     with pytest.raises(NothingToUndo, match="latest"):
         book.undo(a.request.item_id, "ann", T0)
@@ -178,7 +225,7 @@ def test_undo_reopens_the_last_item_for_its_annotator_only() -> None:
 
 def test_undo_window_passes() -> None:
     book = book_with(request(1, [SelectionReason.uncertain]), undo_window_s=30)
-    a = book.lease("ann", T0)
+    a = book.lease("ann", T0).item
     assert a is not None
     book.label(a.request.item_id, "ann", T0)
     with pytest.raises(NothingToUndo, match="window"):
@@ -188,7 +235,7 @@ def test_undo_window_passes() -> None:
 def test_merge_keeps_the_newer_state() -> None:
     r = request(1, [SelectionReason.uncertain])
     book = book_with(r)
-    leased = book.lease("ann", T0 + timedelta(seconds=1))
+    leased = book.lease("ann", T0 + timedelta(seconds=1)).item
     assert leased is not None
     stale = book_with(r).get(r.item_id)  # the store's older 'open' row
     assert book.merge([stale]) == 0
@@ -200,11 +247,11 @@ def test_merge_keeps_the_newer_state() -> None:
 
 def test_prune_forgets_finished_items_past_the_undo_window_only() -> None:
     book = book_with(*[request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)], undo_window_s=30)
-    a = book.lease("ann", T0)
+    a = book.lease("ann", T0).item
     book.label(a.request.item_id, "ann", T0)
-    b = book.lease("ann", T0 + timedelta(seconds=20))
+    b = book.lease("ann", T0 + timedelta(seconds=20)).item
     book.skip(b.request.item_id, "ann", T0 + timedelta(seconds=20))
-    c = book.lease("ann", T0 + timedelta(seconds=20))
+    c = book.lease("ann", T0 + timedelta(seconds=20)).item
     assert book.prune(T0 + timedelta(seconds=40)) == 1  # a went; b is still undoable, c is leased
     assert book.get(a.request.item_id) is None
     assert book.get(c.request.item_id).state is ItemState.leased
@@ -217,11 +264,11 @@ def test_a_book_that_takes_the_queue_over_can_undo_what_the_previous_one_finishe
     annotator's latest labelled or skipped item can still be undone there, in the same order."""
     reqs = [request(n, [SelectionReason.uncertain], minutes=n) for n in range(3)]
     before = book_with(*reqs, undo_window_s=30)
-    a = before.lease("ann", T0)
+    a = before.lease("ann", T0).item
     stored = [before.label(a.request.item_id, "ann", T0)]
-    b = before.lease("ann", T0 + timedelta(seconds=2))
+    b = before.lease("ann", T0 + timedelta(seconds=2)).item
     stored.append(before.skip(b.request.item_id, "ann", T0 + timedelta(seconds=2)))
-    stored.append(before.lease("ann", T0 + timedelta(seconds=3)))
+    stored.append(before.lease("ann", T0 + timedelta(seconds=3)).item)
     after = LeaseBook(lease_s=60, undo_window_s=30)
     assert after.merge(reversed(stored)) == 3  # the store's order is not the order of the actions
     with pytest.raises(NothingToUndo, match="latest"):

@@ -249,6 +249,33 @@ def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored
     assert stored_labels(feedback) == [("alice", "positive"), ("bob", "neutral")]
 
 
+def test_two_labels_sent_at_once_for_one_item_store_and_publish_only_the_one_answered_200(
+    labelling_settings, store, tokens, tiny_scorers
+) -> None:
+    """Two tabs, or a client retrying on its own timeout, send labels for the same item at once.
+    Both used to pass the lease check before either moved the item on: both labels were published
+    and the table kept the one whose call was refused."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests(scored_requests(tiny_scorers["sentiment"], bundled_texts("sentiment", 3),
+                                            [SelectionReason.uncertain]))
+    alice = bearer(tokens["alice"])
+
+    async def go() -> tuple[str, list[int]]:
+        async with serving(labelling_settings, store) as client:
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            path = f"/api/items/{item['item_id']}/label"
+            answers = await asyncio.gather(*(client.post(path, headers=alice, json={"label": label})
+                                             for label in ("positive", "negative")))
+            await post_marker(client, tokens)
+            return ("positive", "negative")[[r.status for r in answers].index(200)], sorted(r.status for r in answers)
+
+    answered, statuses = asyncio.run(go())
+    assert statuses == [200, 409]
+    assert stored_labels(feedback) == [("alice", answered), ("bob", "neutral")]
+    published = asyncio.run(published_labels(labelling_settings, 2))
+    assert published == [("alice", answered), ("bob", "neutral")]
+
+
 def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_settings, store, tokens,
                                                                   tiny_scorers) -> None:
     """An earlier attempt stored alice's correction and was cut off before the item moved on, so
@@ -374,3 +401,21 @@ def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
         assert [(a["message_id"], a["by"]) for a in acks] == [("b77-12", "bob")]
 
     asyncio.run(go())
+
+
+def test_a_ticket_correction_is_stored_and_published_with_its_pii_masked(labelling_settings, store, tokens) -> None:
+    """A support agent's re-route sends the ticket as the customer wrote it; the queue, the scored
+    table and the retraining data hold support text masked, so this path masks it too."""
+    intent = ModelRegistry(labelling_settings.registry_dir).card("triage").labels[0]
+    text = "Card 4111 1111 1111 1111 lost, email me at john.doe@example.com"
+
+    async def go() -> list[dict]:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post("/api/corrections", headers=bearer(tokens["bob"]), json={
+                "task": "triage", "message_id": "t-9", "text": text, "human_label": intent})
+            assert r.status == 201
+        return await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 1)
+
+    published = asyncio.run(go())
+    stored = FeedbackStore(store).fetch_corrections("triage")
+    assert [c["text"] for c in published] == [c.text for c in stored] == ["Card [CARD] lost, email me at [EMAIL]"]
