@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from faust.types import EventT, TopicT
@@ -106,7 +107,7 @@ class BatchProcessor:
         """Decode and score one batch. Nothing is published or stored, so a batch dropped here (a stop)
         comes again un-scored."""
         started = time.perf_counter()
-        decoded, dead = decode_batch(self.kind, records, self._limits)
+        decoded, dead = decode_batch(self.kind, records, self._limits, datetime.now(UTC))
         stored = (
             await self._durably(
                 "reading known ids", self._store.existing_content_hashes, self.kind, [d.item.id for d in decoded]

@@ -119,7 +119,8 @@ def create_app(
     io_executor = ThreadPoolExecutor(2, thread_name_prefix="vigil-io")
     scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
-    limits = Limits(settings.max_message_bytes, settings.max_text_chars, settings.max_tickers_per_message)
+    limits = Limits(settings.max_message_bytes, settings.max_text_chars, settings.max_tickers_per_message,
+                    settings.max_event_ahead_s)
 
     for kind, topic_name in settings.raw_topics.items():
         processor = BatchProcessor(

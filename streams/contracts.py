@@ -6,6 +6,7 @@ silently dropped value) and bound every text field.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -20,14 +21,39 @@ MAX_TEXT_CHARS = 100_000
 
 
 def _not_blank(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must contain non-whitespace text")
+    # Zero-width and control characters show nothing either: "\u200b\u200b" is no headline.
+    if all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in v):
+        raise ValueError("must contain visible text, not only whitespace, control or zero-width characters")
     return v
+
+
+# What every supported ClickHouse stores (18.16's DateTime counts unsigned 32-bit seconds): a time
+# outside would be kept as another time, or not at all.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2106, 1, 1, tzinfo=UTC)
+
+
+def storable_utc(v: datetime) -> datetime:
+    """``v`` in UTC, if ClickHouse can store it (ValueError otherwise)."""
+    try:
+        utc = v.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC datetime
+        raise ValueError("is out of range once converted to UTC") from None
+    if not EARLIEST_TIME <= utc < LATEST_TIME:
+        raise ValueError(f"must be from 1970-01-01 up to 2106-01-01 UTC, got {utc.isoformat()}")
+    return utc
 
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\x21-\x7e]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
 ShortStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+def _storable(v: datetime) -> datetime:
+    storable_utc(v)
+    return v  # as sent: the offset is the producer's, and every store converts to UTC
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_storable)]
 Ticker = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z][A-Za-z0-9.\-]*$")]
 
 
@@ -45,7 +71,7 @@ class NewsItem(_Input):
 
     id: Id
     source: ShortStr
-    published_at: AwareDatetime
+    published_at: EventTime
     headline: Text
     body: Text | None = None
     tickers: list[Ticker] | None = Field(None, max_length=DEFAULT_MAX_TICKERS)
@@ -67,9 +93,9 @@ class SupportMessage(_Input):
 
     id: Id
     channel: Literal["chat", "email", "app", "phone", "social", "web"]
-    customer_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+    customer_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_not_blank)]
     text: Text
-    created_at: AwareDatetime
+    created_at: EventTime
     locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")] = "en"
 
     @property

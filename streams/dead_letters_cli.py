@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streams.contracts import DeadLetter, DeadLetterReason, Kind
 from streams.dead_letter_replay import LetterKey, ReplayPlan, letter_key, plan_replay
@@ -33,7 +34,8 @@ def letters_table(letters: list[DeadLetter], replayed: set[LetterKey]) -> Table:
         table.add_column(name, justify="right" if name == "bytes" else "left", overflow="fold")
     for d in letters:
         table.add_row(f"{d.received_at:%Y-%m-%d %H:%M:%S}", d.source_topic, f"{d.partition}:{d.offset}",
-                      d.reason.value, str(len(d.raw)), d.detail[:160], "yes" if letter_key(d) in replayed else "")
+                      # The detail quotes the producer (field names): plain text, never rich markup.
+                      d.reason.value, str(len(d.raw)), Text(d.detail[:160]), "yes" if letter_key(d) in replayed else "")
     return table
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from models.scoring import Prediction, Scorer
 from models.self_test import ModelBroken, self_test
 from streams.contracts import (
-    DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, ShadowPrediction, SupportMessage,
+    DeadLetter, DeadLetterReason, Kind, NewsItem, ScoredMessage, ShadowPrediction, SupportMessage, storable_utc,
 )
 from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
 from streams.pii import mask_pii
@@ -47,6 +47,7 @@ class Decoded:
     record: RawRecord
     item: Item
     content_hash: int
+    ingest_time: datetime
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class Limits:
     max_message_bytes: int
     max_text_chars: int
     max_tickers: int = DEFAULT_MAX_TICKERS  # per news item: each ticker re-publishes it to the ticker-events topic
+    max_event_ahead_s: float = 600.0  # how far an event time may run ahead of the worker's clock
 
 
 def _dead(record: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:
@@ -74,18 +76,47 @@ def _dead(record: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLette
     )
 
 
-def decode_batch(kind: Kind, records: Sequence[RawRecord], limits: Limits) -> tuple[list[Decoded], list[DeadLetter]]:
+def decode_batch(
+    kind: Kind, records: Sequence[RawRecord], limits: Limits, now: datetime
+) -> tuple[list[Decoded], list[DeadLetter]]:
+    """Valid items and the dead letters of the rest; ``now`` is the worker's clock."""
     decoded: list[Decoded] = []
     dead: list[DeadLetter] = []
     for record in records:
         result = decode_record(
             kind, record.value, max_bytes=limits.max_message_bytes, max_text_chars=limits.max_text_chars
         )
+        if not isinstance(result, Rejection):
+            result = _not_ahead(result, now, limits.max_event_ahead_s)
         if isinstance(result, Rejection):
             dead.append(_dead(record, result.reason, result.detail))
         else:
-            decoded.append(Decoded(record, result, content_hash(record.value or b"")))
+            decoded.append(Decoded(record, result, content_hash(record.value or b""), _ingest_time(record, now)))
     return decoded, dead
+
+
+def _not_ahead(item: Item, now: datetime, max_ahead_s: float) -> Item | Rejection:
+    # Alert windows and SLA clocks follow the largest event time seen: one message dated next year
+    # would close its partition's windows and leave every later message there too late to count.
+    ahead = (item.event_time - now).total_seconds()
+    if ahead <= max_ahead_s:
+        return item
+    name = "published_at" if isinstance(item, NewsItem) else "created_at"
+    return Rejection(
+        DeadLetterReason.invalid,
+        f"{name}: {item.event_time.isoformat()} is {ahead:,.0f} s ahead of this worker's clock; the limit is "
+        f"{max_ahead_s:,.0f} s (VIGIL_MAX_EVENT_AHEAD_S). Send the time the message was written, from a "
+        "synchronised clock",
+    )
+
+
+def _ingest_time(record: RawRecord, now: datetime) -> datetime:
+    """The record's Kafka timestamp; the worker's clock where that is unset (-1) or no time
+    ClickHouse can store (the producer sets it, and a broker may take any value)."""
+    try:
+        return storable_utc(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
+    except (ValueError, OverflowError, OSError):
+        return now
 
 
 def resolve_duplicates(
@@ -149,7 +180,7 @@ def _to_scored(
         source=source,
         content_hash=d.content_hash,
         event_time=item.event_time,
-        ingest_time=datetime.fromtimestamp(d.record.timestamp_ms / 1000, UTC),
+        ingest_time=d.ingest_time,
         scored_time=scored_time,
         src_partition=d.record.partition,
         src_offset=d.record.offset,

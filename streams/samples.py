@@ -37,6 +37,7 @@ def hostile_samples(kind: Kind, prefix: str, max_message_bytes: int) -> list[Hos
     """One of each kind of bad message; ids start with `prefix` so a run can find its own."""
     make = news_json if kind is Kind.news else support_json
     text_field = "headline" if kind is Kind.news else "text"
+    time_field = "published_at" if kind is Kind.news else "created_at"
     R = DeadLetterReason
     return [
         HostileSample("invalid JSON", b'{"id": "' + prefix.encode() + b'-json", "headline": ', R.bad_json),
@@ -54,6 +55,11 @@ def hostile_samples(kind: Kind, prefix: str, max_message_bytes: int) -> list[Hos
             R.bad_encoding,
         ),
         HostileSample("null value", b"", R.invalid),
+        HostileSample("time with no UTC equivalent", make(id=f"{prefix}-t0", **{time_field: "0001-01-01T00:00:00+01:00"}),
+                      R.invalid),
+        HostileSample("time ClickHouse cannot store", make(id=f"{prefix}-t1", **{time_field: "1969-07-20T20:17:40Z"}),
+                      R.invalid),
+        HostileSample("time years ahead", make(id=f"{prefix}-t2", **{time_field: "2099-01-01T00:00:00Z"}), R.invalid),
     ]
 
 

@@ -94,6 +94,10 @@ class VigilSettings(BaseSettings):
     )
     max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger raw messages go to the DLQ.")
     max_text_chars: int = Field(8_000, ge=16, description="Longer text fields fail validation.")
+    max_event_ahead_s: float = Field(
+        600.0, ge=0, description="A message whose event time (published_at, created_at) is further ahead of the "
+        "worker's clock goes to the DLQ: alert windows and SLA clocks follow the largest event time seen.",
+    )
     max_tickers_per_message: int = Field(
         DEFAULT_MAX_TICKERS, ge=1, le=1_000, description="A news item's tickers past this many (declared ones first, then "
         "cashtags, then company names) are not judged and are counted in vigil_tickers_dropped_total. Each "

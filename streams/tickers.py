@@ -14,8 +14,14 @@ from pathlib import Path
 
 # A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
 # "." or "-" (BRK.B, RDS.A, BMY-R). Not preceded by a word character or "$" (US$5, $$).
-# The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN.
-_CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:[.\-][A-Za-z0-9]{1,3})?)(?![A-Za-z0-9])")
+# The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A tag followed by
+# a Latin letter, a zero-width character or a longer suffix is no cashtag at all, rather than a
+# shorter one: "$TS\u200bLA", "$TSLÁ" and "$BRK.BBBB" must not count for TS, TSLA and BRK. (Other
+# scripts may follow directly: "$TSLA股价".)
+_CASHTAG = re.compile(
+    r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:[.\-][A-Za-z0-9]{1,3})?)"
+    r"(?![A-Za-z0-9\u00c0-\u024f\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|[.\-][A-Za-z0-9])"
+)
 _VALID = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
 # Tickers judged per news item (VIGIL_MAX_TICKERS_PER_MESSAGE): the declared field's own cap.
 DEFAULT_MAX_TICKERS = 32

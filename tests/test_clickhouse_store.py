@@ -168,6 +168,15 @@ def test_replayed_batch_collapses_to_one_row_per_id_with_final(store: ClickHouse
     assert store.existing_content_hashes(Kind.support, ["n-3"]) == {}
 
 
+def test_a_backfill_spanning_more_months_than_one_insert_may_touch_is_stored(store: ClickHouseStore) -> None:
+    """The scored table has a partition per month of event time, and ClickHouse refuses an insert
+    that touches over 100: a batch of old news from 150 months was refused on every retry."""
+    batch = [msg(i, event_time=datetime(2000 + i // 12, 1 + i % 12, 15, tzinfo=UTC)) for i in range(150)]
+    assert store.write_scored(batch) == 150
+    months = store.backend.query(f"SELECT uniqExact(toYYYYMM(event_time)), count() FROM {store.database}.scored")
+    assert months == [(150, 150)]
+
+
 def test_dead_letters_keep_invalid_utf8_bytes_and_count_once(store: ClickHouseStore) -> None:
     letters = [
         DeadLetter(source_topic="vigil.news.raw", partition=1, offset=10, key=b"\xc3\x28",

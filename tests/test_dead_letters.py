@@ -104,3 +104,19 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
     # Read for 3 s past the three: the dry run, a repeat or the bad_json letter would show there.
     sent = asyncio.run(topic_records(settings.kafka_brokers, settings.topic_news, len(failed) + 1, timeout_s=3))
     assert sent == [(d.key, d.raw) for d in failed]
+
+
+def test_the_list_shows_a_detail_quoting_markup_as_it_is() -> None:
+    """A producer's unknown field named "[/x]" made `vigil dead-letters list` fail (rich read the
+    detail as markup), and a "[link=…]" name was shown as a link."""
+    from rich.console import Console
+
+    from streams.dead_letters_cli import letters_table
+
+    hostile = [letter(1, DeadLetterReason.invalid), letter(2, DeadLetterReason.invalid)]
+    hostile[0] = hostile[0].model_copy(update={"detail": "[/x]: unknown field (not in the contract)"})
+    hostile[1] = hostile[1].model_copy(update={"detail": "[link=http://evil.example]click[/link]: unknown field"})
+    console = Console(record=True, width=400)
+    console.print(letters_table(hostile, set()))
+    shown = console.export_text()
+    assert "[/x]: unknown field" in shown and "[link=http://evil.example]click[/link]" in shown

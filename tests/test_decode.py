@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, NewsItem, SupportMessage
 from streams.decode import MAX_DETAIL_CHARS, Rejection, content_hash, decode_record, to_dead_letter
+from streams.pipeline import Limits, RawRecord, decode_batch
 from streams.samples import hostile_samples, valid_exotic_texts
 
 MAX_BYTES = 64 * 1024
@@ -53,7 +55,9 @@ def decode(kind: Kind, raw: bytes | None, max_chars: int = MAX_CHARS):
         pytest.param(Kind.news, drop(NEWS, "headline"), R.invalid, "headline: required field is missing", id="missing field"),
         pytest.param(Kind.support, drop(SUPPORT, "customer_id"), R.invalid, "customer_id: required field is missing", id="missing support field"),
         pytest.param(Kind.news, news(headline=""), R.invalid, "headline: String should have at least 1 character", id="empty text"),
-        pytest.param(Kind.news, news(headline=" \t\n "), R.invalid, "headline: Value error, must contain non-whitespace", id="whitespace text"),
+        pytest.param(Kind.news, news(headline=" \t\n "), R.invalid, "headline: Value error, must contain visible text", id="whitespace text"),
+        pytest.param(Kind.news, news(headline="\u200b\u202e\x00\x07"), R.invalid, "headline: Value error, must contain visible", id="invisible text"),
+        pytest.param(Kind.support, json.dumps({**SUPPORT, "customer_id": "\n\x00 "}).encode(), R.invalid, "customer_id: Value error, must contain visible", id="blank customer id"),
         pytest.param(Kind.news, news(sentiment="bullish"), R.invalid, "sentiment: unknown field", id="unknown field"),
         pytest.param(Kind.news, news(id="has space"), R.invalid, "id: String should match", id="bad id"),
         pytest.param(Kind.news, news(tickers=["TSLA", "$$$"]), R.invalid, "tickers.1:", id="bad ticker"),
@@ -118,9 +122,26 @@ def test_valid_support_message() -> None:
 
 @pytest.mark.parametrize("kind", list(Kind))
 def test_shared_hostile_samples_get_their_reason(kind: Kind) -> None:
-    for sample in hostile_samples(kind, "t", MAX_BYTES):
-        result = decode(kind, sample.raw)
-        assert isinstance(result, Rejection) and result.reason is sample.reason, sample.name
+    """Through the worker's decode, which also holds event times to its clock."""
+    samples = hostile_samples(kind, "t", MAX_BYTES)
+    records = [RawRecord("raw", 0, i, None, s.raw, 1_764_000_000_000) for i, s in enumerate(samples)]
+    decoded, dead = decode_batch(kind, records, Limits(MAX_BYTES, MAX_CHARS), datetime(2026, 12, 5, tzinfo=UTC))
+    assert decoded == []
+    assert [(d.offset, d.reason) for d in dead] == [(i, s.reason) for i, s in enumerate(samples)]
+
+
+@pytest.mark.parametrize(("value", "detail"), [
+    ("0001-01-01T00:00:00+01:00", "out of range once converted to UTC"),
+    ("9999-12-31T23:59:59-01:00", "out of range once converted to UTC"),
+    ("1969-12-31T23:59:59Z", "from 1970-01-01 up to 2106-01-01 UTC"),
+    ("2106-01-01T00:00:00Z", "from 1970-01-01 up to 2106-01-01 UTC"),
+])
+def test_event_times_clickhouse_cannot_store_are_refused(value: str, detail: str) -> None:
+    """Before this, a year-1 time with a +01:00 offset passed and made the batch's commit raise
+    (OverflowError), so neither it nor the valid messages beside it were ever stored."""
+    result = decode(Kind.news, news(published_at=value))
+    assert isinstance(result, Rejection) and result.reason is R.invalid
+    assert result.detail.startswith("published_at: ") and detail in result.detail
 
 
 def test_dead_letter_keeps_the_bytes_and_bounds_the_detail() -> None:

@@ -26,6 +26,9 @@ from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, 
         ("(see $NVDA)", ["NVDA"]),
         ("$ABCDEFGHIJ is too long to be a ticker", []),
         ("📉📉 $TSLA crashing 😱", ["TSLA"]),
+        ("$TSLA股价大跌", ["TSLA"]),
+        # a hidden or accented character, or a suffix too long, is no shorter cashtag
+        ("$TS\u200bLA falls, $TSL\u00c1, $BRK.BBBB", []),
         ("", []),
     ],
 )

@@ -187,7 +187,8 @@ def _quoted(value: Any) -> str:
 
 def _time_text(value: datetime) -> str:
     utc = value.astimezone(UTC) if value.tzinfo else value
-    return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
+    # %Y does not pad: year 999 would read back as another year
+    return f"{utc.year:04d}" + utc.strftime("-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
 
 
 def _json_value(value: Any) -> Any:

@@ -41,6 +41,24 @@ from .retry import call_with_retries
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# ClickHouse refuses an insert that touches more (max_partitions_per_insert_block), and a retry
+# would be refused again: a backfill spanning years would stall its partition for good.
+MAX_PARTITIONS_PER_INSERT = 100
+
+
+def partition_blocks(messages: Sequence[ScoredMessage]) -> list[list[ScoredMessage]]:
+    """``messages`` in inserts that each touch at most MAX_PARTITIONS_PER_INSERT of the scored
+    table's monthly partitions (one insert for the usual batch)."""
+    by_month: dict[tuple[int, int], list[ScoredMessage]] = {}
+    for m in messages:
+        t = as_utc(m.event_time)
+        by_month.setdefault((t.year, t.month), []).append(m)
+    months = list(by_month.values())
+    return [
+        [m for month in months[i : i + MAX_PARTITIONS_PER_INSERT] for m in month]
+        for i in range(0, len(months), MAX_PARTITIONS_PER_INSERT)
+    ]
+
 
 class LabelCount(BaseModel):
     kind: str
@@ -138,10 +156,11 @@ class ClickHouseStore:
         if not messages:
             return 0
         written = self._clock()
-        rows = [scored_row(m, written, self.level) for m in messages]
         columns = scored_columns(self.level)
-        self._retried("insert into scored", lambda: self.backend.insert(self._scored, columns, rows))
-        return len(rows)
+        for block in partition_blocks(messages):
+            rows = [scored_row(m, written, self.level) for m in block]
+            self._retried("insert into scored", lambda: self.backend.insert(self._scored, columns, rows))
+        return len(messages)
 
     _SHADOW_COLUMNS = (
         "kind", "id", "champion_version", "champion_label", "champion_confidence", "challenger_version",
