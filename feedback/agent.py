@@ -258,6 +258,9 @@ class FeedbackProcessor:
         corrections = decode_all(Correction, values, "corrections")
         first = min((c.created_at for c in corrections), default=None)
         for c in corrections:
+            # A withdrawn label is left out from here on; the drift monitor saw it when it came.
+            if c.withdrawn:
+                continue
             self._metrics.corrections.labels(c.task, c.source.value).inc()
             if c.item_id is None:
                 continue

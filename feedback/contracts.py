@@ -8,6 +8,7 @@ unknown fields. Texts here are the stored texts (support text already PII-masked
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -108,6 +109,11 @@ class Correction(BaseModel):
     model_version: str | None = None
     source: CorrectionSource
     created_at: AwareDatetime
+    withdrawn: bool = Field(False, description="The annotator took this label back (undo): it counts nowhere.")
+
+    def withdrawal(self, at: datetime) -> Correction:
+        """This label taken back: the correction's next version, which replaces it."""
+        return self.model_copy(update={"withdrawn": True, "created_at": at})
 
     @staticmethod
     def make_id(task: str, message_id: str, annotator: str) -> str:

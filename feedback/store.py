@@ -32,8 +32,8 @@ from streams.clickhouse.migrations import schema_level
 from streams.settings import VigilSettings
 
 
-# The feedback tables, and the retrain rounds' heartbeats.
-_FEEDBACK_MIGRATIONS = {4: "0004_feedback", 11: "0011_retrain_heartbeats"}
+# The feedback tables, the retrain rounds' heartbeats, and withdrawn labels.
+_FEEDBACK_MIGRATIONS = {4: "0004_feedback", 11: "0011_retrain_heartbeats", 16: "0016_feedback_withdrawn"}
 
 QUEUE_COLUMNS = (
     "item_id", "task", "message_id", "text", "model_name", "model_version", "model_label", "probs_json",
@@ -42,7 +42,7 @@ QUEUE_COLUMNS = (
 )
 FEEDBACK_COLUMNS = (
     "correction_id", "task", "message_id", "item_id", "text", "annotator", "human_label", "model_label",
-    "model_version", "source", "created_at", "written_time",
+    "model_version", "source", "created_at", "written_time", "withdrawn",
 )
 MODEL_EVENT_COLUMNS = (
     "event_id", "kind", "task", "model_version", "detail", "figure_names", "figure_values", "created_at",
@@ -94,7 +94,7 @@ def correction_row(c: Correction, written: datetime, level: CompatLevel) -> tupl
     return (
         c.correction_id, c.task, c.message_id, c.item_id or "", c.text, c.annotator, c.human_label,
         c.model_label or "", c.model_version or "", c.source.value, to_stored_time(c.created_at, level),
-        to_stored_time(written, level),
+        to_stored_time(written, level), int(c.withdrawn),
     )
 
 
@@ -104,7 +104,7 @@ def correction_from_row(row: Mapping[str, Any]) -> Correction:
         item_id=row["item_id"] or None, text=row["text"], annotator=row["annotator"],
         human_label=row["human_label"], model_label=row["model_label"] or None,
         model_version=row["model_version"] or None, source=CorrectionSource(row["source"]),
-        created_at=as_utc(row["created_at"]),
+        created_at=as_utc(row["created_at"]), withdrawn=bool(row["withdrawn"]),
     )
 
 
@@ -301,8 +301,9 @@ class FeedbackStore:
         )
 
     def fetch_corrections(self, task: str, *, since: datetime | None = None) -> list[Correction]:
-        """The latest correction per (task, message, annotator), oldest first; ``since`` is inclusive."""
-        outer_where = "WHERE created_at >= {since:DateTime}" if since is not None else ""
+        """The latest correction per (task, message, annotator), oldest first, unless withdrawn;
+        ``since`` is inclusive."""
+        outer_where = "WHERE withdrawn = 0" + (" AND created_at >= {since:DateTime}" if since is not None else "")
         params: dict[str, Any] = {"task": task}
         if since is not None:
             # Compared at whole seconds: 18.16 has no DateTime64, and a bound must mean the same on both.
@@ -317,7 +318,7 @@ class FeedbackStore:
         return [_correction(r) for r in rows]
 
     def fetch_correction(self, correction_id: str) -> Correction | None:
-        """The latest version of one correction, None when there is none."""
+        """The latest version of one correction (a withdrawal too), None when there is none."""
         cols = ", ".join(FEEDBACK_COLUMNS)
         rows = self._query(
             "feedback read",
@@ -340,7 +341,7 @@ class FeedbackStore:
         rows = self._query(
             "audit corrections read",
             f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.feedback FINAL WHERE task = {{task:String}}) "
-            f"WHERE created_at < toDateTime({{before:String}}, 'UTC') AND item_id IN ({audit_items}) "
+            f"WHERE withdrawn = 0 AND created_at < toDateTime({{before:String}}, 'UTC') AND item_id IN ({audit_items}) "
             "ORDER BY created_at DESC, correction_id DESC LIMIT {limit:UInt64}",
             {"task": task, "version": model_version, "audit": SelectionReason.audit.value,
              "before": as_utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},

@@ -12,7 +12,8 @@ Endpoints (request and response bodies: ``feedback/api_models.py``):
   GET  /metrics                        no token: Prometheus metrics (queue owner, take-overs, forwarding)
   GET  /api/queue                      queue depth per state and the next open items
   POST /api/queue/lease                your leased item (the one you hold, else the next)
-  POST /api/items/{id}/label|skip|undo finish or reopen an item; the reply carries your next item
+  POST /api/items/{id}/label|skip|undo finish or reopen an item (undo takes its label back); the reply
+                                       carries your next item
   POST /api/corrections                programmatic/implicit labels (e.g. a re-routed ticket)
   GET  /api/stats                      queue, per-annotator counts, inter-annotator agreement
   POST /api/alerts/{id}/verdict        a responder's verdict; becomes corrections or review items
@@ -264,9 +265,20 @@ async def _label_repeated(svc: Service, who: str, done: QueueItem, body: LabelIn
 
 
 async def _stored_label(svc: Service, correction_id: str) -> str | None:
-    """The label the feedback table holds for this correction id, None when it holds none."""
+    """The label the feedback table holds for this correction id, None when it holds none (or
+    only a withdrawn one)."""
     saved = await svc.io(svc.feedback.fetch_correction, correction_id)
-    return saved.human_label if saved is not None else None
+    return saved.human_label if saved is not None and not saved.withdrawn else None
+
+
+async def _withdraw_label(svc: Service, who: str, item: QueueItem, now: datetime) -> None:
+    """Take back the label ``who`` gave ``item`` in the queue, if one is stored: its withdrawal
+    replaces it on the corrections topic and in the feedback table, so that retraining and
+    agreement no longer count it when the item is then skipped or left."""
+    r = item.request
+    saved = await svc.io(svc.feedback.fetch_correction, Correction.make_id(r.task, r.message_id, who))
+    if saved is not None and not saved.withdrawn and saved.item_id == r.item_id:
+        await svc.correct([saved.withdrawal(now)])
 
 
 async def _step(svc: Service, who: str, now: datetime, next_task: str | None, finished: QueueItem,
@@ -299,14 +311,19 @@ async def undo(request: web.Request) -> web.Response:
     now = svc.clock()
     item_id = request.match_info["item_id"]
     reopened = svc.book.held_by(who, now)
-    # Already back with this annotator: a repeat of an undo that took effect is answered again.
-    if reopened is None or reopened.request.item_id != item_id:
+    # Already back with this annotator: a repeat of an undo that took effect is answered again,
+    # after the steps it may not have finished (the withdrawal, the save).
+    if reopened is not None and reopened.request.item_id == item_id:
+        await _withdraw_label(svc, who, reopened, now)
+        await svc.save([reopened])
+    else:
         before = svc.book.get(item_id)
         changed = svc.book.undo(item_id, who, now)
+        reopened = changed[-1]
+        await _withdraw_label(svc, who, reopened, now)
         await svc.save(changed)
         if before is not None:
             await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)
-        reopened = changed[-1]
     return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=await svc.progress(who, now)))
 
 

@@ -109,6 +109,9 @@ def test_audit_corrections_are_the_versions_audit_labels_before_the_bound_oldest
     assert messages("sentiment", "v0") == ["m-9"]
     assert messages("triage", "v1") == ["s-1"]
     assert messages("sentiment", "v1", T0) == []
+    # bob takes his label back (undo): it leaves the history
+    fstore.write_corrections([labels[2].withdrawal(T0 + timedelta(seconds=2))])
+    assert messages("sentiment", "v1") == ["m-0", "m-1", "m-7"]
 
 
 def test_predicted_mix_counts_the_versions_last_labels_of_the_task(store: ClickHouseStore) -> None:

@@ -190,6 +190,15 @@ def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> No
     assert fstore.fetch_correction(fixed.correction_id) == got[2]  # the latest version of the one
     assert fstore.fetch_correction(Correction.make_id("sentiment", "m-3", "ann")) is None
 
+    # ann undoes her label: the withdrawal replaces it, and no reader of labels sees it any more
+    withdrawal = fixed.withdrawal(T0 + timedelta(seconds=20))
+    fstore.write_corrections([withdrawal])
+    assert [(c.message_id, c.annotator) for c in fstore.fetch_corrections("sentiment")] == [
+        ("m-1", "bob"), ("m-2", "ann")]
+    assert fstore.fetch_corrections("sentiment", since=T0 + timedelta(seconds=3)) == [got[1]]
+    assert fstore.fetch_correction(fixed.correction_id) == withdrawal.model_copy(
+        update={"created_at": stored(withdrawal.created_at, fstore)})
+
 
 def test_model_events_round_trip(fstore: FeedbackStore) -> None:
     drift = ModelEvent(kind=ModelEventKind.drift, task="sentiment", model_version="v1",

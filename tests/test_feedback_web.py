@@ -179,6 +179,47 @@ def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tin
     assert states[texts[3][0]] is ItemState.labelled and list(states.values()).count(ItemState.labelled) == 2
 
 
+def test_an_undone_label_is_withdrawn_and_a_new_label_replaces_the_withdrawal(
+    labelling_settings, store, tokens, tiny_scorers
+) -> None:
+    """Undo used to reopen the item but leave its label stored and published: skipped after the
+    undo, the item was still trained on and counted in the annotator's labels."""
+    feedback = two_uncertain_items(store, tiny_scorers["sentiment"])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> list[tuple[str, str, bool]]:
+        async with serving(labelling_settings, store) as client:
+            first = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            path = f"/api/items/{first['item_id']}"
+            second = (await (await client.post(f"{path}/label", headers=alice, json={"label": "positive"})).json())["item"]
+            assert (await client.post(f"{path}/undo", headers=alice)).status == 200
+            assert stored_labels(feedback) == []  # withdrawn at once
+            assert (await client.post(f"{path}/undo", headers=alice)).status == 200  # a repeat changes nothing
+            step = await (await client.post(f"{path}/skip", headers=alice, json={})).json()
+            assert step["progress"]["you"] == {"labelled": 0, "skipped": 1} and step["item"]["item_id"] == second["item_id"]
+            stats = await (await client.get("/api/stats", headers=alice)).json()
+            assert stats["annotators"]["alice"] == {"labels": 0, "skipped": 1}
+            assert stored_labels(feedback) == []
+
+            path = f"/api/items/{second['item_id']}"
+            await client.post(f"{path}/label", headers=alice, json={"label": "negative"})
+            await client.post(f"{path}/undo", headers=alice)
+            r = await client.post(f"{path}/label", headers=alice, json={"label": "neutral"})
+            assert r.status == 200
+            await post_marker(client, tokens)
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 6)
+        return [(c["human_label"], c["message_id"], c["withdrawn"]) for c in published]
+
+    published = asyncio.run(go())
+    items = {i.request.item_id: i.request.message_id for i in feedback.fetch_items(task="sentiment")}
+    first_message, second_message = sorted(items.values(), key=lambda m: [p[1] for p in published].index(m))
+    assert published == [
+        ("positive", first_message, False), ("positive", first_message, True),
+        ("negative", second_message, False), ("negative", second_message, True),
+        ("neutral", second_message, False), ("neutral", "marker", False)]
+    assert stored_labels(feedback) == [("alice", "neutral"), ("bob", "neutral")]
+
+
 async def post_marker(client: TestClient, tokens: dict[str, str]) -> None:
     """bob's correction after the calls under test: a second publication of alice's label would
     reach the topic before it."""
@@ -280,7 +321,8 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
                                                                   tiny_scorers) -> None:
     """An earlier attempt stored alice's correction and was cut off before the item moved on, so
     this owner's book still has the item leased to her. Her retry finishes it without a second
-    correction on the topic; a label changed after an undo is published as usual."""
+    correction on the topic; the undo after it publishes the label's withdrawal, and a label
+    changed after the undo is published as usual."""
     feedback = two_uncertain_items(store, tiny_scorers["sentiment"])
     alice = bearer(tokens["alice"])
 
@@ -304,7 +346,9 @@ def test_a_label_an_earlier_attempt_stored_is_not_published_again(labelling_sett
             assert step["finished"]["state"] == "labelled"
             await post_marker(client, tokens)
 
-        assert await published_labels(labelling_settings, 2) == [("alice", "negative"), ("bob", "neutral")]
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 3)
+        assert [(c["annotator"], c["human_label"], c["withdrawn"]) for c in published] == [
+            ("alice", "positive", True), ("alice", "negative", False), ("bob", "neutral", False)]
 
     asyncio.run(go())
     assert stored_labels(feedback) == [("alice", "negative"), ("bob", "neutral")]
