@@ -54,9 +54,10 @@ IBAN_LENGTHS: dict[str, int] = {
     "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
 
+# Letters and digits of any script ([^\W_]): jörg@exämple.de is an address too (RFC 6531).
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])[^\W_][\w.%+-]*@"
+    r"(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])"
 )
 # An IBAN candidate: country and check digits, then the BBAN written compact or in the print
 # layout (groups of four, a shorter last group). The print layout may run into a following word;
@@ -65,8 +66,9 @@ _IBAN = re.compile(
     r"(?<![\w])[A-Za-z]{2}\d{2}(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,8}(?: [A-Za-z0-9]{1,3}(?!\w))?)"
 )
 _ALNUM = re.compile(r"[A-Za-z0-9]")
-# Digit groups separated by single spaces or dashes; a card is a run of whole groups inside.
-_DIGIT_RUN = re.compile(r"(?<![\w+.,/:-])\d+(?:[ -]\d+)*(?![\w])")
+# Digit groups (of any script: full-width ４１１１ too) separated by a single space, no-break or
+# thin space, zero-width character or dash; a card is a run of whole groups inside.
+_DIGIT_RUN = re.compile(r"(?<![\w+.,/:-])\d+(?:[ \u00a0\u2009\u202f\u200b-\u200d\u2060-]\d+)*(?![\w])")
 _GROUP = re.compile(r"\d+")
 _INTL_PHONE = re.compile(r"(?<![\w+.,/:-])(?:\+|00)[1-9](?:[ .-]?(?:\(\d{1,5}\)|\d{1,5})){1,8}(?![\w])")
 _PHONE_PART = re.compile(r"[ .-]?(?:\(\d+\)|\d+)")
@@ -124,6 +126,10 @@ def _iban_spans(text: str) -> list[Span]:
     return spans
 
 
+def _ascii_digits(digits: str) -> str:
+    return digits if digits.isascii() else "".join(str(int(d)) for d in digits)
+
+
 def _card_spans(text: str) -> list[Span]:
     spans = []
     for m in _DIGIT_RUN.finditer(text):
@@ -141,7 +147,7 @@ def _card_spans(text: str) -> list[Span]:
             for j in range(last, i, -1):
                 run = groups[i:j]
                 seps = {m.group()[a.end()] for a in run[:-1]}
-                digits = "".join(g.group() for g in run)
+                digits = _ascii_digits("".join(g.group() for g in run))
                 if 13 <= len(digits) <= 19 and len(seps) <= 1 and digits[0] in "23456" and luhn_valid(digits):
                     found = j
                     break

@@ -267,6 +267,12 @@ def test_ordinary_numbers_are_left_alone(text: str) -> None:
         ("call +44 20 7946 0958 on 12 May", "call [PHONE] on 12 May", PiiType.phone),
         ("call (415) 555-2671 now", "call [PHONE] now", PiiType.phone),
         ("ring 06 12 34 56 78", "ring [PHONE]", PiiType.phone),
+        # written outside ASCII: each was left as it was
+        ("mail jörg@example.com please", "mail [EMAIL] please", PiiType.email),
+        ("mail jorg@exämple.de", "mail [EMAIL]", PiiType.email),
+        ("card ４１１１ １１１１ １１１１ １１１１ ok", "card [CARD] ok", PiiType.card),
+        ("card 4111\u00a01111\u00a01111\u00a01111, lost", "card [CARD], lost", PiiType.card),
+        ("card 4111\u200b1111\u200b1111\u200b1111", "card [CARD]", PiiType.card),
     ],
 )
 def test_pii_is_replaced_by_its_placeholder(text: str, expected: str, kind: PiiType) -> None:
