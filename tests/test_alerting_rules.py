@@ -37,6 +37,15 @@ def test_yaml_and_json_say_the_same(tmp_path):
         ({"sentiment": {"cooldown_minuets": 5}}, "sentiment.cooldown_minuets"),
         ({"triage": {"min_confidence": 1.2}}, "triage.min_confidence"),
         ({"triage": {"escalate_priorities": ["P9"]}}, "triage.escalate_priorities.0"),
+        # accepted before, and then crashed the stream at its first window (a reload too)
+        ({"sentiment": {"cooldown_minutes": float("inf")}}, "sentiment.cooldown_minutes"),
+        ({"sentiment": {"cooldown_minutes": 1e10}}, "sentiment.cooldown_minutes"),
+        ({"sentiment": {"forget_after_days": float("inf")}}, "sentiment.forget_after_days"),
+        ({"sentiment": {"window": {"lateness_minutes": float("inf")}}}, "sentiment.window.lateness_minutes"),
+        ({"sentiment": {"window": {"size_minutes": 1e-9, "step_minutes": 1e-9}}}, "sentiment.window"),
+        ({"triage": {"intent_spike": {"cooldown_minutes": float("inf")}}}, "triage.intent_spike.cooldown_minutes"),
+        # NaN switched the rule off: no value compares >= NaN
+        ({"sentiment": {"sentiment_shock": {"levels": {"info": float("nan")}}}}, "sentiment.sentiment_shock.levels.info"),
     ],
 )
 def test_invalid_rules_name_the_field_and_the_file(tmp_path, data, field):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
-from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
+from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
 
 
@@ -26,8 +26,15 @@ class RulesError(ValueError):
     """The rules file cannot be used; the message names the file and each bad field."""
 
 
+# The longest window, step, lateness or cooldown: longer ones are typos, and the windows' integer
+# arithmetic overflows on the years an unbounded value reaches.
+MAX_MINUTES = 7 * 24 * 60
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN would switch a rule off silently (no comparison with it is true), and infinity crashed
+    # the stream at its first window once a reload had accepted it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Levels(_Strict):
@@ -55,9 +62,9 @@ class Levels(_Strict):
 
 
 class WindowConfig(_Strict):
-    size_minutes: float = Field(15, gt=0)
-    step_minutes: float = Field(1, gt=0)
-    lateness_minutes: float = Field(2, ge=0)
+    size_minutes: float = Field(15, gt=0, le=MAX_MINUTES)
+    step_minutes: float = Field(1, gt=0, le=MAX_MINUTES)
+    lateness_minutes: float = Field(2, ge=0, le=MAX_MINUTES)
     top_k: int = Field(5, ge=0, le=100)
 
     @model_validator(mode="after")
@@ -65,6 +72,10 @@ class WindowConfig(_Strict):
         ratio = self.size_minutes / self.step_minutes
         if abs(ratio - round(ratio)) > 1e-9:
             raise ValueError(f"size_minutes ({self.size_minutes}) must be a whole multiple of step_minutes ({self.step_minutes})")
+        try:
+            self.spec()  # what the windows will be built from, checked now rather than at the first event
+        except WindowSpecError as e:
+            raise ValueError(str(e)) from None
         return self
 
     @property
@@ -129,9 +140,11 @@ class SentimentRules(_Strict):
     negative_share: NegativeShareRule = NegativeShareRule()
     sentiment_shock: SentimentShockRule = SentimentShockRule()
     volume_spike: VolumeSpikeRule = VolumeSpikeRule()
-    cooldown_minutes: float = Field(60, ge=0, description="Quiet time per (ticker, rule) after an alert.")
+    cooldown_minutes: float = Field(
+        60, ge=0, le=MAX_MINUTES, description="Quiet time per (ticker, rule) after an alert."
+    )
     forget_after_days: float = Field(
-        30, gt=0, description="A ticker with no window for this long (event time) loses its baselines and "
+        30, gt=0, le=3650, description="A ticker with no window for this long (event time) loses its baselines and "
         "warms up again when it comes back, so the state holds only tickers seen within it.",
     )
     negative_label: str = "negative"
@@ -145,7 +158,7 @@ class IntentSpikeRule(_Strict):
     min_volume: int = Field(10, ge=1)
     min_ratio: float = Field(3.0, ge=1)
     levels: Levels = Levels(info=4.0, warning=6.0, critical=10.0)
-    cooldown_minutes: float = Field(60, ge=0)
+    cooldown_minutes: float = Field(60, ge=0, le=MAX_MINUTES)
 
 
 class TriageRules(_Strict):
