@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from streams.alerting.contracts import Alert, ContributingMessage, Severity
-from streams.alerting.webhook import WebhookNotifier
+from streams.alerting.webhook import WebhookNotifier, alert_text
 from streams.metrics import Metrics
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -26,6 +26,17 @@ def _alert(i: int) -> Alert:
         top_messages=[ContributingMessage(id=f"s-{i}", text="my card was stolen", label="lost_or_stolen_card", score=0.91)],
         created_at=T0,
     )
+
+
+def test_a_customers_slack_markup_is_shown_not_acted_on() -> None:
+    """A P1 ticket's text goes into the channel: "<!channel>" pinged everyone and a "<url|label>"
+    showed as a disguised link."""
+    text = "<!channel> card stolen <https://evil.example|reset your PIN here> & more"
+    alert = _alert(1).model_copy(update={"top_messages": [
+        ContributingMessage(id="s-1", text=text, label="lost_or_stolen_card", score=0.91)]})
+    line = alert_text(alert)
+    assert "&lt;!channel&gt; card stolen &lt;https://evil.example|reset your PIN here&gt; &amp; more" in line
+    assert "<" not in line and ">" not in line
 
 
 async def _serve(statuses: list[int]) -> tuple[web.AppRunner, str, list[dict]]:

@@ -19,12 +19,20 @@ from streams.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+def slack_escaped(text: str) -> str:
+    """``text`` as Slack shows it literally: ``&``, ``<`` and ``>`` are its control characters,
+    and a customer's "<!channel>" or "<https://…|a link>" must not ping a channel or hide a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def alert_text(alert: Alert) -> str:
     """One line a person can read in a chat channel."""
     subject = alert.ticker or " / ".join(s for s in (alert.intent, alert.queue) if s)
     figures = ", ".join(f"{k}={v:.3g}" for k, v in sorted(alert.figures.items())[:6])
     example = f' e.g. "{alert.top_messages[0].text[:140]}"' if alert.top_messages else ""
-    return f"[{alert.severity.value.upper()}] {alert.kind} {alert.rule}: {subject} ({figures}){example} id={alert.id}"
+    return slack_escaped(
+        f"[{alert.severity.value.upper()}] {alert.kind} {alert.rule}: {subject} ({figures}){example} id={alert.id}"
+    )
 
 
 class WebhookNotifier:
