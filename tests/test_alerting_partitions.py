@@ -191,6 +191,25 @@ def test_a_quiet_partition_is_saved_again_only_when_its_windows_can_close():
     assert len(saved_at) in (5, 6) and all(b - a == 60 for a, b in zip(saved_at[1:], saved_at[2:], strict=False))
 
 
+def test_a_partition_restored_after_it_went_quiet_still_closes_its_windows():
+    """Restarted right after the last checkpoint of a partition that then stayed quiet, the new
+    owner's clock started empty: the shock's window never closed and its alert never came."""
+    rules = SentimentRules()
+    shock_at = BUNDLED_START + timedelta(hours=24)
+    shock = [scored_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+    events = [e for m in steady_ticker(BUNDLED_START, hours=24) + shock for e in ticker_events(m, rules)]
+    before = SentimentPartitions(rules)
+    before.restore(0, None)
+    assert not [a for off, e in enumerate(events) if (fed := before.feed(0, off, e, wall=0.0)) for a in fed.alerts]
+    (checkpoint,) = before.checkpoints()
+    idle = rules.window.idle_after_s
+
+    after = SentimentPartitions(rules)
+    after.restore(0, after.resume(checkpoint), restored_at=100.0)
+    assert after.tick(100.0 + idle - 1) == []  # not quiet for long enough yet
+    assert [(a.rule, a.ticker) for a in after.tick(100.0 + idle + 20 * 60)] == [("sentiment_shock", events[-1].ticker)]
+
+
 def test_a_checkpoint_of_other_window_geometry_is_not_used(caplog):
     rules = SentimentRules()
     old = _fresh(rules)

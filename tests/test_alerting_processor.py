@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from streams.alerting.reload import RulesWatcher
 from streams.alerting.rules import AlertRules, RulesError
 from streams.clickhouse import open_store
 from streams.clickhouse.triage_store import TriageStore
-from streams.contracts import SupportMessage
+from streams.contracts import ScoredMessage, SupportMessage
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
@@ -51,9 +52,11 @@ def make_processor(tmp_path: Path):
     app = faust.App("t-processor", broker="kafka://127.0.0.1:1", web_enabled=False, datadir=str(tmp_path / "faust"))
     executor = ThreadPoolExecutor(1)
 
-    def make(rules: AlertRules | None = None, setting: float | None = None, calibrated: float | None = None):
+    def make(rules: AlertRules | None = None, setting: float | None = None,
+             calibrated: float | None | Callable[[str], float | None] = None):
         return AlertingProcessor(
-            rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting, calibrated_min_confidence=calibrated,
+            rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting,
+            calibration=calibrated if callable(calibrated) else lambda version: calibrated,
             alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
             ticker_topic=app.topic("by-ticker"), intent_topic=app.topic("by-intent"),
             store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
@@ -95,8 +98,23 @@ def test_an_ack_that_reached_another_worker_stops_the_escalation(make_processor)
     p.feed([support("later", P4, T0 + timedelta(minutes=sla + 1), 0.9)], wall=1.0)
     due = p.tick(wall=1.0)
     assert sorted(a.top_messages[0].id for a in due.alerts) == ["acked-elsewhere", "forgotten"]
-    out = asyncio.run(p.without_acked(due))
+    out = asyncio.run(p.without_settled(due))
     assert [(a.rule, a.top_messages[0].id) for a in out.alerts] == [("sla_breach", "forgotten")]
+
+
+def test_a_ticket_published_again_after_its_escalation_does_not_escalate_again(make_processor) -> None:
+    """A replay re-publishes a scored P1 long past its due time: its clock opened again and the
+    breach went out a second time (the alerts topic and the webhook)."""
+    p = make_processor(setting=0.0)
+    sla = MAPPING.route(P1).sla_minutes
+    p.feed([support("p1", P1, T0, 0.9), support("later", P4, T0 + timedelta(minutes=sla + 1), 0.9)], wall=0.0)
+    first = asyncio.run(p.without_settled(p.tick(wall=1.0)))
+    assert [a.rule for a in first.alerts] == ["sla_breach"]
+    make_processor.store.write_alerts(first.alerts)  # what emit stores
+    p.feed([support("p1", P1, T0, 0.9), support("later-2", P4, T0 + timedelta(minutes=sla + 2), 0.9)], wall=2.0)
+    again = p.tick(wall=3.0)
+    assert [a.rule for a in again.alerts] == ["sla_breach"]  # the clock opened again...
+    assert asyncio.run(p.without_settled(again)).alerts == []  # ...and its breach is not sent twice
 
 
 def test_a_new_owner_of_a_partition_reopens_its_unacked_clocks_and_escalates_them(make_processor) -> None:
@@ -139,6 +157,20 @@ def test_a_revoked_partition_lets_go_of_its_clocks(make_processor) -> None:
     assert [a.top_messages[0].id for a in p.tick(wall=1.0).alerts] == ["p1"]
 
 
+def test_tickets_are_routed_with_the_calibration_of_the_version_that_scored_them(make_processor) -> None:
+    """A worker that hot swapped its triage model kept the threshold of the version it started
+    with: tickets of the new version between the two thresholds skipped human triage."""
+    p = make_processor(calibrated={"v1": 0.4, "v2": 0.95}.get)
+
+    def by(version: str, mid: str) -> tuple[int, bytes]:
+        scored = ScoredMessage.model_validate_json(support(mid, P4, T0, 0.9)[1])
+        return 0, scored.model_copy(update={"model_version": version}).model_dump_json().encode()
+
+    by_id = {t.message_id: t for t in p.feed([by("v1", "old"), by("v2", "new")], wall=0.0).tickets}
+    assert (by_id["old"].human_triage, by_id["new"].human_triage) == (False, True)
+    assert (p.min_confidence("v1"), p.min_confidence("v2"), p.min_confidence("v9")) == (0.4, 0.95, 0.5)
+
+
 def test_the_threshold_is_the_setting_else_the_calibration_else_the_rules() -> None:
     rules = AlertRules.from_mapping({"triage": {"min_confidence": 0.4}})
     assert min_confidence_for(0.8, 0.3, rules) == 0.8
@@ -157,7 +189,7 @@ def test_rules_reload_swaps_valid_files_and_refuses_invalid_ones(make_processor,
 
     path.write_text(json.dumps({"version": "2", "triage": {"alert_priorities": ["P1", "P4"], "min_confidence": 0.3}}))
     reload_rules(p, watcher)
-    assert (p.rules.version, p.min_confidence) == ("2", 0.3)
+    assert (p.rules.version, p.min_confidence("v1")) == ("2", 0.3)
     out = p.feed([support("p4", P4, T0, 0.9)], wall=0.0)
     assert [a.rule for a in out.alerts] == ["priority_intent"]  # P4 now alerts too
 

@@ -25,6 +25,7 @@ alerts table.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +38,7 @@ import faust
 from faust.types import EventT, StreamT, TopicT
 from pydantic import BaseModel, ValidationError
 
-from models.registry import ModelRegistry
+from models.registry import ModelNotFound, ModelRegistry
 from models.scoring import Scorer
 from models.triage_mapping import DEFAULT_PATH, TriageMapping, load_triage_mapping
 from streams.alerting.clock import IdleClock
@@ -103,7 +104,7 @@ class AlertingProcessor:
         rules: AlertRules,
         mapping: TriageMapping,
         min_confidence_setting: float | None,
-        calibrated_min_confidence: float | None,
+        calibration: Callable[[str], float | None],
         alerts_topic: TopicT,
         queue_topics: dict[str, TopicT],
         ticker_topic: TopicT,
@@ -118,8 +119,7 @@ class AlertingProcessor:
         self._rules = rules
         self._mapping = mapping
         self._min_confidence_setting = min_confidence_setting
-        self._calibrated = calibrated_min_confidence
-        self.min_confidence = min_confidence_for(min_confidence_setting, calibrated_min_confidence, rules)
+        self._calibration = calibration
         self.sentiment = SentimentPartitions(rules.sentiment)
         self._sla = SlaTracker(rules.triage.escalate_priorities)
         self.intent_spikes = IntentSpikePartitions(rules.triage.intent_spike)
@@ -158,7 +158,12 @@ class AlertingProcessor:
         self.intent_spikes.swap_rules(rules.triage.intent_spike)
         self._sla.priorities = frozenset(rules.triage.escalate_priorities)  # tickets opened from now on
         self._rules = rules
-        self.min_confidence = min_confidence_for(self._min_confidence_setting, self._calibrated, rules)
+
+    def min_confidence(self, model_version: str) -> float:
+        """Below this a ticket the triage model ``model_version`` scored goes to human triage: each
+        version has its own calibration, and the tickets of a version swapped in mid-stream are
+        routed with its threshold, not the one the worker started with."""
+        return min_confidence_for(self._min_confidence_setting, self._calibration(model_version), self._rules)
 
     def feed(self, records: Sequence[tuple[int, bytes]], wall: float) -> Output:
         """Route one batch of scored-topic records, each ``(partition, value)``."""
@@ -178,7 +183,7 @@ class AlertingProcessor:
 
     def _triage(self, msg: ScoredMessage, partition: int, out: Output) -> None:
         try:
-            ticket = route(msg, self._mapping, self.min_confidence, partition)
+            ticket = route(msg, self._mapping, self.min_confidence(msg.model_version), partition)
         except UnroutableIntent as exc:
             log.error("%s", exc)
             return
@@ -234,15 +239,20 @@ class AlertingProcessor:
         now = self._support_clock.idle_now(wall) or self._support_clock.latest
         return Output(self._sla.due(now) if now is not None else [])
 
-    async def without_acked(self, out: Output) -> Output:
-        """Drop escalations of tickets acknowledged where this worker could not see it: through
-        another worker (acks are spread over its partitions) or before this one restarted."""
+    async def without_settled(self, out: Output) -> Output:
+        """Drop escalations of tickets acknowledged where this worker could not see it (through
+        another worker, whose partitions the ack went to, or before this one restarted), and of
+        tickets already escalated: a scored message published again (a replay) opens its SLA clock
+        again, long past due."""
         breaches = {a.top_messages[0].id for a in out.alerts if a.rule == "sla_breach"}
         if not breaches:
             return out
-        acked = await self.durably("reading ticket acks", self._triage_store.acked_ids, breaches)
-        out.alerts = [a for a in out.alerts if a.rule != "sla_breach" or a.top_messages[0].id not in acked]
+        settled = await self.durably("reading ticket acks and escalations", self._settled, breaches)
+        out.alerts = [a for a in out.alerts if a.rule != "sla_breach" or a.top_messages[0].id not in settled]
         return out
+
+    def _settled(self, message_ids: set[str]) -> set[str]:
+        return self._triage_store.acked_ids(message_ids) | self._triage_store.escalated_ids(message_ids)
 
     async def durably(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return await until_stored(
@@ -325,14 +335,23 @@ def register_alerting(
         else None
     )
     mapping = load_triage_mapping(triage_scorer.labels, settings.triage_mapping_path or DEFAULT_PATH)
-    card = ModelRegistry(settings.registry_dir).card("triage", triage_scorer.model_version)
+    registry = ModelRegistry(settings.registry_dir)
+
+    @functools.cache
+    def calibration(version: str) -> float | None:
+        try:
+            return calibrated_threshold(registry.card("triage", version))
+        except ModelNotFound:
+            log.warning("triage: version %s is not in the registry; its tickets use the rules' threshold", version)
+            return None
+
     ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
     intent_topic = app.topic(settings.intent_events_topic, key_type=bytes, value_type=bytes)
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
         min_confidence_setting=settings.triage_min_confidence,
-        calibrated_min_confidence=calibrated_threshold(card),
+        calibration=calibration,
         alerts_topic=app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes),
         queue_topics={
             q: app.topic(queue_topic(settings.topic_triage_prefix, q), key_type=bytes, value_type=bytes)
@@ -347,7 +366,8 @@ def register_alerting(
         webhook=webhook,
         watchdog=watchdog,
     )
-    log.info("triage: below confidence %.3f a ticket goes to %s", processor.min_confidence, HUMAN_TRIAGE)
+    log.info("triage: below confidence %.3f a ticket of %s goes to %s",
+             processor.min_confidence(triage_scorer.model_version), triage_scorer.model_version, HUMAN_TRIAGE)
     watcher = RulesWatcher(settings.alert_rules_path) if settings.alert_rules_path else None
 
     async def alert_batch(events: list[EventT]) -> None:
@@ -411,9 +431,9 @@ def register_alerting(
         if watcher is not None:
             reload_rules(processor, watcher)
         await processor.restore_slas(time.monotonic())
-        await processor.emit(await processor.without_acked(processor.tick(time.monotonic())))
+        await processor.emit(await processor.without_settled(processor.tick(time.monotonic())))
         for stage in stages:
-            await stage.tick(time.monotonic())
+            await stage.tick(time.monotonic(), app.consumer.assignment())
 
     if webhook is not None:
         app.task(webhook.run)

@@ -60,7 +60,7 @@ class KeyedStage:
             if msg.tp not in assigned:
                 continue
             if not self._parts.owned(msg.partition):
-                await self._restore(msg.partition)
+                await self._restore(msg.partition, wall)
             self._pending.append((stream, event))
             try:
                 keyed = self._event_type.model_validate_json(msg.value)
@@ -76,7 +76,7 @@ class KeyedStage:
         await self._emit(alerts)
         await self.checkpoint(wall)
 
-    async def _restore(self, partition: int) -> None:
+    async def _restore(self, partition: int, wall: float) -> None:
         checkpoint = await self._durably("reading the alerting checkpoint", self._state.load, partition)
         if checkpoint is None:
             self._parts.restore(partition, None)
@@ -87,11 +87,16 @@ class KeyedStage:
             "reading the alerting checkpoint's message ids", self._state.load_seen,
             partition, checkpoint.offset, self._parts.seen_since(resume),
         )
-        self._parts.restore(partition, resume, seen)
+        self._parts.restore(partition, resume, seen, restored_at=wall)
         log.info("%s partition %d: restored at offset %d with %d message ids", self._parts.name, partition,
                  checkpoint.offset, len(seen))
 
-    async def tick(self, wall: float) -> None:
+    async def tick(self, wall: float, assigned: Iterable[TP] = ()) -> None:
+        """Move quiet partitions' event time on. Assigned partitions with no event yet are restored
+        first: a partition that went quiet before a restart must still close its windows."""
+        for tp in assigned:
+            if tp.topic == self._topic and not self._parts.owned(tp.partition):
+                await self._restore(tp.partition, wall)
         await self._emit(self._parts.tick(wall))
         await self.checkpoint(wall)
 

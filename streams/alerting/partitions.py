@@ -154,9 +154,12 @@ class AlertPartitions(ABC, Generic[E, R]):
         mark = resume.judge.watermark if resume.judge is not None else None
         return None if mark is None else mark - self._reach
 
-    def restore(self, partition: int, resume: Resume | None, seen: Iterable[SeenId] = ()) -> None:
+    def restore(self, partition: int, resume: Resume | None, seen: Iterable[SeenId] = (),
+                restored_at: float | None = None) -> None:
         """Take ownership of ``partition``, from its checkpoint when there is a usable one, with the
-        ids stored with the checkpoints before it (``seen``) and those it carries itself."""
+        ids stored with the checkpoints before it (``seen``) and those it carries itself. From
+        ``restored_at`` (wall clock) on, a quiet partition's event time moves on from the
+        checkpoint's watermark, as it would have had the previous owner kept it."""
         part = _Partition(self._judge(self._rules), IdleClock(self._window().idle_after_s))
         if resume is not None and resume.judge is None:
             log.warning("%s partition %d starts with fresh windows and baselines: %s", self.name, partition,
@@ -167,6 +170,8 @@ class AlertPartitions(ABC, Generic[E, R]):
             ids = [*resume.carried, *seen, *resume.checkpoint.new_seen]
             part.seen = {(s.key, s.message_id): s.event_time for s in sorted(ids, key=lambda s: s.event_time)}
             self._forget_seen(part)
+            if restored_at is not None and (mark := resume.judge.watermark) is not None:
+                part.clock.recall(mark, restored_at)
         self._parts[partition] = part
 
     def revoke(self, partitions: Iterable[int]) -> None:

@@ -142,15 +142,19 @@ class TriageStore:
             {"parts": parts, "prios": prios},
         )
         unacked = [ticket_from_row(dict(zip(TICKET_COLUMNS, r, strict=True))) for r in rows]
-        breach_ids = {sla_breach_id(t.message_id): t.message_id for t in unacked}
-        escalated: set[str] = set()
-        if breach_ids:
-            found = self._store._query(
-                "escalations read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
-                {"ids": sorted(breach_ids)},
-            )
-            escalated = {breach_ids[r[0]] for r in found}
+        escalated = self.escalated_ids(t.message_id for t in unacked)
         return [t for t in unacked if t.message_id not in escalated]
+
+    def escalated_ids(self, among: Iterable[str]) -> set[str]:
+        """The tickets among these (message ids) whose SLA breach is already in the alerts table."""
+        breach_ids = {sla_breach_id(m): m for m in among}
+        if not breach_ids:
+            return set()
+        found = self._store._query(
+            "escalations read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
+            {"ids": sorted(breach_ids)},
+        )
+        return {breach_ids[r[0]] for r in found}
 
     def last_routed(self, partitions: Iterable[int]) -> tuple[datetime, datetime] | None:
         """(latest event time, when it was written) of the tickets from these partitions: where the
