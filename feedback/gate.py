@@ -178,6 +178,9 @@ class GateDecision:
         return ("promote: " if self.promote else "keep the champion: ") + "; ".join(self.reasons)
 
 
+_ROUNDING = 1e-9
+
+
 def judge(gold: Evaluation, recent: Evaluation, cfg: GateConfig) -> GateDecision:
     """Promote only if the challenger holds up on gold (drop <= max_gold_drop) AND beats the
     champion on held-out recent corrections by more than min_recent_gain. Every failed condition
@@ -190,7 +193,9 @@ def judge(gold: Evaluation, recent: Evaluation, cfg: GateConfig) -> GateDecision
     refusals: list[str] = []
     passes: list[str] = []
     drop = g_champ - g_chall
-    if drop > cfg.max_gold_drop:
+    # Accuracies are ratios of counts: 0.90 - 0.89 is 0.010000000000000009, and a drop of exactly
+    # the tolerance must pass whatever the float rounding (as a gain of exactly the minimum must not).
+    if drop > cfg.max_gold_drop + _ROUNDING:
         refusals.append(f"gold accuracy falls {g_champ:.4f} -> {g_chall:.4f} (drop {drop:.4f} > {cfg.max_gold_drop})")
     else:
         passes.append(f"gold accuracy {g_champ:.4f} -> {g_chall:.4f} (tolerance {cfg.max_gold_drop})")
@@ -199,7 +204,7 @@ def judge(gold: Evaluation, recent: Evaluation, cfg: GateConfig) -> GateDecision
     else:
         r_champ, r_chall = accuracy(recent.true, recent.champion), accuracy(recent.true, recent.challenger)
         figures |= {"recent_champion": r_champ, "recent_challenger": r_chall}
-        if r_chall - r_champ > cfg.min_recent_gain:
+        if r_chall - r_champ > cfg.min_recent_gain + _ROUNDING:
             passes.append(f"recent corrections {r_champ:.4f} -> {r_chall:.4f}")
         else:
             refusals.append(f"no gain on {len(recent.true)} held-out recent corrections: {r_champ:.4f} -> {r_chall:.4f} "

@@ -154,6 +154,21 @@ def test_better_challenger_is_promoted():
     assert d.figures["recent_challenger"] == 0.75
 
 
+@pytest.mark.parametrize("n", [100, 200, 300, 1000])
+def test_a_gold_drop_of_exactly_the_tolerance_passes_and_a_gain_of_exactly_the_minimum_does_not(n):
+    """0.90 -> 0.89 came out as a drop of 0.010000000000000009, refused as over 0.01, while
+    0.57 -> 0.56 passed: the verdict on an exact one-point drop followed the float rounding."""
+    true = [truth(i) for i in range(n)]
+    cfg = GateConfig(max_gold_drop=0.01, min_recent_gain=0.1, min_recent=10)
+    recent_true = RECENT_TRUE[:10]
+    for right in range(n // 100, n + 1, n // 100):  # every whole-point accuracy
+        gold = _eval(true, set(range(right)), set(range(right - n // 100)))
+        recent = _eval(recent_true, set(range(7)), set(range(8)))  # a gain of exactly 0.1: not more
+        d = judge(gold, recent, cfg)
+        assert [r for r in d.reasons if "gold" in r or "gain" in r] == [d.reasons[0]], (right, d.reasons)
+        assert "no gain" in d.reasons[0], (right, d.reasons)  # refused for the gain alone
+
+
 def test_worse_challenger_is_refused_on_gold_even_if_better_on_recent():
     gold = _eval(GOLD_TRUE, set(range(160)), set(range(150)))  # 0.80 -> 0.75
     recent = _eval(RECENT_TRUE, set(range(20)), set(range(40)))
