@@ -2,18 +2,24 @@
 
 Layout: ``<root>/<task>/<version>/`` (save_pretrained safetensors, tokenizer, ``card.json``) with
 versions ``v1, v2, ...`` per task, and ``<root>/<task>/champion.json`` naming the champion and the
-champions before it (so ``rollback`` can step back). Every write that others may read is atomic:
-a version directory is built under a temporary name and renamed into place; the pointer is written
-to a temporary file and ``os.replace``d.
+champions before it (so ``rollback`` can step back). A task's first version becomes its champion;
+later versions wait for a promotion (``vigil models promote``, ``--promote``, the retrain gate).
+Every write that others may read is atomic: a version directory is built under a temporary name
+and renamed into place; the pointer is written to a temporary file and ``os.replace``d, under a
+lock, so that two promotions at once both land in the lineage. A version number is never given
+twice, even after its directory was deleted, while the lineage names it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 CHAMPION = "champion"
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
 _POINTER = "champion.json"
+_POINTER_LOCK = ".champion.lock"
+# Readable by the other users a deployment may run workers as (mkdtemp and mkstemp give 0700/0600).
+_DIR_MODE, _FILE_MODE = 0o755, 0o644
 
 
 class RegistryError(RuntimeError):
@@ -70,6 +79,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,7 +108,25 @@ class ModelRegistry:
         path = self.task_dir(task) / _POINTER
         if not path.is_file():
             return {"champion": None, "history": []}
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            pointer = json.loads(path.read_text(encoding="utf-8"))
+            champion, history = pointer["champion"], pointer.get("history", [])
+            if not (champion is None or isinstance(champion, str)) or not isinstance(history, list):
+                raise ValueError("champion must be a version name and history a list")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RegistryError(
+                f"the champion pointer {path} is damaged ({e}); promote the version to serve with "
+                f"`vigil models promote {task} VERSION`, which writes it anew"
+            ) from None
+        return {"champion": champion, "history": history}
+
+    @contextmanager
+    def _pointer_locked(self, task: str) -> Iterator[dict[str, Any]]:
+        """The pointer, read under the task's lock, held until the block's write is done."""
+        self.task_dir(task).mkdir(parents=True, exist_ok=True)
+        with open(self.task_dir(task) / _POINTER_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield self._pointer(task)
 
     def champion(self, task: str) -> str | None:
         """The promoted version, or None when nothing was promoted."""
@@ -108,7 +136,7 @@ class ModelRegistry:
         """The champion, then the champions before it, newest first; versions since deleted are left out."""
         pointer = self._pointer(task)
         lineage = [pointer["champion"], *reversed(pointer["history"])] if pointer["champion"] else []
-        return [v for v in dict.fromkeys(lineage) if (self.task_dir(task) / v / "card.json").is_file()]
+        return [v for v in dict.fromkeys(lineage) if self._has_card(task, v)]
 
     def _not_found(self, task: str, what: str) -> ModelNotFound:
         return ModelNotFound(
@@ -116,10 +144,18 @@ class ModelRegistry:
             f"(versions present: {', '.join(self.versions(task)) or 'none'})"
         )
 
+    def _has_card(self, task: str, version: str) -> bool:
+        return (self.task_dir(task) / version / "card.json").is_file()
+
+    def _carded(self, task: str) -> list[str]:
+        """Versions with a card, oldest first (a directory without one is no usable version)."""
+        return [v for v in self.versions(task) if self._has_card(task, v)]
+
     def resolve(self, task: str, version: str = CHAMPION) -> Path:
-        """The directory of ``version`` ('champion': the promoted one, else the newest)."""
+        """The directory of ``version`` ('champion': the promoted one; in a registry written before
+        first versions became champions, the newest)."""
         if version == CHAMPION:
-            version = self.champion(task) or (self.versions(task) or [None])[-1]
+            version = self.champion(task) or (self._carded(task) or [None])[-1]
             if version is None:
                 raise self._not_found(task, "trained")
         path = self.task_dir(task) / version
@@ -137,7 +173,7 @@ class ModelRegistry:
             return out
         for task_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             champ = self.champion(task_dir.name)
-            for v in self.versions(task_dir.name):
+            for v in self._carded(task_dir.name):
                 out.append((self.card(task_dir.name, v), v == champ))
         return out
 
@@ -156,8 +192,13 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(dir=task_dir, prefix=".staging-"))
         try:
             write(staging)
-            existing = [_version_number(v) or 0 for v in self.versions(task)]
-            n = max(existing, default=0) + 1
+            os.chmod(staging, _DIR_MODE)
+            before = self.versions(task)
+            pointer = self._pointer(task)
+            # A deleted version the lineage still names keeps its number: a new model under it would
+            # be taken for the one that was served, and become champion if that one was.
+            named = [*before, *pointer["history"], *([pointer["champion"]] if pointer["champion"] else [])]
+            n = max((_version_number(v) or 0 for v in named), default=0) + 1
             while True:
                 version = f"v{n}"
                 card = ModelCard(task=task, version=version, parent_version=self.champion(task),
@@ -166,38 +207,54 @@ class ModelRegistry:
                 try:
                     # rename is atomic and fails if another trainer took this number first
                     os.rename(staging, task_dir / version)
-                    return card
                 except OSError:
                     if not (task_dir / version).exists():
                         raise
                     n += 1
+                    continue
+                if pointer["champion"] is None:
+                    # What served until now keeps serving: the newest before this one (the rule
+                    # that read a registry with no pointer), or, for a first version, this one.
+                    carded = [v for v in before if self._has_card(task, v)]
+                    self._first_champion(task, carded[-1] if carded else version)
+                return card
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def _first_champion(self, task: str, version: str) -> None:
+        with self._pointer_locked(task) as pointer:
+            if pointer["champion"] is None:  # not promoted meanwhile
+                _write_json_atomic(self.task_dir(task) / _POINTER, {
+                    "champion": version, "history": [], "updated_at": datetime.now(UTC).isoformat()})
+
     def promote(self, task: str, version: str) -> str:
-        self.resolve(task, version)  # must exist
-        pointer = self._pointer(task)
-        if pointer["champion"] == version:
-            return version
-        history = pointer["history"] + ([pointer["champion"]] if pointer["champion"] else [])
-        _write_json_atomic(self.task_dir(task) / _POINTER,
-                           {"champion": version, "history": history,
-                            "updated_at": datetime.now(UTC).isoformat()})
+        """Make ``version`` the champion; returns its name ('champion' names the current one)."""
+        version = self.resolve(task, version).name  # must exist; never the alias itself
+        with self._pointer_locked(task) as pointer:
+            if pointer["champion"] == version:
+                return version
+            history = pointer["history"] + ([pointer["champion"]] if pointer["champion"] else [])
+            _write_json_atomic(self.task_dir(task) / _POINTER,
+                               {"champion": version, "history": history,
+                                "updated_at": datetime.now(UTC).isoformat()})
         return version
 
     def rollback(self, task: str) -> str:
         """Make the previous champion the champion again; returns it."""
-        pointer = self._pointer(task)
-        history = [v for v in pointer["history"] if (self.task_dir(task) / v / "card.json").is_file()]
-        if not history:
-            raise RegistryError(
-                f"task {task!r} has no earlier champion to roll back to "
-                f"(champion: {pointer['champion'] or 'none'}); promote a version with "
-                f"`vigil models promote {task} VERSION`"
-            )
-        previous = history.pop()
-        _write_json_atomic(self.task_dir(task) / _POINTER,
-                           {"champion": previous, "history": history,
-                            "updated_at": datetime.now(UTC).isoformat()})
+        with self._pointer_locked(task) as pointer:
+            champion, history = pointer["champion"], list(pointer["history"])
+            # Versions since deleted are skipped, and so is the champion itself (promoted twice).
+            while history and (history[-1] == champion or not self._has_card(task, history[-1])):
+                history.pop()
+            if not history:
+                raise RegistryError(
+                    f"task {task!r} has no earlier champion to roll back to "
+                    f"(champion: {champion or 'none'}); promote a version with "
+                    f"`vigil models promote {task} VERSION`"
+                )
+            previous = history.pop()
+            _write_json_atomic(self.task_dir(task) / _POINTER,
+                               {"champion": previous, "history": history,
+                                "updated_at": datetime.now(UTC).isoformat()})
         return previous

@@ -1,6 +1,8 @@
 """Registry versions, champion pointer, promote / rollback / resolve, on real saved models."""
 
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -14,8 +16,9 @@ def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
     with pytest.raises(ModelNotFound, match="vigil train --task triage"):
         reg.resolve("triage")
     assert [copy_version(reg, "triage", src).version for _ in range(3)] == ["v1", "v2", "v3"]
-    assert reg.champion("triage") is None
-    assert reg.resolve("triage").name == "v3"  # no champion: the newest
+    assert reg.champion("triage") == "v1"  # the first version; the others wait for a promotion
+    assert reg.resolve("triage").name == "v1"
+    assert reg.promote("triage", "champion") == "v1"  # the alias names the champion, never itself
     reg.promote("triage", "v1")
     assert reg.resolve("triage").name == "v1"
     assert copy_version(reg, "triage", src).parent_version == "v1"
@@ -31,7 +34,8 @@ def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
         reg.resolve("triage", "v9")
     with pytest.raises(ModelNotFound):
         reg.promote("triage", "../sentiment")
-    assert not [p for p in (tmp_path / "models" / "triage").iterdir() if p.name.startswith(".")]
+    # no staging directory or temporary pointer left behind; the lock file stays
+    assert [p.name for p in (tmp_path / "models" / "triage").iterdir() if p.name.startswith(".")] == [".champion.lock"]
 
 
 def test_champions_are_listed_newest_first_without_repeats_or_deleted_versions(tiny_registry, tmp_path):
@@ -39,14 +43,83 @@ def test_champions_are_listed_newest_first_without_repeats_or_deleted_versions(t
     reg = ModelRegistry(tmp_path / "models")
     for _ in range(4):
         copy_version(reg, "triage", src)
-    assert reg.champions("triage") == []
+    assert reg.champions("triage") == ["v1"]
     for version in ("v1", "v2", "v1", "v3", "v4"):
         reg.promote("triage", version)
     shutil.rmtree(reg.resolve("triage", "v3"))
     assert reg.champions("triage") == ["v4", "v1", "v2"]
 
 
-def test_list_and_show(tiny_registry):
+def test_a_registry_without_a_pointer_keeps_serving_its_newest_when_a_version_is_added(tiny_registry, tmp_path):
+    """Written before first versions became champions: the newest served (restarted workers),
+    while running ones followed the pointer; a version trained without --promote would have
+    been served by the next restart."""
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(2):
+        copy_version(reg, "triage", src)
+    (reg.task_dir("triage") / "champion.json").unlink()
+    assert reg.resolve("triage").name == "v2"
+    assert copy_version(reg, "triage", src).version == "v3"
+    assert (reg.champion("triage"), reg.resolve("triage").name) == ("v2", "v2")
+
+
+def test_a_deleted_champions_number_is_not_given_again(tiny_registry, tmp_path):
+    """v3 promoted then deleted by hand: the next version was numbered v3 again, and so became
+    the champion unpromoted, under the name of the model that had served."""
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(3):
+        copy_version(reg, "triage", src)
+    reg.promote("triage", "v3")
+    shutil.rmtree(reg.task_dir("triage") / "v3")
+    assert copy_version(reg, "triage", src).version == "v4"
+    assert reg.champion("triage") == "v3"  # still named: resolving it says it is missing
+    with pytest.raises(ModelNotFound, match="'v3'"):
+        reg.resolve("triage")
+
+
+def test_rollback_skips_the_champion_itself_and_deleted_versions(tiny_registry, tmp_path):
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(3):
+        copy_version(reg, "triage", src)
+    for version in ("v2", "v1", "v3", "v1"):  # history: v1 v2 v1 v3, champion v1
+        reg.promote("triage", version)
+    shutil.rmtree(reg.task_dir("triage") / "v3")
+    assert reg.rollback("triage") == "v2"  # not v3 (deleted), nor v1 (the champion already)
+    assert reg.rollback("triage") == "v1"
+
+
+def test_a_damaged_pointer_or_a_version_without_a_card_says_what_to_do(tiny_registry, tmp_path):
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(2):
+        copy_version(reg, "triage", src)
+    (reg.task_dir("triage") / "v3").mkdir()  # a directory without a card: no usable version
+    assert [c.version for c, _ in reg.list()] == ["v1", "v2"]
+    (reg.task_dir("triage") / "champion.json").write_text("")
+    with pytest.raises(RegistryError, match="damaged.*vigil models promote triage VERSION"):
+        reg.champion("triage")
+    mode = (reg.task_dir("triage") / "v1").stat().st_mode & 0o777
+    assert mode == 0o755  # other users a deployment runs workers as can read it
+
+
+def test_a_promotion_waits_for_one_under_way(tiny_registry, tmp_path):
+    """Promote reads the pointer, then writes it: two at once both read the same one, and the
+    first one's champion dropped out of the lineage (a rollback skipped it)."""
+    src = ModelRegistry(tiny_registry).resolve("triage", "v1")
+    reg = ModelRegistry(tmp_path / "models")
+    for _ in range(2):
+        copy_version(reg, "triage", src)
+    with ThreadPoolExecutor(1) as pool:
+        with reg._pointer_locked("triage"):  # another promotion, between its read and its write
+            waiting = pool.submit(reg.promote, "triage", "v2")
+            time.sleep(0.5)
+            assert not waiting.done()
+        assert waiting.result(timeout=10) == "v2"
+    assert reg.champions("triage") == ["v2", "v1"]
+
     reg = ModelRegistry(tiny_registry)
     listed = {(c.task, c.version): champ for c, champ in reg.list()}
     assert listed == {("sentiment", "v1"): True, ("triage", "v1"): True}
