@@ -413,6 +413,8 @@ def register_alerting(
     @app.on_partitions_assigned.connect
     async def take_assigned(_app: faust.App, assigned: set, **_: Any) -> None:
         processor.assign(tp.partition for tp in assigned if tp.topic == scored_name)
+        for stage in stages:
+            stage.assign(assigned)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_: Any) -> None:
@@ -433,7 +435,7 @@ def register_alerting(
         await processor.restore_slas(time.monotonic())
         await processor.emit(await processor.without_settled(processor.tick(time.monotonic())))
         for stage in stages:
-            await stage.tick(time.monotonic(), app.consumer.assignment())
+            await stage.tick(time.monotonic())
 
     if webhook is not None:
         app.task(webhook.run)

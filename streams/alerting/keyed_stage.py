@@ -50,6 +50,7 @@ class KeyedStage:
         self._metrics = metrics
         self._pending: list[tuple[StreamT, EventT]] = []
         self._last_save = 0.0
+        self._unrestored: set[int] = set()  # assigned here, restored at the next tick or event
 
     async def handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         """Feed one batch. Events of partitions no longer assigned here (revoked while the batch
@@ -61,6 +62,7 @@ class KeyedStage:
                 continue
             if not self._parts.owned(msg.partition):
                 await self._restore(msg.partition, wall)
+                self._unrestored.discard(msg.partition)
             self._pending.append((stream, event))
             try:
                 keyed = self._event_type.model_validate_json(msg.value)
@@ -91,12 +93,19 @@ class KeyedStage:
         log.info("%s partition %d: restored at offset %d with %d message ids", self._parts.name, partition,
                  checkpoint.offset, len(seen))
 
-    async def tick(self, wall: float, assigned: Iterable[TP] = ()) -> None:
+    def assign(self, assigned: Iterable[TP]) -> None:
+        """Partitions now read here: restored at the next tick if no event restores them first."""
+        self._unrestored |= {tp.partition for tp in assigned if tp.topic == self._topic}
+
+    async def tick(self, wall: float) -> None:
         """Move quiet partitions' event time on. Assigned partitions with no event yet are restored
         first: a partition that went quiet before a restart must still close its windows."""
-        for tp in assigned:
-            if tp.topic == self._topic and not self._parts.owned(tp.partition):
-                await self._restore(tp.partition, wall)
+        for partition in sorted(self._unrestored):
+            if not self._parts.owned(partition):
+                await self._restore(partition, wall)
+                if partition not in self._unrestored:  # revoked while its checkpoint was read
+                    self._parts.revoke([partition])
+            self._unrestored.discard(partition)
         await self._emit(self._parts.tick(wall))
         await self.checkpoint(wall)
 
@@ -115,4 +124,6 @@ class KeyedStage:
                 await stream.ack(event)
 
     def revoke(self, revoked: Iterable[TP]) -> None:
-        self._parts.revoke(tp.partition for tp in revoked if tp.topic == self._topic)
+        gone = {tp.partition for tp in revoked if tp.topic == self._topic}
+        self._unrestored -= gone
+        self._parts.revoke(gone)
