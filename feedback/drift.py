@@ -13,8 +13,11 @@ The figures in an event are the two means ADWIN found different: the part of its
 dropped and the part it kept. The kept part can still hold some pre-change data, so the "after"
 figure understates a change at first.
 Monitors belong to one (task, model version): a new model starts fresh, so a hot swap is not
-mistaken for drift. After an event a monitor keeps quiet for ``cooldown`` observations, so one
-shift gives one event rather than one per adjustment of the window.
+mistaken for drift. The last few versions seen keep theirs: after a promotion, audit labels of the
+old version go on arriving among the new one's for hours. After an event a monitor keeps quiet for
+``cooldown`` observations, so one shift gives one event rather than one per adjustment of the window.
+An event is dated when it was found (the retrain trigger counts events since its last round); the
+detail says the event time of the observation that completed it.
 A restarted worker warms its monitors with the history it lost (``warm_scored``, ``warm_audit``):
 replayed like live observations but without events, which were reported when they happened.
 """
@@ -22,9 +25,9 @@ replayed like live observations but without events, which were reported when the
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 from river.drift import ADWIN
@@ -79,10 +82,11 @@ class _Watched:
 
 
 class _TaskMonitors:
-    def __init__(self, task: Task, model_version: str, config: DriftConfig) -> None:
+    def __init__(self, task: Task, model_version: str, config: DriftConfig, clock: Callable[[], datetime]) -> None:
         self.task = task
         self.model_version = model_version
         self.config = config
+        self.clock = clock
         self.error = _Watched(config.error_delta, config.error_cooldown)
         self.confidence = _Watched(config.confidence_delta, config.confidence_cooldown)
         self.shares: dict[str, _Watched] = {}
@@ -93,7 +97,7 @@ class _TaskMonitors:
     def _event(self, detail: str, when: datetime, **figures: float) -> ModelEvent:
         return ModelEvent(
             kind=ModelEventKind.drift, task=self.task, model_version=self.model_version,
-            detail=detail[:4000], figures=figures, created_at=when,
+            detail=f"{detail} (seen at event time {when.isoformat()})"[:4000], figures=figures, created_at=self.clock(),
         )
 
     def audited(self, wrong: bool, when: datetime) -> list[ModelEvent]:
@@ -182,22 +186,40 @@ class CountedLabels:
         return not repeat
 
 
-class DriftMonitor:
-    """Per task, the monitors of the model version now being seen. Not thread-safe."""
+VERSIONS_KEPT = 3  # per task and kind of monitor
 
-    def __init__(self, config: DriftConfig | None = None) -> None:
+
+class DriftMonitor:
+    """Per task, the monitors of the model versions last seen. Not thread-safe. ``clock`` dates
+    the events."""
+
+    def __init__(self, config: DriftConfig | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.config = config or DriftConfig()
+        self.clock = clock
         # Audit labels arrive hours after scoring, often for an older version than the stream now
         # shows, so the two kinds of monitor follow their model versions separately.
-        self._scored: dict[str, _TaskMonitors] = {}
-        self._audited: dict[str, _TaskMonitors] = {}
+        self._scored: OrderedDict[tuple[str, str], _TaskMonitors] = OrderedDict()
+        self._audited: OrderedDict[tuple[str, str], _TaskMonitors] = OrderedDict()
         self._counted = CountedLabels()
 
-    def _for(self, monitors: dict[str, _TaskMonitors], task: Task, model_version: str) -> _TaskMonitors:
-        current = monitors.get(task)
-        if current is None or current.model_version != model_version:
-            current = monitors[task] = _TaskMonitors(task, model_version, self.config)
+    def _for(self, monitors: OrderedDict[tuple[str, str], _TaskMonitors], task: Task,
+             model_version: str) -> _TaskMonitors:
+        current = monitors.get((task, model_version))
+        if current is None:
+            return self._fresh(monitors, task, model_version)
+        monitors.move_to_end((task, model_version))
         return current
+
+    def _fresh(self, monitors: OrderedDict[tuple[str, str], _TaskMonitors], task: Task,
+               model_version: str) -> _TaskMonitors:
+        """New monitors for the version, in place of any it had; the task's least recently seen
+        version beyond VERSIONS_KEPT goes."""
+        monitors.pop((task, model_version), None)
+        monitors[(task, model_version)] = fresh = _TaskMonitors(task, model_version, self.config, self.clock)
+        for old in [key for key in monitors if key[0] == task][:-VERSIONS_KEPT]:
+            del monitors[old]
+        return fresh
 
     def observe_scored(
         self, task: Task, model_version: str, label: str, confidence: float, when: datetime
@@ -224,7 +246,7 @@ class DriftMonitor:
         confidence, event time), oldest first), replacing what they held; returns how many were
         replayed. No events: the windows, label-mix blocks and cooldowns end as live observation
         would have left them, so a change under way is found at the same point as without a restart."""
-        monitors = self._scored[task] = _TaskMonitors(task, model_version, self.config)
+        monitors = self._fresh(self._scored, task, model_version)
         replayed = 0
         for label, confidence, when in history:
             monitors.scored(label, confidence, when)
@@ -237,7 +259,7 @@ class DriftMonitor:
         """Start ``task``'s audited-error monitor for ``model_version`` from ``history`` (corrections
         with their items, oldest first), replacing what it held, as ``warm_scored`` does; only
         corrections of that version's audit items count. Returns how many were replayed."""
-        monitors = self._audited[task] = _TaskMonitors(task, model_version, self.config)
+        monitors = self._fresh(self._audited, task, model_version)
         replayed = 0
         for correction, item in history:
             wrong = audit_error(correction, item)

@@ -30,7 +30,8 @@ def audited_errors(monitor: DriftMonitor, rng: random.Random, n: int, rate: floa
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_rise_in_the_audited_error_rate_is_found_within_400_labels(seed: int) -> None:
     rng = random.Random(seed)
-    monitor = DriftMonitor()
+    found_at = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
+    monitor = DriftMonitor(clock=lambda: found_at)
     assert audited_errors(monitor, rng, 2000, 0.12) == []
     found = audited_errors(monitor, rng, 400, 0.35, start=2000)
     assert found, "a jump from 12% to 35% errors went unnoticed"
@@ -39,7 +40,22 @@ def test_a_rise_in_the_audited_error_rate_is_found_within_400_labels(seed: int) 
     assert event.figures["error_rate_after"] > event.figures["error_rate_before"]
     assert 0.05 < event.figures["error_rate_before"] < 0.2
     assert "audited error rate rose from" in event.detail and "retrain" in event.detail
-    assert event.created_at == at(i)
+    # dated when found, not at the event time of the label that completed it: the retrain trigger
+    # counts drift since its last round's start, and a change found now in older traffic counts
+    assert event.created_at == found_at and f"(seen at event time {at(i).isoformat()})" in event.detail
+
+
+def test_audit_labels_of_the_version_before_a_promotion_do_not_reset_the_new_ones_monitor() -> None:
+    """After a promotion, audit items of the old version are labelled among the new one's (audit
+    items are leased last). Each switch of version replaced the monitor, so it never filled."""
+    rng = random.Random(3)
+    monitor = DriftMonitor()
+    found = []
+    for i in range(6000):
+        if i % 10 == 0:
+            monitor.observe_audit("sentiment", "v1", rng.random() < 0.12, at(i))
+        found += monitor.observe_audit("sentiment", "v2", rng.random() < (0.12 if i < 3000 else 0.35), at(i))
+    assert [e.model_version for e in found] == ["v2"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -106,7 +122,7 @@ def test_block_size_bounds_how_often_the_detectors_run() -> None:
     monitor = DriftMonitor(DriftConfig(block=10))
     rng = random.Random(3)
     scored_stream(monitor, rng, 95, 0, weights=[1, 0, 0], conf=0.9)
-    assert monitor._scored["sentiment"].blocks == 9  # label-mix observations; confidence sees each message
+    assert monitor._scored[("sentiment", "v1")].blocks == 9  # label-mix observations; confidence sees each message
 
 
 def test_only_corrections_of_audit_items_say_whether_the_model_erred() -> None:
@@ -180,7 +196,7 @@ def test_a_warm_up_with_another_model_versions_history_does_not_count() -> None:
     after = {name: scored_stream(m, random.Random(14), 3000, 5000, weights=[0.6, 0.25, 0.15], conf=0.72, version="v2")
              for name, m in (("warmed", warmed), ("cold", cold))}
     assert _moments(after["warmed"]) == _moments(after["cold"])
-    assert warmed._scored["sentiment"].confidence.detector.width == 3000
+    assert warmed._scored[("sentiment", "v2")].confidence.detector.width == 3000
 
 
 def _audit_pair(i: int, *, wrong: bool, version: str = "v1", audit: bool = True):
