@@ -349,12 +349,13 @@ def register_feedback(
 
     @app.on_partitions_assigned.connect
     async def take_budget_share(_app: faust.App, assigned: set, **_: Any) -> None:
-        owned = sum(1 for tp in assigned if tp.topic == candidates_name)
+        owned = sorted(tp.partition for tp in assigned if tp.topic == candidates_name)
         total = app.consumer.topic_partitions(candidates_name) or settings.topic_partitions
-        processor.selector.see_share(owned, max(total, owned))
+        total = max(total, max(owned, default=-1) + 1)  # the count as far as the ids show it
+        processor.selector.see_share(owned, total)
         processor.forget_selections()
         log.info("label selection: %d of %d label-candidate partitions here, so that share of each hour's budget",
-                 owned, total)
+                 len(owned), total)
 
     app.agent(scored_topic, name="vigil.feedback.scored", concurrency=1)(
         on_values(processor.on_scored)

@@ -17,10 +17,11 @@ Candidates then pass, in order:
    budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
    and hide an alert's evidence), but they count towards the shares.
 
-A selector that sees only part of the stream (a worker reading k of the label-candidates topic's
-n partitions) keeps k/n of each hour's budget (``see_share``), so the workers together keep the
-task's budget. That topic is keyed by ``fingerprint``, so every copy of a text comes to one
-selector. State is in memory and bounded; a fresh selector fed the same messages decides the
+A selector that sees only part of the stream (a worker reading some of the label-candidates
+topic's n partitions) keeps its partitions' shares of each hour's budget (``see_share``): each
+partition gets budget // n, and the first budget % n one more, so the workers together keep the
+task's budget exactly and a budget smaller than n still reaches some of them. That topic is keyed
+by ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a fresh selector fed the same messages decides the
 same way. A restarted one takes what was queued before it as its history (``remember``), so it
 neither spends an hour's budget again nor queues a text again; after a rebalance a running one
 does the same (``forget``, then ``remember``).
@@ -33,7 +34,7 @@ import math
 import re
 import unicodedata
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -51,7 +52,9 @@ TASK_OF_KIND: dict[Kind, Task] = {Kind.news: "sentiment", Kind.support: "triage"
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z0-9.\-]{0,9}\b")
 _DIGITS = re.compile(r"\d+")
-_NOT_WORD = re.compile(r"[\W_]+")
+# Everything but letters, and the symbols people write sentiment with (arrows, emoji): "earnings
+# tomorrow 📈" and "earnings tomorrow 📉" are not the same text.
+_NOT_WORD = re.compile(r"(?:[^\w\u2190-\u21ff\u2300-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]|_)+")
 
 
 class TaskPolicy(BaseModel):
@@ -64,10 +67,13 @@ class TaskPolicy(BaseModel):
         0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."
     )
 
-    def caps(self, owned: int = 1, total: int = 1) -> tuple[int, int]:
-        """(hourly budget, hourly cap per predicted label) of a selector that sees ``owned`` of
-        ``total`` equal shares of the stream."""
-        budget = self.budget_per_hour * owned // total
+    def caps(self, owned: Collection[int] = (0,), total: int = 1) -> tuple[int, int]:
+        """(hourly budget, hourly cap per predicted label) of a selector that sees partitions
+        ``owned`` of ``total`` equal shares of the stream."""
+        # Largest remainder: with budget 3 over 4 workers of one partition each, a share of
+        # budget * 1 // 4 gave every one of them 0.
+        whole, rest = divmod(self.budget_per_hour, total)
+        budget = sum(whole + (p < rest) for p in owned)
         return budget, max(1, math.ceil(budget * self.max_class_share))
 
 
@@ -202,15 +208,16 @@ class Selector:
 
     def __init__(self, policy: SelectionPolicy) -> None:
         self.policy = policy
-        self._share = (1, 1)
+        self._share: tuple[tuple[int, ...], int] = ((0,), 1)
         self._seen: dict[str, OrderedDict[bytes, None]] = {}
         self._counts: dict[str, _HourCounts] = {}
 
-    def see_share(self, owned: int, total: int) -> None:
-        """From now on this selector sees ``owned`` of the stream's ``total`` partitions."""
-        if total < 1 or not 0 <= owned <= total:
-            raise ValueError(f"a share is owned/total partitions with 0 <= owned <= total >= 1, got {owned}/{total}")
-        self._share = (owned, total)
+    def see_share(self, owned: Iterable[int], total: int) -> None:
+        """From now on this selector sees partitions ``owned`` of the stream's ``total``."""
+        parts = tuple(sorted(set(owned)))
+        if total < 1 or any(not 0 <= p < total for p in parts):
+            raise ValueError(f"a share is partitions of 0..{total - 1} (total >= 1), got {list(parts)} of {total}")
+        self._share = (parts, total)
 
     def forget(self) -> None:
         """Drop the remembered texts and hour counts (keeping the share), as after a rebalance: the
@@ -222,7 +229,7 @@ class Selector:
         """Take items queued before this selector started (oldest first) as its own history: their
         texts' fingerprints, and their hour counts scaled to this selector's share of the stream
         (set the share first). Returns how many items it took."""
-        owned, total = self._share
+        owned, total = len(self._share[0]), self._share[1]
         tally: Counter[tuple[str, datetime, str]] = Counter()
         for item in past:
             tally[item.task, hour_of(item.event_time), item.label] += 1

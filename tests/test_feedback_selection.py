@@ -121,13 +121,13 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
     selected = []
     for parts in owned.values():
         selector = Selector(policy)
-        selector.see_share(len(parts), partitions)
+        selector.see_share(parts, partitions)
         selected += [d.request for d in run(selector, [x for i, x in enumerate(stream) if i % partitions in parts])]
     per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected if r is not None)
     assert all(n <= budget for n in per_hour.values())
 
     whole = Selector(policy)
-    whole.see_share(partitions, partitions)
+    whole.see_share(range(partitions), partitions)
     assert run(whole, stream) == run(Selector(policy), stream)
 
 
@@ -182,6 +182,17 @@ def test_normalisation_ignores_case_digits_links_cashtags_punctuation_and_spacin
     assert len({fingerprint(t) for t in texts}) == 1
     assert normalise_text("RT $TSLA up 12% today!!! https://t.co/abc  Great\tnews") == "rt up today great news"
     assert fingerprint("ACME cuts guidance") != fingerprint("ACME raises guidance")
+    assert fingerprint("Earnings call tomorrow 📈") != fingerprint("Earnings call tomorrow 📉")
+    assert normalise_text("up ↑ 🚀🚀, down ↓") == "up ↑ 🚀🚀 down ↓"
+
+
+def test_a_budget_smaller_than_the_partitions_still_reaches_some_and_adds_up() -> None:
+    """Four workers with one partition each of a budget of 3 each got 3 * 1 // 4 = 0: nothing was
+    ever queued. Partitions now take budget // n each and the first budget % n one more."""
+    policy = TaskPolicy(margin_below=0.2, entropy_above=0.9, budget_per_hour=3)
+    assert [policy.caps([p], 4)[0] for p in range(4)] == [1, 1, 1, 0]
+    assert policy.caps(range(4), 4)[0] == 3 and policy.caps([1, 3], 4)[0] == 1
+    assert TaskPolicy(margin_below=0.2, entropy_above=0.9, budget_per_hour=10).caps([0, 1], 4)[0] == 6
 
 
 def test_dedup_memory_is_bounded_and_forgets_the_oldest() -> None:
