@@ -230,6 +230,10 @@ class Pacer:
         self._clock = clock
         self._start = clock()
 
+    def restart(self) -> None:
+        """Message 0 is due now."""
+        self._start = self._clock()
+
     def delay(self, n: int) -> float:
         """Seconds to wait before sending message ``n`` (0-based); 0 unless it starts a burst."""
         if not self.rate or n % self.burst:
@@ -276,7 +280,7 @@ async def replay(
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    pacer = Pacer(rate_per_s)
+    pacer = Pacer(rate_per_s)  # a bad rate is refused before anything connects
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -294,6 +298,7 @@ async def replay(
             "check VIGIL_KAFKA_BROKERS and the security settings"
         ) from e
 
+    pacer.restart()  # time spent connecting is no lag to catch up in a burst
     counts = ReplayCounts()
     pending: set[asyncio.Future[Any]] = set()
     first_error: list[BaseException] = []

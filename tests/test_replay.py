@@ -141,6 +141,17 @@ def test_pacer_schedules_against_the_start_not_the_last_send() -> None:
         Pacer(-1)
 
 
+def test_a_pacer_restarted_once_connected_sends_no_burst_for_the_connection_time() -> None:
+    """The replay made its pacer before the producer connected: a second spent connecting came out
+    as 50 messages at once at 50 msg/s. It now restarts the schedule once connected."""
+    now = [0.0]
+    pacer = Pacer(50, clock=lambda: now[0])
+    now[0] = 1.0  # connecting
+    assert pacer.delay(49) == 0.0  # behind schedule by a second: the burst
+    pacer.restart()
+    assert pacer.delay(1) == pytest.approx(0.02) and pacer.delay(49) == pytest.approx(0.98)
+
+
 # --- producing into the real broker ----------------------------------------------------------
 
 
