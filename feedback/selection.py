@@ -10,8 +10,9 @@ A message is a candidate for any of these reasons, all recorded on its request:
 Candidates then pass, in order:
 1. near-duplicate collapse: texts equal after normalising case, digits, URLs, cashtags,
    punctuation and whitespace are queued once (the fingerprints of the last ``dedup_memory``
-   selected texts per task are remembered). Alert contributors are exempt: an alert's evidence is
-   labelled even when it repeats a text already queued.
+   selected texts per task are remembered). Alert contributors and audit draws are exempt: an
+   alert's evidence is labelled even when it repeats a text already queued, and an audit that
+   skipped texts seen before would under-count them in the accuracy it estimates.
 2. the per-hour budget of the task, counted in event-time hours, which nothing exceeds;
 3. class balance: within an hour, no predicted label takes more than ``max_class_share`` of the
    budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
@@ -283,7 +284,7 @@ class Selector:
         hour = hour_of(msg.event_time)
 
         dropped = None
-        if print_ in seen and SelectionReason.alert not in reasons:
+        if print_ in seen and not exempt:
             seen.move_to_end(print_)
             dropped = DropReason.duplicate
         elif counts.too_late(hour):

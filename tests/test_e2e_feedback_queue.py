@@ -6,10 +6,11 @@ priority alerts), and the feedback agents select what a person should label. The
 from what ClickHouse stored (the model's scores, the alerts) which messages the policy must select
 and why, and checks the label-requests topic and the label_queue table against it. Then a second
 worker in a new consumer group replays every topic from the start: it takes the queue as its
-selector's history, so only alert evidence (exempt from de-duplication) is requested again, under
-the same item ids, and nothing new appears in the queue. Thresholds come from scoring the texts with the same tiny model first, so some messages are
-uncertain and some are not whatever the model learned. Last, that worker restarts and a new
-message comes: its drift monitors start from the news v1 scored before it.
+selector's history, so only alert evidence and audit draws (exempt from de-duplication) are
+requested again, under the same item ids, and nothing new appears in the queue. Thresholds come
+from scoring the texts with the same tiny model first, so some messages are uncertain and some are
+not whatever the model learned. Last, that worker restarts and a new message comes: its drift
+monitors start from the news v1 scored before it.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def test_selected_items_reach_the_topic_and_the_queue_with_their_reasons_and_a_r
     # A replay of every topic from the start, by a worker in a new consumer group.
     second = worker(f"{settings.consumer_group}-replay", "worker-2")
     second.start()
-    evidence = {k for k, i in items.items() if SelectionReason.alert in i.request.reasons}
+    evidence = {k for k, i in items.items() if {SelectionReason.alert, SelectionReason.audit} & set(i.request.reasons)}
     replayed = asyncio.run(_requests_until_quiet(
         settings, lambda got: len(got) >= len(on_topic) + len(evidence), quiet_s=6, timeout_s=240,
     ))[len(on_topic):]

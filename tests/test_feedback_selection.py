@@ -164,7 +164,7 @@ def test_near_duplicates_are_queued_once(stream) -> None:
     decisions = run(Selector(small_policy(10_000, share=1.0)), stream)
     queued = Counter(
         (d.task, fingerprint(d.request.text)) for d in decisions
-        if d.request is not None and SelectionReason.alert not in d.request.reasons
+        if d.request is not None and not EXEMPT & set(d.request.reasons)
     )
     assert all(n == 1 for n in queued.values())
     # Every candidate dropped as a duplicate repeats a text queued before it in the same task.
@@ -175,6 +175,18 @@ def test_near_duplicates_are_queued_once(stream) -> None:
             assert key in seen
         if d.selected:
             seen.add(key)
+
+
+def test_audit_draws_of_a_repeated_text_are_all_queued() -> None:
+    """The audit estimates accuracy over the traffic as it comes; skipping texts seen before left
+    templated texts out of it (0.14% of audit items against 29.5% of audit draws in a review)."""
+    sel = Selector(small_policy(10_000, audit_rate=1.0))
+    decisions = [sel.decide(msg(i, text="Your card has been blocked, call us"), NOW) for i in range(5)]
+    assert [d.selected for d in decisions] == [True] * 5
+    assert all(SelectionReason.audit in d.reasons for d in decisions)
+    uncertain_only = Selector(small_policy(10_000, audit_rate=0.0))
+    again = [uncertain_only.decide(msg(i, text="Your card has been blocked, call us", margin=0.0), NOW) for i in range(5)]
+    assert [d.dropped for d in again] == [None] + [DropReason.duplicate] * 4
 
 
 def test_normalisation_ignores_case_digits_links_cashtags_punctuation_and_spacing() -> None:
