@@ -18,14 +18,14 @@ Candidates then pass, in order:
    budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
    and hide an alert's evidence), but they count towards the shares.
 
-A selector that sees only part of the stream (a worker reading some of the label-candidates
-topic's n partitions) keeps its partitions' shares of each hour's budget (``see_share``): each
-partition gets budget // n, and the first budget % n one more, so the workers together keep the
-task's budget exactly and a budget smaller than n still reaches some of them. That topic is keyed
-by ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded;
-a fresh selector fed the same messages decides the same way. A restarted one takes what was queued before it as its history (``remember``), so it
-neither spends an hour's budget again nor queues a text again; after a rebalance a running one
-does the same (``forget``, then ``remember``).
+A selector that sees only part of the stream (a worker reading some of the label-candidates topic's
+n partitions) keeps its partitions' shares of each hour's budget (``see_share``): each partition
+gets budget // n, and the first budget % n one more, so the workers together keep the task's budget
+exactly and a budget smaller than n still reaches some of them. That topic is keyed by
+``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a
+fresh selector fed the same messages decides the same way. A restarted one takes what was queued
+before it as its history (``remember``), so it neither spends an hour's budget again nor queues a
+text again; after a rebalance a running one does the same (``forget``, then ``remember``).
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ class ModelRegistry:
             n = max((_version_number(v) or 0 for v in named), default=0) + 1
             while True:
                 version = f"v{n}"
-                card = ModelCard(task=task, version=version, parent_version=self.champion(task),
+                card = ModelCard(task=task, version=version, parent_version=pointer["champion"],
                                  created_at=datetime.now(UTC), **card_fields)
                 (staging / "card.json").write_text(card.model_dump_json(indent=2), encoding="utf-8")
                 try:
