@@ -7,20 +7,28 @@ A message is a candidate for any of these reasons, all recorded on its request:
   draws the same messages and the draw knows nothing about the text or the score (unbiased);
 - ``alert``: it contributed to an alert.
 
-Candidates then pass, in order:
+Audit draws have a budget of their own (``audit_budget_per_hour``), apart from the rest: when
+uncertain messages spent the hour's budget in its first minutes, as they do on busy streams, the
+audit got nothing, and accuracy went unmeasured exactly when traffic was heaviest. The audit budget
+is paced through the event-time hour (by the end of minute m, at most ceil(budget * (m + 1) / 60)),
+so the sample spreads over the hour instead of being its first draws. A draw past it is queued (or
+dropped) for its other reasons alone, and without the audit reason: it is not part of the sample.
+Audit items are exempt from near-duplicate collapse (skipping texts seen before would under-count
+them in the accuracy the audit estimates) and from class balance (it would bias the sample).
+
+Every other candidate then passes, in order:
 1. near-duplicate collapse: texts equal after normalising case, digits, URLs, cashtags,
    punctuation and whitespace are queued once (the fingerprints of the last ``dedup_memory``
-   selected texts per task are remembered). Alert contributors and audit draws are exempt: an
-   alert's evidence is labelled even when it repeats a text already queued, and an audit that
-   skipped texts seen before would under-count them in the accuracy it estimates.
+   selected texts per task are remembered). Alert contributors are exempt: an alert's evidence is
+   labelled even when it repeats a text already queued.
 2. the per-hour budget of the task, counted in event-time hours, which nothing exceeds;
 3. class balance: within an hour, no predicted label takes more than ``max_class_share`` of the
-   budget. Audit items and alert contributors are exempt (balancing would bias the audit sample
-   and hide an alert's evidence), but they count towards the shares.
+   budget. Alert contributors are exempt (balancing would hide an alert's evidence), but they
+   count towards the shares.
 
 A selector that sees only part of the stream (a worker reading some of the label-candidates topic's
-n partitions) keeps its partitions' shares of each hour's budget (``see_share``): each partition
-gets budget // n, and the first budget % n one more, so the workers together keep the task's budget
+n partitions) keeps its partitions' shares of each hour's budgets (``see_share``): each partition
+gets budget // n, and the first budget % n one more, so the workers together keep the task's budgets
 exactly and a budget smaller than n still reaches some of them. That topic is keyed by
 ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a
 fresh selector fed the same messages decides the same way. A restarted one takes what was queued
@@ -67,15 +75,35 @@ class TaskPolicy(BaseModel):
     max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."
     )
+    audit_budget_per_hour: int = Field(
+        12, ge=0, description="Most audit requests per event-time hour, paced through the hour; apart from the "
+        "budget of the other requests.",
+    )
 
-    def caps(self, owned: Collection[int] = (0,), total: int = 1) -> tuple[int, int]:
-        """(hourly budget, hourly cap per predicted label) of a selector that sees partitions
-        ``owned`` of ``total`` equal shares of the stream."""
-        # Largest remainder: with budget 3 over 4 workers of one partition each, a share of
-        # budget * 1 // 4 gave every one of them 0.
-        whole, rest = divmod(self.budget_per_hour, total)
-        budget = sum(whole + (p < rest) for p in owned)
-        return budget, max(1, math.ceil(budget * self.max_class_share))
+    def caps(self, owned: Collection[int] = (0,), total: int = 1) -> Caps:
+        """The hourly caps of a selector that sees partitions ``owned`` of ``total`` equal shares
+        of the stream."""
+        budget = _share_of(self.budget_per_hour, owned, total)
+        return Caps(budget, max(1, math.ceil(budget * self.max_class_share)),
+                    _share_of(self.audit_budget_per_hour, owned, total))
+
+
+class Caps(NamedTuple):
+    budget: int
+    per_label: int
+    audit: int
+
+
+def _share_of(budget: int, owned: Collection[int], total: int) -> int:
+    # Largest remainder: with budget 3 over 4 workers of one partition each, a share of
+    # budget * 1 // 4 gave every one of them 0.
+    whole, rest = divmod(budget, total)
+    return sum(whole + (p < rest) for p in owned)
+
+
+def paced(budget: int, t: datetime) -> int:
+    """How much of an hour's ``budget`` may be spent by the end of ``t``'s minute."""
+    return math.ceil(budget * (t.minute + 1) / 60)
 
 
 class SelectionPolicy(BaseModel):
@@ -101,6 +129,7 @@ def policy_from_settings(settings: VigilSettings) -> SelectionPolicy:
         return TaskPolicy(
             margin_below=margin_below, entropy_above=entropy_above,
             budget_per_hour=settings.feedback_budget_per_hour, max_class_share=settings.feedback_max_class_share,
+            audit_budget_per_hour=settings.feedback_audit_budget_per_hour,
         )
 
     return SelectionPolicy(
@@ -120,6 +149,7 @@ class PastSelection(NamedTuple):
     event_time: datetime
     label: str
     text: str
+    audit: bool = False
 
 
 class DropReason(StrEnum):
@@ -127,6 +157,7 @@ class DropReason(StrEnum):
     budget = "budget"
     class_balance = "class_balance"
     late = "late"
+    audit_budget = "audit_budget"
 
 
 @dataclass(frozen=True)
@@ -176,12 +207,14 @@ def hour_of(t: datetime) -> datetime:
 
 
 class _HourCounts:
-    """Selections per event-time hour (total and per predicted label) for one task, bounded."""
+    """Selections per event-time hour for one task (audit items; the others in total and per
+    predicted label), bounded."""
 
     def __init__(self, hours_kept: int) -> None:
         self._hours_kept = hours_kept
         self._totals: dict[datetime, int] = {}
         self._by_label: dict[datetime, dict[str, int]] = {}
+        self._audits: dict[datetime, int] = {}
         self._newest: datetime | None = None
 
     def too_late(self, hour: datetime) -> bool:
@@ -193,15 +226,26 @@ class _HourCounts:
     def of_label(self, hour: datetime, label: str) -> int:
         return self._by_label.get(hour, {}).get(label, 0)
 
+    def audits(self, hour: datetime) -> int:
+        return self._audits.get(hour, 0)
+
     def add(self, hour: datetime, label: str, n: int = 1) -> None:
         self._totals[hour] = self._totals.get(hour, 0) + n
         labels = self._by_label.setdefault(hour, {})
         labels[label] = labels.get(label, 0) + n
+        self._saw(hour)
+
+    def add_audit(self, hour: datetime, n: int = 1) -> None:
+        self._audits[hour] = self._audits.get(hour, 0) + n
+        self._saw(hour)
+
+    def _saw(self, hour: datetime) -> None:
         if self._newest is None or hour > self._newest:
             self._newest = hour
             horizon = hour - timedelta(hours=self._hours_kept)
-            for old in [h for h in self._totals if h <= horizon]:
-                del self._totals[old], self._by_label[old]
+            for counts in (self._totals, self._by_label, self._audits):
+                for old in [h for h in counts if h <= horizon]:
+                    del counts[old]
 
 
 class Selector:
@@ -231,13 +275,17 @@ class Selector:
         texts' fingerprints, and their hour counts scaled to this selector's share of the stream
         (set the share first). Returns how many items it took."""
         owned, total = len(self._share[0]), self._share[1]
-        tally: Counter[tuple[str, datetime, str]] = Counter()
+        tally: Counter[tuple[str, datetime, str | None]] = Counter()
         for item in past:
-            tally[item.task, hour_of(item.event_time), item.label] += 1
+            tally[item.task, hour_of(item.event_time), None if item.audit else item.label] += 1
             self._remember_text(item.task, fingerprint(item.text))
         for (task, hour, label), n in tally.items():
             if scaled := n * owned // total:
-                self._counts.setdefault(task, _HourCounts(self.policy.hours_kept)).add(hour, label, scaled)
+                counts = self._counts.setdefault(task, _HourCounts(self.policy.hours_kept))
+                if label is None:
+                    counts.add_audit(hour, scaled)
+                else:
+                    counts.add(hour, label, scaled)
         return sum(tally.values())
 
     def _remember_text(self, task: str, print_: bytes) -> None:
@@ -276,27 +324,40 @@ class Selector:
         reasons = self.reasons(msg, challenger_label=challenger_label, alert=alert_id is not None)
         if not reasons:
             return Decision(msg.id, task, reasons)
-        rules = self.policy.tasks[task]
-        exempt = SelectionReason.alert in reasons or SelectionReason.audit in reasons
-        seen = self._seen.setdefault(task, OrderedDict())
         counts = self._counts.setdefault(task, _HourCounts(self.policy.hours_kept))
-        print_ = fingerprint(msg.text)
         hour = hour_of(msg.event_time)
+        if counts.too_late(hour):
+            return Decision(msg.id, task, reasons, dropped=DropReason.late)
+        caps = self.policy.tasks[task].caps(*self._share)
+        print_ = fingerprint(msg.text)
 
+        if SelectionReason.audit in reasons:
+            if counts.audits(hour) < paced(caps.audit, as_utc(msg.event_time)):
+                counts.add_audit(hour)
+                return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
+            reasons = tuple(r for r in reasons if r is not SelectionReason.audit)
+            if not reasons:
+                return Decision(msg.id, task, reasons, dropped=DropReason.audit_budget)
+
+        alert = SelectionReason.alert in reasons
+        seen = self._seen.setdefault(task, OrderedDict())
         dropped = None
-        if print_ in seen and not exempt:
+        if print_ in seen and not alert:
             seen.move_to_end(print_)
             dropped = DropReason.duplicate
-        elif counts.too_late(hour):
-            dropped = DropReason.late
-        elif counts.total(hour) >= (caps := rules.caps(*self._share))[0]:
+        elif counts.total(hour) >= caps.budget:
             dropped = DropReason.budget
-        elif not exempt and counts.of_label(hour, msg.label) >= caps[1]:
+        elif not alert and counts.of_label(hour, msg.label) >= caps.per_label:
             dropped = DropReason.class_balance
         if dropped is not None:
             return Decision(msg.id, task, reasons, dropped=dropped)
-
         counts.add(hour, msg.label)
+        return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
+
+    def _selected(
+        self, msg: ScoredMessage, task: Task, reasons: tuple[SelectionReason, ...], print_: bytes,
+        now: datetime, challenger_label: str | None, alert_id: str | None,
+    ) -> Decision:
         self._remember_text(task, print_)
         return Decision(msg.id, task, reasons, request=to_request(msg, task, reasons, now, challenger_label, alert_id))
 

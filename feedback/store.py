@@ -273,11 +273,12 @@ class FeedbackStore:
         counts it: what a restarted worker's selector takes as its history."""
         rows = self._query(
             "label-queue selections read",
-            f"SELECT task, event_time, model_label, text FROM {self.database}.label_queue FINAL "
+            f"SELECT task, event_time, model_label, text, has(reasons, {{audit:String}}) "
+            f"FROM {self.database}.label_queue FINAL "
             "WHERE selected_at >= {since:DateTime} ORDER BY selected_at, item_id",
-            {"since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S")},
+            {"since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S"), "audit": SelectionReason.audit.value},
         )
-        return [PastSelection(task, as_utc(t), label, text) for task, t, label, text in rows]
+        return [PastSelection(task, as_utc(t), label, text, bool(audit)) for task, t, label, text, audit in rows]
 
     def queue_stats(self, task: str | None = None) -> dict[str, int]:
         """Items per state (every state present, 0 when none)."""

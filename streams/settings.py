@@ -160,7 +160,11 @@ class VigilSettings(BaseSettings):
         0.01, ge=0, le=1, description="Share of scored messages sent for labelling at random (audit)."
     )
     feedback_budget_per_hour: int = Field(
-        120, ge=0, description="Most label requests per task per event-time hour."
+        120, ge=0, description="Most label requests per task per event-time hour, audit draws apart."
+    )
+    feedback_audit_budget_per_hour: int = Field(
+        12, ge=0, description="Most audit requests per task per event-time hour, paced through the hour "
+        "(by the end of minute m, at most ceil(budget * (m + 1) / 60))."
     )
     feedback_max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of an hour's budget one predicted label may take."

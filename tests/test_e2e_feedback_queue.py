@@ -77,6 +77,7 @@ def feedback_stack(tmp_path: Path, tiny_registry: Path, tiny_scorers, kafka_brok
         # The champion as its own shadow: exercises shadow scoring end to end; it must agree everywhere.
         VIGIL_SHADOW_SENTIMENT_MODEL="v1",
         VIGIL_FEEDBACK_BUDGET_PER_HOUR="10000",
+        VIGIL_FEEDBACK_AUDIT_BUDGET_PER_HOUR="10000",
         VIGIL_FEEDBACK_MAX_CLASS_SHARE="1",
         VIGIL_FEEDBACK_SENTIMENT_MARGIN_BELOW=repr(_median_margin(tiny_scorers["sentiment"], news)),
         VIGIL_FEEDBACK_SENTIMENT_ENTROPY_ABOVE="100",

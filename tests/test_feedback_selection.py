@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedback.contracts import SelectionReason
+from feedback.contracts import LabelRequest, SelectionReason
 from feedback.selection import (
     Decision,
     DropReason,
@@ -20,6 +20,7 @@ from feedback.selection import (
     fingerprint,
     hour_of,
     normalise_text,
+    paced,
     policy_from_settings,
 )
 from streams.contracts import Kind, ScoredMessage
@@ -29,6 +30,7 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 LABELS = {Kind.news: ["negative", "neutral", "positive"], Kind.support: ["card_arrival", "lost_or_stolen_card", "top_up_failed"]}
 EXEMPT = {SelectionReason.alert, SelectionReason.audit}
+AUDIT = SelectionReason.audit
 BASE_TEXTS = [
     "ACME cuts guidance, shares fall", "Bolt Motors beats estimates", "Fed holds rates steady",
     "my card has not arrived yet", "I lost my card yesterday", "top up failed again",
@@ -79,14 +81,26 @@ def streams(draw: st.DrawFn, max_size: int = 120) -> list[tuple[ScoredMessage, s
     return out
 
 
-def small_policy(budget: int, share: float = 0.5, audit_rate: float = 0.05) -> SelectionPolicy:
-    return SelectionPolicy(
-        tasks={
-            "sentiment": TaskPolicy(margin_below=0.3, entropy_above=1.0, budget_per_hour=budget, max_class_share=share),
-            "triage": TaskPolicy(margin_below=0.2, entropy_above=2.0, budget_per_hour=budget, max_class_share=share),
-        },
-        audit_rate=audit_rate,
-    )
+def small_policy(budget: int, share: float = 0.5, audit_rate: float = 0.05, audit_budget: int = 3) -> SelectionPolicy:
+    def task(margin_below: float, entropy_above: float) -> TaskPolicy:
+        return TaskPolicy(margin_below=margin_below, entropy_above=entropy_above, budget_per_hour=budget,
+                          max_class_share=share, audit_budget_per_hour=audit_budget)
+
+    return SelectionPolicy(tasks={"sentiment": task(0.3, 1.0), "triage": task(0.2, 2.0)}, audit_rate=audit_rate)
+
+
+def per_hour(requests: list[LabelRequest], audit: bool) -> Counter[tuple[str, datetime]]:
+    """Requests per (task, event-time hour): of the audit sample, or of the rest."""
+    return Counter((r.task, hour_of(r.event_time)) for r in requests if (AUDIT in r.reasons) == audit)
+
+
+def audits_by_minute_are_paced(requests: list[LabelRequest], audit_budget: int) -> bool:
+    taken: Counter[tuple[str, datetime]] = Counter()
+    for r in sorted((r for r in requests if AUDIT in r.reasons), key=lambda r: r.event_time):
+        taken[r.task, hour_of(r.event_time)] += 1
+        if taken[r.task, hour_of(r.event_time)] > paced(audit_budget, r.event_time):
+            return False
+    return True
 
 
 def run(selector: Selector, stream: list[tuple[ScoredMessage, str | None, bool]]) -> list[Decision]:
@@ -96,14 +110,15 @@ def run(selector: Selector, stream: list[tuple[ScoredMessage, str | None, bool]]
 
 
 @settings(max_examples=150, deadline=None)
-@given(stream=streams(), budget=st.integers(0, 12), share=st.floats(0.1, 1.0))
-def test_budget_and_class_shares_are_never_exceeded(stream, budget: int, share: float) -> None:
-    policy = small_policy(budget, share)
+@given(stream=streams(), budget=st.integers(0, 12), share=st.floats(0.1, 1.0), audit_budget=st.integers(0, 4))
+def test_budgets_and_class_shares_are_never_exceeded(stream, budget: int, share: float, audit_budget: int) -> None:
+    policy = small_policy(budget, share, audit_rate=0.3, audit_budget=audit_budget)
     decisions = run(Selector(policy), stream)
     selected = [d.request for d in decisions if d.request is not None]
-    per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected)
-    assert all(n <= budget for n in per_hour.values())
-    _, cap = policy.tasks["sentiment"].caps()
+    assert all(n <= budget for n in per_hour(selected, audit=False).values())
+    assert all(n <= audit_budget for n in per_hour(selected, audit=True).values())
+    assert audits_by_minute_are_paced(selected, audit_budget)
+    cap = policy.tasks["sentiment"].caps().per_label
     balanced = Counter(
         (r.task, hour_of(r.event_time), r.model_label) for r in selected if not EXEMPT & set(r.reasons)
     )
@@ -116,15 +131,16 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
     """Each worker reads its own partitions (message i is in partition i % partitions) and keeps its
     share of the budget; together they never pass it, and one worker with every partition selects
     exactly what a selector of the whole stream selects."""
-    policy = small_policy(budget)
+    policy = small_policy(budget, audit_rate=0.3, audit_budget=budget // 3)
     owned = {w: [p for p in range(partitions) if p % workers == w] for w in range(workers)}
     selected = []
     for parts in owned.values():
         selector = Selector(policy)
         selector.see_share(parts, partitions)
         selected += [d.request for d in run(selector, [x for i, x in enumerate(stream) if i % partitions in parts])]
-    per_hour = Counter((r.task, hour_of(r.event_time)) for r in selected if r is not None)
-    assert all(n <= budget for n in per_hour.values())
+    selected = [r for r in selected if r is not None]
+    assert all(n <= budget for n in per_hour(selected, audit=False).values())
+    assert all(n <= budget // 3 for n in per_hour(selected, audit=True).values())
 
     whole = Selector(policy)
     whole.see_share(range(partitions), partitions)
@@ -134,13 +150,13 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
 @settings(max_examples=100, deadline=None)
 @given(stream=streams(), budget=st.integers(0, 12), cut=st.floats(0, 1))
 def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_stopped(stream, budget: int, cut: float):
-    policy = small_policy(budget)
+    policy = small_policy(budget, audit_rate=0.3)
     expected = run(Selector(policy), stream)
     at = int(len(stream) * cut)
     first = Selector(policy)
     before = run(first, stream[:at])
     queued = [d.request for d in before if d.request is not None]
-    past = [PastSelection(r.task, r.event_time, r.model_label, r.text) for r in queued]
+    past = [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons) for r in queued]
     restarted = Selector(policy)
     assert restarted.remember(past) == len(queued)
     assert before + run(restarted, stream[at:]) == expected
@@ -180,7 +196,7 @@ def test_near_duplicates_are_queued_once(stream) -> None:
 def test_audit_draws_of_a_repeated_text_are_all_queued() -> None:
     """The audit estimates accuracy over the traffic as it comes; skipping texts seen before left
     templated texts out of it (0.14% of audit items against 29.5% of audit draws in a review)."""
-    sel = Selector(small_policy(10_000, audit_rate=1.0))
+    sel = Selector(small_policy(10_000, audit_rate=1.0, audit_budget=10_000))
     decisions = [sel.decide(msg(i, text="Your card has been blocked, call us"), NOW) for i in range(5)]
     assert [d.selected for d in decisions] == [True] * 5
     assert all(SelectionReason.audit in d.reasons for d in decisions)
@@ -244,18 +260,19 @@ def test_alert_contributors_are_selected_while_the_budget_remains(stream, budget
     used: Counter[tuple[str, datetime]] = Counter()
     for (m, _, alert), d in zip(stream, decisions, strict=True):
         key = (d.task, hour_of(m.event_time))
-        if alert:
+        audited = d.request is not None and AUDIT in d.request.reasons
+        if alert and not audited:
             assert d.selected == (used[key] < budget), (used[key], d)
-            if d.selected:
-                assert d.request is not None and d.request.alert_id == f"alert-{m.id}"
-        if d.selected:
+        if alert and d.selected:
+            assert d.request is not None and d.request.alert_id == f"alert-{m.id}"
+        if d.selected and not audited:
             used[key] += 1
 
 
 @settings(max_examples=150, deadline=None)
 @given(stream=streams())
 def test_reasons_are_recorded_as_the_policy_defines_them(stream) -> None:
-    policy = small_policy(10_000, share=1.0)
+    policy = small_policy(10_000, share=1.0, audit_budget=10_000)
     decisions = run(Selector(policy), stream)
     for (m, challenger, alert), d in zip(stream, decisions, strict=True):
         rules = policy.tasks[d.task]
@@ -293,5 +310,40 @@ def test_events_older_than_the_kept_hours_are_too_late() -> None:
 
 def test_settings_defaults_are_the_policy_defaults() -> None:
     assert policy_from_settings(VigilSettings()) == SelectionPolicy()
-    tuned = policy_from_settings(VigilSettings(feedback_audit_rate=0.2, feedback_budget_per_hour=7))
+    tuned = policy_from_settings(VigilSettings(
+        feedback_audit_rate=0.2, feedback_budget_per_hour=7, feedback_audit_budget_per_hour=5))
     assert tuned.audit_rate == 0.2 and {t.budget_per_hour for t in tuned.tasks.values()} == {7}
+    assert {t.audit_budget_per_hour for t in tuned.tasks.values()} == {5}
+
+
+def test_uncertain_messages_that_spend_the_budget_early_leave_the_audit_its_own() -> None:
+    """On a busy stream the uncertain messages of an hour's first minute spent its whole budget, and
+    the audit draws of the other 59 minutes were all dropped: no accuracy was measured."""
+    policy = small_policy(budget=20, share=1.0, audit_rate=0.0, audit_budget=12)
+    sel = Selector(policy)
+    uncertain = [sel.decide(msg(i, margin=0.0), NOW) for i in range(40)]
+    assert sum(d.selected for d in uncertain) == 20
+    sel.policy = policy.model_copy(update={"audit_rate": 1.0})
+    audits = [sel.decide(msg(100 + k, minute=5 * k), NOW) for k in range(12)]
+    assert all(d.selected and d.reasons == (AUDIT,) for d in audits)
+
+
+def test_the_audit_budget_is_paced_through_the_hour() -> None:
+    """A burst of draws early in the hour takes its minutes' part of the audit budget, not all of it."""
+    sel = Selector(small_policy(budget=0, audit_rate=1.0, audit_budget=12))
+    burst = [sel.decide(msg(i, minute=2), NOW) for i in range(50)]  # minute 2: ceil(12 * 3 / 60) = 1
+    assert sum(d.selected for d in burst) == 1
+    assert {d.dropped for d in burst if not d.selected} == {DropReason.audit_budget}
+    late = [sel.decide(msg(100 + i, minute=59), NOW) for i in range(50)]
+    assert sum(d.selected for d in late) == 11
+    assert sum(sel.decide(msg(200 + i, minute=60), NOW).selected for i in range(50)) == 1  # the next hour
+
+
+def test_an_audit_draw_past_the_audit_budget_is_queued_for_its_other_reasons_only() -> None:
+    """It is not part of the random sample: an uncertain message that came in as a draw the audit
+    had no room for would bias the audited accuracy down."""
+    sel = Selector(small_policy(budget=10, audit_rate=1.0, audit_budget=1))
+    first, second = (sel.decide(msg(i, margin=0.0), NOW) for i in range(2))
+    assert first.request is not None and first.request.reasons == [AUDIT, SelectionReason.uncertain]
+    assert second.request is not None and second.request.reasons == [SelectionReason.uncertain]
+    assert sel.decide(msg(3), NOW).dropped is DropReason.audit_budget

@@ -147,14 +147,16 @@ def test_selections_since_are_what_a_restarted_selector_remembers(fstore: Feedba
         request(1, selected=T0 - timedelta(minutes=10)),
         request(2, task="triage", model_label="lost_or_stolen_card", selected=T0 + timedelta(seconds=2)),
         request(3, selected=T0 + timedelta(seconds=1)),
+        request(4, selected=T0 + timedelta(seconds=3), reasons=[SelectionReason.audit, SelectionReason.uncertain]),
     ])
     fstore.write_requests([request(3, selected=T0 + timedelta(seconds=1))])  # a replay: still one
     got = fstore.fetch_selections(T0)
     assert got == [
         PastSelection("sentiment", stored(T0, fstore), "negative", request(3).text),
         PastSelection("triage", stored(T0, fstore), "lost_or_stolen_card", request(2).text),
+        PastSelection("sentiment", stored(T0, fstore), "negative", request(4).text, audit=True),
     ]
-    assert len(fstore.fetch_selections(T0 - timedelta(hours=1))) == 3
+    assert len(fstore.fetch_selections(T0 - timedelta(hours=1))) == 4
 
 
 def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> None:
