@@ -27,7 +27,7 @@ from feedback.contracts import (
 from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import TASK_OF_KIND, PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
-from streams.clickhouse.compat import as_utc, to_stored_time
+from streams.clickhouse.compat import as_utc, bound_time, to_stored_time
 from streams.clickhouse.migrations import schema_level
 from streams.settings import VigilSettings
 
@@ -228,8 +228,8 @@ class FeedbackStore:
             outer.append("state IN {states:Array(String)}")
             params["states"] = sorted(ItemState(s).value for s in states)
         if states is not None and or_updated_since is not None:
-            outer.append("updated_time >= {since:DateTime}")
-            params["since"] = as_utc(or_updated_since).strftime("%Y-%m-%d %H:%M:%S")
+            outer.append("updated_time >= toDateTime({since:String}, 'UTC')")
+            params["since"] = bound_time(or_updated_since)
         outer_where = f"WHERE {' OR '.join(outer)}" if outer else ""
         cols = ", ".join(QUEUE_COLUMNS)
         rows = self._query(
@@ -247,8 +247,8 @@ class FeedbackStore:
             "label-queue read",
             f"SELECT state, count() FROM (SELECT state, leased_by, updated_time FROM {self.database}.label_queue "
             "FINAL) WHERE leased_by = {annotator:String} AND state IN ('labelled', 'skipped') "
-            "AND updated_time >= {since:DateTime} GROUP BY state",
-            {"annotator": annotator, "since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S")},
+            "AND updated_time >= toDateTime({since:String}, 'UTC') GROUP BY state",
+            {"annotator": annotator, "since": bound_time(since)},
         )
         return {"labelled": 0, "skipped": 0} | {state: int(n) for state, n in rows}
 
@@ -275,8 +275,8 @@ class FeedbackStore:
             "label-queue selections read",
             f"SELECT task, event_time, model_label, text, has(reasons, {{audit:String}}) "
             f"FROM {self.database}.label_queue FINAL "
-            "WHERE selected_at >= {since:DateTime} ORDER BY selected_at, item_id",
-            {"since": as_utc(since).strftime("%Y-%m-%d %H:%M:%S"), "audit": SelectionReason.audit.value},
+            "WHERE selected_at >= toDateTime({since:String}, 'UTC') ORDER BY selected_at, item_id",
+            {"since": bound_time(since), "audit": SelectionReason.audit.value},
         )
         return [PastSelection(task, as_utc(t), label, text, bool(audit)) for task, t, label, text, audit in rows]
 
@@ -304,11 +304,11 @@ class FeedbackStore:
     def fetch_corrections(self, task: str, *, since: datetime | None = None) -> list[Correction]:
         """The latest correction per (task, message, annotator), oldest first, unless withdrawn;
         ``since`` is inclusive."""
-        outer_where = "WHERE withdrawn = 0" + (" AND created_at >= {since:DateTime}" if since is not None else "")
+        outer_where = "WHERE withdrawn = 0" + (" AND created_at >= toDateTime({since:String}, 'UTC')" if since is not None else "")
         params: dict[str, Any] = {"task": task}
         if since is not None:
             # Compared at whole seconds: 18.16 has no DateTime64, and a bound must mean the same on both.
-            params["since"] = as_utc(since).strftime("%Y-%m-%d %H:%M:%S")
+            params["since"] = bound_time(since)
         cols = ", ".join(FEEDBACK_COLUMNS)
         rows = self._query(
             "feedback read",
@@ -345,7 +345,7 @@ class FeedbackStore:
             f"WHERE withdrawn = 0 AND created_at < toDateTime({{before:String}}, 'UTC') AND item_id IN ({audit_items}) "
             "ORDER BY created_at DESC, correction_id DESC LIMIT {limit:UInt64}",
             {"task": task, "version": model_version, "audit": SelectionReason.audit.value,
-             "before": as_utc(before).strftime("%Y-%m-%d %H:%M:%S"), "limit": limit},
+             "before": bound_time(before), "limit": limit},
         )
         corrections = [_correction(r) for r in reversed(rows)]
         if not corrections:

@@ -108,7 +108,7 @@ def test_dead_letter_bytes_survive_the_row() -> None:
 
 def test_chdb_parameter_text_escapes_what_the_parser_would_interpret() -> None:
     assert chdb_param_text("a\\b\tc\nd") == "a\\\\b\\tc\\nd"
-    assert chdb_param_text(["it's", "x"]) == "['it\\\\'s','x']"
+    assert chdb_param_text(["it's", "x"]) == "['it\\'s','x']"
     assert chdb_param_text(7) == "7" and chdb_param_text(True) == "1"
 
 

@@ -4,7 +4,10 @@ clickhouse-server 18.16 ('legacy-18'). Needs ``tests.fixtures.clickhouse`` regis
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,9 +24,12 @@ from streams.clickhouse import (
     open_store,
 )
 from streams.clickhouse.compat import to_stored_time
+from streams.clickhouse.errors import BackendUnavailable
 from streams.clickhouse.migrations import MIGRATIONS_DIR
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage, ShadowPrediction
 from streams.settings import VigilSettings
+from tests.e2e_stack import free_port
+from tests.fixtures.clickhouse import ClickHouseServer, _find_binary, users_config
 
 # Recent: rows older than clickhouse_ttl_days (written_time) are deleted by the modern TTL.
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=123000)
@@ -151,6 +157,16 @@ def test_messages_round_trip(store: ClickHouseStore) -> None:
         assert got.event_time == expected_event
     assert len(back["n-big"].text) == 100_000
     assert store.backend.query(f"SELECT DISTINCT e2e_ms FROM {store.database}.scored") == [(59_750,)]
+
+
+def test_ids_with_quotes_and_backslashes_are_found_by_list_reads(store: ClickHouseStore) -> None:
+    """On chdb a list parameter was escaped twice: an id with ``'`` failed the whole batch's duplicate
+    check (not retried) and one with ``\\`` matched nothing, so the check was silently skipped."""
+    ids = ["O'Neil", "back\\slash", "q\\'s", "plain"]
+    sent = [msg(i, id=i, content_hash=k) for k, i in enumerate(ids)]
+    store.write_scored(sent)
+    assert store.existing_content_hashes(Kind.news, ids) == {i: k for k, i in enumerate(ids)}
+    assert {m.id for m in store.fetch_scored(Kind.news, ids)} == set(ids)
 
 
 def test_replayed_batch_collapses_to_one_row_per_id_with_final(store: ClickHouseStore) -> None:
@@ -299,6 +315,68 @@ def test_modern_ttl_expires_shadow_predictions_with_their_scoring_time(chdb_sett
         store.write_shadow([msg(1, shadow=shadow, scored_time=old), msg(2, shadow=shadow)])
         store.backend.execute(f"OPTIMIZE TABLE {store.database}.shadow_predictions FINAL")
         assert store.shadow_agreement(Kind.news) == [("v1", "v2", 1, 1)]
+
+
+_SINCE_READS = """
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from feedback.contracts import Correction, CorrectionSource
+from feedback.store import FeedbackStore
+from streams.clickhouse import open_store
+from streams.clickhouse.dead_letter_store import DeadLetterStore
+from streams.contracts import DeadLetter, DeadLetterReason
+from streams.settings import VigilSettings
+t = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+with open_store(VigilSettings(data_dir=Path(sys.argv[1]), clickhouse_url=None)) as store:
+    store.write_dead_letters([DeadLetter(source_topic="raw", partition=0, offset=1, raw=b"x",
+                                         reason=DeadLetterReason.bad_json, detail="d", received_at=t)])
+    feedback = FeedbackStore(store)
+    feedback.write_corrections([Correction(correction_id="c1", task="sentiment", message_id="m1", text="t",
+                                           annotator="a", human_label="negative", source=CorrectionSource.queue,
+                                           created_at=t)])
+    since = t - timedelta(hours=1)
+    print(len(DeadLetterStore(store).letters(since=since)), len(feedback.fetch_corrections("sentiment", since=since)))
+"""
+
+
+def test_time_bounds_mean_utc_whatever_the_process_time_zone(tmp_path) -> None:
+    """chdb read a ``{since:DateTime}`` bound in the process's zone: west of UTC, rows an hour after
+    the bound were not found (dead letters, corrections, the label queue's reads)."""
+    out = subprocess.run([sys.executable, "-c", _SINCE_READS, str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "TZ": "America/New_York"}, timeout=120, check=True)
+    assert out.stdout.split() == ["1", "1"]
+
+
+def test_a_user_allowed_only_its_own_database_opens_the_store(tmp_path) -> None:
+    """The backend connected to 'default' first, which such a user may not see: the refusal read as
+    "cannot reach ClickHouse"."""
+    server = ClickHouseServer(_find_binary(), tmp_path / "server")
+    users = users_config().replace("</default></users>", "</default><vigil><password>pw</password><networks>"
+                                   "<ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota>"
+                                   "<allow_databases><database>vigil</database></allow_databases></vigil></users>")
+    (server.root / "users.xml").write_text(users)
+    server.start()
+    try:
+        admin = connect(VigilSettings(clickhouse_url=server.url))
+        admin.execute("CREATE DATABASE vigil")
+        admin.close()
+        url = f"clickhouse://vigil:pw@127.0.0.1:{server.tcp_port}/vigil"
+        with open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=url, clickhouse_database="vigil")) as st:
+            assert st.write_scored([msg(1)]) == 1
+    finally:
+        server.stop()
+
+
+def test_a_shard_with_no_live_replica_is_waited_out_not_failed(clickhouse_server) -> None:
+    """Code 279 (a Distributed read found no live replica of a shard) was a permanent QueryFailed:
+    the worker crashed instead of keeping its offsets until the shard is back."""
+    backend = connect(VigilSettings(clickhouse_url=clickhouse_server.url))
+    try:
+        with pytest.raises(BackendUnavailable, match="code 279"):
+            backend.query(f"SELECT * FROM remote('127.0.0.1:{free_port()}', system, one)")
+    finally:
+        backend.close()
 
 
 def test_url_database_must_agree_with_the_setting(clickhouse_server) -> None:

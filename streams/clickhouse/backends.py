@@ -33,7 +33,10 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 # (a cluster with insert_quorum) too few live replicas / the previous quorum insert unfinished, and
 # 244, a replicated insert that met an ALTER changing the columns in ZooKeeper ("Bad version"): the
 # same block again is deduplicated by the replicated table if the first one landed after all.
-_TRANSIENT_CODES = {159, 202, 209, 210, 241, 244, 252, 285, 286, 319, 425}
+# 242, a replicated table read-only while ZooKeeper is away, and 279, a Distributed read that found
+# no live replica of a shard, pass when ZooKeeper or the shard is back.
+_UNKNOWN_DATABASE = 81
+_TRANSIENT_CODES = {159, 202, 209, 210, 241, 242, 244, 252, 279, 285, 286, 319, 425}
 
 
 class Backend(Protocol):
@@ -111,10 +114,17 @@ class ServerBackend:
                 f"{database!r}; drop the path from the URL or make the two agree."
             )
         self.url = redact_url(url)
-        # Connect to 'default': the Vigil database may not exist until migrations create it.
-        self._client = Client.from_url(urlunsplit(parts._replace(path="/default")))
         self._lock = threading.Lock()
-        rows = self.query("SELECT version()")
+        # Vigil's own database first: a user may be allowed that one only. 'default' when it does
+        # not exist yet, for the migrations to create it.
+        self._client = Client.from_url(urlunsplit(parts._replace(path=f"/{database}")))
+        try:
+            rows = self.query("SELECT version()")
+        except QueryFailed as e:
+            if e.code != _UNKNOWN_DATABASE:
+                raise
+            self._client = Client.from_url(urlunsplit(parts._replace(path="/default")))
+            rows = self.query("SELECT version()")
         self.server_version = parse_version(rows[0][0])
 
     def _run(self, fn: Any, *args: Any) -> Any:
@@ -158,10 +168,13 @@ class ServerBackend:
 
 
 def chdb_param_text(value: Any) -> str:
-    """A parameter value in the text form ClickHouse parses query parameters from (escaped TSV)."""
-    text = _quoted(value) if isinstance(value, (list, tuple)) else _plain(value)
+    """A parameter value in the text form ClickHouse parses query parameters from: a scalar as
+    escaped TSV, an array as its quoted literal (read without the TSV layer: escaping it again made
+    ``'`` fail the query and ``\\`` match nothing)."""
+    if isinstance(value, (list, tuple)):
+        return _quoted(value)
     return (
-        text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        _plain(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
         .replace("\r", "\\r").replace("\0", "\\0")
     )
 

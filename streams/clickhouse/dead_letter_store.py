@@ -38,7 +38,7 @@ class DeadLetterStore:
             where.append("source_topic = {topic:String}")
             params["topic"] = topic
         if since is not None:
-            where.append("received_at >= {since:DateTime}")
+            where.append("received_at >= toDateTime({since:String}, 'UTC')")
             params["since"] = bound_time(since)
         rows = self._store._query(
             "dead-letter read",

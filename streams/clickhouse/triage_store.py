@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from streams.alerting.contracts import TicketAck, TriageTicket, sla_breach_id
 
-from .compat import CompatLevel, as_utc, to_stored_time
+from .compat import CompatLevel, as_utc, bound_time, to_stored_time
 from .store import ClickHouseStore
 
 TICKET_COLUMNS = (
@@ -185,7 +185,7 @@ class TriageStore:
             "count() - n_acked - n_breached "
             f"FROM (SELECT queue, priority, due_at, message_id IN (SELECT message_id FROM {self._acks} FINAL) AS acked "
             f"FROM {self._triage} FINAL) GROUP BY queue, priority ORDER BY queue, priority",
-            {"now": at.strftime("%Y-%m-%d %H:%M:%S")},
+            {"now": bound_time(at)},
         )
         return [
             QueueSla(queue=q, priority=p, acked=int(a), breached=int(b), open=int(o)) for q, p, a, b, o in rows
