@@ -320,13 +320,20 @@ class FeedbackStore:
 
     def fetch_correction(self, correction_id: str) -> Correction | None:
         """The latest version of one correction (a withdrawal too), None when there is none."""
+        return self.corrections_by_id([correction_id]).get(correction_id)
+
+    def corrections_by_id(self, correction_ids: Iterable[str]) -> dict[str, Correction]:
+        """The latest version of each correction found (withdrawals too), by id."""
+        wanted = sorted(set(correction_ids))
+        if not wanted:
+            return {}
         cols = ", ".join(FEEDBACK_COLUMNS)
         rows = self._query(
             "feedback read",
-            f"SELECT {cols} FROM {self.database}.feedback FINAL WHERE correction_id = {{id:String}}",
-            {"id": correction_id},
+            f"SELECT {cols} FROM {self.database}.feedback FINAL WHERE correction_id IN {{ids:Array(String)}}",
+            {"ids": wanted},
         )
-        return _correction(rows[0]) if rows else None
+        return {c.correction_id: c for c in map(_correction, rows)}
 
     def fetch_audit_corrections(
         self, task: str, model_version: str, *, before: datetime, limit: int

@@ -394,16 +394,25 @@ async def verdict(request: web.Request) -> web.Response:
     v = AlertVerdict(alert_id=alert.id, useful=body.useful, by=who, at=now, note=body.note)
     await svc.io(svc.store.write_verdicts, [v])
     suggestions = label_suggestions(alert, v)
+    # A verdict's labels share the id of this responder's own label of the message: one given in the
+    # queue must not be replaced by the model's, and a useful verdict turned false takes its back.
+    before = await svc.io(svc.feedback.corrections_by_id,
+                          [Correction.make_id(alert.kind, s.message_id, who) for s in suggestions])
+    own = {c.message_id for c in before.values() if c.source is not CorrectionSource.alert_verdict and not c.withdrawn}
     confirmed = [
         Correction(
             correction_id=Correction.make_id(alert.kind, s.message_id, who), task=alert.kind,
             message_id=s.message_id, text=s.text, annotator=who, human_label=s.label, model_label=s.label,
             model_version=alert.model_version or None, source=CorrectionSource.alert_verdict, created_at=now,
         )
-        for s in suggestions if s.action == "confirm"
+        for s in suggestions if s.action == "confirm" and s.message_id not in own
     ]
-    if confirmed:
-        await svc.correct(confirmed)
+    taken_back = [
+        c.withdrawal(now) for c in before.values()
+        if not v.useful and c.source is CorrectionSource.alert_verdict and not c.withdrawn
+    ]
+    if confirmed or taken_back:
+        await svc.correct(confirmed + taken_back)
     review = [s for s in suggestions if s.action == "review"]
     requests: list[LabelRequest] = []
     if review:

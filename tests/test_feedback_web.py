@@ -436,6 +436,38 @@ def test_verdicts_become_corrections_or_review_items_and_precision(labelling_set
     assert [v.useful for v in store.fetch_verdicts([useful.id, false.id])] == [True, False]
 
 
+def test_a_verdict_keeps_the_responders_own_labels_and_a_turned_verdict_takes_its_back(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """A verdict's label shares the id of the responder's own label of the message: "useful" replaced
+    alice's label with the model's, and "useful" turned "false" left its confirmations training."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 2, skip=50)
+    store.write_scored(scored_messages(scorer, texts))
+    alert = _alert(4, "negative_share", scorer, texts)
+    store.write_alerts([alert])
+    (own_id, own_text), (other_id, _) = texts
+    model_labels = {m.id: m.label for m in alert.top_messages}
+    human = next(lbl for lbl in scorer.labels if lbl != model_labels[own_id])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post("/api/corrections", headers=alice, json={
+                "task": "sentiment", "message_id": own_id, "text": own_text, "human_label": human})
+            assert r.status == 201
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": True})
+            assert (await r.json())["corrections"] == 1
+            assert {(c.message_id, c.human_label) for c in feedback.fetch_corrections("sentiment")} == {
+                (own_id, human), (other_id, model_labels[other_id])}
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": False})
+            assert r.status == 201
+
+    asyncio.run(go())
+    kept = feedback.fetch_corrections("sentiment")
+    assert [(c.message_id, c.human_label, c.source) for c in kept] == [(own_id, human, CorrectionSource.implicit)]
+
+
 def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
     async def go() -> None:
         async with serving(labelling_settings, store) as client:
