@@ -30,6 +30,7 @@ from streams.contracts import DeadLetter, Kind, ScoredMessage
 from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.pipeline import BatchResult, Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
+from streams.tickers import CompanyDictionary
 from streams.watchdog import ProgressWatchdog
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ class BatchProcessor:
         io_executor: ThreadPoolExecutor,
         retry_max_s: float,
         shadow: Scorer | None = None,
+        companies: CompanyDictionary | None = None,
     ) -> None:
         self.kind = kind
         self._shadow = shadow
+        self._companies = companies
         self._scorer = scorer
         self._store = store
         self._limits = limits
@@ -122,7 +125,8 @@ class BatchProcessor:
         scorer = self._scorer()  # once per batch: a hot swap lands between batches, never inside one
         result = await self._in(
             self._model_executor,
-            lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow, max_tickers=self._limits.max_tickers),
+            lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow, max_tickers=self._limits.max_tickers,
+                                companies=self._companies),
         )
         result.dead.extend(dead + duplicates)
         return PreparedBatch(len(records), result, started)

@@ -32,6 +32,7 @@ from streams.kafka_fetch import FetchWaitApp
 from streams.metrics import Metrics
 from streams.pipeline import Limits, ScorerBroken
 from streams.settings import VigilSettings
+from streams.tickers import CompanyDictionary
 from streams.watchdog import ProgressWatchdog
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ def create_app(
     dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     limits = Limits(settings.max_message_bytes, settings.max_text_chars, settings.max_tickers_per_message,
                     settings.max_event_ahead_s)
+    path = settings.ticker_dictionary_path
+    companies = CompanyDictionary.from_json(path) if path is not None else None
 
     for kind, topic_name in settings.raw_topics.items():
         processor = BatchProcessor(
@@ -136,6 +139,7 @@ def create_app(
             io_executor=io_executor,
             retry_max_s=settings.clickhouse_retry_max_s,
             shadow=(shadows or {}).get(Kind(kind)),
+            companies=companies,
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(

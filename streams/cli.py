@@ -137,11 +137,12 @@ def worker(
     from models.self_test import ModelBroken
     from streams.clickhouse import ClickHouseError
     from streams.restarts import CANNOT_START
+    from streams.tickers import TickerDictionaryError
     from streams.worker import WorkerConfigError, run_worker
 
     try:
         run_worker(_settings(ctx), metrics_port)
-    except (WorkerConfigError, ClickHouseError, ModelBroken) as e:
+    except (WorkerConfigError, ClickHouseError, ModelBroken, TickerDictionaryError) as e:
         # A log line, not a traceback: with VIGIL_LOG_FORMAT=json every line stays JSON. `vigil up`
         # repeats it when it restarts the worker.
         logging.getLogger("streams.worker").critical("%s%s", CANNOT_START, e)

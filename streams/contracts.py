@@ -54,7 +54,7 @@ def _storable(v: datetime) -> datetime:
 
 
 EventTime = Annotated[AwareDatetime, AfterValidator(_storable)]
-Ticker = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z][A-Za-z0-9.\-]*$")]
+Ticker = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z][A-Za-z0-9./\-]*$")]
 
 
 class Kind(StrEnum):

@@ -18,7 +18,7 @@ from streams.contracts import (
 )
 from streams.decode import Rejection, content_hash, decode_record, to_dead_letter
 from streams.pii import mask_pii
-from streams.tickers import DEFAULT_MAX_TICKERS, extract_tickers
+from streams.tickers import DEFAULT_MAX_TICKERS, CompanyDictionary, extract_tickers
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,10 @@ def resolve_duplicates(
     return kept, dead
 
 
-def _stored_fields(item: Item) -> tuple[str, str, list[str]]:
+def _stored_fields(item: Item, companies: CompanyDictionary | None) -> tuple[str, str, list[str]]:
     """What a scored row keeps of an item besides its prediction: source, text and tickers."""
     if isinstance(item, NewsItem):
-        return item.source, item.text, extract_tickers(item.text, item.tickers)
+        return item.source, item.text, extract_tickers(item.text, item.tickers, companies)
     # Customers' emails, cards, phones and IBANs stay in the raw topic (and its retention) only.
     return item.channel, mask_pii(item.text).text, []
 
@@ -194,6 +194,7 @@ def score_batch(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     shadow: Scorer | None = None,
     max_tickers: int = DEFAULT_MAX_TICKERS,
+    companies: CompanyDictionary | None = None,
 ) -> BatchResult:
     """Score in one call; if that fails, score one by one so a single poison text is isolated.
     A ``shadow`` challenger scores the same texts right after; its failures never touch the result."""
@@ -222,7 +223,7 @@ def score_batch(
             )
         else:
             ok.append(d)
-            source, text, tickers = _stored_fields(d.item)
+            source, text, tickers = _stored_fields(d.item, companies)
             result.tickers_dropped += max(0, len(tickers) - max_tickers)
             result.scored.append(
                 _to_scored(kind, d, p, scorer, scored_time, source=source, text=text, tickers=tickers[:max_tickers])

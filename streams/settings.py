@@ -104,6 +104,10 @@ class VigilSettings(BaseSettings):
         "ticker re-publishes the message to the ticker-events topic, so 8,000 characters of cashtags would "
         "otherwise turn one message into 1,300 events. The bundled news has at most 23.",
     )
+    ticker_dictionary_path: Path | None = Field(
+        None, description="A JSON object of company name -> ticker: news naming a company (whole word, any "
+        "case) counts for its ticker too, after the declared tickers and cashtags. Unset: none.",
+    )
     watchdog_interval_s: float = Field(5.0, gt=0)
     watchdog_stall_s: float = Field(
         60.0, gt=0, description="No progress for this long while lag > 0 counts as a stall."

@@ -2,7 +2,8 @@
 optionally company names from a small dictionary. Pure.
 
 Money amounts ($100, $5.2bn) are not cashtags: a cashtag starts with a letter. Tickers come out
-upper-case, de-duplicated, in order of first mention (declared ones first).
+upper-case, with one share-class separator ("BRK-B", "BRK/B" and "BRK.B" are all ``BRK.B``),
+de-duplicated, in order of first mention (declared ones first).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
-# "." or "-" (BRK.B, RDS.A, BMY-R). Not preceded by a word character or "$" (US$5, $$).
-# The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A tag followed by
-# a Latin letter, a zero-width character or a longer suffix is no cashtag at all, rather than a
-# shorter one: "$TS\u200bLA", "$TSLÁ" and "$BRK.BBBB" must not count for TS, TSLA and BRK. (Other
-# scripts may follow directly: "$TSLA股价".)
+# "." (1-3 characters: BRK.B, WPG.PI) or "-" (1-2: BMY-R). Not preceded by a word character or "$"
+# (US$5, $$). The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A tag
+# followed by a Latin letter, a zero-width character or a longer "." suffix is no cashtag at all,
+# rather than a shorter one: "$TS\u200bLA", "$TSLÁ" and "$BRK.BBBB" must not count for TS, TSLA and
+# BRK. A longer "-" word, or one more hyphenated, is an English compound, not a share class:
+# "$AAPL-led" and "$AMC-to-the-moon" are AAPL and AMC. (Other scripts may follow directly:
+# "$TSLA股价".)
 _CASHTAG = re.compile(
-    r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:[.\-][A-Za-z0-9]{1,3})?)"
-    r"(?![A-Za-z0-9\u00c0-\u024f\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|[.\-][A-Za-z0-9])"
+    r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:\.[A-Za-z0-9]{1,3}|-[A-Za-z0-9]{1,2}(?![.\-][A-Za-z0-9]))?)"
+    r"(?![A-Za-z0-9\u00c0-\u024f\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|\.[A-Za-z0-9])"
 )
-_VALID = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
+_VALID = re.compile(r"^[A-Z][A-Z0-9.]{0,11}$")
+_CLASS_SEPARATOR = str.maketrans({"-": ".", "/": "."})
 # Tickers judged per news item (VIGIL_MAX_TICKERS_PER_MESSAGE): the declared field's own cap.
 DEFAULT_MAX_TICKERS = 32
 
@@ -32,29 +36,33 @@ class TickerDictionaryError(ValueError):
 
 
 def normalise(ticker: str) -> str | None:
-    """``$brk.b`` -> ``BRK.B``; None when it cannot be a ticker."""
-    t = ticker.strip().lstrip("$").upper()
+    """``$brk.b``, ``BRK-B`` and ``BRK/B`` -> ``BRK.B``; None when it cannot be a ticker."""
+    t = ticker.strip().lstrip("$").upper().translate(_CLASS_SEPARATOR)
     return t if _VALID.match(t) else None
 
 
 def cashtags(text: str) -> list[str]:
     """The cashtags in ``text``, normalised, de-duplicated, in order."""
-    return _dedupe(m.group(1).upper() for m in _CASHTAG.finditer(text))
+    return _dedupe(m.group(1).upper().translate(_CLASS_SEPARATOR) for m in _CASHTAG.finditer(text))
 
 
 class CompanyDictionary:
     """Whole-word, case-insensitive company names -> tickers (longest name wins on overlap)."""
 
     def __init__(self, names: Mapping[str, str]) -> None:
-        self._by_name: dict[str, str] = {}
+        by_name: dict[str, str] = {}
         for name, ticker in names.items():
             norm = normalise(ticker)
             if not name.strip() or norm is None:
                 raise TickerDictionaryError(f"bad dictionary entry {name!r} -> {ticker!r}")
-            self._by_name[name.strip().casefold()] = norm
-        alternatives = sorted(self._by_name, key=len, reverse=True)
+            by_name[name.strip().casefold()] = norm
+        alternatives = sorted(by_name, key=len, reverse=True)
+        # One group per name, so a match says which name it is: looking the matched text up again
+        # by its case folding failed where IGNORECASE and casefold disagree ("MİCROSOFT").
+        self._tickers = [by_name[n] for n in alternatives]
         self._pattern = (
-            re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in alternatives) + r")(?!\w)", re.IGNORECASE)
+            re.compile(r"(?<!\w)(?:" + "|".join(f"({re.escape(n)})" for n in alternatives) + r")(?!\w)",
+                       re.IGNORECASE)
             if alternatives
             else None
         )
@@ -65,15 +73,19 @@ class CompanyDictionary:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise TickerDictionaryError(f"cannot read the company dictionary {path}: {e}") from e
+            raise TickerDictionaryError(
+                f"cannot read the company dictionary {path} (VIGIL_TICKER_DICTIONARY_PATH): {e}"
+            ) from e
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise TickerDictionaryError(f"{path} must hold one JSON object of company name -> ticker")
+            raise TickerDictionaryError(
+                f"{path} (VIGIL_TICKER_DICTIONARY_PATH) must hold one JSON object of company name -> ticker"
+            )
         return cls(data)
 
     def find(self, text: str) -> list[str]:
         if self._pattern is None:
             return []
-        return _dedupe(self._by_name[m.group(1).casefold()] for m in self._pattern.finditer(text))
+        return _dedupe(self._tickers[m.lastindex - 1] for m in self._pattern.finditer(text) if m.lastindex)
 
 
 def extract_tickers(

@@ -71,9 +71,12 @@ def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
     (several partitions interleave arbitrarily, and windows would close before the burst arrived)."""
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
+    companies = tmp_path / "companies.json"
+    companies.write_text(json.dumps({"Shaky Inc": "SHK"}))
     env = stack_env(
         tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_BATCH_MAX="64",
         VIGIL_ALERT_RULES_PATH=str(rules), VIGIL_TRIAGE_MIN_CONFIDENCE="0",
+        VIGIL_TICKER_DICTIONARY_PATH=str(companies),
         VIGIL_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{_closed_port()}/hook", VIGIL_ALERT_WEBHOOK_TIMEOUT_S="0.5",
     )  # fmt: skip
     settings = use_stack(env, monkeypatch, tiny_registry)
@@ -82,9 +85,10 @@ def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
     worker.stop(timeout_s=10)
 
 
-def _news(id_: str, ticker: str, minute: int, second: int, headline: str) -> OutgoingMessage:
+def _news(id_: str, ticker: str | None, minute: int, second: int, headline: str) -> OutgoingMessage:
     at = (T0 + timedelta(minutes=minute, seconds=second)).isoformat()
-    return OutgoingMessage.raw(Kind.news, id_, news_json(id=id_, published_at=at, headline=headline, tickers=[ticker]))
+    tickers = [ticker] if ticker is not None else None
+    return OutgoingMessage.raw(Kind.news, id_, news_json(id=id_, published_at=at, headline=headline, tickers=tickers))
 
 
 def _traffic() -> tuple[list[OutgoingMessage], set[str]]:
@@ -96,7 +100,8 @@ def _traffic() -> tuple[list[OutgoingMessage], set[str]]:
     for i in range(BURST):
         id_ = f"shk-burst-{i}"
         burst.add(id_)
-        msgs.append(_news(id_, "SHK", 8, 40 + i // 2, f"Shaky Inc shares plunge {20 + i}% after fraud probe, losses widen, CEO resigns"))
+        # no tickers field: the company dictionary names SHK
+        msgs.append(_news(id_, None, 8, 40 + i // 2, f"Shaky Inc shares plunge {20 + i}% after fraud probe, losses widen, CEO resigns"))
     # Later traffic moves the watermark past the burst window's end plus the allowed lateness.
     msgs += [_news("calm-late-0", "CALM", 10, 0, "Calm Corp announces a routine dividend"),
              _news("calm-late-1", "CALM", 11, 0, "Calm Corp names a new board member")]

@@ -20,7 +20,11 @@ from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, 
         ("I bought $AMZN.", ["AMZN"]),
         ("$TSLA's rally, then $tsla again", ["TSLA"]),
         ("$CCL $RCL - Nomura", ["CCL", "RCL"]),
-        ("$BMY-R $RDS.A $WPG.PI $SPY--", ["BMY-R", "RDS.A", "WPG.PI", "SPY"]),
+        ("$BMY-R $RDS.A $WPG.PI $SPY--", ["BMY.R", "RDS.A", "WPG.PI", "SPY"]),
+        # one share class however it is written: a message under $BRK-B and BRK.B counted twice
+        ("$BRK-B, then $BRK.B", ["BRK.B"]),
+        # a longer hyphenated word is English, not a share class: "$AAPL-led" was AAPL-LED
+        ("$AAPL-led rally, $TSLA-related, $GME-style, $AMC-to-the-moon, $SPY-QQQ", ["AAPL", "TSLA", "GME", "AMC", "SPY"]),
         ("$SP500 and $HG1", ["SP500", "HG1"]),
         ("US$5, $$X, a$B, $ alone, $", []),
         ("(see $NVDA)", ["NVDA"]),
@@ -49,7 +53,9 @@ def test_extract_merges_declared_first(text: str, declared: list[str] | None, ex
     assert extract_tickers(text, declared) == expected
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("$brk.b", "BRK.B"), (" tsla ", "TSLA"), ("9X", None), ("", None)])
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("$brk.b", "BRK.B"), ("BRK-B", "BRK.B"), ("brk/b", "BRK.B"), (" tsla ", "TSLA"), ("9X", None), ("", None),
+])
 def test_normalise(raw: str, expected: str | None) -> None:
     assert normalise(raw) == expected
 
@@ -75,6 +81,8 @@ def companies(tmp_path: Path) -> CompanyDictionary:
         ("Berkshire alone", ["BRK.A"]),
         ("Metadata and Teslas are not names", []),
         ("$AAPL, then Meta", ["AAPL", "META"]),
+        # where IGNORECASE and casefold disagree the lookup of the matched text raised KeyError
+        ("TESLA İLE BERKSHİRE HATHAWAY", ["TSLA", "BRK.B"]),
     ],
 )
 def test_company_names(companies: CompanyDictionary, text: str, expected: list[str]) -> None:
