@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streams.alerting.baselines import KeyedBaselines
-from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules
+from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules, ticker_events
 from streams.contracts import ScoredMessage
 from streams.replay import BUNDLED_START
 from tests.fixtures.alerting import TICKER, merged, scored, scored_bundled_news, scored_news, steady_ticker
@@ -166,3 +166,16 @@ def test_a_ticker_silent_past_forget_after_days_leaves_the_state_and_warms_up_ag
     stale = SentimentAlerter(SentimentRules(forget_after_days=365))
     alerts(stale, stream)
     assert stale.baselines("XOLD")[0].n > returned.n  # without forgetting it is judged on last week's normal
+
+
+def test_a_ticker_given_twice_or_in_another_case_counts_once():
+    """A scored message's tickers come as stored (a backtest reads them back): "VGLX" twice counted
+    the message twice, and "vglx" got windows of its own."""
+    rules = SentimentRules()
+    given = ["VGLX", "VGLX", "vglx", "$vglx", "ab cd"]
+    msg = scored_news("m-1", BUNDLED_START, "negative").model_copy(update={"tickers": given})
+    assert [e.ticker for e in ticker_events(msg, rules)] == [TICKER]
+    alerter = SentimentAlerter(rules)
+    alerter.feed(msg)
+    later = scored_news("later", BUNDLED_START + timedelta(hours=1), "neutral", ticker="OTHER")
+    assert {(f.key, f.volume) for f in alerter.feed(later).windows} == {(TICKER, 1)}

@@ -20,6 +20,7 @@ from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
+from streams.tickers import normalise
 
 
 class RulesError(ValueError):
@@ -252,8 +253,15 @@ def ticker_events(msg: ScoredMessage, rules: SentimentRules) -> list[TickerEvent
     return [
         TickerEvent(ticker=t, message_id=msg.id, event_time=as_aware(msg.event_time), label=msg.label,
                     score=score, text=msg.text, model_version=msg.model_version)
-        for t in msg.tickers or ()
+        for t in _distinct_tickers(msg.tickers or ())
     ]  # fmt: skip
+
+
+def _distinct_tickers(tickers: list[str]) -> list[str]:
+    # A scored message's tickers are taken as given, from whatever produced it (a backtest reads
+    # them from storage): "VGLX" twice would count the message twice and "vglx" would get windows of
+    # its own. One event per normalised ticker; a value that cannot be a ticker gets none.
+    return list(dict.fromkeys(t for t in map(normalise, tickers) if t is not None))
 
 
 class SentimentAlerter:
