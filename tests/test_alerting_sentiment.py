@@ -179,3 +179,46 @@ def test_a_ticker_given_twice_or_in_another_case_counts_once():
     alerter.feed(msg)
     later = scored_news("later", BUNDLED_START + timedelta(hours=1), "neutral", ticker="OTHER")
     assert {(f.key, f.volume) for f in alerter.feed(later).windows} == {(TICKER, 1)}
+
+
+def _mostly_negative(start: datetime, tag: str, every_fourth: str) -> list[ScoredMessage]:
+    """25 messages over 15 minutes, negative but for every fourth one."""
+    return [
+        scored_news(f"{tag}-{i}", start + timedelta(seconds=36 * i + 1), every_fourth if i % 4 == 0 else "negative")
+        for i in range(25)
+    ]
+
+
+def test_a_higher_severity_goes_through_the_cooldown_and_restarts_it():
+    """An info negative-share alert held back the same ticker going critical 30 minutes later."""
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"enabled": False}}}).sentiment
+    start = BUNDLED_START
+    info = _mostly_negative(start, "a", "neutral")  # 72% negative
+    critical = _mostly_negative(start + 30 * MIN, "b", "negative")
+    # then a warning, inside the critical alert's cooldown: not worth a page of its own
+    warning = [scored_news(f"c-{i}", start + 50 * MIN + timedelta(seconds=30 * i + 1), "neutral" if i % 6 == 0 else "negative")
+               for i in range(30)]  # fmt: skip
+    end = scored_news("end", start + timedelta(hours=3), "neutral", ticker="OTHER")
+    alerter = SentimentAlerter(rules)
+    alerts = [a for m in merged(info, critical, warning, [end]) for a in alerter.feed(m).alerts]
+    assert [a.severity for a in alerts] == ["info", "critical"], [(a.window_end, a.severity) for a in alerts]
+    fresh = SentimentAlerter(rules)
+    alone = [a for m in merged(critical, [end]) for a in fresh.feed(m).alerts]
+    assert alerts[1].window_end == alone[0].window_end  # as soon as it would have come without the info one
+
+
+def test_a_restored_cooldown_keeps_its_severity_and_an_old_one_holds_everything():
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"enabled": False}}}).sentiment
+    info = _mostly_negative(BUNDLED_START, "a", "neutral")
+    critical = _mostly_negative(BUNDLED_START + 30 * MIN, "b", "negative")
+    before = SentimentAlerter(rules)
+    assert [a.severity for m in info for a in before.feed(m).alerts] == ["info"]
+    state = before.to_state()
+
+    def severities(restored: SentimentAlerter) -> list[str]:
+        return [a.severity for m in critical for a in restored.feed(m).alerts]
+
+    assert severities(SentimentAlerter.from_state(rules, state)) == ["critical"]
+    # A checkpoint from before cooldowns kept their severity: the cooldown holds until it ends.
+    old = state | {"last_fired": [entry[:3] for entry in state["last_fired"]]}
+    assert severities(SentimentAlerter.from_state(rules, old)) == []

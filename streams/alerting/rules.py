@@ -273,7 +273,8 @@ class SentimentAlerter:
         step = rules.window.spec().step
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
         self._volume = KeyedBaselines(rules.baseline.volume_spec(), step, silent_value=0.0)
-        self._last_fired: dict[tuple[str, str], datetime] = {}
+        # (ticker, rule) -> the end of the window that last fired and its severity
+        self._last_fired: dict[tuple[str, str], tuple[datetime, Severity]] = {}
         self._next_forget: datetime | None = None
 
     @property
@@ -388,10 +389,9 @@ class SentimentAlerter:
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
         for rule, sev in fired:
-            last = self._last_fired.get((fig.key, rule))
-            if last is not None and fig.end < last + cooldown:
+            if self._cooling(fig.key, rule, sev, fig.end, cooldown):
                 continue
-            self._last_fired[(fig.key, rule)] = fig.end
+            self._last_fired[(fig.key, rule)] = (fig.end, sev)
             alerts.append(
                 Alert(
                     id=Alert.make_id("sentiment", rule, fig.key, fig.end.isoformat()),
@@ -418,7 +418,7 @@ class SentimentAlerter:
             "windows": self._windows.to_state(),
             "sentiment": self._sentiment.to_state(),
             "volume": self._volume.to_state(),
-            "last_fired": [[key, rule, t.isoformat()] for (key, rule), t in self._last_fired.items()],
+            "last_fired": [[key, rule, t.isoformat(), sev.value] for (key, rule), (t, sev) in self._last_fired.items()],
         }
 
     @classmethod
@@ -428,10 +428,23 @@ class SentimentAlerter:
         alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
         alerter._sentiment.restore(state["sentiment"])
         alerter._volume.restore(state["volume"])
-        alerter._last_fired = {(key, rule): datetime.fromisoformat(t) for key, rule, t in state["last_fired"]}
+        alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
+
+    def _cooling(self, key: str, rule: str, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
+        """Whether the cooldown holds this alert back. A higher severity than the one that started
+        the cooldown goes through: an info alert must not hide the same ticker going critical."""
+        last = self._last_fired.get((key, rule))
+        return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.
         if len(self._last_fired) > 1024:
-            self._last_fired = {k: t for k, t in self._last_fired.items() if t > before}
+            self._last_fired = {k: last for k, last in self._last_fired.items() if last[0] > before}
+
+
+def _cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
+    # Checkpoints written before cooldowns kept their severity hold a bare time: read it as
+    # critical, which lets nothing through until it ends, as the code that wrote it would have.
+    t, *sev = saved
+    return datetime.fromisoformat(t), Severity(sev[0]) if sev else Severity.critical
