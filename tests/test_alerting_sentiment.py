@@ -22,7 +22,9 @@ def normal() -> list[ScoredMessage]:
 
 
 def test_normal_bundled_replay_raises_no_alert(normal):
-    rules = SentimentRules()
+    # The bundled tickers are sparse (the busiest has news in 17 windows over 4.5 days): under the
+    # default warm-up (30 windows) none is ever judged, so here the rules judge them after 5.
+    rules = AlertRules.from_mapping({"sentiment": {"baseline": {"warmup_windows": 5}}}).sentiment
     alerter = SentimentAlerter(rules)
     alerts, late, judged = [], 0, 0
     for m in normal:
@@ -32,14 +34,15 @@ def test_normal_bundled_replay_raises_no_alert(normal):
         # windows the shock rule actually scored: past warm-up and over its volume floor
         judged += sum(
             1 for f in fed.windows
-            if f.volume >= rules.sentiment_shock.min_volume and alerter.baselines(f.key)[0].n > rules.baseline.warmup_windows
+            if f.volume >= rules.sentiment_shock.min_volume
+            and (base := alerter.baselines(f.key)[0]) is not None and base.n > rules.baseline.warmup_windows
         )  # fmt: skip
     assert alerts == []
     assert late == 0
     assert judged > 20  # the quiet is the rules judging real windows, not nothing reaching them
 
 
-def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
+def test_a_negative_shock_raises_one_alert_within_one_step_and_one_when_it_turns_critical(normal):
     rules = SentimentRules()
     shock_at = BUNDLED_START + timedelta(hours=24)  # on a minute boundary, long past warm-up
     shock = [scored_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
@@ -51,7 +54,10 @@ def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
         for a in alerter.feed(m).alerts:
             fired.append((a, m.event_time))
 
-    assert len(fired) == 1, [(a.rule, a.ticker, a.window_end) for a, _ in fired]
+    # As windows slide over the shock, the positive news before it drops out and it turns critical.
+    assert [(a.ticker, a.rule, a.severity, a.window_end - shock_at) for a, _ in fired] == [
+        (TICKER, "sentiment_shock", "warning", MIN), (TICKER, "sentiment_shock", "critical", 4 * MIN)
+    ]
     alert, emitted_at = fired[0]
     assert (alert.ticker, alert.rule, alert.kind) == (TICKER, "sentiment_shock", "sentiment")
     step, lateness = MIN, timedelta(minutes=rules.window.lateness_minutes)
@@ -222,3 +228,37 @@ def test_a_restored_cooldown_keeps_its_severity_and_an_old_one_holds_everything(
     # A checkpoint from before cooldowns kept their severity: the cooldown holds until it ends.
     old = state | {"last_fired": [entry[:3] for entry in state["last_fired"]]}
     assert severities(SentimentAlerter.from_state(rules, old)) == []
+
+
+def _shock(at: datetime, tag: str) -> list[ScoredMessage]:
+    return [scored_news(f"{tag}-{i}", at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+
+
+def test_a_ticker_with_two_messages_of_history_is_not_warm():
+    """Each message was learned once per hopping window holding it (15 at 15m/1m), so two earlier
+    messages made 30 windows of "history" and five neutral ones were a critical shock against them."""
+    early = [scored_news("p1", BUNDLED_START + timedelta(seconds=10), "positive"),
+             scored_news("p2", BUNDLED_START + timedelta(hours=1, seconds=10), "positive")]  # fmt: skip
+    later = [scored_news(f"n{i}", BUNDLED_START + timedelta(hours=2, seconds=10 + 5 * i), "neutral") for i in range(5)]
+    end = scored_news("end", BUNDLED_START + timedelta(hours=3), "neutral", ticker="OTHER")
+    alerter = SentimentAlerter(SentimentRules())
+    assert [a.rule for m in merged(early, later, [end]) for a in alerter.feed(m).alerts] == []
+    sentiment, _ = alerter.baselines(TICKER)
+    assert sentiment is not None and sentiment.n == 3 and not sentiment.ready  # three windows of news
+
+
+def test_a_shock_does_not_hide_the_same_shock_after_the_cooldown():
+    """A shock was learned once per window holding it, 15 times: the same shock 65 minutes later
+    (past the cooldown) scored well short of what it scores alone."""
+    rules = SentimentRules()
+    first_at = BUNDLED_START + timedelta(hours=24)
+    second_at = first_at + 65 * MIN
+
+    def second(*shocks: list[ScoredMessage]) -> list[tuple[str, float]]:
+        alerter = SentimentAlerter(rules)
+        alerts = [a for m in merged(steady_ticker(BUNDLED_START, hours=30), *shocks) for a in alerter.feed(m).alerts]
+        return [(a.severity, a.figures["z_sentiment"]) for a in alerts if a.window_end == second_at + MIN]
+
+    ((sev_after, z_after),) = second(_shock(first_at, "first"), _shock(second_at, "second"))
+    ((sev_alone, z_alone),) = second(_shock(second_at, "second"))
+    assert sev_after == sev_alone and z_after == pytest.approx(z_alone, abs=0.1)

@@ -2,25 +2,29 @@
 
 ``SentimentAlerter`` feeds scored news into per-ticker hopping windows; as each window closes it
 scores the window against the ticker's baseline (learned before this window), applies the rules,
-holds each (ticker, rule) quiet for a cooldown, and then learns the window. It never reads the
-clock: the time of everything, alerts included, is event time.
+holds each (ticker, rule) quiet for a cooldown, and learns the window if it is one of those that
+tile history (so each message is learned once), no further from normal than the alert level. It
+never reads the clock: the time of everything, alerts included, is event time.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
+from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines, Scored, from_overlapping
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
 from streams.tickers import normalise
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # windows are aligned to it
 
 
 class RulesError(ValueError):
@@ -96,8 +100,8 @@ class WindowConfig(_Strict):
 
 
 class BaselineConfig(_Strict):
-    fading_factor: float = Field(0.02, gt=0, le=1, description="Weight of each new window step.")
-    warmup_windows: int = Field(30, ge=1)
+    fading_factor: float = Field(0.02, gt=0, le=1, description="Weight of each newly learned window.")
+    warmup_windows: int = Field(30, ge=1, description="Windows learned before z-scores count.")
     min_std_sentiment: float = Field(0.1, gt=0)
     min_std_volume: float = Field(1.0, gt=0)
 
@@ -270,9 +274,11 @@ class SentimentAlerter:
     def __init__(self, rules: SentimentRules) -> None:
         self._rules = rules
         self._windows = HoppingWindows(rules.window.spec("lowest"))
-        step = rules.window.spec().step
+        # Baselines learn only the windows that tile history (see _learns), so a silent key's
+        # volume is learned as a 0 for each window size it had no window.
+        self._size = rules.window.spec().size
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
-        self._volume = KeyedBaselines(rules.baseline.volume_spec(), step, silent_value=0.0)
+        self._volume = KeyedBaselines(rules.baseline.volume_spec(), self._size, silent_value=0.0)
         # (ticker, rule) -> the end of the window that last fired and its severity
         self._last_fired: dict[tuple[str, str], tuple[datetime, Severity]] = {}
         self._next_forget: datetime | None = None
@@ -349,8 +355,11 @@ class SentimentAlerter:
         r = self._rules
         neg_share = fig.share(r.negative_label)
         forget_after = timedelta(days=r.forget_after_days)
-        sent = self._sentiment.score_then_learn(fig.key, fig.mean_score, fig.end, forget_after)
-        vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end, forget_after)
+        sent = self._sentiment.score(fig.key, fig.mean_score, fig.end, forget_after)
+        vol = self._volume.score(fig.key, float(fig.volume), fig.end, forget_after)
+        if self._learns(fig.end):
+            self._sentiment.learn(fig.key, _winsorized(fig.mean_score, sent, r.sentiment_shock.levels.info), fig.end)
+            self._volume.learn(fig.key, _winsorized(float(fig.volume), vol, r.volume_spike.levels.info), fig.end)
         ratio = fig.volume / max(vol.expected, 1.0)
         figures = {
             "volume": float(fig.volume),
@@ -418,6 +427,7 @@ class SentimentAlerter:
             "windows": self._windows.to_state(),
             "sentiment": self._sentiment.to_state(),
             "volume": self._volume.to_state(),
+            "learned": "tumbling",
             "last_fired": [[key, rule, t.isoformat(), sev.value] for (key, rule), (t, sev) in self._last_fired.items()],
         }
 
@@ -426,10 +436,22 @@ class SentimentAlerter:
         check_geometry(state, rules, "sentiment")
         alerter = cls(rules)
         alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
-        alerter._sentiment.restore(state["sentiment"])
-        alerter._volume.restore(state["volume"])
+        sentiment, volume = state["sentiment"], state["volume"]
+        if state.get("learned") != "tumbling":  # written when every hopping window was learned
+            overlap = rules.window.spec().panes_per_window
+            sentiment = from_overlapping(sentiment, overlap, alerter._size)
+            volume = from_overlapping(volume, overlap, alerter._size)
+        alerter._sentiment.restore(sentiment)
+        alerter._volume.restore(volume)
         alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
+
+    def _learns(self, end: datetime) -> bool:
+        """Whether the baselines learn the window ending at ``end``: only those that tile history
+        (ending on a multiple of the window size), so each stretch of a ticker's news is learned
+        once. Learning every hopping window learned each message once per window holding it: two
+        messages an hour apart made a ticker warm, and one shock counted 15 times against the next."""
+        return (end - _EPOCH) % self._size == timedelta(0)
 
     def _cooling(self, key: str, rule: str, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
         """Whether the cooldown holds this alert back. A higher severity than the one that started
@@ -448,3 +470,12 @@ def _cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
     # critical, which lets nothing through until it ends, as the code that wrote it would have.
     t, *sev = saved
     return datetime.fromisoformat(t), Severity(sev[0]) if sev else Severity.critical
+
+
+def _winsorized(x: float, scored: Scored, limit: float) -> float:
+    # A window is learned at most ``limit`` (the rule's alert level) baseline stds from normal: a
+    # shock that fired must not widen normal so far that the same shock an hour later is missed,
+    # while a lasting change still moves the baseline, a step at a time.
+    if scored.z is None:
+        return x
+    return min(max(x, scored.expected - limit * scored.std), scored.expected + limit * scored.std)
