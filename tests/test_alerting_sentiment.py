@@ -116,7 +116,7 @@ def test_late_news_inside_lateness_counts_and_older_is_reported():
     assert late.too_late and late.alerts == []
     closed = alerter.feed(scored_news("later", t + timedelta(hours=1), "neutral", ticker="OTHER")).windows
     volumes = {f.end: f.volume for f in closed if f.key == TICKER}
-    ids = {m.id for f in closed if f.key == TICKER for m in f.top}
+    ids = {m.id for f in closed if f.key == TICKER for m in f.top["lowest"]}
     assert "late-ok" in ids and "too-late" not in ids
     assert max(volumes.values()) == 2
 
@@ -262,3 +262,18 @@ def test_a_shock_does_not_hide_the_same_shock_after_the_cooldown():
     ((sev_after, z_after),) = second(_shock(first_at, "first"), _shock(second_at, "second"))
     ((sev_alone, z_alone),) = second(_shock(second_at, "second"))
     assert sev_after == sev_alone and z_after == pytest.approx(z_alone, abs=0.1)
+
+
+@pytest.mark.parametrize("direction", ["positive", "both"])
+def test_a_positive_shock_lists_the_positive_messages_behind_it(direction):
+    """Contributors were always the window's most negative messages, whatever the shock's sign."""
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"direction": direction}}}).sentiment
+    shock_at = BUNDLED_START + timedelta(hours=24)
+    calm = [scored_news(f"bg-{i}", BUNDLED_START + i * 3 * MIN + timedelta(seconds=7), ("neutral", "negative")[i % 2])
+            for i in range(30 * 20)]  # fmt: skip
+    shock = [scored_news(f"pos-{i}", shock_at + timedelta(seconds=5 + 10 * i), "positive") for i in range(5)]
+    alerter = SentimentAlerter(rules)
+    (alert,) = [a for m in merged(calm, shock) for a in alerter.feed(m).alerts]
+    assert alert.rule == "sentiment_shock" and alert.figures["z_sentiment"] > 0
+    best_first = sorted(shock, key=lambda m: m.probs["negative"] - m.probs["positive"])
+    assert [m.id for m in alert.top_messages] == [m.id for m in best_first]

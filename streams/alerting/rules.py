@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines, Scored, from_overlapping
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
-from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec, WindowSpecError
+from streams.alerting.windows import HoppingWindows, Side, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
 from streams.tickers import normalise
 
@@ -89,13 +89,12 @@ class WindowConfig(_Strict):
         then every window its last event could still reach may close."""
         return (self.lateness_minutes + self.step_minutes) * 60
 
-    def spec(self, keep: Literal["lowest", "highest"] = "lowest") -> WindowSpec:
+    def spec(self) -> WindowSpec:
         return WindowSpec(
             size=timedelta(minutes=self.size_minutes),
             step=timedelta(minutes=self.step_minutes),
             lateness=timedelta(minutes=self.lateness_minutes),
             top_k=self.top_k,
-            keep=keep,
         )
 
 
@@ -127,7 +126,6 @@ class NegativeShareRule(_Strict):
 class SentimentShockRule(_Strict):
     enabled: bool = True
     min_volume: int = Field(5, ge=1)
-    # Contributors are the window's most negative messages, so "negative" is the natural default.
     direction: Literal["negative", "positive", "both"] = "negative"
     levels: Levels = Levels(info=3.0, warning=4.0, critical=6.0)
 
@@ -273,7 +271,7 @@ class SentimentAlerter:
 
     def __init__(self, rules: SentimentRules) -> None:
         self._rules = rules
-        self._windows = HoppingWindows(rules.window.spec("lowest"))
+        self._windows = HoppingWindows(rules.window.spec())
         # Baselines learn only the windows that tile history (see _learns), so a silent key's
         # volume is learned as a 0 for each window size it had no window.
         self._size = rules.window.spec().size
@@ -380,24 +378,28 @@ class SentimentAlerter:
         for label, count in fig.counts.items():
             figures[f"count_{label}"] = float(count)
 
-        fired: list[tuple[str, Severity]] = []
+        # Each alert lists the messages behind it: the most negative for a negative share, and for a
+        # shock or a volume spike those on the side the window's sentiment moved to from normal
+        # (below it: the most negative; else the most positive), a spike's being what it is about.
+        moved: Side = "lowest" if fig.mean_score < sent.expected else "highest"
+        fired: list[tuple[str, Severity, Side]] = []
         if r.negative_share.enabled and fig.volume >= r.negative_share.min_volume:
             if sev := r.negative_share.levels.severity(neg_share):
-                fired.append(("negative_share", sev))
+                fired.append(("negative_share", sev, "lowest"))
         shock = r.sentiment_shock
         if shock.enabled and z_sent is not None and fig.volume >= shock.min_volume:
             signed = {"negative": -z_sent, "positive": z_sent, "both": abs(z_sent)}[shock.direction]
             if sev := shock.levels.severity(signed):
-                fired.append(("sentiment_shock", sev))
+                fired.append(("sentiment_shock", sev, moved))
         spike = r.volume_spike
         if spike.enabled and z_vol is not None and fig.volume >= spike.min_volume and ratio >= spike.min_ratio:
             if sev := spike.levels.severity(z_vol):
-                fired.append(("volume_spike", sev))
+                fired.append(("volume_spike", sev, moved))
 
         created = self._windows.watermark or fig.end
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
-        for rule, sev in fired:
+        for rule, sev, side in fired:
             if self._cooling(fig.key, rule, sev, fig.end, cooldown):
                 continue
             self._last_fired[(fig.key, rule)] = (fig.end, sev)
@@ -412,7 +414,7 @@ class SentimentAlerter:
                     window_end=fig.end,
                     figures=figures,
                     model_version=",".join(fig.model_versions),
-                    top_messages=list(fig.top),
+                    top_messages=list(fig.top[side]),
                     created_at=created,
                 )
             )
@@ -435,7 +437,7 @@ class SentimentAlerter:
     def from_state(cls, rules: SentimentRules, state: dict) -> SentimentAlerter:
         check_geometry(state, rules, "sentiment")
         alerter = cls(rules)
-        alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
+        alerter._windows = HoppingWindows.from_state(rules.window.spec(), state["windows"], kept="lowest")
         sentiment, volume = state["sentiment"], state["volume"]
         if state.get("learned") != "tumbling":  # written when every hopping window was learned
             overlap = rules.window.spec().panes_per_window
