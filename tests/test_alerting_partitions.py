@@ -13,7 +13,7 @@ import pytest
 
 from streams.alerting.contracts import TickerEvent
 from streams.alerting.partitions import Checkpoint, SentimentPartitions
-from streams.alerting.rules import AlertRules, SentimentRules, ticker_events
+from streams.alerting.rules import AlertRules, SentimentAlerter, SentimentRules, geometry, ticker_events
 from streams.clickhouse import open_store
 from streams.clickhouse.alerting_state import SEEN_COLUMNS, AlertingStateStore
 from streams.replay import BUNDLED_START
@@ -42,9 +42,12 @@ def _fresh(rules: SentimentRules) -> SentimentPartitions:
     return parts
 
 
-def test_the_stream_alerts_once_on_the_shock(stream):
+def test_the_stream_alerts_on_the_shock(stream):
     alerts = [json.loads(a) for a in feed_partition(_fresh(SentimentRules()), stream)]
-    assert [(a["ticker"], a["rule"]) for a in alerts] == [("VGLX", "sentiment_shock")]
+    # once, and once more when the windows sliding over it turn it critical
+    assert [(a["ticker"], a["rule"], a["severity"]) for a in alerts] == [
+        ("VGLX", "sentiment_shock", "warning"), ("VGLX", "sentiment_shock", "critical")
+    ]
 
 
 @pytest.mark.parametrize("stop_at", [0.3, 0.6, "in the shock window"])
@@ -280,3 +283,29 @@ def test_checkpoints_round_trip_and_the_newest_per_partition_wins(state_store, s
     outcomes = [again.feed(0, 10**6 + i, e, wall=0.0) for i, e in enumerate(stream[:2300])]
     assert all(f is None or f.too_late for f in outcomes)
     assert sum(f is None for f in outcomes) == sum(e.event_time >= since for e in stream[:2300]) > 20
+
+
+# What the code that learned every hopping window checkpointed after two positive messages about
+# VGLX, at 08:00:10 and 09:05:10 (15 windows learned for each, the last one ending 09:20).
+_OVERLAPPING = {
+    "windows": {"watermark": 1736155800000000, "next_close": 28935929, "panes": []},
+    "sentiment": {"baselines": {"VGLX": [30, 0.3711606244596849, 0.00010037319373142083]},
+                  "last_end": {"VGLX": "2025-01-06T09:20:00+00:00"}},
+    "volume": {"baselines": {"VGLX": [80, 0.5303953711872019, 0.2490761214103921]},
+               "last_end": {"VGLX": "2025-01-06T09:20:00+00:00"}},
+    "last_fired": [],
+}  # fmt: skip
+
+
+def test_a_checkpoint_that_learned_every_hopping_window_restores_the_history_it_held():
+    """That code counted the two messages as 30 windows of history, so its next five neutral ones
+    were a sentiment shock. Restored, they are two windows, ending on the window size's grid."""
+    rules = SentimentRules()
+    alerter = SentimentAlerter.from_state(rules, _OVERLAPPING | {"geometry": geometry(rules)})
+    sentiment, volume = alerter.baselines("VGLX")
+    assert sentiment is not None and volume is not None
+    assert (sentiment.n, volume.n, sentiment.expected) == (2, 5, 0.3711606244596849)
+    assert alerter.to_state()["sentiment"]["last_end"] == {"VGLX": "2025-01-06T09:15:00+00:00"}
+    neutral = [scored_news(f"n{i}", BUNDLED_START + timedelta(hours=2, seconds=10 + 5 * i), "neutral") for i in range(5)]
+    assert [a for m in neutral for a in alerter.feed(m).alerts] + alerter.advance(BUNDLED_START + timedelta(hours=3)) == []
+    assert alerter.baselines("VGLX")[0].n == 3

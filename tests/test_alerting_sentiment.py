@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from streams.alerting.baselines import KeyedBaselines
-from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules
+from streams.alerting.rules import AlertRules, RulesError, SentimentAlerter, SentimentRules, ticker_events
 from streams.contracts import ScoredMessage
 from streams.replay import BUNDLED_START
 from tests.fixtures.alerting import TICKER, merged, scored, scored_bundled_news, scored_news, steady_ticker
@@ -22,7 +22,9 @@ def normal() -> list[ScoredMessage]:
 
 
 def test_normal_bundled_replay_raises_no_alert(normal):
-    rules = SentimentRules()
+    # The bundled tickers are sparse (the busiest has news in 17 windows over 4.5 days): under the
+    # default warm-up (30 windows) none is ever judged, so here the rules judge them after 5.
+    rules = AlertRules.from_mapping({"sentiment": {"baseline": {"warmup_windows": 5}}}).sentiment
     alerter = SentimentAlerter(rules)
     alerts, late, judged = [], 0, 0
     for m in normal:
@@ -32,14 +34,15 @@ def test_normal_bundled_replay_raises_no_alert(normal):
         # windows the shock rule actually scored: past warm-up and over its volume floor
         judged += sum(
             1 for f in fed.windows
-            if f.volume >= rules.sentiment_shock.min_volume and alerter.baselines(f.key)[0].n > rules.baseline.warmup_windows
+            if f.volume >= rules.sentiment_shock.min_volume
+            and (base := alerter.baselines(f.key)[0]) is not None and base.n > rules.baseline.warmup_windows
         )  # fmt: skip
     assert alerts == []
     assert late == 0
     assert judged > 20  # the quiet is the rules judging real windows, not nothing reaching them
 
 
-def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
+def test_a_negative_shock_raises_one_alert_within_one_step_and_one_when_it_turns_critical(normal):
     rules = SentimentRules()
     shock_at = BUNDLED_START + timedelta(hours=24)  # on a minute boundary, long past warm-up
     shock = [scored_news(f"shock-{i}", shock_at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
@@ -51,7 +54,10 @@ def test_a_negative_shock_raises_exactly_one_alert_within_one_step(normal):
         for a in alerter.feed(m).alerts:
             fired.append((a, m.event_time))
 
-    assert len(fired) == 1, [(a.rule, a.ticker, a.window_end) for a, _ in fired]
+    # As windows slide over the shock, the positive news before it drops out and it turns critical.
+    assert [(a.ticker, a.rule, a.severity, a.window_end - shock_at) for a, _ in fired] == [
+        (TICKER, "sentiment_shock", "warning", MIN), (TICKER, "sentiment_shock", "critical", 4 * MIN)
+    ]
     alert, emitted_at = fired[0]
     assert (alert.ticker, alert.rule, alert.kind) == (TICKER, "sentiment_shock", "sentiment")
     step, lateness = MIN, timedelta(minutes=rules.window.lateness_minutes)
@@ -110,7 +116,7 @@ def test_late_news_inside_lateness_counts_and_older_is_reported():
     assert late.too_late and late.alerts == []
     closed = alerter.feed(scored_news("later", t + timedelta(hours=1), "neutral", ticker="OTHER")).windows
     volumes = {f.end: f.volume for f in closed if f.key == TICKER}
-    ids = {m.id for f in closed if f.key == TICKER for m in f.top}
+    ids = {m.id for f in closed if f.key == TICKER for m in f.top["lowest"]}
     assert "late-ok" in ids and "too-late" not in ids
     assert max(volumes.values()) == 2
 
@@ -166,3 +172,108 @@ def test_a_ticker_silent_past_forget_after_days_leaves_the_state_and_warms_up_ag
     stale = SentimentAlerter(SentimentRules(forget_after_days=365))
     alerts(stale, stream)
     assert stale.baselines("XOLD")[0].n > returned.n  # without forgetting it is judged on last week's normal
+
+
+def test_a_ticker_given_twice_or_in_another_case_counts_once():
+    """A scored message's tickers come as stored (a backtest reads them back): "VGLX" twice counted
+    the message twice, and "vglx" got windows of its own."""
+    rules = SentimentRules()
+    given = ["VGLX", "VGLX", "vglx", "$vglx", "ab cd"]
+    msg = scored_news("m-1", BUNDLED_START, "negative").model_copy(update={"tickers": given})
+    assert [e.ticker for e in ticker_events(msg, rules)] == [TICKER]
+    alerter = SentimentAlerter(rules)
+    alerter.feed(msg)
+    later = scored_news("later", BUNDLED_START + timedelta(hours=1), "neutral", ticker="OTHER")
+    assert {(f.key, f.volume) for f in alerter.feed(later).windows} == {(TICKER, 1)}
+
+
+def _mostly_negative(start: datetime, tag: str, every_fourth: str) -> list[ScoredMessage]:
+    """25 messages over 15 minutes, negative but for every fourth one."""
+    return [
+        scored_news(f"{tag}-{i}", start + timedelta(seconds=36 * i + 1), every_fourth if i % 4 == 0 else "negative")
+        for i in range(25)
+    ]
+
+
+def test_a_higher_severity_goes_through_the_cooldown_and_restarts_it():
+    """An info negative-share alert held back the same ticker going critical 30 minutes later."""
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"enabled": False}}}).sentiment
+    start = BUNDLED_START
+    info = _mostly_negative(start, "a", "neutral")  # 72% negative
+    critical = _mostly_negative(start + 30 * MIN, "b", "negative")
+    # then a warning, inside the critical alert's cooldown: not worth a page of its own
+    warning = [scored_news(f"c-{i}", start + 50 * MIN + timedelta(seconds=30 * i + 1), "neutral" if i % 6 == 0 else "negative")
+               for i in range(30)]  # fmt: skip
+    end = scored_news("end", start + timedelta(hours=3), "neutral", ticker="OTHER")
+    alerter = SentimentAlerter(rules)
+    alerts = [a for m in merged(info, critical, warning, [end]) for a in alerter.feed(m).alerts]
+    assert [a.severity for a in alerts] == ["info", "critical"], [(a.window_end, a.severity) for a in alerts]
+    fresh = SentimentAlerter(rules)
+    alone = [a for m in merged(critical, [end]) for a in fresh.feed(m).alerts]
+    assert alerts[1].window_end == alone[0].window_end  # as soon as it would have come without the info one
+
+
+def test_a_restored_cooldown_keeps_its_severity_and_an_old_one_holds_everything():
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"enabled": False}}}).sentiment
+    info = _mostly_negative(BUNDLED_START, "a", "neutral")
+    critical = _mostly_negative(BUNDLED_START + 30 * MIN, "b", "negative")
+    before = SentimentAlerter(rules)
+    assert [a.severity for m in info for a in before.feed(m).alerts] == ["info"]
+    state = before.to_state()
+
+    def severities(restored: SentimentAlerter) -> list[str]:
+        return [a.severity for m in critical for a in restored.feed(m).alerts]
+
+    assert severities(SentimentAlerter.from_state(rules, state)) == ["critical"]
+    # A checkpoint from before cooldowns kept their severity: the cooldown holds until it ends.
+    old = state | {"last_fired": [entry[:3] for entry in state["last_fired"]]}
+    assert severities(SentimentAlerter.from_state(rules, old)) == []
+
+
+def _shock(at: datetime, tag: str) -> list[ScoredMessage]:
+    return [scored_news(f"{tag}-{i}", at + timedelta(seconds=5 + 10 * i), "negative") for i in range(5)]
+
+
+def test_a_ticker_with_two_messages_of_history_is_not_warm():
+    """Each message was learned once per hopping window holding it (15 at 15m/1m), so two earlier
+    messages made 30 windows of "history" and five neutral ones were a critical shock against them."""
+    early = [scored_news("p1", BUNDLED_START + timedelta(seconds=10), "positive"),
+             scored_news("p2", BUNDLED_START + timedelta(hours=1, seconds=10), "positive")]  # fmt: skip
+    later = [scored_news(f"n{i}", BUNDLED_START + timedelta(hours=2, seconds=10 + 5 * i), "neutral") for i in range(5)]
+    end = scored_news("end", BUNDLED_START + timedelta(hours=3), "neutral", ticker="OTHER")
+    alerter = SentimentAlerter(SentimentRules())
+    assert [a.rule for m in merged(early, later, [end]) for a in alerter.feed(m).alerts] == []
+    sentiment, _ = alerter.baselines(TICKER)
+    assert sentiment is not None and sentiment.n == 3 and not sentiment.ready  # three windows of news
+
+
+def test_a_shock_does_not_hide_the_same_shock_after_the_cooldown():
+    """A shock was learned once per window holding it, 15 times: the same shock 65 minutes later
+    (past the cooldown) scored well short of what it scores alone."""
+    rules = SentimentRules()
+    first_at = BUNDLED_START + timedelta(hours=24)
+    second_at = first_at + 65 * MIN
+
+    def second(*shocks: list[ScoredMessage]) -> list[tuple[str, float]]:
+        alerter = SentimentAlerter(rules)
+        alerts = [a for m in merged(steady_ticker(BUNDLED_START, hours=30), *shocks) for a in alerter.feed(m).alerts]
+        return [(a.severity, a.figures["z_sentiment"]) for a in alerts if a.window_end == second_at + MIN]
+
+    ((sev_after, z_after),) = second(_shock(first_at, "first"), _shock(second_at, "second"))
+    ((sev_alone, z_alone),) = second(_shock(second_at, "second"))
+    assert sev_after == sev_alone and z_after == pytest.approx(z_alone, abs=0.1)
+
+
+@pytest.mark.parametrize("direction", ["positive", "both"])
+def test_a_positive_shock_lists_the_positive_messages_behind_it(direction):
+    """Contributors were always the window's most negative messages, whatever the shock's sign."""
+    rules = AlertRules.from_mapping({"sentiment": {"sentiment_shock": {"direction": direction}}}).sentiment
+    shock_at = BUNDLED_START + timedelta(hours=24)
+    calm = [scored_news(f"bg-{i}", BUNDLED_START + i * 3 * MIN + timedelta(seconds=7), ("neutral", "negative")[i % 2])
+            for i in range(30 * 20)]  # fmt: skip
+    shock = [scored_news(f"pos-{i}", shock_at + timedelta(seconds=5 + 10 * i), "positive") for i in range(5)]
+    alerter = SentimentAlerter(rules)
+    (alert,) = [a for m in merged(calm, shock) for a in alerter.feed(m).alerts]
+    assert alert.rule == "sentiment_shock" and alert.figures["z_sentiment"] > 0
+    best_first = sorted(shock, key=lambda m: m.probs["negative"] - m.probs["positive"])
+    assert [m.id for m in alert.top_messages] == [m.id for m in best_first]

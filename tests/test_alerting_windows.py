@@ -31,9 +31,10 @@ def test_figures_of_a_closed_window():
     a = by[("A", T0 + 3 * MIN)]
     assert (a.start, a.volume, a.counts) == (T0, 3, {"negative": 2, "positive": 1})
     assert a.mean_score == pytest.approx((-0.8 + 0.6 - 0.4) / 3)
-    assert [m.id for m in a.top] == ["a1", "a3"]  # the two most negative, most negative first
+    assert [m.id for m in a.top["lowest"]] == ["a1", "a3"]  # the two most negative, most negative first
+    assert [m.id for m in a.top["highest"]] == ["a2", "a3"]  # and the two most positive, most positive first
     assert a.share("negative") == pytest.approx(2 / 3)
-    assert [m.id for m in by[("A", T0 + MIN)].top] == ["a1", "a2"]
+    assert [m.id for m in by[("A", T0 + MIN)].top["lowest"]] == ["a1", "a2"]
 
 
 def test_late_events_inside_lateness_count_and_older_ones_are_refused():
@@ -115,3 +116,19 @@ def test_window_counts_equal_the_accepted_events_inside_them(events, size, step_
     # every window holding an accepted event was emitted, and each event is in size windows
     per_event = [sum(1 for f in figures if f.key == k and f.start <= t < f.end) for k, t in accepted]
     assert per_event == [size] * len(accepted)
+
+
+def test_a_checkpoint_that_kept_one_side_restores_it_and_stands_in_for_the_other():
+    """Checkpoints from before windows kept both the lowest and the highest scores hold one list
+    per pane; its messages are all the restored pane has for either side."""
+    spec = WindowSpec(size=2 * MIN, step=MIN, top_k=2)
+    w = HoppingWindows(spec)
+    for n, score in enumerate((-0.8, 0.6, -0.4)):
+        _add(w, "A", T0 + timedelta(seconds=10 * n), score, mid=f"a{n}")
+    state = w.to_state()
+    old = state | {"panes": [row[:5] + [row[5]["lowest"]] + row[6:] for row in state["panes"]]}
+    (fig,) = HoppingWindows.from_state(spec, old, kept="lowest").advance(T0 + MIN)
+    assert [m.id for m in fig.top["lowest"]] == ["a0", "a2"]
+    assert [m.id for m in fig.top["highest"]] == ["a2", "a0"]
+    (fig,) = HoppingWindows.from_state(spec, state, kept="lowest").advance(T0 + MIN)
+    assert [m.id for m in fig.top["highest"]] == ["a1", "a2"]

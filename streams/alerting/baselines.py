@@ -1,8 +1,9 @@
 """Per-key baselines learned online: exponentially weighted mean and variance.
 
 A z-score is always taken against the baseline as it was BEFORE the current window is learned,
-so a shock is measured against normal, not against itself. Until a key has seen ``warmup``
-windows its z-scores are None: a new ticker has no normal yet.
+so a shock is measured against normal, not against itself. Until a key has learned ``warmup``
+windows its z-scores are None: a new ticker has no normal yet. Which windows are learned is the
+caller's choice; learning each of a run of overlapping windows counts the same history again.
 
 The statistic is river's ``EWMean``/``EWVar`` (Finch's incremental form, checked against river in
 tests/test_alerting_baselines.py), kept as plain floats here: river's are Rust objects whose state
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +134,44 @@ class KeyedBaselines:
         self._by_key = {k: Baseline.from_state(self.spec, v) for k, v in state["baselines"].items()}
         self._last_end = {k: datetime.fromisoformat(t) for k, t in state["last_end"].items()}
 
-    def score_then_learn(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> Scored:
-        """Score ``value`` (the window ending at ``end``) against the key's baseline, then learn it.
-        A key with no window for longer than ``forget_after`` starts again from nothing."""
-        last = self._last_end.get(key)
-        if forget_after is not None and last is not None and end - last > forget_after:
-            self._drop(key)
-            last = None
-        base = self._by_key.get(key)
+    def score(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> Scored:
+        """Score ``value`` (the window ending at ``end``) against the key's baseline as learned so
+        far. A key with no window learned for longer than ``forget_after`` starts again from nothing."""
+        base = self._catch_up(key, end, forget_after)
+        if base is None:
+            return Scored(None, 0.0, self.spec.min_std, 0)
+        return Scored(base.z(value), base.expected, base.std, base.n)
+
+    def learn(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> None:
+        """Learn ``value`` as the key's window ending at ``end``."""
+        base = self._catch_up(key, end, forget_after)
         if base is None:
             base = self._by_key[key] = Baseline(self.spec)
-        if self._step is not None and self._silent is not None and last is not None:
-            if (silent := (end - last) // self._step - 1) > 0:
-                base.update_many(self._silent, silent)
-        scored = Scored(base.z(value), base.expected if base.n else 0.0, base.std, base.n)
         base.update(value)
         self._last_end[key] = end
+
+    def score_then_learn(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> Scored:
+        """``score``, then ``learn`` the same window."""
+        scored = self.score(key, value, end, forget_after)
+        self.learn(key, value, end, forget_after)
         return scored
+
+    def _catch_up(self, key: str, end: datetime, forget_after: timedelta | None) -> Baseline | None:
+        """The key's baseline once the windows it had none in before ``end`` are learned as silent;
+        None when it has none, or had none for longer than ``forget_after`` (then it is dropped)."""
+        last = self._last_end.get(key)
+        if last is None:
+            return None
+        if forget_after is not None and end - last > forget_after:
+            self._drop(key)
+            return None
+        base = self._by_key[key]
+        if self._step is not None and self._silent is not None:
+            # the window ends last + k*step strictly before end: the key had no window there
+            if (silent := -((last - end) // self._step) - 1) > 0:
+                base.update_many(self._silent, silent)
+                self._last_end[key] = last + silent * self._step
+        return base
 
     def forget_silent(self, now: datetime, forget_after: timedelta) -> None:
         """Drop the keys ``score_then_learn`` would start again from nothing at any window ending
@@ -161,3 +183,20 @@ class KeyedBaselines:
     def _drop(self, key: str) -> None:
         self._by_key.pop(key, None)
         self._last_end.pop(key, None)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_overlapping(state: dict, overlap: int, grid: timedelta) -> dict:
+    """``KeyedBaselines`` state that learned every one of ``overlap`` overlapping windows, as if it
+    had learned each span of history once, on window ends aligned to ``grid``: its count of windows
+    is divided by the overlap (else two messages made a key warm), and its last window moves back to
+    the grid. The mean and variance stay: they describe the same windows' values."""
+    return {
+        "baselines": {k: [int(n) // overlap, mean, var] for k, (n, mean, var) in state["baselines"].items()},
+        "last_end": {
+            k: (_EPOCH + (datetime.fromisoformat(t) - _EPOCH) // grid * grid).isoformat()
+            for k, t in state["last_end"].items()
+        },
+    }

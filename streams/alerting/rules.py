@@ -2,24 +2,29 @@
 
 ``SentimentAlerter`` feeds scored news into per-ticker hopping windows; as each window closes it
 scores the window against the ticker's baseline (learned before this window), applies the rules,
-holds each (ticker, rule) quiet for a cooldown, and then learns the window. It never reads the
-clock: the time of everything, alerts included, is event time.
+holds each (ticker, rule) quiet for a cooldown, and learns the window if it is one of those that
+tile history (so each message is learned once), no further from normal than the alert level. It
+never reads the clock: the time of everything, alerts included, is event time.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines
+from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines, Scored, from_overlapping
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
-from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec, WindowSpecError
+from streams.alerting.windows import HoppingWindows, Side, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
+from streams.tickers import normalise
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # windows are aligned to it
 
 
 class RulesError(ValueError):
@@ -84,19 +89,18 @@ class WindowConfig(_Strict):
         then every window its last event could still reach may close."""
         return (self.lateness_minutes + self.step_minutes) * 60
 
-    def spec(self, keep: Literal["lowest", "highest"] = "lowest") -> WindowSpec:
+    def spec(self) -> WindowSpec:
         return WindowSpec(
             size=timedelta(minutes=self.size_minutes),
             step=timedelta(minutes=self.step_minutes),
             lateness=timedelta(minutes=self.lateness_minutes),
             top_k=self.top_k,
-            keep=keep,
         )
 
 
 class BaselineConfig(_Strict):
-    fading_factor: float = Field(0.02, gt=0, le=1, description="Weight of each new window step.")
-    warmup_windows: int = Field(30, ge=1)
+    fading_factor: float = Field(0.02, gt=0, le=1, description="Weight of each newly learned window.")
+    warmup_windows: int = Field(30, ge=1, description="Windows learned before z-scores count.")
     min_std_sentiment: float = Field(0.1, gt=0)
     min_std_volume: float = Field(1.0, gt=0)
 
@@ -122,7 +126,6 @@ class NegativeShareRule(_Strict):
 class SentimentShockRule(_Strict):
     enabled: bool = True
     min_volume: int = Field(5, ge=1)
-    # Contributors are the window's most negative messages, so "negative" is the natural default.
     direction: Literal["negative", "positive", "both"] = "negative"
     levels: Levels = Levels(info=3.0, warning=4.0, critical=6.0)
 
@@ -252,8 +255,15 @@ def ticker_events(msg: ScoredMessage, rules: SentimentRules) -> list[TickerEvent
     return [
         TickerEvent(ticker=t, message_id=msg.id, event_time=as_aware(msg.event_time), label=msg.label,
                     score=score, text=msg.text, model_version=msg.model_version)
-        for t in msg.tickers or ()
+        for t in _distinct_tickers(msg.tickers or ())
     ]  # fmt: skip
+
+
+def _distinct_tickers(tickers: list[str]) -> list[str]:
+    # A scored message's tickers are taken as given, from whatever produced it (a backtest reads
+    # them from storage): "VGLX" twice would count the message twice and "vglx" would get windows of
+    # its own. One event per normalised ticker; a value that cannot be a ticker gets none.
+    return list(dict.fromkeys(t for t in map(normalise, tickers) if t is not None))
 
 
 class SentimentAlerter:
@@ -261,11 +271,14 @@ class SentimentAlerter:
 
     def __init__(self, rules: SentimentRules) -> None:
         self._rules = rules
-        self._windows = HoppingWindows(rules.window.spec("lowest"))
-        step = rules.window.spec().step
+        self._windows = HoppingWindows(rules.window.spec())
+        # Baselines learn only the windows that tile history (see _learns), so a silent key's
+        # volume is learned as a 0 for each window size it had no window.
+        self._size = rules.window.spec().size
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
-        self._volume = KeyedBaselines(rules.baseline.volume_spec(), step, silent_value=0.0)
-        self._last_fired: dict[tuple[str, str], datetime] = {}
+        self._volume = KeyedBaselines(rules.baseline.volume_spec(), self._size, silent_value=0.0)
+        # (ticker, rule) -> the end of the window that last fired and its severity
+        self._last_fired: dict[tuple[str, str], tuple[datetime, Severity]] = {}
         self._next_forget: datetime | None = None
 
     @property
@@ -340,8 +353,11 @@ class SentimentAlerter:
         r = self._rules
         neg_share = fig.share(r.negative_label)
         forget_after = timedelta(days=r.forget_after_days)
-        sent = self._sentiment.score_then_learn(fig.key, fig.mean_score, fig.end, forget_after)
-        vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end, forget_after)
+        sent = self._sentiment.score(fig.key, fig.mean_score, fig.end, forget_after)
+        vol = self._volume.score(fig.key, float(fig.volume), fig.end, forget_after)
+        if self._learns(fig.end):
+            self._sentiment.learn(fig.key, _winsorized(fig.mean_score, sent, r.sentiment_shock.levels.info), fig.end)
+            self._volume.learn(fig.key, _winsorized(float(fig.volume), vol, r.volume_spike.levels.info), fig.end)
         ratio = fig.volume / max(vol.expected, 1.0)
         figures = {
             "volume": float(fig.volume),
@@ -362,28 +378,31 @@ class SentimentAlerter:
         for label, count in fig.counts.items():
             figures[f"count_{label}"] = float(count)
 
-        fired: list[tuple[str, Severity]] = []
+        # Each alert lists the messages behind it: the most negative for a negative share, and for a
+        # shock or a volume spike those on the side the window's sentiment moved to from normal
+        # (below it: the most negative; else the most positive), a spike's being what it is about.
+        moved: Side = "lowest" if fig.mean_score < sent.expected else "highest"
+        fired: list[tuple[str, Severity, Side]] = []
         if r.negative_share.enabled and fig.volume >= r.negative_share.min_volume:
             if sev := r.negative_share.levels.severity(neg_share):
-                fired.append(("negative_share", sev))
+                fired.append(("negative_share", sev, "lowest"))
         shock = r.sentiment_shock
         if shock.enabled and z_sent is not None and fig.volume >= shock.min_volume:
             signed = {"negative": -z_sent, "positive": z_sent, "both": abs(z_sent)}[shock.direction]
             if sev := shock.levels.severity(signed):
-                fired.append(("sentiment_shock", sev))
+                fired.append(("sentiment_shock", sev, moved))
         spike = r.volume_spike
         if spike.enabled and z_vol is not None and fig.volume >= spike.min_volume and ratio >= spike.min_ratio:
             if sev := spike.levels.severity(z_vol):
-                fired.append(("volume_spike", sev))
+                fired.append(("volume_spike", sev, moved))
 
         created = self._windows.watermark or fig.end
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
-        for rule, sev in fired:
-            last = self._last_fired.get((fig.key, rule))
-            if last is not None and fig.end < last + cooldown:
+        for rule, sev, side in fired:
+            if self._cooling(fig.key, rule, sev, fig.end, cooldown):
                 continue
-            self._last_fired[(fig.key, rule)] = fig.end
+            self._last_fired[(fig.key, rule)] = (fig.end, sev)
             alerts.append(
                 Alert(
                     id=Alert.make_id("sentiment", rule, fig.key, fig.end.isoformat()),
@@ -395,7 +414,7 @@ class SentimentAlerter:
                     window_end=fig.end,
                     figures=figures,
                     model_version=",".join(fig.model_versions),
-                    top_messages=list(fig.top),
+                    top_messages=list(fig.top[side]),
                     created_at=created,
                 )
             )
@@ -410,20 +429,55 @@ class SentimentAlerter:
             "windows": self._windows.to_state(),
             "sentiment": self._sentiment.to_state(),
             "volume": self._volume.to_state(),
-            "last_fired": [[key, rule, t.isoformat()] for (key, rule), t in self._last_fired.items()],
+            "learned": "tumbling",
+            "last_fired": [[key, rule, t.isoformat(), sev.value] for (key, rule), (t, sev) in self._last_fired.items()],
         }
 
     @classmethod
     def from_state(cls, rules: SentimentRules, state: dict) -> SentimentAlerter:
         check_geometry(state, rules, "sentiment")
         alerter = cls(rules)
-        alerter._windows = HoppingWindows.from_state(rules.window.spec("lowest"), state["windows"])
-        alerter._sentiment.restore(state["sentiment"])
-        alerter._volume.restore(state["volume"])
-        alerter._last_fired = {(key, rule): datetime.fromisoformat(t) for key, rule, t in state["last_fired"]}
+        alerter._windows = HoppingWindows.from_state(rules.window.spec(), state["windows"], kept="lowest")
+        sentiment, volume = state["sentiment"], state["volume"]
+        if state.get("learned") != "tumbling":  # written when every hopping window was learned
+            overlap = rules.window.spec().panes_per_window
+            sentiment = from_overlapping(sentiment, overlap, alerter._size)
+            volume = from_overlapping(volume, overlap, alerter._size)
+        alerter._sentiment.restore(sentiment)
+        alerter._volume.restore(volume)
+        alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
+
+    def _learns(self, end: datetime) -> bool:
+        """Whether the baselines learn the window ending at ``end``: only those that tile history
+        (ending on a multiple of the window size), so each stretch of a ticker's news is learned
+        once. Learning every hopping window learned each message once per window holding it: two
+        messages an hour apart made a ticker warm, and one shock counted 15 times against the next."""
+        return (end - _EPOCH) % self._size == timedelta(0)
+
+    def _cooling(self, key: str, rule: str, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
+        """Whether the cooldown holds this alert back. A higher severity than the one that started
+        the cooldown goes through: an info alert must not hide the same ticker going critical."""
+        last = self._last_fired.get((key, rule))
+        return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.
         if len(self._last_fired) > 1024:
-            self._last_fired = {k: t for k, t in self._last_fired.items() if t > before}
+            self._last_fired = {k: last for k, last in self._last_fired.items() if last[0] > before}
+
+
+def _cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
+    # Checkpoints written before cooldowns kept their severity hold a bare time: read it as
+    # critical, which lets nothing through until it ends, as the code that wrote it would have.
+    t, *sev = saved
+    return datetime.fromisoformat(t), Severity(sev[0]) if sev else Severity.critical
+
+
+def _winsorized(x: float, scored: Scored, limit: float) -> float:
+    # A window is learned at most ``limit`` (the rule's alert level) baseline stds from normal: a
+    # shock that fired must not widen normal so far that the same shock an hour later is missed,
+    # while a lasting change still moves the baseline, a step at a time.
+    if scored.z is None:
+        return x
+    return min(max(x, scored.expected - limit * scored.std), scored.expected + limit * scored.std)

@@ -179,7 +179,7 @@ class IntentSpikeDetector:
 
     @staticmethod
     def _spec(rule: IntentSpikeRule) -> WindowSpec:
-        return rule.window.spec("highest")  # keep the most confident examples of the intent
+        return rule.window.spec()
 
     @property
     def watermark(self) -> datetime | None:
@@ -216,7 +216,7 @@ class IntentSpikeDetector:
     def from_state(cls, rule: IntentSpikeRule, state: dict) -> IntentSpikeDetector:
         check_geometry(state, rule, "intent-spike")
         detector = cls(rule)
-        detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"])
+        detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"], kept="highest")
         detector._volume.restore(state["volume"])
         detector._last_fired = {intent: datetime.fromisoformat(t) for intent, t in state["last_fired"].items()}
         return detector
@@ -253,7 +253,7 @@ class IntentSpikeDetector:
                         "mean_confidence": fig.mean_score,
                     },
                     model_version=",".join(fig.model_versions),
-                    top_messages=list(fig.top),
+                    top_messages=list(fig.top["highest"]),  # the most confident examples of the intent
                     created_at=self._windows.watermark or fig.end,
                 )
             )

@@ -25,6 +25,9 @@ from streams.alerting.contracts import ContributingMessage, as_aware
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
+Side = Literal["lowest", "highest"]  # of the scores: a window's most negative or most positive messages
+_SIGN: dict[Side, float] = {"lowest": 1.0, "highest": -1.0}
+
 
 def _us(t: datetime) -> int:
     return (as_aware(t) - _EPOCH) // _US
@@ -43,10 +46,7 @@ class WindowSpec:
     size: timedelta
     step: timedelta
     lateness: timedelta = timedelta(0)
-    top_k: int = 5
-    # Which messages a window keeps as its contributors: the lowest scores (most negative
-    # sentiment) or the highest.
-    keep: Literal["lowest", "highest"] = "lowest"
+    top_k: int = 5  # contributors kept per window on each side (lowest and highest scores)
 
     def __post_init__(self) -> None:
         if self.step <= timedelta(0) or self.size <= timedelta(0):
@@ -75,7 +75,7 @@ class WindowFigures:
     volume: int
     counts: dict[str, int]
     mean_score: float
-    top: tuple[ContributingMessage, ...]
+    top: dict[Side, tuple[ContributingMessage, ...]]  # the top_k lowest and highest scores, best first
     model_versions: tuple[str, ...]
 
     def share(self, label: str) -> float:
@@ -87,7 +87,7 @@ class _Pane:
     counts: dict[str, int] = field(default_factory=dict)
     volume: int = 0
     score_sum: float = 0.0
-    top: list[tuple[float, str, str, str, float]] = field(default_factory=list)
+    top: dict[Side, list[tuple[float, str, str, str, float]]] = field(default_factory=lambda: {s: [] for s in _SIGN})
     versions: set[str] = field(default_factory=set)
 
 
@@ -106,7 +106,6 @@ class HoppingWindows:
         self._step = spec.step // _US
         self._lateness = spec.lateness // _US
         self._n = spec.panes_per_window
-        self._sign = 1.0 if spec.keep == "lowest" else -1.0
         self._panes: dict[int, dict[str, _Pane]] = {}
         self._pane_ids: list[int] = []  # sorted keys of _panes
         self._watermark: int | None = None
@@ -146,15 +145,17 @@ class HoppingWindows:
         pane.volume += 1
         pane.score_sum += score
         pane.versions.add(model_version)
-        if self.spec.top_k:
-            # Min-heap on (rank, id): heap[0] is the kept message that goes first when a better
-            # one arrives; equal scores are ordered by id so the result does not depend on timing.
-            entry = (-self._sign * score, message_id, label, text, score)
-            if len(pane.top) < self.spec.top_k:
-                heapq.heappush(pane.top, entry)
-            elif entry > pane.top[0]:
-                heapq.heapreplace(pane.top, entry)
+        for side, heap in pane.top.items():
+            self._keep(heap, (-_SIGN[side] * score, message_id, label, text, score))
         return Added(True, self.advance(event_time))
+
+    def _keep(self, heap: list[tuple[float, str, str, str, float]], entry: tuple[float, str, str, str, float]) -> None:
+        # Min-heap on (rank, id): heap[0] is the kept message that goes first when a better one
+        # arrives; equal scores are ordered by id so the result does not depend on timing.
+        if len(heap) < self.spec.top_k:
+            heapq.heappush(heap, entry)
+        elif heap and entry > heap[0]:
+            heapq.heapreplace(heap, entry)
 
     def advance(self, to: datetime) -> list[WindowFigures]:
         """Move the watermark to ``to`` (never backwards) and emit the windows that close.
@@ -208,10 +209,13 @@ class HoppingWindows:
                 volume += p.volume
                 score_sum += p.score_sum
                 versions |= p.versions
-            kept = heapq.nlargest(self.spec.top_k, (e for p in panes for e in p.top))
-            top = tuple(
-                ContributingMessage(id=mid, text=text, label=label, score=score) for _, mid, label, text, score in kept
-            )
+            top = {
+                side: tuple(
+                    ContributingMessage(id=mid, text=text, label=label, score=score)
+                    for _, mid, label, text, score in heapq.nlargest(self.spec.top_k, (e for p in panes for e in p.top[side]))
+                )
+                for side in _SIGN
+            }
             figures.append(
                 WindowFigures(
                     key=key,
@@ -232,15 +236,16 @@ class HoppingWindows:
             "watermark": self._watermark,
             "next_close": self._next_close,
             "panes": [
-                [idx, key, p.volume, p.score_sum, p.counts, [list(e) for e in p.top], sorted(p.versions)]
+                [idx, key, p.volume, p.score_sum, p.counts, {s: [list(e) for e in h] for s, h in p.top.items()}, sorted(p.versions)]
                 for idx in self._pane_ids
                 for key, p in self._panes[idx].items()
             ],
         }
 
     @classmethod
-    def from_state(cls, spec: WindowSpec, state: dict) -> HoppingWindows:
-        """The windows ``to_state`` described, under the same spec (the caller checks that)."""
+    def from_state(cls, spec: WindowSpec, state: dict, kept: Side) -> HoppingWindows:
+        """The windows ``to_state`` described, under the same spec (the caller checks that).
+        ``kept``: the one side that checkpoints from before both were kept hold."""
         windows = cls(spec)
         windows._watermark = state["watermark"]
         windows._next_close = state["next_close"]
@@ -249,8 +254,7 @@ class HoppingWindows:
             if keys is None:
                 keys = windows._panes[idx] = {}
                 windows._pane_ids.append(idx)
-            # The list keeps its order, so the heap stays a heap.
-            keys[key] = _Pane(dict(counts), volume, score_sum, [tuple(e) for e in top], set(versions))
+            keys[key] = _Pane(dict(counts), volume, score_sum, _top_from_state(top, kept), set(versions))
         windows._pane_ids.sort()
         return windows
 
@@ -259,3 +263,15 @@ class HoppingWindows:
         for old in self._pane_ids[:cut]:
             del self._panes[old]
         del self._pane_ids[:cut]
+
+
+def _top_from_state(saved: dict[Side, list] | list, kept: Side) -> dict[Side, list[tuple[float, str, str, str, float]]]:
+    # A saved list keeps its order, so each heap stays a heap.
+    if isinstance(saved, dict):
+        return {side: [tuple(e) for e in saved[side]] for side in _SIGN}
+    # An older checkpoint kept one side only. Its messages stand in for the other side's too (they
+    # are the pane's, if not its best there) until the pane leaves the windows, minutes later.
+    other: Side = "highest" if kept == "lowest" else "lowest"
+    flipped = [(-rank, *rest) for rank, *rest in saved]
+    heapq.heapify(flipped)
+    return {kept: [tuple(e) for e in saved], other: flipped}
