@@ -106,6 +106,22 @@ def test_cooldown_holds_per_ticker_and_rule(cooldown):
     assert len({a.id for a in share}) == len(share)
 
 
+def test_a_normally_negative_ticker_stops_alerting_once_its_usual_share_is_known():
+    """The negative-share rule took an absolute share only: a ticker that is 75% negative every day
+    raised an alert every hour, all day, whatever its baseline said."""
+    rules = AlertRules.from_mapping({"sentiment": {
+        "negative_share": {"min_volume": 3}, "baseline": {"warmup_windows": 4}}}).sentiment
+    alerter = SentimentAlerter(rules)
+    gloomy = [scored_news(f"g-{i}", BUNDLED_START + i * MIN, "neutral" if i % 4 == 0 else "negative")
+              for i in range(24 * 60)]
+    share = [a for m in gloomy for a in alerter.feed(m).alerts if a.rule == "negative_share"]
+    assert share and max(a.window_end for a in share) <= BUNDLED_START + timedelta(hours=2)
+    # the same ticker going from its usual 75% to all negative is news again
+    worse = [scored_news(f"w-{i}", BUNDLED_START + timedelta(hours=24) + i * MIN, "negative") for i in range(20)]
+    late = [a for m in worse for a in alerter.feed(m).alerts if a.rule == "negative_share"]
+    assert late and late[0].figures["negative_share"] - late[0].figures["usual_negative_share"] >= 0.2
+
+
 def test_late_news_inside_lateness_counts_and_older_is_reported():
     rules = SentimentRules()  # 2 minutes of allowed lateness
     alerter = SentimentAlerter(rules)

@@ -115,6 +115,10 @@ class NegativeShareRule(_Strict):
     enabled: bool = True
     min_volume: int = Field(15, ge=1)
     levels: Levels = Levels(info=0.7, warning=0.8, critical=0.9)
+    min_rise: float = Field(
+        0.2, ge=0, le=1, description="Once the ticker's baseline is warm, the share must also be this much above "
+        "its usual negative share: a normally negative ticker does not alert all day.",
+    )
 
     @model_validator(mode="after")
     def _shares(self) -> NegativeShareRule:
@@ -277,6 +281,7 @@ class SentimentAlerter:
         self._size = rules.window.spec().size
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
         self._volume = KeyedBaselines(rules.baseline.volume_spec(), self._size, silent_value=0.0)
+        self._negative = KeyedBaselines(rules.baseline.sentiment_spec())
         # (ticker, rule) -> the end of the window that last fired and its severity
         self._last_fired: dict[tuple[str, str], tuple[datetime, Severity]] = {}
         self._next_forget: datetime | None = None
@@ -346,8 +351,8 @@ class SentimentAlerter:
             return
         self._next_forget = last_closed + timedelta(hours=1)
         forget_after = timedelta(days=self._rules.forget_after_days)
-        self._sentiment.forget_silent(last_closed, forget_after)
-        self._volume.forget_silent(last_closed, forget_after)
+        for baselines in (self._sentiment, self._volume, self._negative):
+            baselines.forget_silent(last_closed, forget_after)
 
     def _judge(self, fig: WindowFigures) -> list[Alert]:
         r = self._rules
@@ -355,9 +360,11 @@ class SentimentAlerter:
         forget_after = timedelta(days=r.forget_after_days)
         sent = self._sentiment.score(fig.key, fig.mean_score, fig.end, forget_after)
         vol = self._volume.score(fig.key, float(fig.volume), fig.end, forget_after)
+        usual_neg = self._negative.score(fig.key, neg_share, fig.end, forget_after)
         if self._learns(fig.end):
             self._sentiment.learn(fig.key, _winsorized(fig.mean_score, sent, r.sentiment_shock.levels.info), fig.end)
             self._volume.learn(fig.key, _winsorized(float(fig.volume), vol, r.volume_spike.levels.info), fig.end)
+            self._negative.learn(fig.key, neg_share, fig.end)
         ratio = fig.volume / max(vol.expected, 1.0)
         figures = {
             "volume": float(fig.volume),
@@ -371,6 +378,10 @@ class SentimentAlerter:
             "volume_ratio": ratio,
         }
         z_sent, z_vol = sent.z, vol.z
+        # warm: the ticker has a usual negative share, and only a rise above it is news
+        neg_warm = usual_neg.z is not None
+        if neg_warm:
+            figures["usual_negative_share"] = usual_neg.expected
         if z_sent is not None:
             figures["z_sentiment"] = z_sent
         if z_vol is not None:
@@ -383,7 +394,8 @@ class SentimentAlerter:
         # (below it: the most negative; else the most positive), a spike's being what it is about.
         moved: Side = "lowest" if fig.mean_score < sent.expected else "highest"
         fired: list[tuple[str, Severity, Side]] = []
-        if r.negative_share.enabled and fig.volume >= r.negative_share.min_volume:
+        rose = not neg_warm or neg_share - usual_neg.expected >= r.negative_share.min_rise
+        if r.negative_share.enabled and fig.volume >= r.negative_share.min_volume and rose:
             if sev := r.negative_share.levels.severity(neg_share):
                 fired.append(("negative_share", sev, "lowest"))
         shock = r.sentiment_shock
@@ -429,6 +441,7 @@ class SentimentAlerter:
             "windows": self._windows.to_state(),
             "sentiment": self._sentiment.to_state(),
             "volume": self._volume.to_state(),
+            "negative_share": self._negative.to_state(),
             "learned": "tumbling",
             "last_fired": [[key, rule, t.isoformat(), sev.value] for (key, rule), (t, sev) in self._last_fired.items()],
         }
@@ -445,6 +458,8 @@ class SentimentAlerter:
             volume = from_overlapping(volume, overlap, alerter._size)
         alerter._sentiment.restore(sentiment)
         alerter._volume.restore(volume)
+        if "negative_share" in state:  # checkpoints before it start it empty: warm-up again
+            alerter._negative.restore(state["negative_share"])
         alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
 
