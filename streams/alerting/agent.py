@@ -69,7 +69,7 @@ from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import ProgressWatchdog, Watchdogs
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def register_alerting(
     store: ClickHouseStore,
     metrics: Metrics,
     io_executor: ThreadPoolExecutor,
-    watchdog: ProgressWatchdog,
+    watchdogs: Watchdogs,
 ) -> None:
     """Add the alerting and ticket-ack agents, their timer and (when configured) the webhook task to ``app``."""
     rules = load_rules(settings)
@@ -347,6 +347,9 @@ def register_alerting(
 
     ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
     intent_topic = app.topic(settings.intent_events_topic, key_type=bytes, value_type=bytes)
+    acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
+    # One watchdog for the four agents: their storage waits all go through the processor, which beats it.
+    watchdog = watchdogs.watch(*(t.get_topic_name() for t in (scored_topic, ticker_topic, intent_topic, acks_topic)))
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
@@ -425,7 +428,6 @@ def register_alerting(
     async def ticket_acks(events: list[EventT]) -> None:
         await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
 
-    acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
     app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batch_agent(ticket_acks, settings, watchdog))
 
     @app.timer(_TICK_S)
