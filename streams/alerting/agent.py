@@ -125,6 +125,7 @@ class AlertingProcessor:
         self.intent_spikes = IntentSpikePartitions(rules.triage.intent_spike)
         self._support_clock = IdleClock(rules.sentiment.window.idle_after_s)
         self._sla_to_restore: set[int] = set()  # scored partitions assigned here, clocks not yet reopened
+        self._scored_here: set[int] = set()  # scored partitions assigned here now
         self._alerts_topic = alerts_topic
         self._queue_topics = queue_topics
         self._ticker_topic = ticker_topic
@@ -193,10 +194,13 @@ class AlertingProcessor:
 
     def assign(self, partitions: Iterable[int]) -> None:
         """Scored partitions now read here: their SLA clocks are reopened by ``restore_slas``."""
-        self._sla_to_restore |= set(partitions)
+        assigned = set(partitions)
+        self._scored_here |= assigned
+        self._sla_to_restore |= assigned
 
     def revoke(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
+        self._scored_here -= gone
         self._sla_to_restore -= gone
         if released := self._sla.release(gone):
             log.info("let go of %d SLA clocks of scored partitions %s", released, sorted(gone))
@@ -209,7 +213,9 @@ class AlertingProcessor:
         parts, self._sla_to_restore = sorted(self._sla_to_restore), set()
         tickets = await self.durably("reading open tickets", self._triage_store.open_tickets, parts,
                                      self._sla.priorities)
-        reopened = sum(self._sla.open(t) for t in tickets)
+        # A rebalance during the read may have taken partitions away: their clocks are the new owner's,
+        # and a clock opened after the revoke would never be released here.
+        reopened = sum(self._sla.open(t) for t in tickets if t.source_partition in self._scored_here)
         if last := await self.durably("reading the last routed ticket", self._triage_store.last_routed, parts):
             event_time, written = last
             self._support_clock.recall(event_time, wall - (datetime.now(UTC) - written).total_seconds())
