@@ -42,6 +42,12 @@ class ModelNotFound(RegistryError):
     pass
 
 
+class CardMismatch(RegistryError):
+    """A version directory whose card names another task or version: it was copied or moved by hand,
+    so what it holds is not what its place says (a triage model serving news, rows stamped with a
+    version that is not the champion)."""
+
+
 class Metrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -153,7 +159,8 @@ class ModelRegistry:
 
     def resolve(self, task: str, version: str = CHAMPION) -> Path:
         """The directory of ``version`` ('champion': the promoted one; in a registry written before
-        first versions became champions, the newest)."""
+        first versions became champions, the newest). ``CardMismatch`` when its card names another
+        task or version."""
         if version == CHAMPION:
             version = self.champion(task) or (self._carded(task) or [None])[-1]
             if version is None:
@@ -161,7 +168,17 @@ class ModelRegistry:
         path = self.task_dir(task) / version
         if _version_number(version) is None or not (path / "card.json").is_file():
             raise self._not_found(task, f"{version!r}")
+        self._check_card(task, version, path)
         return path
+
+    def _check_card(self, task: str, version: str, path: Path) -> None:
+        card = ModelCard.model_validate_json((path / "card.json").read_bytes())
+        if (card.task, card.version) != (task, version):
+            raise CardMismatch(
+                f"{path} holds the card of {card.task} {card.version}, not of {task} {version}: the directory "
+                f"was copied or moved by hand. Delete it (a new version is made by `vigil train --task {task}`), "
+                f"and if it is the champion, promote another with `vigil models promote {task} VERSION`"
+            )
 
     def card(self, task: str, version: str = CHAMPION) -> ModelCard:
         return ModelCard.model_validate_json((self.resolve(task, version) / "card.json").read_bytes())

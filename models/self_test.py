@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from models.registry import RegistryError
+from models.registry import ModelNotFound, RegistryError
 from models.scoring import Scorer
 
 # Any working model scores this; when it fails, the fault is not in the messages.
@@ -37,7 +37,10 @@ def self_test(scorer: Scorer) -> None:
 
 def refusal_reason(exc: Exception) -> str:
     """Why a version was refused, for logs and model events."""
-    return str(exc) if isinstance(exc, ModelBroken) else f"cannot be loaded: {exc!r}"
+    if isinstance(exc, ModelBroken):
+        return str(exc)
+    # The registry's messages say what to do; anything else is unexpected, so its type is kept.
+    return f"cannot be loaded: {exc}" if isinstance(exc, RegistryError) else f"cannot be loaded: {exc!r}"
 
 
 def load_tested(load: Callable[[str], Scorer], version: str) -> Scorer:
@@ -55,7 +58,7 @@ def first_working(
     for version in candidates:
         try:
             return load_tested(load, version), refused
-        except RegistryError:
+        except ModelNotFound:
             raise  # no model at all: a setup error, with its own instructions
         except Exception as exc:  # noqa: BLE001 - a version that fails to load is refused like a broken one
             refused[version] = refusal_reason(exc)

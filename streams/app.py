@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -33,7 +34,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Limits, ScorerBroken
 from streams.settings import VigilSettings
 from streams.tickers import CompanyDictionary
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,16 +44,16 @@ class ConsumerStalled(RuntimeError):
     """The watchdog saw no progress while messages waited; the supervisor should restart the worker."""
 
 
-def consumer_lag(app: faust.App) -> int:
-    """Messages on the assigned partitions past the last committed offset."""
+def consumer_lag(app: faust.App) -> dict[str, int]:
+    """Messages on the assigned partitions past the last committed offset, per topic."""
     consumer = app.consumer
-    lag = 0
+    lag: dict[str, int] = defaultdict(int)
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is None:
             continue
         committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
-        lag += max(0, highwater - (committed or 0))
+        lag[tp.topic] += max(0, highwater - (committed or 0))
     return lag
 
 
@@ -114,7 +115,7 @@ def create_app(
     shadows: Mapping[Kind, Scorer] | None = None,
 ) -> faust.App:
     app = worker_app(settings, bootstrap)
-    watchdog = ProgressWatchdog(settings.watchdog_stall_s, started_at=time.monotonic())
+    watchdogs = Watchdogs(settings.watchdog_stall_s, started_at=time.monotonic())
     # One model thread: the engine already spreads a call over every core (its lanes, or the GPU).
     model_executor = ThreadPoolExecutor(1, thread_name_prefix="vigil-model")
     io_executor = ThreadPoolExecutor(2, thread_name_prefix="vigil-io")
@@ -126,6 +127,7 @@ def create_app(
     companies = CompanyDictionary.from_json(path) if path is not None else None
 
     for kind, topic_name in settings.raw_topics.items():
+        watchdog = watchdogs.watch(topic_name)
         processor = BatchProcessor(
             kind=Kind(kind),
             scorer=scorers[Kind(kind)],
@@ -154,11 +156,12 @@ def create_app(
         store=store,
         metrics=metrics,
         io_executor=io_executor,
-        watchdog=watchdog,
+        watchdogs=watchdogs,
     )
     register_feedback(
         app, settings, scored_topic=scored_topic, store=store, metrics=metrics, io_executor=io_executor,
-        watchdog=watchdog,
+        watchdog=watchdogs.watch(settings.topic_scored, settings.label_candidates_topic, settings.topic_alerts,
+                                 settings.topic_corrections),  # the topics of its agents
     )
 
     if store.level is CompatLevel.legacy_18:
@@ -166,15 +169,14 @@ def create_app(
 
     @app.timer(settings.watchdog_interval_s)
     async def watch_progress() -> None:
-        lag = consumer_lag(app)
-        metrics.consumer_lag.set(lag)
-        stall = watchdog.check(time.monotonic(), lag)
-        if stall is None:
-            return
-        metrics.stalls.inc()
-        log.critical("watchdog: %s", stall)
-        if settings.watchdog_exit_on_stall:
-            await app.crash(ConsumerStalled(str(stall)))
+        lags = consumer_lag(app)
+        metrics.consumer_lag.set(sum(lags.values()))
+        stalls = watchdogs.check(time.monotonic(), lags)
+        for stall in stalls:
+            metrics.stalls.inc()
+            log.critical("watchdog: %s", stall)
+        if stalls and settings.watchdog_exit_on_stall:
+            await app.crash(ConsumerStalled("; ".join(map(str, stalls))))
 
     return app
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
+from typing import TypeVar
 
 import faust
 
@@ -33,16 +34,28 @@ from streams.metrics import Metrics
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Loading and testing a version takes seconds on the loader thread; every 10 minutes is cheap, and
 # soon enough to leave a fallback that a passing failure caused.
 REFUSAL_RETRY_S = 600.0
 
 
+class WrongTask(ValueError):
+    """A scorer of one task offered to another task's slot."""
+
+
+def _check_task(task: str, scorer: Scorer) -> None:
+    if scorer.task != task:
+        raise WrongTask(f"the {scorer.task} model {scorer.model_version} cannot score {task}: its card is "
+                        f"another task's; promote a {task} version with `vigil models promote {task} VERSION`")
+
+
 class ScorerSlot:
     """The scorer one kind's batches use now."""
 
     def __init__(self, task: str, scorer: Scorer, *, follows_champion: bool) -> None:
+        _check_task(task, scorer)
         self.task = task
         self.follows_champion = follows_champion  # False when settings pin a version
         self._scorer = scorer
@@ -51,8 +64,7 @@ class ScorerSlot:
         return self._scorer
 
     def swap(self, scorer: Scorer) -> Scorer:
-        if scorer.task != self.task:
-            raise ValueError(f"a {scorer.task} scorer cannot replace the {self.task} scorer")
+        _check_task(self.task, scorer)
         old, self._scorer = self._scorer, scorer
         return old
 
@@ -89,6 +101,60 @@ class Refusals:
         return at is not None and self._clock() - at < self.retry_after_s
 
 
+Report = Callable[[ModelEventKind, str, str, str, dict[str, float]], Awaitable[None]]
+
+
+class ChampionFollower:
+    """One poll of the hot swap: every slot that follows the champion gets the champion, loaded and
+    tested on ``loader`` (a thread), unless it is refused. ``load(task, version)`` gives a scorer;
+    ``report(kind, task, version, detail, figures)`` publishes and stores a model event."""
+
+    def __init__(self, registry: ModelRegistry, slots: Mapping[Kind, ScorerSlot],
+                 load: Callable[[str, str], Scorer], report: Report, *, refusals: Refusals, metrics: Metrics,
+                 worker_name: str, loader: ThreadPoolExecutor) -> None:
+        self._registry, self._slots, self._load, self._report = registry, slots, load, report
+        self._refusals, self._metrics, self._worker_name, self._loader = refusals, metrics, worker_name, loader
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._loader, fn, *args)
+
+    async def poll(self) -> None:
+        for slot in self._slots.values():
+            # An error out of a timer crashes the worker (mode makes it app.crash), for one slot's
+            # trouble; the slot keeps its version and the next poll tries again.
+            try:
+                await self._follow(slot)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: following the champion failed; still scoring with %s, trying again in the "
+                              "next poll", slot.task, slot.get().model_version)
+
+    async def _follow(self, slot: ScorerSlot) -> None:
+        version = await self._in_thread(wanted_version, self._registry, slot)
+        behind = version is not None and self._refusals.refused(slot.task, version)
+        self._metrics.model_behind_champion.labels(slot.task).set(int(behind))
+        if version is None or self._refusals.holds_off(slot.task, version):
+            return
+        current = slot.get().model_version
+        started = time.perf_counter()
+        try:
+            scorer = await self._in_thread(load_tested, partial(self._load, slot.task), version)
+            slot.swap(scorer)
+        except Exception as exc:  # noqa: BLE001 - keep scoring with the current version
+            why = refusal_reason(exc)
+            self._metrics.model_behind_champion.labels(slot.task).set(1)
+            log.error("%s %s is the champion but was refused; still scoring with %s, trying it again in "
+                      "%.0f s: %s", slot.task, version, current, REFUSAL_RETRY_S, why)
+            if self._refusals.refuse(slot.task, version):
+                await self._report(ModelEventKind.champion_refused, slot.task, version,
+                                   f"{self._worker_name} refused {version}, still scoring with {current}: {why}", {})
+            return
+        load_s = time.perf_counter() - started
+        self._metrics.model.info({s.task: s.get().model_version for s in self._slots.values()})
+        log.info("%s: now scoring with %s (was %s; loaded in %.2fs)", slot.task, version, current, load_s)
+        await self._report(ModelEventKind.swapped, slot.task, version,
+                           f"{self._worker_name} swapped {current} -> {version}", {"load_seconds": load_s})
+
+
 def register_hot_swap(
     app: faust.App,
     settings: VigilSettings,
@@ -108,7 +174,6 @@ def register_hot_swap(
     ``REFUSAL_RETRY_S``."""
     from feedback.store import FeedbackStore
 
-    registry = ModelRegistry(settings.registry_dir)
     loader = ThreadPoolExecutor(1, thread_name_prefix="vigil-model-load")
     events_topic = app.topic(settings.topic_model_events, key_type=bytes, value_type=bytes)
     events_store = FeedbackStore(store)  # same backend: chdb allows one per process
@@ -116,18 +181,18 @@ def register_hot_swap(
     for task, version in refused_at_start:
         refusals.refuse(task, version)
 
-    async def in_thread(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(loader, fn, *args)
-
     async def report(kind: ModelEventKind, task: str, version: str, detail: str, figures: dict[str, float]) -> None:
         metrics.model_events.labels(task, kind.value).inc()
         event = ModelEvent(kind=kind, task=task, model_version=version, detail=detail, figures=figures,
                            created_at=datetime.now(UTC))
         await events_topic.send(key=task.encode(), value=event.model_dump_json().encode())
         try:
-            await in_thread(events_store.write_model_events, [event])
+            await asyncio.get_running_loop().run_in_executor(loader, events_store.write_model_events, [event])
         except StorageUnavailable as exc:  # what it reports happened; only its record is missing
             log.error("%s event not stored: %s", kind.value, exc)
+
+    follower = ChampionFollower(ModelRegistry(settings.registry_dir), slots, partial(load, settings), report,
+                                refusals=refusals, metrics=metrics, worker_name=worker_name, loader=loader)
 
     @app.task
     async def report_refused_at_start() -> None:
@@ -137,31 +202,7 @@ def register_hot_swap(
 
     @app.timer(settings.model_poll_interval_s)
     async def follow_champions() -> None:
-        for slot in slots.values():
-            version = await in_thread(wanted_version, registry, slot)
-            behind = version is not None and refusals.refused(slot.task, version)
-            metrics.model_behind_champion.labels(slot.task).set(int(behind))
-            if version is None or refusals.holds_off(slot.task, version):
-                continue
-            current = slot.get().model_version
-            started = time.perf_counter()
-            try:
-                scorer = await in_thread(load_tested, partial(load, settings, slot.task), version)
-            except Exception as exc:  # noqa: BLE001 - keep scoring with the current version
-                why = refusal_reason(exc)
-                metrics.model_behind_champion.labels(slot.task).set(1)
-                log.error("%s %s is the champion but was refused; still scoring with %s, trying it again in "
-                          "%.0f s: %s", slot.task, version, current, REFUSAL_RETRY_S, why)
-                if refusals.refuse(slot.task, version):
-                    await report(ModelEventKind.champion_refused, slot.task, version,
-                                 f"{worker_name} refused {version}, still scoring with {current}: {why}", {})
-                continue
-            slot.swap(scorer)
-            load_s = time.perf_counter() - started
-            metrics.model.info({s.task: s.get().model_version for s in slots.values()})
-            log.info("%s: now scoring with %s (was %s; loaded in %.2fs)", slot.task, version, current, load_s)
-            await report(ModelEventKind.swapped, slot.task, version, f"{worker_name} swapped {current} -> {version}",
-                         {"load_seconds": load_s})
+        await follower.poll()
 
 
 def follows_champion(configured: str) -> bool:

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 # What `vigil worker` logs, critical, before it exits on an error a restart alone may not fix.
 CANNOT_START = "worker cannot start: "
 
+# A streak of quick deaths can last days (a deployment broken overnight), and 2 ** a thousand of them
+# is too large for a float: the supervisor died of it, stopping every worker. 2 ** 64 times any
+# sensible first wait is past any cap.
+_MAX_DOUBLINGS = 64
+
 
 @dataclass
 class RestartBackoff:
@@ -21,7 +26,7 @@ class RestartBackoff:
     def delay(self, ran_for_s: float) -> float:
         """Seconds to wait before restarting a worker that died after running ``ran_for_s``."""
         self._quick_deaths = 1 if ran_for_s >= self.healthy_after_s else self._quick_deaths + 1
-        return min(self.first_s * 2 ** (self._quick_deaths - 1), self.max_s)
+        return min(self.first_s * 2 ** min(self._quick_deaths - 1, _MAX_DOUBLINGS), self.max_s)
 
 
 def last_words(log_text: str) -> str | None:

@@ -157,6 +157,27 @@ def test_a_revoked_partition_lets_go_of_its_clocks(make_processor) -> None:
     assert [a.top_messages[0].id for a in p.tick(wall=1.0).alerts] == ["p1"]
 
 
+def test_a_partition_revoked_while_its_clocks_are_read_back_is_not_reopened(make_processor) -> None:
+    """The read's tickets were opened after the revoke: the worker kept clocks of a partition
+    another worker owned, and escalated its tickets too."""
+    sla = MAPPING.route(P1).sla_minutes
+    first = make_processor(setting=0.0)
+    routed = first.feed([support("p0", P1, T0, 0.9, partition=0), support("p1", P1, T0, 0.9, partition=1)], wall=0.0)
+    TriageStore(make_processor.store).write_tickets(routed.tickets)
+    second = make_processor(setting=0.0)
+    second.assign([0, 1])
+
+    async def restore_while_partition_0_moves() -> None:
+        restoring = asyncio.create_task(second.restore_slas(wall=100.0))
+        await asyncio.sleep(0)  # the restore is reading ClickHouse now
+        second.revoke([0])
+        await restoring
+
+    asyncio.run(restore_while_partition_0_moves())
+    due = second.tick(wall=100.0 + sla * 60 * 2)
+    assert [(a.rule, a.top_messages[0].id) for a in due.alerts] == [("sla_breach", "p1")]
+
+
 def test_tickets_are_routed_with_the_calibration_of_the_version_that_scored_them(make_processor) -> None:
     """A worker that hot swapped its triage model kept the threshold of the version it started
     with: tickets of the new version between the two thresholds skipped human triage."""

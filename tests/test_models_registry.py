@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from models.registry import ModelNotFound, ModelRegistry, RegistryError
-from tests.fixtures.models import copy_version
+from models.registry import CardMismatch, ModelNotFound, ModelRegistry, RegistryError
+from tests.fixtures.models import copy_by_hand, copy_version
 
 
 def test_versions_promote_rollback_resolve(tiny_registry, tmp_path):
@@ -132,3 +132,18 @@ def test_a_promotion_waits_for_one_under_way(tiny_registry, tmp_path):
     files = {p.name for p in (tiny_registry / "sentiment" / "v1").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "card.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+
+
+def test_a_directory_whose_card_is_another_tasks_or_versions_is_refused(tiny_registry, tmp_path):
+    """Copied by hand: a triage model served news, and rows were stamped with the card's version
+    while another was the champion."""
+    reg = ModelRegistry(tmp_path / "models")
+    for task in ("sentiment", "triage"):
+        copy_version(reg, task, ModelRegistry(tiny_registry).resolve(task, "v1"))
+    copy_by_hand(reg, ("triage", "v1"), ("sentiment", "v2"), card_version="v2")
+    copy_by_hand(reg, ("sentiment", "v1"), ("sentiment", "v3"), card_version="v1")
+    with pytest.raises(CardMismatch, match="card of triage v2, not of sentiment v2.*vigil models promote sentiment"):
+        reg.resolve("sentiment", "v2")
+    with pytest.raises(CardMismatch, match="card of sentiment v1, not of sentiment v3"):
+        reg.promote("sentiment", "v3")
+    assert reg.champion("sentiment") == "v1" and reg.resolve("sentiment").name == "v1"

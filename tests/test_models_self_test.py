@@ -5,16 +5,18 @@ champion that works; a refused champion is tried again later. Real tiny models o
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from models.engine import load_scorer
 from models.registry import ModelNotFound, ModelRegistry
 from models.self_test import FALLBACK_DEPTH, ModelBroken
-from streams.hotswap import Refusals
+from streams.hotswap import Refusals, ScorerSlot, WrongTask
 from streams.settings import VigilSettings
 from streams.worker import load_working_scorer
-from tests.fixtures.models import break_classifier, copy_registry, copy_version
+from tests.fixtures.models import break_classifier, copy_by_hand, copy_registry, copy_version
 
 
 @pytest.fixture
@@ -82,3 +84,22 @@ def test_a_refused_champion_is_reported_once_and_tried_again_after_the_retry_int
     assert not refusals.holds_off("sentiment", "v3") and refusals.refused("sentiment", "v3")
     assert refusals.refuse("sentiment", "v3") is False  # failed again: no second report
     assert refusals.holds_off("sentiment", "v3")
+
+
+@pytest.mark.parametrize(("source", "card_version", "why"), [
+    (("triage", "v1"), "v2", "card of triage v2, not of sentiment v2"),  # another task's model
+    (("sentiment", "v1"), "v1", "card of sentiment v1, not of sentiment v2"),  # stamps rows v1
+])
+def test_a_champion_copied_by_hand_is_refused_for_the_champion_before_it(registry, source, card_version, why):
+    _promote_copy(registry, broken=False)  # v2, then replaced by hand
+    shutil.rmtree(registry.task_dir("sentiment") / "v2")
+    copy_by_hand(registry, source, ("sentiment", "v2"), card_version=card_version)
+    scorer, refused = load_working_scorer(_settings(registry), "sentiment", "champion")
+    assert (scorer.task, scorer.model_version) == ("sentiment", "v1")
+    assert list(refused) == ["v2"] and why in refused["v2"]
+
+
+def test_a_slot_takes_no_scorer_of_another_task(registry):
+    triage = load_scorer(_settings(registry), "triage", "v1")
+    with pytest.raises(WrongTask, match="triage model v1 cannot score sentiment"):
+        ScorerSlot("sentiment", triage, follows_champion=True)

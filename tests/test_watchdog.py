@@ -1,4 +1,4 @@
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import ProgressWatchdog, Watchdogs
 
 
 def test_no_stall_while_batches_keep_coming():
@@ -27,3 +27,28 @@ def test_shrinking_lag_is_progress_even_without_beats():
     assert w.check(20, lag=300) is not None
     assert w.check(25, lag=200) is None
     assert w.check(30, lag=200) is not None
+
+
+def test_one_agents_beats_do_not_hide_anothers_stall():
+    """Support batches every second, news no longer consumed while 20 messages a second arrive: with
+    one watchdog for every agent this ran 30 minutes (news lag 36,020) without a stall."""
+    watchdogs = Watchdogs(stall_after_s=60, started_at=0)
+    news, support = watchdogs.watch("news"), watchdogs.watch("support")
+    stalls = []
+    for t in range(0, 1801):
+        support.beat(t)
+        if t % 5 == 0 and (stalls := watchdogs.check(t, {"news": 20 * t, "support": 3})):
+            break
+    assert t == 60 and [s.topics for s in stalls] == [("news",)] and stalls[0].lag == 1200
+    assert "no batch of news processed for 60s" in str(stalls[0])
+    news.beat(61)
+    assert watchdogs.check(65, {"news": 1300, "support": 3}) == []
+
+
+def test_a_watchdog_counts_only_its_own_topics_lag():
+    watchdogs = Watchdogs(stall_after_s=10, started_at=0)
+    scoring, alerting = watchdogs.watch("news"), watchdogs.watch("scored", "ticker-events")
+    scoring.beat(20)
+    assert watchdogs.check(20, {"news": 500}) == []  # news waits on a working agent; alerting has nothing waiting
+    stalls = watchdogs.check(25, {"news": 500, "ticker-events": 7, "other": 99})
+    assert [(s.topics, s.lag) for s in stalls] == [(("scored", "ticker-events"), 7)]

@@ -12,6 +12,13 @@ def test_quick_deaths_double_the_wait_up_to_the_cap():
     assert [backoff.delay(ran_for_s=5) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
 
 
+def test_a_streak_of_days_stays_at_the_cap():
+    """After 1,025 quick deaths (17 hours at the cap) the doubling overflowed and the supervisor died."""
+    backoff = RestartBackoff(first_s=1.0, max_s=60.0, healthy_after_s=120.0)
+    assert {backoff.delay(ran_for_s=5) for _ in range(5000)} == {1, 2, 4, 8, 16, 32, 60}
+    assert backoff.delay(ran_for_s=5) == 60
+
+
 def test_a_long_run_ends_the_streak():
     backoff = RestartBackoff(first_s=1, max_s=30, healthy_after_s=120)
     assert [backoff.delay(5), backoff.delay(5), backoff.delay(600), backoff.delay(5)] == [1, 2, 1, 2]

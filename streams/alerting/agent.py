@@ -69,7 +69,7 @@ from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import ProgressWatchdog, Watchdogs
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class AlertingProcessor:
         self.intent_spikes = IntentSpikePartitions(rules.triage.intent_spike)
         self._support_clock = IdleClock(rules.sentiment.window.idle_after_s)
         self._sla_to_restore: set[int] = set()  # scored partitions assigned here, clocks not yet reopened
+        self._scored_here: set[int] = set()  # scored partitions assigned here now
         self._alerts_topic = alerts_topic
         self._queue_topics = queue_topics
         self._ticker_topic = ticker_topic
@@ -193,10 +194,13 @@ class AlertingProcessor:
 
     def assign(self, partitions: Iterable[int]) -> None:
         """Scored partitions now read here: their SLA clocks are reopened by ``restore_slas``."""
-        self._sla_to_restore |= set(partitions)
+        assigned = set(partitions)
+        self._scored_here |= assigned
+        self._sla_to_restore |= assigned
 
     def revoke(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
+        self._scored_here -= gone
         self._sla_to_restore -= gone
         if released := self._sla.release(gone):
             log.info("let go of %d SLA clocks of scored partitions %s", released, sorted(gone))
@@ -209,7 +213,9 @@ class AlertingProcessor:
         parts, self._sla_to_restore = sorted(self._sla_to_restore), set()
         tickets = await self.durably("reading open tickets", self._triage_store.open_tickets, parts,
                                      self._sla.priorities)
-        reopened = sum(self._sla.open(t) for t in tickets)
+        # A rebalance during the read may have taken partitions away: their clocks are the new owner's,
+        # and a clock opened after the revoke would never be released here.
+        reopened = sum(self._sla.open(t) for t in tickets if t.source_partition in self._scored_here)
         if last := await self.durably("reading the last routed ticket", self._triage_store.last_routed, parts):
             event_time, written = last
             self._support_clock.recall(event_time, wall - (datetime.now(UTC) - written).total_seconds())
@@ -325,7 +331,7 @@ def register_alerting(
     store: ClickHouseStore,
     metrics: Metrics,
     io_executor: ThreadPoolExecutor,
-    watchdog: ProgressWatchdog,
+    watchdogs: Watchdogs,
 ) -> None:
     """Add the alerting and ticket-ack agents, their timer and (when configured) the webhook task to ``app``."""
     rules = load_rules(settings)
@@ -347,6 +353,9 @@ def register_alerting(
 
     ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
     intent_topic = app.topic(settings.intent_events_topic, key_type=bytes, value_type=bytes)
+    acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
+    # One watchdog for the four agents: their storage waits all go through the processor, which beats it.
+    watchdog = watchdogs.watch(*(t.get_topic_name() for t in (scored_topic, ticker_topic, intent_topic, acks_topic)))
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
@@ -425,7 +434,6 @@ def register_alerting(
     async def ticket_acks(events: list[EventT]) -> None:
         await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
 
-    acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
     app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batch_agent(ticket_acks, settings, watchdog))
 
     @app.timer(_TICK_S)
