@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+log = logging.getLogger(__name__)
 CHAMPION = "champion"
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
 _POINTER = "champion.json"
@@ -191,7 +193,10 @@ class ModelRegistry:
         for task_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             champ = self.champion(task_dir.name)
             for v in self._carded(task_dir.name):
-                out.append((self.card(task_dir.name, v), v == champ))
+                try:
+                    out.append((self.card(task_dir.name, v), v == champ))
+                except CardMismatch as e:  # the others are still worth listing
+                    log.warning("%s", e)
         return out
 
     def show(self, task: str, version: str = CHAMPION) -> dict[str, Any]:

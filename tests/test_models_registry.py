@@ -147,3 +147,5 @@ def test_a_directory_whose_card_is_another_tasks_or_versions_is_refused(tiny_reg
     with pytest.raises(CardMismatch, match="card of sentiment v1, not of sentiment v3"):
         reg.promote("sentiment", "v3")
     assert reg.champion("sentiment") == "v1" and reg.resolve("sentiment").name == "v1"
+    # the list leaves them out, with a warning, and still shows the rest
+    assert [(c.task, c.version) for c, _ in reg.list()] == [("sentiment", "v1"), ("triage", "v1")]

@@ -47,7 +47,8 @@ def test_one_agents_beats_do_not_hide_anothers_stall():
 
 def test_a_watchdog_counts_only_its_own_topics_lag():
     watchdogs = Watchdogs(stall_after_s=10, started_at=0)
-    scoring, alerting = watchdogs.watch("news"), watchdogs.watch("scored", "ticker-events")
+    scoring = watchdogs.watch("news")
+    watchdogs.watch("scored", "ticker-events")
     scoring.beat(20)
     assert watchdogs.check(20, {"news": 500}) == []  # news waits on a working agent; alerting has nothing waiting
     stalls = watchdogs.check(25, {"news": 500, "ticker-events": 7, "other": 99})
