@@ -169,6 +169,13 @@ def test_ids_with_quotes_and_backslashes_are_found_by_list_reads(store: ClickHou
     assert {m.id for m in store.fetch_scored(Kind.news, ids)} == set(ids)
 
 
+def test_time_bounds_past_what_is_stored_mean_everything(store: ClickHouseStore) -> None:
+    """18.16 read a bound from 2106 on as 1970: a range up to 2106 found nothing there."""
+    store.write_scored([msg(1), msg(2)])
+    everything = store.fetch_scored_between(Kind.news, datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    assert {m.id for m in everything} == {"n-1", "n-2"}
+
+
 def test_replayed_batch_collapses_to_one_row_per_id_with_final(store: ClickHouseStore) -> None:
     batch = [msg(i) for i in range(50)]
     store.write_scored(batch)

@@ -11,13 +11,13 @@ import base64
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from string import Template
 from typing import Any
 
 from streams.alerting.contracts import Alert, AlertVerdict, ContributingMessage, Severity
-from streams.contracts import DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.contracts import EARLIEST_TIME, LATEST_TIME, DeadLetter, DeadLetterReason, Kind, ScoredMessage
 
 from .errors import UnsupportedServer
 
@@ -132,10 +132,15 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_BOUNDS = (EARLIEST_TIME, LATEST_TIME - timedelta(seconds=1))
+
+
 def bound_time(value: datetime) -> str:
     """``value`` in whole UTC seconds, as the text a query binds for a time (converted server-side,
-    e.g. ``toDateTime({p:String}, 'UTC')``): 18.16 binds no datetime parameters."""
-    return f"{as_utc(value):%Y-%m-%d %H:%M:%S}"
+    e.g. ``toDateTime({p:String}, 'UTC')``): 18.16 binds no datetime parameters. Held within what
+    every stored time is in: 18.16 reads a bound from 2106 on as 1970, and ``--since 0001-01-01``
+    would not be a four-digit year."""
+    return f"{min(max(as_utc(value), _BOUNDS[0]), _BOUNDS[1]):%Y-%m-%d %H:%M:%S}"
 
 
 def scored_from_row(row: Mapping[str, Any], level: CompatLevel) -> ScoredMessage:
