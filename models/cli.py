@@ -205,7 +205,7 @@ def backtest_command(
     from models.engine import load_scorer
     from models.registry import ModelNotFound
     from streams.alerting.rules import AlertRules, RulesError
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
 
     s = _settings(ctx)
     end = until.replace(tzinfo=UTC) if until and until.tzinfo is None else (until or datetime.now(UTC))
@@ -215,7 +215,7 @@ def backtest_command(
         with open_store(s) as store:
             news = store.fetch_scored_between("news", end - timedelta(hours=hours), end)
         report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
-    except (ModelNotFound, RulesError, BacktestError) as e:
+    except (ModelNotFound, RulesError, BacktestError, ClickHouseError) as e:
         raise _fail(e) from e
     versions = ", ".join(sorted({m.model_version for m in news}))
     table = Table(title="alerts per rule")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from streams.cli_errors import exit_on
 from streams.contracts import DeadLetter, DeadLetterReason, Kind
 from streams.dead_letter_replay import LetterKey, ReplayPlan, letter_key, plan_replay
 from streams.settings import VigilSettings
@@ -48,10 +49,10 @@ def list_letters(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
 ) -> None:
     """Refused messages, oldest first: where they sat in Kafka, why, and whether they were replayed."""
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
     from streams.clickhouse.dead_letter_store import DeadLetterStore
 
-    with open_store(ctx.obj) as store:
+    with exit_on(console, ClickHouseError), open_store(ctx.obj) as store:
         letters_store = DeadLetterStore(store)
         letters = letters_store.letters(reason=reason, topic=topic, since=_utc(since), limit=limit)
         replayed = letters_store.replayed(topic)
