@@ -29,6 +29,20 @@ def _fail(e: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _known_task(name: str) -> str:
+    """Refuse an unknown task before the registry is read: its advice for a task without a model
+    (`vigil train --task NAME`) cannot work for a name Vigil does not have."""
+    from models.tasks import UnknownTask, get_task
+
+    try:
+        return get_task(name).name
+    except UnknownTask as e:
+        raise _fail(e) from None
+
+
+TaskArg = Annotated[str, typer.Argument(callback=_known_task, help="sentiment or triage")]
+
+
 def train_command(
     ctx: typer.Context,
     task: Annotated[str, typer.Option(help="sentiment or triage")],
@@ -123,7 +137,7 @@ def list_command(ctx: typer.Context) -> None:
 
 
 @models_app.command("show")
-def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Argument()] = "champion") -> None:
+def show_command(ctx: typer.Context, task: TaskArg, version: Annotated[str, typer.Argument()] = "champion") -> None:
     """The model card of TASK VERSION (default: the champion)."""
     from models.registry import ModelRegistry, RegistryError
 
@@ -134,7 +148,7 @@ def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Ar
 
 
 @models_app.command("promote")
-def promote_command(ctx: typer.Context, task: str, version: str) -> None:
+def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
     from models.registry import ModelRegistry, RegistryError
 
@@ -175,7 +189,7 @@ def _refuse_if_broken(settings: VigilSettings, task: str, version: str, champion
 
 
 @models_app.command("rollback")
-def rollback_command(ctx: typer.Context, task: str) -> None:
+def rollback_command(ctx: typer.Context, task: TaskArg) -> None:
     """Make the previous champion of TASK the champion again."""
     from models.registry import ModelRegistry, RegistryError
 
@@ -239,7 +253,7 @@ bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_
 @bench_app.command("scoring")
 def bench_scoring_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage")] = "sentiment",
+    task: Annotated[str, typer.Option(callback=_known_task, help="sentiment or triage")] = "sentiment",
     n: Annotated[int, typer.Option(help="Texts per contender")] = 2048,
     n_single: Annotated[int, typer.Option(help="Texts for the one-call-per-message baseline")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size of the engine and the batched pipeline")] = 256,

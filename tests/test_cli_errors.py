@@ -1,6 +1,6 @@
 """The commands end an expected failure with one `error:` line and exit code 1, never a traceback:
 ClickHouse unreachable or the embedded one held by another process, the labelling UI's port taken,
-`vigil produce` given a file it cannot read or a broker it cannot reach."""
+`vigil produce` given a file it cannot read or a broker it cannot reach, an unknown task name."""
 
 from __future__ import annotations
 
@@ -82,3 +82,12 @@ def test_produce_refuses_a_negative_rate_and_says_when_kafka_is_unreachable(tmp_
     assert negative.exit_code == 2 and "Invalid value for '--rate'" in _said(negative)
     unreachable = _vigil(["produce", str(path), "--kind", "news"], VIGIL_KAFKA_BROKERS="127.0.0.1:9")
     _ended_with_a_message(unreachable, "error: could not start a producer on 127.0.0.1:9", "VIGIL_KAFKA_BROKERS")
+
+
+@pytest.mark.parametrize("args", [["models", "show", "bogus"], ["models", "promote", "bogus", "v1"],
+                                  ["models", "rollback", "bogus"], ["bench", "scoring", "--task", "bogus"]])
+def test_an_unknown_task_is_named_with_the_known_ones(args: list[str], tmp_path: Path) -> None:
+    result = _vigil(args, VIGIL_DATA_DIR=str(tmp_path))
+    _ended_with_a_message(result, "error: unknown task 'bogus'; choose from sentiment, triage")
+    assert "vigil train" not in result.output  # the advice for a known task without a model
+    assert not (tmp_path / "models" / "bogus").exists()
