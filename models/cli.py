@@ -119,9 +119,12 @@ def eval_command(
 @models_app.command("list")
 def list_command(ctx: typer.Context) -> None:
     """Every version of every task, with its validation metrics."""
-    from models.registry import ModelRegistry
+    from models.registry import ModelRegistry, RegistryError
 
-    entries = ModelRegistry(_settings(ctx).registry_dir).list()
+    try:
+        entries = ModelRegistry(_settings(ctx).registry_dir).list()
+    except RegistryError as e:  # a damaged champion pointer: its message says how to repair it
+        raise _fail(e) from e
     if not entries:
         console.print("no models yet: run `vigil train --task sentiment` and `vigil train --task triage`")
         return
@@ -150,7 +153,7 @@ def show_command(ctx: typer.Context, task: TaskArg, version: Annotated[str, type
 @models_app.command("promote")
 def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
-    from models.registry import ModelRegistry, RegistryError
+    from models.registry import DamagedPointer, ModelRegistry, RegistryError
 
     from feedback.retrain_cli import record_champion_change
     from feedback.contracts import ModelEventKind
@@ -158,7 +161,10 @@ def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     settings = _settings(ctx)
     registry = ModelRegistry(settings.registry_dir)
     try:
-        before = registry.champion(task)
+        try:
+            before = registry.champion(task)
+        except DamagedPointer:
+            before = None  # promote writes the pointer anew: the repair the damage's message names
         if before != version:
             _refuse_if_broken(settings, task, version, before)
         registry.promote(task, version)
