@@ -268,11 +268,14 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             entropy=0.3, reasons=[SelectionReason.audit], event_time=t0, selected_at=t0,
         ) for i in range(4)]
         feedback.write_requests(audited)
-        feedback.write_corrections([Correction(
+        labels = [Correction(
             correction_id=f"c-{i}", task="sentiment", message_id=f"n-{i}", item_id=f"i-{i}", text="headline",
             annotator="ann", human_label=human, model_label="positive", model_version="v1",
             source=CorrectionSource.queue, created_at=t0,
-        ) for i, human in enumerate(["positive", "positive", "positive", "negative"])])
+        ) for i, human in enumerate(["positive", "positive", "positive", "negative"])]
+        taken_back = labels[3].model_copy(update={"correction_id": "c-undone", "annotator": "ann2"})
+        feedback.write_corrections([*labels, taken_back])
+        feedback.write_corrections([taken_back.withdrawal(t0 + timedelta(seconds=5))])  # the annotator pressed undo
         store.backend.execute(f"USE {chdb_settings.clickhouse_database}")
         results = {}
         for where, sql in _panel_queries():
@@ -286,9 +289,11 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
     # Due 15 minutes after t0, which is 30 minutes ago: breached, never acked.
     assert results["Vigil · support triage / SLA state per queue and priority"] == [("fraud", "P1", 0, 1, 0)]
     assert [r[4] for r in results["Vigil · support triage / Unacknowledged P1 tickets"]] == ["s-1"]
+    # The withdrawn label counts in neither panel.
     assert results["Vigil · feedback and model health / Audited accuracy per model version"] == [
         ("sentiment", "v1", 0.75, 4)
     ]
+    assert [row[1:] for row in results["Vigil · feedback and model health / Corrections per annotator"]] == [("ann", 4)]
     assert results["Vigil · feedback and model health / Label queue by task and state"] == [("sentiment", "open", 4)]
 
 
