@@ -47,10 +47,10 @@ DOCKER_COMPOSE = Path(compose.__file__).parent / "docker-compose"
 SETTINGS_FIELDS = set(VigilSettings.model_fields)
 
 
-def _compose(*args: str, file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, file: Path = COMPOSE_FILE, project: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     profiles = [a for p in PROFILES for a in ("--profile", p)]
     return subprocess.run(
-        [str(DOCKER_COMPOSE), "--project-directory", str(REPO_ROOT), "-f", str(file),
+        [str(DOCKER_COMPOSE), "--project-directory", str(project), "-f", str(file),
          "--env-file", str(ENV_EXAMPLE), *profiles, "config", *args],
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -144,6 +144,24 @@ def test_every_vigil_variable_is_a_settings_field(resolved: dict[str, Any]) -> N
         assert {k[6:].lower() for k in env} <= SETTINGS_FIELDS, name
         # The values themselves must pass the settings' validation.
         VigilSettings(_env_file=None, **{k[6:].lower(): v for k, v in env.items()})
+
+
+def test_a_vigil_setting_in_dot_env_reaches_the_vigil_containers(tmp_path: Path) -> None:
+    """.env.example says so; a VIGIL_ALERT_WEBHOOK_URL set there once reached no container."""
+    without = _compose("--format", "json", project=tmp_path)  # no .env: the stack still starts
+    assert without.returncode == 0, without.stderr
+    (tmp_path / ".env").write_text("VIGIL_ALERT_WEBHOOK_URL=http://hooks.example/vigil\nVIGIL_DATA_DIR=/elsewhere\n")
+    done = _compose("--format", "json", project=tmp_path)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    vigil = {name for name, service in services.items() if service["image"].startswith("vigil:")}
+    assert vigil == {"models-init", "worker", "worker-gpu", "label-ui", "label-ui-2"}
+    for name in vigil:
+        env = services[name]["environment"]
+        assert env["VIGIL_ALERT_WEBHOOK_URL"] == "http://hooks.example/vigil", name
+        assert env["VIGIL_DATA_DIR"] == "/var/lib/vigil", name  # what the service sets wins
+    assert not any("VIGIL_ALERT_WEBHOOK_URL" in (services[name].get("environment") or {})
+                   for name in set(services) - vigil)
 
 
 def test_env_example_feeds_every_required_variable() -> None:
