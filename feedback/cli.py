@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streams.settings import VigilSettings
 
@@ -80,8 +81,14 @@ def label_ui(
             await serve(settings, store, settings.kafka_brokers,
                         ready=lambda url: console.print(f"[green]labelling UI[/] on {url} (Ctrl-C stops)"))
 
-    with store, contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    try:
+        with store, contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run())
+    except OSError as e:  # the port is taken, or the address is not this host's
+        console.print(Text.assemble(
+            ("error:", "red"), f" the labelling UI cannot listen on {settings.ui_host}:{settings.ui_port} ({e}); "
+            "stop what holds the port or choose another with --port (VIGIL_UI_PORT)"))
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

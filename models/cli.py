@@ -29,6 +29,20 @@ def _fail(e: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _known_task(name: str) -> str:
+    """Refuse an unknown task before the registry is read: its advice for a task without a model
+    (`vigil train --task NAME`) cannot work for a name Vigil does not have."""
+    from models.tasks import UnknownTask, get_task
+
+    try:
+        return get_task(name).name
+    except UnknownTask as e:
+        raise _fail(e) from None
+
+
+TaskArg = Annotated[str, typer.Argument(callback=_known_task, help="sentiment or triage")]
+
+
 def train_command(
     ctx: typer.Context,
     task: Annotated[str, typer.Option(help="sentiment or triage")],
@@ -105,9 +119,12 @@ def eval_command(
 @models_app.command("list")
 def list_command(ctx: typer.Context) -> None:
     """Every version of every task, with its validation metrics."""
-    from models.registry import ModelRegistry
+    from models.registry import ModelRegistry, RegistryError
 
-    entries = ModelRegistry(_settings(ctx).registry_dir).list()
+    try:
+        entries = ModelRegistry(_settings(ctx).registry_dir).list()
+    except RegistryError as e:  # a damaged champion pointer: its message says how to repair it
+        raise _fail(e) from e
     if not entries:
         console.print("no models yet: run `vigil train --task sentiment` and `vigil train --task triage`")
         return
@@ -123,7 +140,7 @@ def list_command(ctx: typer.Context) -> None:
 
 
 @models_app.command("show")
-def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Argument()] = "champion") -> None:
+def show_command(ctx: typer.Context, task: TaskArg, version: Annotated[str, typer.Argument()] = "champion") -> None:
     """The model card of TASK VERSION (default: the champion)."""
     from models.registry import ModelRegistry, RegistryError
 
@@ -134,9 +151,9 @@ def show_command(ctx: typer.Context, task: str, version: Annotated[str, typer.Ar
 
 
 @models_app.command("promote")
-def promote_command(ctx: typer.Context, task: str, version: str) -> None:
+def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
-    from models.registry import ModelRegistry, RegistryError
+    from models.registry import DamagedPointer, ModelRegistry, RegistryError
 
     from feedback.retrain_cli import record_champion_change
     from feedback.contracts import ModelEventKind
@@ -144,7 +161,10 @@ def promote_command(ctx: typer.Context, task: str, version: str) -> None:
     settings = _settings(ctx)
     registry = ModelRegistry(settings.registry_dir)
     try:
-        before = registry.champion(task)
+        try:
+            before = registry.champion(task)
+        except DamagedPointer:
+            before = None  # promote writes the pointer anew: the repair the damage's message names
         if before != version:
             _refuse_if_broken(settings, task, version, before)
         registry.promote(task, version)
@@ -175,7 +195,7 @@ def _refuse_if_broken(settings: VigilSettings, task: str, version: str, champion
 
 
 @models_app.command("rollback")
-def rollback_command(ctx: typer.Context, task: str) -> None:
+def rollback_command(ctx: typer.Context, task: TaskArg) -> None:
     """Make the previous champion of TASK the champion again."""
     from models.registry import ModelRegistry, RegistryError
 
@@ -205,7 +225,7 @@ def backtest_command(
     from models.engine import load_scorer
     from models.registry import ModelNotFound
     from streams.alerting.rules import AlertRules, RulesError
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
 
     s = _settings(ctx)
     end = until.replace(tzinfo=UTC) if until and until.tzinfo is None else (until or datetime.now(UTC))
@@ -215,7 +235,7 @@ def backtest_command(
         with open_store(s) as store:
             news = store.fetch_scored_between("news", end - timedelta(hours=hours), end)
         report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
-    except (ModelNotFound, RulesError, BacktestError) as e:
+    except (ModelNotFound, RulesError, BacktestError, ClickHouseError) as e:
         raise _fail(e) from e
     versions = ", ".join(sorted({m.model_version for m in news}))
     table = Table(title="alerts per rule")
@@ -239,7 +259,7 @@ bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_
 @bench_app.command("scoring")
 def bench_scoring_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage")] = "sentiment",
+    task: Annotated[str, typer.Option(callback=_known_task, help="sentiment or triage")] = "sentiment",
     n: Annotated[int, typer.Option(help="Texts per contender")] = 2048,
     n_single: Annotated[int, typer.Option(help="Texts for the one-call-per-message baseline")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size of the engine and the batched pipeline")] = 256,

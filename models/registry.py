@@ -44,6 +44,11 @@ class ModelNotFound(RegistryError):
     pass
 
 
+class DamagedPointer(RegistryError):
+    """champion.json cannot be read as a champion and its history (a truncated write, a hand edit).
+    A promotion writes it anew."""
+
+
 class CardMismatch(RegistryError):
     """A version directory whose card names another task or version: it was copied or moved by hand,
     so what it holds is not what its place says (a triage model serving news, rows stamped with a
@@ -122,19 +127,28 @@ class ModelRegistry:
             if not (champion is None or isinstance(champion, str)) or not isinstance(history, list):
                 raise ValueError("champion must be a version name and history a list")
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise RegistryError(
+            raise DamagedPointer(
                 f"the champion pointer {path} is damaged ({e}); promote the version to serve with "
                 f"`vigil models promote {task} VERSION`, which writes it anew"
             ) from None
         return {"champion": champion, "history": history}
 
     @contextmanager
-    def _pointer_locked(self, task: str) -> Iterator[dict[str, Any]]:
-        """The pointer, read under the task's lock, held until the block's write is done."""
+    def _pointer_locked(self, task: str, *, replace_damaged: bool = False) -> Iterator[dict[str, Any]]:
+        """The pointer, read under the task's lock, held until the block's write is done.
+        ``replace_damaged``: a damaged pointer reads as no champion and no history (for a block
+        that writes a champion, the repair the damage's message names)."""
         self.task_dir(task).mkdir(parents=True, exist_ok=True)
         with open(self.task_dir(task) / _POINTER_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            yield self._pointer(task)
+            try:
+                pointer = self._pointer(task)
+            except DamagedPointer as e:
+                if not replace_damaged:
+                    raise
+                log.warning("%s; writing it anew, without the earlier champions", e)
+                pointer = {"champion": None, "history": []}
+            yield pointer
 
     def champion(self, task: str) -> str | None:
         """The promoted version, or None when nothing was promoted."""
@@ -253,7 +267,7 @@ class ModelRegistry:
     def promote(self, task: str, version: str) -> str:
         """Make ``version`` the champion; returns its name ('champion' names the current one)."""
         version = self.resolve(task, version).name  # must exist; never the alias itself
-        with self._pointer_locked(task) as pointer:
+        with self._pointer_locked(task, replace_damaged=True) as pointer:
             if pointer["champion"] == version:
                 return version
             history = pointer["history"] + ([pointer["champion"]] if pointer["champion"] else [])

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from streams.cli_errors import exit_on
 from streams.contracts import ALL_SCHEMAS, Kind
 from streams.settings import VigilSettings
 
@@ -155,32 +156,37 @@ def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL or CSV file.")],
     kind: Annotated[Kind, typer.Option(help="What the file holds.")],
     topic: Annotated[str | None, typer.Option(help="Target topic (default: the raw topic of KIND).")] = None,
-    rate: Annotated[float, typer.Option(help="Messages per second (0: as fast as possible).")] = 0.0,
+    rate: Annotated[float, typer.Option(min=0, help="Messages per second (0: as fast as possible).")] = 0.0,
 ) -> None:
     """Replay a file of your own messages into Kafka (invalid lines go too: the worker refuses them)."""
     import asyncio
 
+    from aiokafka.errors import KafkaError
+
     from streams.kafka_config import aiokafka_kwargs
-    from streams.replay import read_messages, replay
+    from streams.replay import ReplayError, read_messages, replay
 
     settings = _settings(ctx)
     if not settings.kafka_brokers:
         raise typer.BadParameter("set VIGIL_KAFKA_BROKERS to the broker `vigil up` printed", param_hint="env")
     topics = {**settings.raw_topics, kind.value: topic or settings.raw_topics[kind.value]}
-    counts = asyncio.run(
-        replay(settings.kafka_brokers, topics, list(read_messages(file, kind)), rate_per_s=rate,
-               kafka_kwargs=aiokafka_kwargs(settings))
-    )
+    # ValueError: a file that is not JSON lines or a CSV of the kind's fields (ReplayInputError), a bad
+    # Kafka security setting; KafkaError: one the producer raised while sending, not wrapped by replay.
+    with exit_on(console, ValueError, ReplayError, KafkaError):
+        counts = asyncio.run(
+            replay(settings.kafka_brokers, topics, list(read_messages(file, kind)), rate_per_s=rate,
+                   kafka_kwargs=aiokafka_kwargs(settings))
+        )
     console.print(f"produced {counts}")
 
 
 @db_app.command("migrate")
 def db_migrate(ctx: typer.Context) -> None:
     """Apply the ClickHouse migrations (idempotent)."""
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
 
-    store = open_store(_settings(ctx))
-    store.close()
+    with exit_on(console, ClickHouseError):
+        open_store(_settings(ctx)).close()  # opening migrates
     console.print("[green]migrations applied[/]")
 
 
@@ -191,13 +197,13 @@ def db_prune(
 ) -> None:
     """Delete rows older than VIGIL_CLICKHOUSE_TTL_DAYS on a legacy-18 schema (18.16 has no TTL;
     the worker's group leader also runs this every VIGIL_CLICKHOUSE_PRUNE_INTERVAL_S). Cron-friendly."""
-    from streams.clickhouse import CompatLevel, open_store
+    from streams.clickhouse import ClickHouseError, CompatLevel, open_store
     from streams.clickhouse.migrations import load_migrations
     from streams.clickhouse.retention import expiries, prune_expired, wait_for_deletes
 
     settings = _settings(ctx)
     expiring = expiries(load_migrations(), settings.clickhouse_ttl_days)
-    with open_store(settings) as store:
+    with exit_on(console, ClickHouseError), open_store(settings) as store:
         if store.level is CompatLevel.modern:
             console.print(f"{store.database} has the modern schema: its tables' TTL deletes expired rows")
             return

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from streams.cli_errors import exit_on
 from streams.contracts import DeadLetter, DeadLetterReason, Kind
 from streams.dead_letter_replay import LetterKey, ReplayPlan, letter_key, plan_replay
 from streams.settings import VigilSettings
@@ -28,8 +29,9 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
-def letters_table(letters: list[DeadLetter], replayed: set[LetterKey]) -> Table:
-    table = Table(title=f"Dead letters: {len(letters)}")
+def letters_table(letters: list[DeadLetter], replayed: set[LetterKey], matching: int) -> Table:
+    """``matching``: how many letters the filters chose, of which ``letters`` are the oldest."""
+    table = Table(title=f"Dead letters: {len(letters)} of {matching}")
     for name in ("received (UTC)", "topic", "partition:offset", "reason", "bytes", "detail", "replayed"):
         table.add_column(name, justify="right" if name == "bytes" else "left", overflow="fold")
     for d in letters:
@@ -48,17 +50,21 @@ def list_letters(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 50,
 ) -> None:
     """Refused messages, oldest first: where they sat in Kafka, why, and whether they were replayed."""
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
     from streams.clickhouse.dead_letter_store import DeadLetterStore
 
-    with open_store(ctx.obj) as store:
+    with exit_on(console, ClickHouseError), open_store(ctx.obj) as store:
         letters_store = DeadLetterStore(store)
         letters = letters_store.letters(reason=reason, topic=topic, since=_utc(since), limit=limit)
+        matching = letters_store.count(reason=reason, topic=topic, since=_utc(since))
         replayed = letters_store.replayed(topic)
     if not letters:
         console.print("no dead letters match")
         return
-    console.print(letters_table(letters, replayed))
+    console.print(letters_table(letters, replayed, matching))
+    if matching > len(letters):
+        console.print(f"the oldest {len(letters)} of {matching}: see more with --limit {matching}, "
+                      "or narrow with --since, --reason or --topic")
 
 
 def _report(plan: ReplayPlan, dry_run: bool) -> str:

@@ -25,7 +25,9 @@ MASK = "***"
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_NOISY_LOGGERS = ("aiokafka", "kafka")
+# The most each library's loggers say. clickhouse_driver warns with a traceback on every failed
+# connect; the backend reports that failure itself, as BackendUnavailable with what to check.
+_NOISY_LOGGERS = {"aiokafka": logging.WARNING, "kafka": logging.WARNING, "clickhouse_driver.connection": logging.ERROR}
 
 
 def secrets_of(settings: VigilSettings) -> list[str]:
@@ -127,8 +129,8 @@ def configure_logging(handler: logging.Handler, level: int) -> None:
     root.handlers.clear()
     root.addHandler(handler)
     root.setLevel(level)
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, quietest in _NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(quietest)
 
 
 def faust_logging_config(level: int) -> dict[str, Any]:
@@ -138,5 +140,5 @@ def faust_logging_config(level: int) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "root": {"level": level, "handlers": []},
-        "loggers": {name: {"level": logging.WARNING} for name in _NOISY_LOGGERS},
+        "loggers": {name: {"level": quietest} for name, quietest in _NOISY_LOGGERS.items()},
     }

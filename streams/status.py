@@ -20,6 +20,7 @@ class ModelStatus(BaseModel):
     accuracy: float | None  # on the card's eval set
     refusals: list[str]  # workers that would not serve the champion since it became one, and why
     recent_events: list[ModelEvent]  # newest first
+    registry_error: str | None = None  # why the registry could not name the champion
 
 
 class StatusReport(BaseModel):
@@ -35,7 +36,14 @@ class StatusReport(BaseModel):
         """What needs a person, one line each."""
         out = [f"{m.task}: the champion {m.champion} was refused by a worker: {why}"
                for m in self.models for why in m.refusals]
-        out += [f"{m.task}: no model (run `vigil train --task {m.task}`)" for m in self.models if m.champion is None]
+        out += [f"{m.task}: {m.registry_error or f'no model (run `vigil train --task {m.task}`)'}"
+                for m in self.models if m.champion is None]
+        waiting = sum((self.consumer_lag or {}).values())
+        # A slow worker still scores something in the window; none at all with messages waiting is no worker.
+        if waiting and self.activity is not None and not self.activity.scored:
+            out.append(f"{waiting:,} messages wait in Kafka and nothing was scored since "
+                       f"{self.activity.since:%Y-%m-%d %H:%M} UTC: no worker is consuming. Start one "
+                       "(`vigil up`, `vigil worker`) or read its log (<data dir>/logs/worker-N.log)")
         if self.clickhouse_error:
             out.append(f"ClickHouse not read: {self.clickhouse_error}")
         if self.kafka_error:
@@ -43,13 +51,23 @@ class StatusReport(BaseModel):
         return out
 
 
+def _worker(event: ModelEvent) -> str:
+    """The worker a swapped or champion_refused event came from: streams.hotswap starts their
+    detail with the worker's name ("host-w0 swapped v1 -> v2", "host-w0 refused v2 ...")."""
+    return event.detail.partition(" swapped " if event.kind is ModelEventKind.swapped else " refused ")[0]
+
+
 def model_status(task: str, champion: str | None, accuracy: float | None, events: Sequence[ModelEvent],
-                 recent: int = 5) -> ModelStatus:
+                 recent: int = 5, registry_error: str | None = None) -> ModelStatus:
     """``events``: the task's model events, oldest first."""
     made = max((e.created_at for e in events if e.kind in _MADE_CHAMPION and e.model_version == champion),
                default=None)
+    # A refusing worker retries; once it swapped to the champion, its refusal is over.
+    swapped = {_worker(e): e.created_at for e in events  # oldest first: each worker's latest swap wins
+               if e.kind is ModelEventKind.swapped and e.model_version == champion}
     refusals = [e.detail for e in events
                 if e.kind is ModelEventKind.champion_refused and e.model_version == champion
-                and (made is None or e.created_at >= made)]
+                and (made is None or e.created_at >= made)
+                and not (_worker(e) in swapped and swapped[_worker(e)] > e.created_at)]
     return ModelStatus(task=task, champion=champion, accuracy=accuracy, refusals=refusals,
-                       recent_events=list(reversed(events))[:recent])
+                       recent_events=list(reversed(events))[:recent], registry_error=registry_error)

@@ -25,24 +25,28 @@ def gather_status(settings: VigilSettings, window: timedelta, now: datetime) -> 
     lag, kafka_error = _lag(settings)
     return StatusReport(
         at=now,
-        models=[model_status(task, *champions[task], events.get(task, [])) for task in TASKS],
+        models=[model_status(task, champion, accuracy, events.get(task, []), registry_error=error)
+                for task, (champion, accuracy, error) in champions.items()],
         activity=activity, label_queue=queue, consumer_lag=lag,
         clickhouse_error=clickhouse_error, kafka_error=kafka_error,
     )
 
 
-def _champions(settings: VigilSettings) -> dict[str, tuple[str | None, float | None]]:
-    """task -> (the version workers load, its accuracy on its card's eval set)."""
-    from models.registry import ModelNotFound, ModelRegistry
+def _champions(settings: VigilSettings) -> dict[str, tuple[str | None, float | None, str | None]]:
+    """task -> (the version workers load, its accuracy on its card's eval set, why the registry
+    could not say which version that is: a damaged champion pointer, a hand-copied version)."""
+    from models.registry import ModelNotFound, ModelRegistry, RegistryError
 
     registry = ModelRegistry(settings.registry_dir)
-    out: dict[str, tuple[str | None, float | None]] = {}
+    out: dict[str, tuple[str | None, float | None, str | None]] = {}
     for task in TASKS:
         try:
             card = registry.card(task)
-            out[task] = (card.version, card.metrics.accuracy if card.metrics else None)
+            out[task] = (card.version, card.metrics.accuracy if card.metrics else None, None)
         except ModelNotFound:
-            out[task] = (None, None)
+            out[task] = (None, None, None)
+        except RegistryError as e:
+            out[task] = (None, None, str(e))
     return out
 
 

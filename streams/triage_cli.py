@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.cli_errors import exit_on
 from streams.clickhouse.triage_store import QueueSla
 
 triage_app = typer.Typer(help="Live support triage.", no_args_is_help=True)
@@ -37,11 +38,11 @@ def status(
     ] = None,
 ) -> None:
     """Tickets per queue and priority: open (not yet due), acked, and breached (due, no ack)."""
-    from streams.clickhouse import open_store
+    from streams.clickhouse import ClickHouseError, open_store
     from streams.clickhouse.triage_store import TriageStore
 
     when = (at.replace(tzinfo=UTC) if at.tzinfo is None else at) if at else datetime.now(UTC)
-    with open_store(ctx.obj) as store:
+    with exit_on(console, ClickHouseError), open_store(ctx.obj) as store:
         rows = TriageStore(store).sla_summary(when)
     if not rows:
         console.print("no triage tickets stored yet: start a worker (`vigil up`) and send support messages")

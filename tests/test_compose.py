@@ -47,10 +47,10 @@ DOCKER_COMPOSE = Path(compose.__file__).parent / "docker-compose"
 SETTINGS_FIELDS = set(VigilSettings.model_fields)
 
 
-def _compose(*args: str, file: Path = COMPOSE_FILE) -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, file: Path = COMPOSE_FILE, project: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
     profiles = [a for p in PROFILES for a in ("--profile", p)]
     return subprocess.run(
-        [str(DOCKER_COMPOSE), "--project-directory", str(REPO_ROOT), "-f", str(file),
+        [str(DOCKER_COMPOSE), "--project-directory", str(project), "-f", str(file),
          "--env-file", str(ENV_EXAMPLE), *profiles, "config", *args],
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -144,6 +144,24 @@ def test_every_vigil_variable_is_a_settings_field(resolved: dict[str, Any]) -> N
         assert {k[6:].lower() for k in env} <= SETTINGS_FIELDS, name
         # The values themselves must pass the settings' validation.
         VigilSettings(_env_file=None, **{k[6:].lower(): v for k, v in env.items()})
+
+
+def test_a_vigil_setting_in_dot_env_reaches_the_vigil_containers(tmp_path: Path) -> None:
+    """.env.example says so; a VIGIL_ALERT_WEBHOOK_URL set there once reached no container."""
+    without = _compose("--format", "json", project=tmp_path)  # no .env: the stack still starts
+    assert without.returncode == 0, without.stderr
+    (tmp_path / ".env").write_text("VIGIL_ALERT_WEBHOOK_URL=http://hooks.example/vigil\nVIGIL_DATA_DIR=/elsewhere\n")
+    done = _compose("--format", "json", project=tmp_path)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    vigil = {name for name, service in services.items() if service["image"].startswith("vigil:")}
+    assert vigil == {"models-init", "worker", "worker-gpu", "label-ui", "label-ui-2"}
+    for name in vigil:
+        env = services[name]["environment"]
+        assert env["VIGIL_ALERT_WEBHOOK_URL"] == "http://hooks.example/vigil", name
+        assert env["VIGIL_DATA_DIR"] == "/var/lib/vigil", name  # what the service sets wins
+    assert not any("VIGIL_ALERT_WEBHOOK_URL" in (services[name].get("environment") or {})
+                   for name in set(services) - vigil)
 
 
 def test_env_example_feeds_every_required_variable() -> None:
@@ -268,11 +286,14 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
             entropy=0.3, reasons=[SelectionReason.audit], event_time=t0, selected_at=t0,
         ) for i in range(4)]
         feedback.write_requests(audited)
-        feedback.write_corrections([Correction(
+        labels = [Correction(
             correction_id=f"c-{i}", task="sentiment", message_id=f"n-{i}", item_id=f"i-{i}", text="headline",
             annotator="ann", human_label=human, model_label="positive", model_version="v1",
             source=CorrectionSource.queue, created_at=t0,
-        ) for i, human in enumerate(["positive", "positive", "positive", "negative"])])
+        ) for i, human in enumerate(["positive", "positive", "positive", "negative"])]
+        taken_back = labels[3].model_copy(update={"correction_id": "c-undone", "annotator": "ann2"})
+        feedback.write_corrections([*labels, taken_back])
+        feedback.write_corrections([taken_back.withdrawal(t0 + timedelta(seconds=5))])  # the annotator pressed undo
         store.backend.execute(f"USE {chdb_settings.clickhouse_database}")
         results = {}
         for where, sql in _panel_queries():
@@ -286,9 +307,11 @@ def test_every_panel_query_runs_on_the_migrated_schema(chdb_settings: VigilSetti
     # Due 15 minutes after t0, which is 30 minutes ago: breached, never acked.
     assert results["Vigil · support triage / SLA state per queue and priority"] == [("fraud", "P1", 0, 1, 0)]
     assert [r[4] for r in results["Vigil · support triage / Unacknowledged P1 tickets"]] == ["s-1"]
+    # The withdrawn label counts in neither panel.
     assert results["Vigil · feedback and model health / Audited accuracy per model version"] == [
         ("sentiment", "v1", 0.75, 4)
     ]
+    assert [row[1:] for row in results["Vigil · feedback and model health / Corrections per annotator"]] == [("ann", 4)]
     assert results["Vigil · feedback and model health / Label queue by task and state"] == [("sentiment", "open", 4)]
 
 

@@ -66,6 +66,8 @@ def test_letters_are_read_by_reason_topic_and_time_and_replays_are_remembered(st
     assert dead.letters(reason=DeadLetterReason.scoring_failed, topic=NEWS) == [letters[0], letters[3]]
     assert dead.letters(since=T0 + timedelta(minutes=5), limit=1) == [letters[2]]
     assert dead.letters(limit=2, skip=1) == letters[1:3]
+    assert (dead.count(), dead.count(reason=DeadLetterReason.scoring_failed, topic=NEWS)) == (4, 2)
+    assert dead.count(since=T0 + timedelta(minutes=5)) == 2
     assert list(dead.every_letter(reason=DeadLetterReason.scoring_failed, page=1)) == [letters[0], *letters[2:]]
 
     assert dead.replayed() == set()
@@ -99,7 +101,11 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
     assert "sent 2 back (news: 2); 1 sent by an earlier replay" in vigil("replay")
     assert "sent 0 back (none); 3 sent by an earlier replay" in vigil("replay")
     listed = vigil("list")
-    assert "Dead letters: 4" in listed and "bad_json" in listed and listed.count("yes") == 3
+    assert "Dead letters: 4 of 4" in listed and "bad_json" in listed and listed.count("yes") == 3
+    # A page of the matching letters is titled as a page, with how to see the rest.
+    page = vigil("list", "--limit", "2")
+    assert "Dead letters: 2 of 4" in page and "the oldest 2 of 4: see more with --limit 4" in page
+    assert "Dead letters: 1 of 3" in vigil("list", "--reason", "scoring_failed", "--limit", "1")
 
     # Read for 3 s past the three: the dry run, a repeat or the bad_json letter would show there.
     sent = asyncio.run(topic_records(settings.kafka_brokers, settings.topic_news, len(failed) + 1, timeout_s=3))
@@ -117,6 +123,6 @@ def test_the_list_shows_a_detail_quoting_markup_as_it_is() -> None:
     hostile[0] = hostile[0].model_copy(update={"detail": "[/x]: unknown field (not in the contract)"})
     hostile[1] = hostile[1].model_copy(update={"detail": "[link=http://evil.example]click[/link]: unknown field"})
     console = Console(record=True, width=400)
-    console.print(letters_table(hostile, set()))
+    console.print(letters_table(hostile, set(), len(hostile)))
     shown = console.export_text()
     assert "[/x]: unknown field" in shown and "[link=http://evil.example]click[/link]" in shown

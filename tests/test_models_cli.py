@@ -98,3 +98,20 @@ def test_vigil_schema_prints_every_message_type(tmp_path):
     assert {"NewsItem", "SupportMessage", "ScoredMessage", "DeadLetter", "Alert", "AlertVerdict", "TicketAck",
             "TriageTicket", "LabelCandidate", "LabelRequest", "QueueItem", "Correction", "ModelEvent"} <= set(schemas)
     assert "headline" in schemas["NewsItem"]["properties"]
+
+
+def test_a_damaged_champion_pointer_is_named_and_promote_repairs_it(tiny_registry, tmp_path):
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    pointer = data_dir / "models" / "sentiment" / "champion.json"
+    pointer.write_text('{"champion": "v1", "history": [')  # a write cut short (disk full)
+    code, out = _run(["models", "list"], data_dir)
+    said = " ".join(out.split())
+    assert code == 1 and "champion.json is damaged" in said and "vigil models promote sentiment VERSION" in said
+    # The repair that message names works: the pointer is written anew, v1 the champion, no history.
+    code, out = _run(["models", "promote", "sentiment", "v1"], data_dir)
+    assert code == 0 and "sentiment champion: v1" in out, out
+    assert json.loads(pointer.read_text())["history"] == []
+    assert ModelRegistry(data_dir / "models").champion("sentiment") == "v1"
+    code, out = _run(["models", "list"], data_dir)
+    assert code == 0 and "sentiment" in out

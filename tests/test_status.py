@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.store import FeedbackStore
+from models.registry import RegistryError
 from streams.cli import app
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetter, DeadLetterReason
@@ -47,6 +48,73 @@ def test_only_refusals_since_the_version_last_became_champion_count() -> None:
     # A champion no event made one (promoted when it was trained): all its refusals count.
     only_v3 = [_event(ModelEventKind.champion_refused, "v3", 5, "x")]
     assert model_status("sentiment", "v3", None, only_v3).refusals == ["x"]
+
+
+def test_a_refusal_ends_when_that_worker_swapped_to_the_champion() -> None:
+    # The texts streams.hotswap writes: the worker's name first.
+    events = [
+        _event(ModelEventKind.promoted, "v2", 30),
+        _event(ModelEventKind.champion_refused, "v2", 29, "host-w0 refused v2, still scoring with v1: CUDA out of memory"),
+        _event(ModelEventKind.champion_refused, "v2", 28, "host-w1 refused v2 at start: NaN scores"),
+        _event(ModelEventKind.swapped, "v2", 19, "host-w0 swapped v1 -> v2"),  # its retry 10 minutes on
+        _event(ModelEventKind.swapped, "v1", 18, "host-w1 swapped v0 -> v1"),  # another version: no end
+    ]
+    assert model_status("sentiment", "v2", 0.8, events).refusals == ["host-w1 refused v2 at start: NaN scores"]
+    # Refused again after its swap (a restart on a card that now fails): that refusal stands.
+    again = [*events, _event(ModelEventKind.champion_refused, "v2", 5, "host-w0 refused v2 at start: NaN scores")]
+    assert model_status("sentiment", "v2", 0.8, again).refusals == [
+        "host-w1 refused v2 at start: NaN scores", "host-w0 refused v2 at start: NaN scores"]
+
+
+def _card_only_registry(data_dir: Path) -> None:
+    """A champion v1 card per task: what `vigil status` reads of the registry, without weights."""
+    for task in ("sentiment", "triage"):
+        version = data_dir / "models" / task / "v1"
+        version.mkdir(parents=True)
+        (version / "card.json").write_text(json.dumps({
+            "task": task, "version": "v1", "model_name": "m", "labels": ["a", "b"], "metrics": None,
+            "data_fingerprint": "f", "parent_version": None, "base_encoder": "b", "max_length": 32,
+            "training_config": {}, "created_at": "2025-01-01T00:00:00Z"}))
+        (version.parent / "champion.json").write_text('{"champion": "v1", "history": []}')
+
+
+def test_a_damaged_champion_pointer_is_a_problem_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    _card_only_registry(tmp_path)
+    (tmp_path / "models" / "sentiment" / "champion.json").write_text('{"champion": "v1", "history": [')  # cut short
+    monkeypatch.setenv("VIGIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VIGIL_CLICKHOUSE_URL", "")
+    monkeypatch.delenv("VIGIL_KAFKA_BROKERS", raising=False)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1 and not isinstance(result.exception, RegistryError), result.output
+    sentiment, triage = json.loads(result.stdout)["models"]
+    assert sentiment["champion"] is None and "champion.json is damaged" in sentiment["registry_error"]
+    assert (triage["champion"], triage["registry_error"]) == ("v1", None)
+    said = " ".join(CliRunner().invoke(app, ["status"]).output.split())
+    assert "needs attention: sentiment: the champion pointer" in said
+    assert "`vigil models promote sentiment VERSION`, which writes it anew" in said
+
+
+def test_messages_waiting_with_nothing_scored_need_attention(tmp_path: Path, kafka_broker, monkeypatch) -> None:
+    _card_only_registry(tmp_path)
+    for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_KAFKA_BROKERS": kafka_broker.bootstrap,
+                        "VIGIL_CLICKHOUSE_URL": "", "VIGIL_CONSUMER_GROUP": f"g-{tmp_path.name}",
+                        "VIGIL_TOPIC_NEWS": f"lag{tmp_path.name}.news",
+                        "VIGIL_TOPIC_SUPPORT": f"lag{tmp_path.name}.support"}.items():
+        monkeypatch.setenv(name, value)
+    settings = VigilSettings()
+    ensure_topics(settings.kafka_brokers, settings.raw_topics.values(), 1)
+    asyncio.run(produce_one_batch(settings.kafka_brokers, settings.topic_news, [b"m0", b"m1", b"m2"]))
+
+    result = CliRunner().invoke(app, ["status"])  # no worker has run: nothing scored, 3 waiting
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "needs attention: 3 messages wait in Kafka and nothing was scored since" in said
+    assert "no worker is consuming" in said
+
+    with open_store(settings) as store:  # a worker scored one in the window: slow, not absent
+        store.write_scored([scored_news("a", NOW, "positive")])
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 0 and "needs attention" not in result.output, result.output
 
 
 async def _produce_and_commit(settings: VigilSettings, sent_and_committed: dict[str, tuple[int, int]]) -> None:

@@ -29,8 +29,30 @@ class DeadLetterStore:
                 since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[DeadLetter]:
         """Letters received at or after ``since`` (whole seconds), oldest first: ``limit`` of them
         after the first ``skip``."""
+        where, params = self._matching(reason, topic, since)
+        rows = self._store._query(
+            "dead-letter read",
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._store._dead_letters} FINAL {where} "
+            "ORDER BY received_at, source_topic, src_partition, src_offset, raw_base64 "
+            "LIMIT {skip:UInt64}, {limit:UInt64}",
+            {**params, "limit": limit, "skip": skip},
+        )
+        return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
+
+    def count(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
+              since: datetime | None = None) -> int:
+        """How many letters ``letters`` chooses from."""
+        where, params = self._matching(reason, topic, since)
+        rows = self._store._query("dead-letter count",
+                                  f"SELECT count() FROM {self._store._dead_letters} FINAL {where}", params)
+        return int(rows[0][0])
+
+    @staticmethod
+    def _matching(reason: DeadLetterReason | None, topic: str | None,
+                  since: datetime | None) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (or nothing) and its parameters for the letters of these filters."""
         where: list[str] = []
-        params: dict[str, Any] = {"limit": limit, "skip": skip}
+        params: dict[str, Any] = {}
         if reason is not None:
             where.append("reason = {reason:String}")
             params["reason"] = reason.value
@@ -40,15 +62,7 @@ class DeadLetterStore:
         if since is not None:
             where.append("received_at >= toDateTime({since:String}, 'UTC')")
             params["since"] = bound_time(since)
-        rows = self._store._query(
-            "dead-letter read",
-            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._store._dead_letters} FINAL "
-            f"{'WHERE ' + ' AND '.join(where) if where else ''} "
-            "ORDER BY received_at, source_topic, src_partition, src_offset, raw_base64 "
-            "LIMIT {skip:UInt64}, {limit:UInt64}",
-            params,
-        )
-        return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
+        return ("WHERE " + " AND ".join(where) if where else ""), params
 
     def every_letter(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
                      since: datetime | None = None, page: int = 5000) -> Iterator[DeadLetter]:

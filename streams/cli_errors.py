@@ -1,0 +1,24 @@
+"""How a CLI command ends on a failure that is the user's to fix: one red line and exit code 1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+
+@contextmanager
+def exit_on(console: Console, *errors: type[BaseException]) -> Iterator[None]:
+    """End the command with ``error: <message>`` when the block raises one of ``errors``.
+
+    They are the expected failures (ClickHouse down or held by `vigil up`, a file of the wrong
+    kind) and their messages say what to do; a traceback would bury that line under frames."""
+    try:
+        yield
+    except errors as e:
+        # Text, not markup: messages quote paths and values that may hold brackets.
+        console.print(Text.assemble(("error:", "red"), f" {e}"))
+        raise typer.Exit(1) from None
