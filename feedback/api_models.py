@@ -58,9 +58,10 @@ class ItemView(BaseModel):
 
 class Progress(BaseModel):
     annotator: str
+    task: Task | None = Field(None, description="The task the queue figures are for (the call's task filter); null: all.")
     queue: dict[str, int] = Field(
-        description="Items per state: open/leased live, labelled/skipped as ClickHouse held them at the "
-        "last refresh (at most ui_queue_refresh_s old, on a lease)."
+        description="Items of that task per state: open/leased live, labelled/skipped as ClickHouse held "
+        "them at the last refresh, with the changes made here since."
     )
     you: dict[str, int] = Field(description="Queue items you labelled / skipped today (UTC).")
 
@@ -129,7 +130,9 @@ class AckOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: list[dict[str, Any]] | None = None
+    code: str | None = Field(None, description="Set where a client acts on the kind of error: "
+                             "already_labelled (409: you labelled this item; undo it to change the label).")
 
 
-def error_body(message: str, detail: list[dict[str, Any]] | None = None) -> str:
-    return ErrorOut(error=message, detail=detail).model_dump_json(exclude_none=True)
+def error_body(message: str, detail: list[dict[str, Any]] | None = None, code: str | None = None) -> str:
+    return ErrorOut(error=message, detail=detail, code=code).model_dump_json(exclude_none=True)

@@ -182,11 +182,20 @@ class Service:
             lease_expires=item.lease_expires, labels=self.labels(r.task),
         )
 
-    async def progress(self, annotator: str, now: datetime) -> Progress:
-        return Progress(annotator=annotator, queue=self.counts(now), you=dict(await self._today(annotator, now)))
+    async def progress(self, annotator: str, now: datetime, task: str | None = None) -> Progress:
+        """The queue's figures for ``task`` (the page's task filter; all tasks when None) and the
+        annotator's own for the day."""
+        return Progress(annotator=annotator, task=task, queue=self.counts(now, task),
+                        you=dict(await self._today(annotator, now)))
 
-    async def count(self, annotator: str, what: str, now: datetime, delta: int = 1) -> None:
-        """Count an item the annotator just finished (or, -1, took back), after it was saved."""
+    async def count(self, annotator: str, task: str, what: str, now: datetime, delta: int = 1) -> None:
+        """Count an item the annotator just finished (or, -1, took back), after it was saved: in
+        their figures for the day, and in the queue's labelled/skipped, which ClickHouse gives only
+        at a refresh (the page showed the figures of up to ui_queue_refresh_s before). A refresh
+        that read the store between this item's save and this call counts it twice until the
+        next refresh; only a concurrent GET /api/queue can do that, the changes run one at a time."""
+        stored = self._stored.setdefault(task, {})
+        stored[what] = max(0, stored.get(what, 0) + delta)
         day = now.date()
         held = self._done_today.get(annotator)
         if held is None or held[0] != day:

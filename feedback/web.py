@@ -153,7 +153,8 @@ async def _auth_and_errors(request: web.Request, handler: Callable[[web.Request]
     except UnknownItem as e:
         return web.Response(status=404, text=error_body(str(e)), content_type="application/json")
     except LeaseError as e:
-        return web.Response(status=409, text=error_body(str(e)), content_type="application/json")
+        code = "already_labelled" if isinstance(e, AlreadyLabelled) else None
+        return web.Response(status=409, text=error_body(str(e), code=code), content_type="application/json")
     except ClickHouseError as e:
         log.error("ClickHouse failed during %s %s: %s", request.method, request.path, e)
         return web.Response(status=503, text=error_body(f"storage unavailable, retry later: {e}"),
@@ -207,7 +208,7 @@ async def lease(request: web.Request) -> web.Response:
     body = await _body(request, LeaseIn)
     now = svc.clock()
     item = await svc.lease_next(who, now, body.task)
-    return _reply(LeaseOut(item=svc.view(item), progress=await svc.progress(who, now)))
+    return _reply(LeaseOut(item=svc.view(item), progress=await svc.progress(who, now, body.task)))
 
 
 def _known_item(svc: Service, item_id: str) -> QueueItem:
@@ -243,7 +244,7 @@ async def label(request: web.Request) -> web.Response:
         await svc.correct([correction])
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
-    await svc.count(who, "labelled", now)
+    await svc.count(who, r.task, "labelled", now)
     return await _step(svc, who, now, body.next_task, done, correction.correction_id)
 
 
@@ -286,7 +287,7 @@ async def _step(svc: Service, who: str, now: datetime, next_task: str | None, fi
     """Answer a finished item with the annotator's next lease (the one they hold, on a repeat)."""
     nxt = await svc.lease_next(who, now, next_task)
     return _reply(StepOut(finished=svc.view(finished), item=svc.view(nxt), correction_id=correction_id,
-                          progress=await svc.progress(who, now)))
+                          progress=await svc.progress(who, now, next_task)))
 
 
 @_queue_call
@@ -300,14 +301,14 @@ async def skip(request: web.Request) -> web.Response:
     if done is None:
         done = svc.book.skip(item_id, who, now)
         await svc.save([done])
-        await svc.count(who, "skipped", now)
+        await svc.count(who, done.request.task, "skipped", now)
     return await _step(svc, who, now, body.next_task, done)
 
 
 @_queue_call
 async def undo(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
-    await _body(request, StepIn)
+    body = await _body(request, StepIn)
     now = svc.clock()
     item_id = request.match_info["item_id"]
     reopened = svc.book.held_by(who, now)
@@ -323,8 +324,10 @@ async def undo(request: web.Request) -> web.Response:
         await _withdraw_label(svc, who, reopened, now)
         await svc.save(changed)
         if before is not None:
-            await svc.count(who, "labelled" if before.state is ItemState.labelled else "skipped", now, -1)
-    return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened), progress=await svc.progress(who, now)))
+            await svc.count(who, before.request.task, "labelled" if before.state is ItemState.labelled else "skipped",
+                            now, -1)
+    return _reply(StepOut(finished=svc.view(reopened), item=svc.view(reopened),
+                          progress=await svc.progress(who, now, body.next_task)))
 
 
 async def post_correction(request: web.Request) -> web.Response:

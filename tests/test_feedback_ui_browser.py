@@ -6,6 +6,7 @@ labelled in ClickHouse's feedback table, one skipped, and an undo relabels. And 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 
@@ -27,8 +28,17 @@ from tests.fixtures.labelling import bundled_texts, numbered_request, read_topic
 CHROMIUM = "/usr/bin/chromium"
 
 
+async def settled(page) -> None:
+    """Choice keys do nothing for 300 ms after an item shows (so a double press cannot label the
+    next item unread); wait that out."""
+    await expect(page.locator("#card.settling")).to_have_count(0)
+
+
 def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_settings: VigilSettings,
                                                                     tiny_scorers) -> None:
+    """Also the keys' traps the page used to fall into: on a ticket, typing after a click outside the
+    search box skipped it (s) or switched the task (t); an Enter with nothing typed labelled the
+    model's pick; a key pressed again as the next item showed labelled that one unread."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail("Debian's chromium is not installed: `make chromium` (apt-get install -y chromium)",
                     pytrace=False)
@@ -63,18 +73,36 @@ def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_set
                 await expect(item_id).to_have_text(a.message_id)
                 await expect(page.locator("#item-text")).to_have_text(a.text)
                 await expect(page.locator("#model-label")).to_have_text(a.model_label)
+                await settled(page)
                 await page.keyboard.press("1")  # a: first sentiment label ...
                 await expect(item_id).to_have_text(b.message_id)
-                await expect(page.locator("#search")).to_be_focused()
-                await page.keyboard.press("Escape")  # leave the empty search box, then undo
-                await page.keyboard.press("u")
+                search = page.locator("#search")
+                await expect(search).to_be_focused()
+                await page.keyboard.press("Enter")  # nothing typed: labels nothing
+                await expect(page.locator("#toast")).to_contain_text("type part of the intent")
+                await page.keyboard.press("Alt+u")  # letters search here: Alt+U undoes
                 await expect(item_id).to_have_text(a.message_id)
+                await settled(page)
                 await page.keyboard.press("3")  # ... relabelled with the third
                 chosen[a.message_id] = sentiment_labels[2]
 
                 await expect(item_id).to_have_text(b.message_id)
                 intents = await page.locator("#intents li").evaluate_all("els => els.map(e => e.dataset.label)")
                 assert len(intents) == len(tiny_scorers["triage"].labels)
+                # Clicking the ticket's text takes the focus from the box; typing still searches.
+                await page.locator("#item-text").click()
+                await page.keyboard.type("stolen top-up")
+                await expect(search).to_have_value("stolen top-up")
+                await expect(item_id).to_have_text(b.message_id)
+                await expect(page.locator("#task")).to_have_value("")
+                ranked = await page.locator("#intents li").evaluate_all("els => els.map(e => e.dataset.label)")
+                assert ranked[0] in ("lost_or_stolen_card", *[i for i in intents if "top_up" in i]), ranked[:3]
+                assert {"lost_or_stolen_card"} | {i for i in intents if "top_up" in i} <= set(ranked)
+                for query, found in (("topup", "top_up"), ("refunds", "refund"), ("password", "passcode")):
+                    await search.fill(query)
+                    first = await page.locator("#intents li").first.get_attribute("data-label")
+                    assert found in first.lower(), (query, first)
+                await page.keyboard.press("Escape")
                 target = sorted(intents)[len(intents) // 2]
                 await page.keyboard.type(target.replace("_", " "))
                 for _ in range(len(intents)):
@@ -86,6 +114,9 @@ def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_set
 
                 await expect(item_id).to_have_text(c.message_id)
                 await page.keyboard.press("s")
+                await expect(item_id).to_have_text(d.message_id)
+                await page.keyboard.press("2")  # the same key again as d shows: d stays unlabelled
+                await page.wait_for_timeout(500)
                 await expect(item_id).to_have_text(d.message_id)
                 await page.keyboard.press("2")
                 chosen[d.message_id] = sentiment_labels[1]
@@ -157,5 +188,86 @@ def test_the_page_keeps_labelling_when_the_queue_owner_dies(labelling_settings: 
             asyncio.run(go(bases, procs))
         stored = {c.message_id: c.human_label for c in feedback.fetch_corrections("sentiment")}
         assert stored == {"n-0": labels[0], "n-1": labels[1]}
+    finally:
+        store.close()
+
+
+def test_the_page_under_trouble(labelling_settings: VigilSettings) -> None:
+    """What the page used to get wrong when things go badly, in one session (a publisher stand-in,
+    no broker): a long message pushed the choices off screen and a bidi override showed other words
+    than the model scored; a label whose answer was lost could not be undone; an API unreachable at
+    page load left the page blank for good; and a refused token on the empty page had its login box
+    wiped by the page's polling."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("Debian's chromium is not installed: `make chromium` (apt-get install -y chromium)",
+                    pytrace=False)
+    settings = labelling_settings
+    store = open_store(settings)
+    texts = ["Price \u202edetaler\u202c up on zero\u200bwidth news " + "word " * 1600, "second", "third"]
+    FeedbackStore(store).write_requests([numbered_request(i).model_copy(update={"text": t}) for i, t in enumerate(texts)])
+    token = TokenBook(tokens_path(settings.data_dir)).add("erin")
+    published: list[dict] = []
+
+    async def publish(topic: str, key: str, value: bytes) -> None:
+        published.append(json.loads(value))
+
+    async def go() -> None:
+        server = TestServer(build_app(Service(settings, store, publish)), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                await page.goto(str(server.make_url("/")))
+                await page.keyboard.type(token)
+                await page.keyboard.press("Enter")
+                item_id, toast = page.locator("#item-id"), page.locator("#toast")
+                await expect(item_id).to_have_text("n-0")
+                quote = page.locator("#item-text")
+                assert (await quote.bounding_box())["height"] <= 800 * 0.45
+                await expect(page.locator("#choices-sentiment")).to_be_in_viewport()
+                assert await page.locator("#item-text .hidden-char").all_text_contents() == ["RLO", "PDF", "ZWSP"]
+                await expect(quote).to_contain_text("Price RLOdetalerPDF up on zeroZWSPwidth")
+
+                async def lose_the_answer(route) -> None:
+                    await route.fetch()  # the service labels the item ...
+                    await route.abort("connectionreset")  # ... and its answer never arrives
+                    await page.unroute("**/label", lose_the_answer)
+
+                await page.route("**/label", lose_the_answer)
+                await settled(page)
+                await page.keyboard.press("1")
+                await expect(page.locator("#net")).to_contain_text("cannot be reached")
+                await page.keyboard.press("2")  # another choice: refused, the first one landed
+                await expect(toast).to_contain_text("your earlier label for n-0 did reach the service")
+                await expect(item_id).to_have_text("n-1")
+                await page.keyboard.press("u")  # ... and it can be undone from the page
+                await expect(item_id).to_have_text("n-0")
+                assert [(p["message_id"], p["withdrawn"]) for p in published] == [("n-0", False), ("n-0", True)]
+
+                await page.route("**/api/**", lambda route: route.abort("connectionrefused"))
+                await page.reload()
+                await expect(page.locator("#net")).to_contain_text("trying again")
+                await page.unroute("**/api/**")
+                await expect(item_id).to_have_text("n-0", timeout=10_000)  # back by itself
+                await expect(page.locator("#net")).to_be_hidden()
+
+                for n in range(3):  # the queue runs dry; the page polls it
+                    await expect(item_id).to_have_text(f"n-{n}")
+                    await settled(page)
+                    await page.keyboard.press("s")
+                await expect(page.locator("#empty")).to_be_visible()
+                tokens_path(settings.data_dir).unlink()  # an admin re-issues erin's token
+                fresh = TokenBook(tokens_path(settings.data_dir)).add("erin")
+                await expect(page.locator("#login")).to_be_visible(timeout=10_000)
+                await page.locator("#token").press_sequentially(fresh[:12])
+                await page.wait_for_timeout(6000)  # past the empty page's 5 s poll
+                await expect(page.locator("#token")).to_have_value(fresh[:12])
+                await browser.close()
+        finally:
+            await server.close()
+
+    try:
+        asyncio.run(go())
     finally:
         store.close()

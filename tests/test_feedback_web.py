@@ -179,6 +179,35 @@ def test_lease_label_skip_undo_round_trip(labelling_settings, store, tokens, tin
     assert states[texts[3][0]] is ItemState.labelled and list(states.values()).count(ItemState.labelled) == 2
 
 
+def test_the_queue_figures_follow_each_change_at_once_and_the_task_filter(labelling_settings, store, tokens,
+                                                                          tiny_scorers) -> None:
+    """labelled/skipped came from ClickHouse as of the last refresh (every ui_queue_refresh_s) and
+    lagged what the annotator had just done; with a task filter they still counted every task."""
+    settings = labelling_settings.model_copy(update={"ui_queue_refresh_s": 3600.0})
+    two_uncertain_items(store, tiny_scorers["sentiment"])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(settings, store) as client:
+            first = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            step = await (await client.post(f"/api/items/{first['item_id']}/label", headers=alice,
+                                             json={"label": "positive"})).json()
+            assert step["progress"]["queue"] == {"open": 0, "leased": 1, "labelled": 1, "skipped": 0}
+            second = step["item"]["item_id"]
+            step = await (await client.post(f"/api/items/{second}/skip", headers=alice, json={})).json()
+            assert step["progress"]["queue"] == {"open": 0, "leased": 0, "labelled": 1, "skipped": 1}
+            step = await (await client.post(f"/api/items/{second}/undo", headers=alice,
+                                             json={"next_task": "sentiment"})).json()
+            assert step["progress"]["task"] == "sentiment"
+            assert step["progress"]["queue"] == {"open": 0, "leased": 1, "labelled": 1, "skipped": 0}
+            out = await (await client.post("/api/queue/lease", headers=alice, json={"task": "triage"})).json()
+            assert out["item"] is None and out["progress"]["task"] == "triage"
+            assert out["progress"]["queue"] == {"open": 0, "leased": 0, "labelled": 0, "skipped": 0}
+            assert out["progress"]["you"] == {"labelled": 1, "skipped": 0}
+
+    asyncio.run(go())
+
+
 def test_an_undone_label_is_withdrawn_and_a_new_label_replaces_the_withdrawal(
     labelling_settings, store, tokens, tiny_scorers
 ) -> None:
@@ -275,7 +304,9 @@ def test_a_change_retried_after_its_answer_was_lost_is_answered_again_and_stored
             assert second["item_id"] != first["item_id"] and second["state"] == "leased"
             # A different label for it is not a retry: undo changes a label.
             r = await client.post(f"/api/items/{first['item_id']}/label", headers=alice, json={"label": "negative"})
-            assert r.status == 409 and "as positive already" in (await r.json())["error"]
+            refused = await r.json()
+            assert r.status == 409 and "as positive already" in refused["error"]
+            assert refused["code"] == "already_labelled"  # the page keeps such an item undoable
 
             step = await lost_then_retried(client, f"/api/items/{second['item_id']}/skip", {})
             assert step["finished"]["state"] == "skipped" and step["progress"]["you"] == {"labelled": 1, "skipped": 1}
