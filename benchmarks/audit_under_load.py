@@ -11,11 +11,8 @@ current one, on the same stream.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -24,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
+from benchmarks.git_baseline import module_at
 from feedback import selection
 from feedback.contracts import SelectionReason
 from streams.contracts import Kind, ScoredMessage
@@ -53,18 +51,6 @@ def stream(rate: float, hours: int, uncertain: float, seed: int = 0) -> Iterator
             probs={lbl: 1 / 3 for lbl in LABELS}, confidence=0.5, margin=margin, entropy=0.5, content_hash=i,
             event_time=(at := T0 + i * step), ingest_time=at, scored_time=at, src_partition=0, src_offset=i,
         )
-
-
-def _baseline(rev: str, scratch: Path) -> ModuleType:
-    source = subprocess.run(["git", "show", f"{rev}:feedback/selection.py"], capture_output=True, text=True, check=True)
-    path = scratch / "selection_baseline.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("selection_baseline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["selection_baseline"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(module: ModuleType, args: argparse.Namespace) -> str:
@@ -102,7 +88,8 @@ def main() -> None:
     print(f"current: {run(selection, args)}")
     if args.baseline:
         with tempfile.TemporaryDirectory() as scratch:
-            print(f"{args.baseline}: {run(_baseline(args.baseline, Path(scratch)), args)}")
+            baseline = module_at(args.baseline, "feedback/selection.py", Path(scratch))
+            print(f"{args.baseline}: {run(baseline, args)}")
 
 
 if __name__ == "__main__":

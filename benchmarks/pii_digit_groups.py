@@ -9,15 +9,13 @@ The card search once tried every run of groups from every start (cubic); ``--bas
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.git_baseline import module_at
 from streams.pii import mask_pii
 
 BASELINE_TOO_SLOW = 1_000  # groups: the cubic search would take minutes
@@ -29,25 +27,13 @@ def _seconds(mask: Callable[[str], Any], text: str) -> float:
     return time.perf_counter() - started
 
 
-def _baseline(rev: str, scratch: Path) -> Callable[[str], Any]:
-    source = subprocess.run(["git", "show", f"{rev}:streams/pii.py"], capture_output=True, text=True, check=True)
-    path = scratch / "pii_baseline.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("pii_baseline", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pii_baseline"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.mask_pii
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, nargs="+", default=[200, 400, 800, 4000])
     parser.add_argument("--baseline", help="a git revision whose streams/pii.py is timed too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        baseline = _baseline(args.baseline, Path(scratch)) if args.baseline else None
+        baseline = module_at(args.baseline, "streams/pii.py", Path(scratch)).mask_pii if args.baseline else None
         for n in args.groups:
             text = " ".join(["1"] * n)
             line = f"{n:>6} groups ({len(text):,} chars): current {_seconds(mask_pii, text):.4f} s"

@@ -113,9 +113,21 @@ def test_three_items_labelled_with_the_keyboard_land_in_clickhouse(labelling_set
                 chosen[b.message_id] = target
 
                 await expect(item_id).to_have_text(c.message_id)
+                # "2" pressed in the same moment d shows (dispatched as its id is written, so however
+                # slow the machine, it comes inside the 300 ms): d stays unlabelled.
+                await page.evaluate(
+                    """id => { window.pressedAsShown = new Promise(resolve => {
+                        const el = document.getElementById("item-id");
+                        const seen = new MutationObserver(() => {
+                            if (el.textContent !== id) return;
+                            seen.disconnect();
+                            document.dispatchEvent(new KeyboardEvent("keydown", {key: "2", bubbles: true}));
+                            resolve();
+                        });
+                        seen.observe(el, {childList: true, characterData: true, subtree: true});
+                    }); }""", d.message_id)
                 await page.keyboard.press("s")
-                await expect(item_id).to_have_text(d.message_id)
-                await page.keyboard.press("2")  # the same key again as d shows: d stays unlabelled
+                await page.evaluate("window.pressedAsShown")
                 await page.wait_for_timeout(500)
                 await expect(item_id).to_have_text(d.message_id)
                 await page.keyboard.press("2")
@@ -173,11 +185,13 @@ def test_the_page_keeps_labelling_when_the_queue_owner_dies(labelling_settings: 
             item_id = page.locator("#item-id")
             await expect(item_id).to_have_text("n-0")
             labels.extend(await page.locator("#choices-sentiment button").evaluate_all("els => els.map(e => e.dataset.label)"))
+            await settled(page)
             await page.keyboard.press("1")
             await expect(item_id).to_have_text("n-1")
 
             procs[owner].kill()
             await asyncio.to_thread(procs[owner].wait, 30)
+            await settled(page)
             await page.keyboard.press("2")
             await expect(page.locator("#toast")).to_contain_text("changing hands", timeout=15_000)
             await expect(item_id).to_have_text("n-2", timeout=45_000)
