@@ -88,12 +88,30 @@ class RoundStart:
     trigger: TriggerDecision
 
 
+def held_out_size(n_items: int, fraction: float) -> int:
+    return round(n_items * fraction)
+
+
 def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
     """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
     challenger does better on what people are labelling NOW, on items it never saw."""
-    n_recent = round(len(items) * fraction)
-    cut = len(items) - n_recent
+    cut = len(items) - held_out_size(len(items), fraction)
     return list(items[:cut]), list(items[cut:])
+
+
+def too_few_to_judge(corrections: Sequence[Correction], fraction: float, min_recent: int) -> str | None:
+    """Why the gate is certain to refuse any challenger trained on ``corrections``, or None.
+
+    One item per corrected message is the most a round can have (screening and consensus only take
+    items away), so when even that many hold out fewer than the gate's minimum, training would
+    only spend an hour on a challenger the gate must refuse, and use the corrections up."""
+    messages = len({c.message_id for c in corrections})
+    held = held_out_size(messages, fraction)
+    if held >= min_recent:
+        return None
+    return (f"{messages} corrected messages would hold out {held} recent corrections, fewer than the gate needs "
+            f"to judge a challenger ({min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained, the corrections stay "
+            "new until more are labelled (or lower VIGIL_GATE_MIN_RECENT, raise VIGIL_RETRAIN_HOLDOUT_FRACTION)")
 
 
 def stream_prior(predicted_mix: Mapping[str, int], labels: Sequence[str]) -> dict[str, float] | None:
@@ -233,6 +251,10 @@ def check_trigger(
     # Never retrained: the interval runs from when the champion was trained, but every correction is new.
     trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
                      last_retrain=last or champion.created_at, now=at, drift_events=drift, force=force)
+    if trigger.retrain:
+        doomed = too_few_to_judge(corrections, settings.retrain_holdout_fraction, settings.gate_min_recent)
+        if doomed is not None:
+            trigger = TriggerDecision(False, f"{trigger.reason}, but {doomed}", new)
     return RoundStart(champion_version, champion, corrections, new, trigger)
 
 
@@ -333,6 +355,12 @@ def _train_and_judge(
                     "dropped_annotators": float(len(screened.dropped))}
     if not train_items:
         return refuse(f"nothing left to train on after screening ({len(labelled)} labelled items)", base_figures)
+    gate_cfg = GateConfig.from_settings(settings)
+    if len(recent_items) < gate_cfg.min_recent:
+        # The trigger counted every corrected message; screening took enough away that the gate
+        # must refuse, so no challenger is trained for it.
+        return refuse(f"only {len(recent_items)} held-out recent corrections after screening "
+                      f"(< {gate_cfg.min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained", base_figures)
 
     prior = None
     if settings.retrain_prior_correction:
@@ -360,7 +388,7 @@ def _train_and_judge(
     decision = judge(
         Evaluation([r.label for r in gold.rows], champ_gold, result.gold_predictions),
         Evaluation([y for _, y in recent_items], champ_recent, chall_recent),
-        GateConfig.from_settings(settings),
+        gate_cfg,
     )
     figures = {**base_figures, **decision.figures, "train_seconds": result.seconds,
                "round_seconds": time.perf_counter() - t0}

@@ -150,6 +150,23 @@ def test_flipping_annotator_is_screened_out_and_the_rest_is_learned(loop):
     assert card.training_config["corrections"] == 300  # mallory's 100 lone items are gone
 
 
+def test_a_round_the_gate_must_refuse_trains_nothing_and_leaves_its_corrections_new(loop):
+    """60 corrected messages hold out 15, fewer than the gate's 20: the gate would refuse whatever
+    was trained, so nothing is, and the corrections count towards the next round."""
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_min_corrections": 50})
+    store.write_corrections(corrections(tweets(60), "ann"))
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.skipped and report.exit_code == 0
+    assert "60 new corrections >= 50, but 60 corrected messages would hold out 15" in report.reason
+    assert "VIGIL_GATE_MIN_RECENT" in report.reason
+    assert store.fetch_model_events("sentiment") == []
+    assert ModelRegistry(settings.registry_dir).versions("sentiment") == ["v1"]
+    assert check_trigger(settings, "sentiment", store).new_corrections == 60
+    store.write_corrections(corrections(tweets(20, seed=9), "ann", start=1000))
+    assert check_trigger(settings, "sentiment", store).trigger.retrain  # 80 hold out 20
+
+
 def test_gate_refuses_a_poisoned_challenger_when_the_screen_cannot_see_it(loop):
     """Only the poisoner labelled, and the screen is off: the held-out recent corrections are poisoned
     too (so 'better on recent' would pass), and the frozen gold set is what refuses it."""
@@ -179,8 +196,9 @@ def test_gate_refuses_a_worse_challenger(loop):
 
 def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finished_one_uses_them_up(loop):
     settings, store = loop
-    # a quick round that the gate refuses (too few held-out corrections for a verdict): still a finished one
-    settings = settings.model_copy(update={"retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+    # a quick round that the gate refuses (it asks for a gain no challenger can have): still a finished one
+    settings = settings.model_copy(update={"retrain_epochs": 1, "retrain_replay_size": 32,
+                                           "gate_min_recent_gain": 1.0})
     store.write_corrections(corrections(tweets(120), "ann"))
     weights = ModelRegistry(settings.registry_dir).resolve("sentiment", "v1") / "model.safetensors"
     good = weights.read_bytes()
@@ -209,7 +227,7 @@ def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finishe
 
     weights.write_bytes(good)
     report = run_retrain(settings, "sentiment", store)
-    assert report.outcome is Outcome.refused and "held-out recent corrections (< 1000)" in report.reason
+    assert report.outcome is Outcome.refused and "no gain on 30 held-out recent corrections" in report.reason
     *_, started, refused = store.fetch_model_events("sentiment")
     assert refused.kind is ModelEventKind.gate_refused and refused.event_id == ModelEvent.round_end_id(started.event_id)
     after = check_trigger(settings, "sentiment", store)
@@ -218,7 +236,7 @@ def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finishe
 
 def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_predicted(tmp_path, tiny_registry):
     settings = loop_settings(tmp_path, tiny_registry).model_copy(update={
-        "retrain_prior_correction": True, "retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+        "retrain_prior_correction": True, "retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent_gain": 1.0})
     stream = [ScoredMessage(id=f"s-{i}", kind=Kind.news, text=f"text {i}", model_name="m", model_version="v1",
                             label=label, probs={label: 0.9}, confidence=0.9, margin=0.8, entropy=0.3, content_hash=i,
                             event_time=T0, ingest_time=T0, scored_time=T0, src_partition=0, src_offset=i)
@@ -233,3 +251,4 @@ def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_pred
     assert card.training_config["class_prior"] == pytest.approx({"negative": 1 / 12, "neutral": 8 / 12,
                                                                  "positive": 3 / 12})
     assert card.metrics.model_dump()["train_rows"] == 90 * 1 + 32  # as many correction rows, in another mix
+

@@ -210,6 +210,7 @@ class StoreThatInterruptsTheRound:
 def test_a_round_whose_training_process_dies_is_recorded_failed_and_its_corrections_stay_new(
         chdb_loop, monkeypatch, how):
     monkeypatch.setenv("VIGIL_RETRAIN_MIN_CORRECTIONS", "5")
+    monkeypatch.setenv("VIGIL_GATE_MIN_RECENT", "2")  # what 8 corrections hold out: the round trains
     settings, store = VigilSettings(), chdb_loop[1]
     at = datetime.now(UTC) - timedelta(minutes=5)
     store.write_corrections([

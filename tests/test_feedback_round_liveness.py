@@ -113,8 +113,9 @@ def _corrections(n: int) -> list[Correction]:
 
 @pytest.fixture
 def chdb_round(tmp_path, tiny_registry):
+    # 8 corrections hold out 2: the gate's minimum is lowered to that so the round trains
     settings = VigilSettings(data_dir=tmp_path, clickhouse_url=None, kafka_brokers=None,
-                             retrain_min_corrections=5)
+                             retrain_min_corrections=5, gate_min_recent=2)
     copy_registry(tiny_registry, settings.registry_dir)
     open_store(settings).close()  # migrates
     store = open_feedback_store(settings)
@@ -199,7 +200,8 @@ def shared_round(tmp_path, tiny_registry, server_settings, monkeypatch):
     for k, v in {"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu", "VIGIL_KAFKA_BROKERS": "",
                  "VIGIL_CLICKHOUSE_URL": server_settings.clickhouse_url, "VIGIL_CPU_THREADS": "1",
                  "VIGIL_CLICKHOUSE_DATABASE": server_settings.clickhouse_database,
-                 "VIGIL_RETRAIN_MIN_CORRECTIONS": "5", "VIGIL_RETRAIN_HEARTBEAT_S": str(HEARTBEAT_S),
+                 "VIGIL_RETRAIN_MIN_CORRECTIONS": "5", "VIGIL_GATE_MIN_RECENT": "2",  # what 8 hold out
+                 "VIGIL_RETRAIN_HEARTBEAT_S": str(HEARTBEAT_S),
                  "VIGIL_RETRAIN_STALE_S": str(STALE_S), "VIGIL_WORKER_ID": ""}.items():
         monkeypatch.setenv(k, v)
     settings = VigilSettings()
