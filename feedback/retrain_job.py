@@ -243,7 +243,10 @@ def check_trigger(
             log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
     drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
-    corrections = store.fetch_corrections(task)
+    # A label younger than the labelling UI's undo window may still be taken back: it is neither
+    # counted nor trained on until that window has passed.
+    final_by = at - timedelta(seconds=settings.ui_undo_window_s)
+    corrections = [c for c in store.fetch_corrections(task) if c.created_at <= final_by]
     new = sum(1 for c in corrections if last is None or c.created_at > last)
     if history.running_since is not None and not force:
         return RoundStart(champion_version, champion, corrections, new, TriggerDecision(

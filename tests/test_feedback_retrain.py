@@ -252,3 +252,21 @@ def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_pred
                                                                  "positive": 3 / 12})
     assert card.metrics.model_dump()["train_rows"] == 90 * 1 + 32  # as many correction rows, in another mix
 
+
+def test_labels_inside_the_undo_window_are_neither_counted_nor_trained_on(loop):
+    """A label the annotator can still take back (VIGIL_UI_UNDO_WINDOW_S) waits until it is final."""
+    settings, store = loop
+    now = datetime.now(UTC)
+    oops, kept = (c.model_copy(update={"created_at": now - timedelta(seconds=15)})
+                  for c in corrections(tweets(2, seed=9), "ann", start=5000))
+    store.write_corrections(corrections(tweets(98), "ann") + [oops, kept])
+    young = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert young.new_corrections == 98
+    assert {oops.correction_id, kept.correction_id}.isdisjoint(c.correction_id for c in young.corrections)
+
+    store.write_corrections([oops.withdrawal(now - timedelta(seconds=5))])  # undo, 10 s after labelling
+    final = check_trigger(settings, "sentiment", store, now=lambda: now + timedelta(seconds=settings.ui_undo_window_s))
+    assert final.new_corrections == 99
+    assert kept.correction_id in {c.correction_id for c in final.corrections}
+    assert oops.correction_id not in {c.correction_id for c in final.corrections}
+
