@@ -6,9 +6,11 @@ table and model-events topic). The end's event id is tied to the start's (ModelE
 The challenger is kept in the registry either way, with its parent and training config, so a refusal
 can be inspected with `vigil models show`.
 
-Which corrections are new is counted from the start of the last round that FINISHED (promoted or
-gate_refused: it trained on everything before its start, and the gate judged it). A round that
-failed, or died without recording its end, trained nothing that counts: its corrections stay new.
+Which corrections are new is counted from the last round that FINISHED (promoted or gate_refused:
+the gate judged what it trained on): newer than the newest correction that round read, which its
+retrain_started event records (figure corrections_through_ms), so both sides of the comparison are
+on the labelling clock. A round recorded before that figure existed counts from its start. A round
+that failed, or died without recording its end, trained nothing that counts: its corrections stay new.
 A skipped round (the trigger said no) is no round: it records nothing and moves nothing.
 
 While a round runs, its process stores a heartbeat (round_heartbeat.py). When its worker is
@@ -140,12 +142,29 @@ def failed_event(started: ModelEvent, reason: str,
                       figures={"round_seconds": max(0.0, (at - started.created_at).total_seconds())}, created_at=at)
 
 
+READ_THROUGH = "corrections_through_ms"  # figure of a retrain_started event
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ms(t: datetime) -> int:
+    # Whole milliseconds, as ClickHouse keeps the times: a correction read back equals the mark it set.
+    return (t - _EPOCH) // timedelta(milliseconds=1)
+
+
+def read_through(started: ModelEvent) -> int:
+    """The newest labelling time (epoch ms) among the corrections the round ``started`` read; for a
+    round recorded before that figure existed, its start time, as counted then."""
+    ms = started.figures.get(READ_THROUGH)
+    return epoch_ms(started.created_at) if ms is None else int(ms)
+
+
 @dataclass(frozen=True, slots=True)
 class RoundHistory:
     last_finished: datetime | None  # start of the newest round that ended promoted or gate_refused
     running_since: datetime | None  # start of the newest round with no end yet that is alive
     running_beat: datetime | None = None  # that round's last heartbeat, if it has any
     dead: tuple[ModelEvent, ...] = ()  # the retrain_failed ends of rounds whose heartbeat went stale: to record
+    read_through: int | None = None  # the newest correction (epoch ms) the finished rounds read
 
 
 def dead_round_reason(started: ModelEvent, beat: RoundHeartbeat, now: datetime, stale: timedelta) -> str:
@@ -171,6 +190,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         if e.kind is not ModelEventKind.retrain_failed or e.event_id not in ends:
             ends[e.event_id] = e.kind
     finished: list[datetime] = []
+    through: list[int] = []
     running: list[tuple[datetime, datetime | None]] = []
     dead: list[ModelEvent] = []
     for e in events:
@@ -180,6 +200,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         beat = beats.get(e.event_id)
         if end in (ModelEventKind.promoted, ModelEventKind.gate_refused):
             finished.append(e.created_at)
+            through.append(read_through(e))
         elif end is not None:
             continue
         elif beat is not None and now - beat.beat_at >= stale:
@@ -187,7 +208,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         elif beat is not None or now - e.created_at < timeout:
             running.append((e.created_at, None if beat is None else beat.beat_at))
     since, beat_at = max(running, key=lambda r: r[0], default=(None, None))
-    return RoundHistory(max(finished, default=None), since, beat_at, tuple(dead))
+    return RoundHistory(max(finished, default=None), since, beat_at, tuple(dead), max(through, default=None))
 
 
 def _store_and_publish(settings: VigilSettings, store) -> Callable[[Sequence[ModelEvent]], None]:
@@ -247,7 +268,8 @@ def check_trigger(
     # counted nor trained on until that window has passed.
     final_by = at - timedelta(seconds=settings.ui_undo_window_s)
     corrections = [c for c in store.fetch_corrections(task) if c.created_at <= final_by]
-    new = sum(1 for c in corrections if last is None or c.created_at > last)
+    seen = history.read_through
+    new = sum(1 for c in corrections if seen is None or epoch_ms(c.created_at) > seen)
     if history.running_since is not None and not force:
         return RoundStart(champion_version, champion, corrections, new, TriggerDecision(
             False, _still_running(history.running_since, history.running_beat, at, timeout, stale), new))
@@ -281,7 +303,8 @@ def run_retrain(
     if not start.trigger.retrain:
         return RetrainReport(task, Outcome.skipped, start.trigger.reason, start.champion_version)
     started = _event(ModelEventKind.retrain_started, task, start.champion_version, start.trigger.reason,
-                     {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections)},
+                     {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections),
+                      READ_THROUGH: float(max(epoch_ms(c.created_at) for c in start.corrections))},
                      now)
     who = owner or settings.worker_id or default_worker_id()
 

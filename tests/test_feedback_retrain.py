@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
-from feedback.retrain_job import Outcome, check_trigger, run_retrain
+from feedback.retrain_job import Outcome, check_trigger, epoch_ms, run_retrain
 from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.engine import ModelTokenizer, encode
@@ -106,8 +106,10 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     assert (encode(v2_tokenizer, ["up https://t.co/x1 today"], 32).ids
             == encode(v2_tokenizer, ["up today"], 32).ids)
 
-    kinds = [e.kind for e in store.fetch_model_events("sentiment")]
-    assert kinds == [ModelEventKind.retrain_started, ModelEventKind.promoted]
+    started, promoted = store.fetch_model_events("sentiment")
+    assert [started.kind, promoted.kind] == [ModelEventKind.retrain_started, ModelEventKind.promoted]
+    newest = max(c.created_at for c in store.fetch_corrections("sentiment"))
+    assert started.figures["corrections_through_ms"] == epoch_ms(newest)
 
     again = run_retrain(settings, "sentiment", store)
     assert again.outcome is Outcome.skipped and "no new corrections" in again.reason
@@ -269,4 +271,41 @@ def test_labels_inside_the_undo_window_are_neither_counted_nor_trained_on(loop):
     assert final.new_corrections == 99
     assert kept.correction_id in {c.correction_id for c in final.corrections}
     assert oops.correction_id not in {c.correction_id for c in final.corrections}
+
+
+def _finished_round(store, started_at: datetime, read_through: datetime | None = None) -> None:
+    figures = {} if read_through is None else {"corrections_through_ms": float(epoch_ms(read_through))}
+    started = ModelEvent(kind=ModelEventKind.retrain_started, task="sentiment", model_version="v1",
+                         figures=figures, created_at=started_at)
+    store.write_model_events([started, ModelEvent(
+        event_id=ModelEvent.round_end_id(started.event_id), kind=ModelEventKind.gate_refused, task="sentiment",
+        model_version="v2", created_at=started_at + timedelta(minutes=20))])
+
+
+def test_new_corrections_are_those_newer_than_the_last_round_read_on_the_labelling_clock(loop):
+    """The round's start is on its worker's clock, the corrections' times on the labelling one: a
+    round marks the newest correction it read, and only newer ones are new."""
+    settings, store = loop
+    now = datetime.now(UTC)
+    read = corrections(tweets(50), "ann")  # at T0 (2 h ago) + 0..49 s
+    store.write_corrections(read)
+    _finished_round(store, now - timedelta(hours=1), read_through=read[-1].created_at)
+    # labelled before the round, but stored only after it read (a producer retried it)
+    late = corrections(tweets(1, seed=9), "ann", start=100)
+    store.write_corrections(late)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
+
+    # the labelling clock runs 5 min ahead of the worker's: a round starting at -40 min read a label
+    # stamped -35 min; it is not new again after the round
+    ahead = corrections(tweets(1, seed=11), "ann", start=200)[0].model_copy(
+        update={"created_at": now - timedelta(minutes=35)})
+    store.write_corrections([ahead])
+    _finished_round(store, now - timedelta(minutes=40), read_through=ahead.created_at)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 0
+
+    # a round recorded before rounds marked what they read counts from its start, as it did then
+    _finished_round(store, now - timedelta(minutes=10))
+    store.write_corrections([c.model_copy(update={"created_at": now - timedelta(minutes=m)})
+                             for c, m in zip(corrections(tweets(2, seed=13), "ann", start=300), (15, 5), strict=True)])
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
 

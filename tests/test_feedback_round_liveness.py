@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
-from feedback.retrain_job import RoundHistory, check_trigger, round_history
+from feedback.retrain_job import RoundHistory, check_trigger, epoch_ms, round_history
 from feedback.round_heartbeat import RoundHeartbeat, heartbeating
 from feedback.store import FeedbackStore, open_feedback_store
 from streams.clickhouse import open_store
@@ -62,7 +62,7 @@ def test_a_stale_heartbeat_ends_the_round_as_failed_with_what_happened_and_frees
         "a lost node?); see its log. Its corrections stay new: the next round trains on them.")
     # once recorded, the round has its end: nothing more to record, and it still does not count as finished
     assert round_history([*events, failed], [beat(s, last_beat)], at, TIMEOUT, STALE) == RoundHistory(
-        finished.created_at, None)
+        finished.created_at, None, read_through=epoch_ms(finished.created_at))
     # a second before the stale time it was alive
     alive = round_history(events, [beat(s, last_beat)], at - timedelta(seconds=1), TIMEOUT, STALE)
     assert (alive.running_since, alive.running_beat, alive.dead) == (s.created_at, last_beat, ())
