@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from feedback.contracts import Correction, ModelEvent, ModelEventKind
+from feedback.drift import signals_worsening
 from feedback.events import publish_model_events
 from feedback.gate import (
     Evaluation,
@@ -263,7 +264,10 @@ def check_trigger(
         for end in history.dead:
             log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
-    drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
+    # Only the serving champion's drift says something about the model a round would fine-tune; a
+    # replaced champion's drift was about a model that is gone.
+    drift = sum(1 for e in events if e.kind is ModelEventKind.drift and e.model_version == champion_version
+                and (last is None or e.created_at > last) and signals_worsening(e))
     # A label younger than the labelling UI's undo window may still be taken back: it is neither
     # counted nor trained on until that window has passed.
     final_by = at - timedelta(seconds=settings.ui_undo_window_s)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
+from feedback.drift import DriftMonitor
 from feedback.retrain_job import Outcome, check_trigger, epoch_ms, run_retrain
 from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
@@ -309,3 +310,30 @@ def test_new_corrections_are_those_newer_than_the_last_round_read_on_the_labelli
                              for c, m in zip(corrections(tweets(2, seed=13), "ann", start=300), (15, 5), strict=True)])
     assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
 
+
+def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_on_drift": True})
+    now = datetime.now(UTC)
+    _finished_round(store, now - timedelta(hours=1))
+    # 80 corrections the last round read, and one new: enough held out for the gate to judge a round
+    store.write_corrections(corrections(tweets(80), "ann", start=100)
+                            + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
+                               for c in corrections(tweets(1), "ann")])
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
+    better = [e for i in range(600)  # the audited error rate falls 40% -> 0%
+              for e in monitor.observe_audit("sentiment", "v1", wrong=i < 300 and i % 5 < 2, when=now)]
+    assert better and all("fell" in e.detail for e in better)
+    replaced = ModelEvent(kind=ModelEventKind.drift, task="sentiment", model_version="v0", created_at=now - timedelta(
+        minutes=30), detail="v0: mean confidence fell", figures={"confidence_before": 0.9, "confidence_after": 0.6})
+    store.write_model_events([*better, replaced])
+    quiet = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert not quiet.trigger.retrain and "no drift" in quiet.trigger.reason
+
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=20))
+    worse = [e for i in range(600)  # and rises 0% -> 40%
+             for e in monitor.observe_audit("sentiment", "v1", wrong=i >= 300 and i % 5 < 2, when=now)]
+    assert worse and all("rose" in e.detail for e in worse)
+    store.write_model_events(worse)
+    fired = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert fired.trigger.retrain and f"{len(worse)} drift event(s)" in fired.trigger.reason
