@@ -40,6 +40,7 @@ from feedback.gate import (
     screen_annotators,
 )
 from feedback.round_heartbeat import RoundHeartbeat, heartbeating
+from feedback.selection import fingerprint
 from feedback.triggers import TriggerDecision, TriggerPolicy, decide
 from models.registry import ModelCard, ModelRegistry, RegistryError
 from streams.logs import default_worker_id
@@ -97,9 +98,13 @@ def held_out_size(n_items: int, fraction: float) -> int:
 
 def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
     """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
-    challenger does better on what people are labelling NOW, on items it never saw."""
+    challenger does better on what people are labelling NOW, on items it never saw. A held-out item
+    whose text (normalised, as selection compares texts) is also among the training items is left
+    out: a retweet or a re-sent ticket under another message id would otherwise be judged on text
+    the challenger was trained on."""
     cut = len(items) - held_out_size(len(items), fraction)
-    return list(items[:cut]), list(items[cut:])
+    trained = {fingerprint(c.text) for c, _ in items[:cut]}
+    return list(items[:cut]), [(c, y) for c, y in items[cut:] if fingerprint(c.text) not in trained]
 
 
 def too_few_to_judge(corrections: Sequence[Correction], fraction: float, min_recent: int) -> str | None:
