@@ -159,6 +159,19 @@ class _TaskMonitors:
         return events
 
 
+def signals_worsening(event: ModelEvent) -> bool:
+    """Whether a drift event calls for a retrain: the audited error rate rose, the confidence fell,
+    or the label mix moved (either way: the world changed, or the model fell behind the text). A
+    falling error rate or a rising confidence means the model does better: nothing to retrain for.
+    An event without the figures these monitors record counts, as every event did before."""
+    f = event.figures
+    if "error_rate_before" in f and "error_rate_after" in f:
+        return f["error_rate_after"] > f["error_rate_before"]
+    if "confidence_before" in f and "confidence_after" in f:
+        return f["confidence_after"] < f["confidence_before"]
+    return True
+
+
 def audit_error(correction: Correction, item: QueueItem | None) -> bool | None:
     """Whether the model was wrong on an audit-sample item, by this correction; None when the
     correction is not about an audit item (other selections are biased towards hard cases)."""

@@ -132,7 +132,11 @@ def screen_annotators(
 
 def consensus(corrections: Sequence[Correction]) -> list[tuple[Correction, str]]:
     """One (representative correction, majority label) per message, oldest message first; ties are
-    dropped because no label can be trusted for them."""
+    dropped because no label can be trusted for them.
+
+    A message is as old as its FIRST label, and that label represents it: a second annotator who
+    confirms it later must not move a message an earlier round trained on (and the champion
+    learned) into the newest part, which is held out to judge the next challenger."""
     by_message: dict[str, list[Correction]] = defaultdict(list)
     for c in latest_per_annotator(corrections):
         by_message[c.message_id].append(c)
@@ -140,7 +144,7 @@ def consensus(corrections: Sequence[Correction]) -> list[tuple[Correction, str]]
     for cs in by_message.values():
         top = Counter(c.human_label for c in cs).most_common(2)
         if len(top) == 1 or top[0][1] > top[1][1]:
-            out.append((max(cs, key=lambda c: c.created_at), top[0][0]))
+            out.append((min(cs, key=lambda c: c.created_at), top[0][0]))
     return sorted(out, key=lambda pair: (pair[0].created_at, pair[0].message_id))
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 
-from feedback.contracts import ModelEvent, ModelEventKind
+from feedback.contracts import ModelEvent, ModelEventKind, Task
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -20,9 +20,16 @@ def _settings(ctx: typer.Context) -> VigilSettings:
     return ctx.obj if isinstance(ctx.obj, VigilSettings) else VigilSettings()
 
 
+def _known_task(task: str) -> str:
+    # Checked before anything is read: an unknown task would otherwise be reported as one without a champion.
+    if task not in get_args(Task):
+        raise typer.BadParameter(f"{task!r} is not a task: use one of {', '.join(get_args(Task))}")
+    return task
+
+
 def retrain_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage")],
+    task: Annotated[str, typer.Option(help="sentiment or triage", callback=_known_task)],
     force: Annotated[bool, typer.Option(help="Retrain whatever the trigger policy says, even while another round has not "
                                             "ended (needs new corrections).")] = False,
 ) -> None:

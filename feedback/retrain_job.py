@@ -6,9 +6,11 @@ table and model-events topic). The end's event id is tied to the start's (ModelE
 The challenger is kept in the registry either way, with its parent and training config, so a refusal
 can be inspected with `vigil models show`.
 
-Which corrections are new is counted from the start of the last round that FINISHED (promoted or
-gate_refused: it trained on everything before its start, and the gate judged it). A round that
-failed, or died without recording its end, trained nothing that counts: its corrections stay new.
+Which corrections are new is counted from the last round that FINISHED (promoted or gate_refused:
+the gate judged what it trained on): newer than the newest correction that round read, which its
+retrain_started event records (figure corrections_through_ms), so both sides of the comparison are
+on the labelling clock. A round recorded before that figure existed counts from its start. A round
+that failed, or died without recording its end, trained nothing that counts: its corrections stay new.
 A skipped round (the trigger said no) is no round: it records nothing and moves nothing.
 
 While a round runs, its process stores a heartbeat (round_heartbeat.py). When its worker is
@@ -27,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from feedback.contracts import Correction, ModelEvent, ModelEventKind
+from feedback.drift import signals_worsening
 from feedback.events import publish_model_events
 from feedback.gate import (
     Evaluation,
@@ -37,6 +40,7 @@ from feedback.gate import (
     screen_annotators,
 )
 from feedback.round_heartbeat import RoundHeartbeat, heartbeating
+from feedback.selection import fingerprint
 from feedback.triggers import TriggerDecision, TriggerPolicy, decide
 from models.registry import ModelCard, ModelRegistry, RegistryError
 from streams.logs import default_worker_id
@@ -88,12 +92,34 @@ class RoundStart:
     trigger: TriggerDecision
 
 
+def held_out_size(n_items: int, fraction: float) -> int:
+    return round(n_items * fraction)
+
+
 def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
     """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
-    challenger does better on what people are labelling NOW, on items it never saw."""
-    n_recent = round(len(items) * fraction)
-    cut = len(items) - n_recent
-    return list(items[:cut]), list(items[cut:])
+    challenger does better on what people are labelling NOW, on items it never saw. A held-out item
+    whose text (normalised, as selection compares texts) is also among the training items is left
+    out: a retweet or a re-sent ticket under another message id would otherwise be judged on text
+    the challenger was trained on."""
+    cut = len(items) - held_out_size(len(items), fraction)
+    trained = {fingerprint(c.text) for c, _ in items[:cut]}
+    return list(items[:cut]), [(c, y) for c, y in items[cut:] if fingerprint(c.text) not in trained]
+
+
+def too_few_to_judge(corrections: Sequence[Correction], fraction: float, min_recent: int) -> str | None:
+    """Why the gate is certain to refuse any challenger trained on ``corrections``, or None.
+
+    One item per corrected message is the most a round can have (screening and consensus only take
+    items away), so when even that many hold out fewer than the gate's minimum, training would
+    only spend an hour on a challenger the gate must refuse, and use the corrections up."""
+    messages = len({c.message_id for c in corrections})
+    held = held_out_size(messages, fraction)
+    if held >= min_recent:
+        return None
+    return (f"{messages} corrected messages would hold out {held} recent corrections, fewer than the gate needs "
+            f"to judge a challenger ({min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained, the corrections stay "
+            "new until more are labelled (or lower VIGIL_GATE_MIN_RECENT, raise VIGIL_RETRAIN_HOLDOUT_FRACTION)")
 
 
 def stream_prior(predicted_mix: Mapping[str, int], labels: Sequence[str]) -> dict[str, float] | None:
@@ -122,12 +148,29 @@ def failed_event(started: ModelEvent, reason: str,
                       figures={"round_seconds": max(0.0, (at - started.created_at).total_seconds())}, created_at=at)
 
 
+READ_THROUGH = "corrections_through_ms"  # figure of a retrain_started event
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ms(t: datetime) -> int:
+    # Whole milliseconds, as ClickHouse keeps the times: a correction read back equals the mark it set.
+    return (t - _EPOCH) // timedelta(milliseconds=1)
+
+
+def read_through(started: ModelEvent) -> int:
+    """The newest labelling time (epoch ms) among the corrections the round ``started`` read; for a
+    round recorded before that figure existed, its start time, as counted then."""
+    ms = started.figures.get(READ_THROUGH)
+    return epoch_ms(started.created_at) if ms is None else int(ms)
+
+
 @dataclass(frozen=True, slots=True)
 class RoundHistory:
     last_finished: datetime | None  # start of the newest round that ended promoted or gate_refused
     running_since: datetime | None  # start of the newest round with no end yet that is alive
     running_beat: datetime | None = None  # that round's last heartbeat, if it has any
     dead: tuple[ModelEvent, ...] = ()  # the retrain_failed ends of rounds whose heartbeat went stale: to record
+    read_through: int | None = None  # the newest correction (epoch ms) the finished rounds read
 
 
 def dead_round_reason(started: ModelEvent, beat: RoundHeartbeat, now: datetime, stale: timedelta) -> str:
@@ -153,6 +196,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         if e.kind is not ModelEventKind.retrain_failed or e.event_id not in ends:
             ends[e.event_id] = e.kind
     finished: list[datetime] = []
+    through: list[int] = []
     running: list[tuple[datetime, datetime | None]] = []
     dead: list[ModelEvent] = []
     for e in events:
@@ -162,6 +206,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         beat = beats.get(e.event_id)
         if end in (ModelEventKind.promoted, ModelEventKind.gate_refused):
             finished.append(e.created_at)
+            through.append(read_through(e))
         elif end is not None:
             continue
         elif beat is not None and now - beat.beat_at >= stale:
@@ -169,7 +214,7 @@ def round_history(events: Sequence[ModelEvent], heartbeats: Sequence[RoundHeartb
         elif beat is not None or now - e.created_at < timeout:
             running.append((e.created_at, None if beat is None else beat.beat_at))
     since, beat_at = max(running, key=lambda r: r[0], default=(None, None))
-    return RoundHistory(max(finished, default=None), since, beat_at, tuple(dead))
+    return RoundHistory(max(finished, default=None), since, beat_at, tuple(dead), max(through, default=None))
 
 
 def _store_and_publish(settings: VigilSettings, store) -> Callable[[Sequence[ModelEvent]], None]:
@@ -224,15 +269,26 @@ def check_trigger(
         for end in history.dead:
             log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
-    drift = sum(1 for e in events if e.kind is ModelEventKind.drift and (last is None or e.created_at > last))
-    corrections = store.fetch_corrections(task)
-    new = sum(1 for c in corrections if last is None or c.created_at > last)
+    # Only the serving champion's drift says something about the model a round would fine-tune; a
+    # replaced champion's drift was about a model that is gone.
+    drift = sum(1 for e in events if e.kind is ModelEventKind.drift and e.model_version == champion_version
+                and (last is None or e.created_at > last) and signals_worsening(e))
+    # A label younger than the labelling UI's undo window may still be taken back: it is neither
+    # counted nor trained on until that window has passed.
+    final_by = at - timedelta(seconds=settings.ui_undo_window_s)
+    corrections = [c for c in store.fetch_corrections(task) if c.created_at <= final_by]
+    seen = history.read_through
+    new = sum(1 for c in corrections if seen is None or epoch_ms(c.created_at) > seen)
     if history.running_since is not None and not force:
         return RoundStart(champion_version, champion, corrections, new, TriggerDecision(
             False, _still_running(history.running_since, history.running_beat, at, timeout, stale), new))
     # Never retrained: the interval runs from when the champion was trained, but every correction is new.
     trigger = decide(TriggerPolicy.from_settings(settings), new_corrections=new,
                      last_retrain=last or champion.created_at, now=at, drift_events=drift, force=force)
+    if trigger.retrain:
+        doomed = too_few_to_judge(corrections, settings.retrain_holdout_fraction, settings.gate_min_recent)
+        if doomed is not None:
+            trigger = TriggerDecision(False, f"{trigger.reason}, but {doomed}", new)
     return RoundStart(champion_version, champion, corrections, new, trigger)
 
 
@@ -256,7 +312,8 @@ def run_retrain(
     if not start.trigger.retrain:
         return RetrainReport(task, Outcome.skipped, start.trigger.reason, start.champion_version)
     started = _event(ModelEventKind.retrain_started, task, start.champion_version, start.trigger.reason,
-                     {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections)},
+                     {"corrections": float(len(start.corrections)), "new_corrections": float(start.new_corrections),
+                      READ_THROUGH: float(max(epoch_ms(c.created_at) for c in start.corrections))},
                      now)
     who = owner or settings.worker_id or default_worker_id()
 
@@ -333,6 +390,12 @@ def _train_and_judge(
                     "dropped_annotators": float(len(screened.dropped))}
     if not train_items:
         return refuse(f"nothing left to train on after screening ({len(labelled)} labelled items)", base_figures)
+    gate_cfg = GateConfig.from_settings(settings)
+    if len(recent_items) < gate_cfg.min_recent:
+        # The trigger counted every corrected message; screening took enough away that the gate
+        # must refuse, so no challenger is trained for it.
+        return refuse(f"only {len(recent_items)} held-out recent corrections after screening "
+                      f"(< {gate_cfg.min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained", base_figures)
 
     prior = None
     if settings.retrain_prior_correction:
@@ -360,7 +423,7 @@ def _train_and_judge(
     decision = judge(
         Evaluation([r.label for r in gold.rows], champ_gold, result.gold_predictions),
         Evaluation([y for _, y in recent_items], champ_recent, chall_recent),
-        GateConfig.from_settings(settings),
+        gate_cfg,
     )
     figures = {**base_figures, **decision.figures, "train_seconds": result.seconds,
                "round_seconds": time.perf_counter() - t0}

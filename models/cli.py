@@ -226,6 +226,7 @@ def backtest_command(
     from models.registry import ModelNotFound
     from streams.alerting.rules import AlertRules, RulesError
     from streams.clickhouse import ClickHouseError, open_store
+    from streams.clickhouse.errors import RangeTooLarge
 
     s = _settings(ctx)
     end = until.replace(tzinfo=UTC) if until and until.tzinfo is None else (until or datetime.now(UTC))
@@ -233,8 +234,12 @@ def backtest_command(
         rules = AlertRules.from_file(s.alert_rules_path) if s.alert_rules_path else AlertRules()
         scorer = load_scorer(s, "sentiment", version)
         with open_store(s) as store:
-            news = store.fetch_scored_between("news", end - timedelta(hours=hours), end)
+            news = store.fetch_scored_between("news", end - timedelta(hours=hours), end,
+                                              limit=s.backtest_max_messages)
         report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
+    except RangeTooLarge as e:  # before ClickHouseError, which it is
+        raise _fail(RangeTooLarge(f"{e}: backtest fewer --hours (or several windows, with --until), or raise "
+                                  "VIGIL_BACKTEST_MAX_MESSAGES")) from e
     except (ModelNotFound, RulesError, BacktestError, ClickHouseError) as e:
         raise _fail(e) from e
     versions = ", ".join(sorted({m.model_version for m in news}))

@@ -309,6 +309,9 @@ class VigilSettings(BaseSettings):
     retrain_batch_size: int = Field(32, ge=1)
     retrain_max_length: int = Field(128, ge=8, le=512)
     retrain_seed: int = 0
+    backtest_max_messages: int = Field(
+        500_000, ge=1, description="The most stored news `vigil models backtest` replays: a longer window is "
+        "refused, never cut short.")
     gold_cap: int | None = Field(
         None, ge=1, description="Judge on a seeded sample of at most N gold rows (default: the whole split).")
     gate_max_gold_drop: float = Field(

@@ -67,6 +67,8 @@ def loop_stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
         VIGIL_RETRAIN_CHECK_INTERVAL_S="1",
         # the trigger: exactly the corrections this test makes (a round on part of them would use them up)
         VIGIL_RETRAIN_MIN_CORRECTIONS=str(N_CORRECTIONS), VIGIL_RETRAIN_ON_DRIFT="false",
+        # labels count once they can no longer be undone: a second, not the UI's two minutes
+        VIGIL_UI_UNDO_WINDOW_S="1",
         # a small fine-tune (about 10 optimiser steps), judged by the real gate on 160 gold rows
         VIGIL_RETRAIN_EPOCHS="1", VIGIL_RETRAIN_MAX_LENGTH="32", VIGIL_RETRAIN_REPLAY_SIZE="256",
         VIGIL_RETRAIN_LR="1e-4", VIGIL_RETRAIN_HEAD_LR="3e-3", VIGIL_RETRAIN_BATCH_SIZE="32",

@@ -67,9 +67,9 @@ def test_no_news_is_a_clear_error() -> None:
         backtest([], _all_negative, SentimentRules(), "v2")
 
 
-def _run(args: list[str], data_dir) -> tuple[int, str]:
+def _run(args: list[str], data_dir, **env: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, args, env={"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu",
-                                                "VIGIL_MAX_LENGTH": "32"})
+                                                "VIGIL_MAX_LENGTH": "32", **env})
     return result.exit_code, result.output
 
 
@@ -95,3 +95,10 @@ def test_vigil_models_backtest_replays_stored_news_through_the_real_model(tiny_r
 
     code, out = _run(["models", "backtest", "v1", "--hours", "1", "--until", "2020-01-01T00:00:00"], data_dir)
     assert code == 1 and "no scored news" in out
+
+    # a window holding more news than a backtest replays is refused, not cut to its oldest part
+    code, out = _run(["models", "backtest", "v1", "--hours", "3", "--until", until], data_dir,
+                     VIGIL_BACKTEST_MAX_MESSAGES="50")
+    said = " ".join(out.split())
+    assert code == 1 and "more than 50 scored news rows between 2026-03-02 08:00:00" in said, out
+    assert "backtest fewer --hours" in said and "replayed through" not in said

@@ -18,6 +18,7 @@ from feedback.gate import (
     latest_per_annotator,
     screen_annotators,
 )
+from feedback.retrain_job import split_recent
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LABELS = ("negative", "neutral", "positive")
@@ -131,6 +132,36 @@ def test_latest_label_per_annotator_counts_and_ties_are_dropped():
           corr("m2", "bob", "positive", 2)]
     assert [c.human_label for c in latest_per_annotator(cs) if c.message_id == "m1"] == ["positive"]
     assert [(c.message_id, label) for c, label in consensus(cs)] == [("m1", "positive")]
+
+
+def spelled(i: int) -> str:
+    """A text per number that near-duplicate collapse keeps apart (it ignores digits)."""
+    return " ".join("zero one two three four five six seven eight nine".split()[int(d)] for d in str(i))
+
+
+def labelled(msg: str, annotator: str, label: str, minute: int, text: str) -> Correction:
+    return corr(msg, annotator, label, minute).model_copy(update={"text": text})
+
+
+def test_a_message_is_dated_by_its_first_label_so_a_later_confirmation_does_not_hold_it_out():
+    """Round 1 trained on m0..m29; when bob confirms ten of them after n0..n9 were labelled, they
+    stay in the training part of round 2 and only messages no model saw are held out."""
+    first = [labelled(f"m{i}", "alice", truth(i), i, f"tweet {spelled(i)}") for i in range(40)]
+    trained_before = {c.message_id for c, _ in split_recent(consensus(first), 0.25)[0]}
+    second = (first + [labelled(f"n{i}", "alice", "neutral", 120 + i, f"news {spelled(i)}") for i in range(10)]
+              + [labelled(f"m{i}", "bob", truth(i), 140 + i, f"tweet {spelled(i)}") for i in range(10)])
+    _, held_out = split_recent(consensus(second), 0.25)
+    assert len(held_out) == 12
+    assert not trained_before & {c.message_id for c, _ in held_out}
+
+
+def test_a_text_in_the_training_part_is_not_held_out_under_another_message_id():
+    cs = [labelled(f"m{i}", "ann", truth(i), i, f"tweet {spelled(i)}") for i in range(12)]
+    # retweets of m0..m3 labelled later under their own ids (case and spacing differ)
+    cs += [labelled(f"rt{i}", "ann", truth(i), 60 + i, f"TWEET  {spelled(i)}") for i in range(4)]
+    train, held_out = split_recent(consensus(cs), 0.25)
+    assert [c.message_id for c, _ in train] == [f"m{i}" for i in range(12)]
+    assert held_out == []
 
 
 def _eval(true, champ_acc_idx, chall_acc_idx):

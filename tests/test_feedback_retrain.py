@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
-from feedback.retrain_job import Outcome, check_trigger, run_retrain
+from feedback.drift import DriftMonitor
+from feedback.retrain_job import Outcome, check_trigger, epoch_ms, run_retrain
 from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.engine import ModelTokenizer, encode
@@ -106,8 +107,10 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     assert (encode(v2_tokenizer, ["up https://t.co/x1 today"], 32).ids
             == encode(v2_tokenizer, ["up today"], 32).ids)
 
-    kinds = [e.kind for e in store.fetch_model_events("sentiment")]
-    assert kinds == [ModelEventKind.retrain_started, ModelEventKind.promoted]
+    started, promoted = store.fetch_model_events("sentiment")
+    assert [started.kind, promoted.kind] == [ModelEventKind.retrain_started, ModelEventKind.promoted]
+    newest = max(c.created_at for c in store.fetch_corrections("sentiment"))
+    assert started.figures["corrections_through_ms"] == epoch_ms(newest)
 
     again = run_retrain(settings, "sentiment", store)
     assert again.outcome is Outcome.skipped and "no new corrections" in again.reason
@@ -150,6 +153,23 @@ def test_flipping_annotator_is_screened_out_and_the_rest_is_learned(loop):
     assert card.training_config["corrections"] == 300  # mallory's 100 lone items are gone
 
 
+def test_a_round_the_gate_must_refuse_trains_nothing_and_leaves_its_corrections_new(loop):
+    """60 corrected messages hold out 15, fewer than the gate's 20: the gate would refuse whatever
+    was trained, so nothing is, and the corrections count towards the next round."""
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_min_corrections": 50})
+    store.write_corrections(corrections(tweets(60), "ann"))
+    report = run_retrain(settings, "sentiment", store)
+    assert report.outcome is Outcome.skipped and report.exit_code == 0
+    assert "60 new corrections >= 50, but 60 corrected messages would hold out 15" in report.reason
+    assert "VIGIL_GATE_MIN_RECENT" in report.reason
+    assert store.fetch_model_events("sentiment") == []
+    assert ModelRegistry(settings.registry_dir).versions("sentiment") == ["v1"]
+    assert check_trigger(settings, "sentiment", store).new_corrections == 60
+    store.write_corrections(corrections(tweets(20, seed=9), "ann", start=1000))
+    assert check_trigger(settings, "sentiment", store).trigger.retrain  # 80 hold out 20
+
+
 def test_gate_refuses_a_poisoned_challenger_when_the_screen_cannot_see_it(loop):
     """Only the poisoner labelled, and the screen is off: the held-out recent corrections are poisoned
     too (so 'better on recent' would pass), and the frozen gold set is what refuses it."""
@@ -179,8 +199,9 @@ def test_gate_refuses_a_worse_challenger(loop):
 
 def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finished_one_uses_them_up(loop):
     settings, store = loop
-    # a quick round that the gate refuses (too few held-out corrections for a verdict): still a finished one
-    settings = settings.model_copy(update={"retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+    # a quick round that the gate refuses (it asks for a gain no challenger can have): still a finished one
+    settings = settings.model_copy(update={"retrain_epochs": 1, "retrain_replay_size": 32,
+                                           "gate_min_recent_gain": 1.0})
     store.write_corrections(corrections(tweets(120), "ann"))
     weights = ModelRegistry(settings.registry_dir).resolve("sentiment", "v1") / "model.safetensors"
     good = weights.read_bytes()
@@ -209,7 +230,7 @@ def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finishe
 
     weights.write_bytes(good)
     report = run_retrain(settings, "sentiment", store)
-    assert report.outcome is Outcome.refused and "held-out recent corrections (< 1000)" in report.reason
+    assert report.outcome is Outcome.refused and "no gain on 30 held-out recent corrections" in report.reason
     *_, started, refused = store.fetch_model_events("sentiment")
     assert refused.kind is ModelEventKind.gate_refused and refused.event_id == ModelEvent.round_end_id(started.event_id)
     after = check_trigger(settings, "sentiment", store)
@@ -218,7 +239,7 @@ def test_a_failed_round_is_recorded_and_leaves_its_corrections_new_and_a_finishe
 
 def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_predicted(tmp_path, tiny_registry):
     settings = loop_settings(tmp_path, tiny_registry).model_copy(update={
-        "retrain_prior_correction": True, "retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent": 1000})
+        "retrain_prior_correction": True, "retrain_epochs": 1, "retrain_replay_size": 32, "gate_min_recent_gain": 1.0})
     stream = [ScoredMessage(id=f"s-{i}", kind=Kind.news, text=f"text {i}", model_name="m", model_version="v1",
                             label=label, probs={label: 0.9}, confidence=0.9, margin=0.8, entropy=0.3, content_hash=i,
                             event_time=T0, ingest_time=T0, scored_time=T0, src_partition=0, src_offset=i)
@@ -233,3 +254,86 @@ def test_prior_correction_resamples_the_corrections_to_the_mix_the_champion_pred
     assert card.training_config["class_prior"] == pytest.approx({"negative": 1 / 12, "neutral": 8 / 12,
                                                                  "positive": 3 / 12})
     assert card.metrics.model_dump()["train_rows"] == 90 * 1 + 32  # as many correction rows, in another mix
+
+
+def test_labels_inside_the_undo_window_are_neither_counted_nor_trained_on(loop):
+    """A label the annotator can still take back (VIGIL_UI_UNDO_WINDOW_S) waits until it is final."""
+    settings, store = loop
+    now = datetime.now(UTC)
+    oops, kept = (c.model_copy(update={"created_at": now - timedelta(seconds=15)})
+                  for c in corrections(tweets(2, seed=9), "ann", start=5000))
+    store.write_corrections(corrections(tweets(98), "ann") + [oops, kept])
+    young = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert young.new_corrections == 98
+    assert {oops.correction_id, kept.correction_id}.isdisjoint(c.correction_id for c in young.corrections)
+
+    store.write_corrections([oops.withdrawal(now - timedelta(seconds=5))])  # undo, 10 s after labelling
+    final = check_trigger(settings, "sentiment", store, now=lambda: now + timedelta(seconds=settings.ui_undo_window_s))
+    assert final.new_corrections == 99
+    assert kept.correction_id in {c.correction_id for c in final.corrections}
+    assert oops.correction_id not in {c.correction_id for c in final.corrections}
+
+
+def _finished_round(store, started_at: datetime, read_through: datetime | None = None) -> None:
+    figures = {} if read_through is None else {"corrections_through_ms": float(epoch_ms(read_through))}
+    started = ModelEvent(kind=ModelEventKind.retrain_started, task="sentiment", model_version="v1",
+                         figures=figures, created_at=started_at)
+    store.write_model_events([started, ModelEvent(
+        event_id=ModelEvent.round_end_id(started.event_id), kind=ModelEventKind.gate_refused, task="sentiment",
+        model_version="v2", created_at=started_at + timedelta(minutes=20))])
+
+
+def test_new_corrections_are_those_newer_than_the_last_round_read_on_the_labelling_clock(loop):
+    """The round's start is on its worker's clock, the corrections' times on the labelling one: a
+    round marks the newest correction it read, and only newer ones are new."""
+    settings, store = loop
+    now = datetime.now(UTC)
+    read = corrections(tweets(50), "ann")  # at T0 (2 h ago) + 0..49 s
+    store.write_corrections(read)
+    _finished_round(store, now - timedelta(hours=1), read_through=read[-1].created_at)
+    # labelled before the round, but stored only after it read (a producer retried it)
+    late = corrections(tweets(1, seed=9), "ann", start=100)
+    store.write_corrections(late)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
+
+    # the labelling clock runs 5 min ahead of the worker's: a round starting at -40 min read a label
+    # stamped -35 min; it is not new again after the round
+    ahead = corrections(tweets(1, seed=11), "ann", start=200)[0].model_copy(
+        update={"created_at": now - timedelta(minutes=35)})
+    store.write_corrections([ahead])
+    _finished_round(store, now - timedelta(minutes=40), read_through=ahead.created_at)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 0
+
+    # a round recorded before rounds marked what they read counts from its start, as it did then
+    _finished_round(store, now - timedelta(minutes=10))
+    store.write_corrections([c.model_copy(update={"created_at": now - timedelta(minutes=m)})
+                             for c, m in zip(corrections(tweets(2, seed=13), "ann", start=300), (15, 5), strict=True)])
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
+
+
+def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_on_drift": True})
+    now = datetime.now(UTC)
+    _finished_round(store, now - timedelta(hours=1))
+    # 80 corrections the last round read, and one new: enough held out for the gate to judge a round
+    store.write_corrections(corrections(tweets(80), "ann", start=100)
+                            + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
+                               for c in corrections(tweets(1), "ann")])
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
+    better = [e for i in range(600)  # the audited error rate falls 40% -> 0%
+              for e in monitor.observe_audit("sentiment", "v1", wrong=i < 300 and i % 5 < 2, when=now)]
+    assert better and all("fell" in e.detail for e in better)
+    replaced = ModelEvent(kind=ModelEventKind.drift, task="sentiment", model_version="v0", created_at=now - timedelta(
+        minutes=30), detail="v0: mean confidence fell", figures={"confidence_before": 0.9, "confidence_after": 0.6})
+    store.write_model_events([*better, replaced])
+    quiet = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert not quiet.trigger.retrain and "no drift" in quiet.trigger.reason
+
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=20))
+    worse = [e for i in range(600)  # and rises 0% -> 40%
+             for e in monitor.observe_audit("sentiment", "v1", wrong=i >= 300 and i % 5 < 2, when=now)]
+    assert worse and all("rose" in e.detail for e in worse)
+    store.write_model_events(worse)
+    fired = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert fired.trigger.retrain and f"{len(worse)} drift event(s)" in fired.trigger.reason

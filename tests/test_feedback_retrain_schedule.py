@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
-from feedback.retrain_job import RoundHistory, check_trigger, round_history
+from feedback.retrain_job import RoundHistory, check_trigger, epoch_ms, round_history
 from feedback.retrain_runner import rounds_path, run_job, run_round, train_in_child
 from feedback.retrain_schedule import FAILED, RetrainSchedule, RoundRecord
 from feedback.store import open_feedback_store
@@ -48,14 +48,18 @@ def test_newness_counts_from_the_last_finished_round_and_an_open_round_runs_unti
               _event(ModelEventKind.drift, 36)]
     at = T0 + timedelta(minutes=40)
     # s1 finished (refused counts: the gate judged its corrections); s2 failed and s3 died: neither counts
-    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(T0, s4.created_at)
+    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(T0, s4.created_at,
+                                                                                   read_through=epoch_ms(T0))
     assert round_history(events, [], at, timedelta(minutes=10), STALE).running_since is None  # s4 timed out: dead
     # s4 ends promoted: it is the last finished round; a failure recorded for it afterwards (its
     # verdict's topic send failed, say) does not undo the verdict
     events += [_event(ModelEventKind.promoted, 45, ends=s4), _event(ModelEventKind.retrain_failed, 46, ends=s4)]
-    assert round_history(events, [], at, timedelta(minutes=15), STALE) == RoundHistory(s4.created_at, None)
+    s4_read = epoch_ms(s4.created_at)  # recorded without what it read: counted from its start
+    assert round_history(events, [], at, timedelta(minutes=15), STALE) == RoundHistory(s4.created_at, None,
+                                                                                      read_through=s4_read)
     # an open round is running until its timeout, whatever started after it (a forced round may have)
-    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(s4.created_at, s3.created_at)
+    assert round_history(events, [], at, timedelta(hours=1), STALE) == RoundHistory(s4.created_at, s3.created_at,
+                                                                                   read_through=s4_read)
     assert round_history([], [], at, timedelta(hours=1), STALE) == RoundHistory(None, None)
 
 
@@ -210,6 +214,7 @@ class StoreThatInterruptsTheRound:
 def test_a_round_whose_training_process_dies_is_recorded_failed_and_its_corrections_stay_new(
         chdb_loop, monkeypatch, how):
     monkeypatch.setenv("VIGIL_RETRAIN_MIN_CORRECTIONS", "5")
+    monkeypatch.setenv("VIGIL_GATE_MIN_RECENT", "2")  # what 8 corrections hold out: the round trains
     settings, store = VigilSettings(), chdb_loop[1]
     at = datetime.now(UTC) - timedelta(minutes=5)
     store.write_corrections([

@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
-from feedback.retrain_job import RoundHistory, check_trigger, round_history
+from feedback.retrain_job import RoundHistory, check_trigger, epoch_ms, round_history
 from feedback.round_heartbeat import RoundHeartbeat, heartbeating
 from feedback.store import FeedbackStore, open_feedback_store
 from streams.clickhouse import open_store
@@ -62,7 +62,7 @@ def test_a_stale_heartbeat_ends_the_round_as_failed_with_what_happened_and_frees
         "a lost node?); see its log. Its corrections stay new: the next round trains on them.")
     # once recorded, the round has its end: nothing more to record, and it still does not count as finished
     assert round_history([*events, failed], [beat(s, last_beat)], at, TIMEOUT, STALE) == RoundHistory(
-        finished.created_at, None)
+        finished.created_at, None, read_through=epoch_ms(finished.created_at))
     # a second before the stale time it was alive
     alive = round_history(events, [beat(s, last_beat)], at - timedelta(seconds=1), TIMEOUT, STALE)
     assert (alive.running_since, alive.running_beat, alive.dead) == (s.created_at, last_beat, ())
@@ -113,8 +113,9 @@ def _corrections(n: int) -> list[Correction]:
 
 @pytest.fixture
 def chdb_round(tmp_path, tiny_registry):
+    # 8 corrections hold out 2: the gate's minimum is lowered to that so the round trains
     settings = VigilSettings(data_dir=tmp_path, clickhouse_url=None, kafka_brokers=None,
-                             retrain_min_corrections=5)
+                             retrain_min_corrections=5, gate_min_recent=2)
     copy_registry(tiny_registry, settings.registry_dir)
     open_store(settings).close()  # migrates
     store = open_feedback_store(settings)
@@ -199,7 +200,8 @@ def shared_round(tmp_path, tiny_registry, server_settings, monkeypatch):
     for k, v in {"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu", "VIGIL_KAFKA_BROKERS": "",
                  "VIGIL_CLICKHOUSE_URL": server_settings.clickhouse_url, "VIGIL_CPU_THREADS": "1",
                  "VIGIL_CLICKHOUSE_DATABASE": server_settings.clickhouse_database,
-                 "VIGIL_RETRAIN_MIN_CORRECTIONS": "5", "VIGIL_RETRAIN_HEARTBEAT_S": str(HEARTBEAT_S),
+                 "VIGIL_RETRAIN_MIN_CORRECTIONS": "5", "VIGIL_GATE_MIN_RECENT": "2",  # what 8 hold out
+                 "VIGIL_RETRAIN_HEARTBEAT_S": str(HEARTBEAT_S),
                  "VIGIL_RETRAIN_STALE_S": str(STALE_S), "VIGIL_WORKER_ID": ""}.items():
         monkeypatch.setenv(k, v)
     settings = VigilSettings()

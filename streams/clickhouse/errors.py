@@ -38,3 +38,7 @@ class QueryFailed(ClickHouseError):
 
 class StorageUnavailable(ClickHouseError):
     """Writes or reads kept failing after every retry; leave the Kafka offsets uncommitted."""
+
+
+class RangeTooLarge(ClickHouseError):
+    """A range read holds more rows than its limit: cut short, it would leave part of the range out."""

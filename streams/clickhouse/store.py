@@ -35,6 +35,7 @@ from .compat import (
     verdict_from_row,
     verdict_row,
 )
+from .errors import RangeTooLarge
 from .migrations import migrate
 from .retry import call_with_retries
 
@@ -263,7 +264,8 @@ class ClickHouseStore:
         self, kind: Kind | str, start: datetime, end: datetime, *, limit: int = 500_000
     ) -> list[ScoredMessage]:
         """Stored messages with ``start <= event_time < end``, oldest first; where an id was scored
-        by several model versions, the latest scoring only."""
+        by several model versions, the latest scoring only. More than ``limit`` rows raise
+        RangeTooLarge: the caller asked for the whole range."""
         columns = scored_columns(self.level)
         rows = self._query(
             "scored range read",
@@ -272,8 +274,11 @@ class ClickHouseStore:
             "AND event_time < toDateTime({end:String}, 'UTC') ORDER BY event_time, id, scored_time "
             "LIMIT {limit:UInt64}",
             {"kind": str(Kind(kind)), "start": bound_time(start),
-             "end": bound_time(end), "limit": limit},
+             "end": bound_time(end), "limit": limit + 1},
         )
+        if len(rows) > limit:
+            raise RangeTooLarge(f"more than {limit:,} scored {Kind(kind)} rows between {bound_time(start)} and "
+                                f"{bound_time(end)} UTC: read a shorter range")
         latest = {m.id: m for m in (scored_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows)}
         return sorted(latest.values(), key=lambda m: (m.event_time, m.id))
 
