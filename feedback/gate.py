@@ -1,8 +1,9 @@
 """The promotion gate and the annotator-noise defence. Pure: labels in, decisions with reasons out.
 
 Order of defence against a bad label source (e.g. one annotator who flips labels):
-1. ``screen_annotators`` drops annotators who disagree with the others on shared items, or with
-   the champion where the champion is confident, before anything is trained on their labels;
+1. ``screen_annotators`` drops annotators who disagree with the champion where the champion is
+   confident, then those who disagree with the remaining others on shared items, before anything is
+   trained on their labels;
 2. ``consensus`` keeps one label per message (majority of the remaining annotators; ties dropped);
 3. ``judge`` refuses a challenger that loses accuracy on the frozen gold set, which no annotator
    touches: the backstop when poison got past 1 and 2 (it also poisons the held-out corrections,
@@ -93,7 +94,10 @@ def screen_annotators(
 
     ``champion`` maps message_id -> (champion label, confidence). Agreement with the champion is
     only measured where it is confident, so an annotator who fixes the champion's uncertain
-    mistakes (the queue's whole point) is not punished for it.
+    mistakes (the queue's whole point) is not punished for it. That check comes first, and the
+    others' majority is then taken among the annotators it kept: disagreement between two people is
+    symmetric, so judged together a flipper took down the honest annotator sharing its items, though
+    the champion's confident predictions said which of them was right.
     """
     corrections = latest_per_annotator(corrections)
     by_message: dict[str, dict[str, str]] = defaultdict(dict)
@@ -102,32 +106,55 @@ def screen_annotators(
         by_message[c.message_id][c.annotator] = c.human_label
         by_annotator[c.annotator].append(c)
 
+    vs_champion = {a: _vs_champion(own, champion, cfg.confident) for a, own in by_annotator.items()}
+    failed_champion = {a: _failed(pairs, cfg, "the champion's confident predictions")
+                       for a, pairs in vs_champion.items()}
+    trusted = {a for a, why in failed_champion.items() if why is None}
     reports: list[AnnotatorReport] = []
     for annotator, own in sorted(by_annotator.items()):
-        vs_others: tuple[list[str], list[str]] = ([], [])
-        vs_champion: tuple[list[str], list[str]] = ([], [])
-        for c in own:
-            others = Counter(lbl for a, lbl in by_message[c.message_id].items() if a != annotator)
-            top = others.most_common(2)
-            if top and (len(top) == 1 or top[0][1] > top[1][1]):
-                vs_others[0].append(c.human_label)
-                vs_others[1].append(top[0][0])
-            if c.message_id in champion and champion[c.message_id][1] >= cfg.confident:
-                vs_champion[0].append(c.human_label)
-                vs_champion[1].append(champion[c.message_id][0])
-        k_others = balanced_agreement(*vs_others) if vs_others[0] else None
-        k_champ = balanced_agreement(*vs_champion) if vs_champion[0] else None
-        why = None
-        if len(vs_others[0]) >= cfg.min_evidence and k_others < cfg.min_agreement:
-            why = (f"balanced agreement {k_others:.2f} with the other annotators on {len(vs_others[0])} "
-                   f"shared items (< {cfg.min_agreement})")
-        elif len(vs_champion[0]) >= cfg.min_evidence and k_champ < cfg.min_agreement:
-            why = (f"balanced agreement {k_champ:.2f} with the champion's confident predictions on "
-                   f"{len(vs_champion[0])} items (< {cfg.min_agreement})")
-        reports.append(AnnotatorReport(annotator, len(own), len(vs_others[0]), k_others, len(vs_champion[0]),
-                                       k_champ, why))
+        vs_others = _vs_others(own, annotator, by_message, trusted)
+        why = failed_champion[annotator] or _failed(vs_others, cfg, "the other annotators on shared items")
+        reports.append(AnnotatorReport(
+            annotator, len(own), len(vs_others[0]), _agreement(vs_others), len(vs_champion[annotator][0]),
+            _agreement(vs_champion[annotator]), why,
+        ))
     dropped = {r.annotator for r in reports if r.dropped_because}
     return Screened([c for c in corrections if c.annotator not in dropped], reports)
+
+
+_Pairs = tuple[list[str], list[str]]  # an annotator's labels, and the reference's on the same items
+
+
+def _vs_champion(own: Sequence[Correction], champion: Mapping[str, tuple[str, float]], confident: float) -> _Pairs:
+    pairs: _Pairs = ([], [])
+    for c in own:
+        if c.message_id in champion and champion[c.message_id][1] >= confident:
+            pairs[0].append(c.human_label)
+            pairs[1].append(champion[c.message_id][0])
+    return pairs
+
+
+def _vs_others(own: Sequence[Correction], annotator: str, by_message: Mapping[str, Mapping[str, str]],
+               trusted: set[str]) -> _Pairs:
+    """Against the clear majority of the trusted others, on the items they also labelled."""
+    pairs: _Pairs = ([], [])
+    for c in own:
+        others = Counter(lbl for a, lbl in by_message[c.message_id].items() if a != annotator and a in trusted)
+        top = others.most_common(2)
+        if top and (len(top) == 1 or top[0][1] > top[1][1]):
+            pairs[0].append(c.human_label)
+            pairs[1].append(top[0][0])
+    return pairs
+
+
+def _agreement(pairs: _Pairs) -> float | None:
+    return balanced_agreement(*pairs) if pairs[0] else None
+
+
+def _failed(pairs: _Pairs, cfg: ScreenConfig, reference: str) -> str | None:
+    if len(pairs[0]) < cfg.min_evidence or (k := balanced_agreement(*pairs)) >= cfg.min_agreement:
+        return None
+    return f"balanced agreement {k:.2f} with {reference} on {len(pairs[0])} items (< {cfg.min_agreement})"
 
 
 def consensus(corrections: Sequence[Correction]) -> list[tuple[Correction, str]]:

@@ -110,6 +110,18 @@ def test_lone_flipper_is_caught_by_the_champions_confident_predictions():
     assert screened.kept == []
 
 
+def test_a_flipper_sharing_every_item_with_one_honest_annotator_takes_only_itself_down():
+    """Judged against each other the two disagree alike, and both were dropped (nothing left to
+    train on); the champion's confident predictions say which one is right, so they are heard first."""
+    cs = [corr(f"m{i}", who, label, i) for i in range(30)
+          for who, label in (("ann", truth(i)), ("mallory", FLIP[truth(i)]))]
+    screened = screen_annotators(cs, {f"m{i}": (truth(i), 0.97) for i in range(30)}, SCREEN)
+    assert set(screened.dropped) == {"mallory"} and "confident" in screened.dropped["mallory"]
+    assert len(consensus(screened.kept)) == 30
+    # With no confident prediction to tell them apart, neither can be trusted: both go.
+    assert set(screen_annotators(cs, {}, SCREEN).dropped) == {"ann", "mallory"}
+
+
 def test_annotator_fixing_uncertain_mistakes_is_kept():
     """The champion is wrong but unsure on every item: correcting it is the job, not noise."""
     cs = [corr(f"m{i}", "ann", truth(i), i) for i in range(30)]
