@@ -95,8 +95,10 @@ def main() -> None:
     from streams.settings import VigilSettings
 
     started = time.perf_counter()
+    # The simulated annotator never takes a label back, and each round runs as soon as its labels are
+    # in: a round leaves labels inside the UI's undo window out.
     base = {"device": args.device, "cpu_threads": args.threads, "clickhouse_url": None, "kafka_brokers": None,
-            "max_length": 64, "retrain_max_length": 64, "retrain_seed": args.seed}
+            "max_length": 64, "retrain_max_length": 64, "retrain_seed": args.seed, "ui_undo_window_s": 0}
     if args.replay is not None:
         base["retrain_replay_size"] = args.replay
     if args.epochs is not None:
@@ -203,9 +205,9 @@ def main() -> None:
                 else:
                     new = random_pick[len(picked):len(picked) + want]
                     position = new[-1] + 1
-                # Labelled now, in stream order: a round counts the corrections made since the last
-                # one ended (wall clock) and holds out the newest as its recent set.
-                labelled_at = datetime.now(UTC)
+                # Labelled just before now, in stream order (a millisecond apart): a round takes the
+                # corrections newer than the last one read, up to its own start, and holds out the newest.
+                labelled_at = datetime.now(UTC) - timedelta(milliseconds=len(new))
                 store.write_corrections([
                     Correction(correction_id=Correction.make_id("sentiment", f"tw-{i}", "sim"), task="sentiment",
                                message_id=f"tw-{i}", text=stream[i].text, annotator="sim",

@@ -350,6 +350,8 @@ def main() -> None:
             "VIGIL_RETRAIN_MIN_CORRECTIONS": str(args.budget),
             "VIGIL_RETRAIN_MIN_CORRECTIONS_AFTER_INTERVAL": str(args.budget),
             "VIGIL_RETRAIN_ON_DRIFT": "false", "VIGIL_RETRAIN_SEED": str(args.seed),
+            # the simulated annotator never undoes: its labels count at once, not after the undo window
+            "VIGIL_UI_UNDO_WINDOW_S": "0",
             **({"VIGIL_RETRAIN_REPLAY_SIZE": str(args.replay)} if args.replay is not None else {}),
             **overrides,
         }
