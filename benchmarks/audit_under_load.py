@@ -30,7 +30,7 @@ T0 = datetime(2026, 3, 2, tzinfo=UTC)
 LABELS = ("negative", "neutral", "positive")
 
 
-def _letters(i: int) -> str:
+def letters(i: int) -> str:
     """A digit-free name per number: digits are normalised away, so they cannot tell texts apart."""
     out = ""
     while True:
@@ -47,7 +47,7 @@ def stream(rate: float, hours: int, uncertain: float, seed: int = 0) -> Iterator
         margin = rng.uniform(0, 0.2) if rng.random() < uncertain else rng.uniform(0.25, 1)
         label = rng.choice(LABELS)
         yield ScoredMessage.model_construct(
-            id=f"m-{i}", kind=Kind.news, text=f"headline {_letters(i)}", model_name="m", model_version="v1", label=label,
+            id=f"m-{i}", kind=Kind.news, text=f"headline {letters(i)}", model_name="m", model_version="v1", label=label,
             probs={lbl: 1 / 3 for lbl in LABELS}, confidence=0.5, margin=margin, entropy=0.5, content_hash=i,
             event_time=(at := T0 + i * step), ingest_time=at, scored_time=at, src_partition=0, src_offset=i,
         )

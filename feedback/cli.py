@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from streams.cli_errors import exit_on, fail
 from streams.settings import VigilSettings
 
 console = Console()
@@ -68,11 +68,8 @@ def label_ui(
             "set VIGIL_KAFKA_BROKERS to the broker `vigil up` printed (or run `vigil up`, which serves the UI too)",
             param_hint="env",
         )
-    try:
+    with exit_on(console, ClickHouseError):
         store = open_store(settings)
-    except ClickHouseError as e:
-        console.print(f"[red]cannot open ClickHouse[/]: {e}")
-        raise typer.Exit(1) from None
 
     async def run() -> None:
         # SIGTERM (docker compose stop) ends it like Ctrl-C: the site and the producer close, exit 0.
@@ -85,10 +82,8 @@ def label_ui(
         with store, contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run())
     except OSError as e:  # the port is taken, or the address is not this host's
-        console.print(Text.assemble(
-            ("error:", "red"), f" the labelling UI cannot listen on {settings.ui_host}:{settings.ui_port} ({e}); "
-            "stop what holds the port or choose another with --port (VIGIL_UI_PORT)"))
-        raise typer.Exit(1) from None
+        raise fail(console, f"the labelling UI cannot listen on {settings.ui_host}:{settings.ui_port} ({e}); "
+                            "stop what holds the port or choose another with --port (VIGIL_UI_PORT)") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from feedback.contracts import ModelEvent, ModelEventKind, Task
+from streams.cli_errors import exit_on
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,8 @@ def retrain_command(
     from streams.clickhouse.errors import ClickHouseError
 
     settings = _settings(ctx)
-    try:
-        with open_feedback_store(settings) as store:
-            report = run_retrain(settings, task, store, force=force)
-    except (ValueError, RuntimeError, ClickHouseError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(1) from e
+    with exit_on(console, ValueError, RuntimeError, ClickHouseError), open_feedback_store(settings) as store:
+        report = run_retrain(settings, task, store, force=force)
     colour = {"promoted": "green", "refused": "yellow", "skipped": "dim"}[report.outcome.value]
     console.print(f"[{colour}]{report.summary}[/]")
     for who, why in report.dropped_annotators.items():

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams.cli_errors import fail
 from streams.settings import VigilSettings
 
 console = Console()
@@ -25,8 +26,7 @@ def _settings(ctx: typer.Context) -> VigilSettings:
 
 
 def _fail(e: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/] {e}")
-    return typer.Exit(1)
+    return fail(console, e)
 
 
 def _known_task(name: str) -> str:

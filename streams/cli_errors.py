@@ -10,6 +10,13 @@ from rich.console import Console
 from rich.text import Text
 
 
+def fail(console: Console, message: object) -> typer.Exit:
+    """Print ``error: <message>``; raise what it returns to end the command with exit code 1."""
+    # Text, not markup: messages quote paths and values that may hold brackets.
+    console.print(Text.assemble(("error:", "red"), f" {message}"))
+    return typer.Exit(1)
+
+
 @contextmanager
 def exit_on(console: Console, *errors: type[BaseException]) -> Iterator[None]:
     """End the command with ``error: <message>`` when the block raises one of ``errors``.
@@ -19,6 +26,4 @@ def exit_on(console: Console, *errors: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except errors as e:
-        # Text, not markup: messages quote paths and values that may hold brackets.
-        console.print(Text.assemble(("error:", "red"), f" {e}"))
-        raise typer.Exit(1) from None
+        raise fail(console, e) from None

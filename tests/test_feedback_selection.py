@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.audit_under_load import letters
 from feedback.contracts import LabelRequest, SelectionReason
 from feedback.selection import (
     Decision,
@@ -36,16 +37,6 @@ BASE_TEXTS = [
     "my card has not arrived yet", "I lost my card yesterday", "top up failed again",
     "CORE announces buyback", "where is my refund",
 ]
-
-
-def letters(i: int) -> str:
-    """A digit-free name per number (digits are normalised away, so they cannot tell texts apart)."""
-    out = ""
-    while True:
-        i, r = divmod(i, 26)
-        out = chr(97 + r) + out
-        if i == 0:
-            return out
 
 
 def msg(i: int, *, kind: Kind = Kind.news, text: str = "", label: str | None = None, margin: float = 0.5,
