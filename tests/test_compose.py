@@ -39,6 +39,7 @@ from streams.settings import REPO_ROOT, VigilSettings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
+VIGIL_ENV_EXAMPLE = REPO_ROOT / "vigil.env.example"
 DOCKERFILE = REPO_ROOT / "ops" / "Dockerfile"
 GRAFANA = REPO_ROOT / "ops" / "grafana"
 MIGRATIONS = REPO_ROOT / "ops" / "clickhouse" / "migrations"
@@ -146,11 +147,13 @@ def test_every_vigil_variable_is_a_settings_field(resolved: dict[str, Any]) -> N
         VigilSettings(_env_file=None, **{k[6:].lower(): v for k, v in env.items()})
 
 
-def test_a_vigil_setting_in_dot_env_reaches_the_vigil_containers(tmp_path: Path) -> None:
-    """.env.example says so; a VIGIL_ALERT_WEBHOOK_URL set there once reached no container."""
-    without = _compose("--format", "json", project=tmp_path)  # no .env: the stack still starts
+def test_vigil_env_reaches_only_the_vigil_containers_and_dot_env_none(tmp_path: Path) -> None:
+    """vigil.env carries further settings to the Vigil containers; .env, which holds the Grafana
+    admin password, once reached every Vigil container whole."""
+    without = _compose("--format", "json", project=tmp_path)  # neither file: the stack still starts
     assert without.returncode == 0, without.stderr
-    (tmp_path / ".env").write_text("VIGIL_ALERT_WEBHOOK_URL=http://hooks.example/vigil\nVIGIL_DATA_DIR=/elsewhere\n")
+    (tmp_path / "vigil.env").write_text("VIGIL_ALERT_WEBHOOK_URL=http://hooks.example/vigil\nVIGIL_DATA_DIR=/elsewhere\n")
+    (tmp_path / ".env").write_text("GRAFANA_ADMIN_PASSWORD=grafana-secret\nVIGIL_UI_UNDO_WINDOW_S=30\n")
     done = _compose("--format", "json", project=tmp_path)
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
@@ -160,8 +163,23 @@ def test_a_vigil_setting_in_dot_env_reaches_the_vigil_containers(tmp_path: Path)
         env = services[name]["environment"]
         assert env["VIGIL_ALERT_WEBHOOK_URL"] == "http://hooks.example/vigil", name
         assert env["VIGIL_DATA_DIR"] == "/var/lib/vigil", name  # what the service sets wins
+        assert "GRAFANA_ADMIN_PASSWORD" not in env and "VIGIL_UI_UNDO_WINDOW_S" not in env, name
+        assert not any("grafana-secret" in str(value) for value in env.values()), name
     assert not any("VIGIL_ALERT_WEBHOOK_URL" in (services[name].get("environment") or {})
                    for name in set(services) - vigil)
+
+
+def test_vigil_env_example_holds_only_settings() -> None:
+    names = re.findall(r"^#?\s*(VIGIL_[A-Z0-9_]+)=", VIGIL_ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
+    assert names, "vigil.env.example shows no setting"
+    unknown = [n for n in names if n[6:].lower() not in SETTINGS_FIELDS]
+    assert not unknown, f"not fields of streams/settings.py: {unknown}"
+
+
+def test_the_files_holding_secrets_stay_out_of_git_and_the_image() -> None:
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = set((REPO_ROOT / ignore).read_text().splitlines())
+        assert {".env", "vigil.env"} <= lines, ignore
 
 
 def test_env_example_feeds_every_required_variable() -> None:
