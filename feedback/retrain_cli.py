@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from feedback.contracts import ModelEvent, ModelEventKind, Task
-from streams.cli_errors import exit_on
+from feedback.contracts import ModelEvent, ModelEventKind
+from streams.cli_errors import exit_on, known_task
 from streams.settings import VigilSettings
 
 log = logging.getLogger(__name__)
@@ -21,16 +21,9 @@ def _settings(ctx: typer.Context) -> VigilSettings:
     return ctx.obj if isinstance(ctx.obj, VigilSettings) else VigilSettings()
 
 
-def _known_task(task: str) -> str:
-    # Checked before anything is read: an unknown task would otherwise be reported as one without a champion.
-    if task not in get_args(Task):
-        raise typer.BadParameter(f"{task!r} is not a task: use one of {', '.join(get_args(Task))}")
-    return task
-
-
 def retrain_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage", callback=_known_task)],
+    task: Annotated[str, typer.Option(help="sentiment or triage", callback=known_task)],
     force: Annotated[bool, typer.Option(help="Retrain whatever the trigger policy says, even while another round has not "
                                             "ended (needs new corrections).")] = False,
 ) -> None:

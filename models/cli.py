@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.cli_errors import fail
+from streams.cli_errors import fail, known_task
 from streams.settings import VigilSettings
 
 console = Console()
@@ -29,23 +29,12 @@ def _fail(e: Exception) -> typer.Exit:
     return fail(console, e)
 
 
-def _known_task(name: str) -> str:
-    """Refuse an unknown task before the registry is read: its advice for a task without a model
-    (`vigil train --task NAME`) cannot work for a name Vigil does not have."""
-    from models.tasks import UnknownTask, get_task
-
-    try:
-        return get_task(name).name
-    except UnknownTask as e:
-        raise _fail(e) from None
-
-
-TaskArg = Annotated[str, typer.Argument(callback=_known_task, help="sentiment or triage")]
+TaskArg = Annotated[str, typer.Argument(callback=known_task, help="sentiment or triage")]
 
 
 def train_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage")],
+    task: Annotated[str, typer.Option(callback=known_task, help="sentiment or triage")],
     profile: Annotated[str, typer.Option(help="quick (CPU demo, minutes) or full (GPU quality recipe)")] = "quick",
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -80,7 +69,7 @@ def train_command(
 
 def eval_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(help="sentiment or triage")],
+    task: Annotated[str, typer.Option(callback=known_task, help="sentiment or triage")],
     data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV: text,label or text,category")],
     version: Annotated[str | None, typer.Option(help="Registry version (default: settings / champion)")] = None,
     png: Annotated[Path | None, typer.Option(help="Write the confusion matrix here")] = None,
@@ -264,7 +253,7 @@ bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_
 @bench_app.command("scoring")
 def bench_scoring_command(
     ctx: typer.Context,
-    task: Annotated[str, typer.Option(callback=_known_task, help="sentiment or triage")] = "sentiment",
+    task: Annotated[str, typer.Option(callback=known_task, help="sentiment or triage")] = "sentiment",
     n: Annotated[int, typer.Option(help="Texts per contender")] = 2048,
     n_single: Annotated[int, typer.Option(help="Texts for the one-call-per-message baseline")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size of the engine and the batched pipeline")] = 256,

@@ -27,3 +27,15 @@ def exit_on(console: Console, *errors: type[BaseException]) -> Iterator[None]:
         yield
     except errors as e:
         raise fail(console, e) from None
+
+
+def known_task(name: str) -> str:
+    """A typer callback for every command's task: refuse an unknown one before anything is read,
+    where it would be reported as a task without a champion (`vigil train --task NAME`, the advice
+    then, cannot work for a name Vigil does not have)."""
+    from models.tasks import UnknownTask, get_task
+
+    try:
+        return get_task(name).name
+    except UnknownTask as e:
+        raise fail(Console(), e) from None

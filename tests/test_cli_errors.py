@@ -85,7 +85,9 @@ def test_produce_refuses_a_negative_rate_and_says_when_kafka_is_unreachable(tmp_
 
 
 @pytest.mark.parametrize("args", [["models", "show", "bogus"], ["models", "promote", "bogus", "v1"],
-                                  ["models", "rollback", "bogus"], ["bench", "scoring", "--task", "bogus"]])
+                                  ["models", "rollback", "bogus"], ["bench", "scoring", "--task", "bogus"],
+                                  ["train", "--task", "bogus"], ["retrain", "--task", "bogus"],
+                                  ["eval", "--task", "bogus", "--data", __file__]])
 def test_an_unknown_task_is_named_with_the_known_ones(args: list[str], tmp_path: Path) -> None:
     result = _vigil(args, VIGIL_DATA_DIR=str(tmp_path))
     _ended_with_a_message(result, "error: unknown task 'bogus'; choose from sentiment, triage")

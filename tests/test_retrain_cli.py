@@ -59,10 +59,3 @@ def test_promote_still_works_when_the_event_cannot_be_recorded(tiny_registry, tm
     code, out = _run(["models", "promote", "triage", v2], data_dir)
     assert code == 0 and "not recorded" in out and "vigil db migrate" in out
     assert registry.champion("triage") == v2
-
-
-def test_retrain_of_an_unknown_task_names_the_tasks(tmp_path):
-    code, out = _run(["retrain", "--task", "bogus"], tmp_path / "vigil")
-    said = " ".join(out.replace("│", " ").split())  # without the lines of rich's error box
-    assert code == 2 and "'bogus' is not a task: use one of sentiment, triage" in said, out
-    assert "no champion" not in out
