@@ -44,7 +44,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import faust
-from faust.types import EventT, StreamT, TopicT
+from faust.types import EventT, TopicT
 from pydantic import BaseModel, ValidationError
 
 from feedback.contracts import Correction, LabelCandidate, LabelRequest, ModelEvent, Task
@@ -58,7 +58,7 @@ from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,7 +104,7 @@ class FeedbackProcessor:
         metrics: Metrics,
         io_executor: ThreadPoolExecutor,
         retry_max_s: float,
-        watchdog: ProgressWatchdog,
+        watchdogs: Watchdogs,
         warm_start: int,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
@@ -118,7 +118,7 @@ class FeedbackProcessor:
         self._metrics = metrics
         self._io_executor = io_executor
         self._retry_max_s = retry_max_s
-        self._watchdog = watchdog
+        self._watchdogs = watchdogs
         self._clock = clock
         self._remembered = False
         self._warm_start = warm_start
@@ -128,7 +128,7 @@ class FeedbackProcessor:
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await until_stored(
-            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdogs=self._watchdogs,
             retry_max_s=self._retry_max_s,
         )
 
@@ -239,7 +239,7 @@ class FeedbackProcessor:
             missing -= stored.keys()
             if not missing or time.monotonic() > deadline:
                 break
-            self._watchdog.beat(time.monotonic())
+            self._watchdogs.excuse(time.monotonic())  # waiting on the scoring agents' writes
             await pause_unless_stopping(0.5)
         out = []
         for alert in alerts:
@@ -316,7 +316,7 @@ def register_feedback(
     store: ClickHouseStore,
     metrics: Metrics,
     io_executor: ThreadPoolExecutor,
-    watchdog: ProgressWatchdog,
+    watchdogs: Watchdogs,
 ) -> FeedbackProcessor:
     """Add the feedback agents (scored, alerts, corrections) to ``app``."""
 
@@ -335,15 +335,16 @@ def register_feedback(
         metrics=metrics,
         io_executor=io_executor,
         retry_max_s=settings.clickhouse_retry_max_s,
-        watchdog=watchdog,
+        watchdogs=watchdogs,
         warm_start=settings.drift_warm_start,
     )
 
-    def on_values(handle: Callable[[Sequence[bytes]], Awaitable[object]]) -> Callable[[StreamT], Any]:
+    def on_values(topic: TopicT, name: str, handle: Callable[[Sequence[bytes]], Awaitable[object]]) -> None:
         async def values(events: list[EventT]) -> None:
             await handle([e.message.value for e in events])
 
-        return batch_agent(values, settings, watchdog)
+        watchdog = watchdogs.watch(topic.get_topic_name())
+        app.agent(topic, name=name, concurrency=1)(batch_agent(values, settings, watchdog))
 
     candidates_name = settings.label_candidates_topic
 
@@ -357,16 +358,8 @@ def register_feedback(
         log.info("label selection: %d of %d label-candidate partitions here, so that share of each hour's budget",
                  len(owned), total)
 
-    app.agent(scored_topic, name="vigil.feedback.scored", concurrency=1)(
-        on_values(processor.on_scored)
-    )
-    app.agent(candidates_topic, name="vigil.feedback.select", concurrency=1)(
-        on_values(processor.on_candidates)
-    )
-    app.agent(topic(settings.topic_alerts), name="vigil.feedback.alerts", concurrency=1)(
-        on_values(processor.on_alerts)
-    )
-    app.agent(topic(settings.topic_corrections), name="vigil.feedback.corrections", concurrency=1)(
-        on_values(processor.on_corrections)
-    )
+    on_values(scored_topic, "vigil.feedback.scored", processor.on_scored)
+    on_values(candidates_topic, "vigil.feedback.select", processor.on_candidates)
+    on_values(topic(settings.topic_alerts), "vigil.feedback.alerts", processor.on_alerts)
+    on_values(topic(settings.topic_corrections), "vigil.feedback.corrections", processor.on_corrections)
     return processor

@@ -31,7 +31,7 @@ from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.pipeline import BatchResult, Limits, RawRecord, decode_batch, resolve_duplicates, score_batch
 from streams.tickers import CompanyDictionary
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +70,7 @@ class BatchProcessor:
         limits: Limits,
         scored_topic: TopicT,
         dlq_topic: TopicT,
-        watchdog: ProgressWatchdog,
+        watchdogs: Watchdogs,
         metrics: Metrics,
         model_executor: ThreadPoolExecutor,
         io_executor: ThreadPoolExecutor,
@@ -86,7 +86,7 @@ class BatchProcessor:
         self._limits = limits
         self._scored_topic = scored_topic
         self._dlq_topic = dlq_topic
-        self._watchdog = watchdog
+        self._watchdogs = watchdogs
         self._metrics = metrics
         self._model_executor = model_executor
         self._io_executor = io_executor
@@ -98,7 +98,7 @@ class BatchProcessor:
 
     async def _durably(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await until_stored(
-            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdogs=self._watchdogs,
             retry_max_s=self._retry_max_s,
         )
 

@@ -113,9 +113,10 @@ def create_app(
     store: ClickHouseStore,
     metrics: Metrics,
     shadows: Mapping[Kind, Scorer] | None = None,
+    watchdogs: Watchdogs | None = None,
 ) -> faust.App:
     app = worker_app(settings, bootstrap)
-    watchdogs = Watchdogs(settings.watchdog_stall_s, started_at=time.monotonic())
+    watchdogs = watchdogs or Watchdogs(settings.watchdog_stall_s, started_at=time.monotonic())
     # One model thread: the engine already spreads a call over every core (its lanes, or the GPU).
     model_executor = ThreadPoolExecutor(1, thread_name_prefix="vigil-model")
     io_executor = ThreadPoolExecutor(2, thread_name_prefix="vigil-io")
@@ -135,7 +136,7 @@ def create_app(
             limits=limits,
             scored_topic=scored_topic,
             dlq_topic=dlq_topic,
-            watchdog=watchdog,
+            watchdogs=watchdogs,
             metrics=metrics,
             model_executor=model_executor,
             io_executor=io_executor,
@@ -160,8 +161,7 @@ def create_app(
     )
     register_feedback(
         app, settings, scored_topic=scored_topic, store=store, metrics=metrics, io_executor=io_executor,
-        watchdog=watchdogs.watch(settings.topic_scored, settings.label_candidates_topic, settings.topic_alerts,
-                                 settings.topic_corrections),  # the topics of its agents
+        watchdogs=watchdogs,
     )
 
     if store.level is CompatLevel.legacy_18:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from streams.clickhouse import StorageUnavailable
 from streams.metrics import Metrics
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,7 +23,7 @@ async def until_stored(
     *args: Any,
     executor: ThreadPoolExecutor,
     metrics: Metrics,
-    watchdog: ProgressWatchdog,
+    watchdogs: Watchdogs,
     retry_max_s: float,
 ) -> T:
     """Run a storage call off the loop, retrying with backoff until it succeeds. The caller's batch
@@ -36,6 +36,6 @@ async def until_stored(
         except StorageUnavailable as exc:
             metrics.storage_errors.inc()
             log.error("%s failed, retrying in %.1fs (offsets stay uncommitted): %s", what, delay, exc)
-            watchdog.beat(time.monotonic())  # waiting on a known dependency is not a stall
+            watchdogs.excuse(time.monotonic())  # waiting on a known dependency is not a stall
             await asyncio.sleep(delay)
             delay = min(delay * 2, retry_max_s)

@@ -4,9 +4,15 @@ faust can stop delivering messages without an error (faust-streaming issues #175
 agents beat on every batch and while they wait on storage, so "no beat for a while, yet messages
 waiting" means the consumer itself stopped, and restarting the worker is the cure.
 
-A stall can hit one agent's partitions while the others go on, so each agent (or group of agents)
-has its own watchdog, judged by the lag of its own topics: with one shared by all, support batches
-beating every second hid a news agent that had stopped, its lag growing for ever.
+A stall can hit one agent's partitions while the others go on, so each topic has its own watchdog,
+beaten by the agents that read it and judged by its lag alone: with one shared by all, support
+batches beating every second hid a news agent that had stopped, its lag growing for ever (and with
+one per group of agents, the group's other agents hid it the same way). Agents reading one topic
+share its watchdog: the topic's lag is all there is to judge them by, and they starve together
+(faust's delivery waits for the slowest reader's buffer).
+
+While a dependency is down (ClickHouse), the agents waiting on it beat every watchdog: the others
+queue behind them in faust's delivery, which is no stall either.
 """
 
 from __future__ import annotations
@@ -56,15 +62,24 @@ class Watchdogs:
 
     def __init__(self, stall_after_s: float, started_at: float) -> None:
         self._stall_after_s, self._started_at = stall_after_s, started_at
-        self._watching: list[ProgressWatchdog] = []
+        self._by_topic: dict[str, ProgressWatchdog] = {}
 
-    def watch(self, *topics: str) -> ProgressWatchdog:
-        """The watchdog for agents that read ``topics``: they beat it, and only its topics' lag counts against it."""
-        watchdog = ProgressWatchdog(self._stall_after_s, self._started_at, topics)
-        self._watching.append(watchdog)
-        return watchdog
+    def watch(self, topic: str) -> ProgressWatchdog:
+        """The watchdog of ``topic``'s readers: each beats it, and only the topic's lag counts against it."""
+        if topic not in self._by_topic:
+            self._by_topic[topic] = ProgressWatchdog(self._stall_after_s, self._started_at, (topic,))
+        return self._by_topic[topic]
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._by_topic)
+
+    def excuse(self, now: float) -> None:
+        """An agent waits on a dependency that is down: beat every watchdog."""
+        for watchdog in self._by_topic.values():
+            watchdog.beat(now)
 
     def check(self, now: float, lags: Mapping[str, int]) -> list[Stall]:
         """The stalls among the watchdogs, given each topic's lag (a topic not in ``lags`` has none here)."""
-        checked = [w.check(now, sum(lags.get(t, 0) for t in w.topics)) for w in self._watching]
+        checked = [w.check(now, lags.get(topic, 0)) for topic, w in self._by_topic.items()]
         return [stall for stall in checked if stall is not None]

@@ -29,7 +29,7 @@ from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import ScoredMessage, SupportMessage
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 from tests.fixtures.alerting import DATA, scored
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
@@ -60,7 +60,7 @@ def make_processor(tmp_path: Path):
             alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
             ticker_topic=app.topic("by-ticker"), intent_topic=app.topic("by-intent"),
             store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
-            watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
+            watchdogs=Watchdogs(60, started_at=time.monotonic()),
         )
 
     make.store = store  # type: ignore[attr-defined]  # where "another worker" stores its acks

@@ -1,7 +1,7 @@
 """Fault test on the real parts: clickhouse-server (Debian's 18.16) stopped for 30 s mid-stream
 while messages keep arriving on Kafka.
 
-While it is down the worker must pause: no new batch completes (its own vigil_messages_in_total
+While it is down the worker must pause, and know it waits (no watchdog takes it for a stall): no new batch completes (its own vigil_messages_in_total
 stays put and nothing more reaches the scored topic), the group's committed offsets stay put, and
 it keeps retrying (vigil_storage_errors_total grows). Pausing is what bounds its memory: what it
 holds is the in-flight batch per kind plus faust's bounded stream buffer, not the backlog on
@@ -43,6 +43,9 @@ def worker_on_server(tmp_path: Path, tiny_registry: Path, kafka_broker, clickhou
     env = stack_env(
         tmp_path, kafka_broker.bootstrap, clickhouse_server.up(), partitions=2,
         VIGIL_CLICKHOUSE_RETRY_ATTEMPTS="2", VIGIL_CLICKHOUSE_RETRY_MAX_S="2",
+        # A third of the outage: every agent's watchdog must hear that the worker waits on ClickHouse,
+        # including the agents that only queue behind the ones waiting.
+        VIGIL_WATCHDOG_STALL_S="10", VIGIL_WATCHDOG_INTERVAL_S="1",
     )
     settings = use_stack(env, monkeypatch, tiny_registry)
     port = free_port()
@@ -104,6 +107,7 @@ def test_clickhouse_down_30s_pauses_the_worker_and_loses_or_duplicates_nothing(w
     assert last["committed"] == first["committed"], "offsets were committed while ClickHouse was down"
     assert first["committed"] < len(r["sent"])
     assert worker.alive(), "the worker should wait for ClickHouse, not exit"
+    assert metric_total(port, "vigil_consumer_stalls_total") == 0, "waiting on ClickHouse was taken for a stall"
 
     expected = ids_of(r["sent"])
     assert r["tracker"].scored_ids == expected

@@ -23,7 +23,7 @@ from streams.clickhouse import open_store
 from streams.contracts import NewsItem, SupportMessage
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 from tests.fixtures.alerting import scored
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
@@ -62,7 +62,7 @@ def processor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     proc = FeedbackProcessor(
         selector=Selector(policy_from_settings(settings)), drift=DriftMonitor(), candidates_topic=None, requests_topic=None,
         model_events_topic=None, store=store, feedback=FeedbackStore(store), metrics=Metrics(),
-        io_executor=executor, retry_max_s=1.0, watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
+        io_executor=executor, retry_max_s=1.0, watchdogs=Watchdogs(60, started_at=time.monotonic()),
         warm_start=0,
     )
     proc.reads = reads  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from streams.pipeline import Limits, RawRecord, ScorerBroken, decode_batch, reso
 from streams.metrics import Metrics
 from streams.samples import duplicate_id_pair, hostile_samples, news_json, support_json
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 LIMITS = Limits(max_message_bytes=64 * 1024, max_text_chars=8000)
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)  # the worker's clock
@@ -88,7 +88,7 @@ def test_a_batch_prepared_before_the_last_one_is_stored_refuses_an_id_that_batch
         processor = BatchProcessor(
             kind=Kind.news, scorer=lambda: tiny_scorers["sentiment"], store=store, limits=LIMITS,
             scored_topic=app.topic("scored"), dlq_topic=app.topic("dlq"),
-            watchdog=ProgressWatchdog(60.0, started_at=0.0), metrics=Metrics(), model_executor=model,
+            watchdogs=Watchdogs(60.0, started_at=0.0), metrics=Metrics(), model_executor=model,
             io_executor=io, retry_max_s=1.0,
         )
 

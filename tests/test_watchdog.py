@@ -1,3 +1,7 @@
+from streams.app import create_app
+from streams.clickhouse import open_store
+from streams.contracts import Kind
+from streams.metrics import Metrics
 from streams.watchdog import ProgressWatchdog, Watchdogs
 
 
@@ -48,8 +52,37 @@ def test_one_agents_beats_do_not_hide_anothers_stall():
 def test_a_watchdog_counts_only_its_own_topics_lag():
     watchdogs = Watchdogs(stall_after_s=10, started_at=0)
     scoring = watchdogs.watch("news")
-    watchdogs.watch("scored", "ticker-events")
+    watchdogs.watch("ticker-events")
     scoring.beat(20)
     assert watchdogs.check(20, {"news": 500}) == []  # news waits on a working agent; alerting has nothing waiting
     stalls = watchdogs.check(25, {"news": 500, "ticker-events": 7, "other": 99})
-    assert [(s.topics, s.lag) for s in stalls] == [(("scored", "ticker-events"), 7)]
+    assert [(s.topics, s.lag) for s in stalls] == [(("ticker-events",), 7)]
+
+
+def test_readers_of_one_topic_share_its_watchdog_and_a_dependency_down_excuses_all():
+    watchdogs = Watchdogs(stall_after_s=10, started_at=0)
+    alerts, labels = watchdogs.watch("scored"), watchdogs.watch("scored")
+    watchdogs.watch("acks")
+    assert alerts is labels and watchdogs.topics == ["scored", "acks"]
+    # ClickHouse down for 30 s: the agents waiting on it excuse the others, which queue behind them.
+    for t in range(0, 31, 2):
+        watchdogs.excuse(t)
+        assert watchdogs.check(t, {"scored": 400, "acks": 3}) == []
+    assert [s.topics for s in watchdogs.check(45, {"scored": 400, "acks": 3})] == [("scored",), ("acks",)]
+
+
+def test_every_topic_the_worker_reads_has_a_watchdog_of_its_own(tiny_scorers, chdb_settings) -> None:
+    """The alerting agents (scored messages, ticker events, intent events, acks) had one watchdog,
+    and so had the feedback agents: the scored messages' agent beating every batch hid a stopped
+    ticker-events agent, its lag growing for ever."""
+    s = chdb_settings
+    scorers = {Kind.news: lambda: tiny_scorers["sentiment"], Kind.support: lambda: tiny_scorers["triage"]}
+    watchdogs = Watchdogs(60, started_at=0)
+    with open_store(s) as store:
+        app = create_app(s, "127.0.0.1:9", scorers, store, Metrics(), watchdogs=watchdogs)
+    read = {agent.channel.get_topic_name() for agent in app.agents.values()}
+    assert sorted(watchdogs.topics) == sorted(read)
+    ticker_events = watchdogs.watch(s.ticker_events_topic)
+    watchdogs.watch(s.topic_scored).beat(100)
+    stalls = watchdogs.check(100, {s.ticker_events_topic: 50, s.topic_scored: 10})
+    assert [st.topics for st in stalls] == [ticker_events.topics]

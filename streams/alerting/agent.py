@@ -69,7 +69,7 @@ from streams.contracts import Kind, ScoredMessage
 from streams.durable import until_stored
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog, Watchdogs
+from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class AlertingProcessor:
         io_executor: ThreadPoolExecutor,
         retry_max_s: float,
         webhook: WebhookNotifier | None,
-        watchdog: ProgressWatchdog,
+        watchdogs: Watchdogs,
     ) -> None:
         self._rules = rules
         self._mapping = mapping
@@ -136,7 +136,7 @@ class AlertingProcessor:
         self._io_executor = io_executor
         self._retry_max_s = retry_max_s
         self._webhook = webhook
-        self._watchdog = watchdog
+        self._watchdogs = watchdogs
 
     @property
     def rules(self) -> AlertRules:
@@ -262,7 +262,7 @@ class AlertingProcessor:
 
     async def durably(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return await until_stored(
-            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdog=self._watchdog,
+            what, fn, *args, executor=self._io_executor, metrics=self._metrics, watchdogs=self._watchdogs,
             retry_max_s=self._retry_max_s,
         )
 
@@ -354,8 +354,6 @@ def register_alerting(
     ticker_topic = app.topic(settings.ticker_events_topic, key_type=bytes, value_type=bytes)
     intent_topic = app.topic(settings.intent_events_topic, key_type=bytes, value_type=bytes)
     acks_topic = app.topic(settings.topic_ticket_acks, key_type=bytes, value_type=bytes)
-    # One watchdog for the four agents: their storage waits all go through the processor, which beats it.
-    watchdog = watchdogs.watch(*(t.get_topic_name() for t in (scored_topic, ticker_topic, intent_topic, acks_topic)))
     processor = AlertingProcessor(
         rules=rules,
         mapping=mapping,
@@ -373,7 +371,7 @@ def register_alerting(
         io_executor=io_executor,
         retry_max_s=settings.clickhouse_retry_max_s,
         webhook=webhook,
-        watchdog=watchdog,
+        watchdogs=watchdogs,
     )
     log.info("triage: below confidence %.3f a ticket of %s goes to %s",
              processor.min_confidence(triage_scorer.model_version), triage_scorer.model_version, HUMAN_TRIAGE)
@@ -384,7 +382,9 @@ def register_alerting(
         records = [(e.message.partition, e.message.value) for e in events]
         await processor.emit(processor.feed(records, time.monotonic()))
 
-    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(batch_agent(alert_batch, settings, watchdog))
+    app.agent(scored_topic, name="vigil.alerts", concurrency=1)(
+        batch_agent(alert_batch, settings, watchdogs.watch(scored_topic.get_topic_name()))
+    )
 
     def keyed_stage(partitions: AlertPartitions, topic: TopicT, name: str, event_type: type[BaseModel]) -> KeyedStage:
         topic_name = topic.get_topic_name()
@@ -398,6 +398,8 @@ def register_alerting(
             checkpoint_interval_s=settings.alert_checkpoint_interval_s,
             metrics=metrics,
         )
+
+        watchdog = watchdogs.watch(topic_name)
 
         async def judge(stream: StreamT) -> None:
             async def handle(events: list[EventT]) -> None:
@@ -434,7 +436,9 @@ def register_alerting(
     async def ticket_acks(events: list[EventT]) -> None:
         await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
 
-    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(batch_agent(ticket_acks, settings, watchdog))
+    app.agent(acks_topic, name="vigil.ticket_acks", concurrency=1)(
+        batch_agent(ticket_acks, settings, watchdogs.watch(acks_topic.get_topic_name()))
+    )
 
     @app.timer(_TICK_S)
     async def alert_clock() -> None:
