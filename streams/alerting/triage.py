@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from models.registry import ModelCard
 from models.triage_mapping import TriageMapping
-from streams.alerting.baselines import KeyedBaselines
+from streams.alerting.baselines import KeyedBaselines, from_overlapping, tiles_history, winsorized
 from streams.alerting.contracts import (
     HUMAN_TRIAGE,
     Alert,
@@ -168,13 +168,18 @@ class SlaTracker:
 
 
 class IntentSpikeDetector:
-    """Per-intent event-time windows of message counts, scored against each intent's river
-    baseline of volume (learned after scoring); alerts when the count jumps."""
+    """Per-intent event-time hopping windows of message counts. Each window is scored against the
+    intent's river baseline of volume as it was before the window; the baseline learns only the
+    windows that tile history, so each ticket is learned once, and no further from normal than the
+    alert level. Alerts when the count jumps."""
 
     def __init__(self, rule: IntentSpikeRule) -> None:
         self._rule = rule
         self._windows = HoppingWindows(self._spec(rule))
-        self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._spec(rule).step, silent_value=0.0)
+        # Only the windows that tile history are learned, so an intent with no window is learned
+        # as a 0 once per window size.
+        self._size = self._spec(rule).size
+        self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._size, silent_value=0.0)
         self._last_fired: dict[str, datetime] = {}
 
     @staticmethod
@@ -209,6 +214,7 @@ class IntentSpikeDetector:
             "geometry": geometry(self._rule),
             "windows": self._windows.to_state(),
             "volume": self._volume.to_state(),
+            "learned": "tumbling",
             "last_fired": {intent: t.isoformat() for intent, t in self._last_fired.items()},
         }
 
@@ -217,7 +223,10 @@ class IntentSpikeDetector:
         check_geometry(state, rule, "intent-spike")
         detector = cls(rule)
         detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"], kept="highest")
-        detector._volume.restore(state["volume"])
+        volume = state["volume"]
+        if state.get("learned") != "tumbling":  # written when every hopping window was learned
+            volume = from_overlapping(volume, cls._spec(rule).panes_per_window, detector._size)
+        detector._volume.restore(volume)
         detector._last_fired = {intent: datetime.fromisoformat(t) for intent, t in state["last_fired"].items()}
         return detector
 
@@ -226,7 +235,9 @@ class IntentSpikeDetector:
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
         for fig in closed:
-            vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end)
+            vol = self._volume.score(fig.key, float(fig.volume), fig.end)
+            if tiles_history(fig.end, self._size):
+                self._volume.learn(fig.key, winsorized(float(fig.volume), vol, r.levels.info), fig.end)
             if not r.enabled or vol.z is None or fig.volume < r.min_volume:
                 continue
             ratio = fig.volume / max(vol.expected, 1.0)
