@@ -253,6 +253,39 @@ def test_an_intent_checkpoint_that_learned_every_hopping_window_restores_the_his
     assert _learned(restored) == 9
 
 
+# Levels with room between them: ten messages in a window are a warning, 25 critical.
+SPREAD = IntentSpikeRule.model_validate({"levels": {"info": 4, "warning": 8, "critical": 20}})
+
+
+def test_a_higher_severity_spike_goes_through_the_cooldown_and_restarts_it():
+    """A warning spike held back the same intent going critical 20 minutes later."""
+    warning = _burst(SPIKE_AT, 10, "w", every=timedelta(seconds=20))
+    critical = _burst(SPIKE_AT + 20 * MIN, 25, "c")
+    # then critical again (z 31), inside the cooldown the critical alert started, but not the warning's:
+    # not worth a page of its own
+    again = _burst(SPIKE_AT + 40 * MIN, 40, "again", every=timedelta(seconds=6))
+    alerts = _spike_alerts(IntentSpikeDetector(SPREAD), _around_spike_at(warning, critical, again))
+    assert [(a.severity, a.window_end - SPIKE_AT) for a in alerts] == [("warning", 5 * MIN), ("critical", 25 * MIN)]
+    (alone,) = _spike_alerts(IntentSpikeDetector(SPREAD), _around_spike_at(critical))
+    assert alerts[1].window_end == alone.window_end  # as soon as it would have come without the warning
+
+
+def test_a_restored_intent_cooldown_keeps_its_severity_and_an_old_one_holds_everything():
+    stream = _around_spike_at(_burst(SPIKE_AT, 10, "w", every=timedelta(seconds=20)), _burst(SPIKE_AT + 20 * MIN, 25, "c"))
+    cut = next(i for i, m in enumerate(stream) if m.event_time >= SPIKE_AT + 15 * MIN)
+    before = IntentSpikeDetector(SPREAD)
+    assert [a.severity for a in _spike_alerts(before, stream[:cut])] == ["warning"]
+    state = json.loads(json.dumps(before.to_state()))
+
+    def severities(restored: IntentSpikeDetector) -> list[str]:
+        return [a.severity for a in _spike_alerts(restored, stream[cut:])]
+
+    assert severities(IntentSpikeDetector.from_state(SPREAD, state)) == ["critical"]
+    # A checkpoint from before cooldowns kept their severity: the cooldown holds until it ends.
+    old = state | {"last_fired": {intent: t for intent, (t, _) in state["last_fired"].items()}}
+    assert severities(IntentSpikeDetector.from_state(SPREAD, old)) == []
+
+
 # (confidence, correct): precision at or above each threshold is
 # 0.95: 1/1, 0.9: 2/2, 0.85: 2/3, 0.8: 3/4, 0.7: 4/5, 0.6: 4/6, 0.5: 4/7
 HAND_MADE = [(0.7, True), (0.95, True), (0.5, False), (0.85, False), (0.6, False), (0.9, True), (0.8, True)]

@@ -409,7 +409,7 @@ class SentimentAlerter:
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
         for rule, sev, side in fired:
-            if self._cooling(fig.key, rule, sev, fig.end, cooldown):
+            if cooling(self._last_fired.get((fig.key, rule)), sev, fig.end, cooldown):
                 continue
             self._last_fired[(fig.key, rule)] = (fig.end, sev)
             alerts.append(
@@ -457,14 +457,8 @@ class SentimentAlerter:
         alerter._volume.restore(volume)
         if "negative_share" in state:  # checkpoints before it start it empty: warm-up again
             alerter._negative.restore(state["negative_share"])
-        alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
+        alerter._last_fired = {(key, rule): cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
-
-    def _cooling(self, key: str, rule: str, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
-        """Whether the cooldown holds this alert back. A higher severity than the one that started
-        the cooldown goes through: an info alert must not hide the same ticker going critical."""
-        last = self._last_fired.get((key, rule))
-        return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.
@@ -472,8 +466,16 @@ class SentimentAlerter:
             self._last_fired = {k: last for k, last in self._last_fired.items() if last[0] > before}
 
 
-def _cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
-    # Checkpoints written before cooldowns kept their severity hold a bare time: read it as
-    # critical, which lets nothing through until it ends, as the code that wrote it would have.
+def cooling(last: tuple[datetime, Severity] | None, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
+    """Whether the cooldown that ``last`` (the end of the window that fired, and its severity)
+    started holds back an alert of ``sev`` on the window ending at ``end``. A higher severity goes
+    through: an info alert must not hide the same ticker or intent going critical."""
+    return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
+
+
+def cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
+    """A cooldown as ``[window end, severity]``. Checkpoints written before cooldowns kept their
+    severity hold a bare time: read as critical, it lets nothing through until it ends, as the
+    code that wrote it would have."""
     t, *sev = saved
     return datetime.fromisoformat(t), Severity(sev[0]) if sev else Severity.critical

@@ -21,7 +21,16 @@ from streams.alerting.contracts import (
     as_aware,
     sla_breach_id,
 )
-from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, check_geometry, geometry, geometry_changes
+from streams.alerting.rules import (
+    Fed,
+    IntentSpikeRule,
+    RulesError,
+    check_geometry,
+    cooldown_from_state,
+    cooling,
+    geometry,
+    geometry_changes,
+)
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage
 
@@ -171,7 +180,8 @@ class IntentSpikeDetector:
     """Per-intent event-time hopping windows of message counts. Each window is scored against the
     intent's river baseline of volume as it was before the window; the baseline learns only the
     windows that tile history, so each ticket is learned once, and no further from normal than the
-    alert level. Alerts when the count jumps."""
+    alert level. Alerts when the count jumps; each intent then keeps quiet for the cooldown unless
+    it reaches a higher severity."""
 
     def __init__(self, rule: IntentSpikeRule) -> None:
         self._rule = rule
@@ -180,7 +190,8 @@ class IntentSpikeDetector:
         # as a 0 once per window size.
         self._size = self._spec(rule).size
         self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._size, silent_value=0.0)
-        self._last_fired: dict[str, datetime] = {}
+        # intent -> the end of the window that last fired and its severity
+        self._last_fired: dict[str, tuple[datetime, Severity]] = {}
 
     @staticmethod
     def _spec(rule: IntentSpikeRule) -> WindowSpec:
@@ -215,7 +226,7 @@ class IntentSpikeDetector:
             "windows": self._windows.to_state(),
             "volume": self._volume.to_state(),
             "learned": "tumbling",
-            "last_fired": {intent: t.isoformat() for intent, t in self._last_fired.items()},
+            "last_fired": {intent: [t.isoformat(), sev.value] for intent, (t, sev) in self._last_fired.items()},
         }
 
     @classmethod
@@ -227,7 +238,10 @@ class IntentSpikeDetector:
         if state.get("learned") != "tumbling":  # written when every hopping window was learned
             volume = from_overlapping(volume, cls._spec(rule).panes_per_window, detector._size)
         detector._volume.restore(volume)
-        detector._last_fired = {intent: datetime.fromisoformat(t) for intent, t in state["last_fired"].items()}
+        detector._last_fired = {  # a bare time was written before cooldowns kept their severity
+            intent: cooldown_from_state([saved] if isinstance(saved, str) else saved)
+            for intent, saved in state["last_fired"].items()
+        }
         return detector
 
     def _evaluate(self, closed: list[WindowFigures]) -> list[Alert]:
@@ -242,10 +256,9 @@ class IntentSpikeDetector:
                 continue
             ratio = fig.volume / max(vol.expected, 1.0)
             sev = r.levels.severity(vol.z) if ratio >= r.min_ratio else None
-            last = self._last_fired.get(fig.key)
-            if sev is None or (last is not None and fig.end < last + cooldown):
+            if sev is None or cooling(self._last_fired.get(fig.key), sev, fig.end, cooldown):
                 continue
-            self._last_fired[fig.key] = fig.end
+            self._last_fired[fig.key] = (fig.end, sev)
             alerts.append(
                 Alert(
                     id=Alert.make_id("triage", "intent_spike", fig.key, fig.end.isoformat()),
