@@ -155,10 +155,24 @@ class SentimentRules(_Strict):
     positive_label: str = "positive"
 
 
+# The intent-spike windows and baseline have defaults of their own, as classes rather than
+# instances: a file that set one field (a lateness, a warm-up) got the sentiment defaults for the
+# rest, a 1-minute step and a slower fading factor.
+class IntentSpikeWindow(WindowConfig):
+    size_minutes: float = Field(15.0, gt=0, le=MAX_MINUTES)
+    step_minutes: float = Field(5.0, gt=0, le=MAX_MINUTES)
+    lateness_minutes: float = Field(2.0, ge=0, le=MAX_MINUTES)
+
+
+class IntentSpikeBaseline(BaselineConfig):
+    fading_factor: float = Field(0.05, gt=0, le=1, description="Weight of each newly learned window.")
+    warmup_windows: int = Field(12, ge=1, description="Windows learned before z-scores count.")
+
+
 class IntentSpikeRule(_Strict):
     enabled: bool = True
-    window: WindowConfig = WindowConfig(size_minutes=15, step_minutes=5, lateness_minutes=2, top_k=5)
-    baseline: BaselineConfig = BaselineConfig(fading_factor=0.05, warmup_windows=12, min_std_volume=1.0)
+    window: IntentSpikeWindow = IntentSpikeWindow()
+    baseline: IntentSpikeBaseline = IntentSpikeBaseline()
     min_volume: int = Field(10, ge=1)
     min_ratio: float = Field(3.0, ge=1)
     levels: Levels = Levels(info=4.0, warning=6.0, critical=10.0)
