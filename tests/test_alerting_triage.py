@@ -106,6 +106,18 @@ def test_an_unacked_p1_escalates_after_its_sla_exactly_once_and_an_acked_one_doe
     assert not tracker.ack("late") and len(tracker) == 0
 
 
+def test_a_ticket_reopened_due_later_escalates_at_its_own_due_time():
+    """``due`` took a ticket off the open ones before comparing due times, so the entry a released
+    ticket left behind dropped the same ticket reopened with a later due time: it never escalated."""
+    tracker = SlaTracker()
+    ticket = route(_msg("t", FIRST_TEXT["compromised_card"], "compromised_card", T0, 0.9), MAPPING, 0.5, source_partition=3)
+    assert tracker.open(ticket) and tracker.release([3]) == 1
+    later = ticket.model_copy(update={"due_at": ticket.due_at + 10 * MIN})
+    assert tracker.open(later)
+    assert tracker.due(ticket.due_at + timedelta(seconds=1)) == []
+    assert [a.window_end for a in tracker.due(later.due_at + timedelta(seconds=1))] == [later.due_at]
+
+
 def test_a_short_sla_from_a_custom_mapping():
     short = MAPPING.model_copy(update={"intents": {**MAPPING.intents, "card_swallowed": MAPPING.intents["card_swallowed"].model_copy(update={"priority": "P1", "sla_minutes": 1})}})
     tracker = SlaTracker()

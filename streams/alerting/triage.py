@@ -150,9 +150,12 @@ class SlaTracker:
         out = []
         while self._due and self._due[0][0] < now:
             due_at, message_id = heapq.heappop(self._due)
-            d = self._open.pop(message_id, None)
+            d = self._open.get(message_id)
             if d is None or d.due_at != due_at:
+                # Acked or released, or left by a ticket since reopened with another due time:
+                # that one has an entry of its own, and must not go with this one.
                 continue
+            del self._open[message_id]
             out.append(
                 Alert(
                     id=sla_breach_id(message_id),
