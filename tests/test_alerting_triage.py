@@ -22,6 +22,7 @@ from streams.alerting.triage import (
     SlaTracker,
     UnroutableIntent,
     calibrate_threshold,
+    calibration_summary,
     priority_alert,
     route,
 )
@@ -321,3 +322,14 @@ def test_calibration_takes_equal_confidences_together_and_honours_min_support():
     with pytest.raises(CalibrationError, match="no validation predictions"):
         calibrate_threshold([], 0.9)
 
+
+def test_a_confidence_that_is_not_a_probability_gives_no_threshold():
+    """A NaN sorted anywhere and became the threshold; no confidence is below NaN, so with it
+    nothing went to people."""
+    pairs = [(0.9, True), (0.8, False), (float("nan"), True)]
+    with pytest.raises(CalibrationError, match="not probabilities"):
+        calibrate_threshold(pairs, 0.6)
+    with pytest.raises(CalibrationError, match="not probabilities"):
+        calibrate_threshold([(1.5, True), (0.9, True)], 0.6)
+    summary = calibration_summary(pairs, 0.6, min_support=1)
+    assert "threshold" not in summary and "broken" in str(summary["error"])  # the worker uses the rules' threshold

@@ -315,6 +315,13 @@ def calibrate_threshold(
     ordered = sorted(((float(c), bool(ok)) for c, ok in pairs), key=lambda p: -p[0])
     if not ordered:
         raise CalibrationError("no validation predictions to calibrate on; score a held-out split first")
+    # A NaN sorts anywhere and compares false with everything: it became the threshold, and no
+    # confidence is below NaN, so nothing went to people.
+    if bad := [c for c, _ in ordered if not 0 <= c <= 1]:
+        raise CalibrationError(
+            f"{len(bad)} of {len(ordered)} validation confidences are not probabilities in [0, 1] "
+            f"(e.g. {bad[0]}); the model's outputs are broken"
+        )
     best: Calibration | None = None
     correct = 0
     for i, (conf, ok) in enumerate(ordered):
