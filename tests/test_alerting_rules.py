@@ -7,7 +7,7 @@ import json
 import pytest
 
 from streams.alerting.contracts import Severity
-from streams.alerting.rules import AlertRules, Levels, RulesError, RulesFile
+from streams.alerting.rules import AlertRules, IntentSpikeRule, Levels, RulesError, RulesFile, geometry
 
 
 def test_an_empty_file_means_the_defaults(tmp_path):
@@ -97,3 +97,21 @@ def test_severity_from_levels(value, expected):
 
 def test_levels_without_upper_steps():
     assert Levels(info=3).severity(50) == Severity.info
+
+
+def test_one_intent_spike_window_or_baseline_field_set_keeps_the_intent_spike_defaults_of_the_rest():
+    """Those defaults were instances: a file that set only the lateness got the sentiment windows'
+    1-minute step, and one that set only the warm-up their fading factor."""
+    default = geometry(IntentSpikeRule())
+    rules = AlertRules.from_mapping(
+        {"triage": {"intent_spike": {"window": {"lateness_minutes": 5}, "baseline": {"warmup_windows": 24}}}}
+    ).triage.intent_spike
+    assert geometry(rules) == {
+        "window": default["window"] | {"lateness_minutes": 5},
+        "baseline": default["baseline"] | {"warmup_windows": 24},
+    }
+    # unchanged, so the checkpoints made under them still load
+    assert default == {
+        "window": {"size_minutes": 15, "step_minutes": 5, "lateness_minutes": 2, "top_k": 5},
+        "baseline": {"fading_factor": 0.05, "warmup_windows": 12, "min_std_sentiment": 0.1, "min_std_volume": 1.0},
+    }

@@ -3,7 +3,8 @@
 A z-score is always taken against the baseline as it was BEFORE the current window is learned,
 so a shock is measured against normal, not against itself. Until a key has learned ``warmup``
 windows its z-scores are None: a new ticker has no normal yet. Which windows are learned is the
-caller's choice; learning each of a run of overlapping windows counts the same history again.
+caller's choice; learning each of a run of overlapping windows counts the same history again, so
+the alerting judges every hopping window but learns only those that tile history (``tiles_history``).
 
 The statistic is river's ``EWMean``/``EWVar`` (Finch's incremental form, checked against river in
 tests/test_alerting_baselines.py), kept as plain floats here: river's are Rust objects whose state
@@ -150,12 +151,6 @@ class KeyedBaselines:
         base.update(value)
         self._last_end[key] = end
 
-    def score_then_learn(self, key: str, value: float, end: datetime, forget_after: timedelta | None = None) -> Scored:
-        """``score``, then ``learn`` the same window."""
-        scored = self.score(key, value, end, forget_after)
-        self.learn(key, value, end, forget_after)
-        return scored
-
     def _catch_up(self, key: str, end: datetime, forget_after: timedelta | None) -> Baseline | None:
         """The key's baseline once the windows it had none in before ``end`` are learned as silent;
         None when it has none, or had none for longer than ``forget_after`` (then it is dropped)."""
@@ -174,7 +169,7 @@ class KeyedBaselines:
         return base
 
     def forget_silent(self, now: datetime, forget_after: timedelta) -> None:
-        """Drop the keys ``score_then_learn`` would start again from nothing at any window ending
+        """Drop the keys ``score`` would start again from nothing at any window ending
         from ``now`` on. Bounds the state by the keys seen within ``forget_after``."""
         cut = now - forget_after
         for key in [k for k, last in self._last_end.items() if last < cut]:
@@ -200,3 +195,20 @@ def from_overlapping(state: dict, overlap: int, grid: timedelta) -> dict:
             for k, t in state["last_end"].items()
         },
     }
+
+
+def tiles_history(end: datetime, size: timedelta) -> bool:
+    """Whether the window of ``size`` ending at ``end`` is one of those that tile history (ending on
+    a multiple of the size; windows are aligned to the epoch). A baseline that learns only these
+    learns each message once; one that learned every hopping window learned a message once per
+    window holding it, so sparse history looked warm and one shock widened normal several times."""
+    return (end - _EPOCH) % size == timedelta(0)
+
+
+def winsorized(x: float, scored: Scored, limit: float) -> float:
+    """``x`` as a baseline learns it: at most ``limit`` (the rule's alert level) baseline stds from
+    normal. A shock that fired must not widen normal so far that the same shock an hour later is
+    missed, while a lasting change still moves the baseline, a step at a time."""
+    if scored.z is None:
+        return x
+    return min(max(x, scored.expected - limit * scored.std), scored.expected + limit * scored.std)

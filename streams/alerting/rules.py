@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines, Scored, from_overlapping
+from streams.alerting.baselines import Baseline, BaselineSpec, KeyedBaselines, from_overlapping, tiles_history, winsorized
 from streams.alerting.contracts import Alert, Severity, TickerEvent, as_aware
 from streams.alerting.windows import HoppingWindows, Side, WindowFigures, WindowSpec, WindowSpecError
 from streams.contracts import Kind, ScoredMessage
 from streams.tickers import normalise
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # windows are aligned to it
 
 
 class RulesError(ValueError):
@@ -158,10 +155,24 @@ class SentimentRules(_Strict):
     positive_label: str = "positive"
 
 
+# The intent-spike windows and baseline have defaults of their own, as classes rather than
+# instances: a file that set one field (a lateness, a warm-up) got the sentiment defaults for the
+# rest, a 1-minute step and a slower fading factor.
+class IntentSpikeWindow(WindowConfig):
+    size_minutes: float = Field(15.0, gt=0, le=MAX_MINUTES)
+    step_minutes: float = Field(5.0, gt=0, le=MAX_MINUTES)
+    lateness_minutes: float = Field(2.0, ge=0, le=MAX_MINUTES)
+
+
+class IntentSpikeBaseline(BaselineConfig):
+    fading_factor: float = Field(0.05, gt=0, le=1, description="Weight of each newly learned window.")
+    warmup_windows: int = Field(12, ge=1, description="Windows learned before z-scores count.")
+
+
 class IntentSpikeRule(_Strict):
     enabled: bool = True
-    window: WindowConfig = WindowConfig(size_minutes=15, step_minutes=5, lateness_minutes=2, top_k=5)
-    baseline: BaselineConfig = BaselineConfig(fading_factor=0.05, warmup_windows=12, min_std_volume=1.0)
+    window: IntentSpikeWindow = IntentSpikeWindow()
+    baseline: IntentSpikeBaseline = IntentSpikeBaseline()
     min_volume: int = Field(10, ge=1)
     min_ratio: float = Field(3.0, ge=1)
     levels: Levels = Levels(info=4.0, warning=6.0, critical=10.0)
@@ -276,8 +287,8 @@ class SentimentAlerter:
     def __init__(self, rules: SentimentRules) -> None:
         self._rules = rules
         self._windows = HoppingWindows(rules.window.spec())
-        # Baselines learn only the windows that tile history (see _learns), so a silent key's
-        # volume is learned as a 0 for each window size it had no window.
+        # Baselines learn only the windows that tile history (see tiles_history), so a silent
+        # key's volume is learned as a 0 for each window size it had no window.
         self._size = rules.window.spec().size
         self._sentiment = KeyedBaselines(rules.baseline.sentiment_spec())
         self._volume = KeyedBaselines(rules.baseline.volume_spec(), self._size, silent_value=0.0)
@@ -361,9 +372,9 @@ class SentimentAlerter:
         sent = self._sentiment.score(fig.key, fig.mean_score, fig.end, forget_after)
         vol = self._volume.score(fig.key, float(fig.volume), fig.end, forget_after)
         usual_neg = self._negative.score(fig.key, neg_share, fig.end, forget_after)
-        if self._learns(fig.end):
-            self._sentiment.learn(fig.key, _winsorized(fig.mean_score, sent, r.sentiment_shock.levels.info), fig.end)
-            self._volume.learn(fig.key, _winsorized(float(fig.volume), vol, r.volume_spike.levels.info), fig.end)
+        if tiles_history(fig.end, self._size):
+            self._sentiment.learn(fig.key, winsorized(fig.mean_score, sent, r.sentiment_shock.levels.info), fig.end)
+            self._volume.learn(fig.key, winsorized(float(fig.volume), vol, r.volume_spike.levels.info), fig.end)
             self._negative.learn(fig.key, neg_share, fig.end)
         ratio = fig.volume / max(vol.expected, 1.0)
         figures = {
@@ -412,7 +423,7 @@ class SentimentAlerter:
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
         for rule, sev, side in fired:
-            if self._cooling(fig.key, rule, sev, fig.end, cooldown):
+            if cooling(self._last_fired.get((fig.key, rule)), sev, fig.end, cooldown):
                 continue
             self._last_fired[(fig.key, rule)] = (fig.end, sev)
             alerts.append(
@@ -460,21 +471,8 @@ class SentimentAlerter:
         alerter._volume.restore(volume)
         if "negative_share" in state:  # checkpoints before it start it empty: warm-up again
             alerter._negative.restore(state["negative_share"])
-        alerter._last_fired = {(key, rule): _cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
+        alerter._last_fired = {(key, rule): cooldown_from_state(rest) for key, rule, *rest in state["last_fired"]}
         return alerter
-
-    def _learns(self, end: datetime) -> bool:
-        """Whether the baselines learn the window ending at ``end``: only those that tile history
-        (ending on a multiple of the window size), so each stretch of a ticker's news is learned
-        once. Learning every hopping window learned each message once per window holding it: two
-        messages an hour apart made a ticker warm, and one shock counted 15 times against the next."""
-        return (end - _EPOCH) % self._size == timedelta(0)
-
-    def _cooling(self, key: str, rule: str, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
-        """Whether the cooldown holds this alert back. A higher severity than the one that started
-        the cooldown goes through: an info alert must not hide the same ticker going critical."""
-        last = self._last_fired.get((key, rule))
-        return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
 
     def _forget_cooldowns(self, before: datetime) -> None:
         # Bounded memory: a cooldown that has run out is the same as none.
@@ -482,17 +480,16 @@ class SentimentAlerter:
             self._last_fired = {k: last for k, last in self._last_fired.items() if last[0] > before}
 
 
-def _cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
-    # Checkpoints written before cooldowns kept their severity hold a bare time: read it as
-    # critical, which lets nothing through until it ends, as the code that wrote it would have.
+def cooling(last: tuple[datetime, Severity] | None, sev: Severity, end: datetime, cooldown: timedelta) -> bool:
+    """Whether the cooldown that ``last`` (the end of the window that fired, and its severity)
+    started holds back an alert of ``sev`` on the window ending at ``end``. A higher severity goes
+    through: an info alert must not hide the same ticker or intent going critical."""
+    return last is not None and end < last[0] + cooldown and sev.rank <= last[1].rank
+
+
+def cooldown_from_state(saved: list[str]) -> tuple[datetime, Severity]:
+    """A cooldown as ``[window end, severity]``. Checkpoints written before cooldowns kept their
+    severity hold a bare time: read as critical, it lets nothing through until it ends, as the
+    code that wrote it would have."""
     t, *sev = saved
     return datetime.fromisoformat(t), Severity(sev[0]) if sev else Severity.critical
-
-
-def _winsorized(x: float, scored: Scored, limit: float) -> float:
-    # A window is learned at most ``limit`` (the rule's alert level) baseline stds from normal: a
-    # shock that fired must not widen normal so far that the same shock an hour later is missed,
-    # while a lasting change still moves the baseline, a step at a time.
-    if scored.z is None:
-        return x
-    return min(max(x, scored.expected - limit * scored.std), scored.expected + limit * scored.std)

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from models.registry import ModelCard
 from models.triage_mapping import TriageMapping
-from streams.alerting.baselines import KeyedBaselines
+from streams.alerting.baselines import KeyedBaselines, from_overlapping, tiles_history, winsorized
 from streams.alerting.contracts import (
     HUMAN_TRIAGE,
     Alert,
@@ -21,7 +21,16 @@ from streams.alerting.contracts import (
     as_aware,
     sla_breach_id,
 )
-from streams.alerting.rules import Fed, IntentSpikeRule, RulesError, check_geometry, geometry, geometry_changes
+from streams.alerting.rules import (
+    Fed,
+    IntentSpikeRule,
+    RulesError,
+    check_geometry,
+    cooldown_from_state,
+    cooling,
+    geometry,
+    geometry_changes,
+)
 from streams.alerting.windows import HoppingWindows, WindowFigures, WindowSpec
 from streams.contracts import Kind, ScoredMessage
 
@@ -141,9 +150,12 @@ class SlaTracker:
         out = []
         while self._due and self._due[0][0] < now:
             due_at, message_id = heapq.heappop(self._due)
-            d = self._open.pop(message_id, None)
+            d = self._open.get(message_id)
             if d is None or d.due_at != due_at:
+                # Acked or released, or left by a ticket since reopened with another due time:
+                # that one has an entry of its own, and must not go with this one.
                 continue
+            del self._open[message_id]
             out.append(
                 Alert(
                     id=sla_breach_id(message_id),
@@ -168,14 +180,21 @@ class SlaTracker:
 
 
 class IntentSpikeDetector:
-    """Per-intent event-time windows of message counts, scored against each intent's river
-    baseline of volume (learned after scoring); alerts when the count jumps."""
+    """Per-intent event-time hopping windows of message counts. Each window is scored against the
+    intent's river baseline of volume as it was before the window; the baseline learns only the
+    windows that tile history, so each ticket is learned once, and no further from normal than the
+    alert level. Alerts when the count jumps; each intent then keeps quiet for the cooldown unless
+    it reaches a higher severity."""
 
     def __init__(self, rule: IntentSpikeRule) -> None:
         self._rule = rule
         self._windows = HoppingWindows(self._spec(rule))
-        self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._spec(rule).step, silent_value=0.0)
-        self._last_fired: dict[str, datetime] = {}
+        # Only the windows that tile history are learned, so an intent with no window is learned
+        # as a 0 once per window size.
+        self._size = self._spec(rule).size
+        self._volume = KeyedBaselines(rule.baseline.volume_spec(), self._size, silent_value=0.0)
+        # intent -> the end of the window that last fired and its severity
+        self._last_fired: dict[str, tuple[datetime, Severity]] = {}
 
     @staticmethod
     def _spec(rule: IntentSpikeRule) -> WindowSpec:
@@ -209,7 +228,8 @@ class IntentSpikeDetector:
             "geometry": geometry(self._rule),
             "windows": self._windows.to_state(),
             "volume": self._volume.to_state(),
-            "last_fired": {intent: t.isoformat() for intent, t in self._last_fired.items()},
+            "learned": "tumbling",
+            "last_fired": {intent: [t.isoformat(), sev.value] for intent, (t, sev) in self._last_fired.items()},
         }
 
     @classmethod
@@ -217,8 +237,14 @@ class IntentSpikeDetector:
         check_geometry(state, rule, "intent-spike")
         detector = cls(rule)
         detector._windows = HoppingWindows.from_state(cls._spec(rule), state["windows"], kept="highest")
-        detector._volume.restore(state["volume"])
-        detector._last_fired = {intent: datetime.fromisoformat(t) for intent, t in state["last_fired"].items()}
+        volume = state["volume"]
+        if state.get("learned") != "tumbling":  # written when every hopping window was learned
+            volume = from_overlapping(volume, cls._spec(rule).panes_per_window, detector._size)
+        detector._volume.restore(volume)
+        detector._last_fired = {  # a bare time was written before cooldowns kept their severity
+            intent: cooldown_from_state([saved] if isinstance(saved, str) else saved)
+            for intent, saved in state["last_fired"].items()
+        }
         return detector
 
     def _evaluate(self, closed: list[WindowFigures]) -> list[Alert]:
@@ -226,15 +252,16 @@ class IntentSpikeDetector:
         cooldown = timedelta(minutes=r.cooldown_minutes)
         alerts = []
         for fig in closed:
-            vol = self._volume.score_then_learn(fig.key, float(fig.volume), fig.end)
+            vol = self._volume.score(fig.key, float(fig.volume), fig.end)
+            if tiles_history(fig.end, self._size):
+                self._volume.learn(fig.key, winsorized(float(fig.volume), vol, r.levels.info), fig.end)
             if not r.enabled or vol.z is None or fig.volume < r.min_volume:
                 continue
             ratio = fig.volume / max(vol.expected, 1.0)
             sev = r.levels.severity(vol.z) if ratio >= r.min_ratio else None
-            last = self._last_fired.get(fig.key)
-            if sev is None or (last is not None and fig.end < last + cooldown):
+            if sev is None or cooling(self._last_fired.get(fig.key), sev, fig.end, cooldown):
                 continue
-            self._last_fired[fig.key] = fig.end
+            self._last_fired[fig.key] = (fig.end, sev)
             alerts.append(
                 Alert(
                     id=Alert.make_id("triage", "intent_spike", fig.key, fig.end.isoformat()),
@@ -288,6 +315,13 @@ def calibrate_threshold(
     ordered = sorted(((float(c), bool(ok)) for c, ok in pairs), key=lambda p: -p[0])
     if not ordered:
         raise CalibrationError("no validation predictions to calibrate on; score a held-out split first")
+    # A NaN sorts anywhere and compares false with everything: it became the threshold, and no
+    # confidence is below NaN, so nothing went to people.
+    if bad := [c for c, _ in ordered if not 0 <= c <= 1]:
+        raise CalibrationError(
+            f"{len(bad)} of {len(ordered)} validation confidences are not probabilities in [0, 1] "
+            f"(e.g. {bad[0]}); the model's outputs are broken"
+        )
     best: Calibration | None = None
     correct = 0
     for i, (conf, ok) in enumerate(ordered):
