@@ -270,9 +270,12 @@ def check_trigger(
             log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
     # Only the serving champion's drift says something about the model a round would fine-tune; a
-    # replaced champion's drift was about a model that is gone.
+    # replaced champion's drift was about a model that is gone. Drift a withdrawal took back (the
+    # audit labels behind it were undone) says nothing.
+    withdrawn = {e.event_id for e in events if e.kind is ModelEventKind.drift_withdrawn}
     drift = sum(1 for e in events if e.kind is ModelEventKind.drift and e.model_version == champion_version
-                and (last is None or e.created_at > last) and signals_worsening(e))
+                and (last is None or e.created_at > last) and ModelEvent.withdrawal_id(e.event_id) not in withdrawn
+                and signals_worsening(e))
     # A label younger than the labelling UI's undo window may still be taken back: it is neither
     # counted nor trained on until that window has passed.
     final_by = at - timedelta(seconds=settings.ui_undo_window_s)

@@ -24,6 +24,7 @@ from streams.clickhouse import open_store
 from streams.contracts import Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
 from tests.fixtures.models import copy_registry
+from tests.test_feedback_drift import _audit_pair
 
 pytestmark = pytest.mark.slow
 
@@ -337,3 +338,29 @@ def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
     store.write_model_events(worse)
     fired = check_trigger(settings, "sentiment", store, now=lambda: now)
     assert fired.trigger.retrain and f"{len(worse)} drift event(s)" in fired.trigger.reason
+
+
+def test_drift_that_withdrawn_audit_labels_alone_raised_triggers_no_retrain(loop):
+    """An annotator marks 40 audit items wrong in a row and undoes them all: the rise they raised is
+    recorded, and so is its withdrawal, after which it triggers nothing."""
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_on_drift": True})
+    now = datetime.now(UTC)
+    _finished_round(store, now - timedelta(hours=1))
+    store.write_corrections(corrections(tweets(80), "ann", start=100)
+                            + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
+                               for c in corrections(tweets(1), "ann")])
+    rng = random.Random(3)
+    burst = [_audit_pair(1000 + i, wrong=True) for i in range(40)]
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
+    raised = [e for c, item in [_audit_pair(i, wrong=rng.random() < 0.1) for i in range(1000)] + burst
+              for e in monitor.observe_correction(c, item)]
+    assert raised and all("rose" in e.detail for e in raised)
+    store.write_model_events(raised)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).trigger.retrain
+
+    taken_back = [e for c, item in reversed(burst) for e in monitor.observe_correction(c.withdrawal(now), item)]
+    store.write_model_events(taken_back)
+    quiet = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert not quiet.trigger.retrain and "no drift" in quiet.trigger.reason
+    assert {e.kind for e in store.fetch_model_events("sentiment")} >= {ModelEventKind.drift, ModelEventKind.drift_withdrawn}
