@@ -7,8 +7,10 @@ make what they produce durable. The logic lives in feedback/selection.py and fee
   carries what a request needs), go to the label-candidates topic too, with their alert.
 - label-candidates topic -> Selector -> LabelRequests to the label-requests topic (key: item id)
   and the label_queue table.
-- corrections topic -> corrections of 'audit' items feed the audited-error monitor.
-- drift events -> the model-events topic and the model_events table.
+- corrections topic -> corrections of 'audit' items feed the audited-error monitor; their
+  withdrawals (undo) take them out of it again.
+- drift events (and drift_withdrawn, for those a withdrawal took back) -> the model-events topic
+  and the model_events table.
 
 Per micro-batch: publish (awaited), write to ClickHouse (retried until it succeeds), then ack the
 offsets by hand (``streams.batching.process_batches``). A replay re-selects the same item ids
@@ -258,10 +260,9 @@ class FeedbackProcessor:
         corrections = decode_all(Correction, values, "corrections")
         first = min((c.created_at for c in corrections), default=None)
         for c in corrections:
-            # A withdrawn label is left out from here on; the drift monitor saw it when it came.
-            if c.withdrawn:
-                continue
-            self._metrics.corrections.labels(c.task, c.source.value).inc()
+            # A withdrawal is no correction, but the audited-error monitor counted the label it takes back.
+            if not c.withdrawn:
+                self._metrics.corrections.labels(c.task, c.source.value).inc()
             if c.item_id is None:
                 continue
             item = await self._durably("reading a queue item", self._feedback.fetch_item, c.item_id)

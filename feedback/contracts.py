@@ -122,6 +122,9 @@ class Correction(BaseModel):
 
 class ModelEventKind(StrEnum):
     drift = "drift"
+    # a drift event that no longer stands: the audit labels behind it were withdrawn (its id ties it to
+    # that event: ModelEvent.withdrawal_id)
+    drift_withdrawn = "drift_withdrawn"
     retrain_started = "retrain_started"
     retrain_failed = "retrain_failed"  # a started round ended without a verdict: the detail says why
     gate_refused = "gate_refused"
@@ -150,6 +153,11 @@ class ModelEvent(BaseModel):
         column, and whoever records the end (the round, or the worker that saw its process die) writes
         the same id."""
         return str(uuid.uuid5(_ITEM_NAMESPACE, f"round-end|{started_id}"))
+
+    @staticmethod
+    def withdrawal_id(drift_id: str) -> str:
+        """The event id of the drift_withdrawn event that takes back the drift event ``drift_id``."""
+        return str(uuid.uuid5(_ITEM_NAMESPACE, f"drift-withdrawn|{drift_id}"))
 
 
 class QueueOwnerAnnouncement(BaseModel):

@@ -20,11 +20,16 @@ An event is dated when it was found (the retrain trigger counts events since its
 detail says the event time of the observation that completed it.
 A restarted worker warms its monitors with the history it lost (``warm_scored``, ``warm_audit``):
 replayed like live observations but without events, which were reported when they happened.
+An audit label can be withdrawn after it was counted (the annotator's undo): the error monitor keeps
+the labels it counted (the newest ``error_kept``) and is rebuilt from them without it, so its state
+holds only labels that still stand. An error event raised since that label, whose change the rebuilt
+monitor does not find, is taken back by a drift_withdrawn event: it stays recorded, but the retrain
+trigger no longer counts it.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +55,9 @@ class DriftConfig(BaseModel):
         2000, ge=0, description="Scored messages the confidence monitor stays quiet after an event."
     )
     label_mix_cooldown: int = Field(40, ge=0, description="Blocks a label's monitor stays quiet after an event.")
+    error_kept: int = Field(
+        5000, ge=1, description="Audit labels (the newest) the error monitor keeps, to rebuild itself from "
+        "without one that is withdrawn (its window then starts at the oldest kept, as after a warm start).")
 
 
 @dataclass
@@ -81,6 +89,20 @@ class _Watched:
         return (total - after * kept) / (width - kept), after, int(width - kept)
 
 
+@dataclass(frozen=True, slots=True)
+class _AuditLabel:
+    """An audit label the error monitor counted: ``seq`` is its place in the count, ``label_id`` the
+    correction's id (None: a label that cannot be withdrawn)."""
+
+    seq: int
+    label_id: str | None
+    wrong: bool
+
+
+def _rose(event: ModelEvent) -> bool:
+    return event.figures["error_rate_after"] > event.figures["error_rate_before"]
+
+
 class _TaskMonitors:
     def __init__(self, task: Task, model_version: str, config: DriftConfig, clock: Callable[[], datetime]) -> None:
         self.task = task
@@ -93,6 +115,11 @@ class _TaskMonitors:
         self._block_labels: Counter[str] = Counter()
         self._block_size = 0
         self.blocks = 0
+        # What a withdrawal needs: the labels the error monitor counted, and the events it raised, by
+        # the place in the count of the label that completed each.
+        self._audit_labels: deque[_AuditLabel] = deque(maxlen=config.error_kept)
+        self._raised: list[tuple[int, ModelEvent]] = []
+        self._seq = 0
 
     def _event(self, detail: str, when: datetime, **figures: float) -> ModelEvent:
         return ModelEvent(
@@ -100,8 +127,16 @@ class _TaskMonitors:
             detail=f"{detail} (seen at event time {when.isoformat()})"[:4000], figures=figures, created_at=self.clock(),
         )
 
-    def audited(self, wrong: bool, when: datetime) -> list[ModelEvent]:
-        change = self.error.update(1.0 if wrong else 0.0)
+    def count(self, wrong: bool, label_id: str | None) -> tuple[float, float, int] | None:
+        """Feed an audit label to the error monitor and keep it; the change it completes, if any."""
+        self._seq += 1
+        self._audit_labels.append(_AuditLabel(self._seq, label_id, wrong))
+        while self._raised and self._raised[0][0] < self._audit_labels[0].seq:
+            self._raised.pop(0)  # its labels are no longer kept: no withdrawal can reach it
+        return self.error.update(1.0 if wrong else 0.0)
+
+    def audited(self, wrong: bool, when: datetime, label_id: str | None = None) -> list[ModelEvent]:
+        change = self.count(wrong, label_id)
         if change is None:
             return []
         before, after, n = change
@@ -110,11 +145,43 @@ class _TaskMonitors:
             "the model is making more mistakes on today's traffic: review recent corrections and retrain"
             if after > before else "the model is doing better than before; nothing to do"
         )
-        return [self._event(
+        event = self._event(
             f"{self.task} model {self.model_version}: the audited error rate {verb} from {before:.1%} to "
             f"{after:.1%} (ADWIN; {n} audited labels before the change); {advice}.",
             when, error_rate_before=before, error_rate_after=after, audited_before=float(n),
-        )]
+        )
+        self._raised.append((self._seq, event))
+        return [event]
+
+    def withdraw(self, label_id: str, when: datetime) -> list[ModelEvent]:
+        """Take a counted audit label out (withdrawn at ``when``): the error monitor is rebuilt from
+        the labels it kept, without it, and without events (as a warm start). An event raised since
+        that label stands if the rebuilt monitor also finds a change that way (up or down) since then,
+        at whichever label; each other one gets a drift_withdrawn event. Nothing when the label is not
+        among those kept (never counted, or too old)."""
+        gone = next((c for c in self._audit_labels if c.label_id == label_id), None)
+        if gone is None:
+            return []
+        self._audit_labels.remove(gone)
+        self.error = _Watched(self.config.error_delta, self.config.error_cooldown)
+        found = set()
+        for c in self._audit_labels:
+            change = self.error.update(1.0 if c.wrong else 0.0)
+            if change is not None and c.seq > gone.seq:
+                found.add(change[1] > change[0])
+        raised, self._raised, taken_back = self._raised, [], []
+        for seq, e in raised:
+            if seq < gone.seq or _rose(e) in found:
+                self._raised.append((seq, e))
+            else:
+                taken_back.append(e)
+        return [ModelEvent(
+            event_id=ModelEvent.withdrawal_id(e.event_id), kind=ModelEventKind.drift_withdrawn, task=self.task,
+            model_version=self.model_version, created_at=self.clock(),
+            detail=(f"{self.task} model {self.model_version}: drift event {e.event_id} no longer stands: an audit "
+                    f"label behind it was withdrawn at {when.isoformat()}, and without it the audited error rate "
+                    "shows no such change. It no longer counts towards a retrain."),
+        ) for e in taken_back]
 
     def scored(self, label: str, confidence: float, when: datetime) -> list[ModelEvent]:
         events = []
@@ -198,6 +265,10 @@ class CountedLabels:
             self._labels.popitem(last=False)
         return not repeat
 
+    def forget(self, correction: Correction) -> None:
+        """The label was withdrawn: the same label given again (undo, then relabel) counts anew."""
+        self._labels.pop(correction.correction_id, None)
+
 
 VERSIONS_KEPT = 3  # per task and kind of monitor
 
@@ -246,11 +317,19 @@ class DriftMonitor:
 
     def observe_correction(self, correction: Correction, item: QueueItem | None) -> list[ModelEvent]:
         """A correction off the corrections topic: counted when it labels an audit item, and only
-        the first time that label arrives (a call or a producer retried publishes it again)."""
+        the first time that label arrives (a call or a producer retried publishes it again). A
+        withdrawal takes the label out again (``_TaskMonitors.withdraw``): its drift_withdrawn events."""
         wrong = audit_error(correction, item)
-        if item is None or wrong is None or not self._counted.first_time(correction):
+        if item is None or wrong is None:
             return []
-        return self.observe_audit(item.request.task, item.request.model_version, wrong, correction.created_at)
+        key = (item.request.task, item.request.model_version)
+        if correction.withdrawn:
+            self._counted.forget(correction)
+            monitors = self._audited.get(key)
+            return [] if monitors is None else monitors.withdraw(correction.correction_id, correction.created_at)
+        if not self._counted.first_time(correction):
+            return []
+        return self._for(self._audited, *key).audited(wrong, correction.created_at, correction.correction_id)
 
     def warm_scored(
         self, task: Task, model_version: str, history: Iterable[tuple[str, float, datetime]]
@@ -278,7 +357,7 @@ class DriftMonitor:
             wrong = audit_error(correction, item)
             if wrong is None or item.request.model_version != model_version:
                 continue
-            monitors.audited(wrong, correction.created_at)
+            monitors.count(wrong, correction.correction_id)
             self._counted.first_time(correction)
             replayed += 1
         return replayed

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -96,15 +96,20 @@ def held_out_size(n_items: int, fraction: float) -> int:
     return round(n_items * fraction)
 
 
-def split_recent(items: Sequence[tuple[Correction, str]], fraction: float) -> tuple[list, list]:
+def split_recent(items: Sequence[tuple[Correction, str]], fraction: float,
+                 champion_texts: Collection[bytes] = frozenset()) -> tuple[list, list]:
     """Oldest part to train on, newest ``fraction`` held out to judge: the gate then asks whether the
-    challenger does better on what people are labelling NOW, on items it never saw. A held-out item
-    whose text (normalised, as selection compares texts) is also among the training items is left
-    out: a retweet or a re-sent ticket under another message id would otherwise be judged on text
-    the challenger was trained on."""
-    cut = len(items) - held_out_size(len(items), fraction)
-    trained = {fingerprint(c.text) for c, _ in items[:cut]}
-    return list(items[:cut]), [(c, y) for c, y in items[cut:] if fingerprint(c.text) not in trained]
+    challenger does better on what people are labelling NOW, on items neither model saw. An item
+    whose text fingerprint is in ``champion_texts`` (the champion may have trained on it) is never
+    held out, so the held-out part is the newest of the others; it trains, as it did the champion.
+    A held-out item whose text (normalised, as selection compares texts) is also among the training
+    items is left out: a retweet or a re-sent ticket under another message id would otherwise be
+    judged on text the challenger was trained on."""
+    fresh = [i for i, (c, _) in enumerate(items) if fingerprint(c.text) not in champion_texts]
+    held = set(fresh[max(0, len(fresh) - held_out_size(len(items), fraction)):])
+    train = [x for i, x in enumerate(items) if i not in held]
+    trained = {fingerprint(c.text) for c, _ in train}
+    return train, [(c, y) for i, (c, y) in enumerate(items) if i in held and fingerprint(c.text) not in trained]
 
 
 def too_few_to_judge(corrections: Sequence[Correction], fraction: float, min_recent: int) -> str | None:
@@ -155,6 +160,29 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def epoch_ms(t: datetime) -> int:
     # Whole milliseconds, as ClickHouse keeps the times: a correction read back equals the mark it set.
     return (t - _EPOCH) // timedelta(milliseconds=1)
+
+
+TRAINED_THROUGH = "corrections_trained_through_ms"  # training_config key of a fine-tuned version's card
+
+
+def trained_through(card: ModelCard) -> int | None:
+    """The newest labelling time (epoch ms) among the corrections ``card``'s version and the versions
+    it was fine-tuned from trained on; None for a version that never trained on corrections. A card
+    written before cards recorded it counts everything labelled before the version was made: more
+    than it trained on, which can only keep more out of a held-out part."""
+    cfg = card.training_config
+    if TRAINED_THROUGH in cfg:
+        return int(cfg[TRAINED_THROUGH])
+    return epoch_ms(card.created_at) if "corrections" in cfg else None
+
+
+def champion_texts(champion: ModelCard, corrections: Sequence[Correction]) -> set[bytes]:
+    """The text fingerprints the champion may have trained on: those of every correction labelled by
+    its ``trained_through``, whoever the screening keeps now (it may have kept another annotator then)."""
+    through = trained_through(champion)
+    if through is None:
+        return set()
+    return {fingerprint(c.text) for c in corrections if epoch_ms(c.created_at) <= through}
 
 
 def read_through(started: ModelEvent) -> int:
@@ -270,9 +298,12 @@ def check_trigger(
             log.warning("%s: round ended as failed: %s", task, end.detail)
     last = history.last_finished
     # Only the serving champion's drift says something about the model a round would fine-tune; a
-    # replaced champion's drift was about a model that is gone.
+    # replaced champion's drift was about a model that is gone. Drift a withdrawal took back (the
+    # audit labels behind it were undone) says nothing.
+    withdrawn = {e.event_id for e in events if e.kind is ModelEventKind.drift_withdrawn}
     drift = sum(1 for e in events if e.kind is ModelEventKind.drift and e.model_version == champion_version
-                and (last is None or e.created_at > last) and signals_worsening(e))
+                and (last is None or e.created_at > last) and ModelEvent.withdrawal_id(e.event_id) not in withdrawn
+                and signals_worsening(e))
     # A label younger than the labelling UI's undo window may still be taken back: it is neither
     # counted nor trained on until that window has passed.
     final_by = at - timedelta(seconds=settings.ui_undo_window_s)
@@ -377,7 +408,11 @@ def _train_and_judge(
     for who, why in screened.dropped.items():
         log.warning("%s: dropping annotator %s before training: %s", task, who, why)
     labelled = consensus(screened.kept)
-    train_items, recent_items = split_recent(labelled, settings.retrain_holdout_fraction)
+    # Held out: only what neither model trained on. This round's newest items are not always what the
+    # round that trained the champion held out (a change of screening or of the fraction, a withdrawn
+    # label move the split), so the champion's card says what it trained on.
+    train_items, recent_items = split_recent(labelled, settings.retrain_holdout_fraction,
+                                             champion_texts(champion, corrections))
     gold = gold_set(champion, settings.bundled_data_dir, settings.gold_cap)
 
     def refuse(reason: str, figures: dict[str, float], challenger: str | None = None) -> RetrainReport:
@@ -392,10 +427,11 @@ def _train_and_judge(
         return refuse(f"nothing left to train on after screening ({len(labelled)} labelled items)", base_figures)
     gate_cfg = GateConfig.from_settings(settings)
     if len(recent_items) < gate_cfg.min_recent:
-        # The trigger counted every corrected message; screening took enough away that the gate
-        # must refuse, so no challenger is trained for it.
-        return refuse(f"only {len(recent_items)} held-out recent corrections after screening "
-                      f"(< {gate_cfg.min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained", base_figures)
+        # The trigger counted every corrected message; screening, or leaving out what the champion
+        # trained on, took enough away that the gate must refuse, so no challenger is trained for it.
+        return refuse(f"only {len(recent_items)} held-out recent corrections after screening, of those the champion "
+                      f"did not train on (< {gate_cfg.min_recent}, VIGIL_GATE_MIN_RECENT): nothing trained",
+                      base_figures)
 
     prior = None
     if settings.retrain_prior_correction:
@@ -411,7 +447,9 @@ def _train_and_judge(
     result = fine_tune(champion, champ_dir, [(c.text, y) for c, y in train_items], cfg,
                        data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir, gold=gold,
                        device=settings.device, cpu_threads=settings.cpu_threads, class_prior=prior,
-                       extra_config={"dropped_annotators": screened.dropped, "held_out_recent": len(recent_items)})
+                       extra_config={"dropped_annotators": screened.dropped, "held_out_recent": len(recent_items),
+                                     TRAINED_THROUGH: max(trained_through(champion) or 0,
+                                                          *(epoch_ms(c.created_at) for c, _ in train_items))})
     gold_texts = [r.text for r in gold.rows]
     champ_gold, _ = predict(champ_model, tokenizer, gold_texts, max_length, device)
     recent_texts = [c.text for c, _ in recent_items]

@@ -3,13 +3,23 @@ stationary stream raises nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from feedback.contracts import ModelEventKind
+from feedback.agent import FeedbackProcessor
+from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.drift import CountedLabels, DriftConfig, DriftMonitor
+from feedback.selection import Selector, policy_from_settings
+from feedback.store import FeedbackStore
+from streams.clickhouse import open_store
+from streams.metrics import Metrics
+from streams.settings import VigilSettings
+from streams.watchdog import ProgressWatchdog
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEEDS = [1, 2, 3, 4, 5]
@@ -250,3 +260,81 @@ def test_a_correction_that_arrives_twice_counts_once() -> None:
     assert [counted.first_time(x) for x in (c, c, relabelled, relabelled)] == [True, False, True, False]
     assert counted.first_time(pairs[1][0]) and counted.first_time(pairs[2][0])
     assert counted.first_time(relabelled), "the oldest label is forgotten past the capacity"
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_withdrawn_labels_leave_the_error_monitor_and_take_back_the_rise_they_alone_raised(seed: int) -> None:
+    """An annotator marks 40 audit items wrong in a row, then undoes every one: the rise those labels
+    raised is taken back (drift_withdrawn, tied to it by id), and the monitor goes on as one that never
+    saw them."""
+    rng = random.Random(seed)
+    pairs = [_audit_pair(i, wrong=rng.random() < 0.1) for i in range(1000)]
+    burst = [_audit_pair(1000 + i, wrong=True) for i in range(40)]
+    undone, never = DriftMonitor(), DriftMonitor()
+    raised = [e for c, item in pairs + burst for e in undone.observe_correction(c, item)]
+    assert [e.kind for e in raised] == [ModelEventKind.drift] and "rose" in raised[0].detail
+    for c, item in pairs:
+        assert never.observe_correction(c, item) == []
+
+    taken_back = [e for c, item in reversed(burst)  # undo goes from the newest label back
+                  for e in undone.observe_correction(c.withdrawal(c.created_at + timedelta(seconds=5)), item)]
+    assert [(e.kind, e.event_id, e.model_version) for e in taken_back] == [
+        (ModelEventKind.drift_withdrawn, ModelEvent.withdrawal_id(raised[0].event_id), "v1")]
+    after = {name: audited_errors(m, random.Random(seed + 50), 1500, 0.1 if name else 0.35, start=2000)
+             for name, m in (("undone", undone), ("never", never))}
+    assert _moments(after["undone"]) == _moments(after["never"])
+    # the same stream on both, now with a real rise: found at the same label by both
+    rise = {name: audited_errors(m, random.Random(seed + 60), 400, 0.35, start=4000)
+            for name, m in (("undone", undone), ("never", never))}
+    assert rise["never"], "a jump from 10% to 35% errors went unnoticed"
+    assert _moments(rise["undone"]) == _moments(rise["never"])
+
+
+def test_a_rise_that_stands_without_the_withdrawn_label_is_not_taken_back() -> None:
+    rng = random.Random(5)
+    pairs = [_audit_pair(i, wrong=rng.random() < (0.12 if i < 1500 else 0.35)) for i in range(1900)]
+    monitor = DriftMonitor()
+    raised = [i for i, (c, item) in enumerate(pairs) for _ in monitor.observe_correction(c, item)]
+    assert raised, "a jump from 12% to 35% errors went unnoticed"
+    # the label that completed the change, and one between the shift and it: the labels after still show it
+    for c, item in (pairs[raised[0] - 40], pairs[raised[0]]):
+        assert monitor.observe_correction(c.withdrawal(c.created_at + timedelta(seconds=5)), item) == []
+
+
+def test_a_label_undone_and_given_again_decides_the_change_it_completed_again() -> None:
+    """The newest label completed a rise: undone, the rise is taken back (nothing after it shows it
+    yet); the same label given again counts anew and raises it again, as it did the first time."""
+    rng = random.Random(5)
+    pairs = [_audit_pair(i, wrong=rng.random() < (0.12 if i < 1500 else 0.35)) for i in range(1900)]
+    monitor = DriftMonitor()
+    raised = []
+    for c, item in pairs:
+        if raised := monitor.observe_correction(c, item):
+            break
+    taken_back = monitor.observe_correction(c.withdrawal(c.created_at + timedelta(seconds=5)), item)
+    assert [e.event_id for e in taken_back] == [ModelEvent.withdrawal_id(raised[0].event_id)]
+    again = monitor.observe_correction(c, item)
+    assert _moments([(0, e) for e in again]) == _moments([(0, e) for e in raised])
+
+
+def test_the_corrections_agent_takes_a_withdrawn_audit_label_out_of_the_monitor(tmp_path) -> None:
+    """Undo publishes the label's withdrawal on the corrections topic; the worker (real chdb for
+    the queue item) hands it to the monitor that counted the label."""
+    settings = VigilSettings(data_dir=tmp_path, clickhouse_url=None)
+    with open_store(settings) as store, ThreadPoolExecutor(1) as executor:
+        feedback = FeedbackStore(store)
+        label, item = _audit_pair(0, wrong=True)
+        feedback.write_requests([item.request])
+        drift = DriftMonitor()
+        proc = FeedbackProcessor(
+            selector=Selector(policy_from_settings(settings)), drift=drift, candidates_topic=None,
+            requests_topic=None, model_events_topic=None, store=store, feedback=feedback, metrics=Metrics(),
+            io_executor=executor, retry_max_s=1.0, watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
+            warm_start=0,
+        )
+        assert asyncio.run(proc.on_corrections([label.model_dump_json().encode()])) == []
+        detector = drift._audited[("sentiment", "v1")].error.detector
+        assert (detector.width, detector.estimation) == (1, 1.0)
+        withdrawal = label.withdrawal(label.created_at + timedelta(seconds=5))
+        assert asyncio.run(proc.on_corrections([withdrawal.model_dump_json().encode()])) == []
+        assert drift._audited[("sentiment", "v1")].error.detector.width == 0

@@ -19,6 +19,7 @@ from feedback.gate import (
     screen_annotators,
 )
 from feedback.retrain_job import split_recent
+from feedback.selection import fingerprint
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 LABELS = ("negative", "neutral", "positive")
@@ -165,6 +166,20 @@ def test_a_message_is_dated_by_its_first_label_so_a_later_confirmation_does_not_
     _, held_out = split_recent(consensus(second), 0.25)
     assert len(held_out) == 12
     assert not trained_before & {c.message_id for c, _ in held_out}
+
+
+def test_after_labels_are_withdrawn_the_held_out_part_leaves_out_what_the_champion_trained_on():
+    """Round 1 trained the champion on m0..m29 and held out m30..m39; then m30..m37 are withdrawn (a
+    responder turned an alert's verdict to false) and n0..n3 come. The newest quarter of round 2's 36
+    items reaches back to m27..m29: only the champion's training texts keep them out."""
+    first = [labelled(f"m{i}", "alice", truth(i), i, f"tweet {spelled(i)}") for i in range(40)]
+    trained_before = split_recent(consensus(first), 0.25)[0]
+    second = ([c for c in first if c.message_id not in {f"m{i}" for i in range(30, 38)}]
+              + [labelled(f"n{i}", "alice", "neutral", 120 + i, f"news {spelled(i)}") for i in range(4)])
+    champion = {fingerprint(c.text) for c, _ in trained_before}
+    train, held_out = split_recent(consensus(second), 0.25, champion)
+    assert [c.message_id for c, _ in held_out] == ["m38", "m39", "n0", "n1", "n2", "n3"]
+    assert [c.message_id for c, _ in train] == [f"m{i}" for i in range(30)]
 
 
 def test_a_text_in_the_training_part_is_not_held_out_under_another_message_id():

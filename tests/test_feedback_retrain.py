@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from feedback.contracts import Correction, CorrectionSource, ModelEvent, ModelEventKind
 from feedback.drift import DriftMonitor
-from feedback.retrain_job import Outcome, check_trigger, epoch_ms, run_retrain
+from feedback.retrain_job import TRAINED_THROUGH, Outcome, check_trigger, epoch_ms, run_retrain, trained_through
+from feedback.selection import fingerprint
 from feedback.store import FeedbackStore, open_feedback_store
 from models.data import SplitConfig, stratified_split
 from models.engine import ModelTokenizer, encode
@@ -24,6 +25,7 @@ from streams.clickhouse import open_store
 from streams.contracts import Kind, ScoredMessage
 from streams.settings import REPO_ROOT, VigilSettings
 from tests.fixtures.models import copy_registry
+from tests.test_feedback_drift import _audit_pair
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +117,38 @@ def test_corrections_retrain_and_promote_then_nothing_to_do(loop):
     again = run_retrain(settings, "sentiment", store)
     assert again.outcome is Outcome.skipped and "no new corrections" in again.reason
     assert len(store.fetch_model_events("sentiment")) == 2
+
+
+def test_after_a_promotion_the_held_out_part_leaves_out_what_the_champion_trained_on(loop):
+    """v2 trained on the 300 oldest of 400 corrections and was judged on the 100 newest. Then 60 of
+    those are withdrawn (an alert's verdict turned to false) and 20 come: the newest quarter of the
+    360 would reach back into v2's training. Its card says what that was, so they train instead,
+    and the 60 left are too few to judge by (80 here): nothing is trained."""
+    settings, store = loop
+    registry = ModelRegistry(settings.registry_dir)
+    first = corrections(tweets(400), "ann")
+    store.write_corrections(first)
+    assert run_retrain(settings, "sentiment", store).outcome is Outcome.promoted
+    stored = store.fetch_corrections("sentiment")
+    v2 = registry.card("sentiment", "v2")
+    assert v2.training_config[TRAINED_THROUGH] == epoch_ms(stored[299].created_at)
+    assert trained_through(v2) == epoch_ms(stored[299].created_at)
+    # a card written before cards recorded it: everything labelled before the version was made
+    older = v2.model_copy(update={"training_config": {k: v for k, v in v2.training_config.items()
+                                                      if k != TRAINED_THROUGH}})
+    assert trained_through(older) == epoch_ms(v2.created_at)
+    assert trained_through(registry.card("sentiment", "v1")) is None  # trained on no corrections
+
+    now = datetime.now(UTC)
+    store.write_corrections([c.withdrawal(now - timedelta(minutes=30)) for c in first[300:360]])
+    seen = {fingerprint(text) for text, _ in tweets(400)}
+    new = [(text, y) for text, y in tweets(100, seed=77) if fingerprint(text) not in seen][:20]
+    store.write_corrections(corrections(new, "ann", start=1000))
+    report = run_retrain(settings.model_copy(update={"gate_min_recent": 80}), "sentiment", store, force=True)
+    assert report.outcome is Outcome.refused and report.challenger is None, report.reason
+    assert (report.figures["train_items"], report.figures["recent_items"]) == (300, 60)
+    assert "the champion did not train on" in report.reason
+    assert registry.versions("sentiment") == ["v1", "v2"]
 
 
 def test_corrections_are_repeated_until_they_make_their_share_of_the_epoch():
@@ -337,3 +371,29 @@ def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
     store.write_model_events(worse)
     fired = check_trigger(settings, "sentiment", store, now=lambda: now)
     assert fired.trigger.retrain and f"{len(worse)} drift event(s)" in fired.trigger.reason
+
+
+def test_drift_that_withdrawn_audit_labels_alone_raised_triggers_no_retrain(loop):
+    """An annotator marks 40 audit items wrong in a row and undoes them all: the rise they raised is
+    recorded, and so is its withdrawal, after which it triggers nothing."""
+    settings, store = loop
+    settings = settings.model_copy(update={"retrain_on_drift": True})
+    now = datetime.now(UTC)
+    _finished_round(store, now - timedelta(hours=1))
+    store.write_corrections(corrections(tweets(80), "ann", start=100)
+                            + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
+                               for c in corrections(tweets(1), "ann")])
+    rng = random.Random(3)
+    burst = [_audit_pair(1000 + i, wrong=True) for i in range(40)]
+    monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
+    raised = [e for c, item in [_audit_pair(i, wrong=rng.random() < 0.1) for i in range(1000)] + burst
+              for e in monitor.observe_correction(c, item)]
+    assert raised and all("rose" in e.detail for e in raised)
+    store.write_model_events(raised)
+    assert check_trigger(settings, "sentiment", store, now=lambda: now).trigger.retrain
+
+    taken_back = [e for c, item in reversed(burst) for e in monitor.observe_correction(c.withdrawal(now), item)]
+    store.write_model_events(taken_back)
+    quiet = check_trigger(settings, "sentiment", store, now=lambda: now)
+    assert not quiet.trigger.retrain and "no drift" in quiet.trigger.reason
+    assert {e.kind for e in store.fetch_model_events("sentiment")} >= {ModelEventKind.drift, ModelEventKind.drift_withdrawn}
