@@ -19,7 +19,7 @@ from feedback.store import FeedbackStore
 from streams.clickhouse import open_store
 from streams.metrics import Metrics
 from streams.settings import VigilSettings
-from streams.watchdog import ProgressWatchdog
+from streams.watchdog import Watchdogs
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEEDS = [1, 2, 3, 4, 5]
@@ -329,7 +329,7 @@ def test_the_corrections_agent_takes_a_withdrawn_audit_label_out_of_the_monitor(
         proc = FeedbackProcessor(
             selector=Selector(policy_from_settings(settings)), drift=drift, candidates_topic=None,
             requests_topic=None, model_events_topic=None, store=store, feedback=feedback, metrics=Metrics(),
-            io_executor=executor, retry_max_s=1.0, watchdog=ProgressWatchdog(60, started_at=time.monotonic()),
+            io_executor=executor, retry_max_s=1.0, watchdogs=Watchdogs(60, started_at=time.monotonic()),
             warm_start=0,
         )
         assert asyncio.run(proc.on_corrections([label.model_dump_json().encode()])) == []
