@@ -88,6 +88,7 @@ _SEP = rf"(?:[ \u00a0\u2009\u202f]{{1,2}}|[\u200b-\u200d\u2060]|[-./{_DASHES}])"
 # A maximal run of digit groups; a card is a run of whole groups inside.
 _DIGIT_RUN = re.compile(rf"\d++(?:{_SEP}\d++)*+")
 _GROUP = re.compile(r"\d+")
+_ANY_DIGIT = re.compile(r"\d")
 # A maximal run of phone groups: digits, a code in brackets ("(212)", "(0)"), a leading "+" or
 # "(+44)". Brackets may touch their neighbours ("(212)555-0143"); digits never touch digits. A
 # whole number in brackets ("(+12125550143)") is matched inside them.
@@ -192,6 +193,8 @@ def _ascii_digits(digits: str) -> str:
 def _card_spans(text: str) -> list[Span]:
     spans = []
     for m in _DIGIT_RUN.finditer(text):
+        if m.end() - m.start() < 13:  # too short for 13 digits: most numbers in text
+            continue
         groups = list(_GROUP.finditer(text, m.start(), m.end()))
         digits = [_ascii_digits(g.group()) for g in groups]
         seps = [text[a.end():b.start()] for a, b in zip(groups, groups[1:])]
@@ -365,6 +368,8 @@ def _national(groups: list[_PhoneGroup], i: int, ends: list[int | None]) -> int 
 def _phone_spans(text: str) -> list[Span]:
     spans = []
     for run in _PHONE_RUN.finditer(text):
+        if run.end() - run.start() < 8:  # too short for the 8 digits of the shortest phone number
+            continue
         groups = _phone_groups(text, run)
         # A number may end where a space separates it from the next group (not a dash, dot or
         # slash, which join the groups of one number), or at the end of the run.
@@ -414,7 +419,7 @@ def mask_pii(text: str) -> Masked:
     """``text`` with PII replaced by ``[EMAIL]``, ``[CARD]``, ``[IBAN]``, ``[PHONE]``, and counts."""
     counts: dict[PiiType, int] = {}
     # Cheap precheck: every pattern needs an '@' or a digit.
-    if "@" not in text and not any(ch.isdigit() for ch in text):
+    if "@" not in text and not _ANY_DIGIT.search(text):
         return Masked(text, counts)
     for kind, find in _PASSES:
         spans = find(text)
