@@ -450,8 +450,8 @@ def test_hostile_text_is_masked_in_time_linear_in_its_length(shape: str) -> None
     whatever the machine's speed:
 
     - 8,000 characters of short units take about as long when the units are 4 times longer (under
-      4 times here, for noise): a search over the splits of each unit grows with a power of its
-      size (the phone pattern: 100 times);
+      8 times here, for noise on a loaded machine): a search over the splits of each unit grows
+      with a power of its size (the phone pattern: 100 times);
     - one unit filling the text takes about 4 times longer at 4 times the length (under 10 times
       here, for noise and caches), not 16 or 64 times as a quadratic or cubic search would.
     """
@@ -459,7 +459,7 @@ def test_hostile_text_is_masked_in_time_linear_in_its_length(shape: str) -> None
     quarter, whole = MESSAGE_LIMIT // 4, MESSAGE_LIMIT
     per_length = _growth(_hostile_text(shape, quarter, quarter), _hostile_text(shape, whole, whole))
     print(f"hostile {shape!r}: units 4x longer {per_unit:.2f}x the time, text 4x longer {per_length:.2f}x")
-    assert per_unit < 4 and per_length < 10, (per_unit, per_length)
+    assert per_unit < 8 and per_length < 10, (per_unit, per_length)
 
 
 def test_checks() -> None:
