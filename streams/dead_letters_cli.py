@@ -15,6 +15,7 @@ from rich.text import Text
 from streams.cli_errors import exit_on
 from streams.contracts import DeadLetter, DeadLetterReason, Kind
 from streams.dead_letter_replay import LetterKey, ReplayPlan, letter_key, plan_replay
+from streams.decode import printable
 from streams.settings import VigilSettings
 
 dead_letters_app = typer.Typer(help="Messages the workers refused, with the reason.", no_args_is_help=True)
@@ -35,9 +36,11 @@ def letters_table(letters: list[DeadLetter], replayed: set[LetterKey], matching:
     for name in ("received (UTC)", "topic", "partition:offset", "reason", "bytes", "detail", "replayed"):
         table.add_column(name, justify="right" if name == "bytes" else "left", overflow="fold")
     for d in letters:
+        # The detail quotes the producer (field names): plain text, never rich markup, and escape
+        # codes written out (letters stored by earlier versions hold them as sent).
         table.add_row(f"{d.received_at:%Y-%m-%d %H:%M:%S}", d.source_topic, f"{d.partition}:{d.offset}",
-                      # The detail quotes the producer (field names): plain text, never rich markup.
-                      d.reason.value, str(len(d.raw)), Text(d.detail[:160]), "yes" if letter_key(d) in replayed else "")
+                      d.reason.value, str(len(d.raw)), Text(printable(d.detail[:160])),
+                      "yes" if letter_key(d) in replayed else "")
     return table
 
 

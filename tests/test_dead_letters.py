@@ -5,6 +5,7 @@ letter's exact key and bytes back to its raw topic once."""
 from __future__ import annotations
 
 import asyncio
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,17 +113,22 @@ def test_replay_sends_the_chosen_letters_key_and_bytes_to_their_raw_topic_once(
     assert sent == [(d.key, d.raw) for d in failed]
 
 
-def test_the_list_shows_a_detail_quoting_markup_as_it_is() -> None:
+def test_the_list_shows_a_detail_quoting_markup_or_escape_codes_as_text() -> None:
     """A producer's unknown field named "[/x]" made `vigil dead-letters list` fail (rich read the
-    detail as markup), and a "[link=…]" name was shown as a link."""
+    detail as markup), and a "[link=…]" name was shown as a link. One holding terminal escape codes
+    (stored by a version that did not quote them) set the terminal's title and cleared its screen."""
     from rich.console import Console
 
     from streams.dead_letters_cli import letters_table
 
-    hostile = [letter(1, DeadLetterReason.invalid), letter(2, DeadLetterReason.invalid)]
+    hostile = [letter(i, DeadLetterReason.invalid) for i in (1, 2, 3)]
     hostile[0] = hostile[0].model_copy(update={"detail": "[/x]: unknown field (not in the contract)"})
     hostile[1] = hostile[1].model_copy(update={"detail": "[link=http://evil.example]click[/link]: unknown field"})
-    console = Console(record=True, width=400)
+    hostile[2] = hostile[2].model_copy(update={"detail": "\x1b]0;owned\x07\x1b[2J\x9b31mx: unknown field"})
+    terminal = io.StringIO()
+    console = Console(file=terminal, force_terminal=True, width=400, record=True)
     console.print(letters_table(hostile, set(), len(hostile)))
     shown = console.export_text()
     assert "[/x]: unknown field" in shown and "[link=http://evil.example]click[/link]" in shown
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x9b31mx: unknown field" in shown
+    assert not [code for code in ("\x07", "\x9b", "\x1b]", "\x1b[2J") if code in terminal.getvalue()]

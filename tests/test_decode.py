@@ -153,6 +153,19 @@ def test_dead_letter_keeps_the_bytes_and_bounds_the_detail() -> None:
     assert DeadLetter.model_validate_json(letter.model_dump_json()).raw == raw
 
 
+def test_a_field_name_holding_terminal_escape_codes_is_quoted_in_the_detail() -> None:
+    """Such a name went into the detail as it was, and from there to `vigil dead-letters list`:
+    printed, it set the terminal's title and cleared its screen."""
+    name = "\x1b]0;owned\x07\x1b[2J\x1b[31mx"
+    result = decode(Kind.news, news(**{name: 1}))
+    assert isinstance(result, Rejection) and result.reason is R.invalid
+    assert result.detail == "'\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mx': unknown field (not in the contract)"
+    # On the way to a lone surrogate under it, too.
+    nested = json.dumps({**NEWS, "headline": "h", name: {"x": "\ud800"}}).encode()
+    assert decode(Kind.news, nested).detail.startswith("'\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mx'.x: contains a lone")
+    assert decode(Kind.news, news(sentiment="bullish")).detail == "sentiment: unknown field (not in the contract)"
+
+
 def test_content_hash_is_stable_64_bit() -> None:
     # Fixed value: the hash must not change between processes, hosts or releases (it is stored).
     assert content_hash(b"abc") == 15617099051652453721
