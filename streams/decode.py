@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from streams.contracts import (
     INPUT_MODELS,
+    MAX_LETTER_KEY_BYTES,
+    MAX_LETTER_RAW_BYTES,
     DeadLetter,
     DeadLetterReason,
     Kind,
@@ -214,13 +216,21 @@ def to_dead_letter(
     key: bytes | None,
     raw: bytes,
 ) -> DeadLetter:
-    """The dead letter for a refused record: its position, original bytes and the reason."""
+    """The dead letter for a refused record: its position, the reason, and its bytes, only their
+    start when there are more than a letter holds (its detail then says where the rest is)."""
+    detail = rejection.detail
+    if len(raw) > MAX_LETTER_RAW_BYTES:
+        note = (f" [this letter holds the first {MAX_LETTER_RAW_BYTES:,} of the message's {len(raw):,} bytes; "
+                f"all of them stay on {topic} partition {partition} offset {offset}]")
+        detail = _clip(detail, MAX_DETAIL_CHARS - len(note)) + note
     return DeadLetter(
         source_topic=topic,
         partition=partition,
         offset=offset,
-        key=key,
-        raw=raw,
+        key=None if key is None else key[:MAX_LETTER_KEY_BYTES],
+        raw=raw[:MAX_LETTER_RAW_BYTES],
+        raw_bytes=len(raw),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
         reason=rejection.reason,
-        detail=_clip(rejection.detail),
+        detail=_clip(detail),
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.contracts import DeadLetter, DeadLetterReason
+from streams.contracts import DeadLetterReason, StoredDeadLetter
 from streams.dead_letter_replay import LetterKey, letter_key
 
 from .compat import DEAD_LETTER_COLUMNS, bound_time, dead_letter_from_row, to_stored_time
@@ -26,7 +26,7 @@ class DeadLetterStore:
         return f"{self._store.database}.dead_letter_replays"
 
     def letters(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
-                since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[DeadLetter]:
+                since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[StoredDeadLetter]:
         """Letters received at or after ``since`` (whole seconds), oldest first: ``limit`` of them
         after the first ``skip``."""
         where, params = self._matching(reason, topic, since)
@@ -65,7 +65,7 @@ class DeadLetterStore:
         return ("WHERE " + " AND ".join(where) if where else ""), params
 
     def every_letter(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
-                     since: datetime | None = None, page: int = 5000) -> Iterator[DeadLetter]:
+                     since: datetime | None = None, page: int = 5000) -> Iterator[StoredDeadLetter]:
         """``letters``, oldest first, read a page at a time as the caller goes on."""
         skip = 0
         while letters := self.letters(reason=reason, topic=topic, since=since, limit=page, skip=skip):
@@ -82,7 +82,7 @@ class DeadLetterStore:
         )
         return {(t, int(p), int(o), h) for t, p, o, h in rows}
 
-    def record_replays(self, letters: Sequence[DeadLetter], at: datetime) -> int:
+    def record_replays(self, letters: Sequence[StoredDeadLetter], at: datetime) -> int:
         if not letters:
             return 0
         when = to_stored_time(at, self._store.level)
