@@ -103,7 +103,7 @@ def test_migrations_are_idempotent_and_pick_the_level(settings: VigilSettings, c
             "0001_scored", "0002_dead_letters", "0003_alerts", "0004_feedback", "0005_triage", "0006_alert_verdicts",
             "0007_shadow", "0009_alerting_state", "0010_triage_source_partition", "0011_retrain_heartbeats",
             "0012_dead_letter_replays", "0013_alerting_seen", "0014_scored_id_bloom",
-            "0015_shadow_ttl", "0016_feedback_withdrawn",
+            "0015_shadow_ttl", "0016_feedback_withdrawn", "0017_dead_letter_replay_reason",
         ] and first.already_applied == []
         assert second.applied == [] and second.already_applied == first.applied
         recorded = backend.query(

@@ -1,7 +1,8 @@
 """`vigil dead-letters`: the pure replay plan; the store's filtered reads and replay records on chdb
 and clickhouse-server 18.16, which keep no raw bytes and no PII in clear; and the commands on the
 real broker and chdb: a replay sends each chosen letter's message, read back from its raw topic,
-once."""
+once, records each one Kafka acknowledged, and leaves alone what a replay sent and the workers
+refused again."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from streams.cli import app
 from streams.clickhouse import ClickHouseStore, open_store
 from streams.clickhouse.dead_letter_store import DeadLetterStore
 from streams.contracts import MAX_LETTER_RAW_BYTES, DeadLetter, DeadLetterReason, Kind
-from streams.dead_letter_replay import confirm, letter_key, plan_replay
+from streams.dead_letter_replay import Replayed, confirm, content_key, letter_key, plan_replay
 from streams.decode import Rejection, decode_record, to_dead_letter
 from streams.samples import news_json, support_json
 from streams.settings import VigilSettings
@@ -47,7 +48,7 @@ HELD = {(NEWS, 0): (0, 100), (SUPPORT, 0): (0, 100)}  # every offset below 100 s
 def test_the_plan_sends_each_letter_once_and_only_to_a_topic_the_workers_read() -> None:
     failed, sent_before, gone = (letter(1, R.scoring_failed), letter(2, R.scoring_failed),
                                  letter(3, R.scoring_failed, topic="old.news"))
-    before = {letter_key(sent_before)}
+    before = Replayed(letters={letter_key(sent_before)})
     plan = plan_replay([failed, sent_before, gone], before, TOPICS, HELD)
     assert plan.send == [(Kind.news, failed)]
     assert plan.already_replayed == [sent_before] and plan.unknown_topic == [gone]
@@ -64,15 +65,35 @@ def test_the_plan_sends_each_letter_once_and_only_to_a_topic_the_workers_read() 
 def test_the_plan_leaves_out_letters_whose_message_is_no_longer_where_it_sat() -> None:
     expired, held, past_end, other_partition = (letter(o, R.scoring_failed) for o in (4, 5, 9, 6))
     other_partition = other_partition.model_copy(update={"partition": 3})
-    plan = plan_replay([expired, held, past_end, other_partition], set(), TOPICS, {(NEWS, 0): (5, 9)}, limit=1)
+    plan = plan_replay([expired, held, past_end, other_partition], Replayed(), TOPICS, {(NEWS, 0): (5, 9)}, limit=1)
     # Letters that cannot go do not use up the limit.
     assert plan.send == [(Kind.news, held)] and plan.gone == [expired]
-    plan = plan_replay([past_end, other_partition], set(), TOPICS, {(NEWS, 0): (5, 9)})
+    plan = plan_replay([past_end, other_partition], Replayed(), TOPICS, {(NEWS, 0): (5, 9)})
     assert plan.send == [] and plan.gone == [past_end, other_partition]
     # Read back, a position holds another message (a recreated topic), or none any more.
-    plan = plan_replay([held, letter(7, R.scoring_failed), letter(8, R.scoring_failed)], set(), TOPICS, HELD)
+    plan = plan_replay([held, letter(7, R.scoring_failed), letter(8, R.scoring_failed)], Replayed(), TOPICS, HELD)
     confirmed = confirm(plan, {(NEWS, 0, 5): (b"k-5", held.raw), (NEWS, 0, 7): (b"k-7", b"another message")})
     assert confirmed.send == [(Kind.news, held)] and [d.offset for d in confirmed.gone] == [7, 8]
+
+
+def test_bytes_a_replay_sent_back_and_refused_again_for_the_same_reason_are_not_sent_again() -> None:
+    """Before, every run sent the same still-failing bytes again, each time a new letter at a new
+    offset, and each run added one more letter."""
+    first = letter(1, R.scoring_failed, raw=b"poison")
+    again = letter(7, R.scoring_failed, raw=b"poison", minutes=1)  # the worker refused the replayed copy
+    other_reason = letter(8, R.scoring_failed, raw=b"was too large", minutes=2)
+    replayed = Replayed(letters={letter_key(first)}, contents={content_key(first),
+                                                                (NEWS, other_reason.raw_sha256, R.too_large)})
+    plan = plan_replay([first, again, other_reason], replayed, TOPICS, HELD)
+    # A size limit raised, the model fails it: refused for another reason, that is news.
+    assert plan.send == [(Kind.news, other_reason)]
+    assert plan.already_replayed == [first] and plan.refused_again == [again]
+    # Asked to, it goes again, once: a letter is still sent once.
+    plan = plan_replay([first, again], replayed, TOPICS, HELD, again=True)
+    assert plan.send == [(Kind.news, again)] and plan.already_replayed == [first]
+    # The same bytes refused twice for the same reason go back once in a run.
+    twin = letter(9, R.scoring_failed, raw=b"poison", minutes=3)
+    assert plan_replay([again, twin], Replayed(), TOPICS, HELD).refused_again == [twin]
 
 
 @pytest.fixture(params=["chdb", "server"])
@@ -96,11 +117,11 @@ def test_letters_are_read_by_reason_topic_and_time_and_replays_are_remembered(st
     assert dead.count(since=T0 + timedelta(minutes=5)) == 2
     assert [d.offset for d in dead.every_letter(reason=R.scoring_failed, page=1)] == [1, 3, 4]
 
-    assert dead.replayed() == set()
+    assert dead.replayed() == Replayed()
     dead.record_replays(letters[:3], T0)
     dead.record_replays(letters[:1], T0 + timedelta(minutes=1))  # recorded again: still one replay
-    assert dead.replayed() == {letter_key(d) for d in letters[:3]}
-    assert dead.replayed(SUPPORT) == {letter_key(letters[2])}
+    assert dead.replayed() == Replayed({letter_key(d) for d in letters[:3]}, {content_key(d) for d in letters[:3]})
+    assert dead.replayed(SUPPORT) == Replayed({letter_key(letters[2])}, {content_key(letters[2])})
 
 
 def test_a_stored_letter_holds_no_raw_bytes_and_no_pii_in_clear(store: ClickHouseStore) -> None:
@@ -229,6 +250,41 @@ def test_a_letter_holding_the_start_of_a_large_message_replays_all_of_it(setting
     assert on_topic(settings, offset, 1) == [(b"n-big", raw)]
 
 
+def test_a_message_refused_again_after_a_replay_is_not_sent_again_unless_asked(settings: VigilSettings) -> None:
+    """Before, each run sent the still-failing bytes again: the worker refused each copy, and the
+    copy's new letter was the next run's to send."""
+    poison = news_json(id="n-poison", headline="a text the model cannot score")
+    (offset,) = produce(settings, [(b"n-poison", poison)])
+    store_letters(settings, [refused(settings, offset, b"n-poison", poison)])
+    assert "sent 1 back (news: 1)" in vigil("replay")
+    # The model still fails it: the worker refuses the copy the replay sent, for the same reason.
+    store_letters(settings, [refused(settings, offset + 1, b"n-poison", poison, minutes=1)])
+    for _ in range(2):
+        out = vigil("replay")
+        assert "sent 0 back (none); 1 sent by an earlier replay; 1 not sent: the same bytes" in out
+        assert "--again" in out
+    assert on_topic(settings, offset, 2) == [(b"n-poison", poison)]
+    # Once the cause is fixed, asked to: the copy goes once more, and once only.
+    assert "sent 1 back (news: 1); 1 sent by an earlier replay" in vigil("replay", "--again")
+    assert "sent 0 back (none); 2 sent by an earlier replay" in vigil("replay", "--again")
+    assert on_topic(settings, offset, 3) == [(b"n-poison", poison)] * 2
+
+
+def test_a_replay_records_each_message_kafka_acknowledged(settings: VigilSettings) -> None:
+    """Before, one message Kafka did not take (here, over the replay producer's 1 MiB request size)
+    left every letter of the run unrecorded, and the next run sent them all again."""
+    small = [(f"k-{i}".encode(), news_json(id=f"n-{i}", headline=f"headline {i}")) for i in range(2)]
+    huge = (b"k-huge", news_json(id="n-huge", headline="x" * 1_100_000))
+    offsets = produce(settings, [small[0], huge, small[1]])
+    store_letters(settings, [refused(settings, o, k, v, minutes=i)
+                             for i, (o, (k, v)) in enumerate(zip(offsets, [small[0], huge, small[1]], strict=True))])
+    out = vigil("replay", code=1)
+    assert "2 of 3 sent back and recorded as replayed; the next replay tries the other 1 again" in out, out
+    assert "MessageSizeTooLargeError" in out
+    assert "0 of 1 sent back and recorded" in vigil("replay", code=1)
+    assert on_topic(settings, offsets[-1], 2) == small
+
+
 def test_the_list_shows_a_detail_quoting_markup_or_escape_codes_as_text() -> None:
     """A producer's unknown field named "[/x]" made `vigil dead-letters list` fail (rich read the
     detail as markup), and a "[link=…]" name was shown as a link. One holding terminal escape codes
@@ -243,7 +299,7 @@ def test_the_list_shows_a_detail_quoting_markup_or_escape_codes_as_text() -> Non
     hostile[2] = hostile[2].model_copy(update={"detail": "\x1b]0;owned\x07\x1b[2J\x9b31mx: unknown field"})
     terminal = io.StringIO()
     console = Console(file=terminal, force_terminal=True, width=400, record=True)
-    console.print(letters_table(hostile, set(), len(hostile)))
+    console.print(letters_table(hostile, Replayed(), len(hostile)))
     shown = console.export_text()
     assert "[/x]: unknown field" in shown and "[link=http://evil.example]click[/link]" in shown
     assert "\\x1b]0;owned\\x07\\x1b[2J\\x9b31mx: unknown field" in shown
