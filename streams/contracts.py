@@ -6,12 +6,13 @@ silently dropped value) and bound every text field.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from streams.tickers import DEFAULT_MAX_TICKERS
 
@@ -157,8 +158,19 @@ class DeadLetterReason(StrEnum):
     scoring_failed = "scoring_failed"
 
 
-class DeadLetter(BaseModel):
-    """A message Vigil refused, with the original bytes and a reason a person can act on."""
+# A dead letter goes to Kafka through the worker's producer, whose requests faust bounds at
+# 1,000,000 bytes (producer_max_request_size), as brokers bound messages at about 1 MB: a letter
+# over it fails its batch's commit, and the partition retries it for ever. So a letter holds at
+# most this much of a message (4/3 as much in base64) and of its key; the whole message stays on
+# its raw topic, where a replay reads it (tests/test_decode.py checks the largest letter fits).
+MAX_LETTER_RAW_BYTES = 256 * 1024
+MAX_LETTER_KEY_BYTES = 1024
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class StoredDeadLetter(BaseModel):
+    """A dead letter as ClickHouse keeps it: where the message sat, its size and SHA-256, and why
+    it was refused, without its bytes (the raw text stays in Kafka only; a replay reads it there)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
@@ -166,10 +178,41 @@ class DeadLetter(BaseModel):
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
     key: bytes | None = None
-    raw: bytes = Field(description="The original value bytes (base64 in JSON).")
+    raw_bytes: int = Field(ge=0, description="The size of the original value.")
+    raw_sha256: Sha256 = Field(description="SHA-256 (hex) of the whole original value.")
     reason: DeadLetterReason
     detail: str = Field(max_length=2000)
     received_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class DeadLetter(StoredDeadLetter):
+    """A message Vigil refused, as the dead-letter topic carries it: the stored letter and the
+    original value bytes, only their start when the message is larger than a letter may be."""
+
+    key: bytes | None = Field(
+        None, max_length=MAX_LETTER_KEY_BYTES, description="The original key (its first 1,024 bytes when longer)."
+    )
+    raw: bytes = Field(
+        max_length=MAX_LETTER_RAW_BYTES,
+        description="The original value bytes (base64 in JSON): all of them, or their first 262,144 when "
+        "raw_bytes is larger; the whole message stays on source_topic at partition/offset.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_by_default(cls, data: Any) -> Any:
+        # Built in Python from a whole message, its size and hash follow from its bytes.
+        if isinstance(data, dict) and isinstance(raw := data.get("raw"), bytes) and "raw_bytes" not in data:
+            data = {"raw_bytes": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest(), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _raw_is_the_start_of_the_message(self) -> DeadLetter:
+        if len(self.raw) > self.raw_bytes:
+            raise ValueError(f"raw holds {len(self.raw)} bytes, more than raw_bytes ({self.raw_bytes})")
+        if len(self.raw) == self.raw_bytes and hashlib.sha256(self.raw).hexdigest() != self.raw_sha256:
+            raise ValueError("raw holds the whole message, and raw_sha256 is not its SHA-256")
+        return self
 
 
 ALL_SCHEMAS: dict[str, type[BaseModel]] = {

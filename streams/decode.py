@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from streams.contracts import (
     INPUT_MODELS,
+    MAX_LETTER_KEY_BYTES,
+    MAX_LETTER_RAW_BYTES,
     DeadLetter,
     DeadLetterReason,
     Kind,
@@ -54,6 +56,19 @@ def content_hash(raw: bytes) -> int:
 
 def _clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with each character a terminal would act on or not show (C0/C1 controls such as
+    ESC, zero-width and direction marks, lone surrogates) written as its Python escape."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _name(part: object) -> str:
+    """A field name as a detail quotes it: the producer chose it, so one holding escape codes is
+    shown as a Python literal, never sent to a terminal as it is."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
 
 
 class _DuplicateKey(ValueError):
@@ -97,9 +112,9 @@ def _surrogate_path(value: Any, path: str) -> str | None:
         return path if _SURROGATE.search(value) else None
     if isinstance(value, dict):
         for k, v in value.items():
-            sub = f"{path}.{k}" if path else str(k)
+            sub = f"{path}.{_name(k)}" if path else _name(k)
             if _SURROGATE.search(k):
-                return f"{sub!r} (the field name)"
+                return f"{sub} (the field name)"
             found = _surrogate_path(v, sub)
             if found is not None:
                 return found
@@ -114,7 +129,7 @@ def _surrogate_path(value: Any, path: str) -> str | None:
 def _format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "<message>"
+        where = ".".join(_name(p) for p in err["loc"]) or "<message>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (not in the contract)"
@@ -201,13 +216,21 @@ def to_dead_letter(
     key: bytes | None,
     raw: bytes,
 ) -> DeadLetter:
-    """The dead letter for a refused record: its position, original bytes and the reason."""
+    """The dead letter for a refused record: its position, the reason, and its bytes, only their
+    start when there are more than a letter holds (its detail then says where the rest is)."""
+    detail = rejection.detail
+    if len(raw) > MAX_LETTER_RAW_BYTES:
+        note = (f" [this letter holds the first {MAX_LETTER_RAW_BYTES:,} of the message's {len(raw):,} bytes; "
+                f"all of them stay on {topic} partition {partition} offset {offset}]")
+        detail = _clip(detail, MAX_DETAIL_CHARS - len(note)) + note
     return DeadLetter(
         source_topic=topic,
         partition=partition,
         offset=offset,
-        key=key,
-        raw=raw,
+        key=None if key is None else key[:MAX_LETTER_KEY_BYTES],
+        raw=raw[:MAX_LETTER_RAW_BYTES],
+        raw_bytes=len(raw),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
         reason=rejection.reason,
-        detail=_clip(rejection.detail),
+        detail=_clip(detail),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import itertools
 import json
 import logging
@@ -269,16 +270,18 @@ async def replay(
     kafka_kwargs: Mapping[str, Any] | None = None,
     linger_ms: int = 5,
     idempotent: bool = False,
+    on_acked: Callable[[int], None] | None = None,
 ) -> ReplayCounts:
     """Produce ``messages`` to their kind's topic, acks="all", and wait until all are acknowledged.
 
     ``rate_per_s=0`` sends as fast as the broker takes them. ``on_progress(sent)`` is called about
-    every ``progress_interval_s`` and once at the end. ``idempotent`` needs broker support for
+    every ``progress_interval_s`` and once at the end; ``on_acked(n)`` once Kafka acknowledged
+    message ``n`` (0-based, in the order of ``messages``). ``idempotent`` needs broker support for
     InitProducerId (Tansu 0.6 answers it with an error, so it is off by default). Raises
     ReplayError when Kafka is unreachable or any message was not acknowledged.
     """
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
     pacer = Pacer(rate_per_s)  # a bad rate is refused before anything connects
     producer = AIOKafkaProducer(
@@ -302,13 +305,19 @@ async def replay(
     counts = ReplayCounts()
     pending: set[asyncio.Future[Any]] = set()
     first_error: list[BaseException] = []
+    stopped = ""
 
-    def delivered(fut: asyncio.Future[Any]) -> None:
+    def failed(error: BaseException) -> None:
+        counts.failed += 1
+        if not first_error:
+            first_error.append(error)
+
+    def delivered(n: int, fut: asyncio.Future[Any]) -> None:
         pending.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
-            counts.failed += 1
-            if not first_error:
-                first_error.append(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
+            failed(fut.exception() if not fut.cancelled() else asyncio.CancelledError())
+        elif on_acked is not None:
+            on_acked(n)
 
     started = time.monotonic()
     last_progress = started
@@ -318,11 +327,19 @@ async def replay(
             if wait > 0:
                 await asyncio.sleep(wait)
             topic = topic_by_kind[msg.kind]
-            fut = await producer.send(topic, value=msg.value, key=msg.key)
-            pending.add(fut)
-            fut.add_done_callback(delivered)
             counts.sent += 1
             counts.by_topic[topic] = counts.by_topic.get(topic, 0) + 1
+            try:
+                fut = await producer.send(topic, value=msg.value, key=msg.key)
+            except MessageSizeTooLargeError as e:  # this message only: the next ones may go
+                failed(e)
+                continue
+            except KafkaError as e:  # the producer gave up (no metadata or room in time): so would the next
+                failed(e)
+                stopped = f"; sending stopped at message {n + 1}"
+                break
+            pending.add(fut)
+            fut.add_done_callback(functools.partial(delivered, n))
             if on_progress is not None and time.monotonic() - last_progress >= progress_interval_s:
                 last_progress = time.monotonic()
                 on_progress(counts.sent)
@@ -336,7 +353,7 @@ async def replay(
         on_progress(counts.sent)
     if counts.failed:
         raise ReplayError(
-            f"{counts.failed} of {counts.sent} messages were not acknowledged by {bootstrap}; "
+            f"{counts.failed} of {counts.sent} messages were not acknowledged by {bootstrap}{stopped}; "
             f"first error: {first_error[0]!r}",
             counts,
         )

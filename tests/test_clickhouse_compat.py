@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -95,15 +97,29 @@ def test_e2e_is_clamped_to_uint32() -> None:
     assert e2e_ms(other_zone, T0 + timedelta(milliseconds=7)) == 7
 
 
-def test_dead_letter_bytes_survive_the_row() -> None:
+def test_a_dead_letter_row_keeps_the_size_and_hash_of_the_bytes_not_the_bytes() -> None:
+    raw = b"\xff\xfe{bad\x80 card 4111 1111 1111 1111"
     letter = DeadLetter(
-        source_topic="t", partition=1, offset=2, key=b"\x00\xff", raw=b"\xff\xfe{bad\x80",
+        source_topic="t", partition=1, offset=2, key=b"\x00\xff", raw=raw,
         reason=DeadLetterReason.bad_encoding, detail="not UTF-8", received_at=T0,
     )
     row = dict(zip(DEAD_LETTER_COLUMNS, dead_letter_row(letter, CompatLevel.modern)))
-    assert "\ufffd" in row["raw_preview"] and row["raw_bytes"] == 7
+    assert row["raw_preview"] == "\ufffd\ufffd{bad\ufffd card [CARD]" and row["raw_bytes"] == len(raw)
+    assert row["raw_base64"] == "sha256:" + hashlib.sha256(raw).hexdigest()
     back = dead_letter_from_row(row)
-    assert back.raw == letter.raw and back.key == letter.key
+    assert (back.raw_sha256, back.raw_bytes, back.key) == (letter.raw_sha256, len(raw), letter.key)
+    # A row written before held the bytes themselves: they still name the letter.
+    assert dead_letter_from_row({**row, "raw_base64": base64.b64encode(raw).decode()}) == back
+
+
+def test_pii_starting_inside_the_preview_is_masked_whole() -> None:
+    """A card number the preview's 500 characters cut through was no card to the masking."""
+    for lead in range(480, 500):
+        raw = b"x" * lead + b" 4111 1111 1111 1111" + b" and more" * 10
+        letter = DeadLetter(source_topic="t", partition=0, offset=0, raw=raw, reason=DeadLetterReason.invalid,
+                            detail="d", received_at=T0)
+        preview = dict(zip(DEAD_LETTER_COLUMNS, dead_letter_row(letter, CompatLevel.modern)))["raw_preview"]
+        assert "4111" not in preview and len(preview) == 500
 
 
 def test_chdb_parameter_text_escapes_what_the_parser_would_interpret() -> None:

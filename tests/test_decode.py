@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
@@ -151,6 +152,44 @@ def test_dead_letter_keeps_the_bytes_and_bounds_the_detail() -> None:
     assert (letter.raw, letter.key, letter.partition, letter.offset, letter.reason) == (raw, b"k", 2, 9, R.bad_json)
     assert len(letter.detail) == MAX_DETAIL_CHARS
     assert DeadLetter.model_validate_json(letter.model_dump_json()).raw == raw
+
+
+def test_the_dead_letter_of_a_message_of_any_size_fits_a_request_of_the_workers_producer(tmp_path) -> None:
+    """An 800 KB message the broker took was refused as too_large, and its dead letter (the bytes
+    in base64) was over the worker producer's 1,000,000-byte requests: the batch's commit failed
+    before it was stored or acked, and the message came back after every restart."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    from streams.app import worker_app
+    from streams.settings import VigilSettings
+
+    limit = worker_app(VigilSettings(data_dir=tmp_path), "localhost:9092").conf.producer_max_request_size
+    topic = "t" * 249  # Kafka's longest topic name
+    raw, key = bytes(range(256)) * 8192, b"k" * 5000  # 2 MiB; keys are not bounded by the worker
+    # A detail of control characters, each written \u00XX in JSON: the longest a detail gets.
+    letter = to_dead_letter(Rejection(R.invalid, "\x01" * 5000), topic=topic, partition=3, offset=7, key=key, raw=raw)
+    value = letter.model_dump_json().encode()
+    assert DefaultRecordBatchBuilder.estimate_size_in_bytes(letter.key, value, []) < limit
+    # It holds the start of the message, and says how long it was, what it hashes to, where the rest is.
+    assert raw.startswith(letter.raw) and letter.raw and letter.key and key.startswith(letter.key)
+    assert (letter.raw_bytes, letter.raw_sha256) == (len(raw), hashlib.sha256(raw).hexdigest())
+    assert letter.detail.endswith(f"of the message's {len(raw):,} bytes; all of them stay on {topic} partition 3 "
+                                  "offset 7]")
+    assert len(letter.detail) <= MAX_DETAIL_CHARS
+    assert DeadLetter.model_validate_json(value) == letter
+
+
+def test_a_field_name_holding_terminal_escape_codes_is_quoted_in_the_detail() -> None:
+    """Such a name went into the detail as it was, and from there to `vigil dead-letters list`:
+    printed, it set the terminal's title and cleared its screen."""
+    name = "\x1b]0;owned\x07\x1b[2J\x1b[31mx"
+    result = decode(Kind.news, news(**{name: 1}))
+    assert isinstance(result, Rejection) and result.reason is R.invalid
+    assert result.detail == "'\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mx': unknown field (not in the contract)"
+    # On the way to a lone surrogate under it, too.
+    nested = json.dumps({**NEWS, "headline": "h", name: {"x": "\ud800"}}).encode()
+    assert decode(Kind.news, nested).detail.startswith("'\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mx'.x: contains a lone")
+    assert decode(Kind.news, news(sentiment="bullish")).detail == "sentiment: unknown field (not in the contract)"
 
 
 def test_content_hash_is_stable_64_bit() -> None:

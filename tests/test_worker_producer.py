@@ -1,6 +1,7 @@
 """The worker's producer (streams.app.worker_app) on the real broker: a micro-batch's records reach a
-partition as one record batch, not dozens. The embedded broker pays for every batch a partition holds
-on each later fetch of it (benchmarks/embedded_broker_growth.py)."""
+partition as one record batch, not dozens (the embedded broker pays for every batch a partition holds
+on each later fetch of it: benchmarks/embedded_broker_growth.py), and the dead letter of any message
+the broker took fits its requests."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import asyncio
 from pathlib import Path
 
 from streams.app import worker_app
+from streams.contracts import DeadLetter, DeadLetterReason, Kind
+from streams.decode import Rejection, decode_record, to_dead_letter
+from streams.samples import news_json
 from streams.settings import VigilSettings
 from tests.fixtures.broker import stored_batches
+from tests.fixtures.labelling import topic_records
 
 RECORDS = 256  # VIGIL_BATCH_MAX
 VALUE = b"x" * 1000  # about a scored message's JSON
@@ -45,3 +50,30 @@ def test_without_linger_and_with_faust_batch_size_the_same_records_make_dozens(
     sizes = publish_one_micro_batch(kafka_broker.bootstrap, new_topic(partitions=1), faust_defaults)
     assert sum(sizes) == RECORDS
     assert len(sizes) >= RECORDS * len(VALUE) // 16384, sizes
+
+
+def test_the_dead_letter_of_a_message_the_broker_took_reaches_the_dead_letter_topic(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    """An 800 KB message, refused as too_large: its dead letter, with all its bytes in base64, was
+    refused by the worker's producer (MessageSizeTooLargeError), so the batch never committed and
+    the partition was stuck on it across restarts."""
+    raw = news_json(id="n-big", headline="x" * 800_000)
+    refused = decode_record(Kind.news, raw, max_bytes=64 * 1024, max_text_chars=8000)
+    assert isinstance(refused, Rejection) and refused.reason is DeadLetterReason.too_large
+    letter = to_dead_letter(refused, topic="vigil.news.raw", partition=0, offset=0, key=b"n-big", raw=raw)
+    dlq = new_topic(partitions=1)
+
+    async def publish() -> None:
+        app = worker_app(VigilSettings(data_dir=tmp_path), kafka_broker.bootstrap)
+        out = app.topic(dlq, key_type=bytes, value_type=bytes)
+        await app.producer.start()
+        try:  # as BatchProcessor._publish sends it
+            await (await out.send(key=letter.key, value=letter.model_dump_json().encode()))
+        finally:
+            await app.producer.stop()
+
+    asyncio.run(publish())
+    ((key, value),) = asyncio.run(topic_records(kafka_broker.bootstrap, dlq, 1, timeout_s=10))
+    back = DeadLetter.model_validate_json(value)
+    assert key == b"n-big" and back.raw_bytes == len(raw) and raw.startswith(back.raw)

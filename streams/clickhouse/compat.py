@@ -8,6 +8,7 @@ created and then stays with the schema (see migrations.py), so rows always match
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,10 @@ from string import Template
 from typing import Any
 
 from streams.alerting.contracts import Alert, AlertVerdict, ContributingMessage, Severity
-from streams.contracts import EARLIEST_TIME, LATEST_TIME, DeadLetter, DeadLetterReason, Kind, ScoredMessage
+from streams.contracts import (
+    EARLIEST_TIME, LATEST_TIME, DeadLetter, DeadLetterReason, Kind, ScoredMessage, StoredDeadLetter,
+)
+from streams.pii import mask_pii
 
 from .errors import UnsupportedServer
 
@@ -164,32 +168,43 @@ def scored_from_row(row: Mapping[str, Any], level: CompatLevel) -> ScoredMessage
 
 # --- dead letters ------------------------------------------------------------------------------
 
-# Bytes travel as base64 because neither JSONEachRow (chdb) nor a str round trip can carry invalid
-# UTF-8; raw_preview is the replacement-decoded text for people reading the table.
+# No raw bytes are stored: the raw text stays in Kafka only (streams/pii.py), and a replay reads a
+# letter's message back from its raw topic. raw_base64 is in the table's sorting (and, on a
+# cluster, sharding) key, where it tells apart two messages at one position (a recreated topic,
+# the embedded broker's offsets starting again at 0), so it now holds "sha256:<hex>" of the bytes;
+# rows written before hold the bytes themselves, in base64, until they expire. raw_preview, for
+# people reading the table, is the start of the text with its PII masked, and so is the detail.
 DEAD_LETTER_COLUMNS = (
     "source_topic", "src_partition", "src_offset", "key_base64", "raw_base64", "raw_preview",
     "raw_bytes", "reason", "detail", "received_at",
 )
+_HASH_TAG = "sha256:"  # ':' is not in the base64 alphabet: an earlier row's bytes never start so
+# Enough more than the preview that any PII starting inside the preview (an email address is at
+# most 254 characters) is whole when masked, not cut into a part that no longer looks like one.
+_PREVIEW_MASKED_CHARS = _PREVIEW_CHARS + 256
 
 
 def dead_letter_row(letter: DeadLetter, level: CompatLevel) -> tuple[Any, ...]:
+    text = letter.raw[: _PREVIEW_MASKED_CHARS * 4].decode("utf-8", errors="replace")[:_PREVIEW_MASKED_CHARS]
     return (
         letter.source_topic, letter.partition, letter.offset,
         None if letter.key is None else base64.b64encode(letter.key).decode("ascii"),
-        base64.b64encode(letter.raw).decode("ascii"),
-        letter.raw[: _PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:_PREVIEW_CHARS],
-        len(letter.raw), letter.reason.value, letter.detail,
+        _HASH_TAG + letter.raw_sha256,
+        mask_pii(text).text[:_PREVIEW_CHARS],
+        letter.raw_bytes, letter.reason.value, mask_pii(letter.detail).text,
         to_stored_time(letter.received_at, level),
     )
 
 
-def dead_letter_from_row(row: Mapping[str, Any]) -> DeadLetter:
-    key = row["key_base64"]
-    return DeadLetter(
+def dead_letter_from_row(row: Mapping[str, Any]) -> StoredDeadLetter:
+    key, raw = row["key_base64"], row["raw_base64"]
+    return StoredDeadLetter(
         source_topic=row["source_topic"], partition=int(row["src_partition"]),
         offset=int(row["src_offset"]), key=None if key is None else base64.b64decode(key),
-        raw=base64.b64decode(row["raw_base64"]), reason=DeadLetterReason(row["reason"]),
-        detail=row["detail"], received_at=as_utc(row["received_at"]),
+        raw_bytes=int(row["raw_bytes"]),
+        raw_sha256=raw.removeprefix(_HASH_TAG) if raw.startswith(_HASH_TAG)
+        else hashlib.sha256(base64.b64decode(raw)).hexdigest(),
+        reason=DeadLetterReason(row["reason"]), detail=row["detail"], received_at=as_utc(row["received_at"]),
     )
 
 

@@ -1,6 +1,6 @@
-"""Dead letters for people (migrations 0002, 0012): the letters to look at or replay, filtered,
-and which of them a replay already sent back. A thin companion to ClickHouseStore, sharing its
-backend and retries."""
+"""Dead letters for people (migrations 0002, 0012, 0017): the letters to look at or replay,
+filtered, and which of them a replay already sent back. A thin companion to ClickHouseStore,
+sharing its backend and retries."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.contracts import DeadLetter, DeadLetterReason
-from streams.dead_letter_replay import LetterKey, letter_key
+from streams.contracts import DeadLetterReason, StoredDeadLetter
+from streams.dead_letter_replay import Replayed, letter_key
 
 from .compat import DEAD_LETTER_COLUMNS, bound_time, dead_letter_from_row, to_stored_time
 from .store import ClickHouseStore
 
-REPLAY_COLUMNS = ("source_topic", "src_partition", "src_offset", "raw_sha256", "replayed_at")
+REPLAY_COLUMNS = ("source_topic", "src_partition", "src_offset", "raw_sha256", "reason", "replayed_at")
 
 
 class DeadLetterStore:
@@ -26,7 +26,7 @@ class DeadLetterStore:
         return f"{self._store.database}.dead_letter_replays"
 
     def letters(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
-                since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[DeadLetter]:
+                since: datetime | None = None, limit: int = 1000, skip: int = 0) -> list[StoredDeadLetter]:
         """Letters received at or after ``since`` (whole seconds), oldest first: ``limit`` of them
         after the first ``skip``."""
         where, params = self._matching(reason, topic, since)
@@ -65,28 +65,29 @@ class DeadLetterStore:
         return ("WHERE " + " AND ".join(where) if where else ""), params
 
     def every_letter(self, *, reason: DeadLetterReason | None = None, topic: str | None = None,
-                     since: datetime | None = None, page: int = 5000) -> Iterator[DeadLetter]:
+                     since: datetime | None = None, page: int = 5000) -> Iterator[StoredDeadLetter]:
         """``letters``, oldest first, read a page at a time as the caller goes on."""
         skip = 0
         while letters := self.letters(reason=reason, topic=topic, since=since, limit=page, skip=skip):
             yield from letters
             skip += len(letters)
 
-    def replayed(self, topic: str | None = None) -> set[LetterKey]:
+    def replayed(self, topic: str | None = None) -> Replayed:
         """The letters (of ``topic``, else of every topic) that a replay sent back."""
         where = "WHERE source_topic = {topic:String}" if topic is not None else ""
         rows = self._store._query(
             "dead-letter replay read",
-            f"SELECT source_topic, src_partition, src_offset, raw_sha256 FROM {self._replays} FINAL {where}",
+            f"SELECT source_topic, src_partition, src_offset, raw_sha256, reason FROM {self._replays} FINAL {where}",
             {"topic": topic} if topic is not None else None,
         )
-        return {(t, int(p), int(o), h) for t, p, o, h in rows}
+        return Replayed(letters={(t, int(p), int(o), h) for t, p, o, h, _ in rows},
+                        contents={(t, h, DeadLetterReason(r)) for t, _, _, h, r in rows if r})
 
-    def record_replays(self, letters: Sequence[DeadLetter], at: datetime) -> int:
+    def record_replays(self, letters: Sequence[StoredDeadLetter], at: datetime) -> int:
         if not letters:
             return 0
         when = to_stored_time(at, self._store.level)
-        rows: list[tuple[Any, ...]] = [(*letter_key(d), when) for d in letters]
+        rows: list[tuple[Any, ...]] = [(*letter_key(d), d.reason.value, when) for d in letters]
         self._store._retried("insert into dead_letter_replays",
                              lambda: self._store.backend.insert(self._replays, REPLAY_COLUMNS, rows))
         return len(rows)

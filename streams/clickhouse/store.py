@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 from pydantic import BaseModel
 
 from streams.alerting.contracts import Alert, AlertVerdict
-from streams.contracts import DeadLetter, Kind, ScoredMessage
+from streams.contracts import DeadLetter, Kind, ScoredMessage, StoredDeadLetter
 from streams.settings import VigilSettings
 
 from .backends import Backend, connect
@@ -302,7 +302,7 @@ class ClickHouseStore:
         )
         return [RecentScore(label, min(float(c), 1.0), as_utc(t)) for label, c, t in reversed(rows)]
 
-    def fetch_dead_letters(self, source_topic: str) -> list[DeadLetter]:
+    def fetch_dead_letters(self, source_topic: str) -> list[StoredDeadLetter]:
         rows = self._query(
             "dead-letter read",
             f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {self._dead_letters} FINAL "
