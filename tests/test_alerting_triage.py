@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.triage_mapping import load_triage_mapping
-from streams.alerting.contracts import Alert, Severity
+from streams.alerting.contracts import CONTRIBUTOR_TEXT_CHARS, Alert, ContributingMessage, Severity
 from streams.alerting.partitions import IntentSpikePartitions
 from streams.alerting.rules import IntentSpikeRule, geometry
 from streams.alerting.triage import (
@@ -88,6 +88,18 @@ def test_p1_intents_alert_at_once_and_others_do_not():
             assert alert is None
     guess = route(_msg("g", "x", p1[0], T0, 0.2), MAPPING, 0.5)
     assert priority_alert(guess) is None
+
+
+def test_an_alert_shows_the_start_of_a_long_text_and_stays_small():
+    """An alert carried its messages' whole texts, so its size grew with the text limit: with
+    VIGIL_MAX_TEXT_CHARS at 30,000, a ticker's ten contributors passed the producer's 1 MB."""
+    text = "my card was stolen 🙁 " * 1500  # 30,000 characters, 4-byte emoji among them
+    d = route(_msg("m1", text, "compromised_card", T0, 0.9), MAPPING, 0.5)
+    alert = priority_alert(d)
+    (shown,) = alert.top_messages
+    assert len(shown.text) == CONTRIBUTOR_TEXT_CHARS and shown.text == text[: CONTRIBUTOR_TEXT_CHARS - 1] + "…"
+    assert len(alert.model_dump_json().encode()) < 4 * CONTRIBUTOR_TEXT_CHARS + 2000
+    assert ContributingMessage.model_validate_json(shown.model_dump_json()) == shown  # read back unchanged
 
 
 def test_an_unacked_p1_escalates_after_its_sla_exactly_once_and_an_acked_one_does_not():

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Alert ids are uuid5 of what the alert is about, so a replay (or a worker restarted on the same
 # input) produces the same ids and downstream stores can de-duplicate on them.
@@ -27,15 +27,26 @@ class Severity(StrEnum):
 _SEVERITY_RANK = {Severity.info: 0, Severity.warning: 1, Severity.critical: 2}
 
 
+# An alert names its messages by id (the feedback loop reads them from ClickHouse); the text is for
+# a glance. Whole texts made an alert's size grow with the text limit: at 30,000 characters, ten
+# contributors passed the producer's 1 MB and the alert could never be published.
+CONTRIBUTOR_TEXT_CHARS = 500
+
+
 class ContributingMessage(BaseModel):
     """One message behind an alert, enough for a person to see why at a glance."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
-    text: str
+    text: str = Field(description=f"The text, its first {CONTRIBUTOR_TEXT_CHARS} characters and '…' when longer.")
     label: str
     score: float = Field(description="Sentiment: p_pos - p_neg. Triage: the intent's confidence.")
+
+    @field_validator("text")
+    @classmethod
+    def _glance(cls, text: str) -> str:
+        return text if len(text) <= CONTRIBUTOR_TEXT_CHARS else text[: CONTRIBUTOR_TEXT_CHARS - 1] + "…"
 
 
 class TickerEvent(BaseModel):
