@@ -92,7 +92,10 @@ class VigilSettings(BaseSettings):
     batch_within_s: float = Field(
         0.25, gt=0, description="Micro-batch time bound: the longest a message waits for its batch to close."
     )
-    max_message_bytes: int = Field(64 * 1024, ge=1024, description="Larger raw messages go to the DLQ.")
+    max_message_bytes: int = Field(
+        64 * 1024, ge=1024, le=768 * 1024, description="Larger raw messages go to the DLQ. At most 768 KiB: "
+        "the scored message, ticket and ticker events carry the text again, and must fit the producer's 1 MB request."
+    )
     max_text_chars: int = Field(8_000, ge=16, description="Longer text fields fail validation.")
     max_event_ahead_s: float = Field(
         600.0, ge=0, description="A message whose event time (published_at, created_at) is further ahead of the "

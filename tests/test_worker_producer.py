@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from streams.app import worker_app
 from streams.contracts import DeadLetter, DeadLetterReason, Kind
 from streams.decode import Rejection, decode_record, to_dead_letter
 from streams.samples import news_json
 from streams.settings import VigilSettings
+from tests.fixtures.alerting import scored
 from tests.fixtures.broker import stored_batches
 from tests.fixtures.labelling import topic_records
 
@@ -77,3 +81,19 @@ def test_the_dead_letter_of_a_message_the_broker_took_reaches_the_dead_letter_to
     ((key, value),) = asyncio.run(topic_records(kafka_broker.bootstrap, dlq, 1, timeout_s=10))
     back = DeadLetter.model_validate_json(value)
     assert key == b"n-big" and back.raw_bytes == len(raw) and raw.startswith(back.raw)
+
+
+def test_the_scored_message_of_the_largest_message_allowed_fits_the_producer(tmp_path: Path) -> None:
+    """A scored message carries the text again: a raw size limit raised past the producer's request
+    would pass messages whose scored message can never be published (the batch retried for ever)."""
+    with pytest.raises(ValidationError, match="max_message_bytes"):
+        VigilSettings(data_dir=tmp_path, max_message_bytes=2 * 1024 * 1024)
+    settings = VigilSettings(data_dir=tmp_path, max_message_bytes=768 * 1024, max_text_chars=100_000)
+    # Characters JSON may write at 6 and 12 bytes, in both text fields: as large as a scored text gets.
+    field = "\u0001📈" * 21_500
+    raw = news_json(headline=field, body=field)
+    assert 0.95 * settings.max_message_bytes < len(raw) <= settings.max_message_bytes
+    item = decode_record(Kind.news, raw, max_bytes=settings.max_message_bytes, max_text_chars=settings.max_text_chars)
+    assert not isinstance(item, Rejection), item
+    value = scored(item, "positive", ["negative", "neutral", "positive"]).model_dump_json().encode()
+    assert len(value) <= worker_app(settings, "127.0.0.1:9").conf.producer_max_request_size, len(value)
