@@ -70,7 +70,9 @@ def train_command(
 def eval_command(
     ctx: typer.Context,
     task: Annotated[str, typer.Option(callback=known_task, help="sentiment or triage")],
-    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV: text,label or text,category")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help=(
+        "CSV: text,label or text,category (sentiment labels by name or as Twitter Financial News' 0 bearish, "
+        "1 bullish, 2 neutral); with an all_agree column (Financial PhraseBank), that subset is reported too"))],
     version: Annotated[str | None, typer.Option(help="Registry version (default: settings / champion)")] = None,
     png: Annotated[Path | None, typer.Option(help="Write the confusion matrix here")] = None,
 ) -> None:
@@ -82,11 +84,14 @@ def eval_command(
     s = _settings(ctx)
     try:
         scorer = load_scorer(s, task, version)
-        rows = read_labelled_csv(data)
-        if task == "sentiment" and {y for _, y in rows} <= {"0", "1", "2"}:
-            rows = [(t, {"0": "negative", "1": "positive", "2": "neutral"}[y]) for t, y in rows]
-        preds = scorer.score([t for t, _ in rows])
-        report = evaluate([y for _, y in rows], [p.label for p in preds], scorer.labels)
+        rows = read_labelled_csv(data, task)
+        preds = scorer.score(rows.texts)
+        predicted = [p.label for p in preds]
+        report = evaluate(rows.labels, predicted, scorer.labels)
+        agreed = None
+        if rows.all_agree is not None and any(rows.all_agree):
+            kept = [i for i, agree in enumerate(rows.all_agree) if agree]
+            agreed = evaluate([rows.labels[i] for i in kept], [predicted[i] for i in kept], scorer.labels)
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from e
     table = Table(title=f"{task} {scorer.model_version} on {data} ({report.n} rows)")
@@ -97,6 +102,9 @@ def eval_command(
     console.print(table)
     console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  "
                   f"truncated {sum(p.truncated for p in preds)}")
+    if agreed is not None:
+        console.print(f"all-annotators-agree rows ({agreed.n}): accuracy {agreed.accuracy:.4f}  "
+                      f"macro-F1 {agreed.macro_f1:.4f}")
     if png:
         try:
             write_confusion_png(report, png, f"{task} {scorer.model_version}")

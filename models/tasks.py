@@ -110,12 +110,37 @@ def get_task(name: str) -> TaskSpec:
         raise UnknownTask(f"unknown task {name!r}; choose from {', '.join(TASKS)}") from None
 
 
-def read_labelled_csv(path: Path) -> list[tuple[str, str]]:
-    """(text, label) pairs from a CSV with columns text,label or text,category."""
+# Sentiment labels as the corpora write them: Twitter Financial News as 0/1/2 (its codes) or by
+# name, bearish and bullish included.
+_SENTIMENT_NAMES = {**_TWITTER_LABELS, "bearish": "negative", "bullish": "positive",
+                    **{label: label for label in SENTIMENT_LABELS}}
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledFile:
+    texts: list[str]
+    labels: list[str]
+    # Financial PhraseBank's all_agree column (1: every annotator agreed), when the file has it.
+    all_agree: list[bool] | None
+
+
+def read_labelled_csv(path: Path, task: str) -> LabelledFile:
+    """The rows of an evaluation CSV: columns text (or sentence) and label (or category), and
+    all_agree when present. Sentiment labels may be Twitter Financial News' 0/1/2 codes."""
     rows = _read_csv(path)
     if not rows:
         raise BadDataFile(f"{path} has no rows")
-    column = "label" if "label" in rows[0] else "category" if "category" in rows[0] else None
-    if "text" not in rows[0] or column is None:
+    text = next((c for c in ("text", "sentence") if c in rows[0]), None)
+    column = next((c for c in ("label", "category") if c in rows[0]), None)
+    if text is None or column is None:
         raise BadDataFile(f"{path} needs columns text,label or text,category; it has {list(rows[0])}")
-    return [(r["text"], r[column]) for r in rows]
+    labels = [r[column].strip() for r in rows]
+    if task == "sentiment":
+        labels = [_SENTIMENT_NAMES.get(y.lower(), y) for y in labels]
+    all_agree = None
+    if "all_agree" in rows[0]:
+        bad = next((i for i, r in enumerate(rows) if r["all_agree"].strip() not in ("0", "1")), None)
+        if bad is not None:
+            raise BadDataFile(f"{path} row {bad + 2}: all_agree {rows[bad]['all_agree']!r} is not 0 or 1")
+        all_agree = [r["all_agree"].strip() == "1" for r in rows]
+    return LabelledFile([r[text] for r in rows], labels, all_agree)

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import re
 
 from typer.testing import CliRunner
 
@@ -43,6 +44,37 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
     bad.write_text("text,category\nhello,not_an_intent\n")
     code, out = _run(["eval", "--task", "triage", "--data", str(bad)], data_dir)
     assert code == 1 and "not_an_intent" in out
+
+
+def _accuracies(out: str) -> list[str]:
+    return re.findall(r"accuracy (\d\.\d{4})", out)
+
+
+def test_eval_reads_the_corpora_as_they_come_and_reports_phrasebanks_agreed_rows(tiny_registry, tmp_path):
+    """The hidden splits come as the bundled files do: Financial PhraseBank with named labels and an
+    all_agree column (its second benchmark is that subset), the tweets with their 0/1/2 codes."""
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    rows = [("Operating profit rose to EUR 13.1 mn", "positive", "1"), ("Sales fell sharply", "negative", "1"),
+            ("The company is based in Espoo", "neutral", "0"), ("Shares dropped 5%", "negative", "0")]
+    phrasebank = tmp_path / "phrasebank.csv"
+    with phrasebank.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label", "all_agree"), *rows])
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(phrasebank)], data_dir)
+    assert code == 0 and "all-annotators-agree rows (2)" in out, out
+    named = _accuracies(out)[0]
+
+    codes = {"negative": "0", "positive": "1", "neutral": "2"}  # Twitter Financial News' codes
+    tweets = tmp_path / "tweets.csv"
+    with tweets.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *((t, codes[y]) for t, y, _ in rows)])
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(tweets)], data_dir)
+    assert code == 0 and _accuracies(out) == [named] and "all-annotators-agree" not in out, out
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text("text,label,all_agree\nSales fell,negative,yes\n")
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(broken)], data_dir)
+    assert code == 1 and "row 2: all_agree 'yes' is not 0 or 1" in " ".join(out.split()), out
 
 
 def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
