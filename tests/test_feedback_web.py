@@ -567,6 +567,41 @@ def test_a_verdict_keeps_the_responders_own_labels_and_a_turned_verdict_takes_it
     assert [(c.message_id, c.human_label, c.source) for c in kept] == [(own_id, human, CorrectionSource.implicit)]
 
 
+def test_a_queue_label_that_agrees_with_a_useful_verdict_outlives_the_verdict_turned_false(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """alice's useful verdict stored the model's label of an alert's message as hers; her queue
+    label of that message, the same label, found it stored and stored nothing, so turning the
+    verdict false withdrew the only label she had given, her queue item still labelled."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 1, skip=60)
+    store.write_scored(scored_messages(scorer, texts))
+    alert = _alert(5, "negative_share", scorer, texts)
+    store.write_alerts([alert])
+    feedback.write_requests(scored_requests(scorer, texts, [SelectionReason.alert]))
+    (message_id, _), model_label = texts[0], alert.top_messages[0].label
+    alice = bearer(tokens["alice"])
+
+    async def go() -> list[tuple[str, str, bool]]:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": True})
+            assert (await r.json())["corrections"] == 1
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert item["message_id"] == message_id
+            r = await client.post(f"/api/items/{item['item_id']}/label", headers=alice, json={"label": model_label})
+            assert r.status == 200
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": False})
+            assert r.status == 201
+            await post_marker(client, tokens)
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 3)
+        return [(c["annotator"], c["source"], c["withdrawn"]) for c in published]
+
+    assert asyncio.run(go()) == [("alice", "alert_verdict", False), ("alice", "queue", False), ("bob", "implicit", False)]
+    kept = [(c.annotator, c.message_id, c.human_label, c.source) for c in feedback.fetch_corrections("sentiment")]
+    assert kept == [("alice", message_id, model_label, CorrectionSource.queue), ("bob", "marker", "neutral",
+                                                                               CorrectionSource.implicit)]
+
+
 def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
     async def go() -> None:
         async with serving(labelling_settings, store) as client:
