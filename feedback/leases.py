@@ -94,13 +94,19 @@ class LeaseBook:
 
     def merge(self, items: Iterable[QueueItem]) -> int:
         """Take items read from the store; per item the later ``updated_at`` wins (the book's own
-        transitions are newer than a stale read). A labelled or skipped item taken here joins its
+        transitions are newer than a stale read). At the same ``updated_at`` the store's request
+        wins: reasons (an alert, a review) that a request for an item still open added there, in
+        a row of the same time (``FeedbackStore.write_requests``), rank the item, and each change
+        the book makes writes its request back. A labelled or skipped item taken here joins its
         annotator's undo history, so undo works across a restart or a change of queue owner.
-        Returns how many were new or newer."""
+        Returns how many were new, newer or given more reasons."""
         changed = 0
         for item in items:
             held = self._items.get(item.request.item_id)
-            if held is None or item.updated_at > held.updated_at:
+            if held is not None and item.updated_at == held.updated_at and item.request != held.request:
+                self._items[item.request.item_id] = held.model_copy(update={"request": item.request})
+                changed += 1
+            elif held is None or item.updated_at > held.updated_at:
                 self._items[item.request.item_id] = item
                 changed += 1
                 if item.state in (ItemState.labelled, ItemState.skipped) and item.leased_by:

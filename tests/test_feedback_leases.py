@@ -297,3 +297,17 @@ def test_keep_open_forgets_only_open_items_that_were_not_read_again() -> None:
     assert book.held_by("bob", now) == live
     assert book.get(done.request.item_id).state is ItemState.labelled
 
+
+def test_a_reason_the_store_added_to_an_open_item_reaches_the_book() -> None:
+    """A second request for an item still open (an alert's review of an uncertain item) adds its
+    reason in a row of the same time in the store: the book kept its own request, so the item was
+    not served first, and its lease wrote the reason out of the store again."""
+    old, other = request(1, [SelectionReason.uncertain], minutes=1), request(0, [SelectionReason.uncertain])
+    book = book_with(old, other)
+    enriched = book.get(old.item_id).model_copy(update={"request": old.model_copy(update={
+        "reasons": [SelectionReason.uncertain, SelectionReason.alert_review], "alert_id": "a-1"})})
+    assert book.merge([enriched, book.get(other.item_id)]) == 1
+    leased = book.lease("ann", T0 + timedelta(seconds=1)).item
+    assert leased.request == enriched.request
+    assert book.merge([enriched]) == 0  # the book's lease is newer than the store's open row
+    assert book.get(old.item_id).state is ItemState.leased

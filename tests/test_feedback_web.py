@@ -602,6 +602,37 @@ def test_a_queue_label_that_agrees_with_a_useful_verdict_outlives_the_verdict_tu
                                                                                CorrectionSource.implicit)]
 
 
+def test_a_review_of_an_item_the_owner_holds_open_is_served_first_and_keeps_its_reason(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """A false verdict's review request for a message already queued as uncertain adds its reason
+    to the open item in ClickHouse. The owner's book, which held the item already, kept it as
+    uncertain: an older uncertain item was leased first, and the review's lease wrote the reason
+    and the alert id out of ClickHouse."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 2, skip=70)
+    store.write_scored(scored_messages(scorer, texts))
+    feedback.write_requests(scored_requests(scorer, texts, [SelectionReason.uncertain]))
+    alert = _alert(6, "negative_share", scorer, texts[1:])
+    store.write_alerts([alert])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> str:
+        async with serving(labelling_settings, store) as client:
+            queue = await (await client.get("/api/queue", headers=alice)).json()
+            assert [p["message_id"] for p in queue["pending"]] == [m for m, _ in texts]
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": False})
+            assert (await r.json())["review_items"] == 1
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert (item["message_id"], item["reasons"]) == (texts[1][0], ["uncertain", "alert_review"])
+            return item["item_id"]
+
+    stored = feedback.fetch_item(asyncio.run(go()))
+    assert stored.state is ItemState.leased
+    assert (stored.request.reasons, stored.request.alert_id) == (
+        [SelectionReason.uncertain, SelectionReason.alert_review], alert.id)
+
+
 def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
     async def go() -> None:
         async with serving(labelling_settings, store) as client:
