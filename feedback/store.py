@@ -296,6 +296,15 @@ class FeedbackStore:
         )
         return {"labelled": 0, "skipped": 0} | {state: int(n) for state, n in rows}
 
+    def skipped_per_annotator(self) -> dict[str, int]:
+        """How many queue items each annotator skipped, as their latest state says."""
+        rows = self._query(
+            "label-queue stats",
+            f"SELECT leased_by, count() FROM (SELECT state, leased_by FROM {self.database}.label_queue FINAL) "
+            "WHERE state = 'skipped' AND leased_by != '' GROUP BY leased_by",
+        )
+        return {annotator: int(n) for annotator, n in rows}
+
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, QueueItem]:
         """The queue items with these ids, by id (ids not in the queue are absent)."""
         if not (wanted := sorted(item_ids)):

@@ -111,6 +111,7 @@ def test_the_latest_state_wins_and_filters_see_only_it(fstore: FeedbackStore) ->
     assert fstore.fetch_items(states=[]) == []
     assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 1, "skipped": 1}
     assert fstore.queue_stats("triage") == {"open": 0, "leased": 0, "labelled": 0, "skipped": 0}
+    assert fstore.skipped_per_annotator() == {"ann": 1}
     # An undo puts it back to open; the re-written request still does not reopen or duplicate anything.
     fstore.write_items([labelled.model_copy(update={"state": ItemState.open, "leased_by": None,
                                                     "updated_at": leased_at + timedelta(minutes=1)})])
