@@ -16,7 +16,7 @@ from aiohttp import web
 from feedback.api_models import ItemView, Progress, error_body
 from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import Correction, ItemState, QueueItem, Task
-from feedback.leases import LeaseBook
+from feedback.leases import LeaseBook, Leased
 from feedback.ownership import QueueOwnership
 from feedback.store import FeedbackStore
 from feedback.ui_metrics import UiMetrics
@@ -80,6 +80,7 @@ class Service:
         self._done_today: dict[str, tuple[date, dict[str, int]]] = {}
         self._refreshed_at: float | None = None
         self._stored: dict[str, dict[str, int]] = {}
+        self._queued: dict[str, int] = {}  # per task, every item ClickHouse had at the last refresh
         self._refresh_lock = asyncio.Lock()
         # One queue change at a time: a label awaits Kafka and ClickHouse between checking the
         # lease and moving the item on, and a second call in that gap (a retried request, a lease
@@ -137,31 +138,42 @@ class Service:
             await self._http.close()
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Merge open, leased and still undoable items from ClickHouse into the book (new requests
-        arrive there)."""
+        """Load into the book, from ClickHouse, every live lease, every item that can still be
+        undone, and per task the next ``ui_queue_window`` items in the order they are leased (new
+        requests arrive there); the book forgets the open items that are no longer among them.
+        Holding a window, not the whole queue, keeps the owner's memory and each refresh's read
+        bounded when annotators fall behind (an item is 2-6 KB in memory; a backlog can reach a
+        million items)."""
         async with self._refresh_lock:
             due = self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.settings.ui_queue_refresh_s
             if not (force or due):
                 return
-            undoable_since = self.clock() - timedelta(seconds=self.settings.ui_undo_window_s)
-            items, stored = await self.io(lambda: (
-                self.feedback.fetch_items(states={ItemState.open, ItemState.leased}, or_updated_since=undoable_since,
-                                          limit=10_000),
+            now = self.clock()
+            undoable_since = now - timedelta(seconds=self.settings.ui_undo_window_s)
+            held, window, stored = await self.io(lambda: (
+                self.feedback.fetch_held(now, undoable_since),
+                [i for t in TASKS for i in self.feedback.fetch_next(t, now, self.settings.ui_queue_window)],
                 {t: self.feedback.queue_stats(t) for t in TASKS},
             ))
-            self.book.merge(items)
-            self.book.prune(self.clock())
+            self.book.merge(held + window)
+            now = self.clock()
+            self.book.keep_open({i.request.item_id for i in held + window}, now)
+            self.book.prune(now)
             self._stored = stored
+            self._queued = {t: sum(c.values()) for t, c in stored.items()}
             self._refreshed_at = time.monotonic()
 
     def counts(self, now: datetime, task: str | None = None) -> dict[str, int]:
-        """Open and leased from the book (live); labelled and skipped from ClickHouse as of the
-        last refresh (the book forgets finished items once they can no longer be undone)."""
-        live = self.book.counts(now, task)
-        done = [ItemState.labelled.value, ItemState.skipped.value]
-        for state in done:
-            live[state] = sum(c.get(state, 0) for t, c in self._stored.items() if task in (None, t))
-        return live
+        """Leased from the book (live: it holds every lease); labelled and skipped from ClickHouse
+        as of the last refresh, followed since by ``count``; open is what remains of all the items
+        ClickHouse had then, since the book holds only the next few."""
+        out = self.book.counts(now, task)
+        for state in (ItemState.labelled.value, ItemState.skipped.value):
+            out[state] = sum(c.get(state, 0) for t, c in self._stored.items() if task in (None, t))
+        queued = sum(n for t, n in self._queued.items() if task in (None, t))
+        out[ItemState.open.value] = max(0, queued - out[ItemState.leased.value] - out[ItemState.labelled.value]
+                                        - out[ItemState.skipped.value])
+        return out
 
     def labels(self, task: str) -> list[str]:
         try:
@@ -226,6 +238,12 @@ class Service:
     async def lease_next(self, annotator: str, now: datetime, task: str | None) -> QueueItem | None:
         await self.refresh()
         leased = self.book.lease(annotator, now, task)
+        if leased.item is None and self.counts(now, task)[ItemState.open.value] > 0:
+            # Every open item of the book's window is leased, but ClickHouse had more: read the
+            # next ones now rather than answer "nothing to label" until the next refresh.
+            await self.refresh(force=True)
+            again = self.book.lease(annotator, now, task)
+            leased = Leased(again.item, leased.changed + again.changed)
         if leased.changed:
             await self.save(leased.changed)
         return leased.item

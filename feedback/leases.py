@@ -19,13 +19,14 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from feedback.contracts import ItemState, LabelRequest, QueueItem, SelectionReason
 
-_RANK = {
+# FeedbackStore.fetch_next reads the next open items from ClickHouse in this order too.
+RANK = {
     SelectionReason.alert: 0,
     SelectionReason.alert_review: 0,
     SelectionReason.disagreement: 0,
@@ -60,7 +61,7 @@ class AlreadyLabelled(LeaseError):
 
 def priority(request: LabelRequest) -> int:
     """0 for alert/alert_review/disagreement, 1 uncertain, 2 audit (the best reason counts)."""
-    return min(_RANK[r] for r in request.reasons)
+    return min(RANK[r] for r in request.reasons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +94,19 @@ class LeaseBook:
 
     def merge(self, items: Iterable[QueueItem]) -> int:
         """Take items read from the store; per item the later ``updated_at`` wins (the book's own
-        transitions are newer than a stale read). A labelled or skipped item taken here joins its
+        transitions are newer than a stale read). At the same ``updated_at`` the store's request
+        wins: reasons (an alert, a review) that a request for an item still open added there, in
+        a row of the same time (``FeedbackStore.write_requests``), rank the item, and each change
+        the book makes writes its request back. A labelled or skipped item taken here joins its
         annotator's undo history, so undo works across a restart or a change of queue owner.
-        Returns how many were new or newer."""
+        Returns how many were new, newer or given more reasons."""
         changed = 0
         for item in items:
             held = self._items.get(item.request.item_id)
-            if held is None or item.updated_at > held.updated_at:
+            if held is not None and item.updated_at == held.updated_at and item.request != held.request:
+                self._items[item.request.item_id] = held.model_copy(update={"request": item.request})
+                changed += 1
+            elif held is None or item.updated_at > held.updated_at:
                 self._items[item.request.item_id] = item
                 changed += 1
                 if item.state in (ItemState.labelled, ItemState.skipped) and item.leased_by:
@@ -113,6 +120,16 @@ class LeaseBook:
         item = QueueItem(request=request, state=ItemState.open, updated_at=now)
         self._items[request.item_id] = item
         return item
+
+    def keep_open(self, kept: Collection[str], now: datetime) -> int:
+        """Forget the open items (lapsed leases included) not in ``kept``, the ids just read from
+        the store, so that the book holds only the next items in the queue besides the leases and
+        what can be undone; the store keeps the rest, and they come back as they reach the front.
+        Returns how many went."""
+        gone = [k for k, i in self._items.items() if k not in kept and self.effective_state(i, now) is ItemState.open]
+        for k in gone:
+            del self._items[k]
+        return len(gone)
 
     def prune(self, now: datetime) -> int:
         """Forget labelled and skipped items past the undo window (the store keeps them), so a

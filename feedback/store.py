@@ -24,6 +24,7 @@ from feedback.contracts import (
     QueueItem,
     SelectionReason,
 )
+from feedback.leases import RANK
 from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import TASK_OF_KIND, PastSelection
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, connect
@@ -143,6 +144,19 @@ def _merge(first: LabelRequest, later: LabelRequest) -> LabelRequest:
     })
 
 
+def _priority_sql() -> tuple[str, dict[str, list[str]]]:
+    """``feedback.leases.priority`` as a ClickHouse expression on ``reasons``, with its parameters."""
+    by_rank: dict[int, list[str]] = {}
+    for reason, rank in RANK.items():
+        by_rank.setdefault(rank, []).append(reason.value)
+    *better, worst = sorted(by_rank)
+    branches = "".join(f"hasAny(reasons, {{rank{r}:Array(String)}}), {r}, " for r in better)
+    return f"multiIf({branches}{worst})", {f"rank{r}": sorted(by_rank[r]) for r in better}
+
+
+_PRIORITY_SQL, _PRIORITY_PARAMS = _priority_sql()
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -211,31 +225,61 @@ class FeedbackStore:
         *,
         task: str | None = None,
         states: Collection[ItemState] | None = None,
-        or_updated_since: datetime | None = None,
         limit: int = 1000,
     ) -> list[QueueItem]:
-        """The latest state of each item, oldest selected first. ``or_updated_since`` (whole
-        seconds) adds the items whose latest change is that recent, whatever their state: a lease
-        book also holds the finished items that can still be undone."""
-        if states is not None and not states and or_updated_since is None:
+        """The latest state of each item, oldest selected first."""
+        if states is not None and not states:
             return []
         inner_where = "WHERE task = {task:String}" if task is not None else ""
         params: dict[str, Any] = {"limit": limit}
         if task is not None:
             params["task"] = task
-        outer: list[str] = []
+        outer_where = ""
         if states is not None:
-            outer.append("state IN {states:Array(String)}")
+            outer_where = "WHERE state IN {states:Array(String)}"
             params["states"] = sorted(ItemState(s).value for s in states)
-        if states is not None and or_updated_since is not None:
-            outer.append("updated_time >= toDateTime({since:String}, 'UTC')")
-            params["since"] = bound_time(or_updated_since)
-        outer_where = f"WHERE {' OR '.join(outer)}" if outer else ""
         cols = ", ".join(QUEUE_COLUMNS)
         rows = self._query(
             "label-queue read",
             f"SELECT {cols} FROM (SELECT {cols} FROM {self.database}.label_queue FINAL {inner_where}) "
             f"{outer_where} ORDER BY selected_at, item_id LIMIT {{limit:UInt64}}",
+            params,
+        )
+        return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
+
+    def fetch_next(self, task: str, now: datetime, limit: int) -> list[QueueItem]:
+        """The first ``limit`` items of ``task`` that can be leased at ``now`` (open, or leased with
+        the lease run out, at whole seconds), in the order a lease book leases them: best reason
+        first (``feedback.leases.RANK``), then oldest selected."""
+        lapsed = ("state = 'open' OR (state = 'leased' AND (isNull(lease_expires) OR "
+                  "lease_expires <= toDateTime({now:String}, 'UTC')))")
+        # The ranking reads only the columns it needs: it scans every item the queue ever had.
+        ids = (
+            f"SELECT item_id FROM (SELECT item_id, reasons, selected_at, state, lease_expires "
+            f"FROM {self.database}.label_queue FINAL WHERE task = {{task:String}}) WHERE {lapsed} "
+            f"ORDER BY {_PRIORITY_SQL}, selected_at, item_id LIMIT {{limit:UInt64}}"
+        )
+        return self._items_in(ids, {"task": task, "now": bound_time(now), "limit": limit, **_PRIORITY_PARAMS},
+                              order=f"{_PRIORITY_SQL}, selected_at, item_id")
+
+    def fetch_held(self, now: datetime, changed_since: datetime) -> list[QueueItem]:
+        """Every item leased at ``now`` and every item changed at or after ``changed_since``
+        (whole seconds), whatever its state: what a lease book holds besides the next open items
+        (the leases, and the finished items that can still be undone)."""
+        ids = (
+            f"SELECT item_id FROM (SELECT item_id, state, lease_expires, updated_time FROM "
+            f"{self.database}.label_queue FINAL) WHERE (state = 'leased' AND "
+            "lease_expires > toDateTime({now:String}, 'UTC')) OR updated_time >= toDateTime({since:String}, 'UTC')"
+        )
+        return self._items_in(ids, {"now": bound_time(now), "since": bound_time(changed_since)},
+                              order="updated_time, item_id")
+
+    def _items_in(self, ids: str, params: dict[str, Any], *, order: str) -> list[QueueItem]:
+        """The latest state of the items whose ids the subquery ``ids`` selects, in ``order``."""
+        cols = ", ".join(QUEUE_COLUMNS)
+        rows = self._query(
+            "label-queue read",
+            f"SELECT {cols} FROM {self.database}.label_queue FINAL WHERE item_id IN ({ids}) ORDER BY {order}",
             params,
         )
         return [queue_item_from_row(dict(zip(QUEUE_COLUMNS, r, strict=True))) for r in rows]
@@ -251,6 +295,15 @@ class FeedbackStore:
             {"annotator": annotator, "since": bound_time(since)},
         )
         return {"labelled": 0, "skipped": 0} | {state: int(n) for state, n in rows}
+
+    def skipped_per_annotator(self) -> dict[str, int]:
+        """How many queue items each annotator skipped, as their latest state says."""
+        rows = self._query(
+            "label-queue stats",
+            f"SELECT leased_by, count() FROM (SELECT state, leased_by FROM {self.database}.label_queue FINAL) "
+            "WHERE state = 'skipped' AND leased_by != '' GROUP BY leased_by",
+        )
+        return {annotator: int(n) for annotator, n in rows}
 
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, QueueItem]:
         """The queue items with these ids, by id (ids not in the queue are absent)."""

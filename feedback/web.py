@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -239,8 +239,11 @@ async def label(request: web.Request) -> web.Response:
     )
     # An earlier attempt may have stored this very label and been cut off before the item moved on
     # (its owner died between the two writes, or a paused owner wrote it after this one loaded the
-    # queue): the item is finished without publishing the label a second time.
-    if await _stored_label(svc, correction.correction_id) != body.label:
+    # queue): the item is finished without publishing the label a second time. Only this item's
+    # own label counts: the same label stored under the same id by an alert verdict is replaced,
+    # or the verdict, turned false, would take the queue's label back with its own.
+    saved = await svc.io(svc.feedback.fetch_correction, correction.correction_id)
+    if not (_queue_label_of(saved, r.item_id) and saved.human_label == body.label):
         await svc.correct([correction])
     done = svc.book.label(r.item_id, who, now)
     await svc.save([done])
@@ -272,13 +275,20 @@ async def _stored_label(svc: Service, correction_id: str) -> str | None:
     return saved.human_label if saved is not None and not saved.withdrawn else None
 
 
+def _queue_label_of(saved: Correction | None, item_id: str) -> TypeGuard[Correction]:
+    """Whether ``saved`` is a label given to queue item ``item_id``, and not withdrawn (the same
+    id also holds the annotator's verdict confirmations and API corrections of the message)."""
+    return (saved is not None and not saved.withdrawn and saved.source is CorrectionSource.queue
+            and saved.item_id == item_id)
+
+
 async def _withdraw_label(svc: Service, who: str, item: QueueItem, now: datetime) -> None:
     """Take back the label ``who`` gave ``item`` in the queue, if one is stored: its withdrawal
     replaces it on the corrections topic and in the feedback table, so that retraining and
     agreement no longer count it when the item is then skipped or left."""
     r = item.request
     saved = await svc.io(svc.feedback.fetch_correction, Correction.make_id(r.task, r.message_id, who))
-    if saved is not None and not saved.withdrawn and saved.item_id == r.item_id:
+    if _queue_label_of(saved, r.item_id):
         await svc.correct([saved.withdrawal(now)])
 
 
@@ -354,13 +364,12 @@ async def stats(request: web.Request) -> web.Response:
     def read() -> StatsOut:
         queue = {t: svc.feedback.queue_stats(t) for t in TASKS}
         corrections = {t: svc.feedback.fetch_corrections(t) for t in TASKS}
-        skipped = svc.feedback.fetch_items(states={ItemState.skipped}, limit=1_000_000)
         annotators: dict[str, dict[str, int]] = {}
         for name, n in labels_per_annotator(c for cs in corrections.values() for c in cs).items():
             annotators.setdefault(name, {"labels": 0, "skipped": 0})["labels"] = n
-        for item in skipped:
-            if item.leased_by:
-                annotators.setdefault(item.leased_by, {"labels": 0, "skipped": 0})["skipped"] += 1
+        # Counted in ClickHouse: the skipped items themselves would be read whole, however many.
+        for name, n in svc.feedback.skipped_per_annotator().items():
+            annotators.setdefault(name, {"labels": 0, "skipped": 0})["skipped"] = n
         agree = {}
         for t, cs in corrections.items():
             a = agreement(cs)

@@ -197,6 +197,11 @@ class VigilSettings(BaseSettings):
     ui_queue_refresh_s: float = Field(
         5.0, gt=0, description="How often the UI re-reads open items from ClickHouse (new requests)."
     )
+    ui_queue_window: int = Field(
+        1000, ge=1, description="Per task, how many open items (the next to be leased) the queue owner holds "
+        "in memory, besides every lease and every item that can still be undone; it reads the next ones at "
+        "each refresh, or at once when those run out.",
+    )
     ui_in_worker: bool = Field(
         False, description="This worker also serves the labelling UI (`vigil up` sets it for worker 0)."
     )

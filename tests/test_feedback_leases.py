@@ -278,3 +278,36 @@ def test_a_book_that_takes_the_queue_over_can_undo_what_the_previous_one_finishe
     assert after.held_by("ann", T0 + timedelta(seconds=5)).request.item_id == a.request.item_id
     with pytest.raises(NothingToUndo):
         after.undo(a.request.item_id, "bob", T0 + timedelta(seconds=5))
+
+
+def test_keep_open_forgets_only_open_items_that_were_not_read_again() -> None:
+    """A refresh reads the next few open items: the book forgets the other open ones (a lapsed lease
+    is open), never a live lease or an item that can still be undone."""
+    reqs = [request(n, [SelectionReason.uncertain], minutes=n) for n in range(5)]
+    book = book_with(*reqs, lease_s=60)
+    done = book.lease("ann", T0).item
+    book.label(done.request.item_id, "ann", T0)
+    lapsed = book.lease("ann", T0).item
+    live = book.lease("bob", T0 + timedelta(seconds=30)).item
+    now = T0 + timedelta(seconds=61)
+    kept_open = reqs[4].item_id
+    assert book.keep_open({kept_open}, now) == 2  # the lapsed lease and the one open item not read
+    assert book.get(lapsed.request.item_id) is None
+    assert [i.request.item_id for i in book.pending(now)] == [kept_open]
+    assert book.held_by("bob", now) == live
+    assert book.get(done.request.item_id).state is ItemState.labelled
+
+
+def test_a_reason_the_store_added_to_an_open_item_reaches_the_book() -> None:
+    """A second request for an item still open (an alert's review of an uncertain item) adds its
+    reason in a row of the same time in the store: the book kept its own request, so the item was
+    not served first, and its lease wrote the reason out of the store again."""
+    old, other = request(1, [SelectionReason.uncertain], minutes=1), request(0, [SelectionReason.uncertain])
+    book = book_with(old, other)
+    enriched = book.get(old.item_id).model_copy(update={"request": old.model_copy(update={
+        "reasons": [SelectionReason.uncertain, SelectionReason.alert_review], "alert_id": "a-1"})})
+    assert book.merge([enriched, book.get(other.item_id)]) == 1
+    leased = book.lease("ann", T0 + timedelta(seconds=1)).item
+    assert leased.request == enriched.request
+    assert book.merge([enriched]) == 0  # the book's lease is newer than the store's open row
+    assert book.get(old.item_id).state is ItemState.leased

@@ -109,16 +109,47 @@ def test_the_latest_state_wins_and_filters_see_only_it(fstore: FeedbackStore) ->
     assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open])] == ["m-3"]
     assert [i.request.message_id for i in fstore.fetch_items(states=[ItemState.open, ItemState.leased])] == ["m-2", "m-3"]
     assert fstore.fetch_items(states=[]) == []
-    # m-1 was skipped at leased_at, m-0 labelled 30 s later: only the later one is that recent.
-    recent = fstore.fetch_items(states=[ItemState.open], or_updated_since=leased_at + timedelta(seconds=10))
-    assert [i.request.message_id for i in recent] == ["m-0", "m-3"]
     assert fstore.queue_stats() == {"open": 1, "leased": 1, "labelled": 1, "skipped": 1}
     assert fstore.queue_stats("triage") == {"open": 0, "leased": 0, "labelled": 0, "skipped": 0}
+    assert fstore.skipped_per_annotator() == {"ann": 1}
     # An undo puts it back to open; the re-written request still does not reopen or duplicate anything.
     fstore.write_items([labelled.model_copy(update={"state": ItemState.open, "leased_by": None,
                                                     "updated_at": leased_at + timedelta(minutes=1)})])
     assert fstore.write_requests(reqs) == 0
     assert fstore.queue_stats()["open"] == 2
+
+
+def test_the_next_items_come_in_lease_order_and_the_held_ones_whatever_their_order(fstore: FeedbackStore) -> None:
+    """What a queue owner's book loads: per task, the first items it would lease (best reason, then
+    oldest; a lapsed lease is open again), and every live lease and still-undoable item, however
+    far down the queue they are."""
+    now = T0 + timedelta(minutes=30)
+    reasons = {0: [SelectionReason.audit], 1: [SelectionReason.uncertain], 2: [SelectionReason.alert_review],
+               3: [SelectionReason.audit, SelectionReason.disagreement], 4: [SelectionReason.uncertain],
+               5: [SelectionReason.alert], 6: [SelectionReason.alert], 7: [SelectionReason.audit]}
+    reqs = {i: request(i, reasons=r) for i, r in reasons.items()}
+    fstore.write_requests([*reqs.values(), request(8, task="triage", reasons=[SelectionReason.alert])])
+
+    def put(i: int, state: ItemState, at: datetime, expires: datetime | None = None) -> None:
+        fstore.write_items([QueueItem(request=reqs[i], state=state, leased_by="ann", lease_expires=expires,
+                                      updated_at=at)])
+
+    put(4, ItemState.leased, now - timedelta(minutes=10), expires=now - timedelta(minutes=5))  # lapsed
+    put(5, ItemState.leased, now - timedelta(minutes=1), expires=now + timedelta(minutes=4))   # live
+    put(6, ItemState.labelled, now - timedelta(seconds=30))                                    # undoable
+    put(7, ItemState.skipped, now - timedelta(minutes=20))                                     # long done
+
+    def ids(items: list[QueueItem]) -> list[str]:
+        return [i.request.message_id for i in items]
+
+    assert ids(fstore.fetch_next("sentiment", now, 10)) == ["m-2", "m-3", "m-1", "m-4", "m-0"]
+    assert ids(fstore.fetch_next("sentiment", now, 2)) == ["m-2", "m-3"]
+    assert ids(fstore.fetch_next("triage", now, 10)) == ["m-8"]
+    # Ten minutes on, the live lease has run out too.
+    assert ids(fstore.fetch_next("sentiment", now + timedelta(minutes=10), 10)) == ["m-2", "m-3", "m-5", "m-1", "m-4", "m-0"]
+    held = fstore.fetch_held(now, now - timedelta(minutes=2))
+    assert ids(held) == ["m-5", "m-6"] and held[0].state is ItemState.leased and held[1].state is ItemState.labelled
+    assert ids(fstore.fetch_held(now + timedelta(minutes=10), now + timedelta(minutes=8))) == []
 
 
 def test_a_second_reason_joins_an_open_item_but_never_reopens_one(fstore: FeedbackStore) -> None:

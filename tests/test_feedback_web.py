@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from feedback.auth import TokenBook, tokens_path
-from feedback.contracts import Correction, CorrectionSource, ItemState, SelectionReason
+from feedback.contracts import Correction, CorrectionSource, ItemState, LabelRequest, SelectionReason
 from feedback.ownership import QueueOwnership
 from feedback.label_service import Service
 from feedback.store import FeedbackStore
@@ -24,6 +24,7 @@ from streams.clickhouse import ClickHouseStore, open_store
 from streams.settings import VigilSettings
 from tests.fixtures.labelling import (
     bundled_texts,
+    numbered_request,
     read_topic,
     scored_messages,
     scored_requests,
@@ -408,6 +409,73 @@ def test_counts_are_read_again_when_the_queue_is_taken_back(labelling_settings, 
     asyncio.run(go())
 
 
+def alert_request(i: int) -> LabelRequest:
+    """Queue item ``n-<i>`` as an alert's contributor, which is leased before uncertain items."""
+    return numbered_request(i).model_copy(update={"reasons": [SelectionReason.alert]})
+
+
+def test_behind_a_backlog_longer_than_the_owners_window_alerts_come_first_and_every_item_counts(
+        labelling_settings, store, tokens) -> None:
+    """The owner loaded only the 10,000 items selected first: behind a longer backlog a new alert
+    item was never leased, and the queue showed 10,000 open."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests([numbered_request(i) for i in range(10_001)] + [alert_request(10_001)])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            queue = await (await client.get("/api/queue", headers=alice)).json()
+            assert queue["counts"] == {"open": 10_002, "leased": 0, "labelled": 0, "skipped": 0}
+            assert queue["pending"][0]["message_id"] == "n-10001"
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert item["message_id"] == "n-10001"
+
+    asyncio.run(go())
+
+
+def test_the_owner_holds_only_the_next_items_and_every_lease_and_undo_beyond_them(
+        labelling_settings, store, tokens) -> None:
+    """With a window of two, the owner's book holds the next two open items in lease order (more
+    when those run out), and after a take-over still every lease and undoable item, however far
+    down the queue newer alert items pushed them."""
+    settings = labelling_settings.model_copy(update={"ui_queue_window": 2, "ui_queue_refresh_s": 3600.0})
+    feedback = FeedbackStore(store)
+    feedback.write_requests([numbered_request(i) for i in range(5)])
+    alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+
+    async def go() -> None:
+        async with serving(settings, store) as client:
+            step = await (await client.post("/api/items/{}/label".format(
+                (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]["item_id"]),
+                headers=alice, json={"label": "positive"})).json()
+            assert (step["finished"]["message_id"], step["item"]["message_id"]) == ("n-0", "n-1")
+            # The two items read are leased or labelled: the next two are read at once.
+            bobs = (await (await client.post("/api/queue/lease", headers=bob, json={})).json())["item"]
+            assert bobs["message_id"] == "n-2"
+
+            feedback.write_requests([alert_request(i) for i in (10, 11, 12)])
+            await client.server.app[SERVICE].take_over()
+            queue = await (await client.get("/api/queue", headers=alice)).json()
+            assert [p["message_id"] for p in queue["pending"]] == ["n-10", "n-11"]
+            assert queue["counts"] == {"open": 5, "leased": 2, "labelled": 1, "skipped": 0}
+
+            step = await (await client.post(f"/api/items/{bobs['item_id']}/label", headers=bob,
+                                             json={"label": "negative"})).json()
+            assert step["finished"]["state"] == "labelled" and step["item"]["message_id"] == "n-10"
+            undone = await client.post(f"/api/items/{step['finished']['item_id']}/undo", headers=bob, json={})
+            assert undone.status == 200 and (await undone.json())["item"]["message_id"] == "n-2"
+            undone = await client.post(f"/api/items/{feedback_id('n-0')}/undo", headers=alice, json={})
+            assert undone.status == 200 and (await undone.json())["item"]["message_id"] == "n-0"
+            queue = await (await client.get("/api/queue", headers=alice)).json()
+            assert queue["counts"] == {"open": 6, "leased": 2, "labelled": 0, "skipped": 0}
+
+    asyncio.run(go())
+
+
+def feedback_id(message_id: str) -> str:
+    return LabelRequest.make_id("sentiment", message_id, "v1")
+
+
 def _alert(n: int, rule: str, scorer: Engine, texts: list[tuple[str, str]]) -> Alert:
     preds = scorer.score([t for _, t in texts])
     return Alert(
@@ -497,6 +565,72 @@ def test_a_verdict_keeps_the_responders_own_labels_and_a_turned_verdict_takes_it
     asyncio.run(go())
     kept = feedback.fetch_corrections("sentiment")
     assert [(c.message_id, c.human_label, c.source) for c in kept] == [(own_id, human, CorrectionSource.implicit)]
+
+
+def test_a_queue_label_that_agrees_with_a_useful_verdict_outlives_the_verdict_turned_false(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """alice's useful verdict stored the model's label of an alert's message as hers; her queue
+    label of that message, the same label, found it stored and stored nothing, so turning the
+    verdict false withdrew the only label she had given, her queue item still labelled."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 1, skip=60)
+    store.write_scored(scored_messages(scorer, texts))
+    alert = _alert(5, "negative_share", scorer, texts)
+    store.write_alerts([alert])
+    feedback.write_requests(scored_requests(scorer, texts, [SelectionReason.alert]))
+    (message_id, _), model_label = texts[0], alert.top_messages[0].label
+    alice = bearer(tokens["alice"])
+
+    async def go() -> list[tuple[str, str, bool]]:
+        async with serving(labelling_settings, store) as client:
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": True})
+            assert (await r.json())["corrections"] == 1
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert item["message_id"] == message_id
+            r = await client.post(f"/api/items/{item['item_id']}/label", headers=alice, json={"label": model_label})
+            assert r.status == 200
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": False})
+            assert r.status == 201
+            await post_marker(client, tokens)
+        published = await read_topic(labelling_settings.kafka_brokers, labelling_settings.topic_corrections, 3)
+        return [(c["annotator"], c["source"], c["withdrawn"]) for c in published]
+
+    assert asyncio.run(go()) == [("alice", "alert_verdict", False), ("alice", "queue", False), ("bob", "implicit", False)]
+    kept = [(c.annotator, c.message_id, c.human_label, c.source) for c in feedback.fetch_corrections("sentiment")]
+    assert kept == [("alice", message_id, model_label, CorrectionSource.queue), ("bob", "marker", "neutral",
+                                                                               CorrectionSource.implicit)]
+
+
+def test_a_review_of_an_item_the_owner_holds_open_is_served_first_and_keeps_its_reason(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """A false verdict's review request for a message already queued as uncertain adds its reason
+    to the open item in ClickHouse. The owner's book, which held the item already, kept it as
+    uncertain: an older uncertain item was leased first, and the review's lease wrote the reason
+    and the alert id out of ClickHouse."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 2, skip=70)
+    store.write_scored(scored_messages(scorer, texts))
+    feedback.write_requests(scored_requests(scorer, texts, [SelectionReason.uncertain]))
+    alert = _alert(6, "negative_share", scorer, texts[1:])
+    store.write_alerts([alert])
+    alice = bearer(tokens["alice"])
+
+    async def go() -> str:
+        async with serving(labelling_settings, store) as client:
+            queue = await (await client.get("/api/queue", headers=alice)).json()
+            assert [p["message_id"] for p in queue["pending"]] == [m for m, _ in texts]
+            r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": False})
+            assert (await r.json())["review_items"] == 1
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert (item["message_id"], item["reasons"]) == (texts[1][0], ["uncertain", "alert_review"])
+            return item["item_id"]
+
+    stored = feedback.fetch_item(asyncio.run(go()))
+    assert stored.state is ItemState.leased
+    assert (stored.request.reasons, stored.request.alert_id) == (
+        [SelectionReason.uncertain, SelectionReason.alert_review], alert.id)
 
 
 def test_ticket_ack_is_published(labelling_settings, store, tokens) -> None:
