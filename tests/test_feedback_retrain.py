@@ -345,15 +345,21 @@ def test_new_corrections_are_those_newer_than_the_last_round_read_on_the_labelli
     assert check_trigger(settings, "sentiment", store, now=lambda: now).new_corrections == 1
 
 
-def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
+def _ready_for_drift(loop):
+    """Retraining on drift, and 80 corrections the last round read plus one new: enough held out
+    for the gate to judge a round."""
     settings, store = loop
     settings = settings.model_copy(update={"retrain_on_drift": True})
     now = datetime.now(UTC)
     _finished_round(store, now - timedelta(hours=1))
-    # 80 corrections the last round read, and one new: enough held out for the gate to judge a round
     store.write_corrections(corrections(tweets(80), "ann", start=100)
                             + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
                                for c in corrections(tweets(1), "ann")])
+    return settings, store, now
+
+
+def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
+    settings, store, now = _ready_for_drift(loop)
     monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
     better = [e for i in range(600)  # the audited error rate falls 40% -> 0%
               for e in monitor.observe_audit("sentiment", "v1", wrong=i < 300 and i % 5 < 2, when=now)]
@@ -376,13 +382,7 @@ def test_only_drift_that_the_champion_got_worse_triggers_a_retrain(loop):
 def test_drift_that_withdrawn_audit_labels_alone_raised_triggers_no_retrain(loop):
     """An annotator marks 40 audit items wrong in a row and undoes them all: the rise they raised is
     recorded, and so is its withdrawal, after which it triggers nothing."""
-    settings, store = loop
-    settings = settings.model_copy(update={"retrain_on_drift": True})
-    now = datetime.now(UTC)
-    _finished_round(store, now - timedelta(hours=1))
-    store.write_corrections(corrections(tweets(80), "ann", start=100)
-                            + [c.model_copy(update={"created_at": now - timedelta(minutes=5)})
-                               for c in corrections(tweets(1), "ann")])
+    settings, store, now = _ready_for_drift(loop)
     rng = random.Random(3)
     burst = [_audit_pair(1000 + i, wrong=True) for i in range(40)]
     monitor = DriftMonitor(clock=lambda: now - timedelta(minutes=30))
