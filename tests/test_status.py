@@ -19,7 +19,7 @@ from streams.cli import app
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetter, DeadLetterReason
 from streams.settings import VigilSettings
-from streams.status import model_status
+from streams.status import StatusReport, model_status
 from streams.topics import ensure_topics
 from tests.fixtures.alerting import scored_news
 from tests.fixtures.broker import produce_one_batch
@@ -64,6 +64,25 @@ def test_a_refusal_ends_when_that_worker_swapped_to_the_champion() -> None:
     again = [*events, _event(ModelEventKind.champion_refused, "v2", 5, "host-w0 refused v2 at start: NaN scores")]
     assert model_status("sentiment", "v2", 0.8, again).refusals == [
         "host-w1 refused v2 at start: NaN scores", "host-w0 refused v2 at start: NaN scores"]
+
+
+def test_a_refusal_ends_when_that_worker_started_on_the_champion() -> None:
+    # host-w0 refuses v2 at its hot swap (GPU memory a neighbour held); `vigil up` restarts it and it
+    # starts on v2. streams.hotswap's texts, the worker's name first.
+    events = [
+        _event(ModelEventKind.promoted, "v2", 60),
+        _event(ModelEventKind.started, "v2", 59, "host-w1 started on v2"),  # before the refusal: no end
+        _event(ModelEventKind.champion_refused, "v2", 58, "host-w0 refused v2, still scoring with v1: CUDA out of memory"),
+        _event(ModelEventKind.champion_refused, "v2", 57, "host-w1 refused v2 at start: NaN scores"),
+        _event(ModelEventKind.started, "v1", 56, "host-w1 started on v1"),  # its fallback: no end either
+        _event(ModelEventKind.started, "v2", 55, "host-w0 started on v2"),
+    ]
+    assert model_status("sentiment", "v2", 0.8, events).refusals == ["host-w1 refused v2 at start: NaN scores"]
+    # host-w0 alone: nothing needs attention any more (`vigil status` exits 0)
+    only_w0 = [events[0], events[2], events[5]]
+    report = StatusReport(at=NOW, models=[model_status("sentiment", "v2", 0.8, only_w0)],
+                          activity=None, label_queue=None, consumer_lag=None)
+    assert report.problems() == []
 
 
 def _card_only_registry(data_dir: Path) -> None:
