@@ -24,7 +24,8 @@ class ModelStatus(BaseModel):
     accuracy: float | None  # on the card's eval set
     refusals: list[str]  # workers that would not serve the champion since it became one, and why
     recent_events: list[ModelEvent]  # newest first
-    registry_error: str | None = None  # why the registry could not name the champion
+    # why the registry could not name the champion, or what is wrong with the one workers load instead
+    registry_error: str | None = None
 
 
 class StatusReport(BaseModel):
@@ -41,7 +42,7 @@ class StatusReport(BaseModel):
         out = [f"{m.task}: the champion {m.champion} was refused by a worker: {why}"
                for m in self.models for why in m.refusals]
         out += [f"{m.task}: {m.registry_error or f'no model (run `vigil train --task {m.task}`)'}"
-                for m in self.models if m.champion is None]
+                for m in self.models if m.champion is None or m.registry_error]
         waiting = sum((self.consumer_lag or {}).values())
         # A slow worker still scores something in the window; none at all with messages waiting is no worker.
         if waiting and self.activity is not None and not self.activity.scored:

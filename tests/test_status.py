@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.store import FeedbackStore
-from models.registry import RegistryError
+from models.registry import ModelRegistry, RegistryError
 from streams.cli import app
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetter, DeadLetterReason
@@ -111,6 +112,49 @@ def test_a_damaged_champion_pointer_is_a_problem_not_a_crash(tmp_path: Path, mon
     said = " ".join(CliRunner().invoke(app, ["status"]).output.split())
     assert "needs attention: sentiment: the champion pointer" in said
     assert "`vigil models promote sentiment VERSION`, which writes it anew" in said
+
+
+def test_a_deleted_champion_is_a_registry_problem_naming_the_version_workers_fall_back_to(
+        tmp_path: Path, monkeypatch) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    card = dict(model_name="m", labels=["a", "b"], metrics={"eval_set": "test", "n": 10, "accuracy": 0.8, "macro_f1": 0.7},
+                data_fingerprint="f", base_encoder="b", max_length=32, training_config={})
+    for task in ("sentiment", "triage"):
+        registry.add(task, lambda path: None, card)  # v1, the champion
+    registry.add("sentiment", lambda path: None, card)
+    registry.promote("sentiment", "v2")
+    # Deleted by hand, as a CardMismatch tells one to: sentiment falls back to v1; triage has nothing left.
+    shutil.rmtree(registry.task_dir("sentiment") / "v2")
+    shutil.rmtree(registry.task_dir("triage") / "v1")
+    monkeypatch.setenv("VIGIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VIGIL_CLICKHOUSE_URL", "")
+    monkeypatch.delenv("VIGIL_KAFKA_BROKERS", raising=False)
+
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1, result.output
+    sentiment, triage = json.loads(result.stdout)["models"]
+    assert (sentiment["champion"], sentiment["accuracy"]) == ("v1", 0.8)
+    assert "the champion pointer names v2, which is not in the registry" in sentiment["registry_error"]
+    assert "`vigil models promote sentiment v1`" in sentiment["registry_error"]
+    assert triage["champion"] is None and "no earlier champion is left" in triage["registry_error"]
+    said = " ".join(CliRunner().invoke(app, ["status"]).output.split())
+    assert "needs attention: sentiment: the champion pointer names v2" in said
+    assert "workers fall back to v1" in said and "no model" not in said
+
+
+def test_a_wrong_kafka_security_setting_is_reported_and_the_rest_still_shows(tiny_registry: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    copy_registry(tiny_registry, tmp_path / "models")
+    for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_CLICKHOUSE_URL": "",
+                        "VIGIL_KAFKA_BROKERS": "127.0.0.1:9", "VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL",
+                        "VIGIL_KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.output)
+    report = json.loads(result.stdout)
+    assert [m["champion"] for m in report["models"]] == ["v1", "v1"]
+    assert report["consumer_lag"] is None
+    assert report["kafka_error"] == f"VIGIL_KAFKA_SSL_CAFILE={tmp_path / 'missing.pem'} is not a readable file."
 
 
 def test_messages_waiting_with_nothing_scored_need_attention(tmp_path: Path, kafka_broker, monkeypatch) -> None:
