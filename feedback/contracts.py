@@ -131,6 +131,8 @@ class ModelEventKind(StrEnum):
     promoted = "promoted"  # the model-updated event workers hot swap on
     rolled_back = "rolled_back"
     swapped = "swapped"  # a worker now scores with the version
+    # a worker started scoring with the version (the champion, the one it fell back to, or its pinned one)
+    started = "started"
     # a worker would not score with the champion: it failed to load or its self test
     champion_refused = "champion_refused"
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from streams.cli_errors import exit_on
+from streams.cli_errors import exit_on, fail
 from streams.contracts import ALL_SCHEMAS, Kind
 from streams.settings import VigilSettings
 
@@ -33,6 +34,15 @@ def _settings(ctx: typer.Context) -> VigilSettings:
     return ctx.obj
 
 
+def settings_problems(e: ValidationError) -> str:
+    """Each refused setting as ``VIGIL_NAME: why``, without the value (it may be a credential)."""
+    return "; ".join(
+        (f"VIGIL_{'_'.join(map(str, err['loc'])).upper()}: " if err["loc"] else "")
+        + err["msg"].removeprefix("Value error, ")
+        for err in e.errors(include_input=False, include_url=False)
+    )
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -40,7 +50,10 @@ def main(
 ) -> None:
     from streams.logs import configure_logging, make_handler
 
-    settings = VigilSettings()
+    try:
+        settings = VigilSettings()
+    except ValidationError as e:
+        raise fail(console, settings_problems(e)) from None
     rich = RichHandler(console=Console(stderr=True), show_path=False)
     configure_logging(make_handler(settings, text_handler=rich), logging.DEBUG if verbose else logging.INFO)
     ctx.obj = settings

@@ -171,7 +171,9 @@ def register_hot_swap(
     A champion that fails to load or its self test is refused: the slot keeps its version, the
     refusal is reported once (a ``champion_refused`` event; ``refused_at_start`` holds those of the
     worker's start, (task, version) -> reason), and the version is tried again every
-    ``REFUSAL_RETRY_S``."""
+    ``REFUSAL_RETRY_S``. The worker's start is reported too, a ``started`` event per slot with the
+    version it scores with: it ends a refusal of that version by this worker before its restart
+    (`vigil status`)."""
     from feedback.store import FeedbackStore
 
     loader = ThreadPoolExecutor(1, thread_name_prefix="vigil-model-load")
@@ -195,10 +197,13 @@ def register_hot_swap(
                                 refusals=refusals, metrics=metrics, worker_name=worker_name, loader=loader)
 
     @app.task
-    async def report_refused_at_start() -> None:
+    async def report_start() -> None:
         for (task, version), why in refused_at_start.items():
             await report(ModelEventKind.champion_refused, task, version,
                          f"{worker_name} refused {version} at start: {why}", {})
+        for slot in slots.values():
+            version = slot.get().model_version
+            await report(ModelEventKind.started, slot.task, version, f"{worker_name} started on {version}", {})
 
     @app.timer(settings.model_poll_interval_s)
     async def follow_champions() -> None:

@@ -1,6 +1,6 @@
 """How far the workers' consumer group is behind on the raw topics, asked of Kafka itself (the
 group's committed offsets against each partition's end, as a Fetch answer gives it: see
-streams/kafka_ends.py)."""
+streams/kafka_ends.py; and its start, the oldest offset Kafka still holds)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ class LagUnavailable(RuntimeError):
 
 def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
     """Messages not yet committed by ``settings.consumer_group``, per topic: ``topics`` (a
-    partition the group never committed counts from its start) and every other topic the group
-    has committed on (the workers' internal hops: ticker and intent events, scored news for the
-    feedback agent). A topic Kafka does not know is left out."""
+    partition the group never committed counts from its start: see ``partition_lag``) and every
+    other topic the group has committed on (the workers' internal hops: ticker and intent events,
+    scored news for the feedback agent). A topic Kafka does not know is left out."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
                                  request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
@@ -43,18 +43,27 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
         raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the offset queries: {e!r}") from e
     finally:
         admin.close()
-    ends = asyncio.run(high_watermarks(settings, partitions, timeout_s))
+    bounds = asyncio.run(partition_bounds(settings, partitions, timeout_s))
     lag = dict.fromkeys(counts, 0)
     for tp in partitions:
         done = committed.get(tp)
-        lag[tp.topic] += max(0, ends[tp] - (done.offset if done is not None and done.offset >= 0 else 0))
+        lag[tp.topic] += partition_lag(None if done is None else done.offset, *bounds[tp])
     return lag
 
 
-async def high_watermarks(settings: VigilSettings, partitions: Sequence[TopicPartition],
-                          timeout_s: float) -> dict[TopicPartition, int]:
-    """Each partition's end: a consumer outside any group fetches from the end, at most one record
-    batch per partition, until every partition has answered."""
+def partition_lag(committed: int | None, start: int, end: int) -> int:
+    """Messages of a partition the group has still to read: from its commit (None or negative: it
+    never committed), or from ``start``, the oldest offset Kafka still holds, where the group has
+    none or retention deleted past it. The workers resume there (auto_offset_reset "earliest"):
+    what retention deleted will never be read, and counting it would overstate the lag."""
+    return max(0, end - max(start, committed if committed is not None else start))
+
+
+async def partition_bounds(settings: VigilSettings, partitions: Sequence[TopicPartition],
+                           timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+    """Each partition's (start, end). The end: a consumer outside any group fetches from the end,
+    at most one record batch per partition, until every partition has answered. The start: a
+    ListOffsets for the earliest offset (which Tansu answers right; its trouble is the latest)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
                                 enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                                 max_partition_fetch_bytes=1,  # the broker still sends one whole batch
@@ -64,9 +73,10 @@ async def high_watermarks(settings: VigilSettings, partitions: Sequence[TopicPar
         await consumer.start()
         consumer.assign(list(asked))
         ends = await fetched_ends(consumer, list(asked), timeout_s)
+        starts = await consumer.beginning_offsets(list(asked))
     except (AIOKafkaError, EndsUnavailable) as e:
-        raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the fetches for the partitions' "
-                             f"ends: {e}") from e
+        raise LagUnavailable(f"Kafka at {settings.kafka_brokers} did not answer the queries for the partitions' "
+                             f"starts and ends: {e}") from e
     finally:
         await consumer.stop()
-    return {tp: ends[ours] for ours, tp in asked.items()}
+    return {tp: (starts[ours], ends[ours]) for ours, tp in asked.items()}

@@ -2,8 +2,9 @@
 
 Scrubbing happens on the final formatted line, after arguments, extras and tracebacks have been
 rendered, so a secret cannot slip out through a field the formatter did not know about: every
-configured secret (the Kafka SASL password, the password in VIGIL_CLICKHOUSE_URL) and the password
-part of any ``scheme://user:password@host`` URL is replaced by ``***``.
+configured secret (the Kafka SASL password, the password in VIGIL_CLICKHOUSE_URL, the alert webhook
+URL), in each spelling a line may hold it in, and the password part of any
+``scheme://user:password@host`` URL is replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from streams.settings import VigilSettings
 
 LogFormat = Literal["text", "json"]
 MASK = "***"
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+# The password runs to the last "@" before the host (the host part ends at / ? # or a space and holds
+# no "@"), as urlsplit and clickhouse-driver read it: a password may hold a raw "@".
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*?@(?=[^@/?#\s]*(?:[/?#\s]|$))"
+)
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # The most each library's loggers say. clickhouse_driver warns with a traceback on every failed
@@ -30,24 +35,35 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 _NOISY_LOGGERS = {"aiokafka": logging.WARNING, "kafka": logging.WARNING, "clickhouse_driver.connection": logging.ERROR}
 
 
+def spellings(secret: str) -> set[str]:
+    """``secret`` as a log line may hold it: as is, inside a ``repr`` (``%r``, a dict of client
+    arguments), and either of those inside a JSON string (the JSON log format), where a quote or a
+    backslash comes out escaped and an exact match would miss it."""
+    quoted = {secret, repr(secret)[1:-1]}
+    return quoted | {json.dumps(q, ensure_ascii=ascii_only)[1:-1] for q in quoted for ascii_only in (True, False)}
+
+
 def secrets_of(settings: VigilSettings) -> list[str]:
     """The secret strings the settings hold, in every spelling they may be logged in."""
     found: list[str] = []
     if settings.kafka_sasl_password is not None:
         found.append(settings.kafka_sasl_password.get_secret_value())
+    if settings.alert_webhook_url is not None:
+        found.append(settings.alert_webhook_url.get_secret_value())
     if settings.clickhouse_url:
         password = urlsplit(settings.clickhouse_url).password
         if password:
             found += [password, unquote(password)]
     # Longest first, so a secret containing another is masked whole.
-    return sorted({s for s in found if s}, key=len, reverse=True)
+    return sorted({s for secret in found if secret for s in spellings(secret)}, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    # The known secrets first: a password holding "@" or a quote is masked whole, where the URL
+    # pattern could only guess where it ends.
     for secret in secrets:
         text = text.replace(secret, MASK)
-    return text
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
 
 
 def settings_summary(settings: VigilSettings) -> dict[str, Any]:

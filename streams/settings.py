@@ -6,9 +6,11 @@ Every field reads from a ``VIGIL_``-prefixed environment variable (or ``.env``),
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,8 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class VigilSettings(BaseSettings):
+    # hide_input_in_errors: a refused value may be a credential (a URL with its password, the
+    # webhook URL), and pydantic would quote it whole in the error that reaches the terminal.
     model_config = SettingsConfigDict(
-        env_prefix="VIGIL_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="VIGIL_", env_file=".env", extra="ignore", validate_default=True, hide_input_in_errors=True
     )
 
     # --- where state lives -------------------------------------------------------------------
@@ -137,8 +141,9 @@ class VigilSettings(BaseSettings):
         "to <prefix>human-triage.",
     )
     topic_ticket_acks: str = Field("vigil.triage.acks", description="TicketAck messages: stop a ticket's SLA clock.")
-    alert_webhook_url: str | None = Field(
-        None, pattern=r"^https?://", description="Slack-compatible webhook for alerts. Unset: none."
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="Slack-compatible webhook for alerts, http(s)://. Unset: none. A credential (whoever "
+        "has it can post to the channel): masked in logs like the passwords.",
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
     topic_ticker_events: str | None = Field(
@@ -351,6 +356,37 @@ class VigilSettings(BaseSettings):
                 f"(VIGIL_RETRAIN_HEARTBEAT_S={self.retrain_heartbeat_s:g}): one late beat must not end a live "
                 "round; raise the first or lower the second")
         return self
+
+    @field_validator("alert_webhook_url", mode="after")
+    @classmethod
+    def _webhook_is_http(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not re.match(r"https?://", v.get_secret_value()):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+    @field_validator("clickhouse_url", mode="after")
+    @classmethod
+    def _clickhouse_url_parses(cls, v: str | None) -> str | None:
+        """The URL as clickhouse-driver will read it. A password holding an unencoded ``#``, ``?`` or
+        ``/`` ends the host part early: the driver then fails on the password's first part as a port
+        (quoting it in its error) or connects to the wrong host, and the password is not known as one,
+        so nothing masks it in the logs."""
+        if not v:
+            return v
+        parts = urlsplit(v)
+        try:
+            parts.port  # read for its check: ValueError when the host part ends in something not a port
+        except ValueError:
+            broken = True
+        else:  # a raw "@" past the host part: the password's rest, after a # ? or / that ended it
+            broken = "@" in parts.path + parts.query + parts.fragment
+        if broken:
+            shown = f"{parts.scheme}://***@{v.rpartition('@')[2]}" if "@" in v else v
+            raise ValueError(
+                f"{shown} does not read as clickhouse://user:password@host:port/db: "
+                "percent-encode the user and password (every @ : / ? # % in them, e.g. "
+                "python -c \"import urllib.parse; print(urllib.parse.quote('PASSWORD', safe=''))\")")
+        return v
 
     @field_validator("data_dir", "bundled_data_dir", mode="after")
     @classmethod

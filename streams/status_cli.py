@@ -4,7 +4,7 @@ window, the workers' consumer lag and the label queue, in one screen (or JSON)."
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from models.tasks import TASKS
 from streams.clickhouse.store import Activity
 from streams.settings import VigilSettings
 from streams.status import ModelStatus, StatusReport, model_status
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
 
 console = Console()
 
@@ -33,21 +36,40 @@ def gather_status(settings: VigilSettings, window: timedelta, now: datetime) -> 
 
 
 def _champions(settings: VigilSettings) -> dict[str, tuple[str | None, float | None, str | None]]:
-    """task -> (the version workers load, its accuracy on its card's eval set, why the registry
-    could not say which version that is: a damaged champion pointer, a hand-copied version)."""
+    """task -> (the version workers load, its accuracy on its card's eval set, what is wrong with the
+    registry there: a damaged champion pointer, a hand-copied version, a champion since deleted)."""
     from models.registry import ModelNotFound, ModelRegistry, RegistryError
 
     registry = ModelRegistry(settings.registry_dir)
     out: dict[str, tuple[str | None, float | None, str | None]] = {}
     for task in TASKS:
         try:
-            card = registry.card(task)
-            out[task] = (card.version, card.metrics.accuracy if card.metrics else None, None)
+            out[task] = _champion(registry, task)
         except ModelNotFound:
             out[task] = (None, None, None)
         except RegistryError as e:
             out[task] = (None, None, str(e))
     return out
+
+
+def _champion(registry: ModelRegistry, task: str) -> tuple[str | None, float | None, str | None]:
+    from models.registry import CHAMPION
+
+    pointer, lineage = registry.champion(task), registry.champions(task)  # lineage: deleted versions left out
+    version, problem = CHAMPION, None
+    if pointer is not None and lineage[:1] != [pointer]:
+        # The pointer names a version whose directory is gone (deleted by hand, as a CardMismatch
+        # tells one to): streams.worker starts on the champion before it, and a promotion repairs it.
+        gone = f"the champion pointer names {pointer}, which is not in the registry (its directory was deleted)"
+        if not lineage:
+            return None, None, (f"{gone}, and no earlier champion is left: workers cannot start. Promote a "
+                                f"version with `vigil models promote {task} VERSION`, or train one with "
+                                f"`vigil train --task {task}`")
+        version, problem = lineage[0], (
+            f"{gone}; workers fall back to {lineage[0]}, the champion before it, when they start. Promote the "
+            f"version to serve, e.g. `vigil models promote {task} {lineage[0]}`")
+    card = registry.card(task, version)
+    return card.version, card.metrics.accuracy if card.metrics else None, problem
 
 
 def _from_clickhouse(settings: VigilSettings, since: datetime) -> tuple[dict[str, list[ModelEvent]], Activity | None,
@@ -66,13 +88,14 @@ def _from_clickhouse(settings: VigilSettings, since: datetime) -> tuple[dict[str
 
 
 def _lag(settings: VigilSettings) -> tuple[dict[str, int] | None, str | None]:
+    from streams.kafka_config import KafkaConfigError
     from streams.kafka_lag import LagUnavailable, group_lag
 
     if not settings.kafka_brokers:
         return None, "VIGIL_KAFKA_BROKERS is not set: give it the broker `vigil up` printed"
     try:
         return group_lag(settings, settings.raw_topics.values()), None
-    except LagUnavailable as e:
+    except (LagUnavailable, KafkaConfigError) as e:  # a wrong security setting: the rest still shows
         return None, str(e)
 
 

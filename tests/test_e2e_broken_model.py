@@ -26,6 +26,7 @@ from streams.contracts import Kind
 from streams.replay import OutgoingMessage, replay
 from streams.samples import news_json
 from streams.settings import VigilSettings
+from streams.status import model_status
 from streams.worker import WorkerProcess
 from tests.e2e_stack import Topic, assert_exactly_once, free_port, metric_total, stack_env, use_stack
 from tests.fixtures.models import break_classifier, copy_version
@@ -119,4 +120,9 @@ def test_a_broken_version_never_scores_and_never_dead_letters_valid_messages(
     assert [(e["model_version"], "at start" in e["detail"]) for e in refusals] == [(broken, False), (broken, True)]
     with open_store(settings) as store:
         stored = FeedbackStore(store).fetch_model_events("sentiment")
-    assert [(e.kind, e.model_version) for e in stored] == [(ModelEventKind.champion_refused, broken)] * 2
+    # Each worker's start on the version it scores with, around the refusals.
+    assert [(e.kind, e.model_version) for e in stored] == [
+        (ModelEventKind.started, good), (ModelEventKind.champion_refused, broken),
+        (ModelEventKind.champion_refused, broken), (ModelEventKind.started, good)]
+    # Starting on the fallback ends no refusal: `vigil status` still reports both.
+    assert model_status("sentiment", broken, None, stored).refusals == [e.detail for e in stored[1:3]]

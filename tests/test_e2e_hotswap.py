@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def stack(tmp_path: Path, tiny_registry: Path, kafka_broker, monkeypatch):
     # one partition: the scored topic is in consumption order
     env = stack_env(tmp_path, kafka_broker.bootstrap, partitions=1, VIGIL_BATCH_MAX="16",
-                    VIGIL_BATCH_WITHIN_S="0.1", VIGIL_MODEL_POLL_INTERVAL_S="0.5")
+                    VIGIL_BATCH_WITHIN_S="0.1", VIGIL_MODEL_POLL_INTERVAL_S="0.5", VIGIL_WORKER_ID="hs-w0")
     settings = use_stack(env, monkeypatch, tiny_registry)
     worker = WorkerProcess(kafka_broker.bootstrap, tmp_path / "worker.log", env)
     yield settings, worker
@@ -81,5 +81,9 @@ def test_promotion_mid_stream_swaps_every_message_once(stack):
     assert len(stored) == 360 and {m.id: m.model_version for m in stored} == {m["id"]: m["model_version"] for m in on_topic}
 
     (swap,) = [ModelEvent.model_validate(e) for e in events if e["kind"] == "swapped"]
-    assert (swap.task, swap.model_version) == ("sentiment", v2) and f"v1 -> {v2}" in swap.detail
-    assert [(e.kind, e.model_version) for e in stored_events] == [(ModelEventKind.swapped, v2)]
+    assert (swap.task, swap.model_version) == ("sentiment", v2) and swap.detail == f"hs-w0 swapped v1 -> {v2}"
+    # The worker's start too (what ends a refusal of the version it starts on, in `vigil status`).
+    started = {e["task"]: e["detail"] for e in events if e["kind"] == "started"}
+    assert started == {"sentiment": "hs-w0 started on v1", "triage": "hs-w0 started on v1"}
+    assert [(e.kind, e.model_version) for e in stored_events] == [
+        (ModelEventKind.started, "v1"), (ModelEventKind.swapped, v2)]

@@ -19,13 +19,17 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from streams.cli import app
 from streams.logs import (
     JsonFormatter,
     ScrubbingFormatter,
     make_handler,
     scrub,
     secrets_of,
+    settings_summary,
 )
 from streams.settings import REPO_ROOT, VigilSettings
 from tests.fixtures.models import copy_registry
@@ -133,3 +137,84 @@ def test_worker_start_up_and_clickhouse_failure_never_print_secrets(fmt: str, tm
         assert start["config"]["clickhouse_url"].startswith("clickhouse://vigil:***@")
     else:
         assert "[secret-test-w0] worker starting" in done.stderr
+
+
+# clickhouse-driver reads a raw "@" in the password as urlsplit does: up to the last "@" is the user part.
+RAW_AT_URL = "clickhouse://vigil:ab@cd-Secret9@ch-host:9000/vigil"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_clickhouse_password_holding_a_raw_at_sign_is_masked_whole(fmt: str, tmp_path: Path):
+    from clickhouse_driver.util.helpers import parse_url
+
+    assert parse_url(RAW_AT_URL) == ("ch-host", {"port": 9000, "database": "vigil", "user": "vigil",
+                                                 "password": "ab@cd-Secret9"})
+    settings = VigilSettings(data_dir=tmp_path, clickhouse_url=RAW_AT_URL, log_format=fmt)
+    stream = io.StringIO()
+    # the worker's start-up line, and a connection error quoting the URL
+    make_handler(settings, worker_id="w", stream=stream).emit(
+        _record("worker starting: %s", RAW_AT_URL, config=settings_summary(settings)))
+    out = stream.getvalue()
+    assert "Secret9" not in out and "ab@cd" not in out, out
+    assert "clickhouse://vigil:***@ch-host:9000/vigil" in out
+
+
+def test_a_url_password_is_masked_up_to_the_host_and_no_further():
+    # Not configured, so only the URL pattern can mask these.
+    said = "a http://u:p@ss@db:1/x@y b ftp://v:pw@h?to=me@x c"
+    assert scrub(said, []) == "a http://u:***@db:1/x@y b ftp://v:***@h?to=me@x c"
+
+
+SPECIAL_SECRET = 'Qx7"kR\\vZ9'  # a quote and a backslash: JSON and repr escape both
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_password_holding_a_quote_or_a_backslash_is_masked_in_every_spelling(fmt: str, tmp_path: Path):
+    settings = VigilSettings(
+        data_dir=tmp_path, kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u", kafka_sasl_password=SPECIAL_SECRET,
+        clickhouse_url=f"clickhouse://vigil:{quote(SPECIAL_SECRET, safe='')}@ch-host:9000/vigil", log_format=fmt)
+    stream = io.StringIO()
+    handler = make_handler(settings, worker_id="w", stream=stream)
+    handler.emit(_record("sasl login failed with %s", SPECIAL_SECRET))
+    handler.emit(_record("client arguments %r", {"sasl_plain_password": SPECIAL_SECRET}))
+    handler.emit(_record("connecting", password=SPECIAL_SECRET))  # an extra: only the JSON line has it
+    out = stream.getvalue()
+    assert "kR" not in out and "vZ9" not in out, out
+    assert out.count("***") == (3 if fmt == "json" else 2)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_the_alert_webhook_url_is_a_secret(fmt: str, tmp_path: Path):
+    url = "https://hooks.slack.com/services/T0VIGIL00/B0VIGIL00/s3cretWebhookTokenXYZ"
+    settings = VigilSettings(data_dir=tmp_path, alert_webhook_url=url, log_format=fmt)
+    assert settings.alert_webhook_url.get_secret_value() == url
+    stream = io.StringIO()
+    handler = make_handler(settings, worker_id="w", stream=stream)
+    handler.emit(_record("worker starting", config=settings_summary(settings)))
+    handler.emit(_record("cannot post to %s", url))  # an HTTP client's error that quotes it
+    out = stream.getvalue()
+    assert "s3cretWebhookTokenXYZ" not in out, out
+    if fmt == "json":
+        assert json.loads(out.splitlines()[0])["config"]["alert_webhook_url"] == "**********"
+    with pytest.raises(ValidationError, match="VIGIL_ALERT_WEBHOOK_URL|must start with http") as refused:
+        VigilSettings(data_dir=tmp_path, alert_webhook_url="ftp://hooks.example/s3cretWebhookTokenXYZ")
+    assert "s3cretWebhookTokenXYZ" not in str(refused.value)
+
+
+@pytest.mark.parametrize("delimiter", ["#", "?", "/"])
+def test_a_clickhouse_url_whose_password_ends_its_host_part_early_is_refused_redacted(
+        delimiter: str, tmp_path: Path):
+    url = f"clickhouse://vigil:Pr1vate{delimiter}Rest@ch-host:9000/vigil"
+    with pytest.raises(ValidationError) as refused:
+        VigilSettings(data_dir=tmp_path, clickhouse_url=url)
+    said = str(refused.value)
+    assert "Pr1vate" not in said and "Rest" not in said, said
+    assert "clickhouse://***@ch-host:9000/vigil" in said and "percent-encode" in said
+
+    # `vigil status` says so in one line, instead of a traceback quoting the password's first part.
+    result = CliRunner().invoke(app, ["status"], env={"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_CLICKHOUSE_URL": url})
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, (result.exception, result.output)
+    said = " ".join(result.output.split())
+    assert "Pr1vate" not in said and "Traceback" not in said, said
+    assert "error: VIGIL_CLICKHOUSE_URL: clickhouse://***@ch-host:9000/vigil does not read as" in said

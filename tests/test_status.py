@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,12 +15,13 @@ from typer.testing import CliRunner
 
 from feedback.contracts import ModelEvent, ModelEventKind
 from feedback.store import FeedbackStore
-from models.registry import RegistryError
+from models.registry import ModelRegistry, RegistryError
 from streams.cli import app
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetter, DeadLetterReason
+from streams.kafka_lag import partition_lag
 from streams.settings import VigilSettings
-from streams.status import model_status
+from streams.status import StatusReport, model_status
 from streams.topics import ensure_topics
 from tests.fixtures.alerting import scored_news
 from tests.fixtures.broker import produce_one_batch
@@ -66,6 +68,36 @@ def test_a_refusal_ends_when_that_worker_swapped_to_the_champion() -> None:
         "host-w1 refused v2 at start: NaN scores", "host-w0 refused v2 at start: NaN scores"]
 
 
+def test_a_refusal_ends_when_that_worker_started_on_the_champion() -> None:
+    # host-w0 refuses v2 at its hot swap (GPU memory a neighbour held); `vigil up` restarts it and it
+    # starts on v2. streams.hotswap's texts, the worker's name first.
+    events = [
+        _event(ModelEventKind.promoted, "v2", 60),
+        _event(ModelEventKind.started, "v2", 59, "host-w1 started on v2"),  # before the refusal: no end
+        _event(ModelEventKind.champion_refused, "v2", 58, "host-w0 refused v2, still scoring with v1: CUDA out of memory"),
+        _event(ModelEventKind.champion_refused, "v2", 57, "host-w1 refused v2 at start: NaN scores"),
+        _event(ModelEventKind.started, "v1", 56, "host-w1 started on v1"),  # its fallback: no end either
+        _event(ModelEventKind.started, "v2", 55, "host-w0 started on v2"),
+    ]
+    assert model_status("sentiment", "v2", 0.8, events).refusals == ["host-w1 refused v2 at start: NaN scores"]
+    # host-w0 alone: nothing needs attention any more (`vigil status` exits 0)
+    only_w0 = [events[0], events[2], events[5]]
+    report = StatusReport(at=NOW, models=[model_status("sentiment", "v2", 0.8, only_w0)],
+                          activity=None, label_queue=None, consumer_lag=None)
+    assert report.problems() == []
+
+
+def test_a_partition_counts_from_the_oldest_offset_kafka_still_holds() -> None:
+    # On the arithmetic alone: the embedded broker (Tansu) drops the connection on DeleteRecords, so a
+    # test cannot move a partition's start past 0 (the lag test below reads starts and ends from it).
+    assert partition_lag(None, start=0, end=12) == 12  # never committed, nothing deleted
+    assert partition_lag(None, start=900, end=1000) == 100  # never committed, retention deleted 900
+    assert partition_lag(-1, start=900, end=1000) == 100  # what Kafka says for "no commit"
+    assert partition_lag(950, start=900, end=1000) == 50
+    assert partition_lag(400, start=900, end=1000) == 100  # the group resumes at the start, not at 400
+    assert partition_lag(1000, start=900, end=1000) == 0
+
+
 def _card_only_registry(data_dir: Path) -> None:
     """A champion v1 card per task: what `vigil status` reads of the registry, without weights."""
     for task in ("sentiment", "triage"):
@@ -92,6 +124,49 @@ def test_a_damaged_champion_pointer_is_a_problem_not_a_crash(tmp_path: Path, mon
     said = " ".join(CliRunner().invoke(app, ["status"]).output.split())
     assert "needs attention: sentiment: the champion pointer" in said
     assert "`vigil models promote sentiment VERSION`, which writes it anew" in said
+
+
+def test_a_deleted_champion_is_a_registry_problem_naming_the_version_workers_fall_back_to(
+        tmp_path: Path, monkeypatch) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    card = dict(model_name="m", labels=["a", "b"], metrics={"eval_set": "test", "n": 10, "accuracy": 0.8, "macro_f1": 0.7},
+                data_fingerprint="f", base_encoder="b", max_length=32, training_config={})
+    for task in ("sentiment", "triage"):
+        registry.add(task, lambda path: None, card)  # v1, the champion
+    registry.add("sentiment", lambda path: None, card)
+    registry.promote("sentiment", "v2")
+    # Deleted by hand, as a CardMismatch tells one to: sentiment falls back to v1; triage has nothing left.
+    shutil.rmtree(registry.task_dir("sentiment") / "v2")
+    shutil.rmtree(registry.task_dir("triage") / "v1")
+    monkeypatch.setenv("VIGIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VIGIL_CLICKHOUSE_URL", "")
+    monkeypatch.delenv("VIGIL_KAFKA_BROKERS", raising=False)
+
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1, result.output
+    sentiment, triage = json.loads(result.stdout)["models"]
+    assert (sentiment["champion"], sentiment["accuracy"]) == ("v1", 0.8)
+    assert "the champion pointer names v2, which is not in the registry" in sentiment["registry_error"]
+    assert "`vigil models promote sentiment v1`" in sentiment["registry_error"]
+    assert triage["champion"] is None and "no earlier champion is left" in triage["registry_error"]
+    said = " ".join(CliRunner().invoke(app, ["status"]).output.split())
+    assert "needs attention: sentiment: the champion pointer names v2" in said
+    assert "workers fall back to v1" in said and "no model" not in said
+
+
+def test_a_wrong_kafka_security_setting_is_reported_and_the_rest_still_shows(tiny_registry: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    copy_registry(tiny_registry, tmp_path / "models")
+    for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_CLICKHOUSE_URL": "",
+                        "VIGIL_KAFKA_BROKERS": "127.0.0.1:9", "VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL",
+                        "VIGIL_KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.output)
+    report = json.loads(result.stdout)
+    assert [m["champion"] for m in report["models"]] == ["v1", "v1"]
+    assert report["consumer_lag"] is None
+    assert report["kafka_error"] == f"VIGIL_KAFKA_SSL_CAFILE={tmp_path / 'missing.pem'} is not a readable file."
 
 
 def test_messages_waiting_with_nothing_scored_need_attention(tmp_path: Path, kafka_broker, monkeypatch) -> None:

@@ -336,7 +336,7 @@ def register_alerting(
     """Add the alerting and ticket-ack agents, their timer and (when configured) the webhook task to ``app``."""
     rules = load_rules(settings)
     webhook = (
-        WebhookNotifier(settings.alert_webhook_url, settings.alert_webhook_timeout_s, metrics)
+        WebhookNotifier(settings.alert_webhook_url.get_secret_value(), settings.alert_webhook_timeout_s, metrics)
         if settings.alert_webhook_url
         else None
     )
