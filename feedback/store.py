@@ -9,6 +9,7 @@ never pass a filter its replacement would fail.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel, co
 from streams.clickhouse.compat import as_utc, bound_time, to_stored_time
 from streams.clickhouse.migrations import schema_level
 from streams.settings import VigilSettings
+
+log = logging.getLogger(__name__)
 
 
 # The feedback tables, the retrain rounds' heartbeats, and withdrawn labels.
@@ -426,7 +429,9 @@ class FeedbackStore:
         return self._insert("model_events", MODEL_EVENT_COLUMNS, [model_event_row(e, self.level) for e in events])
 
     def fetch_model_events(self, task: str | None = None) -> list[ModelEvent]:
-        """Every event (one per event id), oldest first."""
+        """Every event of a kind this release knows (one per event id), oldest first. A newer release
+        sharing the table during a rolling upgrade may record kinds this one lacks: they are left out,
+        not a ValueError that stops the retrain check and `vigil status`."""
         where = "WHERE task = {task:String}" if task is not None else ""
         rows = self._query(
             "model-events read",
@@ -434,7 +439,11 @@ class FeedbackStore:
             "ORDER BY created_at, event_id",
             {"task": task} if task is not None else None,
         )
-        return [model_event_from_row(dict(zip(MODEL_EVENT_COLUMNS, r, strict=True))) for r in rows]
+        known = {k.value for k in ModelEventKind}
+        events = [dict(zip(MODEL_EVENT_COLUMNS, r, strict=True)) for r in rows]
+        if unknown := sorted({e["kind"] for e in events} - known):
+            log.warning("model events of kinds %s (a newer release's) are left out", unknown)
+        return [model_event_from_row(e) for e in events if e["kind"] in known]
 
     # --- retrain rounds' heartbeats -------------------------------------------------------------
 

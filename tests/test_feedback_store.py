@@ -20,7 +20,7 @@ from feedback.contracts import (
 )
 from feedback.round_heartbeat import RoundHeartbeat
 from feedback.selection import PastSelection
-from feedback.store import FeedbackSchemaMissing, FeedbackStore, open_feedback_store
+from feedback.store import MODEL_EVENT_COLUMNS, FeedbackSchemaMissing, FeedbackStore, model_event_row, open_feedback_store
 from streams.clickhouse import CompatLevel, StorageUnavailable, connect, open_store
 from streams.clickhouse.migrations import MIGRATIONS_DIR, migrate
 from streams.clickhouse.compat import to_stored_time
@@ -245,6 +245,11 @@ def test_model_events_round_trip(fstore: FeedbackStore) -> None:
         drift.model_copy(update={"created_at": stored(drift.created_at, fstore)}),
         promoted.model_copy(update={"created_at": stored(promoted.created_at, fstore)}),
     ]
+    assert [e.kind for e in fstore.fetch_model_events("triage")] == [ModelEventKind.promoted]
+
+    # A newer release, in a rolling upgrade, records a kind this one lacks: left out, not a ValueError.
+    newer = model_event_row(promoted.model_copy(update={"event_id": "e-new"}), fstore.level)
+    fstore._insert("model_events", MODEL_EVENT_COLUMNS, [(newer[0], "a_newer_kind", *newer[2:])])
     assert [e.kind for e in fstore.fetch_model_events("triage")] == [ModelEventKind.promoted]
 
 
