@@ -78,15 +78,14 @@ def eval_command(
 ) -> None:
     """Accuracy, macro-F1 and a per-class report of a registry model on a labelled CSV."""
     from models.engine import load_scorer
-    from models.evaluate import evaluate, write_confusion_png
+    from models.evaluate import evaluate, predict_labels, write_confusion_png
     from models.tasks import read_labelled_csv
 
     s = _settings(ctx)
     try:
         scorer = load_scorer(s, task, version)
         rows = read_labelled_csv(data, task)
-        preds = scorer.score(rows.texts)
-        predicted = [p.label for p in preds]
+        predicted, truncated = predict_labels(scorer, rows.texts)
         report = evaluate(rows.labels, predicted, scorer.labels)
         agreed = None
         if rows.all_agree is not None and any(rows.all_agree):
@@ -101,7 +100,7 @@ def eval_command(
         table.add_row(c.label, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
     console.print(table)
     console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  "
-                  f"truncated {sum(p.truncated for p in preds)}")
+                  f"truncated {truncated}")
     if agreed is not None:
         console.print(f"all-annotators-agree rows ({agreed.n}): accuracy {agreed.accuracy:.4f}  "
                       f"macro-F1 {agreed.macro_f1:.4f}")
