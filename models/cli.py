@@ -161,13 +161,16 @@ def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
             before = registry.champion(task)
         except DamagedPointer:
             before = None  # promote writes the pointer anew: the repair the damage's message names
-        if before != version:
-            _refuse_if_broken(settings, task, version, before)
+        # 'champion' names the current one: compared as itself, it would be tested and recorded anew
+        version = registry.resolve(task, version).name
+        if before == version:
+            console.print(f"{task} champion: {version} already; nothing changed")
+            return
+        _refuse_if_broken(settings, task, version, before)
         registry.promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
-    if before != version:
-        record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
+    record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
     console.print(f"{task} champion: {version} (running workers swap to it within model_poll_interval_s)")
 
 

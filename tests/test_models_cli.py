@@ -147,6 +147,18 @@ def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
     assert registry.champion("sentiment") == "v1"
 
 
+def test_promoting_the_champion_by_its_alias_changes_nothing(tiny_registry, tmp_path):
+    """'champion' was compared with the champion's name as itself: it was self tested, recorded as a
+    promotion of version 'champion', and printed as the champion."""
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    code, out = _run(["models", "promote", "sentiment", "champion"], data_dir)
+    said = " ".join(out.split())
+    assert code == 0 and "sentiment champion: v1 already; nothing changed" in said, said
+    assert "event was not recorded" not in said  # none was to be: ClickHouse is not migrated here
+    assert ModelRegistry(data_dir / "models").champions("sentiment") == ["v1"]
+
+
 def test_missing_model_says_how_to_train(tmp_path):
     code, out = _run(["models", "show", "sentiment"], tmp_path / "empty")
     assert code == 1 and "vigil train --task sentiment" in out
