@@ -48,14 +48,17 @@ def train_command(
         min=1, help="Train on a seeded sample of at most N rows (the quick profile's: 3,000 sentiment, 3,600 triage)")] = None,
     encoder_layers: Annotated[int | None, typer.Option(
         min=1, help="Keep the base encoder's bottom N layers: faster scoring, some accuracy lost (default: all)")] = None,
-    promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
+    promote: Annotated[bool, typer.Option(help=(
+        "Make the new version the champion, as `vigil models promote` does: refused when it cannot score a "
+        "plain text, recorded as a model event."))] = False,
 ) -> None:
     """Fine-tune a model for TASK and add it to the registry as the next version."""
     from models.train import train_task
 
+    settings = _settings(ctx)
     try:
-        result = train_task(_settings(ctx), task, profile, console=console, promote=promote, epochs=epochs,
-                            seed=seed, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
+        result = train_task(settings, task, profile, console=console, epochs=epochs, seed=seed,
+                            max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                             autocast=precision, train_cap=train_cap, encoder_layers=encoder_layers)
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from e
@@ -64,7 +67,7 @@ def train_command(
                   f"validation accuracy {result.report.accuracy:.4f}, macro-F1 {result.report.macro_f1:.4f} "
                   f"({card.metrics.n} held-out rows)")
     if promote:
-        console.print(f"promoted {task} {card.version} to champion")
+        _promote(settings, task, card.version, "promoted by `vigil train --promote`")
 
 
 def eval_command(
@@ -149,12 +152,17 @@ def show_command(ctx: typer.Context, task: TaskArg, version: Annotated[str, type
 @models_app.command("promote")
 def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
+    _promote(_settings(ctx), task, version, "promoted by hand")
+
+
+def _promote(settings: VigilSettings, task: str, version: str, how: str) -> None:
+    """Make ``version`` of ``task`` the champion unless it cannot score a plain text, and record a
+    ``promoted`` model event (best effort: `vigil status` lists it); ``how`` says who promoted it."""
     from models.registry import DamagedPointer, ModelRegistry, RegistryError
 
     from feedback.retrain_cli import record_champion_change
     from feedback.contracts import ModelEventKind
 
-    settings = _settings(ctx)
     registry = ModelRegistry(settings.registry_dir)
     try:
         try:
@@ -170,8 +178,9 @@ def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
         registry.promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
-    record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
-    console.print(f"{task} champion: {version} (running workers swap to it within model_poll_interval_s)")
+    record_champion_change(settings, ModelEventKind.promoted, task, version, f"{how} (was {before})")
+    console.print(f"{task} champion: {version}, was {before or 'none'} (running workers swap to it within "
+                  "model_poll_interval_s)")
 
 
 def _refuse_if_broken(settings: VigilSettings, task: str, version: str, champion: str | None) -> None:
