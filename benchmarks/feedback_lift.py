@@ -118,8 +118,9 @@ def main() -> None:
     else:
         shutil.rmtree(args.out, ignore_errors=True)
         t = time.perf_counter()
-        result = train_task(champ_settings, "sentiment", args.profile, promote=True,
-                            sources=("financial_phrasebank",), max_length=64, train_cap=None)
+        # the registry was just removed: this first version is the champion
+        result = train_task(champ_settings, "sentiment", args.profile, sources=("financial_phrasebank",),
+                            max_length=64, train_cap=None)
         marker.write_text(args.profile, encoding="utf-8")
         print(f"PhraseBank-only champion {result.card.version}: {time.perf_counter() - t:.0f}s, "
               f"PhraseBank val accuracy {result.report.accuracy:.4f}")

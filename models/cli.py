@@ -48,14 +48,17 @@ def train_command(
         min=1, help="Train on a seeded sample of at most N rows (the quick profile's: 3,000 sentiment, 3,600 triage)")] = None,
     encoder_layers: Annotated[int | None, typer.Option(
         min=1, help="Keep the base encoder's bottom N layers: faster scoring, some accuracy lost (default: all)")] = None,
-    promote: Annotated[bool, typer.Option(help="Make the new version the champion.")] = False,
+    promote: Annotated[bool, typer.Option(help=(
+        "Make the new version the champion, as `vigil models promote` does: refused when it cannot score a "
+        "plain text, recorded as a model event."))] = False,
 ) -> None:
     """Fine-tune a model for TASK and add it to the registry as the next version."""
     from models.train import train_task
 
+    settings = _settings(ctx)
     try:
-        result = train_task(_settings(ctx), task, profile, console=console, promote=promote, epochs=epochs,
-                            seed=seed, max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
+        result = train_task(settings, task, profile, console=console, epochs=epochs, seed=seed,
+                            max_steps=max_steps, lr=lr, batch_size=batch_size, max_length=max_length,
                             autocast=precision, train_cap=train_cap, encoder_layers=encoder_layers)
     except (ValueError, RuntimeError) as e:
         raise _fail(e) from e
@@ -64,7 +67,7 @@ def train_command(
                   f"validation accuracy {result.report.accuracy:.4f}, macro-F1 {result.report.macro_f1:.4f} "
                   f"({card.metrics.n} held-out rows)")
     if promote:
-        console.print(f"promoted {task} {card.version} to champion")
+        _promote(settings, task, card.version, "promoted by `vigil train --promote`")
 
 
 def eval_command(
@@ -78,15 +81,14 @@ def eval_command(
 ) -> None:
     """Accuracy, macro-F1 and a per-class report of a registry model on a labelled CSV."""
     from models.engine import load_scorer
-    from models.evaluate import evaluate, write_confusion_png
+    from models.evaluate import evaluate, predict_labels, write_confusion_png
     from models.tasks import read_labelled_csv
 
     s = _settings(ctx)
     try:
         scorer = load_scorer(s, task, version)
         rows = read_labelled_csv(data, task)
-        preds = scorer.score(rows.texts)
-        predicted = [p.label for p in preds]
+        predicted, truncated = predict_labels(scorer, rows.texts)
         report = evaluate(rows.labels, predicted, scorer.labels)
         agreed = None
         if rows.all_agree is not None and any(rows.all_agree):
@@ -101,7 +103,7 @@ def eval_command(
         table.add_row(c.label, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
     console.print(table)
     console.print(f"accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}  "
-                  f"truncated {sum(p.truncated for p in preds)}")
+                  f"truncated {truncated}")
     if agreed is not None:
         console.print(f"all-annotators-agree rows ({agreed.n}): accuracy {agreed.accuracy:.4f}  "
                       f"macro-F1 {agreed.macro_f1:.4f}")
@@ -150,26 +152,35 @@ def show_command(ctx: typer.Context, task: TaskArg, version: Annotated[str, type
 @models_app.command("promote")
 def promote_command(ctx: typer.Context, task: TaskArg, version: str) -> None:
     """Make TASK VERSION the champion that scorers load."""
+    _promote(_settings(ctx), task, version, "promoted by hand")
+
+
+def _promote(settings: VigilSettings, task: str, version: str, how: str) -> None:
+    """Make ``version`` of ``task`` the champion unless it cannot score a plain text, and record a
+    ``promoted`` model event (best effort: `vigil status` lists it); ``how`` says who promoted it."""
     from models.registry import DamagedPointer, ModelRegistry, RegistryError
 
     from feedback.retrain_cli import record_champion_change
     from feedback.contracts import ModelEventKind
 
-    settings = _settings(ctx)
     registry = ModelRegistry(settings.registry_dir)
     try:
         try:
             before = registry.champion(task)
         except DamagedPointer:
             before = None  # promote writes the pointer anew: the repair the damage's message names
-        if before != version:
-            _refuse_if_broken(settings, task, version, before)
+        # 'champion' names the current one: compared as itself, it would be tested and recorded anew
+        version = registry.resolve(task, version).name
+        if before == version:
+            console.print(f"{task} champion: {version} already; nothing changed")
+            return
+        _refuse_if_broken(settings, task, version, before)
         registry.promote(task, version)
     except RegistryError as e:
         raise _fail(e) from e
-    if before != version:
-        record_champion_change(settings, ModelEventKind.promoted, task, version, f"promoted by hand (was {before})")
-    console.print(f"{task} champion: {version} (running workers swap to it within model_poll_interval_s)")
+    record_champion_change(settings, ModelEventKind.promoted, task, version, f"{how} (was {before})")
+    console.print(f"{task} champion: {version}, was {before or 'none'} (running workers swap to it within "
+                  "model_poll_interval_s)")
 
 
 def _refuse_if_broken(settings: VigilSettings, task: str, version: str, champion: str | None) -> None:

@@ -6,6 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.scoring import Scorer
+
+# Several of the engine's 4096-text chunks a call, so that it still tokenizes the next chunk while
+# the device scores one.
+_LABEL_CHUNK = 16_384
+
 
 @dataclass(frozen=True, slots=True)
 class ClassReport:
@@ -62,6 +68,19 @@ def evaluate(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
         per_class=tuple(per_class),
         confusion=tuple(tuple(row) for row in cm),
     )
+
+
+def predict_labels(scorer: Scorer, texts: Sequence[str], chunk: int = _LABEL_CHUNK) -> tuple[list[str], int]:
+    """Each text's predicted label, and how many texts were truncated. Scored ``chunk`` texts at a
+    time and only the labels kept: a Prediction holds every class's probability (3.9 KiB for a
+    triage text), gigabytes for a file of a million rows."""
+    labels: list[str] = []
+    truncated = 0
+    for start in range(0, len(texts), chunk):
+        predictions = scorer.score(texts[start : start + chunk])
+        labels += [p.label for p in predictions]
+        truncated += sum(p.truncated for p in predictions)
+    return labels, truncated
 
 
 def write_confusion_png(report: EvalReport, path: Path, title: str) -> Path:

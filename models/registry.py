@@ -32,7 +32,8 @@ CHAMPION = "champion"
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
 _POINTER = "champion.json"
 _POINTER_LOCK = ".champion.lock"
-# Readable by the other users a deployment may run workers as (mkdtemp and mkstemp give 0700/0600).
+# Readable by the other users a deployment may run workers as (mkdtemp and mkstemp give 0700/0600,
+# and safetensors writes weights 0600 whatever the umask).
 _DIR_MODE, _FILE_MODE = 0o755, 0o644
 
 
@@ -83,6 +84,14 @@ class ModelCard(BaseModel):
 def _version_number(name: str) -> int | None:
     m = _VERSION.match(name)
     return int(m.group(1)) if m else None
+
+
+def _share(directory: Path) -> None:
+    """Give ``directory`` and everything in it the modes that let other users read it."""
+    for parent, _dirs, files in os.walk(directory):
+        os.chmod(parent, _DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(parent, name), _FILE_MODE)
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -228,7 +237,6 @@ class ModelRegistry:
         staging = Path(tempfile.mkdtemp(dir=task_dir, prefix=".staging-"))
         try:
             write(staging)
-            os.chmod(staging, _DIR_MODE)
             before = self.versions(task)
             pointer = self._pointer(task)
             # A deleted version the lineage still names keeps its number: a new model under it would
@@ -240,6 +248,7 @@ class ModelRegistry:
                 card = ModelCard(task=task, version=version, parent_version=pointer["champion"],
                                  created_at=datetime.now(UTC), **card_fields)
                 (staging / "card.json").write_text(card.model_dump_json(indent=2), encoding="utf-8")
+                _share(staging)  # before it is in place: a worker may load it as soon as it is
                 try:
                     # rename is atomic and fails if another trainer took this number first
                     os.rename(staging, task_dir / version)

@@ -276,14 +276,12 @@ def train(
 
 
 def train_task(settings: VigilSettings, task: str, profile: Profile = "quick", console: Console | None = None,
-               promote: bool = False, **overrides: object) -> TrainResult:
-    """Train ``task`` with a named profile into ``settings.registry_dir`` (the CLI and demo entry point)."""
+               **overrides: object) -> TrainResult:
+    """Train ``task`` with a named profile into ``settings.registry_dir`` (the CLI and demo entry
+    point). The new version serves only once promoted, unless it is the task's first."""
     from models.encoder import base_encoder_dir
 
     cfg = profile_config(profile, task, **overrides)
-    result = train(task, cfg, data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir,
-                   encoder_dir=base_encoder_dir(settings.base_encoder_dir), device=settings.device,
-                   console=console)
-    if promote:
-        ModelRegistry(settings.registry_dir).promote(task, result.card.version)
-    return result
+    return train(task, cfg, data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir,
+                 encoder_dir=base_encoder_dir(settings.base_encoder_dir), device=settings.device,
+                 console=console)

@@ -7,6 +7,7 @@ import re
 
 from typer.testing import CliRunner
 
+from models.evaluate import predict_labels
 from models.registry import ModelRegistry
 from streams.cli import app
 from tests.fixtures.models import break_classifier, copy_registry, copy_version
@@ -77,6 +78,63 @@ def test_eval_reads_the_corpora_as_they_come_and_reports_phrasebanks_agreed_rows
     assert code == 1 and "row 2: all_agree 'yes' is not 0 or 1" in " ".join(out.split()), out
 
 
+def test_eval_reads_csvs_as_spreadsheets_and_pandas_write_them(tiny_registry, tmp_path):
+    """Excel's "CSV UTF-8" and pandas' utf-8-sig start with a byte order mark; spreadsheets leave
+    blank and ',,' rows at the end; a long document is one text. Each was refused or a traceback."""
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    rows = [("Operating profit rose to EUR 13.1 mn", "positive", "1"), ("Sales fell sharply", "negative", "1"),
+            ("The company is based in Espoo", "neutral", "0"), ("Shares dropped 5%", "negative", "0")]
+    plain = tmp_path / "plain.csv"
+    with plain.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label", "all_agree"), *rows])
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(plain)], data_dir)
+    assert code == 0, out
+    expected = _accuracies(out)
+
+    exported = tmp_path / "exported.csv"
+    with exported.open("w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows([("text", "label", "all_agree"), rows[0], ("   ",), ("", "", ""), *rows[1:],
+                                 ("", "", "")])
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(exported)], data_dir)
+    assert code == 0 and _accuracies(out) == expected and "(4 rows)" in " ".join(out.split()), out
+
+    long = tmp_path / "long.csv"
+    with long.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), ("Profit rose . " * 20_000, "positive"), rows[1][:2]])
+    code, out = _run(["eval", "--task", "sentiment", "--data", str(long)], data_dir)
+    assert code == 0 and "truncated 1" in out, out
+
+
+def test_eval_names_the_row_a_file_cannot_be_read_at(tiny_registry, tmp_path):
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    files = {
+        "text,label\r\nSales fell,negative\r\nOrders grew\r\n": "row 3 has no label",
+        "text,label\r\n,negative\r\n": "row 2 has no text",
+        # a quote never closed: its text runs on to the end of the file, the label with it
+        'text,label\r\n"Sales fell,negative\r\nOrders grew,positive\r\n': "row 2 (lines 2-3) has no label",
+        # and in a file of millions of rows it stops at the field limit, not at the end of memory
+        'text,label\r\n"Profit rose,positive\r\n' + "Sales fell,negative\r\n" * 3_500_000: "row 2 (lines 2-",
+    }
+    for i, (content, expected) in enumerate(files.items()):
+        path = tmp_path / f"{i}.csv"
+        path.write_text(content, newline="")
+        result = CliRunner().invoke(app, ["eval", "--task", "sentiment", "--data", str(path)], env={
+            "VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu", "VIGIL_MAX_LENGTH": "32"})
+        said = "".join(result.output.split())  # rich folds long lines, in a path too
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, said)
+        assert "".join(f"{path} {expected}".split()) in said, said
+    assert "cannotbereadasCSV(fieldlargerthanfieldlimit" in said
+
+
+def test_eval_scores_in_chunks_and_keeps_the_labels(tiny_scorers):
+    scorer = tiny_scorers["triage"]
+    texts = ["my card was stolen", "top up failed " * 40, "I need a refund", "change my PIN", "where is my card"]
+    whole = scorer.score(texts)
+    assert predict_labels(scorer, texts, chunk=2) == ([p.label for p in whole], 1)
+
+
 def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
     data_dir = tmp_path / "vigil"
     copy_registry(tiny_registry, data_dir / "models")
@@ -87,6 +145,18 @@ def test_a_version_that_cannot_score_is_not_promoted(tiny_registry, tmp_path):
     said = " ".join(out.split())  # rich folds long lines
     assert code == 1 and "cannot score a plain control text" in said and "still v1" in said
     assert registry.champion("sentiment") == "v1"
+
+
+def test_promoting_the_champion_by_its_alias_changes_nothing(tiny_registry, tmp_path):
+    """'champion' was compared with the champion's name as itself: it was self tested, recorded as a
+    promotion of version 'champion', and printed as the champion."""
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    code, out = _run(["models", "promote", "sentiment", "champion"], data_dir)
+    said = " ".join(out.split())
+    assert code == 0 and "sentiment champion: v1 already; nothing changed" in said, said
+    assert "event was not recorded" not in said  # none was to be: ClickHouse is not migrated here
+    assert ModelRegistry(data_dir / "models").champions("sentiment") == ["v1"]
 
 
 def test_missing_model_says_how_to_train(tmp_path):

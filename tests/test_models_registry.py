@@ -1,10 +1,14 @@
 """Registry versions, champion pointer, promote / rollback / resolve, on real saved models."""
 
+import os
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from models.registry import CardMismatch, ModelNotFound, ModelRegistry, RegistryError
 from tests.fixtures.models import copy_by_hand, copy_version
@@ -149,3 +153,33 @@ def test_a_directory_whose_card_is_another_tasks_or_versions_is_refused(tiny_reg
     assert reg.champion("sentiment") == "v1" and reg.resolve("sentiment").name == "v1"
     # the list leaves them out, with a warning, and still shows the rest
     assert [(c.task, c.version) for c, _ in reg.list()] == [("sentiment", "v1"), ("triage", "v1")]
+
+
+def _modes(version_dir):
+    return {str(p.relative_to(version_dir)): stat.S_IMODE(p.stat().st_mode)
+            for p in [version_dir, *version_dir.rglob("*")]}
+
+
+def test_every_file_of_a_version_is_readable_by_the_other_users_workers_run_as(tiny_registry, tmp_path):
+    """safetensors writes the weights 0600 whatever the umask: a worker running as another user
+    refused every new version as broken (cannot be loaded)."""
+    fields = ModelRegistry(tiny_registry).card("triage").model_dump(
+        exclude={"task", "version", "parent_version", "created_at"})
+
+    def write(target):
+        save_file({"w": torch.zeros(2)}, str(target / "model.safetensors"))
+        (target / "cache").mkdir()
+        (target / "cache" / "part.json").write_text("{}")
+
+    reg = ModelRegistry(tmp_path / "models")
+    was = os.umask(0o077)  # an operator's strict umask hides the rest of the files too
+    try:
+        version = reg.add("triage", write, fields).version
+    finally:
+        os.umask(was)
+    assert _modes(reg.resolve("triage", version)) == {
+        ".": 0o755, "model.safetensors": 0o644, "card.json": 0o644, "cache": 0o755, "cache/part.json": 0o644}
+    # and a version that training wrote (save_pretrained: weights, config, tokenizer)
+    trained = ModelRegistry(tiny_registry).resolve("sentiment", "v1")
+    written = {name: mode for name, mode in _modes(trained).items() if name.split("/")[0] not in ("onnx", "parity")}
+    assert "model.safetensors" in written and set(written.values()) <= {0o644, 0o755}, written

@@ -3,14 +3,20 @@
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from feedback.contracts import ModelEventKind
+from feedback.store import open_feedback_store
 
 from models.encoder import base_encoder_dir
 from models.engine import cpu_has_native_bf16, encode, predict_probs
 from models.modeling import init_from_encoder
 from models.registry import ModelRegistry
 from models.tasks import banking77_labels
-from streams.settings import REPO_ROOT
-from tests.fixtures.models import scorer_from_registry, train_tiny
+from streams.cli import app
+from streams.clickhouse import open_store
+from streams.settings import REPO_ROOT, VigilSettings
+from tests.fixtures.models import copy_registry, scorer_from_registry, train_tiny
 
 TEXTS = ["my card was stolen", "how do I top up with cash", "when will my card arrive",
          "I was charged twice for the same thing", "change my PIN", "is there an age limit"]
@@ -57,3 +63,24 @@ def test_mixed_precision_is_chosen_by_the_hardware_and_recorded(tmp_path):
     # the weights stay fp32 either way; bf16 passes move them differently
     assert all(w.dtype == torch.float32 for w in wa.values())
     assert torch.equal(wa["classifier.weight"], wf["classifier.weight"]) == (not cpu_has_native_bf16())
+
+
+def test_train_promote_is_a_promotion_like_any_other(tiny_registry, tmp_path):
+    """`vigil train --promote` moved the pointer only: no self test, and no promoted model event, so
+    `vigil status` did not show the promotion."""
+    data_dir = tmp_path / "vigil"
+    copy_registry(tiny_registry, data_dir / "models")
+    settings = VigilSettings(data_dir=data_dir, clickhouse_url=None, kafka_brokers=None)
+    open_store(settings).close()  # migrates
+    result = CliRunner().invoke(app, ["train", "--task", "triage", "--max-steps", "1", "--train-cap", "8",
+                                      "--batch-size", "8", "--max-length", "16", "--promote"],
+                                env={"VIGIL_DATA_DIR": str(data_dir), "VIGIL_DEVICE": "cpu",
+                                     "VIGIL_CLICKHOUSE_URL": "", "VIGIL_KAFKA_BROKERS": ""})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert ModelRegistry(settings.registry_dir).champion("triage") == "v2"
+    with open_feedback_store(settings) as store:
+        events = store.fetch_model_events("triage")
+    assert [(e.kind, e.model_version, e.detail) for e in events] == [
+        (ModelEventKind.promoted, "v2", "promoted by `vigil train --promote` (was v1)")]
+    assert "triage champion: v2, was v1" in said, said
