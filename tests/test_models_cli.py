@@ -47,8 +47,19 @@ def test_list_show_promote_rollback_eval(tiny_registry, tmp_path):
     assert code == 1 and "not_an_intent" in out
 
 
+# Financial PhraseBank's layout: text, named label, all_agree.
+PHRASEBANK_ROWS = [("Operating profit rose to EUR 13.1 mn", "positive", "1"), ("Sales fell sharply", "negative", "1"),
+                   ("The company is based in Espoo", "neutral", "0"), ("Shares dropped 5%", "negative", "0")]
+
+
 def _accuracies(out: str) -> list[str]:
     return re.findall(r"accuracy (\d\.\d{4})", out)
+
+
+def _write_csv(path, rows, encoding="utf-8"):
+    with path.open("w", newline="", encoding=encoding) as f:
+        csv.writer(f).writerows(rows)
+    return path
 
 
 def test_eval_reads_the_corpora_as_they_come_and_reports_phrasebanks_agreed_rows(tiny_registry, tmp_path):
@@ -56,19 +67,14 @@ def test_eval_reads_the_corpora_as_they_come_and_reports_phrasebanks_agreed_rows
     all_agree column (its second benchmark is that subset), the tweets with their 0/1/2 codes."""
     data_dir = tmp_path / "vigil"
     copy_registry(tiny_registry, data_dir / "models")
-    rows = [("Operating profit rose to EUR 13.1 mn", "positive", "1"), ("Sales fell sharply", "negative", "1"),
-            ("The company is based in Espoo", "neutral", "0"), ("Shares dropped 5%", "negative", "0")]
-    phrasebank = tmp_path / "phrasebank.csv"
-    with phrasebank.open("w", newline="") as f:
-        csv.writer(f).writerows([("text", "label", "all_agree"), *rows])
+    rows = PHRASEBANK_ROWS
+    phrasebank = _write_csv(tmp_path / "phrasebank.csv", [("text", "label", "all_agree"), *rows])
     code, out = _run(["eval", "--task", "sentiment", "--data", str(phrasebank)], data_dir)
     assert code == 0 and "all-annotators-agree rows (2)" in out, out
     named = _accuracies(out)[0]
 
     codes = {"negative": "0", "positive": "1", "neutral": "2"}  # Twitter Financial News' codes
-    tweets = tmp_path / "tweets.csv"
-    with tweets.open("w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), *((t, codes[y]) for t, y, _ in rows)])
+    tweets = _write_csv(tmp_path / "tweets.csv", [("text", "label"), *((t, codes[y]) for t, y, _ in rows)])
     code, out = _run(["eval", "--task", "sentiment", "--data", str(tweets)], data_dir)
     assert code == 0 and _accuracies(out) == [named] and "all-annotators-agree" not in out, out
 
@@ -83,25 +89,18 @@ def test_eval_reads_csvs_as_spreadsheets_and_pandas_write_them(tiny_registry, tm
     blank and ',,' rows at the end; a long document is one text. Each was refused or a traceback."""
     data_dir = tmp_path / "vigil"
     copy_registry(tiny_registry, data_dir / "models")
-    rows = [("Operating profit rose to EUR 13.1 mn", "positive", "1"), ("Sales fell sharply", "negative", "1"),
-            ("The company is based in Espoo", "neutral", "0"), ("Shares dropped 5%", "negative", "0")]
-    plain = tmp_path / "plain.csv"
-    with plain.open("w", newline="") as f:
-        csv.writer(f).writerows([("text", "label", "all_agree"), *rows])
+    rows = PHRASEBANK_ROWS
+    plain = _write_csv(tmp_path / "plain.csv", [("text", "label", "all_agree"), *rows])
     code, out = _run(["eval", "--task", "sentiment", "--data", str(plain)], data_dir)
     assert code == 0, out
     expected = _accuracies(out)
 
-    exported = tmp_path / "exported.csv"
-    with exported.open("w", newline="", encoding="utf-8-sig") as f:
-        csv.writer(f).writerows([("text", "label", "all_agree"), rows[0], ("   ",), ("", "", ""), *rows[1:],
-                                 ("", "", "")])
+    exported = _write_csv(tmp_path / "exported.csv", [("text", "label", "all_agree"), rows[0], ("   ",),
+                                                       ("", "", ""), *rows[1:], ("", "", "")], encoding="utf-8-sig")
     code, out = _run(["eval", "--task", "sentiment", "--data", str(exported)], data_dir)
     assert code == 0 and _accuracies(out) == expected and "(4 rows)" in " ".join(out.split()), out
 
-    long = tmp_path / "long.csv"
-    with long.open("w", newline="") as f:
-        csv.writer(f).writerows([("text", "label"), ("Profit rose . " * 20_000, "positive"), rows[1][:2]])
+    long = _write_csv(tmp_path / "long.csv", [("text", "label"), ("Profit rose . " * 20_000, "positive"), rows[1][:2]])
     code, out = _run(["eval", "--task", "sentiment", "--data", str(long)], data_dir)
     assert code == 0 and "truncated 1" in out, out
 
