@@ -59,12 +59,12 @@ def partition_lag(committed: int | None, start: int, end: int) -> int:
     return max(0, end - max(start, committed if committed is not None else start))
 
 
-async def partition_bounds(settings: VigilSettings, partitions: Sequence[TopicPartition],
-                           timeout_s: float) -> dict[TopicPartition, tuple[int, int]]:
+async def partition_bounds(settings: VigilSettings, partitions: Sequence[TopicPartition], timeout_s: float,
+                           client_id: str = "vigil-status") -> dict[TopicPartition, tuple[int, int]]:
     """Each partition's (start, end). The end: a consumer outside any group fetches from the end,
     at most one record batch per partition, until every partition has answered. The start: a
     ListOffsets for the earliest offset (which Tansu answers right; its trouble is the latest)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id=client_id,
                                 enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                                 max_partition_fetch_bytes=1,  # the broker still sends one whole batch
                                 request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))

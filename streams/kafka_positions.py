@@ -14,8 +14,8 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from streams.dead_letter_replay import Bounds, Original, Position
+from streams import kafka_lag
 from streams.kafka_config import admin_kwargs, aiokafka_kwargs
-from streams.kafka_ends import EndsUnavailable, fetched_ends
 from streams.settings import VigilSettings
 from streams.topics import partition_counts
 
@@ -42,20 +42,11 @@ async def partition_bounds(settings: VigilSettings, topics: Iterable[str], timeo
     finally:
         admin.close()
     partitions = [TopicPartition(topic, p) for topic, n in counts.items() for p in range(n)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-dead-letters",
-                                enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-                                max_partition_fetch_bytes=1,  # only the ends are wanted; a batch still comes
-                                request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))
     try:
-        await consumer.start()
-        consumer.assign(partitions)
-        firsts = await consumer.beginning_offsets(partitions)
-        ends = await fetched_ends(consumer, partitions, timeout_s)
-    except (AIOKafkaError, EndsUnavailable) as e:
-        raise RecordsUnavailable(f"Kafka at {settings.kafka_brokers} did not give the raw topics' offsets: {e}") from e
-    finally:
-        await consumer.stop()
-    return {(tp.topic, tp.partition): (firsts[tp], ends[tp]) for tp in partitions}
+        bounds = await kafka_lag.partition_bounds(settings, partitions, timeout_s, client_id="vigil-dead-letters")
+    except kafka_lag.LagUnavailable as e:
+        raise RecordsUnavailable(str(e)) from e
+    return {(tp.topic, tp.partition): bounds[tp] for tp in partitions}
 
 
 async def records_at(settings: VigilSettings, positions: Iterable[Position],
