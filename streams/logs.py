@@ -23,11 +23,10 @@ from streams.settings import VigilSettings
 
 LogFormat = Literal["text", "json"]
 MASK = "***"
-# The password runs to the last "@" before the host (the host part ends at / ? # or a space and holds
-# no "@"), as urlsplit and clickhouse-driver read it: a password may hold a raw "@".
-_URL_PASSWORD = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*?@(?=[^@/?#\s]*(?:[/?#\s]|$))"
-)
+# The start of a URL's credentials, ``scheme://user:``, at the start of a word: a scheme is never
+# preceded by a letter, so a long word is read once, not once per letter.
+_URL_HEAD = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:")
+_WORD_END = re.compile(r"\s|$")
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # The most each library's loggers say. clickhouse_driver warns with a traceback on every failed
@@ -63,7 +62,42 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     # pattern could only guess where it ends.
     for secret in secrets:
         text = text.replace(secret, MASK)
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+    return _mask_url_passwords(text)
+
+
+def _mask_url_passwords(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@host`` in ``text`` by ``***``.
+
+    The password runs to the last "@" before the host (the host part ends at / ? # or a space and holds
+    no "@"), as urlsplit and clickhouse-driver read it: a password may hold a raw "@". One pass over
+    the text, so a hostile line (a long word, many heads without a host) costs no more than its length.
+    """
+    out: list[str] = []
+    done = 0
+    pos = 0
+    while (head := _URL_HEAD.search(text, pos)) is not None:
+        word_end = _WORD_END.search(text, head.end()).start()
+        at = _host_at(text, head.end(), word_end)
+        if at is None:
+            # No later head in this word has a host after it either: its "@"s are the same ones.
+            pos = word_end
+            continue
+        out += [text[done : head.end()], MASK]
+        done = pos = at
+    return "".join(out) + text[done:]
+
+
+def _host_at(text: str, start: int, end: int) -> int | None:
+    """The index of the "@" that ends a password starting at ``start``: the first "@" in
+    ``text[start:end]`` not followed by another "@" before the host part ends (at / ? # or ``end``)."""
+    pending = None
+    for i in range(start, end):
+        char = text[i]
+        if char == "@":
+            pending = i
+        elif char in "/?#" and pending is not None:
+            return pending
+    return pending
 
 
 def settings_summary(settings: VigilSettings) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -164,6 +165,33 @@ def test_a_url_password_is_masked_up_to_the_host_and_no_further():
     said = "a http://u:p@ss@db:1/x@y b ftp://v:pw@h?to=me@x c"
     assert scrub(said, []) == "a http://u:***@db:1/x@y b ftp://v:***@h?to=me@x c"
 
+
+
+# Hostile words a log line may quote (a message's text in a dead-letter warning): a long word, URL
+# heads without a host after them, and a head followed by nothing but "@"s.
+_HOSTILE_WORDS = {
+    "letters": lambda n: "a" * n,
+    "heads": lambda n: ("x://y:" * n)[:n],
+    "at signs": lambda n: "a://b:" + "@" * n,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_HOSTILE_WORDS))
+def test_scrubbing_a_hostile_word_takes_time_linear_in_its_length(shape: str) -> None:
+    """Every log line is scrubbed. The URL pattern once tried a scheme at every letter of a word and
+    read the rest of the word from each (20,000 letters took 0.4 s: a line per bad message would
+    hold the worker). Compared between sizes of one shape, so what is checked is growth: 4 times
+    the length takes about 4 times as long (under 10 times, for noise), not 16 times."""
+    small, large = (_HOSTILE_WORDS[shape](n) for n in (5_000, 20_000))
+    best = {small: float("inf"), large: float("inf")}
+    for _ in range(5):
+        for text in (small, large):
+            started = time.perf_counter()
+            scrub(text, [])
+            best[text] = min(best[text], time.perf_counter() - started)
+    growth = best[large] / best[small]
+    print(f"hostile {shape!r}: 4x longer took {growth:.2f}x the time")
+    assert growth < 10, growth
 
 SPECIAL_SECRET = 'Qx7"kR\\vZ9'  # a quote and a backslash: JSON and repr escape both
 
