@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from feedback.contracts import QueueOwnerAnnouncement
 from feedback.ownership import QueueOwnership
-from streams.kafka_config import admin_kwargs, aiokafka_kwargs
+from streams.kafka_config import client_kwargs
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
 
@@ -87,14 +87,14 @@ async def run_election(
     """Take part in the election until cancelled; on the way out, give the queue up and leave
     the group, so a standby takes over at once."""
     topic = settings.topic_label_ui_owner
-    await asyncio.to_thread(ensure_topics, bootstrap, [topic], 1, **admin_kwargs(settings))
+    await asyncio.to_thread(ensure_topics, bootstrap, [topic], 1, **client_kwargs(settings))
     tp = TopicPartition(topic, 0)
 
     async def announce() -> None:
         note = QueueOwnerAnnouncement(url=ownership.url, at=datetime.now(UTC))
         await publish(topic, "owner", note.model_dump_json().encode())
 
-    kafka = aiokafka_kwargs(settings)
+    kafka = client_kwargs(settings)
     # Members learn of a rebalance at their next heartbeat: a short interval shortens hand-overs.
     heartbeat_ms = min(1000, settings.ui_owner_session_timeout_ms // 3)
     group = AIOKafkaConsumer(

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 async def send_model_events(settings: VigilSettings, bootstrap: str, events: Sequence[ModelEvent]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import client_kwargs
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **aiokafka_kwargs(settings))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_kwargs(settings))
     await producer.start()
     try:
         for e in events:

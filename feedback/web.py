@@ -496,10 +496,10 @@ class KafkaPublisher:
     def __init__(self, settings: VigilSettings, bootstrap: str) -> None:
         from aiokafka import AIOKafkaProducer
 
-        from streams.kafka_config import aiokafka_kwargs
+        from streams.kafka_config import client_kwargs
 
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", client_id="vigil-label-ui", **aiokafka_kwargs(settings)
+            bootstrap_servers=bootstrap, acks="all", client_id="vigil-label-ui", **client_kwargs(settings)
         )
 
     async def start(self) -> None:

@@ -176,7 +176,7 @@ def produce(
 
     from aiokafka.errors import KafkaError
 
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import client_kwargs
     from streams.replay import ReplayError, read_messages, replay
 
     settings = _settings(ctx)
@@ -188,7 +188,7 @@ def produce(
     with exit_on(console, ValueError, ReplayError, KafkaError):
         counts = asyncio.run(
             replay(settings.kafka_brokers, topics, list(read_messages(file, kind)), rate_per_s=rate,
-                   kafka_kwargs=aiokafka_kwargs(settings))
+                   kafka_kwargs=client_kwargs(settings))
         )
     console.print(f"produced {counts}")
 

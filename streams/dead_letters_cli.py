@@ -97,7 +97,7 @@ def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, 
     the workers take as a redelivery."""
     from streams.clickhouse import open_store
     from streams.clickhouse.dead_letter_store import DeadLetterStore
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import client_kwargs
     from streams.kafka_positions import partition_bounds, records_at
     from streams.replay import OutgoingMessage, ReplayError, replay
 
@@ -115,7 +115,7 @@ def replay_letters(settings: VigilSettings, *, reason: DeadLetterReason | None, 
         acked: set[int] = set()
         try:
             asyncio.run(replay(settings.kafka_brokers, settings.raw_topics, messages,
-                               kafka_kwargs=aiokafka_kwargs(settings), on_acked=acked.add))
+                               kafka_kwargs=client_kwargs(settings), on_acked=acked.add))
         except ReplayError as e:
             done = letters_store.record_replays([d for n, (_, d) in enumerate(plan.send) if n in acked],
                                                 datetime.now(UTC))

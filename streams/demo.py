@@ -25,7 +25,7 @@ from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
 from streams.follow import Tracker, following, wait_for
-from streams.kafka_config import aiokafka_kwargs
+from streams.kafka_config import client_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
 from streams.runtime import kafka_bootstrap
 from streams.samples import duplicate_id_pair, hostile_samples
@@ -105,7 +105,7 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
         # The first message goes alone, so that loading the models and joining the consumer group are
         # not counted as pipeline latency.
         with console.status("waiting for the worker to load its models and join the consumer group…"):
-            await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=aiokafka_kwargs(settings))
+            await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=client_kwargs(settings))
             if not await wait_for(tracker, 1, timeout_s=options.timeout_s):
                 raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log")
         tracker.latencies_ms.clear()
@@ -124,7 +124,7 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
         with Live(progress, console=console, refresh_per_second=8):
             producing = asyncio.create_task(
                 replay(bootstrap, settings.raw_topics, messages[1:], rate_per_s=options.rate,
-                       on_progress=lambda n: on_progress(n + 1), kafka_kwargs=aiokafka_kwargs(settings))
+                       on_progress=lambda n: on_progress(n + 1), kafka_kwargs=client_kwargs(settings))
             )
             # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
             # cancelling every task at once.

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.kafka_config import aiokafka_kwargs
+from streams.kafka_config import client_kwargs
 from streams.kafka_ends import fetched_ends
 from streams.settings import VigilSettings
 
@@ -67,7 +67,7 @@ async def follow(
     """Consume the scored and dead-letter topics into `tracker` until cancelled."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        **aiokafka_kwargs(settings),
+        **client_kwargs(settings),
     )
     await consumer.start()
     try:

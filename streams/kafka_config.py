@@ -97,24 +97,14 @@ def _sasl(s: VigilSettings) -> dict[str, Any]:
     }
 
 
-def aiokafka_kwargs(s: VigilSettings) -> ClientKwargs:
-    """For ``AIOKafkaProducer``/``AIOKafkaConsumer``/``AIOKafkaAdminClient``."""
+def client_kwargs(s: VigilSettings) -> ClientKwargs:
+    """For aiokafka's and kafka-python's clients. Both take the same validated ``ssl_context``, so a
+    CA file that is not PEM is refused here for every client, never reported as an unreachable broker."""
     _check(s)
     kw = ClientKwargs(security_protocol=s.kafka_security_protocol, **_sasl(s))
     ctx = ssl_context(s)
     if ctx is not None:
         kw["ssl_context"] = ctx
-    return kw
-
-
-def admin_kwargs(s: VigilSettings) -> ClientKwargs:
-    """For kafka-python's ``KafkaAdminClient`` (and its producer)."""
-    _check(s)
-    kw = ClientKwargs(security_protocol=s.kafka_security_protocol, **_sasl(s))
-    if _uses_tls(s):
-        kw["ssl_check_hostname"] = True
-        if s.kafka_ssl_cafile is not None:
-            kw["ssl_cafile"] = str(s.kafka_ssl_cafile)
     return kw
 
 

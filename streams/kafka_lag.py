@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.errors import KafkaError
 
-from streams.kafka_config import admin_kwargs, aiokafka_kwargs
+from streams.kafka_config import client_kwargs
 from streams.kafka_ends import EndsUnavailable, fetched_ends
 from streams.settings import VigilSettings
 from streams.topics import partition_counts
@@ -31,7 +31,7 @@ def group_lag(settings: VigilSettings, topics: Iterable[str], timeout_s: float =
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_brokers, client_id="vigil-status",
                                  request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000),
-                                 **admin_kwargs(settings))
+                                 **client_kwargs(settings))
     except KafkaError as e:
         raise LagUnavailable(f"could not reach Kafka at {settings.kafka_brokers}: {e!r}") from e
     try:
@@ -67,7 +67,7 @@ async def partition_bounds(settings: VigilSettings, partitions: Sequence[TopicPa
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id=client_id,
                                 enable_auto_commit=False, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                                 max_partition_fetch_bytes=1,  # the broker still sends one whole batch
-                                request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))
+                                request_timeout_ms=int(timeout_s * 1000), **client_kwargs(settings))
     asked = {FetchPartition(tp.topic, tp.partition): tp for tp in partitions}  # aiokafka's own type
     try:
         await consumer.start()

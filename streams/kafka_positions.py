@@ -15,7 +15,7 @@ from kafka.errors import KafkaError
 
 from streams.dead_letter_replay import Bounds, Original, Position
 from streams import kafka_lag
-from streams.kafka_config import admin_kwargs, aiokafka_kwargs
+from streams.kafka_config import client_kwargs
 from streams.settings import VigilSettings
 from streams.topics import partition_counts
 
@@ -32,7 +32,7 @@ async def partition_bounds(settings: VigilSettings, topics: Iterable[str], timeo
     ones went with the retention) and its end."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_brokers, client_id="vigil-dead-letters",
-                                 request_timeout_ms=int(timeout_s * 1000), **admin_kwargs(settings))
+                                 request_timeout_ms=int(timeout_s * 1000), **client_kwargs(settings))
     except KafkaError as e:
         raise RecordsUnavailable(f"could not reach Kafka at {settings.kafka_brokers}: {e!r}") from e
     try:
@@ -59,7 +59,7 @@ async def records_at(settings: VigilSettings, positions: Iterable[Position],
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_brokers, client_id="vigil-dead-letters",
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-                                request_timeout_ms=int(timeout_s * 1000), **aiokafka_kwargs(settings))
+                                request_timeout_ms=int(timeout_s * 1000), **client_kwargs(settings))
     found: dict[Position, Original] = {}
     try:
         await consumer.start()

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from models.triage_mapping import DEFAULT_PATH, read_triage_mapping
 from streams.alerting.triage import triage_topics
 from streams.broker import EmbeddedBroker
-from streams.kafka_config import admin_kwargs
+from streams.kafka_config import client_kwargs
 from streams.settings import VigilSettings
 from streams.topics import ensure_topics
 
@@ -30,7 +30,7 @@ def all_topics(settings: VigilSettings) -> list[str]:
 def kafka_bootstrap(settings: VigilSettings) -> Iterator[str]:
     """Yield a bootstrap address with Vigil's topics in place, starting Tansu if none is configured."""
     if settings.kafka_brokers:
-        ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions, **admin_kwargs(settings))
+        ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions, **client_kwargs(settings))
         yield settings.kafka_brokers
         return
     with EmbeddedBroker(log_dir=settings.data_dir / "logs") as broker:

@@ -38,7 +38,7 @@ def ensure_topics(
 ) -> dict[str, int]:
     """Create the topics that do not exist yet; return every topic's partition count.
 
-    ``admin_kwargs`` are the security settings (``streams.kafka_config.admin_kwargs``). A topic
+    ``admin_kwargs`` are the security settings (``streams.kafka_config.client_kwargs``). A topic
     that already exists is kept as it is, even with another partition count (logged): changing
     partitions moves keys between partitions, which is the operator's call.
     """

@@ -15,8 +15,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 
 from streams.kafka_config import (
     KafkaConfigError,
-    admin_kwargs,
-    aiokafka_kwargs,
+    client_kwargs,
     faust_broker_credentials,
     ssl_context,
 )
@@ -41,20 +40,17 @@ def sasl(protocol: str = "SASL_SSL", **kw: object) -> VigilSettings:
 
 def test_plaintext_is_plain() -> None:
     s = settings()
-    assert aiokafka_kwargs(s) == {"security_protocol": "PLAINTEXT"}
-    assert admin_kwargs(s) == {"security_protocol": "PLAINTEXT"}
+    assert client_kwargs(s) == {"security_protocol": "PLAINTEXT"}
     assert faust_broker_credentials(s) is None
     assert ssl_context(s) is None
 
 
 def test_sasl_ssl_with_cafile() -> None:
     s = sasl(kafka_ssl_cafile=Path(certifi.where()))
-    kw = aiokafka_kwargs(s)
+    kw = client_kwargs(s)
     assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
     assert kw["sasl_plain_username"] == "alice" and kw["sasl_plain_password"] == SECRET
     assert isinstance(kw["ssl_context"], ssl.SSLContext) and kw["ssl_context"].verify_mode is ssl.CERT_REQUIRED
-    admin = admin_kwargs(s)
-    assert admin["ssl_cafile"] == certifi.where() and admin["sasl_plain_password"] == SECRET
     creds = faust_broker_credentials(s)
     assert isinstance(creds, SASLCredentials)
     assert creds.protocol.value == "SASL_SSL" and creds.mechanism.value == "SCRAM-SHA-512"
@@ -63,15 +59,15 @@ def test_sasl_ssl_with_cafile() -> None:
 def test_sasl_plaintext_and_ssl_only() -> None:
     creds = faust_broker_credentials(sasl("SASL_PLAINTEXT"))
     assert isinstance(creds, SASLCredentials) and creds.protocol.value == "SASL_PLAINTEXT"
-    assert "ssl_context" not in aiokafka_kwargs(sasl("SASL_PLAINTEXT"))
+    assert "ssl_context" not in client_kwargs(sasl("SASL_PLAINTEXT"))
     tls = settings(kafka_security_protocol="SSL")  # system CAs
     assert isinstance(faust_broker_credentials(tls), SSLCredentials)
-    assert "sasl_mechanism" not in aiokafka_kwargs(tls)
+    assert "sasl_mechanism" not in client_kwargs(tls)
 
 
 def test_aiokafka_accepts_the_kwargs() -> None:
     async def build() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", **aiokafka_kwargs(sasl()))
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", **client_kwargs(sasl()))
         await producer.stop()
 
     asyncio.run(build())
@@ -79,10 +75,10 @@ def test_aiokafka_accepts_the_kwargs() -> None:
 
 def test_secret_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     s = sasl()
-    for kw in (aiokafka_kwargs(s), admin_kwargs(s)):
-        with caplog.at_level(logging.INFO):
-            logging.getLogger("test").info("kafka config %s / %r", kw, kw)
-        assert SECRET not in repr(kw) and SECRET not in str(kw) and "alice" in repr(kw)
+    kw = client_kwargs(s)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("kafka config %s / %r", kw, kw)
+    assert SECRET not in repr(kw) and SECRET not in str(kw) and "alice" in repr(kw)
     assert SECRET not in caplog.text
     assert SECRET not in repr(faust_broker_credentials(s))
     assert SECRET not in repr(s)
@@ -99,7 +95,7 @@ def test_secret_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
 )
 def test_contradictions_are_refused(kw: dict, message: str) -> None:
     s = settings(**kw)
-    for translate in (aiokafka_kwargs, admin_kwargs, faust_broker_credentials):
+    for translate in (client_kwargs, faust_broker_credentials):
         with pytest.raises(KafkaConfigError, match=message):
             translate(s)
 
@@ -108,4 +104,4 @@ def test_a_cafile_that_is_not_pem_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "ca.pem"
     bad.write_text("not a certificate")
     with pytest.raises(KafkaConfigError, match="could not be loaded as PEM"):
-        aiokafka_kwargs(settings(kafka_security_protocol="SSL", kafka_ssl_cafile=bad))
+        client_kwargs(settings(kafka_security_protocol="SSL", kafka_ssl_cafile=bad))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
+import pytest
 from typer.testing import CliRunner
 
 from feedback.contracts import ModelEvent, ModelEventKind
@@ -154,19 +155,24 @@ def test_a_deleted_champion_is_a_registry_problem_naming_the_version_workers_fal
     assert "workers fall back to v1" in said and "no model" not in said
 
 
+@pytest.mark.parametrize(("ca_text", "said"), [(None, "is not a readable file."),
+                                               ("not a certificate", "could not be loaded as PEM CA certificates")])
 def test_a_wrong_kafka_security_setting_is_reported_and_the_rest_still_shows(tiny_registry: Path, tmp_path: Path,
-                                                                             monkeypatch) -> None:
+                                                                             monkeypatch, ca_text, said) -> None:
     copy_registry(tiny_registry, tmp_path / "models")
+    ca = tmp_path / "ca.pem"
+    if ca_text is not None:
+        ca.write_text(ca_text)
     for name, value in {"VIGIL_DATA_DIR": str(tmp_path), "VIGIL_CLICKHOUSE_URL": "",
                         "VIGIL_KAFKA_BROKERS": "127.0.0.1:9", "VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL",
-                        "VIGIL_KAFKA_SSL_CAFILE": str(tmp_path / "missing.pem")}.items():
+                        "VIGIL_KAFKA_SSL_CAFILE": str(ca)}.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(app, ["status", "--json"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.exception, result.output)
     report = json.loads(result.stdout)
     assert [m["champion"] for m in report["models"]] == ["v1", "v1"]
     assert report["consumer_lag"] is None
-    assert report["kafka_error"] == f"VIGIL_KAFKA_SSL_CAFILE={tmp_path / 'missing.pem'} is not a readable file."
+    assert report["kafka_error"].startswith(f"VIGIL_KAFKA_SSL_CAFILE={ca} {said}"), report["kafka_error"]
 
 
 def test_messages_waiting_with_nothing_scored_need_attention(tmp_path: Path, kafka_broker, monkeypatch) -> None:
