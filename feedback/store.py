@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from feedback.agreement import Agreement
 from feedback.contracts import (
     Correction,
     CorrectionSource,
@@ -373,6 +374,32 @@ class FeedbackStore:
             params,
         )
         return [_correction(r) for r in rows]
+
+    def labels_per_annotator(self) -> dict[str, int]:
+        """How many messages each annotator's standing labels cover (the latest per message, not
+        withdrawn), over every task: counted in ClickHouse, never read row by row."""
+        rows = self._query(
+            "feedback stats",
+            f"SELECT annotator, count() FROM (SELECT annotator, withdrawn FROM {self.database}.feedback FINAL) "
+            "WHERE withdrawn = 0 GROUP BY annotator ORDER BY annotator",
+        )
+        return {annotator: int(n) for annotator, n in rows}
+
+    def agreement(self) -> dict[str, Agreement]:
+        """Per task with any, the agreement of annotators' standing labels on messages two or more
+        labelled. Pairs come from the label counts of a message: ``n`` labels hold n(n-1)/2 pairs,
+        and a label given ``c`` times c(c-1)/2 agreeing ones."""
+        rows = self._query(
+            "feedback stats",
+            "SELECT task, count(), sum(kinds = 1), sum(intDiv(n * (n - 1), 2)), sum(same) FROM ("
+            " SELECT task, message_id, sum(c) AS n, count() AS kinds, sum(intDiv(c * (c - 1), 2)) AS same FROM ("
+            "  SELECT task, message_id, human_label, count() AS c FROM ("
+            f"   SELECT task, message_id, human_label, withdrawn FROM {self.database}.feedback FINAL)"
+            "  WHERE withdrawn = 0 GROUP BY task, message_id, human_label)"
+            " GROUP BY task, message_id HAVING n >= 2)"
+            " GROUP BY task ORDER BY task",
+        )
+        return {task: Agreement(*(int(x) for x in figures)) for task, *figures in rows}
 
     def fetch_correction(self, correction_id: str) -> Correction | None:
         """The latest version of one correction (a withdrawal too), None when there is none."""

@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from feedback.agreement import agreement, labels_per_annotator
+from feedback.agreement import Agreement
 from feedback.api_models import (
     AckOut,
     AgreementOut,
@@ -362,17 +362,18 @@ async def stats(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
 
     def read() -> StatsOut:
+        # Counted in ClickHouse: every open page asks every 15 s, and the labels and skipped items
+        # themselves would be read whole, however many.
         queue = {t: svc.feedback.queue_stats(t) for t in TASKS}
-        corrections = {t: svc.feedback.fetch_corrections(t) for t in TASKS}
         annotators: dict[str, dict[str, int]] = {}
-        for name, n in labels_per_annotator(c for cs in corrections.values() for c in cs).items():
+        for name, n in svc.feedback.labels_per_annotator().items():
             annotators.setdefault(name, {"labels": 0, "skipped": 0})["labels"] = n
-        # Counted in ClickHouse: the skipped items themselves would be read whole, however many.
         for name, n in svc.feedback.skipped_per_annotator().items():
             annotators.setdefault(name, {"labels": 0, "skipped": 0})["skipped"] = n
+        counted = svc.feedback.agreement()
         agree = {}
-        for t, cs in corrections.items():
-            a = agreement(cs)
+        for t in TASKS:
+            a = counted.get(t, Agreement(0, 0, 0, 0))
             agree[t] = AgreementOut(messages=a.messages, unanimous=a.unanimous, pairwise=a.pairwise)
         return StatsOut(queue=queue, annotators=dict(sorted(annotators.items())), agreement=agree)
 

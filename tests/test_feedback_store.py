@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from feedback.agreement import Agreement
 from feedback.contracts import (
     Correction,
     CorrectionSource,
@@ -232,6 +233,33 @@ def test_corrections_latest_per_annotator_and_since(fstore: FeedbackStore) -> No
     assert fstore.fetch_correction(fixed.correction_id) == withdrawal.model_copy(
         update={"created_at": stored(withdrawal.created_at, fstore)})
 
+
+
+def test_agreement_and_labels_per_annotator_count_standing_labels(fstore: FeedbackStore) -> None:
+    """What GET /api/stats shows, counted in ClickHouse: the latest label per message and annotator
+    counts, a withdrawn one does not, and messages one person labelled are not compared."""
+    def corr(task: str, msg: str, annotator: str, label: str, minutes: int = 0) -> Correction:
+        return Correction(correction_id=Correction.make_id(task, msg, annotator), task=task, message_id=msg,
+                          text="t", annotator=annotator, human_label=label, source=CorrectionSource.queue,
+                          created_at=T0 + timedelta(minutes=minutes))
+
+    assert fstore.agreement() == {} and fstore.labels_per_annotator() == {}
+    withdrawn = corr("sentiment", "m5", "c", "neutral")
+    fstore.write_corrections([
+        corr("sentiment", "m1", "a", "negative"), corr("sentiment", "m1", "b", "negative"),
+        corr("sentiment", "m2", "a", "positive"), corr("sentiment", "m2", "b", "neutral"),
+        corr("sentiment", "m2", "c", "positive"),
+        corr("sentiment", "m3", "a", "neutral"),  # one label: not compared
+        corr("sentiment", "m4", "a", "neutral"), corr("sentiment", "m4", "b", "negative"),
+        corr("sentiment", "m5", "a", "neutral"), withdrawn,
+        corr("triage", "s1", "a", "card_arrival"), corr("triage", "s1", "c", "lost_or_stolen_card"),
+    ])
+    fstore.write_corrections([corr("sentiment", "m4", "b", "neutral", minutes=5),  # b changed their mind
+                              withdrawn.withdrawal(T0 + timedelta(minutes=6))])
+    assert fstore.agreement() == {"sentiment": Agreement(messages=3, unanimous=2, pairs=5, agreeing_pairs=3),
+                                  "triage": Agreement(messages=1, unanimous=0, pairs=1, agreeing_pairs=0)}
+    assert fstore.agreement()["sentiment"].pairwise == pytest.approx(3 / 5)
+    assert fstore.labels_per_annotator() == {"a": 6, "b": 3, "c": 2}
 
 def test_model_events_round_trip(fstore: FeedbackStore) -> None:
     drift = ModelEvent(kind=ModelEventKind.drift, task="sentiment", model_version="v1",
