@@ -60,7 +60,7 @@ from feedback.label_service import FORWARDED_HEADER, TASKS, Service, retry_later
 from feedback.leases import AlreadyLabelled, LeaseError, UnknownItem
 from feedback.ownership import NotQueueOwner, OwnershipUnconfirmed, QueueOwnership
 from streams.alerting.contracts import Alert, AlertVerdict, TicketAck
-from streams.alerting.precision import label_suggestions, rule_precision
+from streams.alerting.precision import LabelSuggestion, label_suggestions, rule_precision, standing_confirmations
 from streams.clickhouse import ClickHouseError, ClickHouseStore
 from streams.contracts import Kind
 from streams.pii import mask_pii
@@ -289,7 +289,11 @@ async def _withdraw_label(svc: Service, who: str, item: QueueItem, now: datetime
     r = item.request
     saved = await svc.io(svc.feedback.fetch_correction, Correction.make_id(r.task, r.message_id, who))
     if _queue_label_of(saved, r.item_id):
-        await svc.correct([saved.withdrawal(now)])
+        # The queue label replaced any label a useful verdict of theirs gave the message (one id holds
+        # both): once it is gone, the verdict's stands again.
+        standing = await svc.io(_standing_confirmations, svc.store, r.task, who, [r.message_id])
+        restored = [_confirmation(alert, s, who, now) for alert, s in standing.values()]
+        await svc.correct([saved.withdrawal(now), *restored])
 
 
 async def _step(svc: Service, who: str, now: datetime, next_task: str | None, finished: QueueItem,
@@ -396,6 +400,23 @@ def _review_request(alert: Alert, message_id: str, text: str, label: str, scored
     )
 
 
+def _confirmation(alert: Alert, s: LabelSuggestion, who: str, now: datetime) -> Correction:
+    """``who``'s label for a message behind ``alert``, from their useful verdict on it."""
+    return Correction(
+        correction_id=Correction.make_id(alert.kind, s.message_id, who), task=alert.kind,
+        message_id=s.message_id, text=s.text, annotator=who, human_label=s.label, model_label=s.label,
+        model_version=alert.model_version or None, source=CorrectionSource.alert_verdict, created_at=now,
+    )
+
+
+def _standing_confirmations(store: ClickHouseStore, kind: str, who: str,
+                            message_ids: list[str]) -> dict[str, tuple[Alert, LabelSuggestion]]:
+    """Of these messages, those a standing useful verdict of ``who`` on some alert confirms."""
+    alerts = store.alerts_behind(kind, message_ids)
+    found = standing_confirmations(alerts, store.fetch_verdicts([a.id for a in alerts]), who)
+    return {m: found[m] for m in message_ids if m in found}
+
+
 async def verdict(request: web.Request) -> web.Response:
     svc, who = request.app[SERVICE], _annotator(request)
     body = await _body(request, VerdictIn)
@@ -412,18 +433,15 @@ async def verdict(request: web.Request) -> web.Response:
     before = await svc.io(svc.feedback.corrections_by_id,
                           [Correction.make_id(alert.kind, s.message_id, who) for s in suggestions])
     own = {c.message_id for c in before.values() if c.source is not CorrectionSource.alert_verdict and not c.withdrawn}
-    confirmed = [
-        Correction(
-            correction_id=Correction.make_id(alert.kind, s.message_id, who), task=alert.kind,
-            message_id=s.message_id, text=s.text, annotator=who, human_label=s.label, model_label=s.label,
-            model_version=alert.model_version or None, source=CorrectionSource.alert_verdict, created_at=now,
-        )
-        for s in suggestions if s.action == "confirm" and s.message_id not in own
-    ]
+    confirmed = [_confirmation(alert, s, who, now)
+                 for s in suggestions if s.action == "confirm" and s.message_id not in own]
     taken_back = [
         c.withdrawal(now) for c in before.values()
         if not v.useful and c.source is CorrectionSource.alert_verdict and not c.withdrawn
     ]
+    if taken_back:
+        standing = await svc.io(_standing_confirmations, svc.store, alert.kind, who, [c.message_id for c in taken_back])
+        taken_back = [c for c in taken_back if c.message_id not in standing]
     if confirmed or taken_back:
         await svc.correct(confirmed + taken_back)
     review = [s for s in suggestions if s.action == "review"]

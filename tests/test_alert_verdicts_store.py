@@ -51,3 +51,21 @@ def test_verdicts_round_trip_keep_history_and_give_precision(settings: VigilSett
         assert (precision["negative_share"].useful, precision["negative_share"].false) == (1, 1)
         assert precision["negative_share"].precision == 0.5
         assert precision["volume_spike"].precision is None
+
+
+def test_the_alerts_behind_a_message_are_found_by_its_id_not_by_its_text(settings: VigilSettings) -> None:
+    odd = 'm"7\\ü'  # a quote, a backslash and a non-ASCII letter: stored escaped in the JSON
+    shared = alert(1, "negative_share").model_copy(update={"top_messages": [
+        ContributingMessage(id="m1", text="down bad", label="negative", score=-0.8),
+        ContributingMessage(id=odd, text='see {"id": "m2"}', label="negative", score=-0.7)]})
+    other = alert(2, "negative_share")  # m2 only
+    triage = Alert(id=Alert.make_id("t", 3), kind="triage", rule="priority_intent", severity=Severity.critical,
+                   intent="lost_or_stolen_card", created_at=T0, top_messages=[  # m3, another kind
+                       ContributingMessage(id="m3", text="card gone", label="lost_or_stolen_card", score=0.9)])
+    with open_store(settings) as store:
+        store.write_alerts([shared, other, triage])
+        assert [a.id for a in store.alerts_behind("sentiment", ["m1"])] == [shared.id]
+        assert [a.id for a in store.alerts_behind("sentiment", [odd, "m2"])] == [shared.id, other.id]
+        assert [a.id for a in store.alerts_behind("sentiment", ["m"])] == []  # whole ids only
+        assert store.alerts_behind("sentiment", ["m3"]) == [] and store.alerts_behind("sentiment", []) == []
+        assert store.alerts_behind("triage", ["m3"]) == [triage]

@@ -602,6 +602,45 @@ def test_a_queue_label_that_agrees_with_a_useful_verdict_outlives_the_verdict_tu
                                                                                CorrectionSource.implicit)]
 
 
+
+def test_a_message_behind_two_alerts_keeps_the_label_a_useful_verdict_on_either_gave(
+        labelling_settings, store, tokens, tiny_scorers) -> None:
+    """One label id holds alice's label of a message, however many alerts it is behind. Her false
+    verdict on one alert took back the label her useful verdict on another had given the shared
+    message; and undoing her queue label of it (the same label) left it with none."""
+    scorer = tiny_scorers["sentiment"]
+    feedback = FeedbackStore(store)
+    texts = bundled_texts("sentiment", 2, skip=70)
+    store.write_scored(scored_messages(scorer, texts))
+    first, both = _alert(6, "negative_share", scorer, texts[:1]), _alert(7, "negative_share", scorer, texts)
+    store.write_alerts([first, both])
+    feedback.write_requests(scored_requests(scorer, texts[:1], [SelectionReason.alert]))
+    shared = texts[0][0]
+    label = first.top_messages[0].label
+    alice = bearer(tokens["alice"])
+
+    def standing() -> list[tuple[str, str, CorrectionSource]]:
+        return sorted((c.message_id, c.human_label, c.source) for c in feedback.fetch_corrections("sentiment"))
+
+    async def go() -> None:
+        async with serving(labelling_settings, store) as client:
+            for alert, useful in ((first, True), (both, True), (both, False)):
+                r = await client.post(f"/api/alerts/{alert.id}/verdict", headers=alice, json={"useful": useful})
+                assert r.status == 201
+            assert standing() == [(shared, label, CorrectionSource.alert_verdict)]
+            item = (await (await client.post("/api/queue/lease", headers=alice, json={})).json())["item"]
+            assert item["message_id"] == shared
+            path = f"/api/items/{item['item_id']}"
+            assert (await client.post(f"{path}/label", headers=alice, json={"label": label})).status == 200
+            assert standing() == [(shared, label, CorrectionSource.queue)]
+            assert (await client.post(f"{path}/undo", headers=alice)).status == 200
+            assert standing() == [(shared, label, CorrectionSource.alert_verdict)]
+            r = await client.post(f"/api/alerts/{first.id}/verdict", headers=alice, json={"useful": False})
+            assert r.status == 201
+            assert standing() == []
+
+    asyncio.run(go())
+
 def test_a_review_of_an_item_the_owner_holds_open_is_served_first_and_keeps_its_reason(
         labelling_settings, store, tokens, tiny_scorers) -> None:
     """A false verdict's review request for a message already queued as uncertain adds its reason

@@ -91,3 +91,17 @@ def label_suggestions(alert: Alert, verdict: AlertVerdict) -> list[LabelSuggesti
         )  # fmt: skip
         for m in alert.top_messages
     ]
+
+
+def standing_confirmations(alerts: Iterable[Alert], verdicts: Iterable[AlertVerdict],
+                           who: str) -> dict[str, tuple[Alert, LabelSuggestion]]:
+    """The labels ``who``'s verdicts still confirm, by message: each message behind an alert whose
+    latest verdict by ``who`` is useful, with that alert (the newest, when several). ``alerts`` and
+    ``verdicts`` come oldest first. A message can be behind several alerts, so one verdict turning
+    false must not take back what a useful one on another alert confirmed."""
+    latest = {v.alert_id: v for v in verdicts if v.by == who}
+    return {
+        s.message_id: (a, s)
+        for a in alerts if (v := latest.get(a.id)) is not None and v.useful
+        for s in label_suggestions(a, v)
+    }

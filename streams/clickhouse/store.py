@@ -4,6 +4,7 @@ takes each key's newest row with argMax."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,8 @@ from .retry import call_with_retries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A contributor's id in an alert's top_messages_json, still JSON-escaped.
+_CONTRIBUTOR_ID = r'\{"id": "((?:[^"\\]|\\.)*)"'
 
 # ClickHouse refuses an insert that touches more (max_partitions_per_insert_block), and a retry
 # would be refused again: a backfill spanning years would stall its partition for good.
@@ -327,6 +330,23 @@ class ClickHouseStore:
             {"id": alert_id},
         )
         return alert_from_row(dict(zip(columns, rows[0], strict=True)), self.level) if rows else None
+
+    def alerts_behind(self, kind: str, message_ids: Iterable[str]) -> list[Alert]:
+        """The stored alerts of ``kind`` that any of these messages contributed to, oldest first.
+
+        The contributors' ids are read out of the stored JSON (``alert_row`` writes each message
+        as ``{"id": …`` first); a message's text cannot fake that, as its quotes are escaped."""
+        wanted = sorted({json.dumps(m, ensure_ascii=False)[1:-1] for m in message_ids})
+        if not wanted:
+            return []
+        columns = alert_columns(self.level)
+        rows = self._query(
+            "alert read",
+            f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL WHERE kind = {{kind:String}} "
+            "AND hasAny(extractAll(top_messages_json, {pattern:String}), {ids:Array(String)}) ORDER BY created_at, id",
+            {"kind": kind, "pattern": _CONTRIBUTOR_ID, "ids": wanted},
+        )
+        return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
 
     def fetch_verdicts(self, alert_ids: Iterable[str] | None = None) -> list[AlertVerdict]:
         """Every stored verdict (of these alerts, when given), oldest first."""
