@@ -10,6 +10,8 @@ migrators take turns, and the next one clears what a killed one left."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import threading
 import time
@@ -18,11 +20,14 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import pytest
 
 from benchmarks.lock_race import race
+from feedback.contracts import Correction, CorrectionSource, LabelRequest, SelectionReason
+from feedback.store import FeedbackStore
 from streams.alerting.contracts import (
     Alert,
     Severity,
@@ -64,6 +69,7 @@ pytest_plugins = ["tests.fixtures.clickhouse_cluster"]
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = NOW - timedelta(hours=1)
 ALL = [m.name for m in load_migrations()]
+GRAFANA_DASHBOARDS = Path(__file__).resolve().parents[1] / "ops" / "grafana" / "dashboards"
 TABLES = {
     "scored", "dead_letters", "alerts", "label_queue", "feedback", "model_events", "triage", "ticket_acks",
     "alert_verdicts", "shadow_predictions", "alerting_state", "alerting_seen", "retrain_heartbeats",
@@ -286,6 +292,33 @@ def test_alerts_tickets_acks_and_checkpoints_through_the_distributed_tables(stor
     assert sorted(states.load_seen(0, 25, None), key=lambda s: s.message_id) == [*ids[:2], *ids[3:]]
     assert sorted(states.load_seen(0, 10, NOW - timedelta(minutes=4)), key=lambda s: s.message_id) == ids[:2]
 
+
+
+def test_the_audited_accuracy_panel_counts_labels_whose_queue_item_is_on_another_shard(
+        store: ClickHouseStore, cluster_db: VigilSettings) -> None:
+    """Labels are sharded on their correction id and queue items on theirs, so most labels sit on
+    another shard than their item. The panel joins the two read in full (subqueries in FROM), not
+    each shard's own rows, as a join or IN sent to the shards would under distributed_product_mode
+    =local (counting only the labels that share their item's shard)."""
+    feedback = FeedbackStore(store)
+    feedback.write_requests([LabelRequest(
+        item_id=f"i-{i}", task="sentiment", message_id=f"n-{i}", text="headline", model_name="sentiment",
+        model_version="v1", model_label="positive", probs={"positive": 0.9}, confidence=0.9, margin=0.8,
+        entropy=0.3, reasons=[SelectionReason.audit], event_time=T0, selected_at=T0,
+    ) for i in range(20)])
+    feedback.write_corrections([Correction(
+        correction_id=f"c-{i}", task="sentiment", message_id=f"n-{i}", item_id=f"i-{i}", text="headline",
+        annotator="ann", human_label="positive" if i % 4 else "negative", model_label="positive",
+        model_version="v1", source=CorrectionSource.queue, created_at=T0,
+    ) for i in range(20)])
+    dashboard = json.loads((GRAFANA_DASHBOARDS / "vigil-feedback.json").read_text())
+    (sql,) = [t["rawSql"] for p in dashboard["panels"] if p["title"] == "Audited accuracy per model version"
+              for t in p["targets"]]
+    db = cluster_db.clickhouse_database
+    sql = re.sub(r"\bFROM (feedback|label_queue)\b", rf"FROM {db}.\1", sql)
+    span = f"toDateTime('{T0 - timedelta(minutes=1):%Y-%m-%d %H:%M:%S}', 'UTC') AND toDateTime('{NOW:%Y-%m-%d %H:%M:%S}', 'UTC')"
+    sql = re.sub(r"\$__timeFilter\(([\w.]+)\)", rf"\1 BETWEEN {span}", sql)
+    assert store.backend.query(sql) == [("sentiment", "v1", 0.75, 20)]
 
 def test_a_shard_whose_first_replica_is_down_is_written_and_read_on_the_other(
     clickhouse_cluster: ClickHouseCluster, store: ClickHouseStore,
