@@ -22,6 +22,13 @@ tickers ever reach a rule's minimum volume there; ``--busy-tickers N`` replays t
 again in a seeded random order (the tweets file groups them by label, which would be a real shock),
 each about one of N made-up tickers, so that every ticker's windows are full.
 
+False intent-spike alerts: the bundled Banking77 messages, in a seeded random order (the file is
+grouped by intent, which would be one spike after another), routed with the bundled mapping and
+fed to the intent-spike detector with the default rules for ``--ticket-hours`` of event time (a new
+order each pass over the file), event times a Poisson process at ``--tickets-per-hour``, intents
+from the data set. Nothing is injected: every intent-spike alert counts as false (P1 alerts are
+not: every P1 message raises one by design).
+
     python -m benchmarks.alert_latency --registry /tmp/vq/models --rate 500 --rate 150 --seconds 30 \
         [--alert-priorities P1]
 """
@@ -47,10 +54,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks.worker_stack import cpu_seconds, running_worker
 from models.engine import load_scorer
-from models.triage_mapping import DEFAULT_PATH, TriageMapping
+from models.triage_mapping import DEFAULT_PATH, TriageMapping, load_triage_mapping
+from streams.alerting.contracts import TriageTicket
 from streams.alerting.rules import AlertRules, SentimentAlerter
+from streams.alerting.triage import IntentSpikeDetector, route
 from streams.broker import EmbeddedBroker
-from streams.contracts import ScoredMessage
+from streams.contracts import ScoredMessage, SupportMessage
 from streams.follow import quantile
 from streams.replay import bundled_news
 from streams.samples import support_json
@@ -61,9 +70,14 @@ from tests.fixtures.alerting import DATA, scored, scored_bundled_news
 ALL_PRIORITIES = ["P1", "P2", "P3", "P4"]
 
 
-def support_texts() -> list[str]:
+def support_rows() -> list[tuple[str, str]]:
+    """The bundled Banking77 messages: (text, intent), grouped by intent as the file is."""
     with (REPO_ROOT / "data" / "banking77" / "train.csv").open(encoding="utf-8", newline="") as f:
-        return [r["text"] for r in csv.DictReader(f)]
+        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+
+
+def support_texts() -> list[str]:
+    return [text for text, _ in support_rows()]
 
 
 async def offer_and_collect(settings: VigilSettings, rate: float, seconds: float, texts: list[str],
@@ -248,6 +262,41 @@ def false_alerts(labels: str, news: list[ScoredMessage], news_per_hour: float, s
     }
 
 
+def support_tickets() -> list[TriageTicket]:
+    """The bundled Banking77 messages as routed tickets, in file order, event times to be set."""
+    rows = support_rows()
+    intents = sorted({intent for _, intent in rows})
+    mapping, min_confidence = load_triage_mapping(intents), AlertRules().triage.min_confidence
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return [route(scored(SupportMessage(id=f"s-{n}", channel="chat", customer_id="c", text=text, created_at=t0),
+                         intent, intents, offset=n), mapping, min_confidence)
+            for n, (text, intent) in enumerate(rows)]
+
+
+def false_intent_spikes(tickets: list[TriageTicket], tickets_per_hour: float, hours: float, seed: int) -> dict:
+    """``hours`` of tickets at ``tickets_per_hour``: the bundled ones in a new seeded order each pass."""
+    rng = random.Random(seed)
+    t = start = tickets[0].event_time
+    end = start + timedelta(hours=hours)
+    detector = IntentSpikeDetector(AlertRules().triage.intent_spike)
+    by_intent: Counter[str] = Counter()
+    fed = 0
+    while t < end:
+        for ticket in rng.sample(tickets, len(tickets)):
+            t += timedelta(seconds=rng.expovariate(tickets_per_hour / 3600))
+            if t >= end:
+                break
+            fed += 1
+            update = {"event_time": t, "message_id": f"{ticket.message_id}-{fed}"}
+            by_intent.update(a.intent for a in detector.feed_event(ticket.model_copy(update=update)).alerts)
+    by_intent.update(a.intent for a in detector.advance(end + timedelta(hours=2)))
+    return {
+        "tickets": fed, "tickets_per_hour": tickets_per_hour, "simulated_hours": hours,
+        "alerts": sum(by_intent.values()), "by_intent": dict(by_intent.most_common()),
+        "false_alerts_per_hour": sum(by_intent.values()) / hours,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--registry", type=Path, default=Path(".vigil/models"), help="A registry with both tasks.")
@@ -255,6 +304,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--news-per-hour", type=float, action="append", help="Default: 120, 600 and 3600.")
+    ap.add_argument("--tickets-per-hour", type=float, action="append", help="Default: 120, 600 and 3600.")
+    ap.add_argument("--ticket-hours", type=float, default=48.0, help="Simulated hours of support traffic per rate.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-threads", type=int, help="The worker's CPU threads (default: the usable cores).")
     ap.add_argument("--batch-within-s", type=float, help="The worker's VIGIL_BATCH_WITHIN_S (default: the setting's).")
@@ -278,6 +329,10 @@ def main() -> None:
     for labels, news in replays.items():
         for per_hour in args.news_per_hour or [120.0, 600.0, 3600.0]:
             print(json.dumps({"false_alerts": false_alerts(labels, news, per_hour, args.seed)}), flush=True)
+    tickets = support_tickets()
+    for per_hour in args.tickets_per_hour or [120.0, 600.0, 3600.0]:
+        spikes = false_intent_spikes(tickets, per_hour, args.ticket_hours, args.seed)
+        print(json.dumps({"false_intent_spikes": spikes}), flush=True)
     if not args.skip_latency:
         latency(args.registry, args.rate or [500.0], args.seconds, args.partitions, args.cpu_threads, args.batch_within_s,
                 args.alert_priorities)
