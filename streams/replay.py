@@ -8,6 +8,7 @@ stay in order), paced against a monotonic clock so a long replay at N msg/s does
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import functools
 import itertools
@@ -148,8 +149,10 @@ def _key_of(obj: Any) -> bytes | None:
 
 def _jsonl(path: Path, kind: Kind) -> Iterator[OutgoingMessage]:
     with path.open("rb") as f:
-        for line in f:
+        for n, line in enumerate(f):
             raw = line.rstrip(b"\r\n")
+            if n == 0:  # a byte order mark (Notepad, PowerShell, Excel) is the file's, not the record's
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if not raw.strip():
                 continue
             try:
@@ -168,7 +171,7 @@ def _csv(path: Path, kind: Kind, columns: Mapping[str, str | None] | None) -> It
     fields = model.model_fields
     mapping = dict(columns or {})
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, restkey=_EXTRA_CELLS)
             header = reader.fieldnames or []
             target = {col: mapping.get(col, col) for col in header}
@@ -224,8 +227,8 @@ class Pacer:
     than the gap at thousands per second."""
 
     def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if rate_per_s < 0 or math.isnan(rate_per_s):
-            raise ValueError(f"rate_per_s must be >= 0 (0: as fast as possible), got {rate_per_s}")
+        if not 0 <= rate_per_s < math.inf:
+            raise ValueError(f"the rate must be a finite number >= 0 (0: as fast as possible), got {rate_per_s}")
         self.rate = rate_per_s
         self.burst = max(1, math.ceil(rate_per_s * 0.005)) if rate_per_s else 0
         self._clock = clock

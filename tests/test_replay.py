@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +114,20 @@ def test_csv_maps_columns_to_the_contract(tmp_path: Path) -> None:
     assert isinstance(second, Rejection) and "headline" in second.detail
 
 
+
+def test_a_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    """Notepad, PowerShell and Excel start UTF-8 files with a byte order mark: the first JSON line
+    was produced with it (and dead-lettered as bad JSON), and a CSV's first column was refused."""
+    good = {"id": "n-1", "source": "wire", "published_at": "2026-01-01T00:00:00Z", "headline": "Up"}
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_bytes(codecs.BOM_UTF8 + json.dumps(good).encode() + b"\n")
+    (first,) = read_messages(jsonl, Kind.news)
+    assert first.key == b"n-1" and isinstance(_decode(first), NewsItem)
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text("id,source,published_at,headline\nn-1,wire,2026-01-01T00:00:00Z,Up\n", encoding="utf-8-sig")
+    (row,) = read_messages(csv_file, Kind.news)
+    assert row.key == b"n-1" and isinstance(_decode(row), NewsItem)
+
 def test_csv_with_unknown_or_missing_columns_is_refused_up_front(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("id,text,label\nx,hello,1\n", encoding="utf-8")
@@ -137,8 +153,9 @@ def test_pacer_schedules_against_the_start_not_the_last_send() -> None:
     assert pacer.delay(500) == 0.0
     assert pacer.delay(1200) == pytest.approx(0.1)
     assert Pacer(0).delay(10**6) == 0.0
-    with pytest.raises(ValueError):
-        Pacer(-1)
+    for bad in (-1, math.inf, math.nan):  # `vigil produce --rate inf` passes typer's min=0
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            Pacer(bad)
 
 
 def test_a_pacer_restarted_once_connected_sends_no_burst_for_the_connection_time() -> None:
