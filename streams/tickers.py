@@ -14,18 +14,26 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
-# "." (1-3 characters: BRK.B, WPG.PI) or "-" (1-2: BMY-R). Not preceded by a word character or "$"
-# (US$5, $$). The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A tag
-# followed by a Latin letter, a zero-width character or a longer "." suffix is no cashtag at all,
+# "." (1-3 characters: BRK.B, WPG.PI), "-" (1-2: BMY-R) or "/" (1: BRK/B; a longer word after "/" is
+# another ticker of a pair, "$SPY/QQQ", "$EUR/USD", not a class). Not preceded by a word character or
+# "$" (US$5, $$). The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A
+# tag followed by a Latin letter, a zero-width character or a longer "." suffix is no cashtag at all,
 # rather than a shorter one: "$TS\u200bLA", "$TSLÁ" and "$BRK.BBBB" must not count for TS, TSLA and
 # BRK. A longer "-" word, or one more hyphenated, is an English compound, not a share class:
 # "$AAPL-led" and "$AMC-to-the-moon" are AAPL and AMC. (Other scripts may follow directly:
 # "$TSLA股价".)
 _CASHTAG = re.compile(
-    r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}(?:\.[A-Za-z0-9]{1,3}|-[A-Za-z0-9]{1,2}(?![.\-][A-Za-z0-9]))?)"
+    r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}"
+    r"(?:\.[A-Za-z0-9]{1,3}|-[A-Za-z0-9]{1,2}(?![.\-][A-Za-z0-9])|/[A-Za-z0-9](?![./\-][A-Za-z0-9]))?)"
     r"(?![A-Za-z0-9\u00c0-\u024f\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|\.[A-Za-z0-9])"
 )
-_VALID = re.compile(r"^[A-Z][A-Z0-9.]{0,11}$")
+# Every ticker comes out in this one form: a root, then at most one share class after ".". Declared
+# tickers are held to it at decode (streams.contracts.Ticker), so none is kept as a second form of a
+# company ("TSLA." beside TSLA, "BRK..B").
+MAX_TICKER_CHARS = 12
+_VALID = re.compile(r"[A-Z][A-Z0-9]*(?:\.[A-Z0-9]{1,3})?")
+# The same, as a producer may write it in the ``tickers`` field: any case, any class separator.
+DECLARED_TICKER_PATTERN = r"^[A-Za-z][A-Za-z0-9]*(?:[./\-][A-Za-z0-9]{1,3})?$"
 _CLASS_SEPARATOR = str.maketrans({"-": ".", "/": "."})
 # Tickers judged per news item (VIGIL_MAX_TICKERS_PER_MESSAGE): the declared field's own cap.
 DEFAULT_MAX_TICKERS = 32
@@ -37,8 +45,11 @@ class TickerDictionaryError(ValueError):
 
 def normalise(ticker: str) -> str | None:
     """``$brk.b``, ``BRK-B`` and ``BRK/B`` -> ``BRK.B``; None when it cannot be a ticker."""
-    t = ticker.strip().lstrip("$").upper().translate(_CLASS_SEPARATOR)
-    return t if _VALID.match(t) else None
+    t = ticker.strip().lstrip("$")
+    if not t.isascii():  # str.upper() is Unicode's: a dotless "ı" would become the I of IBM
+        return None
+    t = t.upper().translate(_CLASS_SEPARATOR)
+    return t if len(t) <= MAX_TICKER_CHARS and _VALID.fullmatch(t) else None
 
 
 def cashtags(text: str) -> list[str]:

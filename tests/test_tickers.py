@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from streams.contracts import NewsItem
 from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, extract_tickers, normalise
@@ -23,6 +26,9 @@ from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, 
         ("$BMY-R $RDS.A $WPG.PI $SPY--", ["BMY.R", "RDS.A", "WPG.PI", "SPY"]),
         # one share class however it is written: a message under $BRK-B and BRK.B counted twice
         ("$BRK-B, then $BRK.B", ["BRK.B"]),
+        # "/" too, as declared tickers have it: "$BRK/B" was BRK beside a declared BRK/B's BRK.B.
+        # A longer word after "/" is a pair, not a share class.
+        ("$BRK/B, then $BRK.B; $SPY/QQQ, $EUR/USD, $BRK/B/C", ["BRK.B", "SPY", "EUR", "BRK"]),
         # a longer hyphenated word is English, not a share class: "$AAPL-led" was AAPL-LED
         ("$AAPL-led rally, $TSLA-related, $GME-style, $AMC-to-the-moon, $SPY-QQQ", ["AAPL", "TSLA", "GME", "AMC", "SPY"]),
         ("$SP500 and $HG1", ["SP500", "HG1"]),
@@ -55,9 +61,39 @@ def test_extract_merges_declared_first(text: str, declared: list[str] | None, ex
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("$brk.b", "BRK.B"), ("BRK-B", "BRK.B"), ("brk/b", "BRK.B"), (" tsla ", "TSLA"), ("9X", None), ("", None),
+    ("ABCDEFGH.XYZ", "ABCDEFGH.XYZ"), ("ABCDEFGHIJKLM", None),
+    # one form per company: "TSLA." was a ticker of its own beside $TSLA's TSLA, "BRK--B" was BRK..B
+    ("TSLA.", None), ("BRK-", None), ("BRK--B", None), ("A..B", None), ("BRK.B.C", None), ("BRK.ABCD", None),
+    # upper-casing is ASCII's: a dotless "ı" became the I of IBM
+    ("\u0131bm", None), ("\ufb01", None),
 ])
 def test_normalise(raw: str, expected: str | None) -> None:
     assert normalise(raw) == expected
+
+
+def test_a_declared_share_class_and_its_cashtag_are_one_ticker() -> None:
+    item = NewsItem(id="n1", source="wire", published_at="2026-01-01T00:00:00Z",
+                    headline="Buffett adds to $BRK/B and $brk-b", tickers=["BRK/B"])
+    assert extract_tickers(item.text, item.tickers) == ["BRK.B"]
+
+
+@pytest.mark.parametrize("declared", ["TSLA.", "BRK--B", "A..B", "BRK.B.C", "BRK.ABCD", "$TSLA", "ABCDEFGHIJKLM"])
+def test_the_contract_refuses_a_declared_ticker_that_does_not_normalise(declared: str) -> None:
+    with pytest.raises(ValidationError, match="must be a ticker"):
+        NewsItem(id="n1", source="wire", published_at="2026-01-01T00:00:00Z", headline="h", tickers=[declared])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="AbZ09./-$ \u0131", max_size=14))
+def test_the_contract_accepts_exactly_what_normalises(declared: str) -> None:
+    try:
+        NewsItem(id="n1", source="wire", published_at="2026-01-01T00:00:00Z", headline="h", tickers=[declared])
+    except ValidationError:
+        accepted = False
+    else:
+        accepted = True
+    # normalise forgives what a producer's own field may not carry: "$", spaces around
+    assert accepted == (declared == declared.strip().lstrip("$") and normalise(declared) is not None)
 
 
 def test_extracted_tickers_fit_the_contract() -> None:
