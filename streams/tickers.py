@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
 # "." (1-3 characters: BRK.B, WPG.PI), "-" (1-2: BMY-R) or "/" (1: BRK/B; a longer word after "/" is
 # another ticker of a pair, "$SPY/QQQ", "$EUR/USD", not a class). Not preceded by a word character or
-# "$" (US$5, $$). The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN. A
-# tag followed by a Latin letter, a zero-width character or a longer "." suffix is no cashtag at all,
-# rather than a shorter one: "$TS\u200bLA", "$TSLÁ" and "$BRK.BBBB" must not count for TS, TSLA and
-# BRK. A longer "-" word, or one more hyphenated, is an English compound, not a share class:
-# "$AAPL-led" and "$AMC-to-the-moon" are AAPL and AMC. (Other scripts may follow directly:
-# "$TSLA股价".)
+# "$" (US$5, $$). The suffix must end at a word boundary so "$AMZN." at a sentence end gives AMZN.
+# A tag followed by a letter or digit of any script, a zero-width character or a longer "." suffix is
+# no cashtag at all, rather than a shorter one: "$TS\u200bLA", "$TSLÁ", "$TSLА" (a Cyrillic А) and
+# "$BRK.BBBB" must not count for TS, TSL(A) and BRK; nor is one followed by a combining mark, which
+# changes its last letter (checked in cashtags(): re has no class for marks). A longer "-" word, or
+# one more hyphenated, is an English compound, not a share class: "$AAPL-led" and "$AMC-to-the-moon"
+# are AAPL and AMC. Chinese, Japanese and Korean, written without spaces, may follow directly:
+# "$TSLA股价".
+_CJK = (
+    "\u1100-\u11ff\u3005-\u3007\u3040-\u30ff\u3100-\u318f\u31a0-\u31bf\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uffdc\U00020000-\U0003134f"
+)
 _CASHTAG = re.compile(
     r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,7}"
     r"(?:\.[A-Za-z0-9]{1,3}|-[A-Za-z0-9]{1,2}(?![.\-][A-Za-z0-9])|/[A-Za-z0-9](?![./\-][A-Za-z0-9]))?)"
-    r"(?![A-Za-z0-9\u00c0-\u024f\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|\.[A-Za-z0-9])"
+    rf"(?!(?![{_CJK}])[^\W_]|[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]|\.[A-Za-z0-9])"
 )
 # Every ticker comes out in this one form: a root, then at most one share class after ".". Declared
 # tickers are held to it at decode (streams.contracts.Ticker), so none is kept as a second form of a
@@ -54,7 +61,13 @@ def normalise(ticker: str) -> str | None:
 
 def cashtags(text: str) -> list[str]:
     """The cashtags in ``text``, normalised, de-duplicated, in order."""
-    return _dedupe(m.group(1).upper().translate(_CLASS_SEPARATOR) for m in _CASHTAG.finditer(text))
+    # Composed, an accent is a letter the pattern sees; one that has no composed form is a mark.
+    text = unicodedata.normalize("NFC", text)
+    return _dedupe(
+        m.group(1).upper().translate(_CLASS_SEPARATOR)
+        for m in _CASHTAG.finditer(text)
+        if m.end() == len(text) or not unicodedata.category(text[m.end()]).startswith("M")
+    )
 
 
 class CompanyDictionary:

@@ -39,6 +39,13 @@ from streams.tickers import CompanyDictionary, TickerDictionaryError, cashtags, 
         ("$TSLA股价大跌", ["TSLA"]),
         # a hidden or accented character, or a suffix too long, is no shorter cashtag
         ("$TS\u200bLA falls, $TSL\u00c1, $BRK.BBBB", []),
+        # ... in any script, and however the accent is encoded: a Cyrillic or Greek A, a fullwidth A or a
+        # decomposed Á after TSL was TSL (or TSLA), while the composed Á gave nothing
+        ("$TSL\u0410, $TSL\u0391, $TSL\uff21, $TSLA\u0301, $TSLA\u20dd and $TSLA\u0483", []),
+        # and a hyphenated word in another script is still a word, not a share class
+        ("$AAPL-l\u0435d rally", ["AAPL"]),
+        # Chinese, Japanese and Korean text is written without spaces
+        ("$AAPL株価が上昇, $NVDA주가 상승, $MSFTのニュース", ["AAPL", "NVDA", "MSFT"]),
         ("", []),
     ],
 )
