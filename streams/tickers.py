@@ -1,5 +1,5 @@
 """Tickers a news item is about: its cashtags ($TSLA, $BRK.B), its own ``tickers`` field, and
-optionally company names from a small dictionary. Pure.
+optionally company names from a small dictionary, matched as the dictionary writes them. Pure.
 
 Money amounts ($100, $5.2bn) are not cashtags: a cashtag starts with a letter. Tickers come out
 upper-case, with one share-class separator ("BRK-B", "BRK/B" and "BRK.B" are all ``BRK.B``),
@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 # A root of 1-8 letters/digits starting with a letter, then an optional share-class suffix after
 # "." (1-3 characters: BRK.B, WPG.PI), "-" (1-2: BMY-R) or "/" (1: BRK/B; a longer word after "/" is
@@ -47,7 +48,8 @@ DEFAULT_MAX_TICKERS = 32
 
 
 class TickerDictionaryError(ValueError):
-    """The company-name dictionary file is missing or not a JSON object of name -> ticker."""
+    """The company-name dictionary file is missing, or not a JSON object of name -> ticker (or
+    name -> {"ticker": ..., "any_case": ...})."""
 
 
 def normalise(ticker: str) -> str | None:
@@ -106,36 +108,41 @@ def _fold(word: str) -> str:
 
 
 class CompanyDictionary:
-    """Whole-word, case-insensitive company names -> tickers (longest name wins on overlap)."""
+    """Whole-word company names -> tickers (longest name wins on overlap). A name matches as it is
+    written ("Apple", not "apple pie"; "Target", not "price target") unless its entry opts into any
+    case: ``{"Tesla": {"ticker": "TSLA", "any_case": true}}``."""
 
-    def __init__(self, names: Mapping[str, str]) -> None:
-        self._tickers: dict[tuple[str, ...], str] = {}
-        for name, ticker in names.items():
-            norm = normalise(ticker)
-            words = tuple(map(_fold, _words(name)))
-            if not words or norm is None:
-                raise TickerDictionaryError(f"bad dictionary entry {name!r} -> {ticker!r}")
+    def __init__(self, names: Mapping[str, str | Mapping[str, Any]]) -> None:
+        # names by their words as written, and any-case names by their words' case folding
+        self._as_written: dict[tuple[str, ...], str] = {}
+        self._any_case: dict[tuple[str, ...], str] = {}
+        for name, entry in names.items():
+            ticker, any_case = _entry(name, entry)
+            words = _words(name)
+            if not words:
+                raise TickerDictionaryError(f"the name {name!r} is blank; remove the entry")
             if len(words) > MAX_NAME_WORDS:
                 raise TickerDictionaryError(
                     f"the name {name!r} has {len(words)} words; a name may have {MAX_NAME_WORDS} at most"
                 )
-            self._tickers[words] = norm
+            if any_case:
+                self._any_case[tuple(map(_fold, words))] = ticker
+            else:
+                self._as_written[tuple(words)] = ticker
         # first word -> the lengths of the names it starts, longest first
-        lengths: dict[str, set[int]] = {}
-        for words in self._tickers:
-            lengths.setdefault(words[0], set()).add(len(words))
-        self._lengths = {first: sorted(ns, reverse=True) for first, ns in lengths.items()}
+        self._as_written_lengths = _lengths(self._as_written)
+        self._any_case_lengths = _lengths(self._any_case)
 
     @classmethod
     def from_json(cls, path: Path) -> CompanyDictionary:
-        """Load ``{"Tesla": "TSLA", "Berkshire Hathaway": "BRK.B"}``."""
+        """Load ``{"Tesla": "TSLA", "Berkshire Hathaway": {"ticker": "BRK.B", "any_case": true}}``."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise TickerDictionaryError(
                 f"cannot read the company dictionary {path} (VIGIL_TICKER_DICTIONARY_PATH): {e}"
             ) from e
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        if not isinstance(data, dict):
             raise TickerDictionaryError(
                 f"{path} (VIGIL_TICKER_DICTIONARY_PATH) must hold one JSON object of company name -> ticker"
             )
@@ -143,19 +150,61 @@ class CompanyDictionary:
 
     def find(self, text: str) -> list[str]:
         """The tickers of the names in ``text``, in order; the longest name wins where names overlap."""
-        words = list(map(_fold, _words(text))) if self._tickers else []
+        if not self._as_written and not self._any_case:
+            return []
+        words = _words(text)
+        folded = list(map(_fold, words)) if self._any_case else words
         found: list[str] = []
         i = 0
         while i < len(words):
-            for n in self._lengths.get(words[i], ()):
-                ticker = self._tickers.get(tuple(words[i : i + n]))
-                if ticker is not None:
-                    found.append(ticker)
-                    i += n
-                    break
-            else:
+            match = self._match(words, folded, i)
+            if match is None:
                 i += 1
+            else:
+                found.append(match[1])
+                i += match[0]
         return _dedupe(found)
+
+    def _match(self, words: list[str], folded: list[str], i: int) -> tuple[int, str] | None:
+        """The longest name starting at word ``i``: its length in words and its ticker."""
+        best: tuple[int, str] | None = None
+        for tickers, lengths, text in (
+            (self._as_written, self._as_written_lengths, words), (self._any_case, self._any_case_lengths, folded)
+        ):
+            for n in lengths.get(text[i], ()):
+                if best is not None and n <= best[0]:
+                    break
+                ticker = tickers.get(tuple(text[i : i + n]))
+                if ticker is not None:
+                    best = n, ticker
+                    break
+        return best
+
+
+def _lengths(tickers: Mapping[tuple[str, ...], str]) -> dict[str, list[int]]:
+    lengths: dict[str, set[int]] = {}
+    for words in tickers:
+        lengths.setdefault(words[0], set()).add(len(words))
+    return {first: sorted(ns, reverse=True) for first, ns in lengths.items()}
+
+
+def _entry(name: str, entry: object) -> tuple[str, bool]:
+    """An entry's ticker, normalised, and whether it matches in any case."""
+    ticker, any_case = entry, False
+    if isinstance(entry, Mapping):
+        unknown = sorted(set(entry) - {"ticker", "any_case"})
+        ticker, any_case = entry.get("ticker"), entry.get("any_case", False)
+        if unknown or not isinstance(any_case, bool):
+            raise TickerDictionaryError(
+                f"the entry {name!r} -> {entry!r} is neither a ticker nor {{\"ticker\": ..., \"any_case\": true|false}}"
+            )
+    norm = normalise(ticker) if isinstance(ticker, str) else None
+    if norm is None:
+        raise TickerDictionaryError(
+            f"the entry {name!r} -> {entry!r} names no ticker such as \"TSLA\" or \"BRK.B\" (a letter, then "
+            f"letters or digits, then at most one 1-3 character share class after '.', '-' or '/')"
+        )
+    return norm, any_case
 
 
 def extract_tickers(

@@ -115,7 +115,9 @@ def test_extracted_tickers_fit_the_contract() -> None:
 @pytest.fixture
 def companies(tmp_path: Path) -> CompanyDictionary:
     path = tmp_path / "companies.json"
-    path.write_text(json.dumps({"Tesla": "TSLA", "Berkshire Hathaway": "brk.b", "Berkshire": "BRK.A", "Meta": "META"}))
+    path.write_text(json.dumps({"Tesla": {"ticker": "TSLA", "any_case": True},
+                                "Berkshire Hathaway": {"ticker": "brk.b", "any_case": True},
+                                "Berkshire": "BRK.A", "Meta": "META"}))
     return CompanyDictionary.from_json(path)
 
 
@@ -135,7 +137,35 @@ def test_company_names(companies: CompanyDictionary, text: str, expected: list[s
     assert extract_tickers(text, companies=companies) == expected
 
 
-@pytest.mark.parametrize("content", ["not json", '["TSLA"]', '{"Tesla": 5}', '{"Tesla": "not a ticker"}'])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # names are matched as the file spells them: any case made tickers of common words
+        ("apple pie, a price target, visa applications, a shell company", []),
+        ("Apple and Target beat; Visa, Shell", ["AAPL", "TGT", "V", "SHEL"]),
+        # "ß" and "İ" folded to "ss" and "i" plus a dot, so names holding them never matched
+        ("Türkiye İş Bankası shares fall", ["ISCTR"]),
+        ("Süß MicroTec raises guidance", ["SMHN"]),
+        ("Su\u0308ß MicroTec, decomposed", ["SMHN"]),
+        ("SÜSS MicroTec", []),
+        # an entry may opt into any case, for a name that is no common word
+        ("TESLA, tesla and Tesla; FORD", ["TSLA"]),
+        ("VOLKSWAGEN, Volkswagen and volkswagen", ["VOW3"]),
+    ],
+)
+def test_company_names_match_as_written_unless_any_case(text: str, expected: list[str]) -> None:
+    companies = CompanyDictionary({
+        "Apple": "AAPL", "Target": "TGT", "Visa": "V", "Shell": "SHEL", "Türkiye İş Bankası": "ISCTR",
+        "Süß MicroTec": "SMHN", "Tesla": {"ticker": "TSLA", "any_case": True}, "Ford": {"ticker": "F"},
+        "Volkswagen": {"ticker": "VOW3", "any_case": True},
+    })
+    assert extract_tickers(text, companies=companies) == expected
+
+
+@pytest.mark.parametrize("content", [
+    "not json", '["TSLA"]', '{"Tesla": 5}', '{"Tesla": "not a ticker"}', '{"Tesla": {"any_case": true}}',
+    '{"Tesla": {"ticker": "TSLA", "any_case": "yes"}}', '{"Tesla": {"ticker": "TSLA", "anycase": true}}',
+])
 def test_bad_dictionary_files_are_refused(tmp_path: Path, content: str) -> None:
     path = tmp_path / "companies.json"
     path.write_text(content)
@@ -194,8 +224,9 @@ def test_company_names_are_found_in_time_independent_of_the_dictionary_size() ->
     def word() -> str:
         return "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))).capitalize()
 
-    # Names sharing first words, and a text half of those words, so that most words start a lookup.
-    firsts = [word() for _ in range(50)]
+    # Names sharing first words, and a text half of those words, so that half the words start
+    # look-ups of names of every length.
+    firsts = [word() for _ in range(10)]
     names: dict[str, str] = {}
     while len(names) < 1000:
         names[" ".join([rng.choice(firsts), *(word() for _ in range(rng.randint(0, 3)))])] = f"T{len(names)}"
