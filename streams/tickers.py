@@ -116,6 +116,8 @@ class CompanyDictionary:
         # names by their words as written, and any-case names by their words' case folding
         self._as_written: dict[tuple[str, ...], str] = {}
         self._any_case: dict[tuple[str, ...], str] = {}
+        # words' case folding -> the first name with them, and its ticker
+        seen: dict[tuple[str, ...], tuple[str, str]] = {}
         for name, entry in names.items():
             ticker, any_case = _entry(name, entry)
             words = _words(name)
@@ -123,10 +125,18 @@ class CompanyDictionary:
                 raise TickerDictionaryError(f"the name {name!r} is blank; remove the entry")
             if len(words) > MAX_NAME_WORDS:
                 raise TickerDictionaryError(
-                    f"the name {name!r} has {len(words)} words; a name may have {MAX_NAME_WORDS} at most"
+                    f"the name {name!r} has {len(words)} words; a name may have {MAX_NAME_WORDS} at most: shorten it"
+                )
+            folded = tuple(map(_fold, words))
+            first, first_ticker = seen.setdefault(folded, (name, ticker))
+            if first_ticker != ticker:
+                # as written both would match, but one is most likely a mistake; any case, one would win
+                raise TickerDictionaryError(
+                    f"the names {first!r} -> {first_ticker} and {name!r} -> {ticker} differ only in case or "
+                    f"spacing; give them one ticker or remove one"
                 )
             if any_case:
-                self._any_case[tuple(map(_fold, words))] = ticker
+                self._any_case[folded] = ticker
             else:
                 self._as_written[tuple(words)] = ticker
         # first word -> the lengths of the names it starts, longest first
@@ -136,17 +146,16 @@ class CompanyDictionary:
     @classmethod
     def from_json(cls, path: Path) -> CompanyDictionary:
         """Load ``{"Tesla": "TSLA", "Berkshire Hathaway": {"ticker": "BRK.B", "any_case": true}}``."""
+        where = f"{path} (VIGIL_TICKER_DICTIONARY_PATH)"
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_one_value_per_name)
+            if not isinstance(data, dict):
+                raise TickerDictionaryError("must hold one JSON object of company name -> ticker")
+            return cls(data)
+        except TickerDictionaryError as e:
+            raise TickerDictionaryError(f"{where}: {e}") from None
         except (OSError, ValueError) as e:
-            raise TickerDictionaryError(
-                f"cannot read the company dictionary {path} (VIGIL_TICKER_DICTIONARY_PATH): {e}"
-            ) from e
-        if not isinstance(data, dict):
-            raise TickerDictionaryError(
-                f"{path} (VIGIL_TICKER_DICTIONARY_PATH) must hold one JSON object of company name -> ticker"
-            )
-        return cls(data)
+            raise TickerDictionaryError(f"cannot read the company dictionary {where}: {e}") from e
 
     def find(self, text: str) -> list[str]:
         """The tickers of the names in ``text``, in order; the longest name wins where names overlap."""
@@ -188,6 +197,23 @@ def _lengths(tickers: Mapping[tuple[str, ...], str]) -> dict[str, list[int]]:
     return {first: sorted(ns, reverse=True) for first, ns in lengths.items()}
 
 
+def _one_value_per_name(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of a repeated key: the file's first entry for a name would be dropped unseen
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj and not _same_entry(name, obj[name], value):
+            raise TickerDictionaryError(f"{name!r} appears twice, as {obj[name]!r} and {value!r}; keep one")
+        obj[name] = value
+    return obj
+
+
+def _same_entry(name: str, a: object, b: object) -> bool:
+    try:
+        return _entry(name, a) == _entry(name, b)
+    except TickerDictionaryError:
+        return a == b
+
+
 def _entry(name: str, entry: object) -> tuple[str, bool]:
     """An entry's ticker, normalised, and whether it matches in any case."""
     ticker, any_case = entry, False
@@ -196,13 +222,14 @@ def _entry(name: str, entry: object) -> tuple[str, bool]:
         ticker, any_case = entry.get("ticker"), entry.get("any_case", False)
         if unknown or not isinstance(any_case, bool):
             raise TickerDictionaryError(
-                f"the entry {name!r} -> {entry!r} is neither a ticker nor {{\"ticker\": ..., \"any_case\": true|false}}"
+                f"the entry {name!r} -> {entry!r} is neither a ticker nor {{\"ticker\": ..., \"any_case\": true|false}}; "
+                f"fix or remove it"
             )
     norm = normalise(ticker) if isinstance(ticker, str) else None
     if norm is None:
         raise TickerDictionaryError(
             f"the entry {name!r} -> {entry!r} names no ticker such as \"TSLA\" or \"BRK.B\" (a letter, then "
-            f"letters or digits, then at most one 1-3 character share class after '.', '-' or '/')"
+            f"letters or digits, then at most one 1-3 character share class after '.', '-' or '/'); fix or remove it"
         )
     return norm, any_case
 

@@ -236,3 +236,31 @@ def test_company_names_are_found_in_time_independent_of_the_dictionary_size() ->
     per_length = _growth((large, text[:2000]), (large, text))
     print(f"10x the names {per_name:.2f}x the time, 4x the text {per_length:.2f}x")
     assert per_name < 4 and per_length < 10, (per_name, per_length)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        # the last of two conflicting entries won, silently
+        ('{"Tesla": "TSLA", "Tesla": "TSLQ"}', "'Tesla' appears twice"),
+        ('{"Tesla": "TSLA", "tesla": "TSLQ"}', "'Tesla' -> TSLA and 'tesla' -> TSLQ differ only in case or spacing"),
+        ('{"Tesla": {"ticker": "TSLA", "any_case": true}, "TESLA": "TSLQ"}', "differ only in case or spacing"),
+        ('{"Berkshire Hathaway": "BRK.B", "Berkshire  Hathaway": "BRK.A"}', "differ only in case or spacing"),
+        ('{"Tesla": "not a ticker"}', "'Tesla' -> 'not a ticker' names no ticker"),
+        ('{"Tesla": {"ticker": "TSLA", "anycase": true}}', "'Tesla' -> {'ticker': 'TSLA', 'anycase': True} is neither"),
+        ('{" ": "TSLA"}', "' ' is blank"),
+        ("[]", "must hold one JSON object"),
+    ],
+)
+def test_a_dictionary_error_names_the_file_the_setting_and_the_entry(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "companies.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(TickerDictionaryError) as e:
+        CompanyDictionary.from_json(path)
+    assert str(e.value).startswith(f"{path} (VIGIL_TICKER_DICTIONARY_PATH): ") and problem in str(e.value), e.value
+
+
+def test_repeated_entries_that_agree_are_one(tmp_path: Path) -> None:
+    path = tmp_path / "companies.json"
+    path.write_text('{"Tesla": "TSLA", "Tesla": "tsla", "TESLA": "TSLA", "Apple": "AAPL", "Apple": {"ticker": "AAPL"}}')
+    assert CompanyDictionary.from_json(path).find("Tesla, TESLA, tesla, Apple") == ["TSLA", "AAPL"]
