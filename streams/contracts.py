@@ -7,14 +7,15 @@ silently dropped value) and bound every text field.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from streams.tickers import DEFAULT_MAX_TICKERS
+from streams.tickers import DECLARED_TICKER_PATTERN, DEFAULT_MAX_TICKERS, MAX_TICKER_CHARS
 
 # Hard bounds of the contract; the configurable `max_text_chars` setting tightens them at decode.
 MAX_ID_CHARS = 128
@@ -55,7 +56,25 @@ def _storable(v: datetime) -> datetime:
 
 
 EventTime = Annotated[AwareDatetime, AfterValidator(_storable)]
-Ticker = Annotated[str, StringConstraints(min_length=1, max_length=12, pattern=r"^[A-Za-z][A-Za-z0-9./\-]*$")]
+# A declared ticker must normalise (streams.tickers.normalise): one company, one ticker.
+_TICKER = re.compile(DECLARED_TICKER_PATTERN)
+
+
+def _ticker(v: str) -> str:
+    # Checked here, not by a pattern constraint, so the dead letter says what a ticker is.
+    if len(v) > MAX_TICKER_CHARS or not _TICKER.fullmatch(v):
+        raise ValueError(
+            f"must be a ticker such as TSLA or BRK.B: a letter, then letters or digits, then at most one "
+            f"share class of 1-3 letters or digits after '.', '-' or '/'; {MAX_TICKER_CHARS} characters at most"
+        )
+    return v
+
+
+Ticker = Annotated[
+    str,
+    AfterValidator(_ticker),
+    WithJsonSchema({"type": "string", "pattern": DECLARED_TICKER_PATTERN, "maxLength": MAX_TICKER_CHARS}),
+]
 
 
 class Kind(StrEnum):

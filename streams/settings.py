@@ -112,8 +112,9 @@ class VigilSettings(BaseSettings):
         "otherwise turn one message into 1,300 events. The bundled news has at most 23.",
     )
     ticker_dictionary_path: Path | None = Field(
-        None, description="A JSON object of company name -> ticker: news naming a company (whole word, any "
-        "case) counts for its ticker too, after the declared tickers and cashtags. Unset: none.",
+        None, description="A JSON object of company name -> ticker: news naming a company (whole words, "
+        "capitalised as in the file; an entry {\"ticker\": ..., \"any_case\": true} matches in any case) counts for "
+        "its ticker too, after the declared tickers and cashtags. Unset: none.",
     )
     watchdog_interval_s: float = Field(5.0, gt=0)
     watchdog_stall_s: float = Field(

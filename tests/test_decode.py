@@ -62,6 +62,7 @@ def decode(kind: Kind, raw: bytes | None, max_chars: int = MAX_CHARS):
         pytest.param(Kind.news, news(sentiment="bullish"), R.invalid, "sentiment: unknown field", id="unknown field"),
         pytest.param(Kind.news, news(id="has space"), R.invalid, "id: String should match", id="bad id"),
         pytest.param(Kind.news, news(tickers=["TSLA", "$$$"]), R.invalid, "tickers.1:", id="bad ticker"),
+        pytest.param(Kind.news, news(tickers=["TSLA."]), R.invalid, "tickers.0: Value error, must be a ticker such as TSLA or BRK.B", id="ticker that does not normalise"),
         pytest.param(Kind.support, json.dumps({**SUPPORT, "channel": "pigeon"}).encode(), R.invalid, "channel: Input should be 'chat'", id="bad channel"),
         pytest.param(Kind.news, news(headline="a" * (MAX_CHARS + 1)), R.too_large, "headline: 8,001 characters; the limit is 8,000", id="long text"),
         pytest.param(Kind.news, news(body="é" * (MAX_CHARS + 1)), R.too_large, "body: 8,001 characters", id="long body"),
