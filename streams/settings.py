@@ -159,6 +159,11 @@ class VigilSettings(BaseSettings):
         "checkpointed to ClickHouse; their events are acknowledged only then, so a restart resumes from "
         "the checkpoint.",
     )
+    alert_handover_save_s: float = Field(
+        5.0, gt=0, description="How long a worker that loses ticker- or intent-events partitions (a rebalance, "
+        "or its stop) waits to save their alerting state for the next owner. Past it (ClickHouse away) the next "
+        "owner restores the last checkpoint, and the alerts it fires again are known by their id and left out.",
+    )
 
     # --- feedback ----------------------------------------------------------------------------
     topic_label_requests: str = "vigil.label.requests"
