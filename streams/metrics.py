@@ -45,6 +45,10 @@ class Metrics:
         self.webhook_dropped = Counter(
             "vigil_webhook_dropped_total", "Alerts not sent because the webhook queue was full", registry=r
         )
+        self.webhook_unsent = Counter(
+            "vigil_webhook_unsent_total", "Alerts still queued or in flight when the worker stopped, after "
+            "VIGIL_ALERT_WEBHOOK_DRAIN_S", registry=r,
+        )
         self.label_candidates = Counter(
             "vigil_label_candidates_total", "Scored messages with a selection reason, before budget, "
             "balance and de-duplication (alert evidence included)", ["task"], registry=r,

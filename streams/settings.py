@@ -146,6 +146,10 @@ class VigilSettings(BaseSettings):
         "has it can post to the channel): masked in logs like the passwords.",
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
+    alert_webhook_drain_s: float = Field(
+        5.0, ge=0, description="When the worker stops, how long it goes on sending the alerts still queued for "
+        "the webhook; those left are logged by id and counted in vigil_webhook_unsent_total.",
+    )
     topic_ticker_events: str | None = Field(
         None, description="Scored news re-keyed by ticker, so each ticker's windows live in one worker. "
         "Unset: <scored topic>.by-ticker.",

@@ -354,7 +354,8 @@ def register_alerting(
     """Add the alerting and ticket-ack agents, their timer and (when configured) the webhook task to ``app``."""
     rules = load_rules(settings)
     webhook = (
-        WebhookNotifier(settings.alert_webhook_url.get_secret_value(), settings.alert_webhook_timeout_s, metrics)
+        WebhookNotifier(settings.alert_webhook_url.get_secret_value(), settings.alert_webhook_timeout_s, metrics,
+                        drain_s=settings.alert_webhook_drain_s)
         if settings.alert_webhook_url
         else None
     )
