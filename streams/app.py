@@ -190,7 +190,7 @@ def create_app(
     @app.timer(settings.watchdog_interval_s)
     async def watch_progress() -> None:
         lags = await consumer_lag(app)
-        metrics.consumer_lag.set(sum(lags.values()))
+        metrics.set_consumer_lag(lags)
         stalls = watchdogs.check(time.monotonic(), lags)
         for stall in stalls:
             metrics.stalls.inc()
