@@ -408,3 +408,19 @@ def test_a_hand_over_saves_nothing_while_a_batch_s_alerts_are_being_emitted(stre
         saved, still_owned = asyncio.run(go())
     assert saved is None and not still_owned
     assert "sentiment state not saved within 0.2s" in caplog.text
+
+
+def test_a_hand_over_whose_save_fails_still_lets_the_partition_go(stream, faust_app, tmp_path, caplog):
+    """An error escaping the revoke handler crashes the worker mid-rebalance."""
+    store = open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None))
+    stage = _stage(store, [])
+
+    async def go() -> None:
+        await stage.handle(faust_app.topic(TOPIC).stream(), _records(faust_app, stream[:50]), {TP0}, wall=0.0)
+        store.close()  # ClickHouse refuses the save
+        await stage.hand_over(1.0, {TP0})
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(go())
+    assert not stage._parts.owned(0)
+    assert "sentiment state not saved before handing it over" in caplog.text

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.alerting.contracts import Alert
 from streams.alerting.partitions import AlertPartitions
+from streams.clickhouse import ClickHouseError
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.metrics import Metrics
 
@@ -156,6 +157,8 @@ class KeyedStage:
         except TimeoutError:
             log.warning("%s state not saved within %gs before handing it over: the next owner of its "
                         "partitions restores their last checkpoint", self._parts.name, self._handover_save_s)
+        except ClickHouseError as exc:  # a rebalance must go on: the next owner restores the last checkpoint
+            log.warning("%s state not saved before handing it over: %s", self._parts.name, exc)
         finally:
             self._pending = [(s, e) for s, e in self._pending if e.message.partition not in gone]
             self._parts.revoke(gone)
