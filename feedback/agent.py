@@ -11,6 +11,11 @@ make what they produce durable. The logic lives in feedback/selection.py and fee
   withdrawals (undo) take them out of it again.
 - drift events (and drift_withdrawn, for those a withdrawal took back) -> the model-events topic
   and the model_events table.
+- model-events topic -> retraining and champion changes (retrain_started, retrain_failed,
+  gate_refused, promoted, rolled_back) counted in vigil_model_events_total: the training process,
+  `vigil retrain` (cron) and `vigil models promote|rollback` record them and serve no metrics. Each
+  event reaches one worker of the group; the kinds the workers record themselves (drift, swaps,
+  starts, refusals) are counted where they happen, not again here.
 
 Per micro-batch: publish (awaited), write to ClickHouse (retried until it succeeds), then ack the
 offsets by hand (``streams.batching.process_batches``). A replay re-selects the same item ids
@@ -49,7 +54,7 @@ import faust
 from faust.types import EventT, TopicT
 from pydantic import BaseModel, ValidationError
 
-from feedback.contracts import Correction, LabelCandidate, LabelRequest, ModelEvent, Task
+from feedback.contracts import Correction, LabelCandidate, LabelRequest, ModelEvent, ModelEventKind, Task
 from feedback.drift import DriftMonitor, audit_error
 from feedback.selection import TASK_OF_KIND, Selector, fingerprint, policy_from_settings
 from feedback.store import FeedbackStore
@@ -80,6 +85,13 @@ def _utc_now() -> datetime:
 def _challenger_label(msg: ScoredMessage) -> str | None:
     """What the shadow challenger said, when one scored the message too."""
     return msg.shadow.label if msg.shadow is not None else None
+
+
+# Counted off the model-events topic: recorded by processes that serve no metrics (see above).
+COUNTED_FROM_TOPIC = frozenset({
+    ModelEventKind.retrain_started, ModelEventKind.retrain_failed, ModelEventKind.gate_refused,
+    ModelEventKind.promoted, ModelEventKind.rolled_back,
+})
 
 
 def decode_all(model: type[M], values: Sequence[bytes], topic: str) -> list[M]:
@@ -272,6 +284,11 @@ class FeedbackProcessor:
         await self.emit(events)
         return events
 
+    async def on_model_events(self, values: Sequence[bytes]) -> None:
+        for e in decode_all(ModelEvent, values, "model-events"):
+            if e.kind in COUNTED_FROM_TOPIC:
+                self._metrics.model_events.labels(e.task, e.kind.value).inc()
+
     async def propose(self, candidates: Sequence[LabelCandidate]) -> None:
         """Publish candidates keyed by text fingerprint: the selector owning that key sees every copy."""
         futures = [
@@ -319,18 +336,19 @@ def register_feedback(
     io_executor: ThreadPoolExecutor,
     watchdogs: Watchdogs,
 ) -> FeedbackProcessor:
-    """Add the feedback agents (scored, alerts, corrections) to ``app``."""
+    """Add the feedback agents (scored, alerts, corrections, model events) to ``app``."""
 
     def topic(name: str) -> TopicT:
         return app.topic(name, key_type=bytes, value_type=bytes)
 
     candidates_topic = topic(settings.label_candidates_topic)
+    model_events_topic = topic(settings.topic_model_events)
     processor = FeedbackProcessor(
         selector=Selector(policy_from_settings(settings)),
         drift=DriftMonitor(),
         candidates_topic=candidates_topic,
         requests_topic=topic(settings.topic_label_requests),
-        model_events_topic=topic(settings.topic_model_events),
+        model_events_topic=model_events_topic,
         store=store,
         feedback=FeedbackStore(store),
         metrics=metrics,
@@ -363,4 +381,5 @@ def register_feedback(
     on_values(candidates_topic, "vigil.feedback.select", processor.on_candidates)
     on_values(topic(settings.topic_alerts), "vigil.feedback.alerts", processor.on_alerts)
     on_values(topic(settings.topic_corrections), "vigil.feedback.corrections", processor.on_corrections)
+    on_values(model_events_topic, "vigil.feedback.model_events", processor.on_model_events)
     return processor

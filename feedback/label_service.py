@@ -27,6 +27,7 @@ from streams.settings import VigilSettings
 log = logging.getLogger(__name__)
 
 TASKS: tuple[Task, ...] = ("sentiment", "triage")
+_WAITING = (ItemState.open.value, ItemState.leased.value)  # the queue's depth: items not done yet
 FORWARDED_HEADER = "X-Vigil-Forwarded-By"
 
 
@@ -69,7 +70,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.ownership = ownership or QueueOwnership.sole(settings.ui_url)
-        self.metrics = UiMetrics(self.ownership)
+        self.metrics = UiMetrics(self.ownership, self.queue_depth)
         self.store = store
         self.feedback = FeedbackStore(store)
         self.publish = publish
@@ -174,6 +175,13 @@ class Service:
         out[ItemState.open.value] = max(0, queued - out[ItemState.leased.value] - out[ItemState.labelled.value]
                                         - out[ItemState.skipped.value])
         return out
+
+    def queue_depth(self) -> dict[str, dict[str, int]]:
+        """Per task, the open and leased items, on the queue's owner (the others hold no book)."""
+        if not self.ownership.owns:
+            return {}
+        now = self.clock()
+        return {task: {s: n for s, n in self.counts(now, task).items() if s in _WAITING} for task in TASKS}
 
     def labels(self, task: str) -> list[str]:
         try:

@@ -9,7 +9,7 @@ written to the feedback table.
 
 Endpoints (request and response bodies: ``feedback/api_models.py``):
   GET  /health                         no token: this instance's queue role and the owner's URL
-  GET  /metrics                        no token: Prometheus metrics (queue owner, take-overs, forwarding)
+  GET  /metrics                        no token: Prometheus metrics (queue owner and depth, take-overs, forwarding)
   GET  /api/queue                      queue depth per state and the next open items
   POST /api/queue/lease                your leased item (the one you hold, else the next)
   POST /api/items/{id}/label|skip|undo finish or reopen an item (undo takes its label back); the reply
@@ -181,7 +181,14 @@ _PAGE_HEADERS = {
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[SERVICE].metrics.registry)
+    svc = request.app[SERVICE]
+    if svc.ownership.owns:
+        # The queue's depth as of the last read: when nobody is labelling, no queue call reads it.
+        try:
+            await svc.refresh()
+        except ClickHouseError as e:
+            log.warning("labelling queue not read again for /metrics: %s", e)
+    body = generate_latest(svc.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -123,11 +123,16 @@ class BatchProcessor:
         unique, duplicates = resolve_duplicates(decoded, {**self._last_prepared, **stored})
         self._last_prepared = {d.item.id: d.content_hash for d in unique}
         scorer = self._scorer()  # once per batch: a hot swap lands between batches, never inside one
-        result = await self._in(
-            self._model_executor,
-            lambda: score_batch(self.kind, unique, scorer, shadow=self._shadow, max_tickers=self._limits.max_tickers,
-                                companies=self._companies),
-        )
+
+        def score() -> BatchResult:
+            began = time.perf_counter()
+            scored = score_batch(self.kind, unique, scorer, shadow=self._shadow,
+                                 max_tickers=self._limits.max_tickers, companies=self._companies)
+            if unique:
+                self._metrics.scoring_seconds.labels(self.kind.value).observe(time.perf_counter() - began)
+            return scored
+
+        result = await self._in(self._model_executor, score)
         result.dead.extend(dead + duplicates)
         return PreparedBatch(len(records), result, started)
 
@@ -137,11 +142,13 @@ class BatchProcessor:
         await self._publish(result.scored, result.dead)
         if result.scored:
             await self._durably("writing scored rows", self._store.write_scored, result.scored)
+        stored_at = datetime.now(UTC)
         if shadowed := [m for m in result.scored if m.shadow is not None]:
             await self._durably("writing shadow predictions", self._store.write_shadow, shadowed)
         if result.dead:
             await self._durably("writing dead letters", self._store.write_dead_letters, result.dead)
-        self._metrics.observe_batch(self.kind, batch.n_records, result, time.perf_counter() - batch.started)
+        self._metrics.observe_batch(self.kind, batch.n_records, result, time.perf_counter() - batch.started,
+                                    stored_at=stored_at)
         return result
 
     async def _publish(self, scored: Sequence[ScoredMessage], dead: Sequence[DeadLetter]) -> None:

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import faust
-from faust.types import EventT
+from aiokafka.errors import KafkaError
+from faust.types import TP, EventT
 
 from feedback.agent import register_feedback
 from models.scoring import Scorer
@@ -30,6 +31,7 @@ from streams.clickhouse.retention import expiries, prune_expired
 from streams.contracts import Kind
 from streams.kafka_config import faust_broker_credentials
 from streams.kafka_fetch import FetchWaitApp
+from streams.kafka_lag import partition_lag
 from streams.metrics import Metrics
 from streams.pipeline import Limits, ScorerBroken
 from streams.settings import VigilSettings
@@ -44,17 +46,35 @@ class ConsumerStalled(RuntimeError):
     """The watchdog saw no progress while messages waited; the supervisor should restart the worker."""
 
 
-def consumer_lag(app: faust.App) -> dict[str, int]:
-    """Messages on the assigned partitions past the last committed offset, per topic."""
+async def consumer_lag(app: faust.App) -> dict[str, int]:
+    """Messages on the assigned partitions past the last committed offset, per topic. A partition
+    the group has not committed yet is asked for its start, where the consumer began reading it."""
     consumer = app.consumer
+    ends = {tp: end for tp in consumer.assignment() if (end := consumer.highwater(tp)) is not None}
+    committed = {tp: consumer._committed_offset.get(tp) for tp in ends}  # faust keeps no public accessor for it
+    uncommitted = [tp for tp, done in committed.items() if done is None]
+    starts: Mapping[TP, int] = {}
+    if uncommitted:
+        try:
+            starts = await consumer.earliest_offsets(*uncommitted)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("consumer lag leaves out %d partitions never committed: their start offsets could not be "
+                        "read: %r", len(uncommitted), exc)
+    return lag_per_topic({tp: (committed[tp], starts.get(tp), end) for tp, end in ends.items()})
+
+
+def lag_per_topic(partitions: Mapping[TP, tuple[int | None, int | None, int]]) -> dict[str, int]:
+    """Lag per topic from each partition's (committed offset, start, end), counted as `vigil status`
+    counts it (kafka_lag.partition_lag): a partition never committed counts from its start (none
+    when that is not known), not from 0. Whatever retention deleted, or a group whose offsets
+    expired, would otherwise show as lag that never shrinks, and the watchdog restart the worker
+    for it again and again."""
     lag: dict[str, int] = defaultdict(int)
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None:
+    for tp, (committed, start, end) in partitions.items():
+        if committed is None and start is None:
             continue
-        committed = consumer._committed_offset.get(tp)  # faust keeps no public accessor for it
-        lag[tp.topic] += max(0, highwater - (committed or 0))
-    return lag
+        lag[tp.topic] += partition_lag(committed, start if start is not None else committed, end)
+    return dict(lag)
 
 
 BatchHandler = Callable[[list[EventT]], Awaitable[T]]
@@ -169,8 +189,8 @@ def create_app(
 
     @app.timer(settings.watchdog_interval_s)
     async def watch_progress() -> None:
-        lags = consumer_lag(app)
-        metrics.consumer_lag.set(sum(lags.values()))
+        lags = await consumer_lag(app)
+        metrics.set_consumer_lag(lags)
         stalls = watchdogs.check(time.monotonic(), lags)
         for stall in stalls:
             metrics.stalls.inc()

@@ -147,6 +147,10 @@ class VigilSettings(BaseSettings):
         "has it can post to the channel): masked in logs like the passwords.",
     )
     alert_webhook_timeout_s: float = Field(2.0, gt=0, description="Per webhook attempt.")
+    alert_webhook_drain_s: float = Field(
+        5.0, ge=0, description="When the worker stops, how long it goes on sending the alerts still queued for "
+        "the webhook; those left are logged by id and counted in vigil_webhook_unsent_total.",
+    )
     topic_ticker_events: str | None = Field(
         None, description="Scored news re-keyed by ticker, so each ticker's windows live in one worker. "
         "Unset: <scored topic>.by-ticker.",
@@ -159,6 +163,11 @@ class VigilSettings(BaseSettings):
         5.0, gt=0, description="How often the sentiment and intent-spike windows and baselines are "
         "checkpointed to ClickHouse; their events are acknowledged only then, so a restart resumes from "
         "the checkpoint.",
+    )
+    alert_handover_save_s: float = Field(
+        5.0, gt=0, description="How long a worker that loses ticker- or intent-events partitions (a rebalance, "
+        "or its stop) waits to save their alerting state for the next owner. Past it (ClickHouse away) the next "
+        "owner restores the last checkpoint, and the alerts it fires again are known by their id and left out.",
     )
 
     # --- feedback ----------------------------------------------------------------------------

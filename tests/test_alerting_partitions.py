@@ -1,21 +1,29 @@
 """Sentiment state per ticker-events partition: a checkpoint restored mid-stream (after a crash or
 a rebalance) carries on exactly as if nothing had stopped; redelivered and re-published events
-count once; checkpoints round trip through both real ClickHouse engines. (The intent-spike kind of
+count once; checkpoints round trip through both real ClickHouse engines; the faust adapter saves a
+partition's state when it hands the partition over (a revoke, a stop), so the next owner fires no
+alert again. (The intent-spike kind of
 AlertPartitions is tested in test_alerting_triage.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
 
+import faust
 import pytest
+from faust.types import TP
+from faust.types.tuples import Message
 
 from streams.alerting.contracts import TickerEvent
+from streams.alerting.keyed_stage import KeyedStage
 from streams.alerting.partitions import Checkpoint, SentimentPartitions
 from streams.alerting.rules import AlertRules, SentimentAlerter, SentimentRules, geometry, ticker_events
 from streams.clickhouse import open_store
 from streams.clickhouse.alerting_state import SEEN_COLUMNS, AlertingStateStore
+from streams.metrics import Metrics
 from streams.replay import BUNDLED_START
 from streams.settings import VigilSettings
 from tests.fixtures.alerting import feed_partition, merged, scored_bundled_news, scored_news, steady_ticker
@@ -309,3 +317,110 @@ def test_a_checkpoint_that_learned_every_hopping_window_restores_the_history_it_
     neutral = [scored_news(f"n{i}", BUNDLED_START + timedelta(hours=2, seconds=10 + 5 * i), "neutral") for i in range(5)]
     assert [a for m in neutral for a in alerter.feed(m).alerts] + alerter.advance(BUNDLED_START + timedelta(hours=3)) == []
     assert alerter.baselines("VGLX")[0].n == 3
+
+
+# --- the faust adapter (KeyedStage) ----------------------------------------------------------------
+
+TOPIC = "t.by-ticker"
+TP0 = TP(TOPIC, 0)
+
+
+def _records(app: faust.App, events: list[TickerEvent], first_offset: int = 0) -> list[faust.Event]:
+    """The ticker-events topic's records of partition 0, as faust hands them to the stage."""
+    return [
+        faust.Event(app, None, None, None,
+                    Message(TOPIC, 0, offset, 0.0, 0, None, e.ticker.encode(), e.model_dump_json().encode(), None))
+        for offset, e in enumerate(events, start=first_offset)
+    ]
+
+
+async def _at_once(what: str, fn, *args):  # the worker's durably, minus its retries
+    return fn(*args)
+
+
+def _stage(store, emitted: list, *, emit=None, handover_save_s: float = 5.0) -> KeyedStage:
+    async def collect(alerts) -> None:
+        emitted.extend(a.model_dump_json() for a in alerts)
+
+    # The interval is never reached: only a hand-over saves a checkpoint here.
+    return KeyedStage(SentimentPartitions(SentimentRules()), AlertingStateStore(store, TOPIC), topic=TOPIC,
+                      event_type=TickerEvent, emit=emit or collect, durably=_at_once, checkpoint_interval_s=3600,
+                      handover_save_s=handover_save_s, metrics=Metrics())
+
+
+@pytest.fixture
+def faust_app(tmp_path):
+    return faust.App("t-stage", broker="kafka://127.0.0.1:1", web_enabled=False, datadir=str(tmp_path / "faust"))
+
+
+@pytest.mark.parametrize("handover", ["revoked", "stopping"])
+def test_a_stage_handing_its_partition_over_saves_it_so_the_next_owner_fires_no_alert_again(
+    stream, faust_app, tmp_path, handover
+):
+    """The partition was revoked (or the worker stopped) after an alert fired and before the next
+    checkpoint: the state was dropped, and the next owner, from the last checkpoint (here none),
+    judged the events again and fired the same alert again (same id: counted, sent to the webhook)."""
+    probe = _fresh(SentimentRules())
+    cut = 1 + next(i for i, e in enumerate(stream) if (f := probe.feed(0, i, e, wall=0.0)) and f.alerts)
+    expected = feed_partition(_fresh(SentimentRules()), stream)
+    records = faust_app.topic(TOPIC).stream()
+    first, then = _records(faust_app, stream[:cut]), _records(faust_app, stream[cut:], cut)
+
+    async def go() -> tuple[list[str], list[str]]:
+        with open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None)) as store:
+            old_alerts, new_alerts = [], []
+            old = _stage(store, old_alerts)
+            await old.handle(records, first, {TP0}, wall=0.0)
+            await old.hand_over(1.0, {TP0} if handover == "revoked" else ())
+            # A revoked partition's events are not the old owner's to commit; a stopping worker's are.
+            assert all(e.message.acked is (handover == "stopping") for e in first)
+            new = _stage(store, new_alerts)
+            await new.handle(records, [e for e in first if not e.message.acked] + then, {TP0}, wall=2.0)
+            return old_alerts, new_alerts
+
+    old_alerts, new_alerts = asyncio.run(go())
+    assert old_alerts and new_alerts
+    assert old_alerts + new_alerts == expected
+
+
+def test_a_hand_over_saves_nothing_while_a_batch_s_alerts_are_being_emitted(stream, faust_app, tmp_path, caplog):
+    """A checkpoint saved then holds events whose alerts are not stored yet: were the worker to die
+    before they are, the next owner would skip those events and the alerts would be lost."""
+    emitting, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_emit(alerts) -> None:
+        emitting.set()
+        await release.wait()
+
+    async def go() -> tuple[object, bool]:
+        with open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None)) as store:
+            stage = _stage(store, [], emit=slow_emit, handover_save_s=0.2)
+            batch = asyncio.create_task(
+                stage.handle(faust_app.topic(TOPIC).stream(), _records(faust_app, stream[:500]), {TP0}, wall=0.0)
+            )
+            await emitting.wait()
+            await stage.hand_over(1.0, {TP0})
+            release.set()
+            await batch
+            return AlertingStateStore(store, TOPIC).load(0), stage._parts.owned(0)
+
+    with caplog.at_level(logging.WARNING):
+        saved, still_owned = asyncio.run(go())
+    assert saved is None and not still_owned
+    assert "sentiment state not saved within 0.2s" in caplog.text
+
+
+def test_a_hand_over_whose_save_fails_still_lets_the_partition_go(stream, faust_app, tmp_path, caplog):
+    """An error escaping the revoke handler crashes the worker mid-rebalance."""
+    store = open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None))
+    stage = _stage(store, [])
+
+    async def go() -> None:
+        await stage.handle(faust_app.topic(TOPIC).stream(), _records(faust_app, stream[:50]), {TP0}, wall=0.0)
+        store.close()  # ClickHouse refuses the save
+        await stage.hand_over(1.0, {TP0})
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(go())
+    assert not stage._parts.owned(0)
+    assert "sentiment state not saved before handing it over" in caplog.text

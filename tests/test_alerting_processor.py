@@ -1,9 +1,11 @@
-"""The alerting processor's state without a broker: tickets out of the stream, acks that stop an
-escalation, SLA clocks that follow their scored partition to a new owner, the low-confidence
-threshold's precedence (setting > calibrated > rules), and rules reloaded from a real file while
-running (an invalid file is refused, the old rules stay).
+"""The alerting processor's state: tickets out of the stream, acks that stop an escalation, an
+alert emitted before that is not emitted again (on the real broker), SLA clocks that follow their
+scored partition to a new owner, the low-confidence threshold's precedence (setting > calibrated >
+rules), and rules reloaded from a real file while running (an invalid file is refused, the old
+rules stay).
 
-Its topics are real faust topic objects of an app that is never started; nothing here sends."""
+Its topics are real faust topic objects of an app that is never started, and nothing sends, except
+where a test gives it an app on the real broker."""
 
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import faust
 import pytest
 
 from models.triage_mapping import load_triage_mapping
-from streams.alerting.agent import AlertingProcessor, min_confidence_for, reload_rules
-from streams.alerting.contracts import HUMAN_TRIAGE, TicketAck
+from streams.alerting.agent import AlertingProcessor, Output, min_confidence_for, reload_rules
+from streams.alerting.contracts import HUMAN_TRIAGE, Alert, Severity, TicketAck
 from streams.alerting.reload import RulesWatcher
 from streams.alerting.rules import AlertRules, RulesError
+from streams.alerting.webhook import WebhookNotifier
+from streams.app import worker_app
 from streams.clickhouse import open_store
 from streams.clickhouse.triage_store import TriageStore
 from streams.contracts import ScoredMessage, SupportMessage
@@ -31,6 +35,7 @@ from streams.metrics import Metrics
 from streams.settings import VigilSettings
 from streams.watchdog import Watchdogs
 from tests.fixtures.alerting import DATA, scored
+from tests.fixtures.broker import stored_batches
 
 T0 = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
 INTENTS = json.loads((DATA / "banking77" / "categories.json").read_text())
@@ -53,13 +58,14 @@ def make_processor(tmp_path: Path):
     executor = ThreadPoolExecutor(1)
 
     def make(rules: AlertRules | None = None, setting: float | None = None,
-             calibrated: float | None | Callable[[str], float | None] = None):
+             calibrated: float | None | Callable[[str], float | None] = None, *, on: faust.App = app,
+             alerts_topic: str = "alerts", metrics: Metrics | None = None, webhook: WebhookNotifier | None = None):
         return AlertingProcessor(
             rules=rules or AlertRules(), mapping=MAPPING, min_confidence_setting=setting,
             calibration=calibrated if callable(calibrated) else lambda version: calibrated,
-            alerts_topic=app.topic("alerts"), queue_topics={q: app.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
-            ticker_topic=app.topic("by-ticker"), intent_topic=app.topic("by-intent"),
-            store=store, metrics=Metrics(), io_executor=executor, retry_max_s=1.0, webhook=None,
+            alerts_topic=on.topic(alerts_topic), queue_topics={q: on.topic(q) for q in (*MAPPING.queues, HUMAN_TRIAGE)},
+            ticker_topic=on.topic("by-ticker"), intent_topic=on.topic("by-intent"),
+            store=store, metrics=metrics or Metrics(), io_executor=executor, retry_max_s=1.0, webhook=webhook,
             watchdogs=Watchdogs(60, started_at=time.monotonic()),
         )
 
@@ -115,6 +121,36 @@ def test_a_ticket_published_again_after_its_escalation_does_not_escalate_again(m
     again = p.tick(wall=3.0)
     assert [a.rule for a in again.alerts] == ["sla_breach"]  # the clock opened again...
     assert asyncio.run(p.without_settled(again)).alerts == []  # ...and its breach is not sent twice
+
+
+def test_an_alert_emitted_before_is_not_published_counted_or_offered_again(
+    make_processor, kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    """A keyed stage's next owner, restored from a checkpoint older than an alert (its previous
+    owner crashed), fires the alert again: it went to the alerts topic, vigil_alerts_total and the
+    webhook a second time; only the alerts table collapsed it."""
+    topic, metrics = new_topic(partitions=1), Metrics()
+    webhook = WebhookNotifier("http://127.0.0.1:9/hook", 1.0, metrics)  # never run: what it was offered stays queued
+    alert = Alert(id=Alert.make_id("sentiment", "negative_share", "VGLX", T0.isoformat()), kind="sentiment",
+                  rule="negative_share", severity=Severity.warning, ticker="VGLX", figures={"negative_share": 0.8},
+                  model_version="v1", created_at=T0)
+
+    async def emit_twice() -> int:
+        app = worker_app(VigilSettings(data_dir=tmp_path / "app"), kafka_broker.bootstrap)
+        p = make_processor(on=app, alerts_topic=topic, metrics=metrics, webhook=webhook)
+        await app.producer.start()
+        try:
+            await p.emit(Output(alerts=[alert]))  # the old owner
+            await p.emit(Output(alerts=[alert]))  # the next one, from the older checkpoint
+        finally:
+            await app.producer.stop()
+        return sum(await stored_batches(kafka_broker.bootstrap, topic))
+
+    assert asyncio.run(emit_twice()) == 1
+    assert [a.id for a in make_processor.store.fetch_alerts()] == [alert.id]
+    assert metrics.registry.get_sample_value(
+        "vigil_alerts_total", {"kind": "sentiment", "rule": "negative_share", "severity": "warning"}) == 1
+    assert webhook._queue.qsize() == 1
 
 
 def test_a_new_owner_of_a_partition_reopens_its_unacked_clocks_and_escalates_them(make_processor) -> None:

@@ -1,11 +1,16 @@
 """The alert webhook against a real local HTTP server (aiohttp): what it posts, that it retries a
-failing endpoint, and that a full queue drops and counts instead of waiting."""
+failing endpoint but not a refusal or a redirect (never followed), that a full queue drops and
+counts instead of waiting, and that at stop the queue is sent for a while and what is left is
+logged and counted."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 
+import aiohttp
+import pytest
 from aiohttp import web
 
 from streams.alerting.contracts import Alert, ContributingMessage, Severity
@@ -91,3 +96,111 @@ def test_a_full_queue_drops_and_counts_without_waiting() -> None:
     offered, metrics = asyncio.run(run())
     assert offered == [True, True, False, False, False]
     assert _count(metrics, "dropped") == 3
+
+
+async def _site(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    return runner, f"http://{host}:{site._server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_a_failure_and_is_not_followed_to_another_host(status: int, caplog) -> None:
+    """aiohttp followed it: a 302 made the POST a GET without the alert, a 307 posted the alert
+    again, to whatever host the endpoint named; that host's 200 counted as sent."""
+    async def run() -> tuple[list[str], list[str], Metrics]:
+        elsewhere_seen: list[str] = []
+
+        async def elsewhere(request: web.Request) -> web.Response:
+            elsewhere_seen.append(request.method)
+            return web.Response(text="ok")
+
+        other = web.Application()
+        other.router.add_route("*", "/x", elsewhere)
+        other_runner, other_url = await _site(other, "127.0.0.2")
+        hook_seen: list[str] = []
+
+        async def hook(request: web.Request) -> web.Response:
+            hook_seen.append(request.method)
+            return web.Response(status=status, headers={"Location": f"{other_url}/x"})
+
+        app = web.Application()
+        app.router.add_post("/services/T0/SECRET", hook)
+        runner, url = await _site(app)
+        metrics = Metrics()
+        notifier = WebhookNotifier(f"{url}/services/T0/SECRET", 2.0, metrics)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await notifier._deliver(session, _alert(1))
+        finally:
+            await runner.cleanup()
+            await other_runner.cleanup()
+        return hook_seen, elsewhere_seen, metrics
+
+    with caplog.at_level(logging.WARNING):
+        hook_seen, elsewhere_seen, metrics = asyncio.run(run())
+    assert (hook_seen, elsewhere_seen) == (["POST"], [])  # once: a redirect is not retried either
+    assert (_count(metrics, "sent"), _count(metrics, "failed")) == (0, 1)
+    assert f"HTTP {status}: the webhook URL redirects to http://127.0.0.2:" in caplog.text
+    assert "set VIGIL_ALERT_WEBHOOK_URL to the URL it redirects to" in caplog.text and "SECRET" not in caplog.text
+
+
+@pytest.mark.parametrize(("statuses", "tries", "sent"), [([404], 1, 0), ([429, 408], 3, 1)])
+def test_a_refusal_is_not_retried_but_a_timeout_or_a_rate_limit_is(statuses: list[int], tries: int, sent: int) -> None:
+    async def run() -> tuple[int, Metrics]:
+        runner, url, received = await _serve(list(statuses))
+        metrics = Metrics()
+        try:
+            async with aiohttp.ClientSession() as session:
+                await WebhookNotifier(url, 2.0, metrics)._deliver(session, _alert(1))
+        finally:
+            await runner.cleanup()
+        return len(received), metrics
+
+    received, metrics = asyncio.run(run())
+    assert received == tries
+    assert (_count(metrics, "sent"), _count(metrics, "failed")) == (sent, 1 - sent)
+
+
+@pytest.mark.parametrize("endpoint", ["answers again", "still hangs"])
+def test_at_stop_the_queue_is_sent_for_a_while_and_what_is_left_is_logged_and_counted(endpoint: str, caplog) -> None:
+    """The worker stopping cancelled the task: the alert in flight and those queued vanished, with
+    no log line and no metric."""
+    async def run() -> tuple[Metrics, int]:
+        answer, first_arrived = asyncio.Event(), asyncio.Event()
+
+        async def hook(request: web.Request) -> web.Response:
+            first_arrived.set()
+            await answer.wait()
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner, url = await _site(app)
+        metrics = Metrics()
+        notifier = WebhookNotifier(f"{url}/hook", 30.0, metrics, drain_s=5.0 if endpoint == "answers again" else 0.3)
+        task = asyncio.create_task(notifier.run())
+        for i in range(25):
+            notifier.offer(_alert(i))
+        await first_arrived.wait()  # alert 0 in flight, 24 queued
+        task.cancel()  # what faust does to the app's tasks when the worker stops
+        if endpoint == "answers again":
+            answer.set()
+        await asyncio.gather(task, return_exceptions=True)
+        answer.set()
+        await runner.cleanup()
+        return metrics, notifier._queue.qsize()
+
+    with caplog.at_level(logging.WARNING):
+        metrics, queued = asyncio.run(run())
+    assert queued == 0
+    if endpoint == "answers again":
+        assert (_count(metrics, "sent"), _count(metrics, "unsent")) == (25, 0)
+        assert "not sent" not in caplog.text
+    else:
+        assert (_count(metrics, "sent"), _count(metrics, "unsent")) == (0, 25)
+        assert "25 alerts not sent to the webhook: the worker stopped" in caplog.text
+        assert _alert(0).id in caplog.text and _alert(19).id in caplog.text and _alert(20).id not in caplog.text
+        assert "and 5 more" in caplog.text

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from feedback.auth import TokenBook, tokens_path
 from feedback.contracts import Correction, CorrectionSource, ItemState, LabelRequest, SelectionReason
@@ -207,6 +208,34 @@ def test_the_queue_figures_follow_each_change_at_once_and_the_task_filter(labell
             assert out["progress"]["you"] == {"labelled": 1, "skipped": 0}
 
     asyncio.run(go())
+
+
+def test_metrics_show_the_queues_depth_per_task_as_it_changes(labelling_settings, store, tokens) -> None:
+    """No gauge said how many items wait for a label: a backlog growing while nobody labels showed
+    only in `vigil status`. With nobody labelling no queue call reads the queue, so a scrape does."""
+    settings = labelling_settings.model_copy(update={"ui_queue_refresh_s": 0.001})
+    feedback = FeedbackStore(store)
+    feedback.write_requests([numbered_request(i) for i in range(3)])
+    alice = bearer(tokens["alice"])
+
+    async def depth(client: TestClient) -> dict[tuple[str, str], float]:
+        text = await (await client.get("/metrics")).text()
+        return {(s.labels["task"], s.labels["state"]): s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "vigil_label_queue_items"}
+
+    async def go() -> list[dict[tuple[str, str], float]]:
+        async with serving(settings, store) as client:
+            seen = [await depth(client)]
+            await client.post("/api/queue/lease", headers=alice, json={})
+            seen.append(await depth(client))
+            feedback.write_requests([numbered_request(3)])  # selected by a worker meanwhile
+            seen.append(await depth(client))
+            return seen
+
+    first, leased, more = asyncio.run(go())
+    assert first == {("sentiment", "open"): 3, ("sentiment", "leased"): 0, ("triage", "open"): 0, ("triage", "leased"): 0}
+    assert (leased[("sentiment", "open")], leased[("sentiment", "leased")]) == (2, 1)
+    assert (more[("sentiment", "open")], more[("sentiment", "leased")]) == (3, 1)
 
 
 def test_an_undone_label_is_withdrawn_and_a_new_label_replaces_the_withdrawal(

@@ -105,6 +105,28 @@ def test_a_batch_prepared_before_the_last_one_is_stored_refuses_an_id_that_batch
     assert scored_two == ["first message with this id"]  # a redelivery is scored again, as before
 
 
+def test_the_models_time_on_a_batch_is_measured_apart_from_the_rest_of_it(tiny_scorers, chdb_settings) -> None:
+    """vigil_batch_seconds runs from decode to stored, with any wait for the batch before it: no
+    figure said how long the model itself took."""
+    app = faust.App("vigil-scoring-time", broker="kafka://127.0.0.1:9", web_enabled=False)  # prepare publishes nothing
+    metrics = Metrics()
+    with open_store(chdb_settings) as store, ThreadPoolExecutor(1) as model, ThreadPoolExecutor(1) as io:
+        processor = BatchProcessor(
+            kind=Kind.news, scorer=lambda: tiny_scorers["sentiment"], store=store, limits=LIMITS,
+            scored_topic=app.topic("scored"), dlq_topic=app.topic("dlq"),
+            watchdogs=Watchdogs(60.0, started_at=0.0), metrics=metrics, model_executor=model,
+            io_executor=io, retry_max_s=1.0,
+        )
+
+        async def two_batches() -> None:
+            await processor.prepare(_records("news", [news_json(id="t-1"), news_json(id="t-2")]))
+            await processor.prepare(_records("news", [b"not json"]))  # nothing to score
+
+        asyncio.run(two_batches())
+    assert metrics.registry.get_sample_value("vigil_scoring_seconds_count", {"kind": "news"}) == 1
+    assert metrics.registry.get_sample_value("vigil_scoring_seconds_sum", {"kind": "news"}) > 0
+
+
 def test_score_batch_labels_extracts_tickers_and_masks_support_pii(tiny_scorers):
     news = [news_json(id="n1", headline="$TSLA and $brk.b slump after weak guidance")]
     decoded, _ = decode_batch(Kind.news, _records("news", news), LIMITS, NOW)
@@ -133,7 +155,7 @@ def test_a_text_full_of_cashtags_is_judged_under_its_first_tickers_only(tiny_sco
     assert [m.tickers for m in result.scored] == [["ACME", "T0", "T1", "T2", "T3"], ["TSLA"]]
     assert result.tickers_dropped == 1 + 1301 - 5  # the declared one first, then the 1,301 cashtags
     metrics = Metrics()
-    metrics.observe_batch(Kind.news, 2, result, 0.1)
+    metrics.observe_batch(Kind.news, 2, result, 0.1, stored_at=NOW)
     assert metrics.registry.get_sample_value("vigil_tickers_dropped_total") == 1297
 
 

@@ -18,8 +18,9 @@ from the stored tickets, the clocks of its urgent tickets that are neither ackno
 escalated (and the support clock where the previous owner left it), and lets them go when the
 partition is revoked. Acks are spread over the
 workers, so an escalation is checked against the acks stored in ClickHouse before it goes out.
-Alert ids are uuid5 of what they are about, so alerts re-emitted after a replay collapse in the
-alerts table.
+Alert ids are uuid5 of what they are about, so an alert fired again after a replay, or by a keyed
+stage's next owner from an older checkpoint, is known by its id in the alerts table and is not
+published, counted or sent to the webhook again (AlertingProcessor.without_settled).
 """
 
 from __future__ import annotations
@@ -246,19 +247,29 @@ class AlertingProcessor:
         return Output(self._sla.due(now) if now is not None else [])
 
     async def without_settled(self, out: Output) -> Output:
-        """Drop escalations of tickets acknowledged where this worker could not see it (through
-        another worker, whose partitions the ack went to, or before this one restarted), and of
-        tickets already escalated: a scored message published again (a replay) opens its SLA clock
-        again, long past due."""
-        breaches = {a.top_messages[0].id for a in out.alerts if a.rule == "sla_breach"}
-        if not breaches:
+        """Drop the alerts already emitted, known by their id in the alerts table, and escalations
+        of tickets acknowledged where this worker could not see it (through another worker, whose
+        partitions the ack went to, or before this one restarted).
+
+        An alert already emitted comes again after a replay: a scored message published again opens
+        its SLA clock again, long past due, or re-routes a priority ticket; a keyed stage's next
+        owner (after a crash, or a revoke whose checkpoint could not be saved) restores a checkpoint
+        from before the alert and fires it again from the events after it. Alert ids are what the
+        alert is about, so the copy has the same id."""
+        if not out.alerts:
             return out
-        settled = await self.durably("reading ticket acks and escalations", self._settled, breaches)
-        out.alerts = [a for a in out.alerts if a.rule != "sla_breach" or a.top_messages[0].id not in settled]
+        breaches = {a.top_messages[0].id for a in out.alerts if a.rule == "sla_breach"}
+        emitted, acked = await self.durably(
+            "reading emitted alerts and ticket acks", self._settled, {a.id for a in out.alerts}, breaches
+        )
+        out.alerts = [
+            a for a in out.alerts
+            if a.id not in emitted and not (a.rule == "sla_breach" and a.top_messages[0].id in acked)
+        ]
         return out
 
-    def _settled(self, message_ids: set[str]) -> set[str]:
-        return self._triage_store.acked_ids(message_ids) | self._triage_store.escalated_ids(message_ids)
+    def _settled(self, alert_ids: set[str], breached_tickets: set[str]) -> tuple[set[str], set[str]]:
+        return self._store.stored_alert_ids(alert_ids), self._triage_store.acked_ids(breached_tickets)
 
     async def durably(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return await until_stored(
@@ -267,7 +278,14 @@ class AlertingProcessor:
         )
 
     async def emit(self, out: Output) -> None:
-        """Publish tickets and alerts, then store them (retried until stored), then offer alerts to the webhook."""
+        """Publish tickets and alerts, then store them (retried until stored), then count the alerts
+        and offer them to the webhook. Alerts emitted before are left out (``without_settled``).
+
+        Kafka and ClickHouse cannot be written as one, so an alert is published before it is
+        stored: a worker that dies between the two leaves it on the alerts topic only, and whoever
+        fires it again publishes it a second time (same id, which is the record key), then stores,
+        counts and offers it once. Storing first would lose it from the topic instead."""
+        out = await self.without_settled(out)
         if not out:
             return
         futures = [
@@ -336,7 +354,8 @@ def register_alerting(
     """Add the alerting and ticket-ack agents, their timer and (when configured) the webhook task to ``app``."""
     rules = load_rules(settings)
     webhook = (
-        WebhookNotifier(settings.alert_webhook_url.get_secret_value(), settings.alert_webhook_timeout_s, metrics)
+        WebhookNotifier(settings.alert_webhook_url.get_secret_value(), settings.alert_webhook_timeout_s, metrics,
+                        drain_s=settings.alert_webhook_drain_s)
         if settings.alert_webhook_url
         else None
     )
@@ -396,6 +415,7 @@ def register_alerting(
             emit=lambda alerts: processor.emit(Output(alerts)),
             durably=processor.durably,
             checkpoint_interval_s=settings.alert_checkpoint_interval_s,
+            handover_save_s=settings.alert_handover_save_s,
             metrics=metrics,
         )
 
@@ -430,8 +450,14 @@ def register_alerting(
     @app.on_partitions_revoked.connect
     async def forget_revoked(_app: faust.App, revoked: set, **_: Any) -> None:
         for stage in stages:
-            stage.revoke(revoked)
+            await stage.hand_over(time.monotonic(), revoked)
         processor.revoke(tp.partition for tp in revoked if tp.topic == scored_name)
+
+    # faust sends no revoke when the worker stops; the consumer commits what was acked after this.
+    @app.on_before_shutdown.connect
+    async def save_before_stopping(_app: faust.App, **_: Any) -> None:
+        for stage in stages:
+            await stage.hand_over(time.monotonic())
 
     async def ticket_acks(events: list[EventT]) -> None:
         await processor.store_acks(processor.acknowledge([e.message.value for e in events]))
@@ -445,7 +471,7 @@ def register_alerting(
         if watcher is not None:
             reload_rules(processor, watcher)
         await processor.restore_slas(time.monotonic())
-        await processor.emit(await processor.without_settled(processor.tick(time.monotonic())))
+        await processor.emit(processor.tick(time.monotonic()))
         for stage in stages:
             await stage.tick(time.monotonic())
 

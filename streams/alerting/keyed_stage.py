@@ -4,12 +4,16 @@ topic, intent spikes on the intent-events topic.
 Per micro-batch: take ownership of partitions seen for the first time (restoring their checkpoint
 from ClickHouse), feed the events, publish and store the alerts. Events are acknowledged only once
 a checkpoint holding them is stored (every ``alert_checkpoint_interval_s``), so the committed
-offset never runs ahead of the saved state: a worker that crashes, or loses the partition in a
-rebalance, leaves its successor a checkpoint and the events after it.
+offset never runs ahead of the saved state: a worker that crashes leaves its successor a checkpoint
+and the events after it. A worker that loses a partition in a rebalance, or stops, saves its state
+first (within ``alert_handover_save_s``), so the successor does not judge those events again: from
+an older checkpoint they would fire the alerts already emitted once more (the processor leaves out
+such a copy, found in the alerts table, but a crash is the only case that should need it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -19,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.alerting.contracts import Alert
 from streams.alerting.partitions import AlertPartitions
+from streams.clickhouse import ClickHouseError
 from streams.clickhouse.alerting_state import AlertingStateStore
 from streams.metrics import Metrics
 
@@ -38,6 +43,7 @@ class KeyedStage:
         emit: Callable[[list[Alert]], Awaitable[None]],
         durably: Durably,
         checkpoint_interval_s: float,
+        handover_save_s: float,
         metrics: Metrics,
     ) -> None:
         self._parts = partitions
@@ -47,14 +53,22 @@ class KeyedStage:
         self._emit = emit
         self._durably = durably
         self._interval_s = checkpoint_interval_s
+        self._handover_save_s = handover_save_s
         self._metrics = metrics
         self._pending: list[tuple[StreamT, EventT]] = []
         self._last_save = 0.0
         self._unrestored: set[int] = set()  # assigned here, restored at the next tick or event
+        # A batch, a tick and a hand-over one at a time: a checkpoint saved while the alerts of the
+        # events it holds are still being stored would leave them to nobody if the worker died.
+        self._busy = asyncio.Lock()
 
     async def handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         """Feed one batch. Events of partitions no longer assigned here (revoked while the batch
         was on its way) are left alone: the partition's new owner gets them again."""
+        async with self._busy:
+            await self._handle(stream, events, assigned, wall)
+
+    async def _handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         alerts: list[Alert] = []
         for event in events:
             msg = event.message
@@ -100,6 +114,10 @@ class KeyedStage:
     async def tick(self, wall: float) -> None:
         """Move quiet partitions' event time on. Assigned partitions with no event yet are restored
         first: a partition that went quiet before a restart must still close its windows."""
+        async with self._busy:
+            await self._tick(wall)
+
+    async def _tick(self, wall: float) -> None:
         for partition in sorted(self._unrestored):
             if not self._parts.owned(partition):
                 await self._restore(partition, wall)
@@ -123,7 +141,24 @@ class KeyedStage:
             if self._parts.owned(event.message.partition):
                 await stream.ack(event)
 
-    def revoke(self, revoked: Iterable[TP]) -> None:
+    async def hand_over(self, wall: float, revoked: Iterable[TP] = ()) -> None:
+        """Save the state now, for whoever reads these partitions next: the ``revoked`` ones, which
+        are let go of (their events are not acknowledged: they are no longer this worker's to
+        commit), or all of them when the worker stops. A rebalance or a stop does not wait on a
+        ClickHouse that is away: past ``alert_handover_save_s`` the next owner restores the last
+        saved checkpoint instead."""
         gone = {tp.partition for tp in revoked if tp.topic == self._topic}
         self._unrestored -= gone
-        self._parts.revoke(gone)
+        try:
+            async with asyncio.timeout(self._handover_save_s):
+                async with self._busy:
+                    self._pending = [(s, e) for s, e in self._pending if e.message.partition not in gone]
+                    await self.checkpoint(wall, force=True)
+        except TimeoutError:
+            log.warning("%s state not saved within %gs before handing it over: the next owner of its "
+                        "partitions restores their last checkpoint", self._parts.name, self._handover_save_s)
+        except ClickHouseError as exc:  # a rebalance must go on: the next owner restores the last checkpoint
+            log.warning("%s state not saved before handing it over: %s", self._parts.name, exc)
+        finally:
+            self._pending = [(s, e) for s, e in self._pending if e.message.partition not in gone]
+            self._parts.revoke(gone)

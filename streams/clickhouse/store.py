@@ -322,6 +322,17 @@ class ClickHouseStore:
         )
         return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
 
+    def stored_alert_ids(self, among: Iterable[str]) -> set[str]:
+        """The alert ids among these already in the alerts table: alerts emitted before."""
+        wanted = sorted(set(among))
+        if not wanted:
+            return set()
+        rows = self._query(
+            "stored alert ids read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
+            {"ids": wanted},
+        )
+        return {r[0] for r in rows}
+
     def fetch_alert(self, alert_id: str) -> Alert | None:
         columns = alert_columns(self.level)
         rows = self._query(

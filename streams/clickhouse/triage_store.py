@@ -74,10 +74,6 @@ class TriageStore:
         return f"{self._store.database}.triage"
 
     @property
-    def _alerts(self) -> str:
-        return f"{self._store.database}.alerts"
-
-    @property
     def _acks(self) -> str:
         return f"{self._store.database}.ticket_acks"
 
@@ -148,13 +144,7 @@ class TriageStore:
     def escalated_ids(self, among: Iterable[str]) -> set[str]:
         """The tickets among these (message ids) whose SLA breach is already in the alerts table."""
         breach_ids = {sla_breach_id(m): m for m in among}
-        if not breach_ids:
-            return set()
-        found = self._store._query(
-            "escalations read", f"SELECT DISTINCT id FROM {self._alerts} WHERE id IN {{ids:Array(String)}}",
-            {"ids": sorted(breach_ids)},
-        )
-        return {breach_ids[r[0]] for r in found}
+        return {breach_ids[i] for i in self._store.stored_alert_ids(breach_ids)}
 
     def last_routed(self, partitions: Iterable[int]) -> tuple[datetime, datetime] | None:
         """(latest event time, when it was written) of the tickets from these partitions: where the
