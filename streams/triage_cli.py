@@ -18,14 +18,15 @@ console = Console()
 
 def sla_table(rows: list[QueueSla], at: datetime) -> Table:
     table = Table(title=f"Triage tickets by queue, priority and SLA state at {at:%Y-%m-%d %H:%M:%S} UTC")
-    for name in ("queue", "priority", "open", "acked", "breached", "total"):
+    for name in ("queue", "priority", "open", "acked", "breached", "of them acked late", "total"):
         table.add_column(name, justify="left" if name in ("queue", "priority") else "right")
     for r in rows:
         breached = f"[red]{r.breached}[/]" if r.breached else "0"
-        table.add_row(r.queue, r.priority, str(r.open), str(r.acked), breached, str(r.total))
+        table.add_row(r.queue, r.priority, str(r.open), str(r.acked), breached, str(r.acked_late), str(r.total))
     if rows:
         table.add_section()
-        table.add_row("all", "", *(str(sum(getattr(r, f) for r in rows)) for f in ("open", "acked", "breached", "total")))
+        table.add_row("all", "", *(str(sum(getattr(r, f) for r in rows))
+                                   for f in ("open", "acked", "breached", "acked_late", "total")))
     return table
 
 
@@ -37,7 +38,8 @@ def status(
         typer.Option(help="Judge SLAs as of this UTC time (default: now), e.g. for a replay of old traffic."),
     ] = None,
 ) -> None:
-    """Tickets per queue and priority: open (not yet due), acked, and breached (due, no ack)."""
+    """Tickets per queue and priority: open (not yet due), acked by their due time, and breached
+    (not acked by their due time; those acked since are shown too)."""
     from streams.clickhouse import ClickHouseError, open_store
     from streams.clickhouse.triage_store import TriageStore
 

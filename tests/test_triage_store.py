@@ -57,7 +57,7 @@ def test_sla_summary_counts_each_state_per_queue_and_priority(triage) -> None:
     ts.write_tickets([
         ticket(1, "fraud", "P1", 10),    # open
         ticket(2, "fraud", "P1", -10),   # breached
-        ticket(3, "fraud", "P1", -10),   # acked after its due time: acked
+        ticket(3, "fraud", "P1", -10),   # acked after its due time: breached
         ticket(4, "fraud", "P1", 10),    # acked in time
         ticket(5, "cards", "P3", 60),    # open
         ticket(6, HUMAN_TRIAGE, "P1", -1),  # breached
@@ -67,12 +67,12 @@ def test_sla_summary_counts_each_state_per_queue_and_priority(triage) -> None:
     assert ts.acked_ids() == {"s-3", "s-4"}
     assert ts.sla_summary(NOW) == [
         QueueSla(queue="cards", priority="P3", open=1, acked=0, breached=0),
-        QueueSla(queue="fraud", priority="P1", open=1, acked=2, breached=1),
+        QueueSla(queue="fraud", priority="P1", open=1, acked=1, breached=2, acked_late=1),
         QueueSla(queue=HUMAN_TRIAGE, priority="P1", open=0, acked=0, breached=1),
     ]
     # Later, the open fraud ticket is overdue too.
     (fraud,) = [r for r in ts.sla_summary(NOW + timedelta(minutes=11)) if r.queue == "fraud"]
-    assert (fraud.open, fraud.acked, fraud.breached) == (0, 2, 2)
+    assert (fraud.open, fraud.acked, fraud.breached, fraud.acked_late) == (0, 1, 3, 1)
 
 
 def test_open_tickets_are_the_unacked_unescalated_urgent_ones_of_the_partitions(triage) -> None:
