@@ -32,8 +32,10 @@ gets budget // n, and the first budget % n one more, so the workers together kee
 exactly and a budget smaller than n still reaches some of them. That topic is keyed by
 ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a
 fresh selector fed the same messages decides the same way. A restarted one takes what was queued
-before it as its history (``remember``), so it neither spends an hour's budget again nor queues a
-text again; after a rebalance a running one does the same (``forget``, then ``remember``).
+from its own partitions before it as its history (``remember``), so it neither spends an hour's
+budget again nor queues a text again; after a rebalance a running one does the same (``forget``,
+then ``remember``). Only its own partitions' items count: taking a share of every partition's
+spending instead forgot what a busy partition spent at each rebalance, and it kept selecting.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import hashlib
 import math
 import re
 import unicodedata
-from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -229,14 +231,14 @@ class _HourCounts:
     def audits(self, hour: datetime) -> int:
         return self._audits.get(hour, 0)
 
-    def add(self, hour: datetime, label: str, n: int = 1) -> None:
-        self._totals[hour] = self._totals.get(hour, 0) + n
+    def add(self, hour: datetime, label: str) -> None:
+        self._totals[hour] = self._totals.get(hour, 0) + 1
         labels = self._by_label.setdefault(hour, {})
-        labels[label] = labels.get(label, 0) + n
+        labels[label] = labels.get(label, 0) + 1
         self._saw(hour)
 
-    def add_audit(self, hour: datetime, n: int = 1) -> None:
-        self._audits[hour] = self._audits.get(hour, 0) + n
+    def add_audit(self, hour: datetime) -> None:
+        self._audits[hour] = self._audits.get(hour, 0) + 1
         self._saw(hour)
 
     def _saw(self, hour: datetime) -> None:
@@ -270,23 +272,30 @@ class Selector:
         self._seen.clear()
         self._counts.clear()
 
-    def remember(self, past: Iterable[PastSelection]) -> int:
-        """Take items queued before this selector started (oldest first) as its own history: their
-        texts' fingerprints, and their hour counts scaled to this selector's share of the stream
-        (set the share first). Returns how many items it took."""
-        owned, total = len(self._share[0]), self._share[1]
-        tally: Counter[tuple[str, datetime, str | None]] = Counter()
+    def remember(self, past: Iterable[PastSelection], partition_of: Callable[[bytes, int], int] | None = None) -> int:
+        """Take items queued before this selector started (oldest first) as its history, those of
+        its own partitions only (set the share first): their texts' fingerprints and their counts
+        towards the hour's budgets. ``partition_of(key, partitions)`` is the label-candidates
+        topic's partitioner, the partition a text fingerprint key goes to; a selector of the whole
+        stream needs none. Returns how many items it took."""
+        owned, total = self._share
+        if partition_of is None and total > 1:
+            raise ValueError("a selector of part of the stream needs partition_of to tell its own items")
+        wanted = frozenset(owned)
+        taken = 0
         for item in past:
-            tally[item.task, hour_of(item.event_time), None if item.audit else item.label] += 1
-            self._remember_text(item.task, fingerprint(item.text))
-        for (task, hour, label), n in tally.items():
-            if scaled := n * owned // total:
-                counts = self._counts.setdefault(task, _HourCounts(self.policy.hours_kept))
-                if label is None:
-                    counts.add_audit(hour, scaled)
-                else:
-                    counts.add(hour, label, scaled)
-        return sum(tally.values())
+            print_ = fingerprint(item.text)
+            # Another partition's items are spent from its budgets, and its texts never come here.
+            if partition_of is not None and partition_of(print_, total) not in wanted:
+                continue
+            counts = self._counts.setdefault(item.task, _HourCounts(self.policy.hours_kept))
+            if item.audit:
+                counts.add_audit(hour_of(item.event_time))
+            else:
+                counts.add(hour_of(item.event_time), item.label)
+            self._remember_text(item.task, print_)
+            taken += 1
+        return taken
 
     def _remember_text(self, task: str, print_: bytes) -> None:
         seen = self._seen.setdefault(task, OrderedDict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,7 +148,7 @@ def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_st
     first = Selector(policy)
     before = run(first, stream[:at])
     queued = [d.request for d in before if d.request is not None]
-    past = [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons) for r in queued]
+    past = past_of(queued)
     restarted = Selector(policy)
     assert restarted.remember(past) == len(queued)
     assert before + run(restarted, stream[at:]) == expected
@@ -155,6 +156,81 @@ def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_st
     first.forget()
     assert first.remember(past) == len(queued)
     assert before + run(first, stream[at:]) == expected
+
+
+def by_text(key: bytes, partitions: int) -> int:
+    """A stand-in for the label-candidates topic's partitioner, which places a candidate by its
+    text's fingerprint."""
+    return key[0] % partitions
+
+
+def past_of(requests: list[LabelRequest]) -> list[PastSelection]:
+    """The requests as the label queue gives them back."""
+    return [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons) for r in requests]
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), workers=st.integers(2, 4), partitions=st.integers(2, 6),
+       cut=st.floats(0, 1))
+def test_workers_after_a_rebalance_take_only_their_own_partitions_spending_as_history(
+    stream, budget: int, workers: int, partitions: int, cut: float
+) -> None:
+    """Each worker reads the whole label queue back after a rebalance. Taking a share of every
+    partition's items as its own forgot what a busy partition had spent, and it selected again (126
+    items of an hourly budget of 120 in a review; one partition of cap 30 queued 112 after eight
+    rebalances). Taking its own partitions' items, each worker decides as if it never stopped."""
+    policy = small_policy(budget, audit_rate=0.3, audit_budget=budget // 3)
+    at = int(len(stream) * cut)
+    owned = [[p for p in range(partitions) if p % workers == w] for w in range(workers)]
+
+    def mine(parts: list[int], part: list[tuple[ScoredMessage, str | None, bool]]):
+        return [x for x in part if by_text(fingerprint(x[0].text), partitions) in parts]
+
+    selectors, before = [], []
+    for parts in owned:
+        selectors.append(Selector(policy))
+        selectors[-1].see_share(parts, partitions)
+        before.append(run(selectors[-1], mine(parts, stream[:at])))
+    queue = past_of([d.request for ds in before for d in ds if d.request is not None])
+    for parts, selector, decided in zip(owned, selectors, before, strict=True):
+        never_stopped = Selector(policy)
+        never_stopped.see_share(parts, partitions)
+        expected = run(never_stopped, mine(parts, stream))
+        selector.forget()
+        selector.remember(queue, by_text)
+        assert decided + run(selector, mine(parts, stream[at:])) == expected
+
+
+def test_a_busy_partition_stays_within_its_share_through_rebalances() -> None:
+    policy = small_policy(120, share=1.0, audit_rate=0.0)
+    texts: dict[int, list[str]] = {p: [] for p in range(4)}
+    for i in range(2000):
+        text = f"distinct text {letters(i)}"
+        texts[by_text(fingerprint(text), 4)].append(text)
+    selectors = []
+    for p in range(4):
+        selectors.append(Selector(policy))
+        selectors[-1].see_share([p], 4)
+    queue: list[LabelRequest] = []
+    for rebalance in range(8):
+        for k in range(40):
+            n = 40 * rebalance + k
+            d = selectors[0].decide(msg(n, text=texts[0][n], margin=0.0, minute=rebalance), NOW)
+            queue += [d.request] if d.request is not None else []
+        for selector in selectors:
+            selector.forget()
+            selector.remember(past_of(queue), by_text)
+    assert len(queue) == 30
+    for p in (1, 2, 3):
+        later = [selectors[p].decide(msg(1000 * p + k, text=texts[p][k], margin=0.0, minute=40), NOW) for k in range(60)]
+        assert sum(d.selected for d in later) == 30
+
+
+def test_a_selector_of_part_of_the_stream_needs_the_partitioner_to_remember() -> None:
+    selector = Selector(small_policy(10))
+    selector.see_share([0], 2)
+    with pytest.raises(ValueError, match="partition_of"):
+        selector.remember([])
 
 
 @settings(max_examples=100, deadline=None)
