@@ -16,6 +16,11 @@ dropped) for its other reasons alone, and without the audit reason: it is not pa
 Audit items are exempt from near-duplicate collapse (skipping texts seen before would under-count
 them in the accuracy the audit estimates) and from class balance (it would bias the sample).
 
+A message selected before (the alerts agent proposes an uncertain message the scored agent proposed
+already; a redelivery after a crash) is requested again, so the store merges its new reasons and
+alert id into the one item, and charged to no budget: each item is charged once (the ids selected in
+the kept hours are remembered, as the budgets bound them).
+
 Every other candidate then passes, in order:
 1. near-duplicate collapse: texts equal after normalising case, digits, URLs, cashtags,
    punctuation and whitespace are queued once (the fingerprints of the last ``dedup_memory``
@@ -151,7 +156,8 @@ class PastSelection(NamedTuple):
     event_time: datetime
     label: str
     text: str
-    audit: bool = False
+    audit: bool
+    item_id: str
 
 
 class DropReason(StrEnum):
@@ -210,13 +216,15 @@ def hour_of(t: datetime) -> datetime:
 
 class _HourCounts:
     """Selections per event-time hour for one task (audit items; the others in total and per
-    predicted label), bounded."""
+    predicted label; the items selected, each charged once), bounded."""
 
     def __init__(self, hours_kept: int) -> None:
         self._hours_kept = hours_kept
         self._totals: dict[datetime, int] = {}
         self._by_label: dict[datetime, dict[str, int]] = {}
         self._audits: dict[datetime, int] = {}
+        # item id -> whether it is in the audit sample; no more per hour than the hour's budgets
+        self._items: dict[datetime, dict[str, bool]] = {}
         self._newest: datetime | None = None
 
     def too_late(self, hour: datetime) -> bool:
@@ -231,21 +239,27 @@ class _HourCounts:
     def audits(self, hour: datetime) -> int:
         return self._audits.get(hour, 0)
 
-    def add(self, hour: datetime, label: str) -> None:
+    def audited(self, hour: datetime, item_id: str) -> bool | None:
+        """Whether the item selected before is in the audit sample; None when it was not selected."""
+        return self._items.get(hour, {}).get(item_id)
+
+    def add(self, hour: datetime, label: str, item_id: str) -> None:
         self._totals[hour] = self._totals.get(hour, 0) + 1
         labels = self._by_label.setdefault(hour, {})
         labels[label] = labels.get(label, 0) + 1
+        self._items.setdefault(hour, {})[item_id] = False
         self._saw(hour)
 
-    def add_audit(self, hour: datetime) -> None:
+    def add_audit(self, hour: datetime, item_id: str) -> None:
         self._audits[hour] = self._audits.get(hour, 0) + 1
+        self._items.setdefault(hour, {})[item_id] = True
         self._saw(hour)
 
     def _saw(self, hour: datetime) -> None:
         if self._newest is None or hour > self._newest:
             self._newest = hour
             horizon = hour - timedelta(hours=self._hours_kept)
-            for counts in (self._totals, self._by_label, self._audits):
+            for counts in (self._totals, self._by_label, self._audits, self._items):
                 for old in [h for h in counts if h <= horizon]:
                     del counts[old]
 
@@ -290,9 +304,9 @@ class Selector:
                 continue
             counts = self._counts.setdefault(item.task, _HourCounts(self.policy.hours_kept))
             if item.audit:
-                counts.add_audit(hour_of(item.event_time))
+                counts.add_audit(hour_of(item.event_time), item.item_id)
             else:
-                counts.add(hour_of(item.event_time), item.label)
+                counts.add(hour_of(item.event_time), item.label, item.item_id)
             self._remember_text(item.task, print_)
             taken += 1
         return taken
@@ -339,10 +353,22 @@ class Selector:
             return Decision(msg.id, task, reasons, dropped=DropReason.late)
         caps = self.policy.tasks[task].caps(*self._share)
         print_ = fingerprint(msg.text)
+        item_id = LabelRequest.make_id(task, msg.id, msg.model_version)
+
+        audited = counts.audited(hour, item_id)
+        if audited is not None:
+            # Selected before (the scored agent's copy of an alert's contributor, or a redelivery):
+            # the store merges it into that item, so it is requested again for what it adds (an
+            # alert id, a reason) and charged nothing. It is in the audit sample only if it was then.
+            if not audited:
+                reasons = tuple(r for r in reasons if r is not SelectionReason.audit)
+            if not reasons:
+                return Decision(msg.id, task, reasons, dropped=DropReason.audit_budget)
+            return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
 
         if SelectionReason.audit in reasons:
             if counts.audits(hour) < paced(caps.audit, as_utc(msg.event_time)):
-                counts.add_audit(hour)
+                counts.add_audit(hour, item_id)
                 return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
             reasons = tuple(r for r in reasons if r is not SelectionReason.audit)
             if not reasons:
@@ -360,7 +386,7 @@ class Selector:
             dropped = DropReason.class_balance
         if dropped is not None:
             return Decision(msg.id, task, reasons, dropped=dropped)
-        counts.add(hour, msg.label)
+        counts.add(hour, msg.label, item_id)
         return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
 
     def _selected(

@@ -166,7 +166,7 @@ def by_text(key: bytes, partitions: int) -> int:
 
 def past_of(requests: list[LabelRequest]) -> list[PastSelection]:
     """The requests as the label queue gives them back."""
-    return [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons) for r in requests]
+    return [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons, r.item_id) for r in requests]
 
 
 @settings(max_examples=100, deadline=None)
@@ -199,6 +199,66 @@ def test_workers_after_a_rebalance_take_only_their_own_partitions_spending_as_hi
         selector.forget()
         selector.remember(queue, by_text)
         assert decided + run(selector, mine(parts, stream[at:])) == expected
+
+
+def requested(decisions: list[Decision]) -> list[LabelRequest | None]:
+    return [d.request for d in decisions]
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), cut=st.floats(0, 1), back=st.floats(0, 1))
+def test_a_redelivered_batch_is_decided_as_before_and_charged_nothing(stream, budget: int, cut: float, back: float):
+    """At least once: a crash before the ack delivers a batch again. Each copy was charged again,
+    and the next new messages found the budget spent."""
+    policy = small_policy(budget, audit_rate=0.3, audit_budget=budget // 3)
+    expected = run(Selector(policy), stream)
+    at = int(len(stream) * cut)
+    start = int(at * back)
+    selector = Selector(policy)
+    first = run(selector, stream[:at])
+    # What was dropped is dropped again, maybe for another reason: the budget filled up since.
+    assert requested(run(selector, stream[start:at])) == requested(expected[start:at])
+    assert first + run(selector, stream[at:]) == expected
+    # The same after a restart between the delivery and the redelivery.
+    restarted = Selector(policy)
+    restarted.remember(past_of([d.request for d in first if d.request is not None]))
+    assert requested(run(restarted, stream[start:at])) == requested(expected[start:at])
+    assert run(restarted, stream[at:]) == expected[at:]
+
+
+def test_an_alerts_copy_of_a_selected_message_is_requested_with_its_alert_and_charged_nothing() -> None:
+    """The scored agent proposes an uncertain message; when it contributes to an alert the alerts
+    agent proposes it again. That copy spent the budget a second time for the one item the store
+    keeps, and once the budget was spent it was dropped, so the item never showed its alert."""
+    selector = Selector(small_policy(2, share=1.0, audit_rate=0.0))
+    first = selector.decide(msg(0, margin=0.0), NOW)
+    alert = selector.decide(msg(0, margin=0.0), NOW, alert_id="alert-1")
+    assert alert.request is not None and first.request is not None
+    assert alert.request.item_id == first.request.item_id
+    assert alert.request.reasons == [SelectionReason.alert, SelectionReason.uncertain]
+    assert alert.request.alert_id == "alert-1"
+    assert selector.decide(msg(1, margin=0.0), NOW).selected  # the second of a budget of 2
+    assert selector.decide(msg(2, margin=0.0), NOW).dropped is DropReason.budget
+    late_alert = selector.decide(msg(1, margin=0.0), NOW, alert_id="alert-2")
+    assert late_alert.request is not None and late_alert.request.alert_id == "alert-2"
+
+
+def test_an_audit_item_proposed_again_keeps_one_place_in_the_paced_sample() -> None:
+    selector = Selector(small_policy(0, audit_rate=1.0, audit_budget=60))  # one audit item a minute
+    assert selector.decide(msg(0, minute=1), NOW).selected  # minute 1 allows two
+    again = selector.decide(msg(0, minute=1), NOW, alert_id="alert-1")
+    assert again.request is not None and again.request.reasons == [SelectionReason.alert, AUDIT]
+    assert selector.decide(msg(1, minute=1), NOW).selected
+    assert selector.decide(msg(2, minute=1), NOW).dropped is DropReason.audit_budget
+
+
+def test_a_draw_past_the_audit_budget_does_not_join_the_sample_when_proposed_again() -> None:
+    selector = Selector(small_policy(10, audit_rate=1.0, audit_budget=1))
+    assert selector.decide(msg(0), NOW).selected
+    uncertain = selector.decide(msg(1, margin=0.0), NOW)
+    assert uncertain.request is not None and uncertain.request.reasons == [SelectionReason.uncertain]
+    again = selector.decide(msg(1, margin=0.0), NOW, alert_id="alert-1")
+    assert again.request is not None and again.request.reasons == [SelectionReason.alert, SelectionReason.uncertain]
 
 
 def test_a_busy_partition_stays_within_its_share_through_rebalances() -> None:
