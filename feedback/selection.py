@@ -34,7 +34,8 @@ Every other candidate then passes, in order:
 A selector that sees only part of the stream (a worker reading some of the label-candidates topic's
 n partitions) keeps its partitions' shares of each hour's budgets (``see_share``): each partition
 gets budget // n, and the first budget % n one more, so the workers together keep the task's budgets
-exactly and a budget smaller than n still reaches some of them. That topic is keyed by
+exactly and a budget smaller than n still reaches some of them. The audit budget's pace is split the
+same way minute by minute, so the partitions together keep the task's pace. That topic is keyed by
 ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a
 fresh selector fed the same messages decides the same way. A restarted one takes what was queued
 from its own partitions before it as its history (``remember``), so it neither spends an hour's
@@ -91,14 +92,19 @@ class TaskPolicy(BaseModel):
         """The hourly caps of a selector that sees partitions ``owned`` of ``total`` equal shares
         of the stream."""
         budget = _share_of(self.budget_per_hour, owned, total)
-        return Caps(budget, max(1, math.ceil(budget * self.max_class_share)),
-                    _share_of(self.audit_budget_per_hour, owned, total))
+        return Caps(budget, max(1, math.ceil(budget * self.max_class_share)))
+
+    def audit_cap(self, t: datetime, owned: Collection[int] = (0,), total: int = 1) -> int:
+        """How many audit items of ``t``'s hour the partitions ``owned`` of ``total`` may have taken
+        by the end of ``t``'s minute: their share of the task's pace. Pacing each share on its
+        own rounded every one up: n partitions took n items in minute 0, and 4 of them spent the hour's
+        audit budget of 12 by minute 40 (the sample missed the rest of the hour)."""
+        return _share_of(paced(self.audit_budget_per_hour, t), owned, total)
 
 
 class Caps(NamedTuple):
     budget: int
     per_label: int
-    audit: int
 
 
 def _share_of(budget: int, owned: Collection[int], total: int) -> int:
@@ -351,7 +357,8 @@ class Selector:
         hour = hour_of(msg.event_time)
         if counts.too_late(hour):
             return Decision(msg.id, task, reasons, dropped=DropReason.late)
-        caps = self.policy.tasks[task].caps(*self._share)
+        rules = self.policy.tasks[task]
+        caps = rules.caps(*self._share)
         print_ = fingerprint(msg.text)
         item_id = LabelRequest.make_id(task, msg.id, msg.model_version)
 
@@ -367,7 +374,7 @@ class Selector:
             return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
 
         if SelectionReason.audit in reasons:
-            if counts.audits(hour) < paced(caps.audit, as_utc(msg.event_time)):
+            if counts.audits(hour) < rules.audit_cap(as_utc(msg.event_time), *self._share):
                 counts.add_audit(hour, item_id)
                 return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
             reasons = tuple(r for r in reasons if r is not SelectionReason.audit)

@@ -133,6 +133,7 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
     selected = [r for r in selected if r is not None]
     assert all(n <= budget for n in per_hour(selected, audit=False).values())
     assert all(n <= budget // 3 for n in per_hour(selected, audit=True).values())
+    assert audits_by_minute_are_paced(selected, budget // 3)
 
     whole = Selector(policy)
     whole.see_share(range(partitions), partitions)
@@ -464,6 +465,26 @@ def test_the_audit_budget_is_paced_through_the_hour() -> None:
     late = [sel.decide(msg(100 + i, minute=59), NOW) for i in range(50)]
     assert sum(d.selected for d in late) == 11
     assert sum(sel.decide(msg(200 + i, minute=60), NOW).selected for i in range(50)) == 1  # the next hour
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 12])
+def test_partitions_together_keep_the_tasks_audit_pace(partitions: int) -> None:
+    """Each partition paced its own share, rounding up: 4 partitions took 4 audit items in minute 0
+    where the task's pace allows 1, and spent the hour's 12 by minute 40; 12 spent them in minute 0.
+    On a busy stream they now take the task's pace exactly, minute by minute."""
+    policy = small_policy(budget=0, audit_rate=1.0, audit_budget=12)
+    by_minute = [0] * 60
+    for p in range(partitions):
+        selector = Selector(policy)
+        selector.see_share([p], partitions)
+        for minute in range(60):
+            for k in range(20):
+                i = (p * 60 + minute) * 20 + k
+                by_minute[minute] += selector.decide(msg(i, minute=minute), NOW).selected
+    taken = 0
+    for minute, n in enumerate(by_minute):
+        taken += n
+        assert taken == paced(12, T0 + timedelta(minutes=minute)), minute
 
 
 def test_an_audit_draw_past_the_audit_budget_is_queued_for_its_other_reasons_only() -> None:
