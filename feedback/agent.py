@@ -24,8 +24,10 @@ item, so label_queue shows each item once; the label-requests topic is at least 
 item id.
 
 Selector and monitor state is in memory (bounded). Before its first batch, and again after each
-rebalance, the selector reads back what the label queue holds from its kept hours, so neither a
-restart nor a partition moving between workers re-spends an hour's budget or re-queues a text.
+rebalance, the selector reads back what the label queue holds from its kept hours, and keeps the
+items of its own label-candidate partitions (the partition each text's fingerprint key goes to), so
+neither a restart nor a partition moving between workers re-spends an hour's budget or re-queues a
+text.
 Likewise, before a task's first scored message (and its first audit label) its drift monitors
 replay from ClickHouse, without events, up to ``VIGIL_DRIFT_WARM_START`` of the messages its model
 version scored (of the audit labels) before that batch, so a change already under way is still
@@ -51,6 +53,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import EventT, TopicT
 from pydantic import BaseModel, ValidationError
 
@@ -80,6 +83,13 @@ _CONTRIBUTOR_WAIT_S = 30.0
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def candidate_partition(key: bytes, partitions: int) -> int:
+    """The label-candidates partition a candidate keyed ``key`` goes to: ``propose`` leaves the
+    partition to the producer, whose partitioner this is (faust's default, no
+    producer_partitioner set)."""
+    return DefaultPartitioner()(key, list(range(partitions)), [])
 
 
 def _challenger_label(msg: ScoredMessage) -> str | None:
@@ -154,12 +164,13 @@ class FeedbackProcessor:
 
     async def remember_selections(self) -> None:
         """Before the first batch (and the first after a rebalance): the label queue's items of the
-        selector's kept hours."""
+        selector's kept hours and its partitions (the queue holds every partition's)."""
         if self._remembered:
             return
         since = self._clock() - timedelta(hours=self.selector.policy.hours_kept)
         taken = self.selector.remember(
-            await self._durably("reading recent selections", self._feedback.fetch_selections, since)
+            await self._durably("reading recent selections", self._feedback.fetch_selections, since),
+            candidate_partition,
         )
         self._remembered = True
         log.info("label selection: took %d items queued since %s as its history", taken, since.isoformat())

@@ -16,6 +16,11 @@ dropped) for its other reasons alone, and without the audit reason: it is not pa
 Audit items are exempt from near-duplicate collapse (skipping texts seen before would under-count
 them in the accuracy the audit estimates) and from class balance (it would bias the sample).
 
+A message selected before (the alerts agent proposes an uncertain message the scored agent proposed
+already; a redelivery after a crash) is requested again, so the store merges its new reasons and
+alert id into the one item, and charged to no budget: each item is charged once (the ids selected in
+the kept hours are remembered, as the budgets bound them).
+
 Every other candidate then passes, in order:
 1. near-duplicate collapse: texts equal after normalising case, digits, URLs, cashtags,
    punctuation and whitespace are queued once (the fingerprints of the last ``dedup_memory``
@@ -29,11 +34,14 @@ Every other candidate then passes, in order:
 A selector that sees only part of the stream (a worker reading some of the label-candidates topic's
 n partitions) keeps its partitions' shares of each hour's budgets (``see_share``): each partition
 gets budget // n, and the first budget % n one more, so the workers together keep the task's budgets
-exactly and a budget smaller than n still reaches some of them. That topic is keyed by
+exactly and a budget smaller than n still reaches some of them. The audit budget's pace is split the
+same way minute by minute, so the partitions together keep the task's pace. That topic is keyed by
 ``fingerprint``, so every copy of a text comes to one selector. State is in memory and bounded; a
 fresh selector fed the same messages decides the same way. A restarted one takes what was queued
-before it as its history (``remember``), so it neither spends an hour's budget again nor queues a
-text again; after a rebalance a running one does the same (``forget``, then ``remember``).
+from its own partitions before it as its history (``remember``), so it neither spends an hour's
+budget again nor queues a text again; after a rebalance a running one does the same (``forget``,
+then ``remember``). Only its own partitions' items count: taking a share of every partition's
+spending instead forgot what a busy partition spent at each rebalance, and it kept selecting.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ import hashlib
 import math
 import re
 import unicodedata
-from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -84,14 +92,19 @@ class TaskPolicy(BaseModel):
         """The hourly caps of a selector that sees partitions ``owned`` of ``total`` equal shares
         of the stream."""
         budget = _share_of(self.budget_per_hour, owned, total)
-        return Caps(budget, max(1, math.ceil(budget * self.max_class_share)),
-                    _share_of(self.audit_budget_per_hour, owned, total))
+        return Caps(budget, max(1, math.ceil(budget * self.max_class_share)))
+
+    def audit_cap(self, t: datetime, owned: Collection[int] = (0,), total: int = 1) -> int:
+        """How many audit items of ``t``'s hour the partitions ``owned`` of ``total`` may have taken
+        by the end of ``t``'s minute: their share of the task's pace. Pacing each share on its
+        own rounded every one up: n partitions took n items in minute 0, and 4 of them spent the hour's
+        audit budget of 12 by minute 40 (the sample missed the rest of the hour)."""
+        return _share_of(paced(self.audit_budget_per_hour, t), owned, total)
 
 
 class Caps(NamedTuple):
     budget: int
     per_label: int
-    audit: int
 
 
 def _share_of(budget: int, owned: Collection[int], total: int) -> int:
@@ -149,7 +162,8 @@ class PastSelection(NamedTuple):
     event_time: datetime
     label: str
     text: str
-    audit: bool = False
+    audit: bool
+    item_id: str
 
 
 class DropReason(StrEnum):
@@ -208,13 +222,15 @@ def hour_of(t: datetime) -> datetime:
 
 class _HourCounts:
     """Selections per event-time hour for one task (audit items; the others in total and per
-    predicted label), bounded."""
+    predicted label; the items selected, each charged once), bounded."""
 
     def __init__(self, hours_kept: int) -> None:
         self._hours_kept = hours_kept
         self._totals: dict[datetime, int] = {}
         self._by_label: dict[datetime, dict[str, int]] = {}
         self._audits: dict[datetime, int] = {}
+        # item id -> whether it is in the audit sample; no more per hour than the hour's budgets
+        self._items: dict[datetime, dict[str, bool]] = {}
         self._newest: datetime | None = None
 
     def too_late(self, hour: datetime) -> bool:
@@ -229,21 +245,27 @@ class _HourCounts:
     def audits(self, hour: datetime) -> int:
         return self._audits.get(hour, 0)
 
-    def add(self, hour: datetime, label: str, n: int = 1) -> None:
-        self._totals[hour] = self._totals.get(hour, 0) + n
+    def audited(self, hour: datetime, item_id: str) -> bool | None:
+        """Whether the item selected before is in the audit sample; None when it was not selected."""
+        return self._items.get(hour, {}).get(item_id)
+
+    def add(self, hour: datetime, label: str, item_id: str) -> None:
+        self._totals[hour] = self._totals.get(hour, 0) + 1
         labels = self._by_label.setdefault(hour, {})
-        labels[label] = labels.get(label, 0) + n
+        labels[label] = labels.get(label, 0) + 1
+        self._items.setdefault(hour, {})[item_id] = False
         self._saw(hour)
 
-    def add_audit(self, hour: datetime, n: int = 1) -> None:
-        self._audits[hour] = self._audits.get(hour, 0) + n
+    def add_audit(self, hour: datetime, item_id: str) -> None:
+        self._audits[hour] = self._audits.get(hour, 0) + 1
+        self._items.setdefault(hour, {})[item_id] = True
         self._saw(hour)
 
     def _saw(self, hour: datetime) -> None:
         if self._newest is None or hour > self._newest:
             self._newest = hour
             horizon = hour - timedelta(hours=self._hours_kept)
-            for counts in (self._totals, self._by_label, self._audits):
+            for counts in (self._totals, self._by_label, self._audits, self._items):
                 for old in [h for h in counts if h <= horizon]:
                     del counts[old]
 
@@ -270,23 +292,30 @@ class Selector:
         self._seen.clear()
         self._counts.clear()
 
-    def remember(self, past: Iterable[PastSelection]) -> int:
-        """Take items queued before this selector started (oldest first) as its own history: their
-        texts' fingerprints, and their hour counts scaled to this selector's share of the stream
-        (set the share first). Returns how many items it took."""
-        owned, total = len(self._share[0]), self._share[1]
-        tally: Counter[tuple[str, datetime, str | None]] = Counter()
+    def remember(self, past: Iterable[PastSelection], partition_of: Callable[[bytes, int], int] | None = None) -> int:
+        """Take items queued before this selector started (oldest first) as its history, those of
+        its own partitions only (set the share first): their texts' fingerprints and their counts
+        towards the hour's budgets. ``partition_of(key, partitions)`` is the label-candidates
+        topic's partitioner, the partition a text fingerprint key goes to; a selector of the whole
+        stream needs none. Returns how many items it took."""
+        owned, total = self._share
+        if partition_of is None and total > 1:
+            raise ValueError("a selector of part of the stream needs partition_of to tell its own items")
+        wanted = frozenset(owned)
+        taken = 0
         for item in past:
-            tally[item.task, hour_of(item.event_time), None if item.audit else item.label] += 1
-            self._remember_text(item.task, fingerprint(item.text))
-        for (task, hour, label), n in tally.items():
-            if scaled := n * owned // total:
-                counts = self._counts.setdefault(task, _HourCounts(self.policy.hours_kept))
-                if label is None:
-                    counts.add_audit(hour, scaled)
-                else:
-                    counts.add(hour, label, scaled)
-        return sum(tally.values())
+            print_ = fingerprint(item.text)
+            # Another partition's items are spent from its budgets, and its texts never come here.
+            if partition_of is not None and partition_of(print_, total) not in wanted:
+                continue
+            counts = self._counts.setdefault(item.task, _HourCounts(self.policy.hours_kept))
+            if item.audit:
+                counts.add_audit(hour_of(item.event_time), item.item_id)
+            else:
+                counts.add(hour_of(item.event_time), item.label, item.item_id)
+            self._remember_text(item.task, print_)
+            taken += 1
+        return taken
 
     def _remember_text(self, task: str, print_: bytes) -> None:
         seen = self._seen.setdefault(task, OrderedDict())
@@ -328,12 +357,25 @@ class Selector:
         hour = hour_of(msg.event_time)
         if counts.too_late(hour):
             return Decision(msg.id, task, reasons, dropped=DropReason.late)
-        caps = self.policy.tasks[task].caps(*self._share)
+        rules = self.policy.tasks[task]
+        caps = rules.caps(*self._share)
         print_ = fingerprint(msg.text)
+        item_id = LabelRequest.make_id(task, msg.id, msg.model_version)
+
+        audited = counts.audited(hour, item_id)
+        if audited is not None:
+            # Selected before (the scored agent's copy of an alert's contributor, or a redelivery):
+            # the store merges it into that item, so it is requested again for what it adds (an
+            # alert id, a reason) and charged nothing. It is in the audit sample only if it was then.
+            if not audited:
+                reasons = tuple(r for r in reasons if r is not SelectionReason.audit)
+            if not reasons:
+                return Decision(msg.id, task, reasons, dropped=DropReason.audit_budget)
+            return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
 
         if SelectionReason.audit in reasons:
-            if counts.audits(hour) < paced(caps.audit, as_utc(msg.event_time)):
-                counts.add_audit(hour)
+            if counts.audits(hour) < rules.audit_cap(as_utc(msg.event_time), *self._share):
+                counts.add_audit(hour, item_id)
                 return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
             reasons = tuple(r for r in reasons if r is not SelectionReason.audit)
             if not reasons:
@@ -351,7 +393,7 @@ class Selector:
             dropped = DropReason.class_balance
         if dropped is not None:
             return Decision(msg.id, task, reasons, dropped=dropped)
-        counts.add(hour, msg.label)
+        counts.add(hour, msg.label, item_id)
         return self._selected(msg, task, reasons, print_, now, challenger_label, alert_id)
 
     def _selected(

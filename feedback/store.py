@@ -330,12 +330,13 @@ class FeedbackStore:
         counts it: what a restarted worker's selector takes as its history."""
         rows = self._query(
             "label-queue selections read",
-            f"SELECT task, event_time, model_label, text, has(reasons, {{audit:String}}) "
+            f"SELECT task, event_time, model_label, text, has(reasons, {{audit:String}}), item_id "
             f"FROM {self.database}.label_queue FINAL "
             "WHERE selected_at >= toDateTime({since:String}, 'UTC') ORDER BY selected_at, item_id",
             {"since": bound_time(since), "audit": SelectionReason.audit.value},
         )
-        return [PastSelection(task, as_utc(t), label, text, bool(audit)) for task, t, label, text, audit in rows]
+        return [PastSelection(task, as_utc(t), label, text, bool(audit), item_id)
+                for task, t, label, text, audit, item_id in rows]
 
     def queue_stats(self, task: str | None = None) -> dict[str, int]:
         """Items per state (every state present, 0 when none)."""

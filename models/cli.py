@@ -6,6 +6,7 @@ Every command reads the settings object the top-level callback put in ``ctx.obj`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -228,8 +229,9 @@ def backtest_command(
     hours: Annotated[float, typer.Option(help="Replay this many hours of stored news, up to --until")] = 24.0,
     until: Annotated[datetime | None, typer.Option(help="End of the range (UTC; default: now)")] = None,
 ) -> None:
-    """Forecast a sentiment challenger's alert volume: replay stored news through it and the alert rules."""
-    from feedback.backtest import BacktestError, backtest
+    """Forecast a sentiment challenger's alert volume: replay stored news through it and the alert rules,
+    after warming the alerters up on the news stored before the range."""
+    from feedback.backtest import BacktestError, backtest, warmup_span
     from models.engine import load_scorer
     from models.registry import ModelNotFound
     from streams.alerting.rules import AlertRules, RulesError
@@ -238,13 +240,21 @@ def backtest_command(
 
     s = _settings(ctx)
     end = until.replace(tzinfo=UTC) if until and until.tzinfo is None else (until or datetime.now(UTC))
+    start = end - timedelta(hours=hours)
     try:
         rules = AlertRules.from_file(s.alert_rules_path) if s.alert_rules_path else AlertRules()
         scorer = load_scorer(s, "sentiment", version)
         with open_store(s) as store:
-            news = store.fetch_scored_between("news", end - timedelta(hours=hours), end,
-                                              limit=s.backtest_max_messages)
-        report = backtest(news, scorer.score, rules.sentiment, scorer.model_version)
+            news = store.fetch_scored_between("news", start, end, limit=s.backtest_max_messages)
+            step = rules.sentiment.window.spec().size
+            # One window's news at a time: the warm-up history is replayed, never held.
+            history = (
+                m
+                for at in _steps(start - warmup_span(rules.sentiment), start, step)
+                for m in store.fetch_scored_between("news", at, min(at + step, start), limit=s.backtest_max_messages)
+            )
+            report = backtest(news, scorer.score, rules.sentiment, scorer.model_version, start=start, end=end,
+                              history=history)
     except RangeTooLarge as e:  # before ClickHouseError, which it is
         raise _fail(RangeTooLarge(f"{e}: backtest fewer --hours (or several windows, with --until), or raise "
                                   "VIGIL_BACKTEST_MAX_MESSAGES")) from e
@@ -259,11 +269,23 @@ def backtest_command(
     console.print(table)
     change = report.volume_change()
     typer.echo(f"{report.messages} stored news scored by {versions}, replayed through {scorer.model_version}")
+    had, needed = report.warmup.total_seconds() / 3600, report.warmup_needed.total_seconds() / 3600
+    typer.echo(f"warm-up: {had:.1f} h of stored news before the range (the alert baselines need {needed:.1f} h)")
+    if not report.warm:
+        typer.echo(f"warning: the alerters had {had:.1f} h of history where their baselines need {needed:.1f} h: "
+                   "alerts in the range's first hours are not those a warmed-up alerter raises")
     typer.echo(f"label flips {report.label_flips} ({100 * report.flip_rate:.1f}%)  alert volume change "
                f"{'n/a (champion raised none)' if change is None else f'{100 * change:+.0f}%'}")
     for title, keys in (("only the champion", report.only_champion), ("only the challenger", report.only_challenger)):
         if keys:
             typer.echo(f"alerts raised by {title}: " + "; ".join(keys[:20]))
+
+
+def _steps(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
+    """The starts of ``step``-long pieces of [start, end)."""
+    while start < end:
+        yield start
+        start += step
 
 
 bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -132,6 +133,7 @@ def test_workers_splitting_the_partitions_keep_the_budget_together(stream, budge
     selected = [r for r in selected if r is not None]
     assert all(n <= budget for n in per_hour(selected, audit=False).values())
     assert all(n <= budget // 3 for n in per_hour(selected, audit=True).values())
+    assert audits_by_minute_are_paced(selected, budget // 3)
 
     whole = Selector(policy)
     whole.see_share(range(partitions), partitions)
@@ -147,7 +149,7 @@ def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_st
     first = Selector(policy)
     before = run(first, stream[:at])
     queued = [d.request for d in before if d.request is not None]
-    past = [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons) for r in queued]
+    past = past_of(queued)
     restarted = Selector(policy)
     assert restarted.remember(past) == len(queued)
     assert before + run(restarted, stream[at:]) == expected
@@ -155,6 +157,141 @@ def test_a_restarted_selector_that_remembers_the_queue_decides_as_if_it_never_st
     first.forget()
     assert first.remember(past) == len(queued)
     assert before + run(first, stream[at:]) == expected
+
+
+def by_text(key: bytes, partitions: int) -> int:
+    """A stand-in for the label-candidates topic's partitioner, which places a candidate by its
+    text's fingerprint."""
+    return key[0] % partitions
+
+
+def past_of(requests: list[LabelRequest]) -> list[PastSelection]:
+    """The requests as the label queue gives them back."""
+    return [PastSelection(r.task, r.event_time, r.model_label, r.text, AUDIT in r.reasons, r.item_id) for r in requests]
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), workers=st.integers(2, 4), partitions=st.integers(2, 6),
+       cut=st.floats(0, 1))
+def test_workers_after_a_rebalance_take_only_their_own_partitions_spending_as_history(
+    stream, budget: int, workers: int, partitions: int, cut: float
+) -> None:
+    """Each worker reads the whole label queue back after a rebalance. Taking a share of every
+    partition's items as its own forgot what a busy partition had spent, and it selected again (126
+    items of an hourly budget of 120 in a review; one partition of cap 30 queued 112 after eight
+    rebalances). Taking its own partitions' items, each worker decides as if it never stopped."""
+    policy = small_policy(budget, audit_rate=0.3, audit_budget=budget // 3)
+    at = int(len(stream) * cut)
+    owned = [[p for p in range(partitions) if p % workers == w] for w in range(workers)]
+
+    def mine(parts: list[int], part: list[tuple[ScoredMessage, str | None, bool]]):
+        return [x for x in part if by_text(fingerprint(x[0].text), partitions) in parts]
+
+    selectors, before = [], []
+    for parts in owned:
+        selectors.append(Selector(policy))
+        selectors[-1].see_share(parts, partitions)
+        before.append(run(selectors[-1], mine(parts, stream[:at])))
+    queue = past_of([d.request for ds in before for d in ds if d.request is not None])
+    for parts, selector, decided in zip(owned, selectors, before, strict=True):
+        never_stopped = Selector(policy)
+        never_stopped.see_share(parts, partitions)
+        expected = run(never_stopped, mine(parts, stream))
+        selector.forget()
+        selector.remember(queue, by_text)
+        assert decided + run(selector, mine(parts, stream[at:])) == expected
+
+
+def requested(decisions: list[Decision]) -> list[LabelRequest | None]:
+    return [d.request for d in decisions]
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams(), budget=st.integers(0, 12), cut=st.floats(0, 1), back=st.floats(0, 1))
+def test_a_redelivered_batch_is_decided_as_before_and_charged_nothing(stream, budget: int, cut: float, back: float):
+    """At least once: a crash before the ack delivers a batch again. Each copy was charged again,
+    and the next new messages found the budget spent."""
+    policy = small_policy(budget, audit_rate=0.3, audit_budget=budget // 3)
+    expected = run(Selector(policy), stream)
+    at = int(len(stream) * cut)
+    start = int(at * back)
+    selector = Selector(policy)
+    first = run(selector, stream[:at])
+    # What was dropped is dropped again, maybe for another reason: the budget filled up since.
+    assert requested(run(selector, stream[start:at])) == requested(expected[start:at])
+    assert first + run(selector, stream[at:]) == expected
+    # The same after a restart between the delivery and the redelivery.
+    restarted = Selector(policy)
+    restarted.remember(past_of([d.request for d in first if d.request is not None]))
+    assert requested(run(restarted, stream[start:at])) == requested(expected[start:at])
+    assert run(restarted, stream[at:]) == expected[at:]
+
+
+def test_an_alerts_copy_of_a_selected_message_is_requested_with_its_alert_and_charged_nothing() -> None:
+    """The scored agent proposes an uncertain message; when it contributes to an alert the alerts
+    agent proposes it again. That copy spent the budget a second time for the one item the store
+    keeps, and once the budget was spent it was dropped, so the item never showed its alert."""
+    selector = Selector(small_policy(2, share=1.0, audit_rate=0.0))
+    first = selector.decide(msg(0, margin=0.0), NOW)
+    alert = selector.decide(msg(0, margin=0.0), NOW, alert_id="alert-1")
+    assert alert.request is not None and first.request is not None
+    assert alert.request.item_id == first.request.item_id
+    assert alert.request.reasons == [SelectionReason.alert, SelectionReason.uncertain]
+    assert alert.request.alert_id == "alert-1"
+    assert selector.decide(msg(1, margin=0.0), NOW).selected  # the second of a budget of 2
+    assert selector.decide(msg(2, margin=0.0), NOW).dropped is DropReason.budget
+    late_alert = selector.decide(msg(1, margin=0.0), NOW, alert_id="alert-2")
+    assert late_alert.request is not None and late_alert.request.alert_id == "alert-2"
+
+
+def test_an_audit_item_proposed_again_keeps_one_place_in_the_paced_sample() -> None:
+    selector = Selector(small_policy(0, audit_rate=1.0, audit_budget=60))  # one audit item a minute
+    assert selector.decide(msg(0, minute=1), NOW).selected  # minute 1 allows two
+    again = selector.decide(msg(0, minute=1), NOW, alert_id="alert-1")
+    assert again.request is not None and again.request.reasons == [SelectionReason.alert, AUDIT]
+    assert selector.decide(msg(1, minute=1), NOW).selected
+    assert selector.decide(msg(2, minute=1), NOW).dropped is DropReason.audit_budget
+
+
+def test_a_draw_past_the_audit_budget_does_not_join_the_sample_when_proposed_again() -> None:
+    selector = Selector(small_policy(10, audit_rate=1.0, audit_budget=1))
+    assert selector.decide(msg(0), NOW).selected
+    uncertain = selector.decide(msg(1, margin=0.0), NOW)
+    assert uncertain.request is not None and uncertain.request.reasons == [SelectionReason.uncertain]
+    again = selector.decide(msg(1, margin=0.0), NOW, alert_id="alert-1")
+    assert again.request is not None and again.request.reasons == [SelectionReason.alert, SelectionReason.uncertain]
+
+
+def test_a_busy_partition_stays_within_its_share_through_rebalances() -> None:
+    policy = small_policy(120, share=1.0, audit_rate=0.0)
+    texts: dict[int, list[str]] = {p: [] for p in range(4)}
+    for i in range(2000):
+        text = f"distinct text {letters(i)}"
+        texts[by_text(fingerprint(text), 4)].append(text)
+    selectors = []
+    for p in range(4):
+        selectors.append(Selector(policy))
+        selectors[-1].see_share([p], 4)
+    queue: list[LabelRequest] = []
+    for rebalance in range(8):
+        for k in range(40):
+            n = 40 * rebalance + k
+            d = selectors[0].decide(msg(n, text=texts[0][n], margin=0.0, minute=rebalance), NOW)
+            queue += [d.request] if d.request is not None else []
+        for selector in selectors:
+            selector.forget()
+            selector.remember(past_of(queue), by_text)
+    assert len(queue) == 30
+    for p in (1, 2, 3):
+        later = [selectors[p].decide(msg(1000 * p + k, text=texts[p][k], margin=0.0, minute=40), NOW) for k in range(60)]
+        assert sum(d.selected for d in later) == 30
+
+
+def test_a_selector_of_part_of_the_stream_needs_the_partitioner_to_remember() -> None:
+    selector = Selector(small_policy(10))
+    selector.see_share([0], 2)
+    with pytest.raises(ValueError, match="partition_of"):
+        selector.remember([])
 
 
 @settings(max_examples=100, deadline=None)
@@ -328,6 +465,26 @@ def test_the_audit_budget_is_paced_through_the_hour() -> None:
     late = [sel.decide(msg(100 + i, minute=59), NOW) for i in range(50)]
     assert sum(d.selected for d in late) == 11
     assert sum(sel.decide(msg(200 + i, minute=60), NOW).selected for i in range(50)) == 1  # the next hour
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 12])
+def test_partitions_together_keep_the_tasks_audit_pace(partitions: int) -> None:
+    """Each partition paced its own share, rounding up: 4 partitions took 4 audit items in minute 0
+    where the task's pace allows 1, and spent the hour's 12 by minute 40; 12 spent them in minute 0.
+    On a busy stream they now take the task's pace exactly, minute by minute."""
+    policy = small_policy(budget=0, audit_rate=1.0, audit_budget=12)
+    by_minute = [0] * 60
+    for p in range(partitions):
+        selector = Selector(policy)
+        selector.see_share([p], partitions)
+        for minute in range(60):
+            for k in range(20):
+                i = (p * 60 + minute) * 20 + k
+                by_minute[minute] += selector.decide(msg(i, minute=minute), NOW).selected
+    taken = 0
+    for minute, n in enumerate(by_minute):
+        taken += n
+        assert taken == paced(12, T0 + timedelta(minutes=minute)), minute
 
 
 def test_an_audit_draw_past_the_audit_budget_is_queued_for_its_other_reasons_only() -> None:

@@ -184,9 +184,10 @@ def test_selections_since_are_what_a_restarted_selector_remembers(fstore: Feedba
     fstore.write_requests([request(3, selected=T0 + timedelta(seconds=1))])  # a replay: still one
     got = fstore.fetch_selections(T0)
     assert got == [
-        PastSelection("sentiment", stored(T0, fstore), "negative", request(3).text),
-        PastSelection("triage", stored(T0, fstore), "lost_or_stolen_card", request(2).text),
-        PastSelection("sentiment", stored(T0, fstore), "negative", request(4).text, audit=True),
+        PastSelection("sentiment", stored(T0, fstore), "negative", request(3).text, False, request(3).item_id),
+        PastSelection("triage", stored(T0, fstore), "lost_or_stolen_card", request(2).text, False,
+                      request(2, task="triage").item_id),
+        PastSelection("sentiment", stored(T0, fstore), "negative", request(4).text, True, request(4).item_id),
     ]
     assert len(fstore.fetch_selections(T0 - timedelta(hours=1))) == 4
 
