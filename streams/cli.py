@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -91,6 +90,7 @@ def up(
     fine-tune in a child process, gate, promote); the workers then hot swap. Rounds are logged and
     appended to <data_dir>/logs/retrain-rounds.jsonl. 0 (the default): retrain from cron instead."""
     from streams.runtime import kafka_bootstrap
+    from streams.supervision import on_stop_signals
     from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env
 
     settings = _settings(ctx)
@@ -105,8 +105,7 @@ def up(
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    on_stop_signals(_stop)
     with kafka_bootstrap(settings) as bootstrap:
         procs = [
             WorkerProcess(

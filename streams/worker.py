@@ -1,5 +1,5 @@
 """Running workers: one in this process (`vigil worker`), or supervised child processes
-(`vigil up`, `vigil demo`) that are restarted when they die."""
+(`vigil up`, `vigil demo`) that are restarted when they die, and go when their supervisor does."""
 
 from __future__ import annotations
 
@@ -35,10 +35,13 @@ from streams.logs import (
 from streams.metrics import Metrics
 from streams.restarts import RestartBackoff, last_words
 from streams.settings import VigilSettings
+from streams.supervision import die_with_parent
 
 log = logging.getLogger(__name__)
 
 TASK_BY_KIND = {Kind.news: "sentiment", Kind.support: "triage"}
+# What a WorkerProcess runs, after the interpreter and before its own options.
+WORKER_COMMAND: tuple[str, ...] = ("-m", "streams.cli", "worker")
 
 
 class WorkerConfigError(RuntimeError):
@@ -147,7 +150,7 @@ def cpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:
 
 @dataclass
 class WorkerProcess:
-    """A worker child process with its log file; restarted by `supervise` if it dies."""
+    """A worker child process with its log file; `restart_if_dead` starts it again once it has died."""
 
     bootstrap: str
     log_path: Path
@@ -166,11 +169,14 @@ class WorkerProcess:
         with self.log_path.open("ab") as log_file:
             self.log_offset = log_file.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *self.args],
+                [sys.executable, *WORKER_COMMAND, *self.args],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it in order
+                # A supervisor killed without that stop still takes its worker along: an orphan kept
+                # the embedded ClickHouse's lock and the UI's port, and the next start restart-looped.
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl and getppid, no locks taken
             )
 
     def alive(self) -> bool:

@@ -1,0 +1,123 @@
+"""`vigil up` and `vigil demo` as supervisors: their workers go when they go (killed, hung up on,
+terminated), they stop them together, and they stop when the embedded broker or the demo's worker
+dies instead of running on with nothing being scored.
+
+Where the worker is not what is tested, it is a stand-in child (a few lines of Python, started
+where `vigil worker` would be): the supervisors, the embedded broker and chdb are the real ones.
+A supervisor that a signal killed, where it should have stopped in order, shows as a negative exit
+code; one that never noticed a death runs until the bound of ``_finished`` fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_stack import free_port, stack_env
+from tests.fixtures.models import copy_registry
+from tests.processes import children, wait_dead
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Started where `vigil worker` would be: the supervisor's command line with the stand-in's code.
+SUPERVISOR = (
+    "import sys\nimport streams.worker\nstreams.worker.WORKER_COMMAND = ('-c', sys.argv.pop(1))\n"
+    "from streams.cli import app\napp(prog_name='vigil')\n"
+)
+STANDIN = """
+import os, signal, sys, time
+def stop(signum, frame):
+    print("stand-in got", signal.Signals(signum).name, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("stand-in up", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+
+def _until(what: str, done, timeout_s: float, proc: subprocess.Popen | None = None, output: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before {what}:\n{output.read_text() if output else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f}s:\n{output.read_text() if output else ''}")
+        time.sleep(0.1)
+
+
+def _said(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text(errors="replace")
+
+
+def _finished(proc: subprocess.Popen, output: Path, timeout_s: float = 90) -> tuple[int, str]:
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"still running {timeout_s:.0f}s on:\n{output.read_text()}")
+    return proc.returncode, " ".join(output.read_text(errors="replace").split())  # rich wraps its lines
+
+
+@pytest.fixture
+def run(tmp_path: Path, tiny_registry: Path):
+    """Start ``vigil ARGS`` on embedded parts and a data dir with the tiny models; its workers are
+    ``standin`` when given. Every process left at the end is killed."""
+    env = {**os.environ, **stack_env(tmp_path, "", partitions=2), "VIGIL_UI_PORT": str(free_port()),
+           "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    copy_registry(tiny_registry, Path(env["VIGIL_DATA_DIR"]) / "models")
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, standin: str | None = None) -> tuple[subprocess.Popen, Path, Path]:
+        output = tmp_path / "supervisor.out"
+        command = [sys.executable, "-m", "streams.cli", *args] if standin is None else [
+            sys.executable, "-c", SUPERVISOR, standin, *args]
+        with output.open("wb") as out:
+            proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc, output, Path(env["VIGIL_DATA_DIR"]) / "logs"
+
+    yield start
+    for proc in started:
+        for pid in children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _worker_pid(supervisor: subprocess.Popen) -> int:
+    (pid,) = [pid for pid, cmd in children(supervisor.pid).items() if "tansu" not in cmd]
+    return pid
+
+
+@pytest.mark.slow
+def test_a_real_worker_stops_when_vigil_up_is_killed(run):
+    """SIGKILL (the OOM killer, kill -9) leaves the supervisor no chance: the kernel sends the worker
+    SIGTERM, and faust stops in order. It ran on as an orphan before, holding chdb and the UI port.
+    The embedded broker goes at the same moment, and faust's consumer may wait 60 s for it."""
+    up, output, logs = run("up")
+    worker_log = logs / "worker-0.log"
+    _until("worker ready", lambda: _said(worker_log, "Ready"), 240, up, output)
+    worker = _worker_pid(up)
+    up.kill()
+    up.wait()
+    assert wait_dead(worker, 120), f"the worker (pid {worker}) outlived its SIGKILLed supervisor"
+    assert "Gathering service tasks" in worker_log.read_text(), "faust did not stop in order"
+
+
+def test_vigil_up_stops_its_worker_when_its_terminal_closes(run):
+    up, output, logs = run("up", "--no-label-ui", standin=STANDIN)
+    _until("stand-in", lambda: _said(logs / "worker-0.log", "stand-in up"), 60, up, output)
+    up.send_signal(signal.SIGHUP)
+    code, _ = _finished(up, output)
+    assert code == 0, "SIGHUP killed vigil up instead of stopping it"
+    assert "stand-in got SIGTERM" in (logs / "worker-0.log").read_text()
