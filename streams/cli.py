@@ -91,7 +91,7 @@ def up(
     appended to <data_dir>/logs/retrain-rounds.jsonl. 0 (the default): retrain from cron instead."""
     from streams.runtime import kafka_bootstrap
     from streams.supervision import on_stop_signals
-    from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env
+    from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env, stop_workers
 
     settings = _settings(ctx)
     if workers > 1 and not settings.clickhouse_url:
@@ -137,8 +137,7 @@ def up(
                 for p in procs:
                     p.restart_if_dead()
         finally:
-            for p in procs:
-                p.stop()
+            stop_workers(procs)
 
 
 @app.command()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -183,20 +184,8 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (faust shuts down cleanly and commits acked offsets), SIGKILL after timeout."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in %.0fs; killing it", timeout_s)
-                # its whole process group (it leads one): a background retrain process goes with it
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        """Its exit code once stopped as `stop_workers` stops several; None if it never started."""
+        return stop_workers([self], timeout_s)[0]
 
     def last_words(self) -> str | None:
         """Why this run said it could not start, from the end of its part of the log."""
@@ -225,3 +214,25 @@ class WorkerProcess:
         self.restart_at = None
         self.start()
         return True
+
+
+def stop_workers(workers: Sequence[WorkerProcess], timeout_s: float = 30.0) -> list[int | None]:
+    """SIGTERM to every worker (faust shuts down cleanly and commits acked offsets), then one deadline
+    for them all, then SIGKILL to the process groups still there; their exit codes (None: never started).
+
+    Stopped one after another, N workers took N stops, and each stop moved its partitions onto
+    workers about to stop: a service manager's stop timeout then killed the supervisor half way."""
+    running = [w.proc for w in workers if w.proc is not None and w.proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d did not stop in %.0fs; killing it", proc.pid, timeout_s)
+            # its whole process group (it leads one): a background retrain process goes with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return [w.proc.returncode if w.proc is not None else None for w in workers]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import streams.worker
+from streams.worker import WorkerProcess, stop_workers
 from tests.e2e_stack import free_port, stack_env
 from tests.fixtures.models import copy_registry
 from tests.processes import children, wait_dead
@@ -38,6 +40,29 @@ def stop(signum, frame):
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 print("stand-in up", os.getpid(), flush=True)
+while True:
+    time.sleep(1)
+"""
+# Stops only once every stand-in of the run has had its SIGTERM: stopped one after another, the
+# first never does, and is killed at the deadline.
+WAITS_FOR_SIBLINGS = """
+import os, signal, sys, time
+from pathlib import Path
+marks, n = Path(sys.argv[1]), int(sys.argv[2])
+def stop(signum, frame):
+    (marks / str(os.getpid())).touch()
+    while len(list(marks.iterdir())) < n:
+        time.sleep(0.05)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("stand-in up", flush=True)
+while True:
+    time.sleep(1)
+"""
+DEAF = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("stand-in up", flush=True)
 while True:
     time.sleep(1)
 """
@@ -121,3 +146,28 @@ def test_vigil_up_stops_its_worker_when_its_terminal_closes(run):
     code, _ = _finished(up, output)
     assert code == 0, "SIGHUP killed vigil up instead of stopping it"
     assert "stand-in got SIGTERM" in (logs / "worker-0.log").read_text()
+
+
+def _standins(tmp_path: Path, monkeypatch, code: str, n: int, *args: str) -> list[WorkerProcess]:
+    monkeypatch.setattr(streams.worker, "WORKER_COMMAND", ("-c", code))
+    workers = [WorkerProcess("127.0.0.1:9", tmp_path / f"worker-{i}.log", {}, args) for i in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        _until("stand-in", lambda w=w: _said(w.log_path, "stand-in up"), 60)
+    return workers
+
+
+def test_workers_are_stopped_together(tmp_path, monkeypatch):
+    """Each stand-in stops only once all have had SIGTERM: one at a time, the first never would."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    workers = _standins(tmp_path, monkeypatch, WAITS_FOR_SIBLINGS, 3, str(marks), "3")
+    assert stop_workers(workers, timeout_s=60) == [0, 0, 0]
+
+
+def test_workers_that_do_not_stop_are_killed_with_their_process_groups(tmp_path, monkeypatch):
+    workers = _standins(tmp_path, monkeypatch, DEAF, 2)
+    pids = [w.proc.pid for w in workers]
+    assert stop_workers(workers, timeout_s=1) == [-signal.SIGKILL, -signal.SIGKILL]
+    assert all(wait_dead(pid, 10) for pid in pids)
