@@ -171,10 +171,10 @@ def main() -> None:
         server.start()
         os.environ["VIGIL_DATA_DIR"] = str(tmp)
         try:
-            with kafka_bootstrap(VigilSettings(kafka_brokers=None)) as bootstrap:
+            with kafka_bootstrap(VigilSettings(kafka_brokers=None)) as kafka:
                 for workers in args.workers:
                     for partitions in args.partitions:
-                        cell = run_cell(server, bootstrap, tmp, workers, partitions, warm, spare, timed, args.rate)
+                        cell = run_cell(server, kafka.bootstrap, tmp, workers, partitions, warm, spare, timed, args.rate)
                         cells.append(cell)
                         print(f"workers {workers} partitions {partitions}: {cell.rate:7.1f} msg/s "
                               f"p50 {cell.p50_ms:6.0f} ms p99 {cell.p99_ms:6.0f} ms", flush=True)

@@ -30,6 +30,10 @@ class BrokerStartError(RuntimeError):
     """The embedded broker did not start or did not answer Kafka requests in time."""
 
 
+class BrokerDied(RuntimeError):
+    """The embedded broker exited while Vigil ran on it."""
+
+
 class _PortLost(BrokerStartError):
     """The port was taken, or Tansu quit during start-up: worth another free port."""
 
@@ -159,6 +163,18 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    def check_alive(self) -> None:
+        """Raise BrokerDied once the broker has exited on its own (not through ``stop()``)."""
+        code = self._proc.poll() if self._proc is not None else None
+        if code is None:
+            return
+        raise BrokerDied(
+            f"the embedded Kafka broker (Tansu pid {self._proc.pid}) exited with code {code}. It kept the "
+            "topics in memory, so their messages and the consumer group's offsets went with it: a restarted "
+            "broker could not resume the stream. Start Vigil again, or set VIGIL_KAFKA_BROKERS to a Kafka "
+            f"that keeps its data. Broker log: {self.log_path}"
+        )
 
     def start(self) -> EmbeddedBroker:
         if self.running:

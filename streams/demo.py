@@ -155,12 +155,12 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
 
 def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) -> DemoReport:
     ensure_models(settings, options.train_profile, console)
-    with kafka_bootstrap(settings) as bootstrap:
-        worker = WorkerProcess(bootstrap, settings.data_dir / "logs" / "worker.log", {})
+    with kafka_bootstrap(settings) as kafka:
+        worker = WorkerProcess(kafka.bootstrap, settings.data_dir / "logs" / "worker.log", {})
         worker.start()
         console.print(f"worker started (pid {worker.proc.pid}, log {worker.log_path})")
         try:
-            report = asyncio.run(_drive(settings, bootstrap, options, console))
+            report = asyncio.run(_drive(settings, kafka.bootstrap, options, console))
         finally:
             code = worker.stop()
             console.print(f"worker stopped (exit {code})")

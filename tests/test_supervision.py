@@ -148,6 +148,17 @@ def test_vigil_up_stops_its_worker_when_its_terminal_closes(run):
     assert "stand-in got SIGTERM" in (logs / "worker-0.log").read_text()
 
 
+def test_vigil_up_stops_when_the_embedded_broker_dies(run):
+    up, output, logs = run("up", "--no-label-ui", standin=STANDIN)
+    _until("stand-in", lambda: _said(logs / "worker-0.log", "stand-in up"), 60, up, output)
+    (broker,) = [pid for pid, cmd in children(up.pid).items() if "tansu" in cmd]
+    os.kill(broker, signal.SIGKILL)
+    code, said = _finished(up, output)
+    assert code == 1
+    assert "exited with code -9" in said and "in memory" in said and "VIGIL_KAFKA_BROKERS" in said
+    assert "stand-in got SIGTERM" in (logs / "worker-0.log").read_text()
+
+
 def _standins(tmp_path: Path, monkeypatch, code: str, n: int, *args: str) -> list[WorkerProcess]:
     monkeypatch.setattr(streams.worker, "WORKER_COMMAND", ("-c", code))
     workers = [WorkerProcess("127.0.0.1:9", tmp_path / f"worker-{i}.log", {}, args) for i in range(n)]
