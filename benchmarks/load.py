@@ -100,7 +100,7 @@ async def _drive(settings: VigilSettings, ports: list[int], warm, spare, timed, 
             sent += len(top_up)
             assert await wait_for(tracker, sent, timeout_s=600), "top-up did not come out"
             await asyncio.sleep(2.0)
-        tracker.scored_ids.clear()
+        tracker.scored.clear()
         tracker.dead_offsets.clear()
         tracker.latencies_ms.clear()
         started = time.perf_counter()

@@ -149,7 +149,7 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
         raise KeyboardInterrupt
     if tracker.done < len(messages):
         console.print(f"[red]timed out[/]: {tracker.done} of {len(messages)} messages came out of the worker")
-    return DemoReport(len(messages), len(tracker.scored_ids), tracker.dead, seconds,
+    return DemoReport(len(messages), len(tracker.scored), tracker.dead, seconds,
                       tracker.quantile(0.5), tracker.quantile(0.99))
 
 
