@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -67,13 +68,17 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up waiting for the worker after this many seconds.")] = 600.0,
 ) -> None:
     """Run everything on embedded parts, replay bundled data, print what ClickHouse holds."""
-    from streams.demo import DemoOptions, run_demo
+    from streams.broker import BrokerDied
+    from streams.demo import DemoError, DemoOptions, DemoStopped, run_demo
 
     try:
-        run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout), console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: worker and broker stopped; what was written stays in ClickHouse")
-        raise typer.Exit(130) from None
+        with exit_on(console, DemoError, BrokerDied):
+            run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout),
+                     console)
+    except DemoStopped as e:
+        console.print(f"[yellow]stopped by {signal.Signals(e.signum).name}[/]: worker and broker stopped; "
+                      "what was written stays in ClickHouse")
+        raise typer.Exit(128 + e.signum) from None
 
 
 @app.command()

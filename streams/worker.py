@@ -1,5 +1,6 @@
-"""Running workers: one in this process (`vigil worker`), or supervised child processes
-(`vigil up`, `vigil demo`) that are restarted when they die, and go when their supervisor does."""
+"""Running workers: one in this process (`vigil worker`), or child processes of a supervisor:
+`vigil up` restarts them when they die, `vigil demo` stops with the reason its worker gave. Either
+way a child goes when its supervisor does (SIGTERM from the kernel), and they are stopped together."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import streams.worker
+from streams.restarts import CANNOT_START
 from streams.worker import WorkerProcess, stop_workers
 from tests.e2e_stack import free_port, stack_env
 from tests.fixtures.models import copy_registry
@@ -66,6 +67,27 @@ print("stand-in up", flush=True)
 while True:
     time.sleep(1)
 """
+CANNOT = f"""
+import sys
+print("CRITICAL streams.worker {CANNOT_START}the stand-in has no model", flush=True)
+sys.exit(1)
+"""
+# Publishes one scored record, again and again, whatever the demo sends: the demo sees its worker
+# ready, and then nothing more comes out of it.
+SCORES_ONE = """
+import json, os, signal, sys, time
+from datetime import UTC, datetime
+from kafka import KafkaProducer
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+producer = KafkaProducer(bootstrap_servers=os.environ["VIGIL_KAFKA_BROKERS"])
+print("stand-in up", flush=True)
+while True:
+    record = {"kind": "news", "id": "stand-in", "ingest_time": datetime.now(UTC).isoformat()}
+    producer.send(os.environ["VIGIL_TOPIC_SCORED"], json.dumps(record).encode())
+    producer.flush()
+    time.sleep(0.5)
+"""
+
 
 def _until(what: str, done, timeout_s: float, proc: subprocess.Popen | None = None, output: Path | None = None):
     deadline = time.monotonic() + timeout_s
@@ -157,6 +179,32 @@ def test_vigil_up_stops_when_the_embedded_broker_dies(run):
     assert code == 1
     assert "exited with code -9" in said and "in memory" in said and "VIGIL_KAFKA_BROKERS" in said
     assert "stand-in got SIGTERM" in (logs / "worker-0.log").read_text()
+
+
+def test_vigil_demo_stops_its_worker_on_sigterm(run):
+    """What `timeout vigil demo` sends (SIGHUP goes the same way, as for `vigil up`)."""
+    demo, output, logs = run("demo", "--messages", "20", standin=STANDIN)
+    _until("stand-in", lambda: _said(logs / "worker.log", "stand-in up"), 60, demo, output)
+    demo.send_signal(signal.SIGTERM)
+    code, said = _finished(demo, output)
+    assert code == 128 + signal.SIGTERM, said
+    assert "stopped by SIGTERM" in said
+    assert "stand-in got SIGTERM" in (logs / "worker.log").read_text()
+
+
+def test_vigil_demo_stops_with_the_reason_its_worker_died(run):
+    demo, output, _ = run("demo", "--messages", "20", "--timeout", "120", standin=CANNOT)
+    code, said = _finished(demo, output)
+    assert code == 1
+    assert "the worker exited with code 1 (the stand-in has no model)" in said
+
+
+def test_vigil_demo_fails_when_messages_did_not_come_out(run):
+    demo, output, _ = run("demo", "--messages", "20", "--rate", "0", "--no-hostile", "--timeout", "5",
+                          standin=SCORES_ONE)
+    code, said = _finished(demo, output)
+    assert code == 1, said
+    assert "19 of 20 messages did not come out of the worker within --timeout 5s" in said
 
 
 def _standins(tmp_path: Path, monkeypatch, code: str, n: int, *args: str) -> list[WorkerProcess]:
