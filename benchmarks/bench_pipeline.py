@@ -82,11 +82,11 @@ def main() -> None:
         os.environ.update(env)
         settings = VigilSettings()
         raw = raw_rate(settings, timed)
-        with kafka_bootstrap(settings) as bootstrap:
-            worker = WorkerProcess(bootstrap, Path(tmp) / "worker.log", env)
+        with kafka_bootstrap(settings) as kafka:
+            worker = WorkerProcess(kafka.bootstrap, Path(tmp) / "worker.log", env)
             worker.start()
             try:
-                rate, tracker = asyncio.run(pipeline_run(settings, bootstrap, warm, timed))
+                rate, tracker = asyncio.run(pipeline_run(settings, kafka.bootstrap, warm, timed))
             finally:
                 worker.stop()
     print(f"messages timed           {len(timed)} (after {WARMUP} warm-up), batch_max {settings.batch_max}")

@@ -100,7 +100,7 @@ async def _drive(settings: VigilSettings, ports: list[int], warm, spare, timed, 
             sent += len(top_up)
             assert await wait_for(tracker, sent, timeout_s=600), "top-up did not come out"
             await asyncio.sleep(2.0)
-        tracker.scored_ids.clear()
+        tracker.scored.clear()
         tracker.dead_offsets.clear()
         tracker.latencies_ms.clear()
         started = time.perf_counter()
@@ -171,10 +171,10 @@ def main() -> None:
         server.start()
         os.environ["VIGIL_DATA_DIR"] = str(tmp)
         try:
-            with kafka_bootstrap(VigilSettings(kafka_brokers=None)) as bootstrap:
+            with kafka_bootstrap(VigilSettings(kafka_brokers=None)) as kafka:
                 for workers in args.workers:
                     for partitions in args.partitions:
-                        cell = run_cell(server, bootstrap, tmp, workers, partitions, warm, spare, timed, args.rate)
+                        cell = run_cell(server, kafka.bootstrap, tmp, workers, partitions, warm, spare, timed, args.rate)
                         cells.append(cell)
                         print(f"workers {workers} partitions {partitions}: {cell.rate:7.1f} msg/s "
                               f"p50 {cell.p50_ms:6.0f} ms p99 {cell.p99_ms:6.0f} ms", flush=True)

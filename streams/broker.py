@@ -8,27 +8,30 @@ so a crashed or SIGKILLed Vigil leaves no broker behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from streams.supervision import die_with_parent
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
 
 
 class BrokerStartError(RuntimeError):
     """The embedded broker did not start or did not answer Kafka requests in time."""
+
+
+class BrokerDied(RuntimeError):
+    """The embedded broker exited while Vigil ran on it."""
 
 
 class _PortLost(BrokerStartError):
@@ -63,14 +66,6 @@ def _check_port_free(host: str, port: int) -> None:
                 f"Port {host}:{port} is already in use ({e.strerror}); stop what holds it or let "
                 "the embedded broker pick a free port (port=None)."
             ) from e
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. PDEATHSIG fires when the *thread* that forked
-    # exits, so start the broker from a long-lived thread (the main thread, or the event loop's).
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
@@ -169,6 +164,18 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    def check_alive(self) -> None:
+        """Raise BrokerDied once the broker has exited on its own (not through ``stop()``)."""
+        code = self._proc.poll() if self._proc is not None else None
+        if code is None:
+            return
+        raise BrokerDied(
+            f"the embedded Kafka broker (Tansu pid {self._proc.pid}) exited with code {code}. It kept the "
+            "topics in memory, so their messages and the consumer group's offsets went with it: a restarted "
+            "broker could not resume the stream. Start Vigil again, or set VIGIL_KAFKA_BROKERS to a Kafka "
+            f"that keeps its data. Broker log: {self.log_path}"
+        )
+
     def start(self) -> EmbeddedBroker:
         if self.running:
             return self
@@ -210,7 +217,7 @@ class EmbeddedBroker:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl and getppid, no locks taken
         )
         # Interpreter exit without stop() still takes the broker down.
         self._finalizer = weakref.finalize(self, _kill_group, self._proc, 5.0)

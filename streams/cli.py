@@ -68,13 +68,17 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Give up waiting for the worker after this many seconds.")] = 600.0,
 ) -> None:
     """Run everything on embedded parts, replay bundled data, print what ClickHouse holds."""
-    from streams.demo import DemoOptions, run_demo
+    from streams.broker import BrokerDied
+    from streams.demo import DemoError, DemoOptions, DemoStopped, run_demo
 
     try:
-        run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout), console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: worker and broker stopped; what was written stays in ClickHouse")
-        raise typer.Exit(130) from None
+        with exit_on(console, DemoError, BrokerDied):
+            run_demo(_settings(ctx), DemoOptions(messages=messages, rate=rate, hostile=hostile, timeout_s=timeout),
+                     console)
+    except DemoStopped as e:
+        console.print(f"[yellow]stopped by {signal.Signals(e.signum).name}[/]: worker and broker stopped; "
+                      "what was written stays in ClickHouse")
+        raise typer.Exit(128 + e.signum) from None
 
 
 @app.command()
@@ -90,8 +94,10 @@ def up(
     the background: every that many seconds, per task, a `vigil retrain` round (trigger policy,
     fine-tune in a child process, gate, promote); the workers then hot swap. Rounds are logged and
     appended to <data_dir>/logs/retrain-rounds.jsonl. 0 (the default): retrain from cron instead."""
+    from streams.broker import BrokerDied
     from streams.runtime import kafka_bootstrap
-    from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env
+    from streams.supervision import on_stop_signals
+    from streams.worker import WorkerProcess, cpu_share_env, gpu_share_env, stop_workers
 
     settings = _settings(ctx)
     if workers > 1 and not settings.clickhouse_url:
@@ -105,12 +111,12 @@ def up(
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    with kafka_bootstrap(settings) as bootstrap:
+    on_stop_signals(_stop)
+    broker_died = False
+    with kafka_bootstrap(settings) as kafka:
         procs = [
             WorkerProcess(
-                bootstrap, settings.data_dir / "logs" / f"worker-{i}.log",
+                kafka.bootstrap, settings.data_dir / "logs" / f"worker-{i}.log",
                 {"VIGIL_WORKER_ID": f"{settings.worker_id or socket.gethostname()}-w{i}",
                  # worker 0 hosts the labelling UI and the retrain job: they share that worker's
                  # ClickHouse (chdb is one process)
@@ -123,7 +129,7 @@ def up(
         ]
         for p in procs:
             p.start()
-        console.print(f"[green]Vigil up[/]: Kafka {bootstrap}, {workers} worker(s); Ctrl-C stops.")
+        console.print(f"[green]Vigil up[/]: Kafka {kafka.bootstrap}, {workers} worker(s); Ctrl-C stops.")
         if label_ui:
             console.print(
                 f"labelling UI: http://{settings.ui_host}:{settings.ui_port}/ once worker 0 is up "
@@ -135,11 +141,20 @@ def up(
         try:
             while not stopping:
                 time.sleep(1.0)
+                kafka.check_alive()
                 for p in procs:
                     p.restart_if_dead()
+        except BrokerDied as e:
+            # Nothing can resume the stream (the message says why): workers left running would only
+            # log failed connections, a hundred lines a second, and score nothing.
+            logging.getLogger("streams.supervisor").critical("stopping the workers: %s", e)
+            broker_died = True
         finally:
-            for p in procs:
-                p.stop()
+            # Without the broker a worker has nothing left to commit, yet faust's consumer waits
+            # a minute for it (measured); with it, a worker gets the time to finish its batch.
+            stop_workers(procs, timeout_s=5.0 if broker_died else 30.0)
+    if broker_died:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -12,9 +12,11 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import FrameType
 
 from rich.console import Console
 from rich.live import Live
@@ -24,13 +26,14 @@ from rich.table import Table
 from models.registry import ModelRegistry
 from streams.clickhouse import open_store
 from streams.contracts import Kind
-from streams.follow import Tracker, following, wait_for
+from streams.follow import Tracker, following
 from streams.kafka_config import client_kwargs
 from streams.replay import OutgoingMessage, bundled_news, bundled_support, interleave, replay
-from streams.runtime import kafka_bootstrap
+from streams.runtime import Kafka, kafka_bootstrap
 from streams.samples import duplicate_id_pair, hostile_samples
 from streams.settings import VigilSettings
 from streams.summary_view import render_summary
+from streams.supervision import on_stop_signals
 from streams.worker import TASK_BY_KIND, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,37 @@ log = logging.getLogger(__name__)
 
 class DemoError(RuntimeError):
     """The demo could not run to the end."""
+
+
+class DemoStopped(KeyboardInterrupt):
+    """A stop signal (Ctrl-C, SIGTERM, the terminal closing) ended the demo; its worker was stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Outside the event loop (training, starting, the summary) a stop signal raises DemoStopped at
+    once. Inside it, it is noted and the waits end the run in order (producer closed, follower
+    stopped): raised there, it would come out of whatever await the loop was in."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._noting = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = self.received or signum
+        if not self._noting:
+            raise DemoStopped(signum)
+
+    @contextmanager
+    def noted(self) -> Iterator[None]:
+        self._noting = True
+        try:
+            yield
+        finally:
+            self._noting = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,10 @@ class DemoReport:
     @property
     def msgs_per_s(self) -> float:
         return (self.scored + self.dead) / self.seconds if self.seconds else 0.0
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.produced - self.scored - self.dead)
 
 
 def demo_messages(settings: VigilSettings, options: DemoOptions) -> Iterator[OutgoingMessage]:
@@ -98,16 +136,45 @@ def ensure_models(settings: VigilSettings, profile: str, console: Console) -> No
         console.print(f"  trained {entry.card.version}: {entry.card.metrics}")
 
 
-async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, console: Console) -> DemoReport:
+def _raise_if_dead(worker: WorkerProcess) -> None:
+    if worker.alive():
+        return
+    said = worker.last_words()
+    code = worker.proc.returncode if worker.proc else None
+    raise DemoError(f"the worker exited with code {code}{f' ({said})' if said else ''} before its messages came out; "
+                    f"see its log {worker.log_path}")
+
+
+async def _wait(done: Callable[[], bool], deadline: float, stop: _StopSignals, check: Callable[[], None],
+                every: Callable[[], None] = lambda: None) -> None:
+    """Until ``done()``, the deadline or a stop signal; ``check()`` raises when the worker or broker died."""
+    while not done() and time.monotonic() < deadline and stop.received is None:
+        check()
+        every()
+        await asyncio.sleep(0.25)
+
+
+async def _drive(settings: VigilSettings, kafka: Kafka, worker: WorkerProcess, options: DemoOptions,
+                 console: Console, stop: _StopSignals) -> DemoReport | None:
+    """The run's report; None when a stop signal ended it."""
     tracker = Tracker()
+    bootstrap = kafka.bootstrap
+
+    def check() -> None:
+        kafka.check_alive()
+        _raise_if_dead(worker)
+
     async with following(settings, bootstrap, tracker):
         messages = list(demo_messages(settings, options))
         # The first message goes alone, so that loading the models and joining the consumer group are
         # not counted as pipeline latency.
         with console.status("waiting for the worker to load its models and join the consumer group…"):
             await replay(bootstrap, settings.raw_topics, messages[:1], kafka_kwargs=client_kwargs(settings))
-            if not await wait_for(tracker, 1, timeout_s=options.timeout_s):
-                raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log")
+            await _wait(lambda: tracker.done >= 1, time.monotonic() + options.timeout_s, stop, check)
+        if stop.received:
+            return None
+        if not tracker.done:
+            raise DemoError(f"the worker processed nothing in {options.timeout_s:.0f}s; see its log {worker.log_path}")
         tracker.latencies_ms.clear()
         progress = Progress(
             TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -126,13 +193,8 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
                 replay(bootstrap, settings.raw_topics, messages[1:], rate_per_s=options.rate,
                        on_progress=lambda n: on_progress(n + 1), kafka_kwargs=client_kwargs(settings))
             )
-            # Ctrl-C ends the run in order (producer closed, follower stopped) instead of asyncio.run
-            # cancelling every task at once.
-            interrupted = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
-            deadline = time.monotonic() + options.timeout_s
-            while tracker.done < len(messages) and time.monotonic() < deadline and not interrupted.is_set():
-                await asyncio.sleep(0.25)
+
+            def show_progress() -> None:
                 elapsed = time.perf_counter() - started
                 progress.update(
                     done_task, completed=tracker.done,
@@ -141,29 +203,40 @@ async def _drive(settings: VigilSettings, bootstrap: str, options: DemoOptions, 
                 )
                 if producing.done() and producing.exception():
                     raise producing.exception()  # type: ignore[misc]
-            if interrupted.is_set():
-                producing.cancel()
-            await asyncio.gather(producing, return_exceptions=interrupted.is_set())
+
+            try:
+                await _wait(lambda: tracker.done >= len(messages), time.monotonic() + options.timeout_s, stop, check,
+                            show_progress)
+            finally:
+                ended = stop.received is not None or not producing.done()
+                if ended:
+                    producing.cancel()
+                await asyncio.gather(producing, return_exceptions=ended)
         seconds = time.perf_counter() - started
-    if interrupted.is_set():
-        raise KeyboardInterrupt
-    if tracker.done < len(messages):
-        console.print(f"[red]timed out[/]: {tracker.done} of {len(messages)} messages came out of the worker")
-    return DemoReport(len(messages), len(tracker.scored_ids), tracker.dead, seconds,
+    if stop.received:
+        return None
+    return DemoReport(len(messages), len(tracker.scored), tracker.dead, seconds,
                       tracker.quantile(0.5), tracker.quantile(0.99))
 
 
 def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) -> DemoReport:
+    """Raises DemoStopped on a stop signal, BrokerDied when the embedded broker died, DemoError when
+    the worker did or messages were missing at the timeout (then after the summary)."""
+    stop = _StopSignals()
+    on_stop_signals(stop)
     ensure_models(settings, options.train_profile, console)
-    with kafka_bootstrap(settings) as bootstrap:
-        worker = WorkerProcess(bootstrap, settings.data_dir / "logs" / "worker.log", {})
+    with kafka_bootstrap(settings) as kafka:
+        worker = WorkerProcess(kafka.bootstrap, settings.data_dir / "logs" / "worker.log", {})
         worker.start()
         console.print(f"worker started (pid {worker.proc.pid}, log {worker.log_path})")
         try:
-            report = asyncio.run(_drive(settings, bootstrap, options, console))
+            with stop.noted():
+                report = asyncio.run(_drive(settings, kafka, worker, options, console, stop))
         finally:
             code = worker.stop()
             console.print(f"worker stopped (exit {code})")
+    if report is None:
+        raise DemoStopped(stop.received or signal.SIGINT)
     table = Table(title="Demo run", show_header=False)
     table.add_row("messages produced", str(report.produced))
     table.add_row("scored (seen on the scored topic)", str(report.scored))
@@ -173,4 +246,7 @@ def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) ->
     console.print(table)
     with open_store(settings) as store:
         render_summary(store.summary(min_ticker_volume=3), console)
+    if report.missing:
+        raise DemoError(f"{report.missing} of {report.produced} messages did not come out of the worker within "
+                             f"--timeout {options.timeout_s:g}s; see its log {settings.data_dir / 'logs' / 'worker.log'}")
     return report

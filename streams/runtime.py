@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from models.triage_mapping import DEFAULT_PATH, read_triage_mapping
 from streams.alerting.triage import triage_topics
@@ -26,14 +27,28 @@ def all_topics(settings: VigilSettings) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Kafka:
+    """The Kafka that Vigil runs on: its bootstrap address, and the embedded broker when it is one."""
+
+    bootstrap: str
+    embedded: EmbeddedBroker | None = None
+
+    def check_alive(self) -> None:
+        """Raise BrokerDied once the embedded broker has exited. A configured Kafka is not watched:
+        it keeps its data, and the workers' clients reconnect when it comes back."""
+        if self.embedded is not None:
+            self.embedded.check_alive()
+
+
 @contextmanager
-def kafka_bootstrap(settings: VigilSettings) -> Iterator[str]:
-    """Yield a bootstrap address with Vigil's topics in place, starting Tansu if none is configured."""
+def kafka_bootstrap(settings: VigilSettings) -> Iterator[Kafka]:
+    """The Kafka with Vigil's topics in place, starting Tansu if none is configured."""
     if settings.kafka_brokers:
         ensure_topics(settings.kafka_brokers, all_topics(settings), settings.topic_partitions, **client_kwargs(settings))
-        yield settings.kafka_brokers
+        yield Kafka(settings.kafka_brokers)
         return
     with EmbeddedBroker(log_dir=settings.data_dir / "logs") as broker:
         log.info("embedded Kafka-compatible broker (Tansu) on %s", broker.bootstrap)
         ensure_topics(broker.bootstrap, all_topics(settings), settings.topic_partitions)
-        yield broker.bootstrap
+        yield Kafka(broker.bootstrap, broker)

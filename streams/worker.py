@@ -1,5 +1,6 @@
-"""Running workers: one in this process (`vigil worker`), or supervised child processes
-(`vigil up`, `vigil demo`) that are restarted when they die."""
+"""Running workers: one in this process (`vigil worker`), or child processes of a supervisor:
+`vigil up` restarts them when they die, `vigil demo` stops with the reason its worker gave. Either
+way a child goes when its supervisor does (SIGTERM from the kernel), and they are stopped together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,10 +37,13 @@ from streams.logs import (
 from streams.metrics import Metrics
 from streams.restarts import RestartBackoff, last_words
 from streams.settings import VigilSettings
+from streams.supervision import die_with_parent
 
 log = logging.getLogger(__name__)
 
 TASK_BY_KIND = {Kind.news: "sentiment", Kind.support: "triage"}
+# What a WorkerProcess runs, after the interpreter and before its own options.
+WORKER_COMMAND: tuple[str, ...] = ("-m", "streams.cli", "worker")
 
 
 class WorkerConfigError(RuntimeError):
@@ -147,7 +152,7 @@ def cpu_share_env(settings: VigilSettings, workers: int) -> dict[str, str]:
 
 @dataclass
 class WorkerProcess:
-    """A worker child process with its log file; restarted by `supervise` if it dies."""
+    """A worker child process with its log file; `restart_if_dead` starts it again once it has died."""
 
     bootstrap: str
     log_path: Path
@@ -166,31 +171,22 @@ class WorkerProcess:
         with self.log_path.open("ab") as log_file:
             self.log_offset = log_file.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *self.args],
+                [sys.executable, *WORKER_COMMAND, *self.args],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it in order
+                # A supervisor killed without that stop still takes its worker along: an orphan kept
+                # the embedded ClickHouse's lock and the UI's port, and the next start restart-looped.
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl and getppid, no locks taken
             )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (faust shuts down cleanly and commits acked offsets), SIGKILL after timeout."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("worker did not stop in %.0fs; killing it", timeout_s)
-                # its whole process group (it leads one): a background retrain process goes with it
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        """Its exit code once stopped as `stop_workers` stops several; None if it never started."""
+        return stop_workers([self], timeout_s)[0]
 
     def last_words(self) -> str | None:
         """Why this run said it could not start, from the end of its part of the log."""
@@ -219,3 +215,25 @@ class WorkerProcess:
         self.restart_at = None
         self.start()
         return True
+
+
+def stop_workers(workers: Sequence[WorkerProcess], timeout_s: float = 30.0) -> list[int | None]:
+    """SIGTERM to every worker (faust shuts down cleanly and commits acked offsets), then one deadline
+    for them all, then SIGKILL to the process groups still there; their exit codes (None: never started).
+
+    Stopped one after another, N workers took N stops, and each stop moved its partitions onto
+    workers about to stop: a service manager's stop timeout then killed the supervisor half way."""
+    running = [w.proc for w in workers if w.proc is not None and w.proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d did not stop in %.0fs; killing it", proc.pid, timeout_s)
+            # its whole process group (it leads one): a background retrain process goes with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return [w.proc.returncode if w.proc is not None else None for w in workers]

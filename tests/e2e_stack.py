@@ -1,6 +1,6 @@
 """Helpers for the end-to-end tests: worker environments on the shared Tansu broker with chdb or
 clickhouse-server, real messages, reading a topic from the start, a worker's own Prometheus metrics,
-the group's committed offsets, the exactly-once check on ClickHouse, and `vigil label-ui`
+the group's committed offsets, the rows ClickHouse holds per id, and `vigil label-ui`
 processes with the one that owns the queue.
 """
 
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,21 +187,32 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def stored_id_counts(settings: VigilSettings) -> dict[str, int]:
-    """``kind:id`` -> rows in ``scored FINAL`` (1 each when nothing was duplicated)."""
+def stored_id_counts(settings: VigilSettings, *, final: bool = True) -> Counter[str]:
+    """``kind:id`` -> rows in ``scored``. Under FINAL: one per model version the id was scored by (the
+    table is keyed on kind, id and model version, so the copies a replay wrote count once). Without
+    it: every row stored, copies included, until a merge of parts collapses them."""
     with open_store(settings) as store:
         rows = store.backend.query(
-            f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored FINAL GROUP BY kind, id"
+            f"SELECT kind, id, count() FROM {settings.clickhouse_database}.scored {'FINAL' if final else ''} "
+            "GROUP BY kind, id"
         )
-    return {f"{kind}:{id_}": int(n) for kind, id_, n in rows}
+    return Counter({f"{kind}:{id_}": int(n) for kind, id_, n in rows})
 
 
 def assert_exactly_once(settings: VigilSettings, expected: set[str]) -> None:
+    """Each expected id, and no other, shown once under FINAL: scored by one model version. A message
+    stored twice by the same version (a replay) passes: count that with ``final=False``."""
     counts = stored_id_counts(settings)
     missing, unexpected = expected - set(counts), set(counts) - expected
     assert not missing and not unexpected, f"missing {len(missing)}, unexpected {len(unexpected)}"
     duplicated = {k: n for k, n in counts.items() if n != 1}
     assert not duplicated, f"{len(duplicated)} ids appear more than once under FINAL: {list(duplicated)[:5]}"
+
+
+def copies(counts: Counter[str]) -> str:
+    """``counts`` (records or rows per id) in one line: how many ids, records, and ids more than once."""
+    again = sum(1 for n in counts.values() if n > 1)
+    return f"{len(counts)} ids in {counts.total()} records, {again} ids more than once (most: {max(counts.values(), default=0)})"
 
 
 def on_clickhouse_server(settings: VigilSettings, server_settings: VigilSettings) -> VigilSettings:

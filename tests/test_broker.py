@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,28 +12,10 @@ from kafka import KafkaAdminClient
 
 from streams.broker import BrokerStartError, EmbeddedBroker
 from streams.topics import ensure_topics
+from tests.processes import alive, wait_dead
 
 # Also registered by tests/conftest.py; naming it here lets this module run on its own.
 pytest_plugins = ["tests.fixtures.broker"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes: it holds no port and answers nothing.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
-def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_broker_answers_kafka_and_stops(tmp_path: Path) -> None:
@@ -50,7 +30,7 @@ def test_broker_answers_kafka_and_stops(tmp_path: Path) -> None:
         pid = broker.pid
         assert pid is not None and broker.log_path is not None and broker.log_path.exists()
     assert not broker.running
-    assert _wait_dead(pid)
+    assert wait_dead(pid)
     with pytest.raises(BrokerStartError, match="not running"):
         _ = broker.bootstrap
     broker.stop()  # repeated stop is harmless
@@ -88,10 +68,10 @@ def test_no_orphan_when_the_parent_is_killed(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         broker_pid = int(parent.stdout.readline())
-        assert _alive(broker_pid)
+        assert alive(broker_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        assert _wait_dead(broker_pid), f"Tansu pid {broker_pid} outlived its SIGKILLed parent"
+        assert wait_dead(broker_pid), f"Tansu pid {broker_pid} outlived its SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -92,7 +92,7 @@ def test_valid_messages_land_once_and_every_bad_one_is_refused_with_its_reason(s
     tracker = asyncio.run(_run(settings, messages, expected=len(valid_ids) + sum(expected_reasons.values())))
     assert worker.stop() == 0
 
-    assert len(tracker.scored_ids) == len(valid_ids)
+    assert len(tracker.scored) == len(valid_ids)
     _assert_exactly_once(settings, valid_ids)
     with open_store(settings) as store:
         letters = store.fetch_dead_letters(settings.topic_news) + store.fetch_dead_letters(settings.topic_support)
@@ -115,11 +115,11 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(stack):
     valid_ids = {(m.kind.value, m.key.decode()) for m in real}
 
     async def kill_when_a_third_is_scored(tracker: Tracker) -> None:
-        while len(tracker.scored_ids) < len(real) // 3:
+        while len(tracker.scored) < len(real) // 3:
             await asyncio.sleep(0.05)
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
-        assert len(tracker.scored_ids) < len(real), "the worker finished before it could be killed"
+        assert len(tracker.scored) < len(real), "the worker finished before it could be killed"
         worker.start()
 
     worker.start()

@@ -163,7 +163,7 @@ def test_burst_and_urgent_ticket_raise_alerts_while_a_dead_webhook_stalls_nothin
 
     # The webhook's port is closed: scoring still went through, every message is out and none refused.
     assert finished, f"only {tracker.done} of {len(messages)} messages came out of the worker"
-    assert tracker.dead == 0 and len(tracker.scored_ids) == len(messages)
+    assert tracker.dead == 0 and len(tracker.scored) == len(messages)
 
     with open_store(settings) as store:
         stored = {a.id: a for a in store.fetch_alerts()}

@@ -60,7 +60,7 @@ def _sample(settings: VigilSettings, worker: WorkerProcess, port: int, tracker: 
         "t": time.monotonic(),
         "in": metric_total(port, "vigil_messages_in_total"),
         "errors": metric_total(port, "vigil_storage_errors_total"),
-        "scored_seen": len(tracker.scored_ids),
+        "scored_seen": len(tracker.scored),
         "committed": committed_total(settings),
         "rss_kib": rss_kib(worker.proc.pid),
     }
@@ -77,7 +77,7 @@ async def _stream_through_outage(settings, worker, port, server) -> dict:
         stream = real_messages(settings, 1500, skip=len(warm))
         # 50 msg/s for 30 s: production goes on through the whole outage.
         producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=50))
-        while len(tracker.scored_ids) < len(warm) + 200:
+        while len(tracker.scored) < len(warm) + 200:
             await asyncio.sleep(0.05)
         samples = []
         with server.down():
@@ -110,6 +110,6 @@ def test_clickhouse_down_30s_pauses_the_worker_and_loses_or_duplicates_nothing(w
     assert metric_total(port, "vigil_consumer_stalls_total") == 0, "waiting on ClickHouse was taken for a stall"
 
     expected = ids_of(r["sent"])
-    assert r["tracker"].scored_ids == expected
+    assert set(r["tracker"].scored) == expected
     assert worker.stop() == 0
     assert_exactly_once(settings, expected)

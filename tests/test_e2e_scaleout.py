@@ -3,7 +3,9 @@ sharing Debian's clickhouse-server 18.16 (two processes cannot open one chdb dir
 
 Both workers must hold partitions (each one's own /metrics shows it consumed), then one is
 SIGKILLed mid-stream and not restarted: the survivor takes over its partitions after the session
-timeout, and ClickHouse ends with every message exactly once under FINAL.
+timeout, and every message comes out on the scored topic and is stored. What the victim had done
+but not committed, the survivor does again: the topic holds it twice, and so do ClickHouse's rows
+until a merge collapses them (reads use FINAL). At least once is the promise; the counts are printed.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from streams.replay import replay
 from streams.settings import VigilSettings
 from streams.worker import WorkerProcess
 from tests.e2e_stack import (
-    assert_exactly_once,
+    copies,
     free_port,
     ids_of,
     metric_total,
     real_messages,
     stack_env,
+    stored_id_counts,
     use_stack,
 )
 
@@ -79,12 +82,12 @@ async def _scale_out_and_kill(settings: VigilSettings, workers: list[WorkerProce
         sent += stream
         producing = asyncio.create_task(replay(bootstrap, topics, stream, rate_per_s=60))
         victim = workers[0]
-        while len(tracker.scored_ids) < len(sent) - len(stream) * 2 // 3:
+        while len(tracker.scored) < len(sent) - len(stream) * 2 // 3:
             await asyncio.sleep(0.05)
         victim_consumed = _metric(ports[0])
         os.killpg(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait()
-        at_kill = len(tracker.scored_ids)
+        at_kill = len(tracker.scored)
         survivor_at_kill = _metric(ports[1])
         await producing
         finished = await wait_for(tracker, len(sent), timeout_s=300)
@@ -107,9 +110,12 @@ def test_two_workers_share_partitions_and_the_survivor_takes_over_after_sigkill(
     # with the victim dead, all of it being scored means the survivor took those partitions over.
     assert r["survivor_end"] > r["survivor_at_kill"]
     expected = ids_of(r["sent"])
-    assert r["tracker"].scored_ids == expected
+    on_topic = r["tracker"].scored
     assert workers[1].stop() == 0
-    assert_exactly_once(settings, expected)
+    rows = stored_id_counts(settings, final=False)
+    print(f"{len(expected)} sent; scored topic: {copies(on_topic)}; ClickHouse scored rows: {copies(rows)}")
+    for counts in (on_topic, rows):
+        assert set(counts) == expected, f"missing {len(expected - set(counts))}, unexpected {len(set(counts) - expected)}"
     # VIGIL_LOG_FORMAT=json: faust's own lines included, every line the worker wrote is JSON.
     lines = [json.loads(line) for line in workers[1].log_path.read_text().splitlines() if line.strip()]
     assert {line["worker"] for line in lines} == {"w1"}

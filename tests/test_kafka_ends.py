@@ -42,7 +42,7 @@ def test_following_from_the_end_skips_what_was_scored_before(kafka_broker, new_t
     settings = VigilSettings(data_dir=tmp_path, kafka_brokers=kafka_broker.bootstrap,
                              topic_scored=new_topic(partitions=1), topic_dlq=new_topic(partitions=1))
 
-    async def run() -> set[str]:
+    async def run() -> dict[str, int]:
         before = [scored_news(f"old-{i}", NOW, "neutral").model_dump_json().encode() for i in range(50)]
         await produce_one_batch(settings.kafka_brokers, settings.topic_scored, before)
         tracker = Tracker()
@@ -51,9 +51,9 @@ def test_following_from_the_end_skips_what_was_scored_before(kafka_broker, new_t
                                     [scored_news("new", NOW, "neutral").model_dump_json().encode()])
             assert await wait_for(tracker, 1, timeout_s=30)
             await asyncio.sleep(1)  # time for anything else to come in
-        return tracker.scored_ids
+        return dict(tracker.scored)
 
-    assert asyncio.run(run()) == {"news:new"}
+    assert asyncio.run(run()) == {"news:new": 1}
 
 
 def test_a_follower_stopped_by_a_record_it_cannot_read_raises_when_its_block_ends(
