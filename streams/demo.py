@@ -163,6 +163,7 @@ async def _drive(settings: VigilSettings, kafka: Kafka, worker: WorkerProcess, o
     def check() -> None:
         kafka.check_alive()
         _raise_if_dead(worker)
+        tracker.raise_if_stopped()
 
     async with following(settings, bootstrap, tracker):
         messages = list(demo_messages(settings, options))

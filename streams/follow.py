@@ -39,6 +39,12 @@ class Tracker:
     scored: Counter[str] = field(default_factory=Counter)
     dead_offsets: set[tuple[str, int, int]] = field(default_factory=set)
     latencies_ms: list[float] = field(default_factory=list)
+    # why the follower feeding this tracker stopped, when it did: a tracker that no longer moves
+    stopped_by: BaseException | None = None
+
+    def raise_if_stopped(self) -> None:
+        if self.stopped_by is not None:
+            raise self.stopped_by
 
     @property
     def dead(self) -> int:
@@ -109,9 +115,16 @@ async def following(settings: VigilSettings, bootstrap: str, tracker: Tracker,
                     from_start: bool = False) -> AsyncIterator[Tracker]:
     """``follow`` in the background for the block's length, entered once it reads from its start
     point. What stopped it early (the broker gave no ends, a record it could not read) is raised rather
-    than leaving the caller waiting on a tracker that no longer moves."""
+    than leaving the caller waiting on a tracker that no longer moves: by ``wait_for`` and
+    ``Tracker.raise_if_stopped`` at once, and at the block's end."""
     ready = asyncio.Event()
     task = asyncio.create_task(follow(settings, bootstrap, tracker, ready, from_start))
+
+    def stopped(t: asyncio.Task[None]) -> None:
+        if not t.cancelled():
+            tracker.stopped_by = t.exception()
+
+    task.add_done_callback(stopped)
     readiness = asyncio.create_task(ready.wait())
     await asyncio.wait({task, readiness}, return_when=asyncio.FIRST_COMPLETED)
     if not ready.is_set():
@@ -130,6 +143,7 @@ async def following(settings: VigilSettings, bootstrap: str, tracker: Tracker,
 async def wait_for(tracker: Tracker, expected: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while tracker.done < expected:
+        tracker.raise_if_stopped()
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.2)
