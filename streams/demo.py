@@ -249,5 +249,5 @@ def run_demo(settings: VigilSettings, options: DemoOptions, console: Console) ->
         render_summary(store.summary(min_ticker_volume=3), console)
     if report.missing:
         raise DemoError(f"{report.missing} of {report.produced} messages did not come out of the worker within "
-                             f"--timeout {options.timeout_s:g}s; see its log {settings.data_dir / 'logs' / 'worker.log'}")
+                        f"--timeout {options.timeout_s:g}s; see its log {worker.log_path}")
     return report

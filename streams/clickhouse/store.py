@@ -314,13 +314,15 @@ class ClickHouseStore:
         )
         return [dead_letter_from_row(dict(zip(DEAD_LETTER_COLUMNS, r, strict=True))) for r in rows]
 
+    def _read_alerts(self, what: str, tail: str, params: dict[str, Any] | None = None) -> list[Alert]:
+        """The latest version of the alerts ``tail`` (a WHERE and ORDER BY) selects."""
+        columns = alert_columns(self.level)
+        rows = self._query(what, f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL {tail}", params)
+        return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
+
     def fetch_alerts(self) -> list[Alert]:
         """Every stored alert, one per id, oldest first."""
-        columns = alert_columns(self.level)
-        rows = self._query(
-            "alerts read", f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL ORDER BY created_at, id"
-        )
-        return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
+        return self._read_alerts("alerts read", "ORDER BY created_at, id")
 
     def stored_alert_ids(self, among: Iterable[str]) -> set[str]:
         """The alert ids among these already in the alerts table: alerts emitted before."""
@@ -334,13 +336,8 @@ class ClickHouseStore:
         return {r[0] for r in rows}
 
     def fetch_alert(self, alert_id: str) -> Alert | None:
-        columns = alert_columns(self.level)
-        rows = self._query(
-            "alert read",
-            f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL WHERE id = {{id:String}}",
-            {"id": alert_id},
-        )
-        return alert_from_row(dict(zip(columns, rows[0], strict=True)), self.level) if rows else None
+        found = self._read_alerts("alert read", "WHERE id = {id:String}", {"id": alert_id})
+        return found[0] if found else None
 
     def alerts_behind(self, kind: str, message_ids: Iterable[str]) -> list[Alert]:
         """The stored alerts of ``kind`` that any of these messages contributed to, oldest first.
@@ -350,14 +347,12 @@ class ClickHouseStore:
         wanted = sorted({json.dumps(m, ensure_ascii=False)[1:-1] for m in message_ids})
         if not wanted:
             return []
-        columns = alert_columns(self.level)
-        rows = self._query(
+        return self._read_alerts(
             "alert read",
-            f"SELECT {', '.join(columns)} FROM {self._alerts} FINAL WHERE kind = {{kind:String}} "
-            "AND hasAny(extractAll(top_messages_json, {pattern:String}), {ids:Array(String)}) ORDER BY created_at, id",
+            "WHERE kind = {kind:String} AND hasAny(extractAll(top_messages_json, {pattern:String}), {ids:Array(String)}) "
+            "ORDER BY created_at, id",
             {"kind": kind, "pattern": _CONTRIBUTOR_ID, "ids": wanted},
         )
-        return [alert_from_row(dict(zip(columns, r, strict=True)), self.level) for r in rows]
 
     def fetch_verdicts(self, alert_ids: Iterable[str] | None = None) -> list[AlertVerdict]:
         """Every stored verdict (of these alerts, when given), oldest first."""
