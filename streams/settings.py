@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streams.tickers import DEFAULT_MAX_TICKERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# About 27 years. ClickHouse's DateTime ends in 2106, and a TTL expiry past it wraps round to 1970:
+# "keep for 100 years" would have every row deleted at its first merge. This keeps the expiry of a
+# row written before 2078 in range.
+MAX_TTL_DAYS = 10_000
 
 
 class VigilSettings(BaseSettings):
@@ -84,7 +88,8 @@ class VigilSettings(BaseSettings):
     )
     clickhouse_ttl_days: int = Field(
         365, ge=1, description="Row retention. The modern schema's table TTL, fixed when the tables are "
-        "created; on a legacy-18 schema (18.16 has no TTL) the prune deletes rows older than the current value.",
+        "created; on a legacy-18 schema (18.16 has no TTL) the prune deletes rows older than the current value. "
+        f"At most {MAX_TTL_DAYS}.",
     )
     clickhouse_prune_interval_s: float = Field(
         3600.0, gt=0, description="How often the worker's group leader deletes expired rows on a legacy-18 "
@@ -366,6 +371,15 @@ class VigilSettings(BaseSettings):
                 f"(VIGIL_RETRAIN_HEARTBEAT_S={self.retrain_heartbeat_s:g}): one late beat must not end a live "
                 "round; raise the first or lower the second")
         return self
+
+    @field_validator("clickhouse_ttl_days", mode="after")
+    @classmethod
+    def _ttl_within_datetime(cls, v: int) -> int:
+        if v > MAX_TTL_DAYS:
+            raise ValueError(
+                f"at most {MAX_TTL_DAYS} days (27 years): ClickHouse's DateTime ends in 2106, and an expiry past "
+                "it wraps round to 1970, which would delete every row at once; set a shorter retention")
+        return v
 
     @field_validator("alert_webhook_url", mode="after")
     @classmethod

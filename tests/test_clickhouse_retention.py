@@ -16,7 +16,7 @@ from streams.clickhouse import ClickHouseStore, CompatLevel, MigrationError, ope
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.retention import Expiry, delete_statement, expiries, prune_expired, wait_for_deletes
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ShadowPrediction
-from streams.settings import VigilSettings
+from streams.settings import MAX_TTL_DAYS, VigilSettings
 from streams.worker import WorkerProcess
 from tests.e2e_stack import stack_env, use_stack
 from tests.test_clickhouse_store import msg
@@ -78,6 +78,24 @@ def test_a_modern_schema_needs_no_prune(chdb_settings: VigilSettings) -> None:
     result = CliRunner().invoke(app, ["db", "prune"], env={"VIGIL_DATA_DIR": str(chdb_settings.data_dir)})
     assert result.exit_code == 0, result.output
     assert "its tables' TTL deletes expired rows" in result.output
+
+
+def test_a_retention_past_clickhouse_s_last_date_is_refused(tmp_path: Path) -> None:
+    """An expiry past 2106, DateTime's end, wraps round to 1970: with 36500 days ("keep a century")
+    the modern TTL deleted every row at its first merge (so would a legacy-18 schema's prune on a
+    server upgraded past 18.16, whose ``now() - INTERVAL 36500 DAY`` wraps to 2063)."""
+    result = CliRunner().invoke(app, ["db", "prune"], env={"VIGIL_DATA_DIR": str(tmp_path),
+                                                          "VIGIL_CLICKHOUSE_TTL_DAYS": "36500"})
+    assert result.exit_code == 1, result.output
+    assert "VIGIL_CLICKHOUSE_TTL_DAYS: at most 10000 days" in " ".join(result.output.split())
+
+
+def test_the_longest_retention_keeps_a_new_row(chdb_settings: VigilSettings) -> None:
+    settings = chdb_settings.model_copy(update={"clickhouse_ttl_days": MAX_TTL_DAYS})
+    with open_store(settings) as store:
+        store.write_scored([msg(1)])
+        store.backend.execute(f"OPTIMIZE TABLE {store.database}.scored FINAL")  # a merge applies the TTL
+        assert _ids(store)[0] == ["n-1"]
 
 
 def _letter(offset: int, at: datetime) -> DeadLetter:
