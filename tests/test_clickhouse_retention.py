@@ -7,12 +7,14 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.clickhouse import ClickHouseStore, CompatLevel, MigrationError, open_store
+from streams.clickhouse.backends import EmbeddedBackend
 from streams.clickhouse.migrations import MIGRATIONS_DIR, load_migrations
 from streams.clickhouse.retention import Expiry, delete_statement, expiries, prune_expired, wait_for_deletes
 from streams.contracts import DeadLetter, DeadLetterReason, Kind, ShadowPrediction
@@ -63,11 +65,31 @@ def test_a_ttl_the_prune_cannot_mirror_is_refused(tmp_path: Path, statement: str
 def test_on_a_cluster_the_delete_goes_to_every_shard_s_local_table() -> None:
     expiry = Expiry("scored", "written_time", 7)
     assert delete_statement(expiry, "vigil", None) == (
-        "ALTER TABLE vigil.scored DELETE WHERE written_time < now() - INTERVAL 7 DAY"
+        "ALTER TABLE vigil.scored DELETE WHERE toDateTime(written_time) + INTERVAL 7 DAY < now()"
     )
     assert delete_statement(expiry, "vigil", "two_shards") == (
-        "ALTER TABLE vigil.scored_local ON CLUSTER two_shards DELETE WHERE written_time < now() - INTERVAL 7 DAY"
+        "ALTER TABLE vigil.scored_local ON CLUSTER two_shards "
+        "DELETE WHERE toDateTime(written_time) + INTERVAL 7 DAY < now()"
     )
+
+
+def test_the_prune_counts_days_as_the_ttl_does_across_a_clock_change(chdb_client: EmbeddedBackend) -> None:
+    """The TTL adds its days to the UTC column. A cutoff of ``now() - INTERVAL n DAY`` counts them in
+    the server's time zone instead: across a daylight-saving change it was an hour off the TTL's."""
+    berlin = ZoneInfo("Europe/Berlin")
+    now = datetime.now(UTC)
+    # Back to just before Berlin's last change of UTC offset: exactly one change in the range.
+    days = next(d for d in range(1, 400)
+                if (now - timedelta(days=d)).astimezone(berlin).utcoffset() != now.astimezone(berlin).utcoffset())
+    cutoff = now - timedelta(days=days)
+    rows = " UNION ALL ".join(
+        f"SELECT '{name}' AS name, toDateTime('{at:%Y-%m-%d %H:%M:%S}', 'UTC') AS written_time"
+        for name, at in (("kept", cutoff + timedelta(minutes=20)), ("expired", cutoff - timedelta(minutes=20)))
+    )
+    condition = Expiry("t", "written_time", days).condition
+    in_berlin = "SETTINGS session_timezone = 'Europe/Berlin'"  # now() in the zone, as a server's there
+    pruned = chdb_client.query(f"SELECT name FROM ({rows}) WHERE {condition} {in_berlin}")
+    assert pruned == [("expired",)]
 
 
 def test_a_modern_schema_needs_no_prune(chdb_settings: VigilSettings) -> None:

@@ -43,7 +43,9 @@ class Expiry:
 
     @property
     def condition(self) -> str:
-        return f"{self.column} < now() - INTERVAL {self.days} DAY"
+        # The TTL's own expression: its days are added in the column's zone (UTC). Subtracted from
+        # now(), they would be counted in the server's zone, an hour off across a clock change.
+        return f"toDateTime({self.column}) + INTERVAL {self.days} DAY < now()"
 
 
 @dataclass(frozen=True)
