@@ -49,8 +49,8 @@ def secrets_of(settings: VigilSettings) -> list[str]:
         found.append(settings.kafka_sasl_password.get_secret_value())
     if settings.alert_webhook_url is not None:
         found.append(settings.alert_webhook_url.get_secret_value())
-    if settings.clickhouse_url:
-        password = urlsplit(settings.clickhouse_url).password
+    if settings.clickhouse_server_url:
+        password = urlsplit(settings.clickhouse_server_url).password
         if password:
             found += [password, unquote(password)]
     # Longest first, so a secret containing another is masked whole.

@@ -10,7 +10,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +78,11 @@ class VigilSettings(BaseSettings):
         None,
         description="clickhouse://user:password@host:9000/db for a server. Unset: embedded chdb "
         "persisted under data_dir/clickhouse.",
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None, description="The password for VIGIL_CLICKHOUSE_URL, as it is: the URL then names none. A password "
+        "in the URL must be percent-encoded, where ClickHouse's own configuration takes it as it is "
+        "(docker-compose.yml passes .env's CLICKHOUSE_PASSWORD to both).",
     )
     clickhouse_database: str = Field("vigil", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     clickhouse_retry_max_s: float = Field(
@@ -372,6 +377,17 @@ class VigilSettings(BaseSettings):
                 "round; raise the first or lower the second")
         return self
 
+    @model_validator(mode="after")
+    def _one_clickhouse_password(self) -> VigilSettings:
+        if self.clickhouse_password is None:
+            return self
+        if not self.clickhouse_url:
+            raise ValueError("VIGIL_CLICKHOUSE_PASSWORD is for a server: set VIGIL_CLICKHOUSE_URL too, or unset it "
+                             "for the embedded ClickHouse, which takes none")
+        if urlsplit(self.clickhouse_url).password is not None:
+            raise ValueError("VIGIL_CLICKHOUSE_URL names a password and VIGIL_CLICKHOUSE_PASSWORD is set: drop one")
+        return self
+
     @field_validator("clickhouse_ttl_days", mode="after")
     @classmethod
     def _ttl_within_datetime(cls, v: int) -> int:
@@ -416,6 +432,17 @@ class VigilSettings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @property
+    def clickhouse_server_url(self) -> str | None:
+        """VIGIL_CLICKHOUSE_URL with VIGIL_CLICKHOUSE_PASSWORD in it, percent-encoded, as the driver
+        reads it back; without a user, ClickHouse's 'default'."""
+        if not self.clickhouse_url or self.clickhouse_password is None:
+            return self.clickhouse_url
+        parts = urlsplit(self.clickhouse_url)
+        user, _, host = parts.netloc.rpartition("@")
+        password = quote(self.clickhouse_password.get_secret_value(), safe="")
+        return urlunsplit(parts._replace(netloc=f"{user or 'default'}:{password}@{host}"))
 
     @property
     def embedded_clickhouse_path(self) -> Path:

@@ -380,6 +380,38 @@ def test_a_user_allowed_only_its_own_database_opens_the_store(tmp_path) -> None:
         server.stop()
 
 
+def test_a_password_given_apart_from_the_url_is_used_as_it_is(tmp_path) -> None:
+    """ClickHouse takes a password as written in its users.xml (and docker-compose.yml gives .env's
+    to it so); in VIGIL_CLICKHOUSE_URL the same one was refused (# ? /) or decoded (%41 is A)."""
+    from xml.sax.saxutils import escape
+
+    password = "Tr0ub4dor#3/x%41?&<"
+    server = ClickHouseServer(_find_binary(), tmp_path / "server")
+    users = users_config().replace("</default></users>", f"</default><vigil><password>{escape(password)}</password>"
+                                   "<networks><ip>127.0.0.1</ip></networks><profile>default</profile>"
+                                   "<quota>default</quota></vigil></users>")
+    (server.root / "users.xml").write_text(users)
+    server.start()
+    try:
+        settings = VigilSettings(data_dir=tmp_path, clickhouse_url=f"clickhouse://vigil@127.0.0.1:{server.tcp_port}",
+                                 clickhouse_password=password)
+        with open_store(settings) as st:
+            assert st.write_scored([msg(1)]) == 1
+            assert st.backend.query("SELECT user FROM system.processes WHERE is_initial_query") == [("vigil",)]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    (None, "VIGIL_CLICKHOUSE_PASSWORD is for a server: set VIGIL_CLICKHOUSE_URL too"),
+    ("clickhouse://vigil:pw@ch:9000", "VIGIL_CLICKHOUSE_URL names a password and VIGIL_CLICKHOUSE_PASSWORD is set"),
+])
+def test_a_password_apart_needs_a_server_url_without_one(tmp_path, url: str | None, why: str) -> None:
+    with pytest.raises(ValueError, match=why) as refused:
+        VigilSettings(data_dir=tmp_path, clickhouse_url=url, clickhouse_password="s3cret-apart")
+    assert "s3cret-apart" not in str(refused.value)
+
+
 def test_a_shard_with_no_live_replica_is_waited_out_not_failed(clickhouse_server) -> None:
     """Code 279 (a Distributed read found no live replica of a shard) was a permanent QueryFailed:
     the worker crashed instead of keeping its offsets until the shard is back."""

@@ -48,11 +48,12 @@ DOCKER_COMPOSE = Path(compose.__file__).parent / "docker-compose"
 SETTINGS_FIELDS = set(VigilSettings.model_fields)
 
 
-def _compose(*args: str, file: Path = COMPOSE_FILE, project: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+def _compose(*args: str, file: Path = COMPOSE_FILE, project: Path = REPO_ROOT,
+             env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
     profiles = [a for p in PROFILES for a in ("--profile", p)]
     return subprocess.run(
         [str(DOCKER_COMPOSE), "--project-directory", str(project), "-f", str(file),
-         "--env-file", str(ENV_EXAMPLE), *profiles, "config", *args],
+         "--env-file", str(env_file), *profiles, "config", *args],
         capture_output=True, text=True, timeout=60, check=False,
     )
 
@@ -145,6 +146,27 @@ def test_every_vigil_variable_is_a_settings_field(resolved: dict[str, Any]) -> N
         assert {k[6:].lower() for k in env} <= SETTINGS_FIELDS, name
         # The values themselves must pass the settings' validation.
         VigilSettings(_env_file=None, **{k[6:].lower(): v for k, v in env.items()})
+
+
+def test_any_clickhouse_password_reaches_the_vigil_containers_as_clickhouse_gets_it(tmp_path: Path) -> None:
+    """.env's CLICKHOUSE_PASSWORD reaches ClickHouse and Grafana as it is. Put into the workers' URL,
+    one holding # ? / was refused at start (percent-encode it), and one percent-encoded to pass, or
+    holding a %, was decoded by the driver into another password."""
+    from clickhouse_driver.util.helpers import parse_url
+
+    password = "Tr0ub4dor#3/x%41?"
+    env_file = tmp_path / ".env"
+    env_file.write_text(re.sub(r"(?m)^CLICKHOUSE_PASSWORD=.*$", f"CLICKHOUSE_PASSWORD={password}", ENV_EXAMPLE.read_text()))
+    done = _compose("--format", "json", env_file=env_file)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"] == password
+    for name, service in services.items():
+        env = {k[6:].lower(): v for k, v in (service.get("environment") or {}).items() if k.startswith("VIGIL_")}
+        if "clickhouse_url" in env:
+            settings = VigilSettings(_env_file=None, **env)
+            _host, given = parse_url(settings.clickhouse_server_url)  # as the driver reads it
+            assert (given["user"], given["password"]) == ("vigil", password), name
 
 
 def test_vigil_env_reaches_only_the_vigil_containers_and_dot_env_none(tmp_path: Path) -> None:

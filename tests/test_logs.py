@@ -213,6 +213,22 @@ def test_a_password_holding_a_quote_or_a_backslash_is_masked_in_every_spelling(f
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_clickhouse_password_given_apart_is_a_secret(fmt: str, tmp_path: Path):
+    password = "Tr0ub4dor#3/x%41?"
+    settings = VigilSettings(data_dir=tmp_path, clickhouse_url="clickhouse://vigil@ch-host:9000",
+                             clickhouse_password=password, log_format=fmt)
+    stream = io.StringIO()
+    handler = make_handler(settings, worker_id="w", stream=stream)
+    handler.emit(_record("worker starting", config=settings_summary(settings)))
+    # as a driver's error may quote it: in the URL it connects to, or as it is
+    handler.emit(_record("cannot connect to %s with %r", settings.clickhouse_server_url, password))
+    out = stream.getvalue()
+    assert "Tr0ub4dor" not in out, out
+    if fmt == "json":
+        assert json.loads(out.splitlines()[0])["config"]["clickhouse_password"] == "**********"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
 def test_the_alert_webhook_url_is_a_secret(fmt: str, tmp_path: Path):
     url = "https://hooks.slack.com/services/T0VIGIL00/B0VIGIL00/s3cretWebhookTokenXYZ"
     settings = VigilSettings(data_dir=tmp_path, alert_webhook_url=url, log_format=fmt)

@@ -364,8 +364,8 @@ class EmbeddedBackend:
 def connect(settings: VigilSettings) -> Backend:
     """clickhouse-server when ``clickhouse_url`` is set, else chdb under ``embedded_clickhouse_path``."""
     backend: Backend
-    if settings.clickhouse_url:
-        backend = ServerBackend(settings.clickhouse_url, database=settings.clickhouse_database)
+    if url := settings.clickhouse_server_url:
+        backend = ServerBackend(url, database=settings.clickhouse_database)
         where = backend.url
     else:
         backend = EmbeddedBackend(settings.embedded_clickhouse_path)
