@@ -25,7 +25,7 @@ from streams.settings import VigilSettings
 
 
 def held_out_accuracy(settings: VigilSettings, engine: Engine, task: str) -> dict[str, float]:
-    val = held_out(settings, task)
+    val = held_out(settings, engine.card)
     predicted = [p.label for p in engine.score([r.text for r in val])]
     return {name: round(r.accuracy, 4) for name, r in slice_reports(settings, task, val, predicted).items()}
 

@@ -2,8 +2,8 @@
 
     python -m benchmarks.quality --task sentiment [--version champion] [--json out.json]
 
-Scores the task's held-out validation split (models.data.stratified_split, the same split training
-uses) with the registry model and reports accuracy and macro-F1 per source corpus; for sentiment
+Scores the held-out validation split the registry model was trained around (its card's corpora and
+split, as the retrain gate rebuilds its gold set) and reports accuracy and macro-F1 per source corpus; for sentiment
 also on the PhraseBank rows where every annotator agreed. These are OUR held-out rows from the
 train files, not the public evaluation splits.
 """
@@ -18,9 +18,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from models.data import SplitConfig, stratified_split  # noqa: E402
+from models.data import stratified_split  # noqa: E402
 from models.engine import load_scorer  # noqa: E402
 from models.evaluate import EvalReport, evaluate  # noqa: E402
+from models.registry import ModelCard  # noqa: E402
+from models.retrain import data_origin  # noqa: E402
 from models.tasks import Row, get_task  # noqa: E402
 from streams.settings import VigilSettings  # noqa: E402
 
@@ -31,9 +33,11 @@ def phrasebank_all_agree(settings: VigilSettings) -> set[str]:
         return {r["text"] for r in csv.DictReader(f) if r["all_agree"] == "1"}
 
 
-def held_out(settings: VigilSettings, task: str) -> list[Row]:
-    """The task's held-out validation split, as training makes it."""
-    return stratified_split(get_task(task).load(settings.bundled_data_dir), SplitConfig()).val
+def held_out(settings: VigilSettings, card: ModelCard) -> list[Row]:
+    """The held-out validation split ``card``'s version was trained around: a version split row by
+    row (before copies were grouped) trained on rows of today's default split."""
+    origin = data_origin(card)
+    return stratified_split(get_task(card.task).load(settings.bundled_data_dir, origin.sources), origin.split).val
 
 
 def slice_reports(settings: VigilSettings, task: str, val: list[Row], predicted: list[str]) -> dict[str, EvalReport]:
@@ -57,8 +61,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="append the figures as one JSON line to this file")
     args = ap.parse_args()
     settings = VigilSettings()
-    val = held_out(settings, args.task)
     scorer = load_scorer(settings, args.task, args.version)
+    val = held_out(settings, scorer.card)
     started = time.perf_counter()
     predicted = [p.label for p in scorer.score([r.text for r in val])]
     seconds = time.perf_counter() - started

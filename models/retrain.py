@@ -69,7 +69,9 @@ class DataOrigin:
 def data_origin(card: ModelCard) -> DataOrigin:
     cfg = card.training_config
     sources = tuple(cfg.get("sources") or get_task(card.task).sources)
-    return DataOrigin(sources, SplitConfig(cfg.get("val_fraction", 0.1), cfg.get("split_seed", 13)))
+    # A card without group_duplicates is from before duplicates were grouped: split row by row.
+    return DataOrigin(sources, SplitConfig(cfg.get("val_fraction", 0.1), cfg.get("split_seed", 13),
+                                           cfg.get("group_duplicates", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +263,7 @@ def fine_tune(
             "profile": "retrain",
             # kept so the next retrain rebuilds the same gold set and replay pool
             "sources": list(origin.sources), "val_fraction": origin.split.val_fraction,
-            "split_seed": origin.split.seed,
+            "split_seed": origin.split.seed, "group_duplicates": origin.split.group_duplicates,
             "fine_tuned_from": champion.version,
             "remove_links": champion.training_config.get("remove_links", False),  # its tokenizer is the champion's
             "encoder_layers": model.config.num_hidden_layers,  # and its depth

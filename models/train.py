@@ -53,6 +53,8 @@ class TrainConfig(BaseModel):
     sources: tuple[str, ...] | None = Field(None, description="Corpora to use (default: all of the task's).")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = 13
+    group_duplicates: bool = Field(
+        True, description="Keep texts the model cannot tell apart (case, spacing, links) on one side of the split.")
     seed: int = 0
     autocast: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Mixed precision of the passes: auto is bf16 where the hardware computes it.")
@@ -169,7 +171,7 @@ def train(
     started = time.perf_counter()
     spec = get_task(task)
     labels = spec.labels(data_dir)
-    split_cfg = SplitConfig(cfg.val_fraction, cfg.split_seed)
+    split_cfg = SplitConfig(cfg.val_fraction, cfg.split_seed, cfg.group_duplicates)
     sources = cfg.sources or tuple(spec.sources)
     split = stratified_split(spec.load(data_dir, sources), split_cfg)
     train_rows = cap_rows(split.train, cfg.train_cap, cfg.seed)
