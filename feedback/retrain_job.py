@@ -413,7 +413,7 @@ def _train_and_judge(
     # label move the split), so the champion's card says what it trained on.
     train_items, recent_items = split_recent(labelled, settings.retrain_holdout_fraction,
                                              champion_texts(champion, corrections))
-    gold = gold_set(champion, settings.bundled_data_dir, settings.gold_cap)
+    gold = gold_set(champion, settings.bundled_data_dir, settings.gold_cap, [c.text for c in corrections])
 
     def refuse(reason: str, figures: dict[str, float], challenger: str | None = None) -> RetrainReport:
         record([_event(ModelEventKind.gate_refused, task, challenger or champion_version, reason, figures, now,

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models.data import SplitConfig, cap_rows, fingerprint, stratified_split
+from models.data import SplitConfig, cap_rows, duplicate_key, fingerprint, stratified_split
 from models.engine import encode, mixed_precision, pad_batch, pick_device, predict_probs, set_cpu_threads
 from models.evaluate import evaluate
 from models.links import version_tokenizer
@@ -81,16 +81,25 @@ class GoldSet:
     description: str
 
 
-def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None) -> GoldSet:
-    """The held-out validation split the champion's lineage was trained around: no version of it
-    ever trains on these rows, and the same card always gives the same rows (seeded split)."""
+def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None, corrected: Iterable[str] = ()) -> GoldSet:
+    """The held-out validation split the champion's lineage was trained around, less the rows whose
+    text people corrected (``corrected``, compared as the model reads them): the same card and
+    corrections always give the same rows (seeded split).
+
+    The stream can carry gold texts (the demo replays the bundled files), and a challenger trained
+    on their corrections would be judged on its own training rows, its gold accuracy raised above
+    the champion's for it. Leaving them out judges both models on rows neither trained on."""
     origin = data_origin(card)
     split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
-    rows = cap_rows(split.val, cap, origin.split.seed)
+    sampled = cap_rows(split.val, cap, origin.split.seed)
+    seen = {duplicate_key(text) for text in corrected}
+    rows = [r for r in sampled if duplicate_key(r.text) not in seen]
     return GoldSet(rows, fingerprint(rows, origin.split, origin.sources),
                    f"gold: held-out validation split of {'+'.join(origin.sources)} (val_fraction="
                    f"{origin.split.val_fraction}, split_seed={origin.split.seed}"
-                   + (f", sample of {len(rows)}" if cap and cap < len(split.val) else "") + ")")
+                   + (f", sample of {len(sampled)}" if cap and cap < len(split.val) else "")
+                   + (f", {len(sampled) - len(rows)} corrected texts left out" if len(rows) < len(sampled) else "")
+                   + ")")
 
 
 def replay_sample(card: ModelCard, data_dir: Path, n: int, seed: int) -> list[Row]:
