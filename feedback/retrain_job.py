@@ -447,6 +447,7 @@ def _train_and_judge(
     result = fine_tune(champion, champ_dir, [(c.text, y) for c, y in train_items], cfg,
                        data_dir=settings.bundled_data_dir, registry_root=settings.registry_dir, gold=gold,
                        device=settings.device, cpu_threads=settings.cpu_threads, class_prior=prior,
+                       labelled=[c.text for c in corrections],
                        extra_config={"dropped_annotators": screened.dropped, "held_out_recent": len(recent_items),
                                      TRAINED_THROUGH: max(trained_through(champion) or 0,
                                                           *(epoch_ms(c.created_at) for c, _ in train_items))})

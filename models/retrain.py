@@ -102,11 +102,15 @@ def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None, corrected:
                    + ")")
 
 
-def replay_sample(card: ModelCard, data_dir: Path, n: int, seed: int) -> list[Row]:
-    """A seeded sample of the original TRAINING rows (never the gold rows)."""
+def replay_pool(card: ModelCard, data_dir: Path, labelled: Iterable[str] = ()) -> list[Row]:
+    """The original TRAINING rows (never the gold rows) a replay sample is drawn from, less those
+    whose text people labelled (``labelled``, compared as the model reads them): such a text is a
+    correction the challenger trains on, or one held out to judge it by, and a replayed copy would
+    train it on what judges it, or on the corpus's label beside the person's."""
     origin = data_origin(card)
     split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
-    return cap_rows(split.train, n, seed) if n else []
+    seen = {duplicate_key(text) for text in labelled}
+    return [r for r in split.train if duplicate_key(r.text) not in seen]
 
 
 def corrections_repeats(n_corrections: int, n_replay: int, share: float) -> int:
@@ -197,13 +201,15 @@ def fine_tune(
     device: str = "auto",
     cpu_threads: int | None = None,
     class_prior: Mapping[str, float] | None = None,
+    labelled: Iterable[str] = (),
     extra_config: dict | None = None,
 ) -> RetrainResult:
     """Fine-tune ``champion`` on (text, label) ``corrections`` + a replay sample; add the result as
     a new registry version (its parent is the champion) and return it. Deterministic for cfg.seed
     on CPU. With ``class_prior`` (label -> share of the stream), the corrections' rows are resampled
-    to that class mix (``prior_resample``) instead of repeated alike. ``extra_config`` (e.g. dropped
-    annotators) goes into the card's training_config."""
+    to that class mix (``prior_resample``) instead of repeated alike. ``labelled``: the texts of
+    every correction, trained on or held out, which the replay sample leaves out (``replay_pool``).
+    ``extra_config`` (e.g. dropped annotators) goes into the card's training_config."""
     started = time.perf_counter()
     labels = tuple(champion.labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -212,7 +218,8 @@ def fine_tune(
         raise RetrainError(f"corrections use labels {unknown} that {champion.task} {champion.version} does not have")
     if not corrections:
         raise RetrainError("no corrections to train on")
-    replay = replay_sample(champion, data_dir, cfg.replay_size, cfg.seed)
+    pool = replay_pool(champion, data_dir, labelled)
+    replay = cap_rows(pool, cfg.replay_size, cfg.seed) if cfg.replay_size else []
     repeats = corrections_repeats(len(corrections), len(replay), cfg.corrections_share)
     picked = (list(corrections) * repeats if class_prior is None else
               [corrections[i] for i in prior_resample([y for _, y in corrections], class_prior,
@@ -278,7 +285,7 @@ def fine_tune(
             "encoder_layers": model.config.num_hidden_layers,  # and its depth
             "corrections": n_corr,
             "corrections_fingerprint": corrections_fingerprint(corrections),
-            "replay_rows": len(replay),
+            "replay_rows": len(replay), "replay_pool_rows": len(pool),
             "corrections_repeats": repeats,
             "class_prior": None if class_prior is None else dict(class_prior),
             "gold_fingerprint": gold.fingerprint,

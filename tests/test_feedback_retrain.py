@@ -16,7 +16,7 @@ from feedback.drift import DriftMonitor
 from feedback.retrain_job import TRAINED_THROUGH, Outcome, check_trigger, epoch_ms, run_retrain, trained_through
 from feedback.selection import fingerprint
 from feedback.store import FeedbackStore, open_feedback_store
-from models.data import SplitConfig, stratified_split
+from models.data import SplitConfig, duplicate_key, stratified_split
 from models.engine import ModelTokenizer, encode
 from models.registry import ModelRegistry
 from models.retrain import corrections_repeats, gold_set
@@ -134,6 +134,22 @@ def test_gold_texts_people_corrected_leave_the_gold_set_that_judges_both_models(
     assert report.figures["gold_n"] == len(gold) - 60
     card = registry.card("sentiment", report.challenger)
     assert card.metrics.n == len(gold) - 60 and "60 corrected texts left out" in card.metrics.eval_set
+
+
+def test_the_replay_sample_repeats_no_text_people_labelled(loop):
+    """The corrected tweets are bundled training rows: replayed, the held-out ones would train the
+    challenger on what judges it, and the others with the corpus's label beside the person's."""
+    settings, store = loop
+    registry = ModelRegistry(settings.registry_dir)
+    labelled = tweets(400)
+    store.write_corrections(corrections(labelled, "ann"))
+    report = run_retrain(settings, "sentiment", store)
+    assert report.challenger is not None, report.reason
+    trained = stratified_split(get_task("sentiment").load(settings.bundled_data_dir), SplitConfig()).train
+    keys = {duplicate_key(text) for text, _ in labelled}
+    copies = sum(duplicate_key(r.text) in keys for r in trained)  # a tweet's copies go with it
+    assert copies >= 400
+    assert registry.card("sentiment", report.challenger).training_config["replay_pool_rows"] == len(trained) - copies
 
 
 def test_after_a_promotion_the_held_out_part_leaves_out_what_the_champion_trained_on(loop):
