@@ -94,6 +94,10 @@ def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None, corrected:
     sampled = cap_rows(split.val, cap, origin.split.seed)
     seen = {duplicate_key(text) for text in corrected}
     rows = [r for r in sampled if duplicate_key(r.text) not in seen]
+    if not rows:
+        raise RetrainError(f"people corrected the text of every one of the {len(sampled)} gold rows of {card.task} "
+                           f"{card.version}, so no row is left that a challenger did not train on: raise or unset "
+                           "VIGIL_GOLD_CAP to judge on more of the held-out split")
     return GoldSet(rows, fingerprint(rows, origin.split, origin.sources),
                    f"gold: held-out validation split of {'+'.join(origin.sources)} (val_fraction="
                    f"{origin.split.val_fraction}, split_seed={origin.split.seed}"
@@ -218,7 +222,7 @@ def fine_tune(
         raise RetrainError(f"corrections use labels {unknown} that {champion.task} {champion.version} does not have")
     if not corrections:
         raise RetrainError("no corrections to train on")
-    pool = replay_pool(champion, data_dir, labelled)
+    pool = replay_pool(champion, data_dir, [*labelled, *(text for text, _ in corrections)])
     replay = cap_rows(pool, cfg.replay_size, cfg.seed) if cfg.replay_size else []
     repeats = corrections_repeats(len(corrections), len(replay), cfg.corrections_share)
     picked = (list(corrections) * repeats if class_prior is None else

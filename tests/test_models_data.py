@@ -3,9 +3,11 @@
 from collections import Counter
 from datetime import UTC, datetime
 
+import pytest
+
 from models.data import SplitConfig, duplicate_key, fingerprint, stratified_split
 from models.registry import ModelCard
-from models.retrain import data_origin, gold_set
+from models.retrain import RetrainError, data_origin, gold_set
 from models.tasks import get_task
 from streams.settings import REPO_ROOT
 
@@ -79,3 +81,13 @@ def test_a_version_trained_before_duplicates_were_grouped_keeps_the_gold_set_it_
     grouped = _card({"sources": ["financial_phrasebank"], "val_fraction": 0.1, "split_seed": 13,
                      "group_duplicates": True})
     assert gold_set(grouped, DATA).rows == stratified_split(rows, SplitConfig(0.1, 13)).val
+
+
+def test_gold_rows_whose_text_people_corrected_are_left_out_and_a_gold_set_left_empty_is_refused():
+    card = _card({"sources": ["financial_phrasebank"], "val_fraction": 0.1, "split_seed": 13,
+                  "group_duplicates": True})
+    gold = gold_set(card, DATA, cap=5).rows
+    fewer = gold_set(card, DATA, cap=5, corrected=[f"{gold[0].text.upper()} https://t.co/x"])
+    assert fewer.rows == gold[1:] and "1 corrected texts left out" in fewer.description
+    with pytest.raises(RetrainError, match="VIGIL_GOLD_CAP"):
+        gold_set(card, DATA, cap=5, corrected=[r.text for r in gold])
