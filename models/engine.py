@@ -42,6 +42,11 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A token rarely spans more than ~10 characters of real text; cutting far beyond that bounds the
 # tokenizer's work on huge inputs without changing what the model sees for ordinary long texts.
 _CHARS_PER_TOKEN_CAP = 50
+# How much more of a text is read each time its cut part did not fill the window.
+_CAP_GROWTH = 4
+# Characters every tokenizer splits words at. Other whitespace is taken for part of a word, which
+# only means reading more of a text than needed.
+_LAST_WORD = re.compile(r"[^ \t\n\r]*")
 # Texts per tokenization chunk when a call is large enough to overlap tokenizing with compute.
 _OVERLAP_CHUNK = 4096
 
@@ -140,21 +145,40 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
     """Token ids cut to ``max_length`` (special tokens included), and whether each text was cut."""
     if not texts:
         return Encoded([], [])
-    char_cap = max_length * _CHARS_PER_TOKEN_CAP
-    cleaned = [clean_text(t) for t in texts]
-    cut_chars = [len(t) > char_cap for t in cleaned]
-    cleaned = [t[:char_cap] for t in cleaned]
     # One token more than fits tells "exactly fits" apart from "was cut".
-    ids = [e.ids for e in _backend(tokenizer, max_length + 1).encode_batch(cleaned)]
+    ids = _window_ids(_backend(tokenizer, max_length + 1), [clean_text(t) for t in texts], max_length)
     sep = tokenizer.sep_token_id
-    out, truncated = [], []
-    for seq, cut in zip(ids, cut_chars, strict=True):
-        if len(seq) > max_length:
-            seq = seq[: max_length - 1] + [sep]
-            cut = True
-        out.append(seq)
-        truncated.append(cut)
-    return Encoded(out, truncated)
+    truncated = [len(seq) > max_length for seq in ids]
+    return Encoded([seq[: max_length - 1] + [sep] if cut else seq for seq, cut in zip(ids, truncated, strict=True)],
+                   truncated)
+
+
+def _window_ids(backend: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Each text's ids as far as one token past the window, tokenizing only the start of a huge
+    text. A start that does not fill the window is read further: a text led by thousands of blank
+    lines or by words the tokenizer makes one [UNK] each would otherwise be scored as what its first
+    characters give (often nothing), not as the words the model can still read."""
+    ids: list[list[int]] = [[] for _ in texts]
+    pending, cap = list(range(len(texts))), max_length * _CHARS_PER_TOKEN_CAP
+    while pending:
+        starts = [texts[i][:cap] for i in pending]
+        unread = []
+        for i, start, enc in zip(pending, starts, backend.encode_batch(starts), strict=True):
+            if len(start) == len(texts[i]) or _fills_window(enc, start, max_length):
+                ids[i] = enc.ids
+            else:
+                unread.append(i)
+        pending, cap = unread, cap * _CAP_GROWTH
+    return ids
+
+
+def _fills_window(enc, start: str, max_length: int) -> bool:
+    """Whether the start of a text gives the whole text's window and the token past it: those
+    tokens exist and end before the last word, which the cut may have split."""
+    if len(enc.ids) <= max_length:
+        return False
+    last_word_at = len(start) - _LAST_WORD.match(start[::-1]).end()
+    return enc.offsets[max_length - 1][1] <= last_word_at
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -124,6 +124,30 @@ def test_truncation_is_recorded_per_text(tiny_registry):
     assert [p.truncated for p in engine.score(texts)] == [False, False, True, True]
 
 
+def test_a_long_text_is_read_as_far_as_its_window_whatever_its_first_characters_give(tiny_scorers):
+    """Only a text's first 50 characters per token of the window were tokenized. A message after
+    4,000 blank lines was scored as an empty text and marked truncated; one after words of over
+    100 characters (each one [UNK]) as those and a word cut in pieces."""
+    from tokenizers import Tokenizer
+
+    engine = tiny_scorers["triage"]  # max_length 64: 3,200 characters were read
+    message = "Someone used my card in a shop abroad and I want my money back"
+    unknown_words = "x" * 101 + " "
+    texts = [" " * 4000 + message, "\n" * 4000 + message, "\u200b" * 4000 + message,
+             unknown_words * 40 + message, unknown_words * 80 + message, "lost card " * 1000, "a" * 100_000]
+    whole = Tokenizer.from_str(engine.tokenizer.backend_tokenizer.to_str())
+    whole.no_truncation()
+    sep = engine.tokenizer.sep_token_id
+    expected = [e.ids if len(e.ids) <= 64 else e.ids[:63] + [sep] for e in whole.encode_batch(texts)]
+    got = encode(engine.tokenizer, texts, 64)
+    assert got.ids == expected
+    assert got.truncated == [False, False, False, False, True, True, False]
+    alone = engine.score([message])[0]
+    for p in engine.score(texts[:3]):
+        assert (p.label, p.truncated) == (alone.label, False)
+        assert p.probs == pytest.approx(alone.probs, abs=1e-5)
+
+
 HOSTILE = [
     "",
     "   \n\t ",
@@ -144,8 +168,9 @@ def test_hostile_input_never_crashes(tiny_scorers, task):
     for p in preds:
         assert all(math.isfinite(v) for v in p.probs.values())
         assert math.isclose(sum(p.probs.values()), 1.0, abs_tol=1e-4)
-    assert preds[2].truncated and preds[3].truncated
-    assert not preds[0].truncated and not preds[5].truncated
+    assert preds[3].truncated
+    # 100,000 characters with no space are one word, read whole as one [UNK]: nothing was cut
+    assert not preds[0].truncated and not preds[2].truncated and not preds[5].truncated
     # a lone surrogate scores like the replacement character it becomes
     replaced = tiny_scorers[task].score(["lone \ufffd surrogate"])[0].probs
     assert preds[5].probs == pytest.approx(replaced, abs=1e-5)
