@@ -12,13 +12,12 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.types import TP, EventT
+from faust.types import TP
 
 from feedback.agent import register_feedback
 from models.scoring import Scorer
@@ -33,13 +32,12 @@ from streams.kafka_config import faust_broker_credentials
 from streams.kafka_fetch import FetchWaitApp
 from streams.kafka_lag import partition_lag
 from streams.metrics import Metrics
-from streams.pipeline import Limits, ScorerBroken
+from streams.pipeline import Limits
 from streams.settings import VigilSettings
 from streams.tickers import CompanyDictionary
 from streams.watchdog import Watchdogs
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class ConsumerStalled(RuntimeError):
@@ -75,24 +73,6 @@ def lag_per_topic(partitions: Mapping[TP, tuple[int | None, int | None, int]]) -
             continue
         lag[tp.topic] += partition_lag(committed, start if start is not None else committed, end)
     return dict(lag)
-
-
-BatchHandler = Callable[[list[EventT]], Awaitable[T]]
-
-
-def stop_when_broken(app: faust.App, handle: BatchHandler[T]) -> BatchHandler[T]:
-    """A model that fails on everything would dead-letter every valid message: the worker stops
-    instead (crashed, so it exits non-zero and `vigil up` restarts it), the batch in hand un-acked."""
-
-    async def run(events: list[EventT]) -> T:
-        try:
-            return await handle(events)
-        except ScorerBroken as exc:
-            log.critical("stopping the worker: %s", exc)
-            await app.crash(exc)
-            raise
-
-    return run
 
 
 def worker_app(settings: VigilSettings, bootstrap: str) -> FetchWaitApp:
@@ -166,7 +146,7 @@ def create_app(
         )
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
         app.agent(topic, name=f"vigil.score.{kind}", concurrency=1)(
-            pipelined_agent(stop_when_broken(app, processor.prepare_events), processor.commit, settings, watchdog)
+            pipelined_agent(processor.prepare_events, processor.commit, settings, watchdog)
         )
 
     register_alerting(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
 
 P = TypeVar("P")
+log = logging.getLogger(__name__)
 
 # Once a batch is overdue, how long to let faust move messages it has already received into it.
 # Those moves take microseconds each; the bound only matters when messages keep streaming in.
@@ -151,6 +153,25 @@ async def finish_before_stopping(work: Awaitable[None]) -> None:
         raise
 
 
+class BatchFailed(RuntimeError):
+    """A batch could not be prepared, published or stored; the worker stops with it un-acked."""
+
+
+async def _stop_worker(stream: StreamT, exc: Exception) -> None:
+    """Crash the worker's app over a failed batch. Left to faust, the agent would restart at the
+    next message, and the consumer then commits those batches' offsets past the failed one's (a
+    partition never committed, or one un-acked offset ahead of the commit, is not even checked
+    for a gap): its messages, unstored, were never read again. A crashed worker exits non-zero,
+    and the one `vigil up` starts next reads the batch again from the last commit."""
+    failure = BatchFailed(
+        f"a batch of {stream.channel.get_topic_name()} failed: {exc!r}. The worker stops with it un-acked, and a restarted "
+        "worker reads it again; if the same error comes back every time, it is not a passing one: fix "
+        "its cause (the message above says what failed) and the batch goes through"
+    )
+    log.critical("stopping the worker: %s", failure)
+    await stream.app.crash(failure)
+
+
 async def process_batches(
     stream: StreamT,
     handle: Callable[[list[EventT]], Awaitable[object]],
@@ -164,7 +185,9 @@ async def process_batches(
     its events. A clean stop finishes the batch in hand, so what an agent has published is stored
     and acked before it goes. Each batch beats the watchdog: these topics' lag counts in its stall
     check. ``ack=False`` is for a handler that acks on its own schedule (the keyed alerting stages
-    ack once a checkpoint holds the events)."""
+    ack once a checkpoint holds the events). A batch whose ``handle`` raises stops the worker
+    (``_stop_worker``); this loop then returns rather than raise, which faust would answer by
+    restarting the agent past the batch."""
 
     async def one(events: list[EventT]) -> None:
         await handle(events)
@@ -172,10 +195,13 @@ async def process_batches(
             for event in events:
                 await stream.ack(event)
 
-    async for events in micro_batches(stream, max_, within):
-        watchdog.beat(time.monotonic())
-        await finish_before_stopping(one(events))
-        watchdog.beat(time.monotonic())
+    try:
+        async for events in micro_batches(stream, max_, within):
+            watchdog.beat(time.monotonic())
+            await finish_before_stopping(one(events))
+            watchdog.beat(time.monotonic())
+    except Exception as exc:
+        await _stop_worker(stream, exc)
 
 
 async def pipeline_batches(
@@ -191,25 +217,37 @@ async def pipeline_batches(
     store; then its events are acked), batch N+1 is prepared (``prepare``: decode, score; nothing
     published or stored). Commits run one at a time and in order, so acks stay in order. A stop
     finishes the commit in hand as ``process_batches`` does; a batch stopped while being prepared
-    is dropped un-acked and comes again after the restart."""
+    is dropped un-acked and comes again after the restart. A failed stage stops the worker as in
+    ``process_batches``: a failed commit at once, as the next batch may be long in coming, and
+    before any later batch is committed."""
     committing: asyncio.Future[None] | None = None
+    failed = asyncio.Event()
 
     async def one(events: list[EventT], prepared: P) -> None:
-        await commit(prepared)
+        try:
+            await commit(prepared)
+        except Exception as exc:
+            failed.set()
+            await _stop_worker(stream, exc)
+            raise
         for event in events:
             await stream.ack(event)
 
     try:
-        async for events in micro_batches(stream, max_, within):
-            watchdog.beat(time.monotonic())
-            prepared = await prepare(events)
+        try:
+            async for events in micro_batches(stream, max_, within):
+                watchdog.beat(time.monotonic())
+                prepared = await prepare(events)
+                if committing is not None:
+                    await committing
+                    watchdog.beat(time.monotonic())
+                committing = asyncio.ensure_future(finish_before_stopping(one(events, prepared)))
+        finally:
             if committing is not None:
                 await committing
-                watchdog.beat(time.monotonic())
-            committing = asyncio.ensure_future(finish_before_stopping(one(events, prepared)))
-    finally:
-        if committing is not None:
-            await committing
+    except Exception as exc:
+        if not failed.is_set():  # a failed commit has stopped the worker already
+            await _stop_worker(stream, exc)
 
 
 def batch_agent(

@@ -3,7 +3,8 @@ finish_before_stopping: a batch in hand outlives one cancellation of its agent, 
 is still waiting before publishing anything (pause_unless_stopping); and
 process_batches, the loop every agent runs: an app stopped mid-batch first finishes and acks it;
 pipeline_batches, the scoring agents' loop: the next batch is prepared while the last one commits,
-commits and acks keep their order, and a stop finishes the commit in hand but not a batch being prepared."""
+commits and acks keep their order, and a stop finishes the commit in hand but not a batch being prepared;
+and in both loops a batch that fails stops the worker before any later batch is acked."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from faust.types import EventT, StreamT
 
 from streams.batching import (
+    BatchFailed,
     finish_before_stopping,
     micro_batches,
     pause_unless_stopping,
@@ -322,3 +325,81 @@ def test_a_stop_while_a_batch_is_prepared_finishes_the_commit_in_hand_and_leaves
     first, second = prepared
     assert committed == [first]
     assert acked == [True] * len(first) + [False] * len(second)
+
+
+async def _run_failing(
+    bootstrap: str, topic: str, datadir: Path, loop: str
+) -> tuple[list[bytes], BaseException | None, int | None]:
+    """One agent running ``loop`` over 6 messages sent one at a time, whose first batch fails to
+    store; the app runs until it crashed or stored the last message. Returns what was stored, why
+    the app crashed (None: it did not), and the offset its group committed."""
+    app = _app(bootstrap, datadir, stream_wait_empty=False, broker_commit_interval=0.2)
+    values = [f"m{i}".encode() for i in range(6)]
+    stored: list[bytes] = []
+    failures = [RuntimeError("ClickHouse refused the insert: no such column")]
+
+    async def store(batch: list[bytes]) -> None:
+        if failures:
+            raise failures.pop()
+        stored.extend(batch)
+
+    async def prepare(events: list[EventT]) -> list[bytes]:
+        return [e.value for e in events]
+
+    async def handle(events: list[EventT]) -> None:
+        await store(await prepare(events))
+
+    async def agent(stream: StreamT) -> None:
+        watchdog = ProgressWatchdog(stall_after_s=60.0, started_at=0.0)
+        if loop == "pipeline":
+            await pipeline_batches(stream, prepare, store, max_=1, within=0.1, watchdog=watchdog)
+        else:
+            await process_batches(stream, handle, max_=1, within=0.1, watchdog=watchdog)
+
+    app.agent(app.topic(topic, key_type=bytes, value_type=bytes), name="failing")(agent)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await app.start()
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(topic, v)
+            await asyncio.sleep(0.2)  # a batch each
+        for _ in range(600):
+            if app.crashed or values[-1] in stored:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a commit interval or more: what was acked is committed
+    finally:
+        await producer.stop()
+    reason = app.crash_reason if app.crashed else None
+    await app.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=app.conf.id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        committed = await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+    return stored, reason, committed
+
+
+def test_a_failed_commit_stops_the_worker_before_a_later_batch_commits_past_it(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    """faust restarted the failed agent at the next message and committed the later batches'
+    offsets over the failed one: m0 and m1 (prepared meanwhile) were never stored, nor read again."""
+    stored, reason, committed = asyncio.run(
+        _run_failing(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, "pipeline")
+    )
+    assert isinstance(reason, BatchFailed), reason
+    assert "no such column" in str(reason) and "a restarted worker reads it again" in str(reason)
+    assert committed is None and stored == []  # the failed batch, at offset 0, comes again
+
+
+def test_a_failed_batch_stops_the_worker_in_the_agents_single_stage_loop_too(
+    kafka_broker, new_topic, tmp_path: Path
+) -> None:
+    stored, reason, committed = asyncio.run(
+        _run_failing(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, "single")
+    )
+    assert isinstance(reason, BatchFailed) and "no such column" in str(reason)
+    assert committed is None and stored == []

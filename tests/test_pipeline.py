@@ -14,7 +14,6 @@ import pytest
 
 from models.scoring import Prediction, Scorer
 from streams.agents import BatchProcessor
-from streams.app import stop_when_broken
 from streams.clickhouse import open_store
 from streams.contracts import DeadLetterReason, Kind
 from streams.pipeline import Limits, RawRecord, ScorerBroken, decode_batch, resolve_duplicates, score_batch
@@ -188,20 +187,6 @@ def test_a_model_that_fails_on_everything_raises_instead_of_dead_lettering_valid
     decoded, _ = decode_batch(Kind.news, _records("news", values), LIMITS, NOW)
     with pytest.raises(ScorerBroken, match="cannot score a plain control text.*illegal memory access.*falls back to the last champion"):
         score_batch(Kind.news, decoded, _FailsOnMarker(tiny_scorers["sentiment"], ""))  # "" is in every text
-
-
-def test_a_broken_scorer_crashes_the_worker_app_and_leaves_the_batch_unacked():
-    """The agents' wrapper: a crashed faust app ends its worker with a non-zero exit, which `vigil up`
-    restarts, and the re-raise keeps the batch from being acked."""
-    app = faust.App("vigil-broken-scorer", broker="kafka://127.0.0.1:9", web_enabled=False)
-    broken = ScorerBroken("the sentiment model v2 cannot score a plain control text")
-
-    async def handle(events: list) -> None:
-        raise broken
-
-    with pytest.raises(ScorerBroken):
-        asyncio.run(stop_when_broken(app, handle)([]))
-    assert app.crashed and app.crash_reason is broken
 
 
 def test_a_shadow_challenger_scores_the_same_batch_and_its_failure_costs_nothing(tiny_scorers):
