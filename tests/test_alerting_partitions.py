@@ -410,6 +410,33 @@ def test_a_hand_over_saves_nothing_while_a_batch_s_alerts_are_being_emitted(stre
     assert "sentiment state not saved within 0.2s" in caplog.text
 
 
+def test_a_batch_whose_alerts_were_not_emitted_is_neither_saved_nor_acked(stream, faust_app, tmp_path):
+    """The alerts' publish or write failed for good: the worker stops, and its hand-over saved the
+    state holding their events and acked them, so the next owner skipped them and the alerts were
+    lost. (Before the worker stopped, the next tick's checkpoint did the same.)"""
+    probe = _fresh(SentimentRules())
+    cut = 1 + next(i for i, e in enumerate(stream) if (f := probe.feed(0, i, e, wall=0.0)) and f.alerts)
+
+    refusals = [RuntimeError("ClickHouse refused the alerts")]
+
+    async def refuse(alerts) -> None:  # once: the tick's emit goes through
+        if alerts and refusals:
+            raise refusals.pop()
+
+    async def go() -> tuple[object, list[bool]]:
+        with open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None)) as store:
+            stage = _stage(store, [], emit=refuse)
+            events = _records(faust_app, stream[:cut])
+            with pytest.raises(RuntimeError, match="refused the alerts"):
+                await stage.handle(faust_app.topic(TOPIC).stream(), events, {TP0}, wall=0.0)
+            await stage.tick(7200.0)  # past the checkpoint interval
+            await stage.hand_over(7201.0)  # the worker stops
+            return AlertingStateStore(store, TOPIC).load(0), [e.message.acked for e in events]
+
+    saved, acked = asyncio.run(go())
+    assert saved is None and not any(acked)
+
+
 def test_a_hand_over_whose_save_fails_still_lets_the_partition_go(stream, faust_app, tmp_path, caplog):
     """An error escaping the revoke handler crashes the worker mid-rebalance."""
     store = open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None))

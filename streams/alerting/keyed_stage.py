@@ -61,6 +61,7 @@ class KeyedStage:
         # A batch, a tick and a hand-over one at a time: a checkpoint saved while the alerts of the
         # events it holds are still being stored would leave them to nobody if the worker died.
         self._busy = asyncio.Lock()
+        self._emit_failed = False
 
     async def handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         """Feed one batch. Events of partitions no longer assigned here (revoked while the batch
@@ -89,7 +90,7 @@ class KeyedStage:
             if fed.too_late:
                 self._metrics.alert_late_messages.inc()
             alerts += fed.alerts
-        await self._emit(alerts)
+        await self._emit_alerts(alerts)
         await self.checkpoint(wall)
 
     async def _restore(self, partition: int, wall: float) -> None:
@@ -124,12 +125,24 @@ class KeyedStage:
                 if partition not in self._unrestored:  # revoked while its checkpoint was read
                     self._parts.revoke([partition])
             self._unrestored.discard(partition)
-        await self._emit(self._parts.tick(wall))
+        await self._emit_alerts(self._parts.tick(wall))
         await self.checkpoint(wall)
 
+    async def _emit_alerts(self, alerts: list[Alert]) -> None:
+        try:
+            await self._emit(alerts)
+        except BaseException:
+            # The state already holds the events these alerts came from: a checkpoint of it (the
+            # next tick's, or the hand-over as the failure stops the worker) would ack them, the
+            # next owner would skip them, and the alerts would never be published. Unsaved, the
+            # next owner restores the last checkpoint and judges the events again.
+            self._emit_failed = True
+            raise
+
     async def checkpoint(self, wall: float, *, force: bool = False) -> None:
-        """Store the changed partitions' state, then acknowledge the events it holds."""
-        if not force and wall - self._last_save < self._interval_s:
+        """Store the changed partitions' state, then acknowledge the events it holds; never once
+        alerts failed to be emitted (``_emit_alerts``)."""
+        if self._emit_failed or (not force and wall - self._last_save < self._interval_s):
             return
         self._last_save = wall
         pending, self._pending = self._pending, []
