@@ -164,9 +164,9 @@ async def _stop_worker(stream: StreamT, exc: Exception) -> None:
     for a gap): its messages, unstored, were never read again. A crashed worker exits non-zero,
     and the one `vigil up` starts next reads the batch again from the last commit."""
     failure = BatchFailed(
-        f"a batch of {stream.channel.get_topic_name()} failed: {exc!r}. The worker stops with it un-acked, and a restarted "
-        "worker reads it again; if the same error comes back every time, it is not a passing one: fix "
-        "its cause (the message above says what failed) and the batch goes through"
+        f"a batch of {stream.channel.get_topic_name()} failed: {exc!r}. The worker stops with it un-acked, "
+        "and a restarted worker reads it again; if the same error comes back every time, it is not a "
+        "passing one: fix its cause (the message above says what failed) and the batch goes through"
     )
     log.critical("stopping the worker: %s", failure)
     await stream.app.crash(failure)
@@ -221,13 +221,14 @@ async def pipeline_batches(
     ``process_batches``: a failed commit at once, as the next batch may be long in coming, and
     before any later batch is committed."""
     committing: asyncio.Future[None] | None = None
-    failed = asyncio.Event()
+    commit_failed = False
 
     async def one(events: list[EventT], prepared: P) -> None:
+        nonlocal commit_failed
         try:
             await commit(prepared)
         except Exception as exc:
-            failed.set()
+            commit_failed = True
             await _stop_worker(stream, exc)
             raise
         for event in events:
@@ -246,7 +247,7 @@ async def pipeline_batches(
             if committing is not None:
                 await committing
     except Exception as exc:
-        if not failed.is_set():  # a failed commit has stopped the worker already
+        if not commit_failed:  # a failed commit has stopped the worker already
             await _stop_worker(stream, exc)
 
 
