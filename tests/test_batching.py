@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from faust.types import EventT, StreamT
@@ -328,22 +329,25 @@ def test_a_stop_while_a_batch_is_prepared_finishes_the_commit_in_hand_and_leaves
 
 
 async def _run_failing(
-    bootstrap: str, topic: str, datadir: Path, loop: str
+    bootstrap: str, topic: str, datadir: Path, loop: str, fail_in: str = "store"
 ) -> tuple[list[bytes], BaseException | None, int | None]:
     """One agent running ``loop`` over 6 messages sent one at a time, whose first batch fails to
-    store; the app runs until it crashed or stored the last message. Returns what was stored, why
-    the app crashed (None: it did not), and the offset its group committed."""
+    store (or, ``fail_in="prepare"``, to be prepared); the app runs until it crashed or stored the
+    last message. Returns what was stored, why the app crashed (None: it did not), and the offset
+    its group committed."""
     app = _app(bootstrap, datadir, stream_wait_empty=False, broker_commit_interval=0.2)
     values = [f"m{i}".encode() for i in range(6)]
     stored: list[bytes] = []
     failures = [RuntimeError("ClickHouse refused the insert: no such column")]
 
     async def store(batch: list[bytes]) -> None:
-        if failures:
+        if failures and fail_in == "store":
             raise failures.pop()
         stored.extend(batch)
 
     async def prepare(events: list[EventT]) -> list[bytes]:
+        if failures and fail_in == "prepare":
+            raise failures.pop()
         return [e.value for e in events]
 
     async def handle(events: list[EventT]) -> None:
@@ -382,13 +386,16 @@ async def _run_failing(
     return stored, reason, committed
 
 
-def test_a_failed_commit_stops_the_worker_before_a_later_batch_commits_past_it(
-    kafka_broker, new_topic, tmp_path: Path
+@pytest.mark.parametrize("fail_in", ["store", "prepare"])
+def test_a_failed_batch_stops_the_worker_before_a_later_batch_commits_past_it(
+    kafka_broker, new_topic, tmp_path: Path, fail_in: str
 ) -> None:
     """faust restarted the failed agent at the next message and committed the later batches'
-    offsets over the failed one: m0 and m1 (prepared meanwhile) were never stored, nor read again."""
+    offsets over the failed one: m0 (and m1, prepared while m0 was stored) were never stored, nor
+    read again. A failed prepare is a broken model (ScorerBroken) or ClickHouse refusing the read
+    of known ids."""
     stored, reason, committed = asyncio.run(
-        _run_failing(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, "pipeline")
+        _run_failing(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, "pipeline", fail_in)
     )
     assert isinstance(reason, BatchFailed), reason
     assert "no such column" in str(reason) and "a restarted worker reads it again" in str(reason)
