@@ -33,6 +33,7 @@ from streams.kafka_fetch import FetchWaitApp
 from streams.kafka_lag import partition_lag
 from streams.metrics import Metrics
 from streams.pipeline import Limits
+from streams.restarts import STOPPING
 from streams.settings import VigilSettings
 from streams.tickers import CompanyDictionary
 from streams.watchdog import Watchdogs
@@ -176,7 +177,9 @@ def create_app(
             metrics.stalls.inc()
             log.critical("watchdog: %s", stall)
         if stalls and settings.watchdog_exit_on_stall:
-            await app.crash(ConsumerStalled("; ".join(map(str, stalls))))
+            stalled = ConsumerStalled("; ".join(map(str, stalls)))
+            log.critical("%s%s", STOPPING, stalled)
+            await app.crash(stalled)
 
     return app
 

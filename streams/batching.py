@@ -26,6 +26,7 @@ from faust.types import EventT, StreamT
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
+from streams.restarts import STOPPING
 from streams.settings import VigilSettings
 from streams.watchdog import ProgressWatchdog
 
@@ -168,7 +169,7 @@ async def _stop_worker(stream: StreamT, exc: Exception) -> None:
         "and a restarted worker reads it again; if the same error comes back every time, it is not a "
         "passing one: fix its cause (the message above says what failed) and the batch goes through"
     )
-    log.critical("stopping the worker: %s", failure)
+    log.critical("%s%s", STOPPING, failure)
     await stream.app.crash(failure)
 
 

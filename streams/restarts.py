@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 # What `vigil worker` logs, critical, before it exits on an error a restart alone may not fix.
 CANNOT_START = "worker cannot start: "
+# What a running worker logs, critical, as it stops itself (a failed batch, a stalled consumer).
+STOPPING = "stopping the worker: "
 
 # A streak of quick deaths can last days (a deployment broken overnight), and 2 ** a thousand of them
 # is too large for a float: the supervisor died of it, stopping every worker. 2 ** 64 times any
@@ -30,15 +32,16 @@ class RestartBackoff:
 
 
 def last_words(log_text: str) -> str | None:
-    """Why a worker that died said it could not start, from what it logged in this run (text or
-    JSON lines); None when it did not say (killed, crashed)."""
+    """Why a worker that died said it could not start or stopped itself, from what it logged in this
+    run (text or JSON lines); None when it did not say (killed, crashed)."""
     for line in reversed(log_text.splitlines()):
-        if CANNOT_START not in line:
+        marker = next((m for m in (CANNOT_START, STOPPING) if m in line), None)
+        if marker is None:
             continue
         if line.startswith("{"):
             try:
                 line = str(json.loads(line).get("message", line))
             except ValueError:
                 pass
-        return line[line.find(CANNOT_START) + len(CANNOT_START):].strip() or None
+        return line[line.find(marker) + len(marker):].strip() or None
     return None

@@ -30,6 +30,7 @@ from streams.batching import (
     process_batches,
 )
 from streams.kafka_fetch import FetchWaitApp
+from streams.restarts import last_words
 from streams.watchdog import ProgressWatchdog
 
 Batch = tuple[float, float, list[bytes]]  # (handed out at, handler done at, values)
@@ -403,10 +404,12 @@ def test_a_failed_batch_stops_the_worker_before_a_later_batch_commits_past_it(
 
 
 def test_a_failed_batch_stops_the_worker_in_the_agents_single_stage_loop_too(
-    kafka_broker, new_topic, tmp_path: Path
+    kafka_broker, new_topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stored, reason, committed = asyncio.run(
         _run_failing(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, "single")
     )
     assert isinstance(reason, BatchFailed) and "no such column" in str(reason)
     assert committed is None and stored == []
+    # what `vigil up` reads back from the worker's log to say why it restarts it
+    assert "no such column" in (last_words(caplog.text) or "")

@@ -3,7 +3,7 @@ starts the count again; the supervisor repeats the reason a worker gave for not 
 
 import json
 
-from streams.restarts import CANNOT_START, RestartBackoff, last_words
+from streams.restarts import CANNOT_START, STOPPING, RestartBackoff, last_words
 from streams.worker import WorkerProcess
 
 
@@ -36,6 +36,8 @@ def test_last_words_are_the_reason_the_worker_gave_in_text_or_json():
     assert last_words(f'{{"level": "INFO", "message": "starting"}}\n{json.dumps(doc)}\n') == (
         "cannot reach ClickHouse at clickhouse://h:9000")
     assert last_words("2026-12-04 INFO streams.worker [w0] stopping\nSegmentation fault\n") is None
+    stopped = f"... CRITICAL streams.batching [w0] {STOPPING}a batch of vigil.raw.news failed: QueryFailed('x')\n"
+    assert last_words(text + stopped) == "a batch of vigil.raw.news failed: QueryFailed('x')"
 
 
 def test_a_dead_worker_is_judged_by_its_own_run_not_the_runs_before(tmp_path):
