@@ -29,7 +29,7 @@ async def until_stored(
     """Run a storage call off the loop, retrying with backoff until it succeeds. The caller's batch
     stays un-acked meanwhile and take() cannot buffer more, so memory stays bounded while
     ClickHouse is away."""
-    delay = 0.5
+    delay = min(0.5, retry_max_s)
     while True:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
