@@ -31,7 +31,8 @@ def call_with_retries(what: str, fn: Callable[[], T], *, attempts: int, retry_ma
     except RetryError as e:
         cause = e.last_attempt.exception()
         raise StorageUnavailable(
-            f"ClickHouse {what} failed {attempts} times; last error: {cause}. Check that "
-            "ClickHouse is running and reachable (VIGIL_CLICKHOUSE_URL) and has disk space; the "
-            "batch was not stored, so keep its Kafka offsets uncommitted and retry."
+            f"ClickHouse {what} failed {attempts} times; last error: {cause}. Check what it names: that "
+            "ClickHouse is running and reachable (VIGIL_CLICKHOUSE_URL), has disk space, memory for the "
+            "statement (MEMORY_LIMIT_EXCEEDED) and merges keeping up (TOO_MANY_PARTS); the batch was not "
+            "stored, so keep its Kafka offsets uncommitted and retry."
         ) from cause
