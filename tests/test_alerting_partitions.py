@@ -338,13 +338,13 @@ async def _at_once(what: str, fn, *args):  # the worker's durably, minus its ret
     return fn(*args)
 
 
-def _stage(store, emitted: list, *, emit=None, handover_save_s: float = 5.0) -> KeyedStage:
+def _stage(store, emitted: list, *, emit=None, durably=_at_once, handover_save_s: float = 5.0) -> KeyedStage:
     async def collect(alerts) -> None:
         emitted.extend(a.model_dump_json() for a in alerts)
 
     # The interval is never reached: only a hand-over saves a checkpoint here.
     return KeyedStage(SentimentPartitions(SentimentRules()), AlertingStateStore(store, TOPIC), topic=TOPIC,
-                      event_type=TickerEvent, emit=emit or collect, durably=_at_once, checkpoint_interval_s=3600,
+                      event_type=TickerEvent, emit=emit or collect, durably=durably, checkpoint_interval_s=3600,
                       handover_save_s=handover_save_s, metrics=Metrics())
 
 
@@ -431,6 +431,35 @@ def test_a_batch_whose_alerts_were_not_emitted_is_neither_saved_nor_acked(stream
                 await stage.handle(faust_app.topic(TOPIC).stream(), events, {TP0}, wall=0.0)
             await stage.tick(7200.0)  # past the checkpoint interval
             await stage.hand_over(7201.0)  # the worker stops
+            return AlertingStateStore(store, TOPIC).load(0), [e.message.acked for e in events]
+
+    saved, acked = asyncio.run(go())
+    assert saved is None and not any(acked)
+
+
+def test_a_batch_that_fails_before_its_alerts_are_emitted_is_neither_saved_nor_acked(stream, faust_app, tmp_path):
+    """Partition 0's events were fed, then partition 1's checkpoint could not be read: the batch
+    failed before its emit, and the hand-over as the worker stopped saved and acked partition 0's
+    events, whose alerts nobody had published."""
+    probe = _fresh(SentimentRules())
+    cut = 1 + next(i for i, e in enumerate(stream) if (f := probe.feed(0, i, e, wall=0.0)) and f.alerts)
+
+    async def durably(what: str, fn, partition, *args):
+        if partition == 1:
+            raise RuntimeError("ClickHouse refused the read")
+        return fn(partition, *args)
+
+    async def go() -> tuple[object, list[bool]]:
+        with open_store(VigilSettings(data_dir=tmp_path, clickhouse_url=None)) as store:
+            emitted: list[str] = []
+            stage = _stage(store, emitted, durably=durably)
+            events = _records(faust_app, stream[:cut])
+            other = faust.Event(faust_app, None, None, None, Message(
+                TOPIC, 1, 0, 0.0, 0, None, b"X", stream[0].model_dump_json().encode(), None))
+            with pytest.raises(RuntimeError, match="refused the read"):
+                await stage.handle(faust_app.topic(TOPIC).stream(), [*events, other], {TP0, TP(TOPIC, 1)}, wall=0.0)
+            await stage.hand_over(1.0)  # the worker stops
+            assert emitted == []
             return AlertingStateStore(store, TOPIC).load(0), [e.message.acked for e in events]
 
     saved, acked = asyncio.run(go())

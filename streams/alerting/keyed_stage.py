@@ -61,13 +61,13 @@ class KeyedStage:
         # A batch, a tick and a hand-over one at a time: a checkpoint saved while the alerts of the
         # events it holds are still being stored would leave them to nobody if the worker died.
         self._busy = asyncio.Lock()
-        self._emit_failed = False
+        self._failed = False  # a batch or tick failed part way (_unless_failed)
 
     async def handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         """Feed one batch. Events of partitions no longer assigned here (revoked while the batch
         was on its way) are left alone: the partition's new owner gets them again."""
         async with self._busy:
-            await self._handle(stream, events, assigned, wall)
+            await self._unless_failed(self._handle(stream, events, assigned, wall))
 
     async def _handle(self, stream: StreamT, events: Sequence[EventT], assigned: set[TP], wall: float) -> None:
         alerts: list[Alert] = []
@@ -90,7 +90,7 @@ class KeyedStage:
             if fed.too_late:
                 self._metrics.alert_late_messages.inc()
             alerts += fed.alerts
-        await self._emit_alerts(alerts)
+        await self._emit(alerts)
         await self.checkpoint(wall)
 
     async def _restore(self, partition: int, wall: float) -> None:
@@ -116,7 +116,7 @@ class KeyedStage:
         """Move quiet partitions' event time on. Assigned partitions with no event yet are restored
         first: a partition that went quiet before a restart must still close its windows."""
         async with self._busy:
-            await self._tick(wall)
+            await self._unless_failed(self._tick(wall))
 
     async def _tick(self, wall: float) -> None:
         for partition in sorted(self._unrestored):
@@ -125,24 +125,25 @@ class KeyedStage:
                 if partition not in self._unrestored:  # revoked while its checkpoint was read
                     self._parts.revoke([partition])
             self._unrestored.discard(partition)
-        await self._emit_alerts(self._parts.tick(wall))
+        await self._emit(self._parts.tick(wall))
         await self.checkpoint(wall)
 
-    async def _emit_alerts(self, alerts: list[Alert]) -> None:
+    async def _unless_failed(self, work: Awaitable[None]) -> None:
         try:
-            await self._emit(alerts)
+            await work
         except BaseException:
-            # The state already holds the events these alerts came from: a checkpoint of it (the
-            # next tick's, or the hand-over as the failure stops the worker) would ack them, the
-            # next owner would skip them, and the alerts would never be published. Unsaved, the
-            # next owner restores the last checkpoint and judges the events again.
-            self._emit_failed = True
+            # The state may hold events whose alerts were never emitted (the emit failed, or a
+            # later partition's restore did before it): a checkpoint of it (the next tick's, or the
+            # hand-over as the failure stops the worker) would ack them, the next owner would skip
+            # them, and the alerts would never be published. Unsaved, the next owner restores the
+            # last checkpoint and judges the events again.
+            self._failed = True
             raise
 
     async def checkpoint(self, wall: float, *, force: bool = False) -> None:
-        """Store the changed partitions' state, then acknowledge the events it holds; never once
-        alerts failed to be emitted (``_emit_alerts``)."""
-        if self._emit_failed or (not force and wall - self._last_save < self._interval_s):
+        """Store the changed partitions' state, then acknowledge the events it holds; never once a
+        batch or tick failed part way (``_unless_failed``)."""
+        if self._failed or (not force and wall - self._last_save < self._interval_s):
             return
         self._last_save = wall
         pending, self._pending = self._pending, []
