@@ -582,7 +582,9 @@ def parity_sample(settings: VigilSettings, task: str) -> list[str]:
     validation rows, spread over them."""
     n = settings.parity_sample
     spec = get_task(task)
-    split = stratified_split(spec.load(settings.bundled_data_dir), SplitConfig())
+    # Row by row, as before copies were grouped: the texts name the parity figures a version's folder
+    # keeps, and other texts would have every version checked again at its next start.
+    split = stratified_split(spec.load(settings.bundled_data_dir), SplitConfig(group_duplicates=False))
     return [r.text for r in split.val[:: max(1, len(split.val) // n)]][:n]
 
 

@@ -1,6 +1,7 @@
 """The ONNX Runtime path on the real tiny models: parity with torch fp32, input order, the cached
 export, hostile input, and how ``auto`` chooses."""
 
+import hashlib
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import pytest
 
 import torch
 
-from models.engine import ScoringError, auto_precisions, cpu_has_native_bf16, load_scorer
+from models.engine import ScoringError, auto_precisions, cpu_has_native_bf16, load_scorer, parity_sample
 from models.onnx_backend import weights_digest
 from models.registry import ModelRegistry
 from streams.settings import REPO_ROOT, VigilSettings
@@ -157,3 +158,13 @@ def test_load_scorer_checks_auto_on_the_validation_sample(tiny_registry):
     fp32 = load_scorer(settings.model_copy(update={"inference_precision": "fp32"}), "sentiment")
     assert fp32.precision == "fp32" and fp32.parity is None
     assert [p.label for p in scorer.score(MIXED)] == [p.label for p in fp32.score(MIXED)]
+
+
+@pytest.mark.parametrize(("task", "digest"), [("sentiment", "8c6014d7e047d66a"), ("triage", "e54c21fd5f79171f")])
+def test_the_parity_sample_is_the_one_stored_figures_were_measured_on(task, digest):
+    """The sample's texts name the parity figures each version's folder keeps (``parity_record``).
+    Drawn from the split that groups copies of a text, the sentiment sample changed, and every
+    version already checked would have been checked again at its next start. The digests are
+    those of the sample before copies were grouped."""
+    texts = parity_sample(VigilSettings(clickhouse_url=None, parity_sample=1000), task)  # the default
+    assert hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16] == digest
