@@ -23,7 +23,7 @@ from feedback.agent import register_feedback
 from models.scoring import Scorer
 from streams.agents import BatchProcessor
 from streams.alerting.agent import register_alerting
-from streams.batching import pipelined_agent
+from streams.batching import crash_worker, pipelined_agent
 from streams.clickhouse import ClickHouseError, ClickHouseStore, CompatLevel
 from streams.clickhouse.migrations import load_migrations
 from streams.clickhouse.retention import expiries, prune_expired
@@ -33,7 +33,6 @@ from streams.kafka_fetch import FetchWaitApp
 from streams.kafka_lag import partition_lag
 from streams.metrics import Metrics
 from streams.pipeline import Limits
-from streams.restarts import STOPPING
 from streams.settings import VigilSettings
 from streams.tickers import CompanyDictionary
 from streams.watchdog import Watchdogs
@@ -177,9 +176,7 @@ def create_app(
             metrics.stalls.inc()
             log.critical("watchdog: %s", stall)
         if stalls and settings.watchdog_exit_on_stall:
-            stalled = ConsumerStalled("; ".join(map(str, stalls)))
-            log.critical("%s%s", STOPPING, stalled)
-            await app.crash(stalled)
+            await crash_worker(app, ConsumerStalled("; ".join(map(str, stalls))))
 
     return app
 

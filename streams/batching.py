@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from faust.types import EventT, StreamT
+from faust.types import AppT, EventT, StreamT
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
@@ -158,19 +158,26 @@ class BatchFailed(RuntimeError):
     """A batch could not be prepared, published or stored; the worker stops with it un-acked."""
 
 
+async def crash_worker(app: AppT, failure: Exception) -> None:
+    """Stop the worker over ``failure`` (it exits non-zero), logged so that `vigil up` says why
+    when it restarts it."""
+    log.critical("%s%s", STOPPING, failure)
+    await app.crash(failure)
+
+
 async def _stop_worker(stream: StreamT, exc: Exception) -> None:
     """Crash the worker's app over a failed batch. Left to faust, the agent would restart at the
     next message, and the consumer then commits those batches' offsets past the failed one's (a
     partition never committed, or one un-acked offset ahead of the commit, is not even checked
     for a gap): its messages, unstored, were never read again. A crashed worker exits non-zero,
     and the one `vigil up` starts next reads the batch again from the last commit."""
-    failure = BatchFailed(
-        f"a batch of {stream.channel.get_topic_name()} failed: {exc!r}. The worker stops with it un-acked, "
-        "and a restarted worker reads it again; if the same error comes back every time, it is not a "
-        "passing one: fix its cause (the message above says what failed) and the batch goes through"
-    )
-    log.critical("%s%s", STOPPING, failure)
-    await stream.app.crash(failure)
+    # Nothing here may raise before the crash: an error escaping would let faust restart the agent.
+    topics = ", ".join(sorted(getattr(stream.channel, "topics", ()) or ())) or repr(stream.channel)
+    await crash_worker(stream.app, BatchFailed(
+        f"a batch of {topics} failed: {exc!r}. The worker stops with it un-acked, and a restarted "
+        "worker reads it again; if the same error comes back every time, it is not a passing one: "
+        "fix its cause (the message above says what failed) and the batch goes through"
+    ))
 
 
 async def process_batches(
@@ -228,6 +235,8 @@ async def pipeline_batches(
         nonlocal commit_failed
         try:
             await commit(prepared)
+        except BatchAbandoned:
+            raise  # a stop, not a failure: finish_before_stopping lets the cancellation through
         except Exception as exc:
             commit_failed = True
             await _stop_worker(stream, exc)

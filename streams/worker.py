@@ -189,7 +189,7 @@ class WorkerProcess:
         return stop_workers([self], timeout_s)[0]
 
     def last_words(self) -> str | None:
-        """Why this run said it could not start, from the end of its part of the log."""
+        """Why this run said it could not start or stopped itself, from the end of its part of the log."""
         try:
             with self.log_path.open("rb") as log_file:
                 log_file.seek(max(self.log_offset, log_file.seek(0, os.SEEK_END) - 65536))
