@@ -30,7 +30,7 @@ from streams.batching import (
     process_batches,
 )
 from streams.kafka_fetch import FetchWaitApp
-from streams.restarts import last_words
+from streams.restarts import STOPPING, last_words
 from streams.watchdog import ProgressWatchdog
 
 Batch = tuple[float, float, list[bytes]]  # (handed out at, handler done at, values)
@@ -252,6 +252,30 @@ async def _run_pipeline(
 
     await _run_until(bootstrap, topic, datadir, values, agent, stop_when=stop_when)
     return held
+
+
+def test_a_commit_that_gives_up_at_a_stop_is_no_failed_batch(
+    kafka_broker, new_topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit waiting in pause_unless_stopping ends with BatchAbandoned when the stop cancels the
+    agent waiting on it: the batch comes again after the restart, and the worker must not stop as
+    if it had failed."""
+    next_prepared = asyncio.Event()
+
+    async def prepare(events: list[EventT]) -> list[bytes]:
+        values = [e.value for e in events]
+        if values == [b"m1"]:
+            next_prepared.set()  # the agent now waits on m0's commit, where the stop cancels it
+        return values
+
+    async def commit(values: list[bytes]) -> None:
+        for _ in range(100):
+            await pause_unless_stopping(0.5)
+
+    held = asyncio.run(_run_pipeline(kafka_broker.bootstrap, new_topic(partitions=1), tmp_path, [b"m0", b"m1"],
+                                     max_=1, prepare=prepare, commit=commit, stop_when=next_prepared))
+    assert [e.value for e in held] == [b"m0", b"m1"] and not any(e.message.acked for e in held)
+    assert STOPPING not in caplog.text
 
 
 def test_the_next_batch_is_prepared_while_the_last_one_commits_and_commits_keep_their_order(
