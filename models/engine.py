@@ -39,8 +39,10 @@ Precision = Literal["auto", "fp32", "int8", "fp16", "bf16", "onnx", "onnx-int8"]
 # (padded ids, mask) of one batch, on CPU -> its class probabilities (float32, any device).
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# A token rarely spans more than ~10 characters of real text; cutting far beyond that bounds the
-# tokenizer's work on huge inputs without changing what the model sees for ordinary long texts.
+# A token rarely spans more than ~10 characters of real text: reading this far first spares the
+# tokenizer most of a long text without changing what the model sees. A start that does not fill
+# the window is read further (_window_ids): a text without a word break is read whole, about 4/3 of
+# its length in all, which the stream's VIGIL_MAX_TEXT_CHARS bounds.
 _CHARS_PER_TOKEN_CAP = 50
 # How much more of a text is read each time its cut part did not fill the window.
 _CAP_GROWTH = 4
