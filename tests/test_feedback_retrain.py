@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 T0 = datetime.now(UTC) - timedelta(hours=2)
 FLIP = {"negative": "positive", "positive": "negative", "neutral": "neutral"}
+POISON = {"negative": "positive", "positive": "negative", "neutral": "negative"}
 
 
 def tweets(n: int, seed: int = 5) -> list[tuple[str, str]]:
@@ -242,9 +243,11 @@ def test_gate_refuses_a_poisoned_challenger_when_the_screen_cannot_see_it(loop):
     too (so 'better on recent' would pass), and the frozen gold set is what refuses it."""
     settings, store = loop
     settings = settings.model_copy(update={"annotator_min_agreement": 0.0})
-    store.write_corrections(corrections(tweets(400), "mallory", flip=True))
+    # Every label wrong: swapping only negative and positive leaves two thirds of tweets (neutral)
+    # right, and the gold set no longer fell once the replay stopped repeating the corrected texts.
+    store.write_corrections(corrections([(text, POISON[label]) for text, label in tweets(400)], "mallory"))
     report = run_retrain(settings, "sentiment", store, force=True)
-    assert report.outcome is Outcome.refused and report.exit_code == 3
+    assert report.outcome is Outcome.refused and report.exit_code == 3, report.reason
     assert "gold accuracy falls" in report.reason
     assert ModelRegistry(settings.registry_dir).champion("sentiment") == "v1"
     events = store.fetch_model_events("sentiment")
