@@ -92,8 +92,7 @@ def gold_set(card: ModelCard, data_dir: Path, cap: int | None = None, corrected:
     origin = data_origin(card)
     split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
     sampled = cap_rows(split.val, cap, origin.split.seed)
-    seen = {duplicate_key(text) for text in corrected}
-    rows = [r for r in sampled if duplicate_key(r.text) not in seen]
+    rows = _leaving_out(sampled, corrected)
     if not rows:
         raise RetrainError(f"people corrected the text of every one of the {len(sampled)} gold rows of {card.task} "
                            f"{card.version}, so no row is left that a challenger did not train on: raise or unset "
@@ -113,8 +112,13 @@ def replay_pool(card: ModelCard, data_dir: Path, labelled: Iterable[str] = ()) -
     train it on what judges it, or on the corpus's label beside the person's."""
     origin = data_origin(card)
     split = stratified_split(get_task(card.task).load(data_dir, origin.sources), origin.split)
-    seen = {duplicate_key(text) for text in labelled}
-    return [r for r in split.train if duplicate_key(r.text) not in seen]
+    return _leaving_out(split.train, labelled)
+
+
+def _leaving_out(rows: Sequence[Row], texts: Iterable[str]) -> list[Row]:
+    """``rows`` less those whose text the model reads as one of ``texts`` (``duplicate_key``)."""
+    seen = {duplicate_key(text) for text in texts}
+    return [r for r in rows if duplicate_key(r.text) not in seen]
 
 
 def corrections_repeats(n_corrections: int, n_replay: int, share: float) -> int:
